@@ -1,0 +1,3 @@
+from agent.daemon import main
+
+main()

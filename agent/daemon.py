@@ -1,0 +1,105 @@
+"""``warmcache-agent``: the host agent daemon on a Unix domain socket.
+
+One JSON request line and one JSON reply line per connection (see
+``warmcache.wire``). The socket is created mode 0660 (owner and group only).
+SIGTERM and SIGINT stop the daemon cleanly and remove the socket.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socketserver
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from agent.config import load_agent_config
+from agent.libvirt_driver import HypervisorFailure, LibvirtDriver
+from agent.operations import AgentFault, HostAgentService
+from warmcache.errors import ConfigError
+from warmcache.wire import MAX_LINE_BYTES, REQUEST_ADAPTER, error, ok
+
+log = logging.getLogger("warmcache.agent")
+
+
+def handle_line(service: HostAgentService, line: bytes) -> dict[str, Any]:
+    """One request line to one reply object; never raises."""
+    if len(line) > MAX_LINE_BYTES:
+        return error("invalid_request", f"request larger than {MAX_LINE_BYTES} bytes")
+    try:
+        request = REQUEST_ADAPTER.validate_json(line)
+    except ValidationError as exc:
+        return error("invalid_request", json.loads(exc.json(include_url=False, include_input=False)))
+    try:
+        return ok(service.handle(request))
+    except AgentFault as exc:
+        return error(exc.code, exc.detail)
+    except Exception as exc:  # a bug must not kill the daemon; say so instead
+        log.exception("internal error on %s", request)
+        return error("internal_error", f"{type(exc).__name__}: {exc}")
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: AgentServer
+
+    def handle(self) -> None:
+        line = self.rfile.readline(MAX_LINE_BYTES + 1)
+        if not line.strip():
+            return
+        reply = handle_line(self.server.service, line)
+        self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+
+class AgentServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: str, service: HostAgentService) -> None:
+        self.service = service
+        if os.path.exists(path):
+            os.unlink(path)  # a stale socket from a killed agent
+        old = os.umask(0o117)  # socket file 0660
+        try:
+            super().__init__(path, _Handler)
+        finally:
+            os.umask(old)
+
+
+@click.command()
+@click.option("--socket", "socket_path", required=True, help="Unix socket to listen on.")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="Agent TOML: hypervisor, rack, az, capacity, reserved, state_dir.")
+@click.option("--libvirt-uri", default=None, help="Overrides libvirt_uri from the config.")
+def main(socket_path: str, config_path: str, libvirt_uri: str | None) -> None:
+    """Run the warmcache host agent."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        config = load_agent_config(config_path)
+        if libvirt_uri:
+            config = config.model_copy(update={"libvirt_uri": libvirt_uri})
+        driver = LibvirtDriver(config.libvirt_uri)
+    except (ConfigError, HypervisorFailure) as exc:
+        click.echo(f"warmcache-agent: {exc}", err=True)
+        sys.exit(2)
+    service = HostAgentService(config, driver)
+    server = AgentServer(socket_path, service)
+
+    def _stop(_sig: int, _frame: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.info("agent %s (%s, %s) listening on %s", config.hypervisor, config.rack, config.az,
+             socket_path)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        Path(socket_path).unlink(missing_ok=True)
+        driver.close()

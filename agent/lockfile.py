@@ -1,0 +1,147 @@
+"""The agent's lockfile: what this host has promised, in two sections.
+
+* ``aggregate``: CPU, memory and disk allocated, *including creates still in
+  progress*. Checking and reserving happen under one short lock, so two
+  concurrent creates can never both take the last slot (DESIGN §12.5).
+* ``placement``: per VM, what it holds (flavor resources, group, state).
+
+Both are persisted to ``lockfile.json`` (write to a temp file, fsync,
+rename) after every change, so a restarted agent recovers its promises.
+On recovery, an entry left ``creating`` by a crash is kept only if libvirt
+has the domain; a domain libvirt has but the lockfile lacks is left for
+reconciliation to report, never adopted or deleted silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from agent.config import Resources
+
+
+@dataclass(frozen=True)
+class Allocation:
+    name: str
+    flavor: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    group: str | None
+    state: str  # creating | active
+    server_id: str = ""
+
+
+class CapacityExceeded(Exception):
+    def __init__(self, name: str, free: Resources, wanted: Resources) -> None:
+        self.free = free
+        self.wanted = wanted
+        super().__init__(
+            f"no room for {name}: wants {wanted.vcpus} vCPU / {wanted.memory_mib} MiB / "
+            f"{wanted.disk_gib} GiB, free {free.vcpus} / {free.memory_mib} / {free.disk_gib}"
+        )
+
+
+class AlreadyAllocated(Exception):
+    pass
+
+
+class Lockfile:
+    def __init__(self, path: Path, usable: Resources) -> None:
+        self.path = path
+        self.usable = usable
+        self._lock = threading.Lock()
+        self._vms: dict[str, Allocation] = {}
+        if path.exists():
+            raw = json.loads(path.read_text())
+            self._vms = {a["name"]: Allocation(**a) for a in raw.get("placement", [])}
+
+    def _allocated(self) -> Resources:
+        vms = self._vms.values()
+        return Resources(
+            vcpus=sum(a.vcpus for a in vms),
+            memory_mib=sum(a.memory_mib for a in vms),
+            disk_gib=sum(a.disk_gib for a in vms),
+        )
+
+    def free(self) -> Resources:
+        with self._lock:
+            return self._free()
+
+    def _free(self) -> Resources:
+        used = self._allocated()
+        return Resources.model_construct(
+            vcpus=self.usable.vcpus - used.vcpus,
+            memory_mib=self.usable.memory_mib - used.memory_mib,
+            disk_gib=self.usable.disk_gib - used.disk_gib,
+        )
+
+    def reserve(self, alloc: Allocation) -> None:
+        """Check and take capacity for a VM about to be created (atomic)."""
+        with self._lock:
+            if alloc.name in self._vms:
+                raise AlreadyAllocated(alloc.name)
+            free = self._free()
+            wanted = Resources.model_construct(
+                vcpus=alloc.vcpus, memory_mib=alloc.memory_mib, disk_gib=alloc.disk_gib
+            )
+            if (
+                alloc.vcpus > free.vcpus
+                or alloc.memory_mib > free.memory_mib
+                or alloc.disk_gib > free.disk_gib
+            ):
+                raise CapacityExceeded(alloc.name, free, wanted)
+            self._vms[alloc.name] = alloc
+            self._persist()
+
+    def activate(self, name: str, server_id: str) -> None:
+        with self._lock:
+            current = self._vms[name]
+            self._vms[name] = Allocation(**{**asdict(current), "state": "active",
+                                            "server_id": server_id})
+            self._persist()
+
+    def release(self, name: str) -> bool:
+        with self._lock:
+            found = self._vms.pop(name, None) is not None
+            if found:
+                self._persist()
+            return found
+
+    def get(self, name: str) -> Allocation | None:
+        with self._lock:
+            return self._vms.get(name)
+
+    def all(self) -> list[Allocation]:
+        with self._lock:
+            return sorted(self._vms.values(), key=lambda a: a.name)
+
+    def recover(self, domains: set[str]) -> list[str]:
+        """Drop ``creating`` entries whose domain never appeared; returns them."""
+        with self._lock:
+            dropped = [
+                n for n, a in self._vms.items() if a.state == "creating" and n not in domains
+            ]
+            for name in dropped:
+                del self._vms[name]
+            for name, a in list(self._vms.items()):
+                if a.state == "creating":
+                    self._vms[name] = Allocation(**{**asdict(a), "state": "active"})
+            self._persist()
+            return dropped
+
+    def _persist(self) -> None:
+        used = self._allocated()
+        doc = {
+            "aggregate": {"usable": self.usable.model_dump(), "allocated": used.model_dump()},
+            "placement": [asdict(a) for a in sorted(self._vms.values(), key=lambda a: a.name)],
+        }
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as fh:
+            json.dump(doc, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)

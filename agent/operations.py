@@ -1,0 +1,158 @@
+"""What an agent does for each request: resource check, then the hypervisor.
+
+Every operation checks the lockfile before touching libvirt, and every
+failure after a reservation gives the reservation back and destroys what was
+started, so the host's promises and libvirt agree. Errors are ``AgentFault``
+with a stable wire code (``warmcache.wire.AGENT_ERROR_CODES``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.config import AgentConfig, Resources
+from agent.lockfile import AlreadyAllocated, Allocation, CapacityExceeded, Lockfile
+from agent.libvirt_driver import HypervisorFailure
+from warmcache.model import HostFacts
+from warmcache.ports import HypervisorDriver, VmSpec
+from warmcache.wire import CreateRequest, NamedRequest, PlainRequest
+
+log = logging.getLogger(__name__)
+
+_HEALTHY_STATES = frozenset({"running"})
+
+
+class AgentFault(Exception):
+    def __init__(self, code: str, detail: Any) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class HostAgentService:
+    def __init__(
+        self,
+        config: AgentConfig,
+        driver: HypervisorDriver,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.config = config
+        self._driver = driver
+        self._sleep = sleep
+        usable = Resources(
+            vcpus=max(config.capacity.vcpus - config.reserved.vcpus, 0),
+            memory_mib=max(config.capacity.memory_mib - config.reserved.memory_mib, 0),
+            disk_gib=max(config.capacity.disk_gib - config.reserved.disk_gib, 0),
+        )
+        state_dir = Path(config.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.lockfile = Lockfile(state_dir / "lockfile.json", usable)
+        dropped = self.lockfile.recover(set(driver.domains()))
+        if dropped:
+            log.warning("dropped %d reservation(s) whose create never finished: %s",
+                        len(dropped), ", ".join(dropped))
+
+    # --- dispatch --------------------------------------------------------------------
+
+    def handle(self, request: CreateRequest | NamedRequest | PlainRequest) -> Any:
+        if isinstance(request, CreateRequest):
+            spec = VmSpec(request.vm.name, request.vm.flavor, request.vm.user_data,
+                          request.vm.group)
+            return self.create(spec)
+        if isinstance(request, NamedRequest):
+            if request.op == "delete":
+                return self.delete(request.name)
+            return self.status(request.name)
+        if request.op == "list":
+            return self.list()
+        if request.op == "facts":
+            return self.facts().model_dump(mode="json")
+        return {"healthy": True, "hypervisor": self.config.hypervisor}
+
+    # --- operations --------------------------------------------------------------------
+
+    def facts(self) -> HostFacts:
+        free = self.lockfile.free()
+        usable = self.lockfile.usable
+        allocs = self.lockfile.all()
+        return HostFacts(
+            hypervisor=self.config.hypervisor,
+            rack=self.config.rack,
+            az=self.config.az,
+            vcpus_total=usable.vcpus,
+            vcpus_free=free.vcpus,
+            memory_mib_total=usable.memory_mib,
+            memory_mib_free=free.memory_mib,
+            disk_gib_total=usable.disk_gib,
+            disk_gib_free=free.disk_gib,
+            vms=tuple(a.name for a in allocs),
+            groups=tuple(a.group for a in allocs if a.group),
+        )
+
+    def create(self, spec: VmSpec) -> dict[str, Any]:
+        f = spec.flavor
+        alloc = Allocation(
+            name=spec.name, flavor=f.name, vcpus=f.vcpus, memory_mib=f.memory_mib,
+            disk_gib=f.disk_gib + sum(f.extra_disks_gib), group=spec.group, state="creating",
+        )
+        try:
+            self.lockfile.reserve(alloc)
+        except AlreadyAllocated as exc:
+            raise AgentFault("already_exists", f"VM {spec.name} exists on this host") from exc
+        except CapacityExceeded as exc:
+            raise AgentFault("insufficient_capacity", str(exc)) from exc
+        try:
+            server_id = self._driver.define_and_start(spec, None)
+            if self.config.create_delay_s:
+                self._sleep(self.config.create_delay_s)
+        except HypervisorFailure as exc:
+            self._undo(spec.name)
+            raise AgentFault("hypervisor_error", str(exc)) from exc
+        except BaseException:
+            self._undo(spec.name)
+            raise
+        self.lockfile.activate(spec.name, server_id)
+        return self.status(spec.name)
+
+    def _undo(self, name: str) -> None:
+        try:
+            self._driver.destroy(name)
+        except HypervisorFailure:
+            log.exception("could not destroy %s after a failed create", name)
+        self.lockfile.release(name)
+
+    def delete(self, name: str) -> dict[str, Any]:
+        tracked = self.lockfile.get(name) is not None
+        try:
+            exists = self._driver.state(name) != "missing"
+            if not tracked and not exists:
+                raise AgentFault("not_found", f"no VM {name} on this host")
+            self._driver.destroy(name)
+        except HypervisorFailure as exc:
+            raise AgentFault("hypervisor_error", str(exc)) from exc
+        self.lockfile.release(name)
+        return {"name": name, "deleted": True}
+
+    def status(self, name: str) -> dict[str, Any]:
+        alloc = self.lockfile.get(name)
+        try:
+            state = self._driver.state(name)
+        except HypervisorFailure as exc:
+            raise AgentFault("hypervisor_error", str(exc)) from exc
+        if alloc is None and state == "missing":
+            raise AgentFault("not_found", f"no VM {name} on this host")
+        return {
+            "name": name,
+            "state": state,
+            "healthy": state in _HEALTHY_STATES and alloc is not None,
+            "server_id": alloc.server_id if alloc else "",
+            "addresses": [],
+        }
+
+    def list(self) -> list[dict[str, Any]]:
+        return [self.status(a.name) for a in self.lockfile.all()]

@@ -1,0 +1,99 @@
+"""Atomic, all-or-nothing claims of pooled VMs (DESIGN.md §8, §12.1, §12.3).
+
+The chosen records move to ``acquired`` (from ``<prefix>/pool/<az>/`` to
+``<prefix>/acquired/<az>/``) in one store transaction that
+compares every record's modify revision with the one it was selected at. If
+any changed (a concurrent acquirer, a purge), nothing is written; we re-read
+the pool and select again, up to ``attempts`` times, then give up with
+``ClaimContention``. A request the pool cannot satisfy fails at once with
+``NoCapacity`` and claims nothing.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from warmcache.acquire.modes import SELECTORS
+from warmcache.errors import ClaimContention, NoCapacity
+from warmcache.model import InstanceState, Keys, Mode, PoolInstance
+from warmcache.ports import Clock, Compare, CoordinationStore, Delete, Put
+
+
+@dataclass(frozen=True)
+class Claimed:
+    vms: list[PoolInstance]
+    attempts: int
+    remaining: int  # acquirable VMs of the pool left after this claim
+
+
+class Claimer:
+    def __init__(
+        self,
+        store: CoordinationStore,
+        keys: Keys,
+        clock: Clock,
+        *,
+        attempts: int,
+        rng: random.Random | None = None,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        self._store = store
+        self._keys = keys
+        self._clock = clock
+        self._attempts = attempts
+        self._rng = rng or random.Random()
+        self._rng_lock = threading.Lock()
+
+    def claim(
+        self,
+        *,
+        flavor: str,
+        az: str,
+        count: int,
+        mode: Mode,
+        use_reserve: bool,
+        requester: str,
+        acquirable: Callable[[PoolInstance], bool] = lambda vm: True,
+    ) -> Claimed:
+        states = {InstanceState.READY} | ({InstanceState.RESERVED} if use_reserve else set())
+        selector = SELECTORS[mode]
+        for attempt in range(1, self._attempts + 1):
+            kvs, _ = self._store.range(self._keys.pool_dir(az))
+            revision: dict[str, int] = {}
+            candidates: list[PoolInstance] = []
+            for kv in kvs:
+                vm = PoolInstance.model_validate_json(kv.value)
+                if vm.flavor == flavor and vm.state in states and acquirable(vm):
+                    candidates.append(vm)
+                    revision[vm.name] = kv.mod_revision
+            with self._rng_lock:
+                seed = self._rng.random()
+            chosen = selector.select(candidates, count, random.Random(seed))
+            if chosen is None:
+                raise NoCapacity(
+                    flavor=flavor, az=az, mode=mode.value, wanted=count,
+                    ready=len(candidates), racks=len({vm.rack for vm in candidates}),
+                    hypervisors=len({vm.hypervisor for vm in candidates}),
+                )
+            now = self._clock.now()
+            acquired = [
+                vm.with_state(InstanceState.ACQUIRED, acquired_by=requester, acquired_at=now)
+                for vm in chosen
+            ]
+            result = self._store.txn(
+                [Compare.mod_revision(self._keys.pool(az, vm.name), revision[vm.name])
+                 for vm in chosen],
+                # Handed-out VMs leave the pool directory (so acquisitions keep
+                # scanning only what is acquirable) for the acquired log.
+                [op for vm in acquired for op in (
+                    Delete(self._keys.pool(az, vm.name)),
+                    Put(self._keys.acquired(az, vm.name), vm.model_dump_json()),
+                )],
+            )
+            if result.succeeded:
+                return Claimed(acquired, attempt, len(candidates) - count)
+        raise ClaimContention(self._attempts)

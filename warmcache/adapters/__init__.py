@@ -1,0 +1,1 @@
+"""Adapters: one per technology and port, built only by ``warmcache.bootstrap``."""

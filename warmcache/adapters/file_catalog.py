@@ -1,0 +1,50 @@
+"""FileFlavorCatalog: flavors from a TOML file (the embedded default).
+
+    [flavors.small]
+    vcpus = 2
+    memory_mib = 2048
+    disk_gib = 20
+    image_id = "debian-12-genericcloud"
+
+The file is read once at construction; an invalid entry is a ``ConfigError``
+naming every bad flavor, so a typo never silently shrinks the catalog.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from warmcache.errors import ConfigError
+from warmcache.model import Flavor
+
+
+class FileFlavorCatalog:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            data = tomllib.loads(self.path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError([f"flavor catalog {self.path}: no such file"]) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"flavor catalog {self.path}: {exc}"]) from exc
+        problems: list[str] = []
+        self._flavors: dict[str, Flavor] = {}
+        for name, fields in (data.get("flavors") or {}).items():
+            try:
+                self._flavors[name] = Flavor.model_validate({"name": name, **fields})
+            except ValidationError as exc:
+                problems += [
+                    f"flavor {name}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
+                    for e in exc.errors()
+                ]
+        if problems:
+            raise ConfigError(problems)
+
+    def get(self, name: str) -> Flavor | None:
+        return self._flavors.get(name)
+
+    def list(self) -> list[Flavor]:
+        return [self._flavors[n] for n in sorted(self._flavors)]

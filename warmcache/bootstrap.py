@@ -1,0 +1,123 @@
+"""The composition root: the only place that turns config into adapters.
+
+Backends are picked by ``kind`` from the tables below and imported lazily,
+so a driver is needed only when its backend is chosen. Unknown kinds are
+reported together, each with the valid names, in one ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from warmcache.clock import SystemClock
+from warmcache.config import CatalogConfig, Config, EventsConfig, StoreConfig, load_config
+from warmcache.errors import ConfigError
+from warmcache.ports import Clock, CoordinationStore, EventSink, FlavorCatalog, HostAgent
+
+# kind -> "module:factory"; factories take (section config, clock).
+STORES: dict[str, str] = {
+    "sqlite": "warmcache.bootstrap:_sqlite_store",
+}
+CATALOGS: dict[str, str] = {
+    "file": "warmcache.bootstrap:_file_catalog",
+}
+EVENTS: dict[str, str] = {
+    "sqlite": "warmcache.bootstrap:_sqlite_events",
+    "log": "warmcache.bootstrap:_log_events",
+}
+
+
+def _sqlite_store(cfg: StoreConfig, clock: Clock) -> CoordinationStore:
+    from warmcache.adapters.sqlite_store import SqliteStore
+
+    return SqliteStore(cfg.path, clock=clock)
+
+
+def _file_catalog(cfg: CatalogConfig, clock: Clock) -> FlavorCatalog:
+    from warmcache.adapters.file_catalog import FileFlavorCatalog
+
+    return FileFlavorCatalog(cfg.path)
+
+
+def _sqlite_events(cfg: EventsConfig, clock: Clock) -> EventSink:
+    from warmcache.adapters.sqlite_events import SqliteEvents
+
+    return SqliteEvents(cfg.path)
+
+
+def _log_events(cfg: EventsConfig, clock: Clock) -> EventSink:
+    from warmcache.adapters.sqlite_events import LogEvents
+
+    return LogEvents()
+
+
+def check_kinds(config: Config) -> None:
+    problems = [
+        f"{section}.kind: unknown {kind!r} (valid: {', '.join(sorted(table))})"
+        for section, kind, table in (
+            ("store", config.store.kind, STORES),
+            ("catalog", config.catalog.kind, CATALOGS),
+            ("events", config.events.kind, EVENTS),
+        )
+        if kind not in table
+    ]
+    if problems:
+        raise ConfigError(problems)
+
+
+def _factory(table: dict[str, str], kind: str) -> Callable[..., Any]:
+    module, _, name = table[kind].partition(":")
+    factory: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    return factory
+
+
+def build_store(config: Config, clock: Clock | None = None) -> CoordinationStore:
+    check_kinds(config)
+    store: CoordinationStore = _factory(STORES, config.store.kind)(
+        config.store, clock or SystemClock()
+    )
+    return store
+
+
+def build_catalog(config: Config) -> FlavorCatalog:
+    check_kinds(config)
+    catalog: FlavorCatalog = _factory(CATALOGS, config.catalog.kind)(
+        config.catalog, SystemClock()
+    )
+    return catalog
+
+
+def build_agents(config: Config) -> dict[str, HostAgent]:
+    from warmcache.adapters.agent_client import AgentClient
+
+    return {
+        a.endpoint: AgentClient(a.endpoint, timeout_s=config.service.agent_timeout_s)
+        for a in config.agents
+    }
+
+
+def build(config: Config | str | Path, *, clock: Clock | None = None) -> Any:
+    """Assemble a ``WarmCache`` from a config (or the path of a TOML file)."""
+    from warmcache.service import WarmCache
+
+    if not isinstance(config, Config):
+        config = load_config(config)
+    check_kinds(config)
+    clock = clock or SystemClock()
+    store = build_store(config, clock)
+    catalog = build_catalog(config)
+    events: EventSink = _factory(EVENTS, config.events.kind)(config.events, clock)
+
+    def close() -> None:
+        store.close()
+        closer = getattr(events, "close", None)
+        if closer:
+            closer()
+
+    return WarmCache(
+        config=config.service, store=store, catalog=catalog, events=events,
+        agents=build_agents(config), clock=clock, on_close=close,
+    )

@@ -1,0 +1,292 @@
+"""One leader build cycle (DESIGN.md §5): rules -> deficits -> placement ->
+agent calls -> records, AZs in parallel, bounded concurrency per AZ.
+
+Every store write is fenced (``FencedWriter``). Per VM:
+
+1. record ``building`` (created only if absent),
+2. ``create`` on the agent (transient ``AgentUnavailable`` retried with
+   backoff; an agent's refusal is final),
+3. the first health probe (``status``) must pass,
+4. record ``ready`` (or ``reserved`` while the pool's reserve is short),
+   conditional on the record's revision from step 1.
+
+A build that fails at 2 or 3 is cleaned up: the VM destroyed through its
+agent and the record removed, and reported. If leadership is lost, no new
+VM is started; a VM whose agent call was already in flight keeps its
+``building`` record, so it is tracked for the next leader (or reported by
+reconciliation), never lost (DESIGN §12.2).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from warmcache.builders.plan import PlannedVm, plan_az
+from warmcache.errors import AgentError, AgentRejected, AgentUnavailable, LeadershipLost
+from warmcache.leader.election import FencedWriter
+from warmcache.model import BuildRule, Flavor, HostFacts, InstanceState, Keys, PoolInstance
+from warmcache.placement.pipeline import PlacementPipeline
+from warmcache.ports import (
+    Clock,
+    Compare,
+    CoordinationStore,
+    Delete,
+    Event,
+    EventSink,
+    HostAgent,
+    Put,
+    VmSpec,
+    VmStatus,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CycleReport:
+    token: int
+    started_at: float
+    finished_at: float = 0.0
+    built: Counter[tuple[str, str]] = field(default_factory=Counter)  # (az, flavor)
+    failed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    leadership_lost: bool = False
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "token": self.token,
+            "duration_s": round(self.finished_at - self.started_at, 3),
+            "built": {f"{az}/{flavor}": n for (az, flavor), n in sorted(self.built.items())},
+            "failed": self.failed,
+            "problems": self.problems,
+            "leadership_lost": self.leadership_lost,
+        }
+
+
+def default_vm_name(az: str, flavor: str) -> str:
+    return f"{az}-{flavor}-{uuid.uuid4().hex[:10]}"
+
+
+class BuildCycle:
+    def __init__(
+        self,
+        *,
+        store: CoordinationStore,
+        keys: Keys,
+        flavors: Callable[[], Mapping[str, Flavor]],
+        agents: Mapping[str, HostAgent],
+        events: EventSink,
+        clock: Clock,
+        pipeline: PlacementPipeline,
+        concurrency: int,
+        retries: int,
+        retry_wait_s: float = 0.2,
+        new_name: Callable[[str, str], str] = default_vm_name,
+    ) -> None:
+        if concurrency < 1 or retries < 1:
+            raise ValueError("concurrency and retries must be at least 1")
+        self._store = store
+        self._keys = keys
+        self._flavors = flavors
+        self._agents = agents
+        self._events = events
+        self._clock = clock
+        self._pipeline = pipeline
+        self._concurrency = concurrency
+        self._retries = retries
+        self._retry_wait_s = retry_wait_s
+        self._new_name = new_name
+        self._by_hypervisor: dict[str, HostAgent] = {}
+        self._lock = threading.Lock()
+
+    # --- gathering -------------------------------------------------------------------
+
+    def host_facts(self) -> tuple[dict[str, HostFacts], list[str]]:
+        """Facts from every agent, by hypervisor id; unreachable agents listed."""
+        facts: dict[str, HostFacts] = {}
+        down: list[str] = []
+
+        def ask(agent: HostAgent) -> HostFacts | None:
+            try:
+                return agent.facts()
+            except AgentError as exc:
+                log.warning("no facts from %s: %s", agent.endpoint, exc)
+                return None
+
+        with ThreadPoolExecutor(max_workers=min(32, max(1, len(self._agents)))) as pool:
+            for endpoint, result in zip(
+                self._agents, pool.map(ask, self._agents.values()), strict=True
+            ):
+                if result is None:
+                    down.append(endpoint)
+                else:
+                    facts[result.hypervisor] = result
+                    self._by_hypervisor[result.hypervisor] = self._agents[endpoint]
+        return facts, down
+
+    def _read_rules(self) -> dict[str, dict[str, BuildRule]]:
+        rules: dict[str, dict[str, BuildRule]] = defaultdict(dict)
+        kvs, _ = self._store.range(self._keys.rules_dir())
+        for kv in kvs:
+            az, flavor = Keys.tail(kv.key, 2)
+            rules[az][flavor] = BuildRule.model_validate_json(kv.value)
+        return rules
+
+    def _read_records(self) -> dict[str, list[PoolInstance]]:
+        records: dict[str, list[PoolInstance]] = defaultdict(list)
+        kvs, _ = self._store.range(self._keys.pool_dir())
+        for kv in kvs:
+            rec = PoolInstance.model_validate_json(kv.value)
+            records[rec.az].append(rec)
+        return records
+
+    # --- the cycle -------------------------------------------------------------------
+
+    def run(self, writer: FencedWriter) -> CycleReport:
+        lost = writer.leadership.lost
+        report = CycleReport(writer.leadership.token, self._clock.now())
+        facts, down = self.host_facts()
+        for endpoint in down:
+            report.problems.append(f"agent {endpoint} unreachable")
+        rules = self._read_rules()
+        records = self._read_records()
+        flavors = self._flavors()
+        hosts_by_az: dict[str, list[HostFacts]] = defaultdict(list)
+        for host in facts.values():
+            hosts_by_az[host.az].append(host)
+
+        def run_az(az: str) -> None:
+            plan = plan_az(az, rules[az], flavors, hosts_by_az.get(az, []),
+                           records.get(az, []), self._pipeline, self._new_name)
+            with self._lock:
+                report.problems += [f"{az}/{f}: {why}" for f, why in plan.problems.items()]
+            reserved = Counter(
+                r.flavor for r in records.get(az, []) if r.state == InstanceState.RESERVED
+            )
+            with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
+                for _ in pool.map(lambda vm: self._build(vm, writer, reserved, report),
+                                  plan.builds):
+                    pass
+
+        with ThreadPoolExecutor(max_workers=max(1, len(rules))) as azs:
+            list(azs.map(run_az, sorted(rules)))
+        report.leadership_lost = lost.is_set()
+        report.finished_at = self._clock.now()
+        self._emit("cycle.summary", **report.summary())
+        return report
+
+    def _build(
+        self,
+        vm: PlannedVm,
+        writer: FencedWriter,
+        reserved: Counter[str],
+        report: CycleReport,
+    ) -> None:
+        if writer.leadership.lost.is_set():
+            return
+        az, flavor = vm.host.az, vm.flavor.name
+        key = self._keys.pool(az, vm.name)
+        record = PoolInstance(
+            name=vm.name, az=az, flavor=flavor, hypervisor=vm.host.hypervisor,
+            rack=vm.host.rack, state=InstanceState.BUILDING, group=vm.rule.group_hint,
+            created_at=self._clock.now(), fencing_token=writer.leadership.token,
+        )
+        started = self._clock.now()
+        try:
+            result = writer.txn([Compare.absent(key)], [Put(key, record.model_dump_json())])
+            if not result.succeeded:
+                raise RuntimeError(f"record {key} already exists")
+            revision = result.revision
+            self._emit("vm.build_started", name=vm.name, az=az, flavor=flavor,
+                       hypervisor=vm.host.hypervisor, rack=vm.host.rack,
+                       placement=vm.decision.explain())
+            agent = self._by_hypervisor[vm.host.hypervisor]
+            status = self._create(agent, VmSpec(vm.name, vm.flavor, vm.rule.user_data,
+                                                vm.rule.group_hint))
+            if not status.healthy:
+                status = agent.status(vm.name)
+            if not status.healthy:
+                raise AgentRejected(agent.endpoint, "unhealthy",
+                                    f"first health probe failed: state {status.state}")
+        except LeadershipLost:
+            self._emit("vm.build_abandoned", name=vm.name, az=az, flavor=flavor,
+                       reason="leadership lost before the VM was started")
+            return
+        except (AgentError, RuntimeError) as exc:
+            self._fail(vm, key, writer, report, str(exc))
+            return
+        with self._lock:
+            hold = reserved[flavor] < vm.rule.reserve_cap
+            if hold:
+                reserved[flavor] += 1
+        state = InstanceState.RESERVED if hold else InstanceState.READY
+        done = record.with_state(state, ready_at=self._clock.now(), server_id=status.server_id,
+                                 addresses=status.addresses)
+        try:
+            ok = writer.txn([Compare.mod_revision(key, revision)],
+                            [Put(key, done.model_dump_json())]).succeeded
+        except LeadershipLost:
+            # The VM runs and its record says building: the next leader sees it.
+            report.leadership_lost = True
+            return
+        if not ok:
+            report.failed.append(f"{vm.name}: record changed while building")
+            return
+        with self._lock:
+            report.built[(az, flavor)] += 1
+        self._emit("vm.build_finished", name=vm.name, az=az, flavor=flavor, state=state.value,
+                   hypervisor=vm.host.hypervisor, rack=vm.host.rack,
+                   duration_s=round(self._clock.now() - started, 3))
+
+    def _create(self, agent: HostAgent, spec: VmSpec) -> VmStatus:
+        for attempt in Retrying(
+            retry=retry_if_exception_type(AgentUnavailable),
+            stop=stop_after_attempt(self._retries),
+            wait=wait_exponential(multiplier=self._retry_wait_s, max=5.0),
+            reraise=True,
+        ):
+            with attempt:
+                try:
+                    return agent.create(spec)
+                except AgentRejected as exc:
+                    # A retried create whose first attempt did land.
+                    if exc.agent_code == "already_exists" and attempt.retry_state.attempt_number > 1:
+                        return agent.status(spec.name)
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _fail(
+        self, vm: PlannedVm, key: str, writer: FencedWriter, report: CycleReport, why: str
+    ) -> None:
+        agent = self._by_hypervisor.get(vm.host.hypervisor)
+        cleaned = True
+        if agent is not None:
+            try:
+                agent.delete(vm.name)
+            except AgentRejected as exc:
+                cleaned = exc.agent_code == "not_found"
+            except AgentError:
+                cleaned = False
+        if cleaned:
+            # Only forget the record once the VM is surely gone; otherwise the
+            # building record keeps it tracked (DESIGN §12.2).
+            try:
+                writer.txn([], [Delete(key)])
+            except LeadershipLost:
+                report.leadership_lost = True
+        with self._lock:
+            report.failed.append(f"{vm.name}: {why}")
+        self._emit("vm.build_failed", name=vm.name, az=vm.host.az, flavor=vm.flavor.name,
+                   hypervisor=vm.host.hypervisor, error=why, cleaned_up=cleaned)
+
+    def _emit(self, type_: str, **fields: object) -> None:
+        self._events.emit(Event(type_, self._clock.now(), fields))
+

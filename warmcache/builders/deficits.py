@@ -1,0 +1,40 @@
+"""Build-rule arithmetic (DESIGN.md §5, §6): pure functions, no I/O."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from warmcache.model import BuildRule, InstanceState, PoolInstance
+
+
+def state_counts(records: Iterable[PoolInstance], flavor: str) -> Counter[InstanceState]:
+    return Counter(r.state for r in records if r.flavor == flavor)
+
+
+def to_build(rule: BuildRule, counts: Counter[InstanceState]) -> int:
+    """``min(max_instance_per_cycle, total - (ready + reserved + building))``,
+    never negative; zero for a disabled rule."""
+    if not rule.enabled:
+        return 0
+    pooled = (
+        counts[InstanceState.READY] + counts[InstanceState.RESERVED]
+        + counts[InstanceState.BUILDING]
+    )
+    return max(0, min(rule.max_instance_per_cycle, rule.total_instances - pooled))
+
+
+def racks_required(rule: BuildRule, building: int) -> int:
+    """Distinct racks the VMs of one cycle must span: ``min_fault_domain``,
+    capped by how many VMs are being built (one VM spans one rack)."""
+    return min(rule.min_fault_domain, building)
+
+
+def below_low_water(rule: BuildRule, counts: Counter[InstanceState], ratio: float) -> bool:
+    if not rule.enabled or rule.total_instances == 0:
+        return False
+    pooled = (
+        counts[InstanceState.READY] + counts[InstanceState.RESERVED]
+        + counts[InstanceState.BUILDING]
+    )
+    return pooled < rule.total_instances * ratio

@@ -1,0 +1,225 @@
+"""The ``warmcache`` command line (click)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from warmcache.errors import WarmCacheError
+
+console = Console()
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def _fail(message: str, code: int = 1) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    sys.exit(code)
+
+
+@click.group()
+@click.version_option(package_name="warmcache")
+def main() -> None:
+    """warmcache: pools of ready VMs, acquired rack-aware in milliseconds."""
+
+
+# --- serve --------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="Service TOML (see config/service.example.toml).")
+def serve(config_path: str) -> None:
+    """Run one service instance: HTTP API, leader election, build cycles."""
+    from werkzeug.serving import make_server
+
+    from warmcache.bootstrap import build
+    from warmcache.web import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        service = build(config_path)
+    except WarmCacheError as exc:
+        _fail(str(exc), 2)
+    cfg = service.config
+    server = make_server(cfg.listen_host, cfg.listen_port, create_app(service), threaded=True)
+
+    def _stop(_sig: int, _frame: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    service.start()
+    logging.getLogger("warmcache").info("%s serving on http://%s:%d", cfg.node,
+                                        cfg.listen_host, cfg.listen_port)
+    try:
+        server.serve_forever()
+    finally:
+        service.close()
+
+
+# --- quickstart -----------------------------------------------------------------------
+
+
+def _default_state_dir() -> str:
+    from platformdirs import user_data_dir
+
+    return str(Path(user_data_dir("warmcache")) / "quickstart")
+
+
+@main.command()
+@click.option("--state-dir", default=_default_state_dir, show_default="user data dir",
+              type=click.Path(file_okay=False), help="Where configs, store and logs go.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65534),
+              help="API port of the first instance; the others use the next ports.")
+@click.option("--instances", default=2, show_default=True, type=click.IntRange(1, 9),
+              help="Service instances (they elect a leader among themselves).")
+@click.option("--exit-after", type=click.FloatRange(min=0), default=None,
+              help="Stop everything after this many seconds (default: run until Ctrl-C).")
+@click.option("--config-dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Where flavors.toml and rules.toml are (default: the checkout's config/).")
+@click.option("--create-delay", default=0.2, show_default=True, type=click.FloatRange(0, 60),
+              help="Simulated seconds each VM takes to boot on test:///default.")
+def quickstart(state_dir: str, port: int, instances: int, exit_after: float | None,
+               config_dir: str | None, create_delay: float) -> None:
+    """Run the whole system on the embedded stack and fill the pools."""
+    from warmcache.quickstart import CHECKOUT_CONFIG, QuickstartError, QuickstartStack
+
+    stack = QuickstartStack(
+        Path(state_dir), port=port, instances=instances, create_delay_s=create_delay,
+        config_dir=Path(config_dir) if config_dir else CHECKOUT_CONFIG,
+    )
+    started = time.monotonic()
+    stopping = threading.Event()
+
+    def _interrupt(_sig: int, _frame: object) -> None:
+        stopping.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with console.status("starting agents and service instances..."):
+            stack.start()
+        hosts = stack.topology.hosts()
+        console.print(
+            f"[green]up:[/green] {len(hosts)} agents ({len(stack.topology.azs)} AZs x "
+            f"{stack.topology.racks_per_az} racks x {stack.topology.hypervisors_per_rack} "
+            f"hypervisors), {instances} instances: {', '.join(stack.urls)}"
+        )
+        _fill_with_progress(stack)
+        console.print(f"pools full in {time.monotonic() - started:.1f} s")
+        console.print(_pools_table(stack.pools()))
+        leader = httpx.get(f"{stack.urls[0]}/v1/leader", timeout=5).json()["leader"]
+        console.print(f"leader of the last cycle: {leader['node'] if leader else 'none (idle)'}")
+        example = json.dumps({"flavor": "small", "az": "az1", "count": 3, "mode": "rack-aware"})
+        console.print("\nAcquire 3 VMs on 3 different racks:")
+        print(f"  curl -s -X POST {stack.urls[0]}/v1/acquire "
+              f"-H 'Content-Type: application/json' -d '{example}'")
+        print(f"  curl -s {stack.urls[0]}/v1/pools")
+        console.print(f"\nstate and logs: {state_dir}")
+        if exit_after is None:
+            console.print("running; Ctrl-C stops every process started here")
+            while True:
+                time.sleep(3600)
+        remaining = exit_after - (time.monotonic() - started)
+        if remaining > 0:
+            stopping.wait(remaining)
+    except KeyboardInterrupt:
+        pass
+    except (QuickstartError, httpx.HTTPError) as exc:
+        stack.stop()
+        _fail(str(exc))
+    finally:
+        with console.status("stopping every process started by quickstart..."):
+            stack.stop()
+    console.print("stopped")
+
+
+def _fill_with_progress(stack: Any) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[detail]}"), console=console) as progress:
+        tasks: dict[str, Any] = {}
+
+        def update(pools: list[dict[str, Any]]) -> None:
+            for p in pools:
+                key = f"{p['az']}/{p['flavor']}"
+                if key not in tasks:
+                    tasks[key] = progress.add_task(key, total=p["target"], detail="")
+                racks = len(p["ready_by_rack"])
+                progress.update(
+                    tasks[key], completed=p["ready"] + p["reserved"],
+                    detail=f"building {p['building']}, reserved {p['reserved']}, "
+                           f"on {racks} rack(s)",
+                )
+
+        stack.wait_full(on_update=update)
+
+
+def _pools_table(pools: list[dict[str, Any]]) -> Table:
+    table = Table(title="pools")
+    for col in ("az", "flavor", "target", "ready", "reserved", "building", "ready by rack"):
+        table.add_column(col)
+    for p in pools:
+        table.add_row(p["az"], p["flavor"], str(p["target"]), str(p["ready"]),
+                      str(p["reserved"]), str(p["building"]),
+                      ", ".join(f"{r}:{n}" for r, n in p["ready_by_rack"].items()))
+    return table
+
+
+# --- operator commands over HTTP ---------------------------------------------------------
+
+
+def _request(method: str, url: str, **kwargs: Any) -> Any:
+    try:
+        reply = httpx.request(method, url, timeout=30, **kwargs)
+    except httpx.HTTPError as exc:
+        _fail(f"{url}: {exc}")
+    body = reply.json()
+    if reply.status_code >= 400:
+        _fail(f"{body.get('error')}: {json.dumps(body.get('detail'))}")
+    return body
+
+
+@main.command()
+@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
+def pools(url: str) -> None:
+    """Show every pool: target, ready, reserved, building, spread."""
+    console.print(_pools_table(_request("GET", f"{url}/v1/pools")["pools"]))
+
+
+@main.command()
+@click.argument("flavor")
+@click.argument("az")
+@click.argument("count", type=click.IntRange(min=1))
+@click.option("--mode", type=click.Choice(["rack-aware", "hypervisor-aware", "best-effort"]),
+              default="rack-aware", show_default=True)
+@click.option("--use-reserve", is_flag=True, help="May take VMs held back by reserve_cap.")
+@click.option("--requester", default="cli", show_default=True)
+@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
+def acquire(flavor: str, az: str, count: int, mode: str, use_reserve: bool, requester: str,
+            url: str) -> None:
+    """Acquire COUNT VMs of FLAVOR in AZ; prints them as JSON."""
+    body = _request("POST", f"{url}/v1/acquire", json={
+        "flavor": flavor, "az": az, "count": count, "mode": mode,
+        "use_reserve": use_reserve, "requester": requester,
+    })
+    print(json.dumps(body, indent=2))
+
+
+@main.command()
+@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
+def leader(url: str) -> None:
+    """Who holds the leader lock now (none between cycles)."""
+    print(json.dumps(_request("GET", f"{url}/v1/leader"), indent=2))

@@ -1,0 +1,157 @@
+"""Service configuration: one TOML file plus ``WARMCACHE_`` environment overrides.
+
+Parsed once, in the composition root, into frozen pydantic models whose field
+names carry their unit. An override names a section and a key separated by a
+double underscore, e.g. ``WARMCACHE_STORE__KIND=etcd`` or
+``WARMCACHE_SERVICE__LISTEN_PORT=9090``; its value is read as JSON when it
+parses as JSON (numbers, booleans, lists) and as a plain string otherwise,
+like Flask's ``from_prefixed_env``. Relative paths are relative to the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from warmcache.errors import ConfigError
+
+ENV_PREFIX = "WARMCACHE_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServiceConfig(_Section):
+    node: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="Name of this instance in the leader key and service registry.",
+    )
+    prefix: str = Field(default="warmcache", description="Key prefix in the store.")
+    listen_host: str = Field(default="127.0.0.1", description="HTTP API address.")
+    listen_port: int = Field(default=8080, ge=0, le=65535, description="HTTP API port.")
+    cycle_interval_s: float = Field(
+        default=900.0, gt=0, description="Seconds between build cycles (DESIGN §5)."
+    )
+    leader_ttl_s: float = Field(
+        default=10.0, ge=2.0, le=86400.0,
+        description="TTL of the leader session; failover takes about this long. "
+        "Renewed every leader_ttl_s / 3.",
+    )
+    service_ttl_s: float = Field(
+        default=3600.0, gt=0, description="TTL of this instance's service registration."
+    )
+    low_water_ratio: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="A pool whose ready+reserved+building falls below this share of "
+        "total_instances triggers an early build cycle.",
+    )
+    build_concurrency: int = Field(
+        default=8, ge=1, le=256, description="Parallel agent calls per AZ in a cycle."
+    )
+    build_retries: int = Field(
+        default=3, ge=1, le=20, description="Attempts per agent call on transient errors."
+    )
+    agent_timeout_s: float = Field(default=60.0, gt=0, description="Per agent request.")
+    max_acquire_count: int = Field(
+        default=1000, ge=1, le=100_000, description="Largest count one acquire may ask."
+    )
+    acquire_attempts: int = Field(
+        default=16, ge=1, le=1000, description="Claim attempts before claim_contention."
+    )
+    run_builds: bool = Field(
+        default=True, description="Take part in leader election and build cycles."
+    )
+
+
+class StoreConfig(_Section):
+    kind: str = Field(default="sqlite", description="sqlite | etcd | consul")
+    path: str = Field(default="warmcache-store.db", description="sqlite: database file.")
+    url: str = Field(default="", description="etcd/consul: http://host:port")
+    token: str = Field(default="", description="consul: ACL token")
+
+
+class CatalogConfig(_Section):
+    kind: str = Field(default="file", description="file | mongodb")
+    path: str = Field(default="flavors.toml", description="file: TOML flavor catalog.")
+    url: str = Field(default="", description="mongodb: connection string")
+
+
+class EventsConfig(_Section):
+    kind: str = Field(default="sqlite", description="sqlite | log | elasticsearch")
+    path: str = Field(default="warmcache-events.db", description="sqlite: database file.")
+    url: str = Field(default="", description="elasticsearch: http://host:port")
+
+
+class AgentEndpoint(_Section):
+    endpoint: str = Field(description="unix:PATH of a warmcache-agent socket")
+
+
+class Config(_Section):
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    agents: tuple[AgentEndpoint, ...] = ()
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        if section not in ("service", "store", "catalog", "events"):
+            continue
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    for section in ("store", "catalog", "events"):
+        sect = data.get(section)
+        if isinstance(sect, dict) and isinstance(sect.get("path"), str):
+            sect["path"] = str((base / sect["path"]).resolve())
+    for agent in data.get("agents", []) or []:
+        if isinstance(agent, dict) and isinstance(agent.get("endpoint"), str):
+            ep = agent["endpoint"]
+            if ep.startswith("unix:"):
+                agent["endpoint"] = "unix:" + str((base / ep[len("unix:"):]).resolve())
+
+
+def parse_config(
+    data: Mapping[str, Any], *, base: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate a config mapping (file contents) with environment overrides."""
+    merged: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for section, values in _env_overrides(os.environ if environ is None else environ).items():
+        merged.setdefault(section, {}).update(values)
+    _resolve_paths(merged, base or Path.cwd())
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        ) from exc
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError([f"{path}: no such file"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: {exc}"]) from exc
+    return parse_config(data, base=path.parent, environ=environ)

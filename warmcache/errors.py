@@ -1,0 +1,243 @@
+"""The warmcache error tree.
+
+Every error carries a stable machine-readable ``code`` (the ``error`` field of
+HTTP error bodies and of agent replies) and keeps the typed arguments it was
+built from as attributes, so callers can act on numbers, not on messages::
+
+    WarmCacheError                     code
+    ├── ConfigError                    config_error
+    ├── InvalidRequest                 invalid_request       (HTTP 400)
+    │   └── InvalidRule                invalid_rule          (HTTP 400)
+    ├── NotFound                       not_found             (HTTP 404)
+    │   ├── UnknownFlavor              unknown_flavor
+    │   ├── UnknownAZ                  unknown_az
+    │   └── UnknownPool                unknown_pool
+    ├── NoCapacity                     no_capacity           (HTTP 409)
+    ├── ClaimContention                claim_contention      (HTTP 503)
+    ├── StoreError                     store_error           (HTTP 503)
+    │   ├── SessionExpired             session_expired
+    │   ├── LeadershipLost             leadership_lost
+    │   └── WatchCompacted             watch_compacted
+    └── AgentError                     agent_error           (HTTP 502)
+        ├── AgentUnavailable           agent_unavailable     (transient: retried)
+        ├── AgentRejected              <the agent's code>    (never retried)
+        └── InsufficientHostCapacity   insufficient_capacity
+
+HTTP statuses are assigned in ``warmcache.web`` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+class WarmCacheError(Exception):
+    """Base of every error warmcache raises on purpose."""
+
+    code = "warmcache_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def detail(self) -> Any:
+        """JSON-able detail for error bodies: the message by default."""
+        return self.message
+
+
+class ConfigError(WarmCacheError):
+    """The configuration is invalid; lists every problem found at once."""
+
+    code = "config_error"
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration: " + "; ".join(self.problems))
+
+
+class InvalidRequest(WarmCacheError):
+    """Malformed input: wrong types, out-of-range values, unknown fields."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, errors: list[Mapping[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = list(errors or [])
+
+    def detail(self) -> Any:
+        if not self.errors:
+            return self.message
+        return {"message": self.message, "errors": self.errors}
+
+
+class InvalidRule(InvalidRequest):
+    """A build rule failed validation; the stored rule is left unchanged."""
+
+    code = "invalid_rule"
+
+
+class NotFound(WarmCacheError):
+    code = "not_found"
+
+
+class UnknownFlavor(NotFound):
+    code = "unknown_flavor"
+
+    def __init__(self, flavor: str, known: Iterable[str]) -> None:
+        self.flavor = flavor
+        self.known = sorted(known)
+        super().__init__(f"unknown flavor {flavor!r}; known flavors: {', '.join(self.known)}")
+
+
+class UnknownAZ(NotFound):
+    code = "unknown_az"
+
+    def __init__(self, az: str, known: Iterable[str]) -> None:
+        self.az = az
+        self.known = sorted(known)
+        super().__init__(f"unknown availability zone {az!r}; known: {', '.join(self.known)}")
+
+
+class UnknownPool(NotFound):
+    """The flavor and the AZ both exist, but no build rule pairs them."""
+
+    code = "unknown_pool"
+
+    def __init__(self, flavor: str, az: str) -> None:
+        self.flavor = flavor
+        self.az = az
+        super().__init__(f"no pool for flavor {flavor!r} in {az!r} (no build rule)")
+
+
+class NoCapacity(WarmCacheError):
+    """The pool cannot satisfy the request right now; nothing was claimed.
+
+    A retry would not help until the pool is refilled: callers should fall
+    back (another AZ, cold provisioning) or wait for the next build cycle.
+    """
+
+    code = "no_capacity"
+
+    def __init__(
+        self,
+        *,
+        flavor: str,
+        az: str,
+        mode: str,
+        wanted: int,
+        ready: int,
+        racks: int,
+        hypervisors: int,
+    ) -> None:
+        self.flavor = flavor
+        self.az = az
+        self.mode = mode
+        self.wanted = wanted
+        self.ready = ready
+        self.racks = racks
+        self.hypervisors = hypervisors
+        super().__init__(
+            f"cannot acquire {wanted} x {flavor} in {az} ({mode}): {ready} ready "
+            f"on {racks} rack(s) and {hypervisors} hypervisor(s)"
+        )
+
+    def detail(self) -> Any:
+        return {
+            "message": self.message,
+            "flavor": self.flavor,
+            "az": self.az,
+            "mode": self.mode,
+            "wanted": self.wanted,
+            "ready": self.ready,
+            "racks": self.racks,
+            "hypervisors": self.hypervisors,
+        }
+
+
+class ClaimContention(WarmCacheError):
+    """Concurrent acquirers kept winning the same VMs; nothing was claimed.
+
+    Unlike ``NoCapacity`` this one is worth retrying after a short pause.
+    """
+
+    code = "claim_contention"
+
+    def __init__(self, attempts: int) -> None:
+        self.attempts = attempts
+        super().__init__(f"claim lost to concurrent acquirers {attempts} times; retry")
+
+
+class StoreError(WarmCacheError):
+    """The coordination store failed or is unreachable."""
+
+    code = "store_error"
+
+
+class SessionExpired(StoreError):
+    """The session (lease) is gone: its TTL passed or it was destroyed."""
+
+    code = "session_expired"
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(f"session {session_id} has expired")
+
+
+class LeadershipLost(StoreError):
+    """A fenced write was rejected: this instance no longer holds the lock.
+
+    The caller must stop issuing work at once; whatever it started is left for
+    the next leader (or reconciliation) to account for.
+    """
+
+    code = "leadership_lost"
+
+    def __init__(self, lock_key: str, token: int) -> None:
+        self.lock_key = lock_key
+        self.token = token
+        super().__init__(f"lost leadership of {lock_key} (fencing token {token})")
+
+
+class WatchCompacted(StoreError):
+    """The change feed no longer holds the revisions asked for: re-read the
+    range and watch from its revision."""
+
+    code = "watch_compacted"
+
+    def __init__(self, after_revision: int, compacted: int) -> None:
+        self.after_revision = after_revision
+        self.compacted = compacted
+        super().__init__(
+            f"changes after revision {after_revision} were compacted (up to {compacted})"
+        )
+
+
+class AgentError(WarmCacheError):
+    """A host agent failed an operation."""
+
+    code = "agent_error"
+
+    def __init__(self, endpoint: str, message: str) -> None:
+        self.endpoint = endpoint
+        super().__init__(f"agent {endpoint}: {message}")
+
+
+class AgentUnavailable(AgentError):
+    """The agent could not be reached; transient, worth a retry."""
+
+    code = "agent_unavailable"
+
+
+class AgentRejected(AgentError):
+    """The agent refused the request with a stable error code of its own."""
+
+    def __init__(self, endpoint: str, agent_code: str, detail: Any) -> None:
+        self.agent_code = agent_code
+        self.agent_detail = detail
+        self.code = agent_code
+        super().__init__(endpoint, f"{agent_code}: {detail}")
+
+
+class InsufficientHostCapacity(AgentRejected):
+    """The host has no room left for the VM (placement raced another build)."""

@@ -1,0 +1,195 @@
+"""Domain model (DESIGN.md §4): flavors, build rules, pool instances, hosts.
+
+Pure data and validation: no I/O, no clock. Records are pydantic models so
+that the same schema validates the store's JSON, the HTTP API and the agent
+wire format.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Names end up in store keys, libvirt domain names and file names: keep them
+# to a conservative alphabet so no key can escape its prefix.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def is_valid_name(name: str) -> bool:
+    return bool(_NAME_RE.match(name))
+
+
+class InstanceState(enum.StrEnum):
+    BUILDING = "building"
+    READY = "ready"
+    RESERVED = "reserved"
+    ACQUIRED = "acquired"
+    PURGING = "purging"
+    PURGED = "purged"
+
+
+# States that count towards a pool's size (DESIGN.md §5 to_build arithmetic).
+POOLED_STATES = frozenset({InstanceState.BUILDING, InstanceState.READY, InstanceState.RESERVED})
+
+
+class Mode(enum.StrEnum):
+    RACK_AWARE = "rack-aware"
+    HYPERVISOR_AWARE = "hypervisor-aware"
+    BEST_EFFORT = "best-effort"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Flavor(_Frozen):
+    """A VM shape. ``image_id`` and ``provider_flavor_id`` are catalog-only."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    vcpus: int = Field(ge=1, le=512)
+    memory_mib: int = Field(ge=64, le=16 * 1024 * 1024)
+    disk_gib: int = Field(ge=1, le=64 * 1024)
+    image_id: str = ""
+    provider_flavor_id: str = ""
+    extra_disks_gib: tuple[int, ...] = ()
+
+
+class BuildRule(_Frozen):
+    """One AZ x flavor build rule (DESIGN.md §6)."""
+
+    max_instance_per_cycle: int = Field(ge=1, le=10_000)
+    min_fault_domain: int = Field(default=1, ge=1, le=10_000)
+    reserve_cap: int = Field(default=0, ge=0, le=100_000)
+    user_data: str = ""
+    total_instances: int = Field(ge=0, le=100_000)
+    group_hint: str | None = Field(default=None, pattern=NAME_PATTERN)
+    enabled: bool = True
+
+    @field_validator("user_data")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        if value:
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ValueError("user_data must be base64") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _reserve_within_total(self) -> BuildRule:
+        if self.reserve_cap > self.total_instances:
+            raise ValueError(
+                f"reserve_cap ({self.reserve_cap}) exceeds total_instances "
+                f"({self.total_instances})"
+            )
+        return self
+
+
+class PoolInstance(_Frozen):
+    """A pooled VM's record, stored at ``<prefix>/pool/<az>/<name>``."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    az: str
+    flavor: str
+    hypervisor: str
+    rack: str
+    state: InstanceState
+    server_id: str = ""
+    group: str | None = None
+    created_at: float
+    ready_at: float | None = None
+    addresses: tuple[str, ...] = ()
+    fencing_token: int = 0
+    acquired_by: str | None = None
+    acquired_at: float | None = None
+
+    def with_state(self, state: InstanceState, **changes: object) -> PoolInstance:
+        return self.model_copy(update={"state": state, **changes})
+
+
+class HostFacts(_Frozen):
+    """What an agent reports about its hypervisor (capacity net of its buffer)."""
+
+    hypervisor: str = Field(pattern=NAME_PATTERN)
+    rack: str = Field(pattern=NAME_PATTERN)
+    az: str = Field(pattern=NAME_PATTERN)
+    vcpus_total: int = Field(ge=0)
+    vcpus_free: int
+    memory_mib_total: int = Field(ge=0)
+    memory_mib_free: int
+    disk_gib_total: int = Field(ge=0)
+    disk_gib_free: int
+    healthy: bool = True
+    draining: bool = False
+    vms: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+    def fits(self, flavor: Flavor) -> bool:
+        return (
+            self.vcpus_free >= flavor.vcpus
+            and self.memory_mib_free >= flavor.memory_mib
+            and self.disk_gib_free >= flavor.disk_gib + sum(flavor.extra_disks_gib)
+        )
+
+    def minus(self, flavor: Flavor, vm: str, group: str | None) -> HostFacts:
+        """This host after ``vm`` of ``flavor`` is placed on it (planning only)."""
+        return self.model_copy(
+            update={
+                "vcpus_free": self.vcpus_free - flavor.vcpus,
+                "memory_mib_free": self.memory_mib_free - flavor.memory_mib,
+                "disk_gib_free": self.disk_gib_free
+                - flavor.disk_gib
+                - sum(flavor.extra_disks_gib),
+                "vms": (*self.vms, vm),
+                "groups": (*self.groups, group) if group else self.groups,
+            }
+        )
+
+
+class PoolSummary(_Frozen):
+    az: str
+    flavor: str
+    target: int
+    ready: int
+    reserved: int
+    building: int
+    enabled: bool
+    ready_by_rack: dict[str, int]
+
+
+class Keys:
+    """Key layout in the coordination store, under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix.rstrip("/")
+
+    def pool_dir(self, az: str | None = None) -> str:
+        return f"{self.prefix}/pool/{az}/" if az else f"{self.prefix}/pool/"
+
+    def pool(self, az: str, name: str) -> str:
+        return f"{self.prefix}/pool/{az}/{name}"
+
+    def acquired(self, az: str, name: str) -> str:
+        return f"{self.prefix}/acquired/{az}/{name}"
+
+    def rules_dir(self, az: str | None = None) -> str:
+        return f"{self.prefix}/rules/{az}/" if az else f"{self.prefix}/rules/"
+
+    def rule(self, az: str, flavor: str) -> str:
+        return f"{self.prefix}/rules/{az}/{flavor}"
+
+    def leader(self) -> str:
+        return f"{self.prefix}/leader"
+
+    def hosts_dir(self) -> str:
+        return f"{self.prefix}/hosts/"
+
+    @staticmethod
+    def tail(key: str, depth: int) -> list[str]:
+        """The last ``depth`` path segments of ``key``."""
+        return key.rsplit("/", depth)[1:]

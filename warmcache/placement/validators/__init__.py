@@ -1,0 +1,1 @@
+"""Hard rules: a host that fails one is not a candidate."""

@@ -1,0 +1,224 @@
+"""Ports: the interfaces the core depends on. Adapters live in ``adapters/``
+(and ``agent/libvirt_driver.py``) and are assembled in ``bootstrap.py`` only.
+
+The coordination-store vocabulary (``KeyValue``, ``Compare``, ``Put``,
+``Delete``, ``Change``) follows etcd's, which Consul's KV + txn + sessions can
+express too: every key has a create and a modify revision from one global,
+increasing counter; a transaction is all-or-nothing; a session (lease) with a
+TTL owns keys and deletes them when it expires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from warmcache.model import Flavor, HostFacts
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds since the epoch (wall clock: shared by processes on a host)."""
+        ...
+
+
+# --- coordination store ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: str
+    create_revision: int
+    mod_revision: int
+    session: str | None = None
+
+
+@dataclass(frozen=True)
+class Compare:
+    """A transaction guard on one key.
+
+    ``target`` is what is compared: ``mod``/``create`` revision (0 means the
+    key does not exist) or ``value``.
+    """
+
+    key: str
+    target: Literal["mod", "create", "value"]
+    expected: int | str
+
+    @classmethod
+    def absent(cls, key: str) -> Compare:
+        return cls(key, "create", 0)
+
+    @classmethod
+    def mod_revision(cls, key: str, revision: int) -> Compare:
+        return cls(key, "mod", revision)
+
+    @classmethod
+    def create_revision(cls, key: str, revision: int) -> Compare:
+        return cls(key, "create", revision)
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: str
+    session: str | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+
+
+Op = Put | Delete
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+    # On failure: the current state of every compared key (None if absent),
+    # so a caller can re-plan without another round trip.
+    current: Mapping[str, KeyValue | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Change:
+    revision: int
+    key: str
+    kind: Literal["put", "delete"]
+    value: str | None
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    name: str
+    node: str
+    address: str
+    registered_at: float
+    expires_at: float
+
+
+@runtime_checkable
+class CoordinationStore(Protocol):
+    """KV with revisions, CAS transactions, TTL sessions, change feed, services."""
+
+    def get(self, key: str) -> KeyValue | None: ...
+
+    def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """Every key under ``prefix`` (sorted) and the store revision read at."""
+        ...
+
+    def put(self, key: str, value: str, session: str | None = None) -> int: ...
+
+    def delete(self, key: str) -> bool: ...
+
+    def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult: ...
+
+    def create_session(self, ttl_s: float, node: str) -> str: ...
+
+    def renew_session(self, session_id: str) -> None:
+        """Extend the session by its TTL; raises ``SessionExpired`` if gone."""
+        ...
+
+    def destroy_session(self, session_id: str) -> None:
+        """End the session now and delete the keys it owns (idempotent)."""
+        ...
+
+    def changes(self, prefix: str, after_revision: int, timeout_s: float) -> list[Change]:
+        """Changes under ``prefix`` with revision > ``after_revision``, oldest
+        first; waits up to ``timeout_s`` for the first one."""
+        ...
+
+    def register_service(self, name: str, node: str, address: str, ttl_s: float) -> None: ...
+
+    def deregister_service(self, name: str, node: str) -> None: ...
+
+    def services(self, name: str) -> list[ServiceEntry]: ...
+
+    def close(self) -> None: ...
+
+
+# --- flavor catalog, events ----------------------------------------------------
+
+
+class FlavorCatalog(Protocol):
+    def get(self, name: str) -> Flavor | None: ...
+
+    def list(self) -> list[Flavor]: ...
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    at: float
+    fields: Mapping[str, Any]
+
+
+class EventSink(Protocol):
+    def emit(self, event: Event) -> None:
+        """Record an event; must not raise on a backend problem (log it)."""
+        ...
+
+    def recent(self, limit: int = 100, type_prefix: str = "") -> list[Event]: ...
+
+
+class AlertSink(Protocol):
+    def alert(self, subject: str, body: str) -> None: ...
+
+
+# --- host agents -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    name: str
+    flavor: Flavor
+    user_data: str = ""
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class VmStatus:
+    name: str
+    state: str  # libvirt-style: running, shutoff, paused, crashed, missing
+    healthy: bool
+    server_id: str = ""
+    addresses: tuple[str, ...] = ()
+
+
+class HostAgent(Protocol):
+    """Client side of one hypervisor's agent (Unix socket or proxy)."""
+
+    @property
+    def endpoint(self) -> str: ...
+
+    def facts(self) -> HostFacts: ...
+
+    def create(self, spec: VmSpec) -> VmStatus: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def status(self, name: str) -> VmStatus: ...
+
+    def list(self) -> list[VmStatus]: ...
+
+
+class HypervisorDriver(Protocol):
+    """Agent side: the hypervisor itself (libvirt)."""
+
+    def define_and_start(self, spec: VmSpec, pinning: Mapping[int, int] | None) -> str:
+        """Create and boot the VM; returns its server id (domain UUID)."""
+        ...
+
+    def destroy(self, name: str) -> None:
+        """Stop and undefine; a missing domain is not an error."""
+        ...
+
+    def state(self, name: str) -> str: ...
+
+    def domains(self) -> list[str]: ...

@@ -1,0 +1,237 @@
+"""``warmcache quickstart``: the whole system on the embedded stack, for real.
+
+In a state directory it writes configs, then starts real processes:
+
+* one ``warmcache-agent`` per simulated hypervisor (AZs x racks x
+  hypervisors), each on its own Unix socket with its own libvirt
+  ``test:///default`` (state per process: each agent is its own host);
+* N ``warmcache serve`` instances on one SQLite store, which elect a leader
+  per build cycle; the leader fills the pools through the agents.
+
+It loads the example flavors and rules from ``config/``, shows the pools
+filling, and stops every process it started (by PID) on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from warmcache.adapters.file_catalog import FileFlavorCatalog
+from warmcache.adapters.sqlite_store import SqliteStore
+from warmcache.model import Keys
+from warmcache.rules import RuleBook, read_rules_file
+
+MARKER = ".warmcache-quickstart"
+CHECKOUT_CONFIG = Path(__file__).resolve().parent.parent / "config"
+
+
+class QuickstartError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Topology:
+    azs: tuple[str, ...] = ("az1", "az2")
+    racks_per_az: int = 3
+    hypervisors_per_rack: int = 2
+
+    def hosts(self) -> list[tuple[str, str, str]]:
+        """(az, rack, hypervisor) for every simulated hypervisor."""
+        return [
+            (az, f"{az}-r{r}", f"{az}-r{r}-h{h}")
+            for az in self.azs
+            for r in range(1, self.racks_per_az + 1)
+            for h in range(1, self.hypervisors_per_rack + 1)
+        ]
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class QuickstartStack:
+    state_dir: Path
+    port: int = 8080
+    instances: int = 2
+    topology: Topology = field(default_factory=Topology)
+    config_dir: Path = CHECKOUT_CONFIG
+    create_delay_s: float = 0.2
+    cycle_interval_s: float = 5.0
+    leader_ttl_s: float = 5.0
+    procs: list[Proc] = field(default_factory=list)
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{self.port + i}" for i in range(self.instances)]
+
+    # --- set-up ---------------------------------------------------------------------
+
+    def _prepare_dir(self) -> None:
+        d = self.state_dir
+        if d.exists() and any(d.iterdir()) and not (d / MARKER).exists():
+            raise QuickstartError(
+                f"{d} is not empty and was not made by quickstart; choose another --state-dir"
+            )
+        # Old records describe VMs of agents that are gone: start clean.
+        shutil.rmtree(d, ignore_errors=True)
+        for sub in ("agents", "logs"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        (d / MARKER).write_text("made by warmcache quickstart; safe to delete\n")
+        for name in ("flavors.toml", "rules.toml"):
+            src = self.config_dir / name
+            if not src.exists():
+                raise QuickstartError(f"missing {src} (pass --config-dir)")
+            shutil.copy(src, d / name)
+
+    def _spawn(self, name: str, args: list[str]) -> Proc:
+        log = self.state_dir / "logs" / f"{name}.log"
+        with open(log, "wb") as out:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", *args], stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def start_agents(self) -> list[str]:
+        sockets = []
+        for az, rack, hv in self.topology.hosts():
+            adir = self.state_dir / "agents" / hv
+            adir.mkdir(parents=True, exist_ok=True)
+            (adir / "agent.toml").write_text(
+                f'hypervisor = "{hv}"\nrack = "{rack}"\naz = "{az}"\n'
+                f'libvirt_uri = "test:///default"\nstate_dir = "."\n'
+                f"create_delay_s = {self.create_delay_s}\n"
+                "[capacity]\nvcpus = 16\nmemory_mib = 65536\ndisk_gib = 2000\n"
+                "[reserved]\nvcpus = 2\nmemory_mib = 4096\ndisk_gib = 50\n"
+            )
+            sock = adir / "agent.sock"
+            self._spawn(f"agent-{hv}", ["agent", "--socket", str(sock),
+                                        "--config", str(adir / "agent.toml")])
+            sockets.append(str(sock))
+        return sockets
+
+    def _service_config(self, index: int, sockets: list[str]) -> Path:
+        agents = "".join(f'[[agents]]\nendpoint = "unix:{s}"\n' for s in sockets)
+        path = self.state_dir / f"instance-{index + 1}.toml"
+        path.write_text(
+            "[service]\n"
+            f'node = "wc-{index + 1}"\n'
+            f"listen_port = {self.port + index}\n"
+            f"cycle_interval_s = {self.cycle_interval_s}\n"
+            f"leader_ttl_s = {self.leader_ttl_s}\n"
+            '[store]\nkind = "sqlite"\npath = "store.db"\n'
+            '[catalog]\nkind = "file"\npath = "flavors.toml"\n'
+            '[events]\nkind = "sqlite"\npath = "events.db"\n' + agents
+        )
+        return path
+
+    def load_rules(self) -> int:
+        store = SqliteStore(self.state_dir / "store.db")
+        try:
+            book = RuleBook(store, Keys("warmcache"),
+                            FileFlavorCatalog(self.state_dir / "flavors.toml"))
+            rules = read_rules_file((self.state_dir / "rules.toml").read_text())
+            for (az, flavor), fields in rules.items():
+                book.put(az, flavor, fields)
+            return len(rules)
+        finally:
+            store.close()
+
+    def start(self, *, timeout_s: float = 60.0) -> None:
+        self._prepare_dir()
+        sockets = self.start_agents()
+        self._wait(lambda: all(Path(s).exists() for s in sockets), timeout_s, "agents to listen")
+        self.load_rules()
+        for i in range(self.instances):
+            config = self._service_config(i, sockets)
+            self._spawn(f"instance-{i + 1}", ["warmcache", "serve", "--config", str(config)])
+        self._wait(self._all_healthy, timeout_s, "service instances to answer /healthz")
+
+    def _all_healthy(self) -> bool:
+        try:
+            return all(httpx.get(f"{u}/healthz", timeout=2).status_code == 200
+                       for u in self.urls)
+        except httpx.HTTPError:
+            return False
+
+    def _wait(self, ready: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            dead = [p for p in self.procs if p.popen.poll() is not None]
+            if dead:
+                tail = dead[0].log.read_text()[-2000:]
+                raise QuickstartError(f"{dead[0].name} exited while waiting for {what}:\n{tail}")
+            if time.monotonic() > deadline:
+                raise QuickstartError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            time.sleep(0.1)
+
+    # --- running ---------------------------------------------------------------------
+
+    def pools(self) -> list[dict[str, Any]]:
+        reply = httpx.get(f"{self.urls[0]}/v1/pools", timeout=10)
+        reply.raise_for_status()
+        pools: list[dict[str, Any]] = reply.json()["pools"]
+        return pools
+
+    @staticmethod
+    def full(pools: list[dict[str, Any]]) -> bool:
+        return bool(pools) and all(p["ready"] + p["reserved"] >= p["target"] for p in pools)
+
+    def wait_full(
+        self, timeout_s: float = 120.0,
+        on_update: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pools = self.pools()
+            if on_update:
+                on_update(pools)
+            if self.full(pools):
+                return pools
+            if time.monotonic() > deadline:
+                raise QuickstartError(f"pools not full after {timeout_s:.0f} s: {pools}")
+            time.sleep(0.25)
+
+    # --- tear-down -------------------------------------------------------------------
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM every process we started, by PID; SIGKILL the stragglers."""
+        for proc in self.procs:
+            if proc.popen.poll() is None:
+                os.kill(proc.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for proc in self.procs:
+            try:
+                proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.kill(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait()
+        self.procs.clear()
+
+    def __enter__(self) -> QuickstartStack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

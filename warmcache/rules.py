@@ -1,0 +1,73 @@
+"""Build rules in the store, at ``<prefix>/rules/<az>/<flavor>`` (DESIGN.md §6).
+
+Every write is validated first; a rule that fails validation raises
+``InvalidRule`` and the stored rule is left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from warmcache.errors import InvalidRule
+from warmcache.model import BuildRule, Keys, is_valid_name
+from warmcache.ports import CoordinationStore, FlavorCatalog
+
+
+def parse_rule(data: Mapping[str, Any] | str) -> BuildRule:
+    try:
+        if isinstance(data, str):
+            return BuildRule.model_validate_json(data)
+        return BuildRule.model_validate(data)
+    except ValidationError as exc:
+        errors = json.loads(exc.json(include_url=False, include_input=False))
+        raise InvalidRule("invalid build rule", errors) from exc
+
+
+class RuleBook:
+    def __init__(self, store: CoordinationStore, keys: Keys, catalog: FlavorCatalog) -> None:
+        self._store = store
+        self._keys = keys
+        self._catalog = catalog
+
+    def put(self, az: str, flavor: str, data: Mapping[str, Any] | str) -> BuildRule:
+        if not is_valid_name(az):
+            raise InvalidRule(f"invalid AZ name {az!r}")
+        if self._catalog.get(flavor) is None:
+            raise InvalidRule(f"flavor {flavor!r} is not in the flavor catalog")
+        rule = parse_rule(data)
+        self._store.put(self._keys.rule(az, flavor), rule.model_dump_json())
+        return rule
+
+    def get(self, az: str, flavor: str) -> BuildRule | None:
+        kv = self._store.get(self._keys.rule(az, flavor))
+        return BuildRule.model_validate_json(kv.value) if kv else None
+
+    def all(self) -> dict[tuple[str, str], BuildRule]:
+        kvs, _ = self._store.range(self._keys.rules_dir())
+        out: dict[tuple[str, str], BuildRule] = {}
+        for kv in kvs:
+            az, flavor = Keys.tail(kv.key, 2)
+            out[(az, flavor)] = BuildRule.model_validate_json(kv.value)
+        return out
+
+    def azs(self) -> set[str]:
+        return {az for az, _ in self.all()}
+
+
+def read_rules_file(text: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """``[rules.<az>.<flavor>]`` tables of a TOML file, unvalidated."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidRule(f"rules file: {exc}") from exc
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for az, flavors in (data.get("rules") or {}).items():
+        for flavor, fields in flavors.items():
+            out[(az, flavor)] = dict(fields)
+    return out

@@ -1,0 +1,224 @@
+"""``WarmCache``: the handle an embedding service (or ``warmcache serve``) holds.
+
+It is assembled by ``warmcache.bootstrap`` from config, or by hand from
+ready adapters. ``start()`` runs the background work (service registration;
+leader election and build cycles when ``run_builds``); ``stop()`` ends it.
+``acquire`` and ``pools`` are thread-safe and need no ``start()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from warmcache.acquire.claim import Claimer
+from warmcache.builders.cycle import BuildCycle, CycleReport
+from warmcache.config import Config, ServiceConfig
+from warmcache.errors import InvalidRequest, UnknownAZ, UnknownFlavor, UnknownPool, WarmCacheError
+from warmcache.leader.election import LeaderElection
+from warmcache.model import Keys, Mode, PoolInstance, PoolSummary, is_valid_name
+from warmcache.placement.pipeline import default_pipeline
+from warmcache.pools import summarize
+from warmcache.ports import Clock, CoordinationStore, Event, EventSink, FlavorCatalog, HostAgent
+from warmcache.rules import RuleBook
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "warmcache"
+
+
+class WarmCache:
+    def __init__(
+        self,
+        *,
+        config: ServiceConfig,
+        store: CoordinationStore,
+        catalog: FlavorCatalog,
+        events: EventSink,
+        agents: Mapping[str, HostAgent],
+        clock: Clock,
+        rng: random.Random | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.catalog = catalog
+        self.events = events
+        self.agents = dict(agents)
+        self.clock = clock
+        self.keys = Keys(config.prefix)
+        self.rules = RuleBook(store, self.keys, catalog)
+        self._rng = rng or random.Random()
+        self._on_close = on_close
+        self.election = LeaderElection(
+            store, self.keys.leader(), config.node, ttl_s=config.leader_ttl_s, clock=clock
+        )
+        self._claimer = Claimer(store, self.keys, clock, attempts=config.acquire_attempts,
+                                rng=self._rng)
+        self._cycle = BuildCycle(
+            store=store, keys=self.keys,
+            flavors=lambda: {f.name: f for f in catalog.list()},
+            agents=self.agents, events=events, clock=clock,
+            pipeline=default_pipeline(self._rng),
+            concurrency=config.build_concurrency, retries=config.build_retries,
+        )
+        self._stop = threading.Event()
+        self._trigger = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.last_cycle: CycleReport | None = None
+
+    @classmethod
+    def from_config(cls, config: Config | str | Path) -> WarmCache:
+        from warmcache.bootstrap import build
+
+        return build(config)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> WarmCache:
+        if self._threads:
+            return self
+        self._stop.clear()
+        self._spawn(self._register_loop, "service-registration")
+        if self.config.run_builds:
+            self._spawn(self._builder_loop, "build-cycles")
+        return self
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._trigger.set()
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+        try:
+            self.store.deregister_service(SERVICE_NAME, self.config.node)
+        except WarmCacheError:
+            log.warning("could not deregister %s", self.config.node)
+
+    def close(self) -> None:
+        self.stop()
+        if self._on_close:
+            self._on_close()
+
+    def __enter__(self) -> WarmCache:
+        return self.start()
+
+    def __exit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _register_loop(self) -> None:
+        address = f"http://{self.config.listen_host}:{self.config.listen_port}"
+        interval = self.config.service_ttl_s / 2
+        while not self._stop.is_set():
+            try:
+                self.store.register_service(SERVICE_NAME, self.config.node, address,
+                                            self.config.service_ttl_s)
+            except WarmCacheError as exc:
+                log.warning("service registration failed: %s", exc)
+                interval = min(interval, 5.0)
+            self._stop.wait(interval)
+
+    def _builder_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_cycle()
+            except WarmCacheError as exc:
+                log.warning("build cycle failed: %s", exc)
+            except Exception:
+                log.exception("build cycle crashed")
+            self._trigger.wait(self.config.cycle_interval_s)
+            self._trigger.clear()
+
+    # --- operations ------------------------------------------------------------------
+
+    def trigger_cycle(self) -> None:
+        """Ask for a build cycle now instead of at the next interval."""
+        self._trigger.set()
+
+    def run_cycle(self) -> CycleReport | None:
+        """Run one build cycle if this instance wins the leader lock."""
+        with self.election.lead() as leadership:
+            if leadership is None:
+                return None
+            self._emit("leader.elected", node=self.config.node, token=leadership.token)
+            report = self._cycle.run(self.election.writer(leadership))
+            self.last_cycle = report
+            self._emit("leader.lost" if leadership.lost.is_set() else "leader.released",
+                       node=self.config.node, token=leadership.token)
+            return report
+
+    def leader(self) -> dict[str, Any] | None:
+        return self.election.holder()
+
+    def pools(self) -> list[PoolSummary]:
+        kvs, _ = self.store.range(self.keys.pool_dir())
+        records = [PoolInstance.model_validate_json(kv.value) for kv in kvs]
+        return summarize(self.rules.all(), records)
+
+    def acquire(
+        self,
+        flavor: str,
+        az: str,
+        count: int,
+        mode: Mode | str,
+        *,
+        use_reserve: bool = False,
+        requester: str = "anonymous",
+    ) -> list[PoolInstance]:
+        """Claim ``count`` ready VMs satisfying ``mode``, all or nothing.
+
+        Raises ``InvalidRequest`` (bad count or mode), ``UnknownFlavor``,
+        ``UnknownAZ``, ``UnknownPool``, ``NoCapacity`` (the pool cannot satisfy
+        the mode now; nothing claimed) or ``ClaimContention`` (retry later).
+        """
+        started = time.perf_counter()
+        mode = self._validate(flavor, az, count, mode)
+        claimed = self._claimer.claim(flavor=flavor, az=az, count=count, mode=mode,
+                                      use_reserve=use_reserve, requester=requester)
+        latency_ms = (time.perf_counter() - started) * 1000
+        self._emit("acquisition", requester=requester, flavor=flavor, az=az, count=count,
+                   mode=mode.value, latency_ms=round(latency_ms, 3), attempts=claimed.attempts,
+                   vms=[vm.name for vm in claimed.vms])
+        rule = self.rules.get(az, flavor)
+        if rule and claimed.remaining < rule.total_instances * self.config.low_water_ratio:
+            self.trigger_cycle()
+        return claimed.vms
+
+    def _validate(self, flavor: str, az: str, count: int, mode: Mode | str) -> Mode:
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise InvalidRequest("count must be an integer")
+        if not 1 <= count <= self.config.max_acquire_count:
+            raise InvalidRequest(
+                f"count must be between 1 and {self.config.max_acquire_count}, got {count}"
+            )
+        try:
+            mode = Mode(mode)
+        except ValueError as exc:
+            raise InvalidRequest(
+                f"unknown mode {mode!r}; valid modes: {', '.join(m.value for m in Mode)}"
+            ) from exc
+        if not is_valid_name(flavor) or self.catalog.get(flavor) is None:
+            raise UnknownFlavor(flavor, (f.name for f in self.catalog.list()))
+        rules = self.rules.all()
+        azs = {a for a, _ in rules}
+        if az not in azs:
+            raise UnknownAZ(az, azs)
+        if (az, flavor) not in rules:
+            raise UnknownPool(flavor, az)
+        return mode
+
+    def _emit(self, type_: str, **fields: object) -> None:
+        self.events.emit(Event(type_, self.clock.now(), fields))

@@ -1,0 +1,54 @@
+"""Flask app factory: receives the assembled ``WarmCache``, one blueprint per surface."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from warmcache.errors import (
+    AgentError,
+    ClaimContention,
+    InvalidRequest,
+    NoCapacity,
+    NotFound,
+    StoreError,
+    WarmCacheError,
+)
+from warmcache.service import WarmCache
+from warmcache.web.api import api
+
+# The only place where errors meet HTTP statuses (STYLE.md §4).
+STATUS: list[tuple[type[WarmCacheError], int]] = [
+    (InvalidRequest, 400),
+    (NotFound, 404),
+    (NoCapacity, 409),
+    (ClaimContention, 503),
+    (StoreError, 503),
+    (AgentError, 502),
+    (WarmCacheError, 500),
+]
+
+
+def error_body(code: str, detail: Any) -> dict[str, Any]:
+    return {"error": code, "detail": detail}
+
+
+def create_app(service: WarmCache) -> Flask:
+    app = Flask("warmcache")
+    app.extensions["warmcache"] = service
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.register_blueprint(api)
+
+    @app.errorhandler(WarmCacheError)
+    def _domain_error(exc: WarmCacheError) -> tuple[Any, int]:
+        status = next(code for cls, code in STATUS if isinstance(exc, cls))
+        return jsonify(error_body(exc.code, exc.detail())), status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> tuple[Any, int]:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return jsonify(error_body(code, exc.description)), exc.code or 500
+
+    return app

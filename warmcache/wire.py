@@ -1,0 +1,76 @@
+"""The host-agent wire schema, shared by ``agent/`` and ``AgentClient``.
+
+Framing: one JSON object per line over a Unix stream socket, one request and
+one reply per connection. A request is one of the ``*Request`` models below
+(unknown fields and wrong types are rejected); a reply is either
+``{"ok": true, "result": ...}`` or ``{"ok": false, "error": CODE, "detail": ...}``
+with a stable ``CODE`` from ``AGENT_ERROR_CODES``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from warmcache.model import NAME_PATTERN, Flavor
+
+AGENT_ERROR_CODES = (
+    "invalid_request",  # malformed or out-of-range request: nothing was done
+    "insufficient_capacity",  # the host cannot fit the VM now
+    "not_found",  # no such VM on this host
+    "already_exists",  # a VM of that name exists on this host
+    "hypervisor_error",  # libvirt failed; the agent cleaned up what it started
+    "internal_error",
+)
+
+MAX_LINE_BYTES = 1 << 20
+
+
+class _Req(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class VmRequestSpec(_Req):
+    name: str = Field(pattern=NAME_PATTERN)
+    flavor: Flavor
+    user_data: str = Field(default="", max_length=64 * 1024)
+    group: str | None = Field(default=None, pattern=NAME_PATTERN)
+
+
+class CreateRequest(_Req):
+    op: Literal["create"]
+    vm: VmRequestSpec
+
+
+class NamedRequest(_Req):
+    op: Literal["delete", "status"]
+    name: str = Field(pattern=NAME_PATTERN)
+
+
+class PlainRequest(_Req):
+    op: Literal["list", "facts", "health"]
+
+
+AgentRequest = Annotated[CreateRequest | NamedRequest | PlainRequest, Field(discriminator="op")]
+REQUEST_ADAPTER: TypeAdapter[CreateRequest | NamedRequest | PlainRequest] = TypeAdapter(
+    AgentRequest
+)
+
+
+class VmStatusWire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    state: str
+    healthy: bool
+    server_id: str = ""
+    addresses: tuple[str, ...] = ()
+
+
+def ok(result: Any) -> dict[str, Any]:
+    return {"ok": True, "result": result}
+
+
+def error(code: str, detail: Any) -> dict[str, Any]:
+    return {"ok": False, "error": code, "detail": detail}
