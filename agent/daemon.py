@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from agent.config import load_agent_config
 from agent.libvirt_driver import HypervisorFailure, LibvirtDriver
 from agent.operations import AgentFault, HostAgentService
-from warmcache.errors import ConfigError
+from warmcache.errors import ConfigError, InvalidRequest
 from warmcache.wire import MAX_LINE_BYTES, REQUEST_ADAPTER, error, ok
 
 log = logging.getLogger("warmcache.agent")
@@ -36,7 +36,8 @@ def handle_line(service: HostAgentService, line: bytes) -> dict[str, Any]:
     try:
         request = REQUEST_ADAPTER.validate_json(line)
     except ValidationError as exc:
-        return error("invalid_request", json.loads(exc.json(include_url=False, include_input=False)))
+        return error("invalid_request",
+                     InvalidRequest.from_validation("invalid request", exc).errors)
     try:
         return ok(service.handle(request))
     except AgentFault as exc:

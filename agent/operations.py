@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig, Resources
-from agent.lockfile import AlreadyAllocated, Allocation, CapacityExceeded, Lockfile
 from agent.libvirt_driver import HypervisorFailure
+from agent.lockfile import Allocation, AlreadyAllocated, CapacityExceeded, Lockfile
 from warmcache.model import HostFacts
 from warmcache.ports import HypervisorDriver, VmSpec
 from warmcache.wire import CreateRequest, NamedRequest, PlainRequest

@@ -65,6 +65,16 @@ class InvalidRequest(WarmCacheError):
         super().__init__(message)
         self.errors = list(errors or [])
 
+    @classmethod
+    def from_validation(cls, message: str, exc: Any) -> InvalidRequest:
+        """From a ``pydantic.ValidationError``: one entry per bad field, without
+        echoing the input back (it may hold secrets such as user_data)."""
+        errors: list[Mapping[str, Any]] = [
+            {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        return cls(message, errors)
+
     def detail(self) -> Any:
         if not self.errors:
             return self.message

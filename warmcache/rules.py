@@ -6,7 +6,6 @@ Every write is validated first; a rule that fails validation raises
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,8 +22,7 @@ def parse_rule(data: Mapping[str, Any] | str) -> BuildRule:
             return BuildRule.model_validate_json(data)
         return BuildRule.model_validate(data)
     except ValidationError as exc:
-        errors = json.loads(exc.json(include_url=False, include_input=False))
-        raise InvalidRule("invalid build rule", errors) from exc
+        raise InvalidRule.from_validation("invalid build rule", exc) from exc
 
 
 class RuleBook:

@@ -77,7 +77,8 @@ class WarmCache:
     def from_config(cls, config: Config | str | Path) -> WarmCache:
         from warmcache.bootstrap import build
 
-        return build(config)
+        service: WarmCache = build(config)
+        return service
 
     # --- lifecycle -------------------------------------------------------------------
 

@@ -30,7 +30,6 @@ from warmcache.ports import (
     Change,
     Clock,
     Compare,
-    Delete,
     KeyValue,
     Op,
     Put,

@@ -258,7 +258,8 @@ class BuildCycle:
                     return agent.create(spec)
                 except AgentRejected as exc:
                     # A retried create whose first attempt did land.
-                    if exc.agent_code == "already_exists" and attempt.retry_state.attempt_number > 1:
+                    retried = attempt.retry_state.attempt_number > 1
+                    if exc.agent_code == "already_exists" and retried:
                         return agent.status(spec.name)
                     raise
         raise AssertionError("unreachable")  # pragma: no cover

@@ -44,8 +44,7 @@ def _body(model: type[BaseModel]) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = json.loads(exc.json(include_url=False, include_input=False))
-        raise InvalidRequest("invalid request body", errors) from exc
+        raise InvalidRequest.from_validation("invalid request body", exc) from exc
 
 
 def vm_json(vm: PoolInstance) -> dict[str, Any]:

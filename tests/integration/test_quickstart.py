@@ -1,0 +1,122 @@
+"""The whole quickstart path with real processes: 12 warmcache-agent
+processes on libvirt test:///default, 2 `warmcache serve` instances electing
+a leader on one SQLite store, the HTTP API in front."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from warmcache.quickstart import QuickstartStack
+
+pytestmark = [pytest.mark.integration, pytest.mark.libvirt,
+              pytest.mark.usefixtures("libvirt_available")]
+
+
+def free_port_pair() -> int:
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return int(port)
+    raise RuntimeError("no two adjacent free ports")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuickstartStack]:
+    qs = QuickstartStack(tmp_path_factory.mktemp("qs"), port=free_port_pair(),
+                         create_delay_s=0.05, cycle_interval_s=2.0)
+    with qs:
+        qs.wait_full(timeout_s=120)
+        yield qs
+    for proc in qs.procs:
+        assert proc.popen.poll() is not None
+
+
+def pooled(stack: QuickstartStack) -> dict[str, str]:
+    """Name -> state of every pooled VM, read straight from the store."""
+    from warmcache.adapters.sqlite_store import SqliteStore
+    from warmcache.model import PoolInstance
+
+    store = SqliteStore(stack.state_dir / "store.db")
+    try:
+        kvs, _ = store.range("warmcache/pool/")
+    finally:
+        store.close()
+    recs = [PoolInstance.model_validate_json(kv.value) for kv in kvs]
+    return {r.name: r.state.value for r in recs}
+
+
+def small_az1(pools: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(p for p in pools if (p["az"], p["flavor"]) == ("az1", "small"))
+
+
+def test_pools_fill_spread_over_racks(stack: QuickstartStack) -> None:
+    pools = stack.pools()
+    assert len(pools) == 5 and stack.full(pools)
+    for pool in pools:
+        assert pool["ready"] + pool["reserved"] == pool["target"]
+        assert len(pool["ready_by_rack"]) == 3
+    assert small_az1(pools)["reserved"] == 2
+
+
+def test_both_instances_serve_and_a_leader_was_elected(stack: QuickstartStack) -> None:
+    for url in stack.urls:
+        assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+    import sqlite3
+
+    events = sqlite3.connect(stack.state_dir / "events.db")
+    leaders = {row[0] for row in events.execute(
+        "SELECT json_extract(fields, '$.node') FROM events WHERE type = 'leader.elected'")}
+    events.close()
+    assert leaders and leaders <= {"wc-1", "wc-2"}
+
+
+def test_rack_aware_acquire_409_and_400_over_http(stack: QuickstartStack) -> None:
+    url = stack.urls[1]  # the second instance serves acquisitions too
+    body = {"flavor": "small", "az": "az1", "count": 3, "mode": "rack-aware"}
+    reply = httpx.post(f"{url}/v1/acquire", json=body)
+    assert reply.status_code == 200, reply.text
+    vms = reply.json()["vms"]
+    assert len(vms) == 3 and len({vm["rack"] for vm in vms}) == 3
+    before = pooled(stack)
+    assert not {vm["name"] for vm in vms} & set(before)  # handed out: no longer pooled
+    reply = httpx.post(f"{url}/v1/acquire", json={**body, "count": 4})
+    assert reply.status_code == 409 and reply.json()["error"] == "no_capacity"
+    assert reply.json()["detail"]["racks"] == 3
+    reply = httpx.post(f"{url}/v1/acquire", json={**body, "count": "three"})
+    assert reply.status_code == 400 and reply.json()["error"] == "invalid_request"
+    # Build cycles keep running (they may add VMs), but nothing was claimed:
+    # every VM acquirable before is still there, in the same state.
+    acquirable = {n: st for n, st in before.items() if st in ("ready", "reserved")}
+    after = pooled(stack)
+    assert acquirable and {n: after.get(n) for n in acquirable} == acquirable
+
+
+def test_the_acquired_vms_run_on_their_agents(stack: QuickstartStack) -> None:
+    from warmcache.adapters.agent_client import AgentClient
+
+    body = {"flavor": "medium", "az": "az2", "count": 2, "mode": "hypervisor-aware"}
+    vms = httpx.post(f"{stack.urls[0]}/v1/acquire", json=body).json()["vms"]
+    for vm in vms:
+        sock = Path(stack.state_dir) / "agents" / vm["hypervisor"] / "agent.sock"
+        status = AgentClient(f"unix:{sock}").status(vm["name"])
+        assert status.state == "running" and status.healthy
+
+
+def test_processes_are_ours_and_alive(stack: QuickstartStack) -> None:
+    assert len(stack.procs) == 12 + 2
+    for proc in stack.procs:
+        assert proc.popen.poll() is None
+        os.kill(proc.popen.pid, 0)

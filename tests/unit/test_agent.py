@@ -1,0 +1,149 @@
+"""The host agent on libvirt's test:///default driver (no daemon needed)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig, Resources
+from agent.daemon import AgentServer, handle_line
+from agent.lockfile import Allocation, Lockfile
+from agent.operations import AgentFault, HostAgentService
+from warmcache.adapters.agent_client import AgentClient
+from warmcache.errors import AgentRejected, AgentUnavailable, InsufficientHostCapacity
+from warmcache.model import Flavor
+from warmcache.ports import VmSpec
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.usefixtures("libvirt_available")]
+
+SMALL = Flavor(name="small", vcpus=2, memory_mib=2048, disk_gib=10)
+
+
+def config(tmp_path: Path, vcpus: int = 16) -> AgentConfig:
+    return AgentConfig(hypervisor="h1", rack="r1", az="az1", state_dir=str(tmp_path),
+                       capacity=Resources(vcpus=vcpus, memory_mib=65536, disk_gib=1000),
+                       reserved=Resources(vcpus=2, memory_mib=4096, disk_gib=50))
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> HostAgentService:
+    from agent.libvirt_driver import LibvirtDriver
+
+    return HostAgentService(config(tmp_path), LibvirtDriver("test:///default"))
+
+
+def name() -> str:
+    return f"vm-{uuid.uuid4().hex[:8]}"
+
+
+def test_create_status_delete_round_trip(host: HostAgentService) -> None:
+    vm = name()
+    status = host.create(VmSpec(vm, SMALL))
+    assert status["state"] == "running" and status["healthy"] and status["server_id"]
+    facts = host.facts()
+    assert facts.vcpus_free == 14 - 2 and vm in facts.vms
+    assert [s["name"] for s in host.list()] == [vm]
+    host.delete(vm)
+    assert host.facts().vcpus_free == 14
+    with pytest.raises(AgentFault) as err:
+        host.status(vm)
+    assert err.value.code == "not_found"
+
+
+def test_duplicate_name_is_refused(host: HostAgentService) -> None:
+    vm = name()
+    host.create(VmSpec(vm, SMALL))
+    with pytest.raises(AgentFault) as err:
+        host.create(VmSpec(vm, SMALL))
+    assert err.value.code == "already_exists"
+
+
+def test_50_concurrent_creates_never_overcommit(host: HostAgentService) -> None:
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+    barrier = threading.Barrier(50)
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            host.create(VmSpec(name(), SMALL))
+            result = "ok"
+        except AgentFault as exc:
+            result = exc.code
+        with lock:
+            outcomes[result] += 1
+
+    threads = [threading.Thread(target=create) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes == {"ok": 7, "insufficient_capacity": 43}  # 14 usable vCPUs / 2
+    assert host.facts().vcpus_free == 0
+    persisted = json.loads((Path(host.config.state_dir) / "lockfile.json").read_text())
+    assert persisted["aggregate"]["allocated"]["vcpus"] == 14
+    assert len(persisted["placement"]) == 7
+
+
+def test_restart_drops_creates_that_never_reached_libvirt(tmp_path: Path) -> None:
+    from agent.libvirt_driver import LibvirtDriver
+
+    lock = Lockfile(tmp_path / "lockfile.json", Resources(vcpus=14, memory_mib=1, disk_gib=1))
+    lock._vms["ghost"] = Allocation("ghost", "small", 2, 0, 0, None, "creating")
+    lock._persist()
+    host = HostAgentService(config(tmp_path), LibvirtDriver("test:///default"))
+    assert host.facts().vcpus_free == 14 and host.facts().vms == ()
+
+
+def test_malformed_requests_are_rejected_before_anything_runs(host: HostAgentService) -> None:
+    bad = [
+        b"not json",
+        b'{"op": "reboot"}',
+        b'{"op": "create", "vm": {"name": "a/b", "flavor": {}}}',
+        b'{"op": "delete", "name": "x", "force": true}',
+        b'{"op": "create", "vm": {"name": "ok", "flavor": {"name": "s", "vcpus": -1, '
+        b'"memory_mib": 1, "disk_gib": 1}}}',
+    ]
+    for line in bad:
+        reply = handle_line(host, line)
+        assert reply["ok"] is False and reply["error"] == "invalid_request", line
+    assert host.facts().vms == ()
+
+
+@pytest.fixture
+def socket_agent(tmp_path: Path, host: HostAgentService) -> Iterator[AgentClient]:
+    path = str(tmp_path / "agent.sock")
+    server = AgentServer(path, host)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield AgentClient(f"unix:{path}", timeout_s=10)
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_client_and_daemon_over_the_socket(socket_agent: AgentClient, tmp_path: Path) -> None:
+    assert (tmp_path / "agent.sock").stat().st_mode & 0o777 == 0o660
+    vm = name()
+    status = socket_agent.create(VmSpec(vm, SMALL, user_data="ZWNobw=="))
+    assert status.healthy and socket_agent.status(vm).state == "running"
+    assert socket_agent.facts().vcpus_free == 12
+    with pytest.raises(AgentRejected) as err:
+        socket_agent.delete("nope")
+    assert err.value.agent_code == "not_found"
+    big = Flavor(name="big", vcpus=64, memory_mib=1024, disk_gib=1)
+    with pytest.raises(InsufficientHostCapacity):
+        socket_agent.create(VmSpec(name(), big))
+    socket_agent.delete(vm)
+    assert socket_agent.list() == []
+
+
+def test_unreachable_agent_is_transient(tmp_path: Path) -> None:
+    with pytest.raises(AgentUnavailable):
+        AgentClient(f"unix:{tmp_path}/missing.sock").facts()

@@ -1,0 +1,113 @@
+"""Atomic all-or-nothing claims (DESIGN §8, §12.1, §12.3)."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+
+import pytest
+
+from warmcache.acquire.claim import Claimer
+from warmcache.adapters.sqlite_store import SqliteStore
+from warmcache.clock import ManualClock
+from warmcache.errors import NoCapacity
+from warmcache.model import InstanceState, Keys, Mode, PoolInstance
+
+KEYS = Keys("wc")
+
+
+def seed(store: SqliteStore, racks: int, per_rack: int, state: InstanceState = InstanceState.READY,
+         flavor: str = "small") -> list[str]:
+    names = []
+    for r in range(racks):
+        for i in range(per_rack):
+            vm = PoolInstance(name=f"{flavor}-r{r}-{i}", az="az1", flavor=flavor, rack=f"r{r}",
+                              hypervisor=f"r{r}-h{i % 2}", state=state, created_at=0)
+            store.put(KEYS.pool("az1", vm.name), vm.model_dump_json())
+            names.append(vm.name)
+    return names
+
+
+def claimer(store: SqliteStore, clock: ManualClock, seed_: int = 0) -> Claimer:
+    return Claimer(store, KEYS, clock, attempts=50, rng=random.Random(seed_))
+
+
+def claim(c: Claimer, count: int, mode: Mode = Mode.RACK_AWARE, **kw: object) -> list[str]:
+    args = {"flavor": "small", "az": "az1", "count": count, "mode": mode,
+            "use_reserve": False, "requester": "t", **kw}
+    return [vm.name for vm in c.claim(**args).vms]  # type: ignore[arg-type]
+
+
+def test_claimed_vms_leave_the_pool_in_one_step(sqlite_store: SqliteStore, clock: ManualClock
+                                                ) -> None:
+    seed(sqlite_store, racks=3, per_rack=2)
+    got = claim(claimer(sqlite_store, clock), 3)
+    pool, _ = sqlite_store.range(KEYS.pool_dir("az1"))
+    acquired, _ = sqlite_store.range("wc/acquired/")
+    assert len(pool) == 3 and len(acquired) == 3
+    assert {kv.key.rsplit("/", 1)[1] for kv in acquired} == set(got)
+    rec = PoolInstance.model_validate_json(acquired[0].value)
+    assert rec.state is InstanceState.ACQUIRED and rec.acquired_by == "t"
+
+
+def test_unsatisfiable_request_claims_nothing_and_says_why(
+    sqlite_store: SqliteStore, clock: ManualClock
+) -> None:
+    seed(sqlite_store, racks=2, per_rack=3)
+    before, _ = sqlite_store.range("wc/")
+    with pytest.raises(NoCapacity) as err:
+        claim(claimer(sqlite_store, clock), 3)
+    assert (err.value.ready, err.value.racks, err.value.wanted) == (6, 2, 3)
+    after, _ = sqlite_store.range("wc/")
+    assert after == before
+
+
+def test_reserved_vms_need_use_reserve(sqlite_store: SqliteStore, clock: ManualClock) -> None:
+    seed(sqlite_store, racks=2, per_rack=1, state=InstanceState.RESERVED)
+    c = claimer(sqlite_store, clock)
+    with pytest.raises(NoCapacity):
+        claim(c, 1, Mode.BEST_EFFORT)
+    assert len(claim(c, 2, Mode.BEST_EFFORT, use_reserve=True)) == 2
+
+
+def test_other_flavors_and_states_are_never_claimed(
+    sqlite_store: SqliteStore, clock: ManualClock
+) -> None:
+    seed(sqlite_store, racks=3, per_rack=1, flavor="large")
+    seed(sqlite_store, racks=3, per_rack=1, state=InstanceState.BUILDING)
+    with pytest.raises(NoCapacity):
+        claim(claimer(sqlite_store, clock), 1, Mode.BEST_EFFORT)
+
+
+def test_concurrent_acquirers_never_get_the_same_vm(
+    sqlite_store: SqliteStore, clock: ManualClock
+) -> None:
+    seed(sqlite_store, racks=6, per_rack=8)  # 48 VMs
+    results: list[list[str]] = []
+    failures: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        c = claimer(sqlite_store, clock, seed_=i)
+        while True:
+            try:
+                got = claim(c, 3)
+            except NoCapacity:
+                failures["no_capacity"] += 1
+                return
+            with lock:
+                results.append(got)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    flat = [name for got in results for name in got]
+    assert len(flat) == len(set(flat)), "a VM was handed out twice"
+    for got in results:  # every success satisfied rack-aware
+        assert len({name.split("-")[1] for name in got}) == 3
+    left, _ = sqlite_store.range(KEYS.pool_dir("az1"))
+    assert len(flat) + len(left) == 48  # none lost either
+    assert len({kv.key.split("-")[1] for kv in left}) < 3  # stopped only when unsatisfiable

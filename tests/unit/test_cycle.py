@@ -1,0 +1,136 @@
+"""Build cycles against in-memory agents: every rule field has behaviour."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from tests.fakes import FakeAgent
+from warmcache.errors import AgentUnavailable
+from warmcache.model import InstanceState, PoolInstance
+from warmcache.ports import VmSpec
+from warmcache.service import WarmCache
+
+
+def records(service: WarmCache, az: str = "az1") -> list[PoolInstance]:
+    kvs, _ = service.store.range(service.keys.pool_dir(az))
+    return [PoolInstance.model_validate_json(kv.value) for kv in kvs]
+
+
+def rule(service: WarmCache, flavor: str = "small", az: str = "az1", **kw: object) -> None:
+    service.rules.put(az, flavor, {"max_instance_per_cycle": 6, "total_instances": 6,
+                                   "min_fault_domain": 3, **kw})
+
+
+def test_a_cycle_fills_to_the_per_cycle_cap_then_to_the_target(service: WarmCache) -> None:
+    rule(service, total_instances=9, max_instance_per_cycle=6)
+    report = service.run_cycle()
+    assert report is not None and report.built[("az1", "small")] == 6
+    assert service.run_cycle().built[("az1", "small")] == 3  # type: ignore[union-attr]
+    assert service.run_cycle().built == Counter()  # type: ignore[union-attr]
+    recs = records(service)
+    assert len(recs) == 9 and all(r.state is InstanceState.READY for r in recs)
+    assert len({r.rack for r in recs}) == 3
+    assert all(r.fencing_token > 0 and r.server_id for r in recs)
+
+
+def test_reserve_cap_holds_back_ready_vms(service: WarmCache) -> None:
+    rule(service, reserve_cap=2)
+    service.run_cycle()
+    states = Counter(r.state for r in records(service))
+    assert states == {InstanceState.READY: 4, InstanceState.RESERVED: 2}
+
+
+def test_disabled_rule_builds_nothing(service: WarmCache) -> None:
+    rule(service, enabled=False)
+    service.run_cycle()
+    assert records(service) == []
+
+
+def test_user_data_and_group_reach_the_agent(service: WarmCache,
+                                             agents: dict[str, FakeAgent]) -> None:
+    seen: list[VmSpec] = []
+    for agent in agents.values():
+        agent.before_create = seen.append
+    rule(service, user_data="ZWNobyBoaQ==", group_hint="db", total_instances=6)
+    service.run_cycle()
+    assert len(seen) == 6 and {s.user_data for s in seen} == {"ZWNobyBoaQ=="}
+    per_hv = Counter(r.hypervisor for r in records(service))
+    assert max(per_hv.values()) == 1  # group_hint: one per hypervisor
+
+
+def test_transient_agent_errors_are_retried(service: WarmCache,
+                                            agents: dict[str, FakeAgent]) -> None:
+    flaky = next(iter(agents.values()))
+
+    def once(spec: VmSpec) -> None:
+        flaky.before_create = None
+        raise AgentUnavailable(flaky.endpoint, "connection reset")
+
+    flaky.before_create = once
+    rule(service)
+    report = service.run_cycle()
+    assert report is not None and not report.failed
+    assert len(records(service)) == 6
+
+
+def test_a_vm_failing_its_first_health_probe_is_destroyed_and_forgotten(
+    service: WarmCache, agents: dict[str, FakeAgent]
+) -> None:
+    def sick(agent: FakeAgent) -> None:
+        agent.before_create = lambda spec: agent.unhealthy.add(spec.name)
+
+    for agent in agents.values():
+        sick(agent)
+    rule(service)
+    report = service.run_cycle()
+    assert report is not None and len(report.failed) == 6
+    assert records(service) == []
+    assert all(not a.vms for a in agents.values())
+    failed = service.events.recent(type_prefix="vm.build_failed")
+    assert len(failed) == 6 and all(e.fields["cleaned_up"] for e in failed)
+
+
+def test_leadership_lost_mid_cycle_starts_no_new_vm_and_loses_none(
+    service: WarmCache, agents: dict[str, FakeAgent]
+) -> None:
+    rule(service, total_instances=6)
+    created: list[str] = []
+
+    def steal(spec: VmSpec) -> None:
+        created.append(spec.name)
+        if len(created) == 2:
+            # Another node takes over: our session expires and the key is new.
+            service.clock.advance(service.config.leader_ttl_s + 1)  # type: ignore[attr-defined]
+            service.store.create_session(30, "usurper")
+            service.election.try_acquire()
+
+    for agent in agents.values():
+        agent.before_create = steal
+    report = service.run_cycle()
+    assert report is not None and report.leadership_lost
+    on_hosts = {n for a in agents.values() for n in a.vms}
+    tracked = {r.name for r in records(service)}
+    assert on_hosts <= tracked, "a VM the stale leader created is untracked"
+    # Only builds already in flight when the lock was lost got started.
+    assert len(created) <= service.config.build_concurrency < 6
+
+
+def test_only_one_instance_leads_a_cycle(service: WarmCache) -> None:
+    other = service.election
+    lead = other.try_acquire()
+    assert lead is not None
+    assert service.run_cycle() is None
+    other.release(lead)
+    rule(service)
+    assert service.run_cycle() is not None
+
+
+@pytest.mark.parametrize("flavor", ["small", "medium"])
+def test_pools_summary_counts_by_state_and_rack(service: WarmCache, flavor: str) -> None:
+    rule(service, flavor, reserve_cap=1)
+    service.run_cycle()
+    pool = next(p for p in service.pools() if p.flavor == flavor)
+    assert (pool.target, pool.ready, pool.reserved, pool.building) == (6, 5, 1, 0)
+    assert sum(pool.ready_by_rack.values()) == 5

@@ -1,0 +1,85 @@
+"""Leader lock and fencing on the SQLite store (DESIGN §5, §12.4)."""
+
+from __future__ import annotations
+
+import pytest
+
+from warmcache.adapters.sqlite_store import SqliteStore
+from warmcache.clock import ManualClock
+from warmcache.errors import LeadershipLost
+from warmcache.leader.election import LeaderElection
+from warmcache.ports import Put
+
+
+def election(store: SqliteStore, clock: ManualClock, node: str) -> LeaderElection:
+    return LeaderElection(store, "wc/leader", node, ttl_s=5, clock=clock)
+
+
+def test_one_leader_at_a_time_and_the_key_says_who(
+    sqlite_store: SqliteStore, clock: ManualClock
+) -> None:
+    a, b = election(sqlite_store, clock, "a"), election(sqlite_store, clock, "b")
+    lead_a = a.try_acquire()
+    assert lead_a is not None
+    assert b.try_acquire() is None
+    holder = b.holder()
+    assert holder is not None and holder["node"] == "a" and holder["token"] == lead_a.token
+    a.release(lead_a)
+    assert a.holder() is None
+    lead_b = b.try_acquire()
+    assert lead_b is not None and lead_b.token > lead_a.token
+
+
+def test_a_stale_leaders_writes_are_rejected(
+    sqlite_store: SqliteStore, clock: ManualClock
+) -> None:
+    a, b = election(sqlite_store, clock, "a"), election(sqlite_store, clock, "b")
+    lead_a = a.try_acquire()
+    assert lead_a is not None
+    writer_a = a.writer(lead_a)
+    writer_a.put("wc/pool/az1/vm1", "from a")
+    clock.advance(6)  # a paused past its TTL
+    lead_b = b.try_acquire()
+    assert lead_b is not None
+    with pytest.raises(LeadershipLost):
+        writer_a.put("wc/pool/az1/vm1", "late write from a")
+    assert lead_a.lost.is_set()
+    with pytest.raises(LeadershipLost):  # and it stays stopped
+        writer_a.put("wc/pool/az1/vm2", "x")
+    assert sqlite_store.get("wc/pool/az1/vm1").value == "from a"  # type: ignore[union-attr]
+    assert sqlite_store.get("wc/pool/az1/vm2") is None
+    b.writer(lead_b).put("wc/pool/az1/vm1", "from b")
+
+
+def test_expired_leader_without_successor_is_still_fenced(
+    sqlite_store: SqliteStore, clock: ManualClock
+) -> None:
+    a = election(sqlite_store, clock, "a")
+    lead = a.try_acquire()
+    assert lead is not None
+    clock.advance(6)
+    with pytest.raises(LeadershipLost):
+        a.writer(lead).put("wc/x", "1")
+
+
+def test_failed_caller_compare_is_not_leadership_loss(
+    sqlite_store: SqliteStore, clock: ManualClock
+) -> None:
+    from warmcache.ports import Compare
+
+    a = election(sqlite_store, clock, "a")
+    lead = a.try_acquire()
+    assert lead is not None
+    sqlite_store.put("wc/k", "exists")
+    result = a.writer(lead).txn([Compare.absent("wc/k")], [Put("wc/k", "mine")])
+    assert not result.succeeded and not lead.lost.is_set()
+
+
+def test_lead_releases_when_the_block_ends(sqlite_store: SqliteStore, clock: ManualClock
+                                           ) -> None:
+    a, b = election(sqlite_store, clock, "a"), election(sqlite_store, clock, "b")
+    with a.lead() as lead:
+        assert lead is not None
+        with b.lead() as other:
+            assert other is None
+    assert a.holder() is None

@@ -1,0 +1,26 @@
+import warmcache
+
+
+def test_public_names_are_exported() -> None:
+    exported = set(warmcache.__all__)
+    public = {name for name in dir(warmcache) if not name.startswith("_")}
+    assert {"WarmCache", "Mode", "NoCapacity", "WarmCacheError"} <= exported
+    for name in exported:
+        assert hasattr(warmcache, name), name
+    # Every public class/function at the top level is intended (listed).
+    modules = {"errors", "model", "service", "ports", "clock", "config", "rules", "pools",
+               "acquire", "builders", "leader", "placement", "adapters", "bootstrap", "wire",
+               "web", "cli", "quickstart"}
+    assert public - exported <= modules
+
+
+def test_every_error_has_a_stable_code() -> None:
+    codes = set()
+
+    def walk(cls: type) -> None:
+        for sub in cls.__subclasses__():
+            codes.add(sub.code)  # type: ignore[attr-defined]
+            walk(sub)
+
+    walk(warmcache.WarmCacheError)
+    assert "no_capacity" in codes and "invalid_request" in codes and "" not in codes

@@ -1,0 +1,130 @@
+"""The /v1 HTTP contract (Flask test client over a real SQLite store)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from warmcache.service import WarmCache
+from warmcache.web import create_app
+
+
+@pytest.fixture
+def client(service: WarmCache) -> Iterator[FlaskClient]:
+    for az in ("az1", "az2"):
+        service.rules.put(az, "small", {"max_instance_per_cycle": 6, "total_instances": 6,
+                                        "min_fault_domain": 3})
+    service.rules.put("az1", "medium", {"max_instance_per_cycle": 2, "total_instances": 2})
+    service.run_cycle()
+    yield create_app(service).test_client()
+
+
+def pools(client: FlaskClient) -> list[dict[str, Any]]:
+    reply = client.get("/v1/pools")
+    assert reply.status_code == 200
+    result: list[dict[str, Any]] = reply.get_json()["pools"]
+    return result
+
+
+def acquire(client: FlaskClient, **body: Any) -> Any:
+    return client.post("/v1/acquire", json={"flavor": "small", "az": "az1", "count": 3,
+                                            "mode": "rack-aware", **body})
+
+
+def test_pools_shape(client: FlaskClient) -> None:
+    small = next(p for p in pools(client) if (p["az"], p["flavor"]) == ("az1", "small"))
+    assert set(small) >= {"az", "flavor", "target", "ready", "reserved", "building",
+                          "ready_by_rack"}
+    assert small["ready"] == 6 and len(small["ready_by_rack"]) == 3
+
+
+@pytest.mark.parametrize("mode,key", [("rack-aware", "rack"),
+                                      ("hypervisor-aware", "hypervisor")])
+def test_acquire_returns_vms_spread_as_asked(client: FlaskClient, mode: str, key: str) -> None:
+    reply = acquire(client, mode=mode)
+    assert reply.status_code == 200
+    vms = reply.get_json()["vms"]
+    assert len(vms) == 3 and len({vm[key] for vm in vms}) == 3
+    assert all({"name", "az", "flavor", "rack", "hypervisor"} <= set(vm) for vm in vms)
+    small = next(p for p in pools(client) if (p["az"], p["flavor"]) == ("az1", "small"))
+    assert small["ready"] == 3
+
+
+def test_unsatisfiable_request_is_409_and_changes_nothing(client: FlaskClient) -> None:
+    before = pools(client)
+    reply = acquire(client, count=4)  # 3 racks only
+    assert reply.status_code == 409
+    body = reply.get_json()
+    assert body["error"] == "no_capacity"
+    assert body["detail"]["racks"] == 3 and body["detail"]["wanted"] == 4
+    assert acquire(client, count=7, mode="best-effort").status_code == 409
+    assert pools(client) == before
+
+
+@pytest.mark.parametrize("body", [
+    {"count": 0},
+    {"count": -2},
+    {"count": "3"},
+    {"count": 2.5},
+    {"count": True},
+    {"mode": "nearby"},
+    {"flavor": 7},
+    {"surprise": 1},
+    {"count": 1001},
+])
+def test_malformed_input_is_400_and_changes_nothing(client: FlaskClient, body: dict[str, Any]
+                                                    ) -> None:
+    before = pools(client)
+    reply = acquire(client, **body)
+    assert reply.status_code == 400, reply.get_json()
+    assert reply.get_json()["error"] == "invalid_request"
+    assert pools(client) == before
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b"", b'{"flavor": "small"'])
+def test_unparseable_body_is_400(client: FlaskClient, raw: bytes) -> None:
+    reply = client.post("/v1/acquire", data=raw, content_type="application/json")
+    assert reply.status_code == 400 and reply.get_json()["error"] == "invalid_request"
+
+
+def test_missing_fields_are_named(client: FlaskClient) -> None:
+    reply = client.post("/v1/acquire", json={"flavor": "small"})
+    assert reply.status_code == 400
+    missing = {e["loc"][0] for e in reply.get_json()["detail"]["errors"]}
+    assert missing == {"az", "count", "mode"}
+
+
+@pytest.mark.parametrize("body,code", [
+    ({"flavor": "xxl"}, "unknown_flavor"),
+    ({"az": "az9"}, "unknown_az"),
+    ({"flavor": "large"}, "unknown_pool"),
+])
+def test_unknown_flavor_az_or_pool_is_404(client: FlaskClient, body: dict[str, Any], code: str
+                                          ) -> None:
+    reply = acquire(client, **body)
+    assert reply.status_code == 404 and reply.get_json()["error"] == code
+
+
+def test_errors_share_one_shape_even_for_unknown_paths(client: FlaskClient) -> None:
+    for reply in (client.get("/v1/nope"), client.get("/v1/acquire")):
+        body = reply.get_json()
+        assert reply.status_code in (404, 405) and set(body) == {"error", "detail"}
+
+
+def test_leader_and_health(client: FlaskClient, service: WarmCache) -> None:
+    assert client.get("/healthz").get_json()["status"] == "ok"
+    assert client.get("/v1/leader").get_json() == {"leader": None}  # idle between cycles
+    lead = service.election.try_acquire()
+    assert lead is not None
+    leader = client.get("/v1/leader").get_json()["leader"]
+    assert leader["node"] == "wc-test" and leader["token"] == lead.token
+
+
+def test_acquisitions_are_recorded(client: FlaskClient, service: WarmCache) -> None:
+    acquire(client, requester="es-provisioner")
+    [event] = service.events.recent(type_prefix="acquisition")
+    assert event.fields["requester"] == "es-provisioner" and event.fields["count"] == 3
+    assert len(event.fields["vms"]) == 3 and event.fields["latency_ms"] >= 0
