@@ -50,8 +50,8 @@ class ServiceConfig(_Section):
     )
     low_water_ratio: float = Field(
         default=0.5, ge=0.0, le=1.0,
-        description="A pool whose ready+reserved+building falls below this share of "
-        "total_instances triggers an early build cycle.",
+        description="An acquisition that leaves fewer acquirable VMs than this share of "
+        "the pool's total_instances triggers an early build cycle (0 disables).",
     )
     build_concurrency: int = Field(
         default=8, ge=1, le=256, description="Parallel agent calls per AZ in a cycle."
@@ -72,22 +72,25 @@ class ServiceConfig(_Section):
 
 
 class StoreConfig(_Section):
-    kind: str = Field(default="sqlite", description="sqlite | etcd | consul")
+    kind: str = Field(default="sqlite", description="Backend: sqlite (etcd and consul are "
+                      "not available yet).")
     path: str = Field(default="warmcache-store.db", description="sqlite: database file.")
-    url: str = Field(default="", description="etcd/consul: http://host:port")
-    token: str = Field(default="", description="consul: ACL token")
+    url: str = Field(default="", description="etcd/consul (future): http://host:port")
+    token: str = Field(default="", description="consul (future): ACL token")
 
 
 class CatalogConfig(_Section):
-    kind: str = Field(default="file", description="file | mongodb")
+    kind: str = Field(default="file", description="Backend: file (mongodb is not available "
+                      "yet).")
     path: str = Field(default="flavors.toml", description="file: TOML flavor catalog.")
-    url: str = Field(default="", description="mongodb: connection string")
+    url: str = Field(default="", description="mongodb (future): connection string")
 
 
 class EventsConfig(_Section):
-    kind: str = Field(default="sqlite", description="sqlite | log | elasticsearch")
+    kind: str = Field(default="sqlite", description="Backend: sqlite or log "
+                      "(elasticsearch is not available yet).")
     path: str = Field(default="warmcache-events.db", description="sqlite: database file.")
-    url: str = Field(default="", description="elasticsearch: http://host:port")
+    url: str = Field(default="", description="elasticsearch (future): http://host:port")
 
 
 class AgentEndpoint(_Section):

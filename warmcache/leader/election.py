@@ -121,9 +121,9 @@ class LeaderElection:
         kv = self._store.get(self.key)
         if kv is None:
             return None
-        info: dict[str, Any] = json.loads(kv.value)
-        info["token"] = kv.create_revision
-        return info
+        stored = json.loads(kv.value)
+        # The session id stays internal: it is a capability over the lock.
+        return {"node": stored["node"], "since": stored["since"], "token": kv.create_revision}
 
     def writer(self, leadership: Leadership) -> FencedWriter:
         return FencedWriter(self._store, self.key, leadership)
