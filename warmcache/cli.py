@@ -23,7 +23,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 def _fail(message: str, code: int = 1) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -106,7 +106,7 @@ def quickstart(state_dir: str, port: int, instances: int, exit_after: float | No
         stopping.set()
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with console.status("starting agents and service instances..."):
             stack.start()
@@ -142,6 +142,7 @@ def quickstart(state_dir: str, port: int, instances: int, exit_after: float | No
     finally:
         with console.status("stopping every process started by quickstart..."):
             stack.stop()
+        signal.signal(signal.SIGTERM, previous)
     console.print("stopped")
 
 

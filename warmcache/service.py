@@ -22,7 +22,7 @@ from warmcache.builders.cycle import BuildCycle, CycleReport
 from warmcache.config import Config, ServiceConfig
 from warmcache.errors import InvalidRequest, UnknownAZ, UnknownFlavor, UnknownPool, WarmCacheError
 from warmcache.leader.election import LeaderElection
-from warmcache.model import Keys, Mode, PoolInstance, PoolSummary, is_valid_name
+from warmcache.model import BuildRule, Keys, Mode, PoolInstance, PoolSummary, is_valid_name
 from warmcache.placement.pipeline import default_pipeline
 from warmcache.pools import summarize
 from warmcache.ports import Clock, CoordinationStore, Event, EventSink, FlavorCatalog, HostAgent
@@ -186,19 +186,20 @@ class WarmCache:
         the mode now; nothing claimed) or ``ClaimContention`` (retry later).
         """
         started = time.perf_counter()
-        mode = self._validate(flavor, az, count, mode)
+        mode, rule = self._validate(flavor, az, count, mode)
         claimed = self._claimer.claim(flavor=flavor, az=az, count=count, mode=mode,
                                       use_reserve=use_reserve, requester=requester)
         latency_ms = (time.perf_counter() - started) * 1000
         self._emit("acquisition", requester=requester, flavor=flavor, az=az, count=count,
                    mode=mode.value, latency_ms=round(latency_ms, 3), attempts=claimed.attempts,
                    vms=[vm.name for vm in claimed.vms])
-        rule = self.rules.get(az, flavor)
-        if rule and claimed.remaining < rule.total_instances * self.config.low_water_ratio:
+        if claimed.remaining < rule.total_instances * self.config.low_water_ratio:
             self.trigger_cycle()
         return claimed.vms
 
-    def _validate(self, flavor: str, az: str, count: int, mode: Mode | str) -> Mode:
+    def _validate(
+        self, flavor: str, az: str, count: int, mode: Mode | str
+    ) -> tuple[Mode, BuildRule]:
         if isinstance(count, bool) or not isinstance(count, int):
             raise InvalidRequest("count must be an integer")
         if not 1 <= count <= self.config.max_acquire_count:
@@ -217,9 +218,10 @@ class WarmCache:
         azs = {a for a, _ in rules}
         if az not in azs:
             raise UnknownAZ(az, azs)
-        if (az, flavor) not in rules:
+        rule = rules.get((az, flavor))
+        if rule is None:
             raise UnknownPool(flavor, az)
-        return mode
+        return mode, rule
 
     def _emit(self, type_: str, **fields: object) -> None:
         self.events.emit(Event(type_, self.clock.now(), fields))

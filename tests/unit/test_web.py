@@ -128,3 +128,13 @@ def test_acquisitions_are_recorded(client: FlaskClient, service: WarmCache) -> N
     [event] = service.events.recent(type_prefix="acquisition")
     assert event.fields["requester"] == "es-provisioner" and event.fields["count"] == 3
     assert len(event.fields["vms"]) == 3 and event.fields["latency_ms"] >= 0
+
+
+def test_draining_a_pool_below_its_low_water_mark_triggers_a_cycle(
+    client: FlaskClient, service: WarmCache
+) -> None:
+    assert not service._trigger.is_set()
+    acquire(client, count=2)  # 6 -> 4 left: above 50 % of 6
+    assert not service._trigger.is_set()
+    acquire(client, count=2)  # 2 left: below
+    assert service._trigger.is_set()

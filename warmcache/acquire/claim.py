@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from warmcache.acquire.modes import SELECTORS
@@ -57,7 +56,6 @@ class Claimer:
         mode: Mode,
         use_reserve: bool,
         requester: str,
-        acquirable: Callable[[PoolInstance], bool] = lambda vm: True,
     ) -> Claimed:
         states = {InstanceState.READY} | ({InstanceState.RESERVED} if use_reserve else set())
         selector = SELECTORS[mode]
@@ -67,7 +65,7 @@ class Claimer:
             candidates: list[PoolInstance] = []
             for kv in kvs:
                 vm = PoolInstance.model_validate_json(kv.value)
-                if vm.flavor == flavor and vm.state in states and acquirable(vm):
+                if vm.flavor == flavor and vm.state in states:
                     candidates.append(vm)
                     revision[vm.name] = kv.mod_revision
             with self._rng_lock:

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from warmcache.cli import main
+
+
+def test_serve_with_a_bad_config_says_what_is_wrong(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[store]\nkind = "zookeeper"\n[service]\nlisten_port = 70000\n')
+    result = CliRunner().invoke(main, ["serve", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "listen_port" in result.output
+
+
+def test_quickstart_refuses_a_foreign_state_dir(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    result = CliRunner().invoke(main, ["quickstart", "--state-dir", str(tmp_path),
+                                       "--exit-after", "0"])
+    assert result.exit_code == 1
+    assert "not empty" in result.output
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_operator_commands_report_an_unreachable_service() -> None:
+    result = CliRunner().invoke(main, ["pools", "--url", "http://127.0.0.1:1"])
+    assert result.exit_code == 1 and "error" in result.output
