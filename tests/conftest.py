@@ -37,6 +37,25 @@ def sqlite_store(tmp_path: Path, clock: ManualClock) -> Iterator[SqliteStore]:
     store.close()
 
 
+@pytest.fixture(scope="session")
+def etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real etcd for the session: ``WARMCACHE_TEST_ETCD`` if set, else one
+    started here on free loopback ports (and stopped by its PID)."""
+    from warmcache.localetcd import EtcdCluster, EtcdUnavailable
+
+    if os.environ.get("WARMCACHE_TEST_ETCD"):
+        yield os.environ["WARMCACHE_TEST_ETCD"]
+        return
+    try:
+        cluster = EtcdCluster(tmp_path_factory.mktemp("etcd")).start()
+    except EtcdUnavailable as exc:
+        unavailable("etcd", f"{exc}; or set WARMCACHE_TEST_ETCD=http://127.0.0.1:2379")
+    try:
+        yield cluster.urls[0]
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 def libvirt_available() -> None:
     try:

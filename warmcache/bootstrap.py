@@ -20,6 +20,7 @@ from warmcache.ports import Clock, CoordinationStore, EventSink, FlavorCatalog, 
 # kind -> "module:factory"; factories take (section config, clock).
 STORES: dict[str, str] = {
     "sqlite": "warmcache.bootstrap:_sqlite_store",
+    "etcd": "warmcache.bootstrap:_etcd_store",
 }
 CATALOGS: dict[str, str] = {
     "file": "warmcache.bootstrap:_file_catalog",
@@ -34,6 +35,12 @@ def _sqlite_store(cfg: StoreConfig, clock: Clock) -> CoordinationStore:
     from warmcache.adapters.sqlite_store import SqliteStore
 
     return SqliteStore(cfg.path, clock=clock)
+
+
+def _etcd_store(cfg: StoreConfig, clock: Clock) -> CoordinationStore:
+    from warmcache.adapters.etcd_store import EtcdStore
+
+    return EtcdStore(cfg.url or "http://127.0.0.1:2379")
 
 
 def _file_catalog(cfg: CatalogConfig, clock: Clock) -> FlavorCatalog:

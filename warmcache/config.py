@@ -72,10 +72,10 @@ class ServiceConfig(_Section):
 
 
 class StoreConfig(_Section):
-    kind: str = Field(default="sqlite", description="Backend: sqlite (etcd and consul are "
+    kind: str = Field(default="sqlite", description="Backend: sqlite or etcd (consul is "
                       "not available yet).")
     path: str = Field(default="warmcache-store.db", description="sqlite: database file.")
-    url: str = Field(default="", description="etcd/consul (future): http://host:port")
+    url: str = Field(default="", description="etcd: http://host:port of a member")
     token: str = Field(default="", description="consul (future): ACL token")
 
 

@@ -1,31 +1,81 @@
-"""Contract suite of the coordination-store port, for every adapter.
+"""Contract suite of the coordination-store port, run against every adapter.
 
-Each test gets a fresh store with its own data and a manual clock, so TTL
-expiry is tested by moving the clock, never by sleeping. Later backends
-(etcd, Consul) join the ``store`` fixture's parameters.
+SQLite runs with a manual clock (TTL expiry by moving the clock); etcd runs
+against the real server of the ``etcd_url`` session fixture, where TTLs
+pass in real time (2 s, etcd's smallest) and expiry is awaited by polling
+with a deadline. Every test gets its own key namespace (or database).
+Consul joins when ``WARMCACHE_TEST_CONSUL`` is set.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import unavailable
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.clock import ManualClock
 from warmcache.errors import SessionExpired, WatchCompacted
 from warmcache.ports import Compare, CoordinationStore, Delete, Put
 
 
-@pytest.fixture(params=["sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
-          ) -> Iterator[CoordinationStore]:
-    s = SqliteStore(tmp_path / "store.db", clock=clock, poll_interval_s=0.005)
-    yield s
-    s.close()
+@dataclass
+class Backend:
+    store: CoordinationStore
+    clock: ManualClock | None  # None: the server's real clock
+    ttl_s: float
+
+    def let_pass(self, seconds: float) -> None:
+        """Move time on: the manual clock, or really wait (a real server's TTL)."""
+        if self.clock is not None:
+            self.clock.advance(seconds)
+        else:
+            threading.Event().wait(seconds)
+
+    def eventually(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if self.clock is not None or time.monotonic() > deadline:
+                return False
+            threading.Event().wait(0.05)
+        return True
+
+
+@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd),
+                        pytest.param("consul", marks=pytest.mark.consul)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
+            ) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "store.db", clock=clock, poll_interval_s=0.005)
+        yield Backend(s, clock, 5.0)
+        s.close()
+        return
+    namespace = f"test-{uuid.uuid4().hex[:12]}/"
+    if request.param == "etcd":
+        from warmcache.adapters.etcd_store import EtcdStore
+
+        url = request.getfixturevalue("etcd_url")
+        yield Backend(EtcdStore(url, namespace=namespace), None, 2.0)
+        return
+    url = os.environ.get("WARMCACHE_TEST_CONSUL")
+    if not url:
+        unavailable("consul", "no Consul server: set WARMCACHE_TEST_CONSUL=http://127.0.0.1:8500")
+    from warmcache.adapters.consul_store import ConsulStore
+
+    yield Backend(ConsulStore(url, namespace=namespace), None, 10.0)
+
+
+@pytest.fixture
+def store(backend: Backend) -> CoordinationStore:
+    return backend.store
 
 
 def test_revisions_increase_and_track_create_and_modify(store: CoordinationStore) -> None:
@@ -76,42 +126,54 @@ def test_txn_failure_branch_runs_instead(store: CoordinationStore) -> None:
     assert store.get("won") is None and store.get("lost") is not None
 
 
-def test_session_keys_vanish_when_the_ttl_passes(
-    store: CoordinationStore, clock: ManualClock
-) -> None:
-    session = store.create_session(5, "n1")
+def test_session_keys_vanish_when_the_ttl_passes(backend: Backend) -> None:
+    store, ttl = backend.store, backend.ttl_s
+    session = store.create_session(ttl, "n1")
     store.put("lock", "n1", session=session)
-    clock.advance(4.9)
-    assert store.get("lock") is not None
-    clock.advance(0.2)
-    assert store.get("lock") is None
+    assert store.get("lock").session == session  # type: ignore[union-attr]
+    if backend.clock is not None:
+        backend.let_pass(ttl - 0.1)
+        assert store.get("lock") is not None
+    backend.let_pass(ttl + 0.2)
+    assert backend.eventually(lambda: store.get("lock") is None, timeout_s=3 * ttl)
     with pytest.raises(SessionExpired):
         store.renew_session(session)
     with pytest.raises(SessionExpired):
         store.put("again", "x", session=session)
 
 
-def test_renewal_keeps_a_session_alive(store: CoordinationStore, clock: ManualClock) -> None:
-    session = store.create_session(5, "n1")
+def test_renewal_keeps_a_session_alive(backend: Backend) -> None:
+    store, ttl = backend.store, backend.ttl_s
+    session = store.create_session(ttl, "n1")
     store.put("lock", "n1", session=session)
-    for _ in range(4):
-        clock.advance(4)
+    for _ in range(4):  # 4 x 0.4 TTL: well past one TTL in all
+        backend.let_pass(ttl * 0.4)
         store.renew_session(session)
     assert store.get("lock") is not None
+    store.destroy_session(session)
+    assert store.get("lock") is None
+    store.destroy_session(session)  # idempotent
 
 
-def test_lock_is_exclusive_until_its_session_ends(
-    store: CoordinationStore, clock: ManualClock
-) -> None:
-    s1, s2 = store.create_session(5, "n1"), store.create_session(5, "n2")
-    take = lambda s: store.txn([Compare.absent("L")], [Put("L", s, session=s)]).succeeded  # noqa: E731
+def test_lock_is_exclusive_until_its_session_ends(backend: Backend) -> None:
+    store, ttl = backend.store, backend.ttl_s
+    s1, s2 = store.create_session(ttl, "n1"), store.create_session(ttl * 10, "n2")
+
+    def take(session: str) -> bool:
+        return store.txn([Compare.absent("L")], [Put("L", session, session=session)]).succeeded
+
     assert take(s1)
     assert not take(s2)
     store.destroy_session(s1)
     assert take(s2)
-    store.renew_session(s2)
-    clock.advance(6)
-    assert take(store.create_session(5, "n3"))
+    s3 = store.create_session(ttl, "n3")
+    assert not take(s3)
+    store.destroy_session(s2)
+    assert take(s3)
+    backend.let_pass(ttl + 0.2)  # s3 not renewed: the lock frees itself
+    s4 = store.create_session(ttl * 10, "n4")
+    assert backend.eventually(lambda: take(s4), timeout_s=3 * ttl)
+    store.destroy_session(s4)
 
 
 def test_changes_deliver_every_change_in_order(store: CoordinationStore) -> None:
@@ -131,32 +193,35 @@ def test_changes_deliver_every_change_in_order(store: CoordinationStore) -> None
 
 def test_changes_wait_for_a_change_from_another_thread(store: CoordinationStore) -> None:
     start = store.put("seed", "x")
-    writer = threading.Timer(0.05, lambda: store.put("w/late", "1"))
+    writer = threading.Timer(0.3, lambda: store.put("w/late", "1"))
     writer.start()
     changes = store.changes("w/", start, timeout_s=10)
     writer.join()
     assert [c.key for c in changes] == ["w/late"]
 
 
-def test_session_expiry_shows_in_the_change_feed(
-    store: CoordinationStore, clock: ManualClock
-) -> None:
-    session = store.create_session(3, "n1")
+def test_session_expiry_shows_in_the_change_feed(backend: Backend) -> None:
+    store, ttl = backend.store, backend.ttl_s
+    session = store.create_session(ttl, "n1")
     start = store.put("w/lock", "n1", session=session)
-    clock.advance(4)
+    backend.let_pass(ttl + 0.2)
+    assert backend.eventually(lambda: store.get("w/lock") is None, timeout_s=3 * ttl)
     changes = store.changes("w/", start, timeout_s=0)
     assert [(c.key, c.kind) for c in changes] == [("w/lock", "delete")]
 
 
-def test_services_expire_with_their_ttl(store: CoordinationStore, clock: ManualClock) -> None:
-    store.register_service("warmcache", "wc-1", "http://a", 60)
-    store.register_service("warmcache", "wc-2", "http://b", 10)
+def test_services_expire_with_their_ttl(backend: Backend) -> None:
+    store, ttl = backend.store, backend.ttl_s
+    store.register_service("warmcache", "wc-1", "http://a", ttl * 20)
+    store.register_service("warmcache", "wc-2", "http://b", ttl)
     assert [s.node for s in store.services("warmcache")] == ["wc-1", "wc-2"]
-    clock.advance(11)
+    assert store.services("warmcache")[0].address == "http://a"
+    backend.let_pass(ttl + 0.2)
+    assert backend.eventually(
+        lambda: [s.node for s in store.services("warmcache")] == ["wc-1"], timeout_s=3 * ttl)
     assert [s.node for s in store.services("warmcache")] == ["wc-1"]
-    store.register_service("warmcache", "wc-1", "http://a", 60)  # re-registered in time
-    clock.advance(55)
-    assert [s.node for s in store.services("warmcache")] == ["wc-1"]
+    store.register_service("warmcache", "wc-1", "http://a2", ttl * 20)  # re-registered
+    assert [s.address for s in store.services("warmcache")] == ["http://a2"]
     store.deregister_service("warmcache", "wc-1")
     assert store.services("warmcache") == []
 
