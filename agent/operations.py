@@ -146,6 +146,8 @@ class HostAgentService:
             raise AgentFault("hypervisor_error", str(exc)) from exc
         if alloc is None and state == "missing":
             raise AgentFault("not_found", f"no VM {name} on this host")
+        if alloc is not None and alloc.state == "creating":
+            state = "creating"  # not ready until the create call returns
         return {
             "name": name,
             "state": state,

@@ -186,6 +186,9 @@ class Keys:
     def leader(self) -> str:
         return f"{self.prefix}/leader"
 
+    def last_cycle(self) -> str:
+        return f"{self.prefix}/cycles/last"
+
     def hosts_dir(self) -> str:
         return f"{self.prefix}/hosts/"
 

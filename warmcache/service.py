@@ -8,6 +8,8 @@ leader election and build cycles when ``run_builds``); ``stop()`` ends it.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import random
 import threading
@@ -18,14 +20,30 @@ from types import TracebackType
 from typing import Any
 
 from warmcache.acquire.claim import Claimer
+from warmcache.adapters.log_alerts import LogAlerts
 from warmcache.builders.cycle import BuildCycle, CycleReport
 from warmcache.config import Config, ServiceConfig
-from warmcache.errors import InvalidRequest, UnknownAZ, UnknownFlavor, UnknownPool, WarmCacheError
-from warmcache.leader.election import LeaderElection
+from warmcache.errors import (
+    InvalidRequest,
+    LeadershipLost,
+    UnknownAZ,
+    UnknownFlavor,
+    UnknownPool,
+    WarmCacheError,
+)
+from warmcache.leader.election import LeaderElection, Leadership
 from warmcache.model import BuildRule, Keys, Mode, PoolInstance, PoolSummary, is_valid_name
 from warmcache.placement.pipeline import default_pipeline
 from warmcache.pools import summarize
-from warmcache.ports import Clock, CoordinationStore, Event, EventSink, FlavorCatalog, HostAgent
+from warmcache.ports import (
+    AlertSink,
+    Clock,
+    CoordinationStore,
+    Event,
+    EventSink,
+    FlavorCatalog,
+    HostAgent,
+)
 from warmcache.rules import RuleBook
 
 log = logging.getLogger(__name__)
@@ -43,6 +61,7 @@ class WarmCache:
         events: EventSink,
         agents: Mapping[str, HostAgent],
         clock: Clock,
+        alerts: AlertSink | None = None,
         rng: random.Random | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> None:
@@ -50,6 +69,7 @@ class WarmCache:
         self.store = store
         self.catalog = catalog
         self.events = events
+        self.alerts: AlertSink = alerts or LogAlerts()
         self.agents = dict(agents)
         self.clock = clock
         self.keys = Keys(config.prefix)
@@ -72,6 +92,7 @@ class WarmCache:
         self._trigger = threading.Event()
         self._threads: list[threading.Thread] = []
         self.last_cycle: CycleReport | None = None
+        self._own_tokens: set[int] = set()
 
     @classmethod
     def from_config(cls, config: Config | str | Path) -> WarmCache:
@@ -89,6 +110,7 @@ class WarmCache:
         self._spawn(self._register_loop, "service-registration")
         if self.config.run_builds:
             self._spawn(self._builder_loop, "build-cycles")
+            self._spawn(self._takeover_loop, "leader-watch")
         return self
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
@@ -151,15 +173,53 @@ class WarmCache:
 
     def run_cycle(self) -> CycleReport | None:
         """Run one build cycle if this instance wins the leader lock."""
-        with self.election.lead() as leadership:
+        with self.election.lead(on_lost=self._leadership_lost) as leadership:
             if leadership is None:
                 return None
+            self._own_tokens.add(leadership.token)
             self._emit("leader.elected", node=self.config.node, token=leadership.token)
-            report = self._cycle.run(self.election.writer(leadership))
+            writer = self.election.writer(leadership)
+            report = self._cycle.run(writer)
             self.last_cycle = report
-            self._emit("leader.lost" if leadership.lost.is_set() else "leader.released",
-                       node=self.config.node, token=leadership.token)
+            if not leadership.lost.is_set():
+                # Marks the cycle complete: standbys that see the lock go
+                # away without this record take over at once.
+                with contextlib.suppress(LeadershipLost):
+                    writer.put(self.keys.last_cycle(), json.dumps(
+                        {"node": self.config.node, **report.summary(),
+                         "finished_at": report.finished_at}))
+            if not leadership.lost.is_set():
+                self._emit("leader.released", node=self.config.node, token=leadership.token)
+            if report.built or report.failed or report.problems:
+                subject, body = report.render()
+                self.alerts.alert(subject, body)
             return report
+
+    def _leadership_lost(self, leadership: Leadership, reason: str) -> None:
+        log.warning("%s lost leadership (token %d): %s", self.config.node, leadership.token,
+                    reason)
+        self._emit("leader.lost", node=self.config.node, token=leadership.token, reason=reason)
+
+    def _takeover_loop(self) -> None:
+        """Standby duty: when the leader's lock goes away before its cycle
+        was recorded complete (it died, or was cut off past its TTL), start
+        a cycle now instead of at the next interval."""
+        poll_s = min(1.0, self.config.leader_ttl_s / 4)
+        while not self._stop.is_set():
+            try:
+                token = self.election.wait_for_vacancy(self._stop, poll_s=poll_s)
+                if token is None:
+                    self._stop.wait(poll_s)
+                    continue
+                if token in self._own_tokens:
+                    continue
+                last = self.store.get(self.keys.last_cycle())
+                if last is None or json.loads(last.value).get("token") != token:
+                    self._emit("leader.takeover", node=self.config.node, abandoned_token=token)
+                    self.trigger_cycle()
+            except WarmCacheError as exc:
+                log.warning("leader watch: %s", exc)
+                self._stop.wait(poll_s)
 
     def leader(self) -> dict[str, Any] | None:
         return self.election.holder()

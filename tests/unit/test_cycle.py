@@ -134,3 +134,50 @@ def test_pools_summary_counts_by_state_and_rack(service: WarmCache, flavor: str)
     pool = next(p for p in service.pools() if p.flavor == flavor)
     assert (pool.target, pool.ready, pool.reserved, pool.building) == (6, 5, 1, 0)
     assert sum(pool.ready_by_rack.values()) == 5
+
+
+def orphan(service: WarmCache, agents: dict[str, FakeAgent], name: str, on_agent: bool,
+           token: int = 1) -> None:
+    """A `building` record left by an earlier leader (token 1)."""
+    agent = next(iter(agents.values()))
+    facts = agent.facts()
+    rec = PoolInstance(name=name, az="az1", flavor="small", hypervisor=facts.hypervisor,
+                       rack=facts.rack, state=InstanceState.BUILDING, created_at=0,
+                       fencing_token=token)
+    service.store.put(service.keys.pool("az1", name), rec.model_dump_json())
+    if on_agent:
+        flavor = service.catalog.get("small")
+        assert flavor is not None
+        agent.create(VmSpec(name, flavor))
+
+
+def test_a_new_leader_adopts_or_forgets_what_a_dead_leader_left_building(
+    service: WarmCache, agents: dict[str, FakeAgent]
+) -> None:
+    rule(service, total_instances=6)
+    orphan(service, agents, "made-it", on_agent=True)
+    orphan(service, agents, "never-made", on_agent=False)
+    orphan(service, agents, "came-up-sick", on_agent=True)
+    next(iter(agents.values())).unhealthy.add("came-up-sick")
+    report = service.run_cycle()
+    assert report is not None
+    recs = {r.name: r for r in records(service)}
+    assert recs["made-it"].state is InstanceState.READY
+    assert recs["made-it"].fencing_token == report.token
+    assert "never-made" not in recs and "came-up-sick" not in recs
+    assert all("came-up-sick" not in a.vms for a in agents.values())
+    assert len(recs) == 6  # the adopted VM counts: only 5 new ones were built
+    assert report.built[("az1", "small")] == 5
+    kinds = {e.type for e in service.events.recent(type_prefix="vm.build_")}
+    assert {"vm.build_adopted", "vm.build_forgotten", "vm.build_failed"} <= kinds
+
+
+def test_the_cycle_report_reads_as_an_email(service: WarmCache,
+                                            agents: dict[str, FakeAgent]) -> None:
+    rule(service, total_instances=3, min_fault_domain=1)
+    next(iter(agents.values())).unavailable_times = 1  # its facts call fails once
+    report = service.run_cycle()
+    assert report is not None
+    subject, body = report.render()
+    assert subject.startswith(f"warmcache cycle {report.token}: built 3 VM(s)")
+    assert "az1/small: 3" in body and "unreachable" in body

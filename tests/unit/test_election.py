@@ -83,3 +83,34 @@ def test_lead_releases_when_the_block_ends(sqlite_store: SqliteStore, clock: Man
         with b.lead() as other:
             assert other is None
     assert a.holder() is None
+
+
+def test_vacancy_watch_reports_the_token_that_went_away(
+    sqlite_store: SqliteStore, clock: ManualClock
+) -> None:
+    import threading
+
+    a, b = election(sqlite_store, clock, "a"), election(sqlite_store, clock, "b")
+    stop = threading.Event()
+    assert b.wait_for_vacancy(stop) is None  # nobody leads
+    lead = a.try_acquire()
+    assert lead is not None
+    # a's session expires while b watches (the timer gives b time to start).
+    expire = threading.Timer(0.2, lambda: (clock.advance(6), sqlite_store.get("wc/leader")))
+    expire.start()
+    assert b.wait_for_vacancy(stop, poll_s=0.01) == lead.token
+    expire.join()
+
+
+def test_loss_is_signalled_once_the_moment_it_is_seen(
+    sqlite_store: SqliteStore, clock: ManualClock
+) -> None:
+    a = election(sqlite_store, clock, "a")
+    calls: list[str] = []
+    with a.lead(on_lost=lambda leadership, why: calls.append(why)) as lead:
+        assert lead is not None
+        clock.advance(6)
+        for _ in range(2):
+            with pytest.raises(LeadershipLost):
+                a.writer(lead).put("wc/x", "1")
+    assert calls == ["a fenced write was rejected"]

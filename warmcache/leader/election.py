@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +36,17 @@ class Leadership:
     token: int
     since: float
     lost: threading.Event = field(default_factory=threading.Event)
+    on_lost: Callable[[Leadership, str], None] | None = None
+    lost_reason: str = ""
+
+    def mark_lost(self, reason: str) -> None:
+        """Signal loss once: work must stop issuing operations now."""
+        if self.lost.is_set():
+            return
+        self.lost_reason = reason
+        self.lost.set()
+        if self.on_lost:
+            self.on_lost(self, reason)
 
 
 class FencedWriter:
@@ -59,7 +70,7 @@ class FencedWriter:
         if not result.succeeded:
             holder = result.current.get(self._leader_key)
             if holder is None or holder.create_revision != self.leadership.token:
-                self.leadership.lost.set()
+                self.leadership.mark_lost("a fenced write was rejected")
                 raise LeadershipLost(self._leader_key, self.leadership.token)
         return result
 
@@ -125,17 +136,50 @@ class LeaderElection:
         # The session id stays internal: it is a capability over the lock.
         return {"node": stored["node"], "since": stored["since"], "token": kv.create_revision}
 
+    def wait_for_vacancy(self, stop: threading.Event, poll_s: float = 1.0) -> int | None:
+        """Block until the lock is free (returns at once if it is), following
+        the store's change feed; returns the token of the holder that went
+        away (``None`` if it was already free), or ``None`` when ``stop`` is set.
+        """
+        kv = self._store.get(self.key)
+        if kv is None:
+            return None
+        token, revision = kv.create_revision, kv.mod_revision
+        while not stop.is_set():
+            try:
+                changes = self._store.changes(self.key, revision, timeout_s=poll_s)
+            except StoreError as exc:  # compacted or unreachable: re-read
+                log.debug("leader watch: %s", exc)
+                current = self._store.get(self.key)
+                if current is None:
+                    return token
+                token, revision = current.create_revision, current.mod_revision
+                stop.wait(poll_s)
+                continue
+            for change in changes:
+                revision = change.revision
+                if change.key != self.key:
+                    continue
+                if change.kind == "delete":
+                    return token
+                token = change.revision  # a new holder put the key
+        return None
+
     def writer(self, leadership: Leadership) -> FencedWriter:
         return FencedWriter(self._store, self.key, leadership)
 
     @contextmanager
-    def lead(self) -> Iterator[Leadership | None]:
+    def lead(
+        self, on_lost: Callable[[Leadership, str], None] | None = None
+    ) -> Iterator[Leadership | None]:
         """Hold leadership for the block (renewed in the background), or yield
-        ``None`` if another node leads."""
+        ``None`` if another node leads. ``on_lost`` is called once, from the
+        thread that noticed, the moment leadership is found lost."""
         leadership = self.try_acquire()
         if leadership is None:
             yield None
             return
+        leadership.on_lost = on_lost
         stop = threading.Event()
         renewer = threading.Thread(
             target=self._renew, args=(leadership, stop), name="leader-renew", daemon=True
@@ -163,5 +207,5 @@ class LeaderElection:
                 # the TTL would have run out anyway.
                 if exc.code == "session_expired" or self._clock.now() - last_ok >= self._ttl_s:
                     log.warning("leadership lost: %s", exc)
-                    leadership.lost.set()
+                    leadership.mark_lost(f"renewal failed: {exc}")
                     return
