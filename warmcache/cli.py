@@ -224,3 +224,96 @@ def acquire(flavor: str, az: str, count: int, mode: str, use_reserve: bool, requ
 def leader(url: str) -> None:
     """Who holds the leader lock now (none between cycles)."""
     print(json.dumps(_request("GET", f"{url}/v1/leader"), indent=2))
+
+
+# --- build rules ---------------------------------------------------------------------------
+
+
+@main.group()
+def rules() -> None:
+    """Read, write and validate build rules (one per AZ and flavor)."""
+
+
+def _read_rule_source(source: str) -> Any:
+    text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # maybe TOML; the caller decides
+
+
+@rules.command("list")
+@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
+def rules_list(url: str) -> None:
+    """Every rule in the store."""
+    body = _request("GET", f"{url}/v1/rules")
+    table = Table(title="build rules")
+    for col in ("az", "flavor", "total", "per cycle", "racks", "reserve", "group", "enabled"):
+        table.add_column(col)
+    for item in body["rules"]:
+        r = item["rule"]
+        table.add_row(item["az"], item["flavor"], str(r["total_instances"]),
+                      str(r["max_instance_per_cycle"]), str(r["min_fault_domain"]),
+                      str(r["reserve_cap"]), r["group_hint"] or "", str(r["enabled"]))
+    console.print(table)
+
+
+@rules.command("get")
+@click.argument("az")
+@click.argument("flavor")
+@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
+def rules_get(az: str, flavor: str, url: str) -> None:
+    """Print the rule of FLAVOR in AZ as JSON (ready to edit and `set` back)."""
+    print(json.dumps(_request("GET", f"{url}/v1/rules/{az}/{flavor}")["rule"], indent=2))
+
+
+@rules.command("set")
+@click.argument("az")
+@click.argument("flavor")
+@click.argument("source", default="-")
+@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
+def rules_set(az: str, flavor: str, source: str, url: str) -> None:
+    """Store the rule in SOURCE (a JSON file, or - for stdin) for FLAVOR in AZ.
+
+    It is validated first; an invalid rule is refused and the old one stays."""
+    rule = _read_rule_source(source)
+    if not isinstance(rule, dict):
+        _fail(f"{source}: a rule is a JSON object")
+    body = _request("PUT", f"{url}/v1/rules/{az}/{flavor}", json=rule)
+    print(json.dumps(body["rule"], indent=2))
+
+
+@rules.command("validate")
+@click.argument("source", default="-")
+def rules_validate(source: str) -> None:
+    """Check a rule (JSON object) or a rules file (TOML, [rules.AZ.FLAVOR]) offline."""
+    from warmcache.rules import parse_rule, read_rules_file
+
+    data = _read_rule_source(source)
+    try:
+        found = ({("-", "-"): data} if isinstance(data, dict)
+                 else read_rules_file(str(data)))
+        if not found:
+            _fail(f"{source}: no rule found (want a JSON object or [rules.AZ.FLAVOR] tables)")
+        for (az, flavor), fields in found.items():
+            parse_rule(fields)
+            console.print(f"[green]ok[/green] {az}/{flavor}" if az != "-" else "[green]ok[/green]")
+    except WarmCacheError as exc:
+        _fail(json.dumps(exc.detail(), indent=2))
+
+
+@main.command()
+@click.argument("az")
+@click.argument("flavor")
+@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
+def explain(az: str, flavor: str, url: str) -> None:
+    """Where the next cycle would build FLAVOR in AZ, and why (nothing is built)."""
+    body = _request("GET", f"{url}/v1/explain/{az}/{flavor}")
+    console.print(f"{az}/{flavor}: {body['to_build']} to build on {body['hosts']} host(s)")
+    if body["agents_unreachable"]:
+        console.print(f"unreachable agents: {', '.join(body['agents_unreachable'])}")
+    for p in body["placements"]:
+        console.print(f"  {p['vm']}: {p['hypervisor']} ({p['rack']}) - {p['explanation']}",
+                      highlight=False)
+    if body["problem"]:
+        console.print(f"[yellow]problem:[/yellow] {body['problem']}", highlight=False)

@@ -11,6 +11,7 @@ built from as attributes, so callers can act on numbers, not on messages::
     ├── NotFound                       not_found             (HTTP 404)
     │   ├── UnknownFlavor              unknown_flavor
     │   ├── UnknownAZ                  unknown_az
+    │   ├── UnknownRule                unknown_rule
     │   └── UnknownPool                unknown_pool
     ├── NoCapacity                     no_capacity           (HTTP 409)
     ├── ClaimContention                claim_contention      (HTTP 503)
@@ -107,6 +108,15 @@ class UnknownAZ(NotFound):
         self.az = az
         self.known = sorted(known)
         super().__init__(f"unknown availability zone {az!r}; known: {', '.join(self.known)}")
+
+
+class UnknownRule(NotFound):
+    code = "unknown_rule"
+
+    def __init__(self, az: str, flavor: str) -> None:
+        self.az = az
+        self.flavor = flavor
+        super().__init__(f"no build rule for {flavor!r} in {az!r}")
 
 
 class UnknownPool(NotFound):

@@ -60,7 +60,9 @@ class Flavor(_Frozen):
 
 
 class BuildRule(_Frozen):
-    """One AZ x flavor build rule (DESIGN.md §6)."""
+    """One AZ x flavor build rule (DESIGN.md §6). Strict: ``"2"`` is not 2."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     max_instance_per_cycle: int = Field(ge=1, le=10_000)
     min_fault_domain: int = Field(default=1, ge=1, le=10_000)

@@ -29,6 +29,7 @@ from warmcache.errors import (
     UnknownAZ,
     UnknownFlavor,
     UnknownPool,
+    UnknownRule,
     WarmCacheError,
 )
 from warmcache.leader.election import LeaderElection, Leadership
@@ -220,6 +221,13 @@ class WarmCache:
             except WarmCacheError as exc:
                 log.warning("leader watch: %s", exc)
                 self._stop.wait(poll_s)
+
+    def explain(self, az: str, flavor: str) -> dict[str, object]:
+        """Dry-run placement for one pool (``warmcache explain``)."""
+        rule = self.rules.get(az, flavor)
+        if rule is None:
+            raise UnknownRule(az, flavor)
+        return self._cycle.dry_run(az, flavor, rule)
 
     def leader(self) -> dict[str, Any] | None:
         return self.election.holder()

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,14 +24,27 @@ def agents() -> dict[str, FakeAgent]:
 
 
 @pytest.fixture
-def service(tmp_path: Path, sqlite_store: SqliteStore, clock: ManualClock,
-            agents: dict[str, FakeAgent]) -> Iterator[WarmCache]:
+def make_service(tmp_path: Path, sqlite_store: SqliteStore, clock: ManualClock,
+                 agents: dict[str, FakeAgent]) -> Iterator[Callable[..., WarmCache]]:
+    made: list[WarmCache] = []
     events = SqliteEvents(tmp_path / "events.db")
-    svc = WarmCache(
-        config=ServiceConfig(node="wc-test", prefix="wc", build_concurrency=4),
-        store=sqlite_store, catalog=FileFlavorCatalog(CONFIG_DIR / "flavors.toml"),
-        events=events, agents=agents, clock=clock, rng=random.Random(7),
-    )
-    yield svc
-    svc.stop()
+
+    def make(**config: Any) -> WarmCache:
+        settings = {"node": "wc-test", "prefix": "wc", "build_concurrency": 4, **config}
+        svc = WarmCache(
+            config=ServiceConfig(**settings), store=sqlite_store,
+            catalog=FileFlavorCatalog(CONFIG_DIR / "flavors.toml"),
+            events=events, agents=agents, clock=clock, rng=random.Random(7),
+        )
+        made.append(svc)
+        return svc
+
+    yield make
+    for svc in made:
+        svc.stop()
     events.close()
+
+
+@pytest.fixture
+def service(make_service: Callable[..., WarmCache]) -> WarmCache:
+    return make_service()

@@ -27,3 +27,16 @@ def test_quickstart_refuses_a_foreign_state_dir(tmp_path: Path) -> None:
 def test_operator_commands_report_an_unreachable_service() -> None:
     result = CliRunner().invoke(main, ["pools", "--url", "http://127.0.0.1:1"])
     assert result.exit_code == 1 and "error" in result.output
+
+
+def test_rules_validate_offline(tmp_path: Path) -> None:
+    good = Path(__file__).resolve().parents[2] / "config" / "rules.toml"
+    result = CliRunner().invoke(main, ["rules", "validate", str(good)])
+    assert result.exit_code == 0 and "ok az1/small" in result.output
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"max_instance_per_cycle": 1, "total_instances": 1, "reserve_cap": 3}')
+    result = CliRunner().invoke(main, ["rules", "validate", str(bad)])
+    assert result.exit_code == 1 and "reserve_cap" in result.output
+    result = CliRunner().invoke(main, ["rules", "validate", "-"],
+                                input='{"max_instance_per_cycle": 1, "total_instances": 2}')
+    assert result.exit_code == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
@@ -92,29 +93,49 @@ def test_a_vm_failing_its_first_health_probe_is_destroyed_and_forgotten(
     assert len(failed) == 6 and all(e.fields["cleaned_up"] for e in failed)
 
 
-def test_leadership_lost_mid_cycle_starts_no_new_vm_and_loses_none(
-    service: WarmCache, agents: dict[str, FakeAgent]
-) -> None:
-    rule(service, total_instances=6)
+def steal_leadership_at(service: WarmCache, agents: dict[str, FakeAgent], nth: int
+                        ) -> list[str]:
+    """Another node takes the lock while the nth create is running: our
+    session expires and the leader key is recreated with a new token."""
     created: list[str] = []
 
     def steal(spec: VmSpec) -> None:
         created.append(spec.name)
-        if len(created) == 2:
-            # Another node takes over: our session expires and the key is new.
+        if len(created) == nth:
             service.clock.advance(service.config.leader_ttl_s + 1)  # type: ignore[attr-defined]
-            service.store.create_session(30, "usurper")
             service.election.try_acquire()
 
     for agent in agents.values():
         agent.before_create = steal
+    return created
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_leadership_lost_mid_cycle_loses_no_vm(
+    make_service: Callable[..., WarmCache], agents: dict[str, FakeAgent], concurrency: int
+) -> None:
+    service = make_service(build_concurrency=concurrency)
+    rule(service, total_instances=6)
+    created = steal_leadership_at(service, agents, 2)
     report = service.run_cycle()
     assert report is not None and report.leadership_lost
     on_hosts = {n for a in agents.values() for n in a.vms}
-    tracked = {r.name for r in records(service)}
-    assert on_hosts <= tracked, "a VM the stale leader created is untracked"
-    # Only builds already in flight when the lock was lost got started.
-    assert len(created) <= service.config.build_concurrency < 6
+    recs = {r.name: r for r in records(service)}
+    assert on_hosts == set(created)
+    assert on_hosts <= set(recs), "a VM the stale leader created is untracked"
+    # What the stale leader could not mark ready stays `building` for the next
+    # leader to settle; nothing it wrote after the steal landed.
+    assert recs[created[1]].state is InstanceState.BUILDING
+    assert [e.type for e in service.events.recent(type_prefix="leader.lost")] == ["leader.lost"]
+
+
+def test_a_lost_leader_starts_no_new_vm(make_service: Callable[..., WarmCache],
+                                        agents: dict[str, FakeAgent]) -> None:
+    service = make_service(build_concurrency=1)
+    rule(service, total_instances=6)
+    created = steal_leadership_at(service, agents, 2)
+    service.run_cycle()
+    assert len(created) == 2  # the VM in flight finished; none was started after
 
 
 def test_only_one_instance_leads_a_cycle(service: WarmCache) -> None:

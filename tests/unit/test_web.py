@@ -138,3 +138,50 @@ def test_draining_a_pool_below_its_low_water_mark_triggers_a_cycle(
     assert not service._trigger.is_set()
     acquire(client, count=2)  # 2 left: below
     assert service._trigger.is_set()
+
+
+def test_rules_read_and_write(client: FlaskClient) -> None:
+    listed = client.get("/v1/rules").get_json()["rules"]
+    assert {(r["az"], r["flavor"]) for r in listed} == {("az1", "small"), ("az2", "small"),
+                                                       ("az1", "medium")}
+    rule = {"max_instance_per_cycle": 2, "total_instances": 4, "group_hint": "db"}
+    reply = client.put("/v1/rules/az2/large", json=rule)
+    assert reply.status_code == 200 and reply.get_json()["rule"]["group_hint"] == "db"
+    got = client.get("/v1/rules/az2/large").get_json()
+    assert got["rule"]["total_instances"] == 4 and got["rule"]["min_fault_domain"] == 1
+
+
+@pytest.mark.parametrize("bad", [
+    {"max_instance_per_cycle": 2, "total_instances": 4, "reserve_cap": 5},
+    {"max_instance_per_cycle": "2", "total_instances": 4},
+    {"total_instances": 4},
+    {"max_instance_per_cycle": 2, "total_instances": 4, "colour": "blue"},
+])
+def test_an_invalid_rule_is_refused_and_the_old_one_stays(client: FlaskClient,
+                                                          bad: dict[str, Any]) -> None:
+    before = client.get("/v1/rules/az1/small").get_json()
+    reply = client.put("/v1/rules/az1/small", json=bad)
+    assert reply.status_code == 400 and reply.get_json()["error"] == "invalid_rule"
+    assert reply.get_json()["detail"]["errors"]
+    assert client.get("/v1/rules/az1/small").get_json() == before
+
+
+def test_rules_for_unknown_things(client: FlaskClient) -> None:
+    assert client.get("/v1/rules/az1/large").get_json()["error"] == "unknown_rule"
+    reply = client.put("/v1/rules/az1/xxl", json={"max_instance_per_cycle": 1,
+                                                  "total_instances": 1})
+    assert reply.status_code == 400 and "catalog" in reply.get_json()["detail"]
+    reply = client.put("/v1/rules/az1/small", data=b"{", content_type="application/json")
+    assert reply.status_code == 400
+
+
+def test_explain_dry_runs_placement(client: FlaskClient, service: WarmCache) -> None:
+    service.rules.put("az2", "medium", {"max_instance_per_cycle": 6, "total_instances": 6,
+                                        "min_fault_domain": 3})
+    body = client.get("/v1/explain/az2/medium").get_json()
+    assert body["to_build"] == 6 and body["hosts"] == 6 and body["problem"] is None
+    assert len({p["rack"] for p in body["placements"]}) == 3
+    assert all("has_capacity removed 0" in p["explanation"] for p in body["placements"])
+    assert next(p for p in pools(client) if p["flavor"] == "medium" and p["az"] == "az2"
+                )["building"] == 0  # nothing was built
+    assert client.get("/v1/explain/az9/medium").status_code == 404

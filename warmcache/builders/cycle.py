@@ -126,10 +126,12 @@ class BuildCycle:
 
     # --- gathering -------------------------------------------------------------------
 
-    def host_facts(self) -> tuple[dict[str, HostFacts], list[str]]:
-        """Facts from every agent, by hypervisor id; unreachable agents listed."""
+    def host_facts(self) -> tuple[dict[str, HostFacts], list[str], dict[str, HostAgent]]:
+        """Facts from every agent, by hypervisor id; the unreachable agents;
+        and which agent serves which hypervisor."""
         facts: dict[str, HostFacts] = {}
         down: list[str] = []
+        by_hypervisor: dict[str, HostAgent] = {}
 
         def ask(agent: HostAgent) -> HostFacts | None:
             try:
@@ -146,8 +148,32 @@ class BuildCycle:
                     down.append(endpoint)
                 else:
                     facts[result.hypervisor] = result
-                    self._by_hypervisor[result.hypervisor] = self._agents[endpoint]
-        return facts, down
+                    by_hypervisor[result.hypervisor] = self._agents[endpoint]
+        return facts, down, by_hypervisor
+
+    def dry_run(self, az: str, flavor: str, rule: BuildRule) -> dict[str, object]:
+        """What the next cycle would build for one pool, and why: nothing is
+        created or written."""
+        facts, down, _ = self.host_facts()
+        hosts = [h for h in facts.values() if h.az == az]
+        records = self._read_records().get(az, [])
+        counter = iter(range(1, 1_000_000))
+        plan = plan_az(az, {flavor: rule}, self._flavors(), hosts, records, self._pipeline,
+                       lambda _az, _f: f"next-{next(counter)}")
+        return {
+            "az": az,
+            "flavor": flavor,
+            "hosts": len(hosts),
+            "agents_unreachable": down,
+            "to_build": plan.deficits.get(flavor, 0),
+            "problem": plan.problems.get(flavor),
+            "placements": [
+                {"vm": vm.name, "hypervisor": vm.host.hypervisor, "rack": vm.host.rack,
+                 "removed": vm.decision.removed, "tied": vm.decision.tied,
+                 "explanation": vm.decision.explain()}
+                for vm in plan.builds
+            ],
+        }
 
     def _read_rules(self) -> dict[str, dict[str, BuildRule]]:
         rules: dict[str, dict[str, BuildRule]] = defaultdict(dict)
@@ -170,7 +196,7 @@ class BuildCycle:
     def run(self, writer: FencedWriter) -> CycleReport:
         lost = writer.leadership.lost
         report = CycleReport(writer.leadership.token, self._clock.now())
-        facts, down = self.host_facts()
+        facts, down, self._by_hypervisor = self.host_facts()
         for endpoint in down:
             report.problems.append(f"agent {endpoint} unreachable")
         rules = self._read_rules()

@@ -10,8 +10,8 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
-from warmcache.errors import InvalidRequest
-from warmcache.model import Mode, PoolInstance
+from warmcache.errors import InvalidRequest, UnknownRule
+from warmcache.model import BuildRule, Mode, PoolInstance
 from warmcache.service import WarmCache
 
 api = Blueprint("api", __name__)
@@ -33,7 +33,7 @@ def _service() -> WarmCache:
     return service
 
 
-def _body(model: type[BaseModel]) -> Any:
+def _json_object() -> dict[str, Any]:
     raw = request.get_data(cache=False)
     try:
         data = json.loads(raw)
@@ -41,6 +41,11 @@ def _body(model: type[BaseModel]) -> Any:
         raise InvalidRequest(f"body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise InvalidRequest("body must be a JSON object")
+    return data
+
+
+def _body(model: type[BaseModel]) -> Any:
+    data = _json_object()
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -79,6 +84,37 @@ def acquire() -> Any:
     vms = _service().acquire(body.flavor, body.az, body.count, body.mode,
                              use_reserve=body.use_reserve, requester=body.requester)
     return jsonify({"vms": [vm_json(vm) for vm in vms]})
+
+
+def _rule_json(az: str, flavor: str, rule: BuildRule) -> dict[str, Any]:
+    return {"az": az, "flavor": flavor, "rule": rule.model_dump(mode="json")}
+
+
+@api.get("/v1/rules")
+def rules() -> Any:
+    all_rules = _service().rules.all()
+    return jsonify({"rules": [_rule_json(az, f, r) for (az, f), r in all_rules.items()]})
+
+
+@api.get("/v1/rules/<az>/<flavor>")
+def get_rule(az: str, flavor: str) -> Any:
+    rule = _service().rules.get(az, flavor)
+    if rule is None:
+        raise UnknownRule(az, flavor)
+    return jsonify(_rule_json(az, flavor, rule))
+
+
+@api.put("/v1/rules/<az>/<flavor>")
+def put_rule(az: str, flavor: str) -> Any:
+    """Validate, then store; an invalid rule is a 400 and the old rule stays."""
+    body = _json_object()
+    rule = _service().rules.put(az, flavor, body)
+    return jsonify(_rule_json(az, flavor, rule))
+
+
+@api.get("/v1/explain/<az>/<flavor>")
+def explain(az: str, flavor: str) -> Any:
+    return jsonify(_service().explain(az, flavor))
 
 
 @api.get("/v1/leader")
