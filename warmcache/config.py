@@ -40,6 +40,12 @@ class ServiceConfig(_Section):
     cycle_interval_s: float = Field(
         default=900.0, gt=0, description="Seconds between build cycles (DESIGN §5)."
     )
+    retry_interval_s: float = Field(
+        default=60.0, gt=0,
+        description="After a cycle that left a pool short (failed builds, a store or agent "
+        "outage, lost leadership), the next cycle comes after this many seconds instead of "
+        "cycle_interval_s.",
+    )
     leader_ttl_s: float = Field(
         default=10.0, ge=2.0, le=86400.0,
         description="TTL of the leader session; failover takes about this long. "

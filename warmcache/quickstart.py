@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,10 @@ from typing import Any
 import httpx
 
 from warmcache.adapters.file_catalog import FileFlavorCatalog
-from warmcache.adapters.sqlite_store import SqliteStore
+from warmcache.bootstrap import build_store
+from warmcache.config import parse_config
 from warmcache.model import Keys
+from warmcache.ports import CoordinationStore
 from warmcache.rules import RuleBook, read_rules_file
 
 MARKER = ".warmcache-quickstart"
@@ -73,6 +76,11 @@ class QuickstartStack:
     create_delay_s: float = 0.2
     cycle_interval_s: float = 5.0
     leader_ttl_s: float = 5.0
+    build_concurrency: int = 8
+    retry_interval_s: float = 5.0
+    store_kind: str = "sqlite"
+    store_url: str = ""  # etcd: comma-separated member URLs
+    rules_toml: str | None = None  # instead of config/rules.toml
     procs: list[Proc] = field(default_factory=list)
 
     @property
@@ -97,6 +105,8 @@ class QuickstartStack:
             if not src.exists():
                 raise QuickstartError(f"missing {src} (pass --config-dir)")
             shutil.copy(src, d / name)
+        if self.rules_toml is not None:
+            (d / "rules.toml").write_text(self.rules_toml)
 
     def _spawn(self, name: str, args: list[str]) -> Proc:
         log = self.state_dir / "logs" / f"{name}.log"
@@ -136,14 +146,31 @@ class QuickstartStack:
             f"listen_port = {self.port + index}\n"
             f"cycle_interval_s = {self.cycle_interval_s}\n"
             f"leader_ttl_s = {self.leader_ttl_s}\n"
-            '[store]\nkind = "sqlite"\npath = "store.db"\n'
+            f"build_concurrency = {self.build_concurrency}\n"
+            f"retry_interval_s = {self.retry_interval_s}\n"
+            + self._store_toml() +
             '[catalog]\nkind = "file"\npath = "flavors.toml"\n'
             '[events]\nkind = "sqlite"\npath = "events.db"\n' + agents
         )
         return path
 
+    def _store_toml(self) -> str:
+        if self.store_kind == "sqlite":
+            return '[store]\nkind = "sqlite"\npath = "store.db"\n'
+        return f'[store]\nkind = "{self.store_kind}"\nurl = "{self.store_url}"\n'
+
+    def store(self) -> CoordinationStore:
+        """A client of the stack's coordination store (close it after use)."""
+        config = parse_config(tomllib.loads("\n".join(["[service]", self._store_toml()])),
+                              base=self.state_dir, environ={})
+        return build_store(config)
+
+    def instance(self, node: str) -> Proc:
+        """The process of service instance ``node`` (``wc-1``, ``wc-2``...)."""
+        return next(p for p in self.procs if p.name == f"instance-{node.split('-')[1]}")
+
     def load_rules(self) -> int:
-        store = SqliteStore(self.state_dir / "store.db")
+        store = self.store()
         try:
             book = RuleBook(store, Keys("warmcache"),
                             FileFlavorCatalog(self.state_dir / "flavors.toml"))

@@ -32,7 +32,7 @@ from warmcache.errors import (
     UnknownRule,
     WarmCacheError,
 )
-from warmcache.leader.election import LeaderElection, Leadership
+from warmcache.leader.election import LeaderElection, Leadership, watch_poll_s
 from warmcache.model import BuildRule, Keys, Mode, PoolInstance, PoolSummary, is_valid_name
 from warmcache.placement.pipeline import default_pipeline
 from warmcache.pools import summarize
@@ -157,13 +157,18 @@ class WarmCache:
 
     def _builder_loop(self) -> None:
         while not self._stop.is_set():
+            wait = self.config.cycle_interval_s
             try:
-                self.run_cycle()
+                report = self.run_cycle()
+                if report is not None and not report.clean:
+                    wait = min(wait, self.config.retry_interval_s)
             except WarmCacheError as exc:
                 log.warning("build cycle failed: %s", exc)
+                wait = min(wait, self.config.retry_interval_s)
             except Exception:
                 log.exception("build cycle crashed")
-            self._trigger.wait(self.config.cycle_interval_s)
+                wait = min(wait, self.config.retry_interval_s)
+            self._trigger.wait(wait)
             self._trigger.clear()
 
     # --- operations ------------------------------------------------------------------
@@ -205,7 +210,7 @@ class WarmCache:
         """Standby duty: when the leader's lock goes away before its cycle
         was recorded complete (it died, or was cut off past its TTL), start
         a cycle now instead of at the next interval."""
-        poll_s = min(1.0, self.config.leader_ttl_s / 4)
+        poll_s = watch_poll_s(self.config.leader_ttl_s)
         while not self._stop.is_set():
             try:
                 token = self.election.wait_for_vacancy(self._stop, poll_s=poll_s)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import unavailable
+from tests.polling import pause, wait_for
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.clock import ManualClock
 from warmcache.errors import SessionExpired, WatchCompacted
@@ -38,14 +38,15 @@ class Backend:
         if self.clock is not None:
             self.clock.advance(seconds)
         else:
-            threading.Event().wait(seconds)
+            pause(seconds)
 
     def eventually(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            if self.clock is not None or time.monotonic() > deadline:
-                return False
-            threading.Event().wait(0.05)
+        if self.clock is not None:
+            return predicate()
+        try:
+            wait_for("the store to catch up", predicate, timeout_s)
+        except AssertionError:
+            return False
         return True
 
 

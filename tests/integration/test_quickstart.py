@@ -46,10 +46,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuickstartStack]
 
 def pooled(stack: QuickstartStack) -> dict[str, str]:
     """Name -> state of every pooled VM, read straight from the store."""
-    from warmcache.adapters.sqlite_store import SqliteStore
     from warmcache.model import PoolInstance
 
-    store = SqliteStore(stack.state_dir / "store.db")
+    store = stack.store()
     try:
         kvs, _ = store.range("warmcache/pool/")
     finally:

@@ -41,6 +41,10 @@ T = TypeVar("T")
 _SERVICES = "_services/"
 
 
+class _Retryable(Exception):
+    """A request that surely did not apply: safe to send again."""
+
+
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
@@ -66,24 +70,19 @@ class EtcdStore:
         client: Any = None,
         timeout_s: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
+        failover_s: float = 10.0,
     ) -> None:
         if etcd3gw is None:
             raise StoreError("etcd3gw is not installed: pip install 'warmcache[etcd]'")
-        parsed = urlparse(url or "http://127.0.0.1:2379")
-
-        def make_client() -> Any:
-            return etcd3gw.Etcd3Client(
-                host=parsed.hostname or "127.0.0.1", port=parsed.port or 2379,
-                protocol=parsed.scheme or "http", timeout=timeout_s, api_path="/v3/",
-            )
-
-        # requests sessions are not guaranteed thread-safe: one client per
-        # thread, unless the caller hands us its own.
+        # Several members may be given, comma-separated: requests go to one
+        # and move to the next when it cannot be reached.
+        self._urls = [u.strip() for u in (url or "http://127.0.0.1:2379").split(",") if u.strip()]
+        self._current = 0
         self._given = client
-        self._make_client = make_client
         self._local = threading.local()
         self._ns = namespace
         self._timeout_s = timeout_s
+        self._failover_s = failover_s
         self._sleep = sleep
         self._retrying = Retrying(
             retry=retry_if_exception_type(StoreError),
@@ -95,23 +94,55 @@ class EtcdStore:
 
     # --- transport -------------------------------------------------------------------
 
+    def _make_client(self, index: int) -> Any:
+        parsed = urlparse(self._urls[index])
+        return etcd3gw.Etcd3Client(
+            host=parsed.hostname or "127.0.0.1", port=parsed.port or 2379,
+            protocol=parsed.scheme or "http", timeout=self._timeout_s, api_path="/v3/",
+        )
+
     @property
     def _client(self) -> Any:
         if self._given is not None:
             return self._given
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = self._make_client()
-        return client
+        # requests sessions are not guaranteed thread-safe: a client per
+        # thread and member.
+        clients: dict[int, Any] = self._local.__dict__.setdefault("clients", {})
+        index = self._current
+        if index not in clients:
+            clients[index] = self._make_client(index)
+        return clients[index]
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One request; moves to another member and retries only when that
+        is safe: the request never reached a member (connection refused), or
+        the member refused it for want of a raft leader (nothing applied)."""
+        deadline = time.monotonic() + self._failover_s
+        while True:
+            try:
+                return self._post_once(path, body)
+            except _Retryable as exc:
+                if time.monotonic() > deadline:
+                    raise StoreError(f"etcd {path}: {exc}") from exc
+                if len(self._urls) > 1:
+                    self._current = (self._current + 1) % len(self._urls)
+                self._sleep(0.05)
+
+    def _post_once(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             reply: dict[str, Any] = self._client.post(self._client.get_url(path), json=body)
             return reply
+        except etcd_exc.ConnectionFailedError as exc:
+            detail = exc.detail_text or str(exc)
+            if "refused" in detail or "establish a new connection" in detail:
+                raise _Retryable(detail) from exc
+            raise StoreError(f"etcd {path}: {detail.strip()}") from exc
         except etcd_exc.Etcd3Exception as exc:
             detail = exc.detail_text or str(exc)
             if "lease not found" in detail:
                 raise SessionExpired(str(body.get("lease") or body.get("ID"))) from exc
+            if "no leader" in detail:
+                raise _Retryable(detail) from exc
             raise StoreError(f"etcd {path}: {detail.strip()}") from exc
 
     def _read(self, fn: Callable[[], T]) -> T:
@@ -248,6 +279,8 @@ class EtcdStore:
             # A quiet watch ends by read timeout (requests reports it as a
             # ConnectionError while streaming): that is "no change yet".
             if "timed out" not in str(exc).lower():
+                if len(self._urls) > 1:  # try another member next time
+                    self._current = (self._current + 1) % len(self._urls)
                 raise StoreError(f"etcd watch: {exc}") from exc
         return []
 

@@ -30,7 +30,13 @@ from dataclasses import dataclass, field
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from warmcache.builders.plan import PlannedVm, plan_az
-from warmcache.errors import AgentError, AgentRejected, AgentUnavailable, LeadershipLost
+from warmcache.errors import (
+    AgentError,
+    AgentRejected,
+    AgentUnavailable,
+    LeadershipLost,
+    StoreError,
+)
 from warmcache.leader.election import FencedWriter
 from warmcache.model import BuildRule, Flavor, HostFacts, InstanceState, Keys, PoolInstance
 from warmcache.placement.pipeline import PlacementPipeline
@@ -59,6 +65,11 @@ class CycleReport:
     failed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     leadership_lost: bool = False
+
+    @property
+    def clean(self) -> bool:
+        """Nothing failed: no retry needed before the next interval."""
+        return not (self.failed or self.problems or self.leadership_lost)
 
     def summary(self) -> dict[str, object]:
         return {
@@ -211,6 +222,9 @@ class BuildCycle:
                 build_az(az)
             except LeadershipLost:
                 report.leadership_lost = True
+            except StoreError as exc:
+                with self._lock:
+                    report.problems.append(f"{az}: store failed, AZ skipped: {exc}")
 
         def build_az(az: str) -> None:
             current = self._adopt(az, records.get(az, []), rules[az], writer, report)
@@ -335,8 +349,16 @@ class BuildCycle:
                 raise AgentRejected(agent.endpoint, "unhealthy",
                                     f"first health probe failed: state {status.state}")
         except LeadershipLost:
+            report.leadership_lost = True
             self._emit("vm.build_abandoned", name=vm.name, az=az, flavor=flavor,
                        reason="leadership lost before the VM was started")
+            return
+        except StoreError as exc:
+            # Only the record write talks to the store here: no VM was started.
+            # If the record landed anyway, the next cycle's adoption finds no
+            # VM on the agent and forgets it.
+            with self._lock:
+                report.failed.append(f"{vm.name}: not started, store failed: {exc}")
             return
         except (AgentError, RuntimeError) as exc:
             self._fail(vm, key, writer, report, str(exc))
@@ -354,6 +376,11 @@ class BuildCycle:
         except LeadershipLost:
             # The VM runs and its record says building: the next leader sees it.
             report.leadership_lost = True
+            return
+        except StoreError as exc:
+            # Same: the record still says building; the next cycle adopts it.
+            with self._lock:
+                report.failed.append(f"{vm.name}: built, record not updated: {exc}")
             return
         if not ok:
             report.failed.append(f"{vm.name}: record changed while building")
@@ -401,6 +428,8 @@ class BuildCycle:
                 writer.txn([], [Delete(key)])
             except LeadershipLost:
                 report.leadership_lost = True
+            except StoreError:
+                pass  # the record says building and no VM exists: adoption forgets it
         with self._lock:
             report.failed.append(f"{vm.name}: {why}")
         self._emit("vm.build_failed", name=vm.name, az=vm.host.az, flavor=vm.flavor.name,

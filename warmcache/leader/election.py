@@ -29,6 +29,12 @@ from warmcache.ports import Clock, Compare, CoordinationStore, Delete, Op, Put, 
 log = logging.getLogger(__name__)
 
 
+def watch_poll_s(ttl_s: float) -> float:
+    """How often a standby re-checks the lock when the change feed is quiet:
+    a quarter TTL, at most a second (SQLite notices expiry only when read)."""
+    return min(1.0, ttl_s / 4)
+
+
 @dataclass
 class Leadership:
     node: str
