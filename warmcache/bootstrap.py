@@ -21,6 +21,7 @@ from warmcache.ports import Clock, CoordinationStore, EventSink, FlavorCatalog, 
 STORES: dict[str, str] = {
     "sqlite": "warmcache.bootstrap:_sqlite_store",
     "etcd": "warmcache.bootstrap:_etcd_store",
+    "consul": "warmcache.bootstrap:_consul_store",
 }
 CATALOGS: dict[str, str] = {
     "file": "warmcache.bootstrap:_file_catalog",
@@ -41,6 +42,18 @@ def _etcd_store(cfg: StoreConfig, clock: Clock) -> CoordinationStore:
     from warmcache.adapters.etcd_store import EtcdStore
 
     return EtcdStore(cfg.url or "http://127.0.0.1:2379")
+
+
+def _consul_store(cfg: StoreConfig, clock: Clock) -> CoordinationStore:
+    import os
+
+    from warmcache.adapters.consul_store import ConsulStore
+
+    # py-consul's own convention: CONSUL_HTTP_ADDR / CONSUL_HTTP_TOKEN.
+    url = cfg.url or os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500")
+    if "://" not in url:
+        url = f"http://{url}"
+    return ConsulStore(url, token=cfg.token or os.environ.get("CONSUL_HTTP_TOKEN", ""))
 
 
 def _file_catalog(cfg: CatalogConfig, clock: Clock) -> FlavorCatalog:

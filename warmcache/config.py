@@ -78,11 +78,11 @@ class ServiceConfig(_Section):
 
 
 class StoreConfig(_Section):
-    kind: str = Field(default="sqlite", description="Backend: sqlite or etcd (consul is "
-                      "not available yet).")
+    kind: str = Field(default="sqlite", description="Backend: sqlite, etcd or consul.")
     path: str = Field(default="warmcache-store.db", description="sqlite: database file.")
-    url: str = Field(default="", description="etcd: http://host:port of a member")
-    token: str = Field(default="", description="consul (future): ACL token")
+    url: str = Field(default="", description="etcd: member URLs, comma-separated; consul: "
+                     "agent URL (default CONSUL_HTTP_ADDR)")
+    token: str = Field(default="", description="consul: ACL token (default CONSUL_HTTP_TOKEN)")
 
 
 class CatalogConfig(_Section):

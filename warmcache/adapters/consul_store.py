@@ -1,0 +1,279 @@
+"""ConsulStore: the coordination-store port on Consul (py-consul).
+
+NOT tested against a live Consul here (none can be installed on the
+project's machines); it runs the same contract suite as SQLite and etcd
+whenever ``WARMCACHE_TEST_CONSUL=http://host:8500`` is set.
+
+How the port maps onto Consul:
+
+* revisions are Consul's Raft indexes: a key's ``CreateIndex`` and
+  ``ModifyIndex``; ``range`` reports the ``X-Consul-Index`` it read at;
+* a transaction is ``/v1/txn`` (at most 64 operations, all or nothing).
+  Compares become ``check-not-exists`` / ``check-index``; a compare and a
+  write on the same key fuse into one ``cas`` / ``delete-cas``, so an
+  acquisition of up to 32 VMs fits. Consul has no failure branch: passing
+  ``failure`` operations is refused;
+* a create-revision compare is a ``check-index`` on the key. That is exact
+  for the keys it is used on, the leader lock: it is created by a session
+  acquire and never modified, and deleted (sessions use ``behavior=delete``)
+  when released or expired, so its ``ModifyIndex`` equals its
+  ``CreateIndex`` for its whole life and a new acquisition is a new key
+  with a new index. This is the fencing token; ``LockIndex`` and
+  ``check-session`` are not needed on top of it;
+* sessions have a TTL (Consul: 10 s to 24 h; may be reaped only after up
+  to 2 x TTL), ``lock_delay=0`` (fencing makes the stock 15 s unnecessary)
+  and ``behavior=delete``;
+* the change feed is a blocking query on the prefix, diffed against the
+  previous answer: Consul keeps state, not history, so several changes of
+  one key between two reads arrive as its latest state;
+* services are agent services with a TTL check, read back from
+  ``/v1/health/service`` (passing only).
+
+A client passed in is never closed by this adapter.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+from warmcache.errors import SessionExpired, StoreError
+from warmcache.ports import Change, Compare, Delete, KeyValue, Op, Put, ServiceEntry, TxnResult
+
+try:
+    import consul
+    import requests
+except ImportError:  # pragma: no cover - only without the extra
+    consul = None
+    requests = None  # type: ignore[assignment]
+
+T = TypeVar("T")
+MAX_TXN_OPS = 64
+MIN_SESSION_TTL_S = 10
+
+
+def txn_payload(namespace: str, compares: Sequence[Compare], ops: Sequence[Op],
+                current_values: dict[str, KeyValue | None] | None = None) -> list[dict[str, Any]]:
+    """Translate a port transaction into Consul txn operations (pure).
+
+    ``current_values`` must hold the current entry of every key with a
+    ``value`` compare (Consul cannot compare values: the value is checked
+    here and its ``ModifyIndex`` pinned in the transaction).
+    """
+    checks: dict[str, int] = {}  # key -> required ModifyIndex (0: must not exist)
+    for c in compares:
+        if c.target == "value":
+            current = (current_values or {}).get(c.key)
+            if current is None or current.value != c.expected:
+                raise _CompareFailed(c.key)
+            index = current.mod_revision
+        else:
+            index = int(c.expected)
+        if checks.get(c.key, index) != index:
+            raise _CompareFailed(c.key)  # two compares that cannot both hold
+        checks[c.key] = index
+    payload: list[dict[str, Any]] = []
+    fused: set[str] = set()
+    for op in ops:
+        entry: dict[str, Any] = {"Key": namespace + op.key}
+        check = checks.get(op.key)
+        if isinstance(op, Put):
+            entry["Value"] = base64.b64encode(op.value.encode()).decode()
+            if op.session is not None:
+                entry.update(Verb="lock", Session=op.session)
+            elif check is not None:
+                entry.update(Verb="cas", Index=check)  # Index 0: only if absent
+                fused.add(op.key)
+            else:
+                entry["Verb"] = "set"
+        elif check is not None and check > 0:
+            entry.update(Verb="delete-cas", Index=check)
+            fused.add(op.key)
+        else:
+            entry["Verb"] = "delete"
+        payload.append({"KV": entry})
+    guards = [
+        {"KV": {"Verb": "check-index", "Key": namespace + key, "Index": index}} if index
+        else {"KV": {"Verb": "check-not-exists", "Key": namespace + key}}
+        for key, index in checks.items() if key not in fused
+    ]
+    payload = guards + payload
+    if len(payload) > MAX_TXN_OPS:
+        raise StoreError(
+            f"consul: a transaction takes at most {MAX_TXN_OPS} operations, "
+            f"this one needs {len(payload)} (acquire fewer VMs at once)"
+        )
+    return payload
+
+
+class _CompareFailed(Exception):
+    pass
+
+
+class ConsulStore:
+    def __init__(
+        self,
+        url: str = "",
+        *,
+        token: str = "",
+        namespace: str = "",
+        client: Any = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if consul is None:
+            raise StoreError("py-consul is not installed: pip install 'warmcache[consul]'")
+        if client is None:
+            parsed = urlparse(url or "http://127.0.0.1:8500")
+            client = consul.Consul(host=parsed.hostname or "127.0.0.1",
+                                   port=parsed.port or 8500, scheme=parsed.scheme or "http",
+                                   token=token or None)
+        self._c = client
+        self._ns = namespace
+        self._sleep = sleep
+        self._snapshots: dict[tuple[int, str], dict[str, int]] = {}
+        self._lock = threading.Lock()
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except consul.ConsulException as exc:
+            raise StoreError(f"consul: {exc}") from exc
+        except requests.RequestException as exc:
+            raise StoreError(f"consul unreachable: {exc}") from exc
+
+    def _kv(self, item: dict[str, Any]) -> KeyValue:
+        raw = item.get("Value")
+        value = raw.decode() if isinstance(raw, bytes) else (raw or "")
+        return KeyValue(item["Key"][len(self._ns):], value, int(item["CreateIndex"]),
+                        int(item["ModifyIndex"]), item.get("Session"))
+
+    # --- KV ----------------------------------------------------------------------------
+
+    def get(self, key: str) -> KeyValue | None:
+        _, item = self._call(lambda: self._c.kv.get(self._ns + key))
+        return self._kv(item) if item else None
+
+    def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        index, items = self._call(lambda: self._c.kv.get(self._ns + prefix, recurse=True))
+        kvs = sorted((self._kv(i) for i in items or []), key=lambda kv: kv.key)
+        return kvs, int(index)
+
+    def put(self, key: str, value: str, session: str | None = None) -> int:
+        return self.txn([], [Put(key, value, session)]).revision
+
+    def delete(self, key: str) -> bool:
+        existed = self.get(key) is not None
+        self.txn([], [Delete(key)])
+        return existed
+
+    def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        if failure:
+            raise StoreError("consul: transactions have no failure branch")
+        values = {c.key: self.get(c.key) for c in compares if c.target == "value"}
+        try:
+            payload = txn_payload(self._ns, compares, success, values)
+        except _CompareFailed:
+            return self._failed(compares)
+        if not payload:
+            return TxnResult(True, self.range("")[1])
+        try:
+            reply = self._c.txn.put(payload)
+        except consul.ClientError as exc:
+            text = str(exc)
+            if "invalid session" in text.lower():
+                session = next((op.session for op in success
+                                if isinstance(op, Put) and op.session), "")
+                raise SessionExpired(session or "?") from exc
+            if text.startswith("409"):
+                return self._failed(compares)
+            raise StoreError(f"consul txn: {text}") from exc
+        except consul.ConsulException as exc:
+            raise StoreError(f"consul txn: {exc}") from exc
+        except requests.RequestException as exc:
+            raise StoreError(f"consul unreachable: {exc}") from exc
+        indexes = [int(r["KV"]["ModifyIndex"]) for r in (reply or {}).get("Results") or []
+                   if r.get("KV")]
+        return TxnResult(True, max(indexes) if indexes else self.range("")[1])
+
+    def _failed(self, compares: Sequence[Compare]) -> TxnResult:
+        # Consul reports which operation failed, not the state: read it (not
+        # atomically with the transaction; callers use it only to re-plan).
+        current = {c.key: self.get(c.key) for c in compares}
+        return TxnResult(False, self.range("")[1], current)
+
+    # --- sessions ------------------------------------------------------------------------
+
+    def create_session(self, ttl_s: float, node: str) -> str:
+        ttl = max(MIN_SESSION_TTL_S, math.ceil(ttl_s))
+        session: str = self._call(lambda: self._c.session.create(
+            name=f"warmcache-{node}", ttl=ttl, lock_delay=0, behavior="delete"))
+        return session
+
+    def renew_session(self, session_id: str) -> None:
+        try:
+            reply = self._c.session.renew(session_id)
+        except consul.NotFound as exc:
+            raise SessionExpired(session_id) from exc
+        except consul.ConsulException as exc:
+            raise StoreError(f"consul: {exc}") from exc
+        except requests.RequestException as exc:
+            raise StoreError(f"consul unreachable: {exc}") from exc
+        if not reply:
+            raise SessionExpired(session_id)
+
+    def destroy_session(self, session_id: str) -> None:
+        self._call(lambda: self._c.session.destroy(session_id))
+
+    # --- change feed -------------------------------------------------------------------
+
+    def changes(self, prefix: str, after_revision: int, timeout_s: float) -> list[Change]:
+        snap_key = (threading.get_ident(), prefix)
+        with self._lock:
+            before = self._snapshots.get(snap_key)
+        wait = f"{max(1, math.ceil(timeout_s))}s"
+        index, items = self._call(lambda: self._c.kv.get(
+            self._ns + prefix, recurse=True,
+            index=after_revision if before is not None and timeout_s > 0 else None, wait=wait))
+        now = {kv.key: kv for kv in (self._kv(i) for i in items or [])}
+        with self._lock:
+            self._snapshots[snap_key] = {k: kv.mod_revision for k, kv in now.items()}
+        out = [Change(kv.mod_revision, k, "put", kv.value)
+               for k, kv in now.items() if kv.mod_revision > after_revision]
+        out += [Change(int(index), k, "delete", None)
+                for k in (before or {}) if k not in now and int(index) > after_revision]
+        return sorted(out, key=lambda c: (c.revision, c.key))
+
+    # --- services ----------------------------------------------------------------------
+
+    def register_service(self, name: str, node: str, address: str, ttl_s: float) -> None:
+        service_id = f"{name}-{node}"
+        ttl = f"{max(1, math.ceil(ttl_s))}s"
+        self._call(lambda: self._c.agent.service.register(
+            name, service_id=service_id, address=address,
+            check={"ttl": ttl, "DeregisterCriticalServiceAfter": "1m"}))
+        self._call(lambda: self._c.agent.check.ttl_pass(f"service:{service_id}"))
+
+    def deregister_service(self, name: str, node: str) -> None:
+        self._call(lambda: self._c.agent.service.deregister(f"{name}-{node}"))
+
+    def services(self, name: str) -> list[ServiceEntry]:
+        _, entries = self._call(lambda: self._c.health.service(name, passing=True))
+        now = time.time()
+        out = []
+        for entry in entries or []:
+            service = entry["Service"]
+            node = service["ID"][len(name) + 1:] if service["ID"].startswith(name) else \
+                service["ID"]
+            out.append(ServiceEntry(name, node, service.get("Address", ""), now, now))
+        return sorted(out, key=lambda s: s.node)
+
+    def close(self) -> None:
+        """The client belongs to whoever made it; nothing to release here."""
+
