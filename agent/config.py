@@ -16,6 +16,11 @@
     vcpus = 2
     memory_mib = 4096
     disk_gib = 50
+
+    [inventory]                   # heartbeat with host facts into the store
+    kind = "etcd"                 # sqlite | etcd | consul, as the service's [store]
+    url = "http://10.0.0.5:2379"
+    ttl_s = 10
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from warmcache.errors import ConfigError
 from warmcache.model import NAME_PATTERN
@@ -37,6 +42,28 @@ class Resources(BaseModel):
     disk_gib: int = Field(ge=0)
 
 
+class InventoryConfig(BaseModel):
+    """Where the agent publishes its heartbeat (the service's coordination
+    store; same kinds and fields as the service's ``[store]``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str = "sqlite"
+    path: str = ""
+    url: str = ""
+    token: str = ""
+    prefix: str = "warmcache"
+    ttl_s: float = Field(default=10.0, ge=2.0, le=3600.0)
+    advertise: str = Field(default="", description="endpoint the service should call; "
+                           "default unix:<the agent's socket>")
+
+    @model_validator(mode="after")
+    def _sqlite_needs_a_path(self) -> InventoryConfig:
+        if self.kind == "sqlite" and not self.path:
+            raise ValueError("inventory.kind = sqlite needs inventory.path (the store file)")
+        return self
+
+
 class AgentConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -48,6 +75,7 @@ class AgentConfig(BaseModel):
     create_delay_s: float = Field(default=0.0, ge=0.0, le=600.0)
     capacity: Resources = Resources(vcpus=16, memory_mib=65536, disk_gib=2000)
     reserved: Resources = Resources(vcpus=2, memory_mib=4096, disk_gib=50)
+    inventory: InventoryConfig | None = None
 
 
 def load_agent_config(path: str | Path) -> AgentConfig:
@@ -60,6 +88,9 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         raise ConfigError([f"{path}: {exc}"]) from exc
     if isinstance(data.get("state_dir"), str):
         data["state_dir"] = str((path.parent / data["state_dir"]).resolve())
+    inventory = data.get("inventory")
+    if isinstance(inventory, dict) and inventory.get("path"):
+        inventory["path"] = str((path.parent / inventory["path"]).resolve())
     try:
         return AgentConfig.model_validate(data)
     except ValidationError as exc:

@@ -20,7 +20,8 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from agent.config import load_agent_config
+from agent.config import AgentConfig, load_agent_config
+from agent.inventory import InventoryPublisher
 from agent.libvirt_driver import HypervisorFailure, LibvirtDriver
 from agent.operations import AgentFault, HostAgentService
 from warmcache.errors import ConfigError, InvalidRequest
@@ -88,10 +89,20 @@ def main(socket_path: str, config_path: str, libvirt_uri: str | None) -> None:
     except (ConfigError, HypervisorFailure) as exc:
         click.echo(f"warmcache-agent: {exc}", err=True)
         sys.exit(2)
-    service = HostAgentService(config, driver)
+    service = HostAgentService(config, driver,
+                               endpoint=_advertise(config, socket_path))
+    publisher = _inventory(config, service)
+    stop = threading.Event()
+    if publisher is not None:
+        service.on_change = publisher.changed
+        threading.Thread(target=publisher.run, args=(stop,), name="inventory",
+                         daemon=True).start()
     server = AgentServer(socket_path, service)
 
     def _stop(_sig: int, _frame: object) -> None:
+        stop.set()
+        if publisher is not None:
+            publisher.changed()  # wake the heartbeat loop so it sees stop
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, _stop)
@@ -102,5 +113,29 @@ def main(socket_path: str, config_path: str, libvirt_uri: str | None) -> None:
         server.serve_forever(poll_interval=0.2)
     finally:
         server.server_close()
+        if publisher is not None:
+            publisher.withdraw()
         Path(socket_path).unlink(missing_ok=True)
         driver.close()
+
+
+def _advertise(config: AgentConfig, socket_path: str) -> str:
+    if config.inventory and config.inventory.advertise:
+        return config.inventory.advertise
+    return f"unix:{Path(socket_path).resolve()}"
+
+
+def _inventory(config: AgentConfig, service: HostAgentService) -> InventoryPublisher | None:
+    """The agent's own small composition root for its heartbeat store."""
+    inv = config.inventory
+    if inv is None:
+        log.warning("no [inventory] in the config: this host will not be placed on")
+        return None
+    from warmcache.bootstrap import build_store
+    from warmcache.config import parse_config
+
+    store_cfg = {"kind": inv.kind, "url": inv.url, "token": inv.token}
+    if inv.path:
+        store_cfg["path"] = inv.path
+    store = build_store(parse_config({"store": store_cfg}, environ={}))
+    return InventoryPublisher(store, inv.prefix, service.facts, inv.ttl_s)

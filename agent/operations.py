@@ -40,10 +40,14 @@ class HostAgentService:
         driver: HypervisorDriver,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        endpoint: str = "",
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
         self._driver = driver
         self._sleep = sleep
+        self.endpoint = endpoint
+        self.on_change = on_change
         usable = Resources(
             vcpus=max(config.capacity.vcpus - config.reserved.vcpus, 0),
             memory_mib=max(config.capacity.memory_mib - config.reserved.memory_mib, 0),
@@ -92,6 +96,7 @@ class HostAgentService:
             disk_gib_free=free.disk_gib,
             vms=tuple(a.name for a in allocs),
             groups=tuple(a.group for a in allocs if a.group),
+            endpoint=self.endpoint,
         )
 
     def create(self, spec: VmSpec) -> dict[str, Any]:
@@ -117,6 +122,7 @@ class HostAgentService:
             self._undo(spec.name)
             raise
         self.lockfile.activate(spec.name, server_id)
+        self.on_change()
         return self.status(spec.name)
 
     def _undo(self, name: str) -> None:
@@ -136,6 +142,7 @@ class HostAgentService:
         except HypervisorFailure as exc:
             raise AgentFault("hypervisor_error", str(exc)) from exc
         self.lockfile.release(name)
+        self.on_change()
         return {"name": name, "deleted": True}
 
     def status(self, name: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from warmcache.errors import AgentRejected, AgentUnavailable, InsufficientHostCapacity
 from warmcache.model import Flavor, HostFacts
-from warmcache.ports import VmSpec, VmStatus
+from warmcache.ports import CoordinationStore, VmSpec, VmStatus
 
 
 class FakeAgent:
@@ -17,8 +17,10 @@ class FakeAgent:
         self._facts = HostFacts(
             hypervisor=hypervisor, rack=rack, az=az, vcpus_total=vcpus, vcpus_free=vcpus,
             memory_mib_total=memory_mib, memory_mib_free=memory_mib, disk_gib_total=disk_gib,
-            disk_gib_free=disk_gib,
+            disk_gib_free=disk_gib, endpoint=f"fake:{hypervisor}",
         )
+        self._store: CoordinationStore | None = None
+        self._prefix = ""
         self.vms: dict[str, tuple[Flavor, str | None]] = {}
         self.unavailable_times = 0  # fail this many calls with AgentUnavailable
         self.unhealthy: set[str] = set()
@@ -35,13 +37,33 @@ class FakeAgent:
             self.unavailable_times -= 1
             raise AgentUnavailable(self.endpoint, "connection refused")
 
-    def facts(self) -> HostFacts:
+    def attach(self, store: CoordinationStore, prefix: str) -> None:
+        """Publish facts into the store, as a real agent's inventory does
+        (without a session: these fakes never die on their own)."""
+        self._store, self._prefix = store, prefix
+        self.publish()
+
+    def publish(self) -> None:
+        if self._store is not None:
+            f = self.current_facts()
+            self._store.put(f"{self._prefix}/hosts/{f.az}/{f.hypervisor}", f.model_dump_json())
+
+    def withdraw(self) -> None:
+        """The agent died: its heartbeat key is gone."""
+        assert self._store is not None
+        self._store.delete(f"{self._prefix}/hosts/{self._facts.az}/{self._facts.hypervisor}")
+
+    def current_facts(self) -> HostFacts:
         with self._lock:
-            self._maybe_down()
             f = self._facts
             for flavor, group in self.vms.values():
                 f = f.minus(flavor, "x", group)
             return f.model_copy(update={"vms": tuple(self.vms)})
+
+    def facts(self) -> HostFacts:
+        with self._lock:
+            self._maybe_down()
+        return self.current_facts()
 
     def create(self, spec: VmSpec) -> VmStatus:
         if self.before_create:
@@ -55,6 +77,7 @@ class FakeAgent:
             raise InsufficientHostCapacity(self.endpoint, "insufficient_capacity", spec.name)
         with self._lock:
             self.vms[spec.name] = (spec.flavor, spec.group)
+        self.publish()
         return self.status(spec.name)
 
     def delete(self, name: str) -> None:
@@ -63,6 +86,7 @@ class FakeAgent:
             self._maybe_down()
             if self.vms.pop(name, None) is None:
                 raise AgentRejected(self.endpoint, "not_found", name)
+        self.publish()
 
     def status(self, name: str) -> VmStatus:
         with self._lock:

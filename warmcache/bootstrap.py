@@ -110,13 +110,18 @@ def build_catalog(config: Config) -> FlavorCatalog:
     return catalog
 
 
-def build_agents(config: Config) -> dict[str, HostAgent]:
+def agent_connector(config: Config) -> Callable[[str], HostAgent]:
+    """How the service reaches an agent, from the endpoint it advertises."""
     from warmcache.adapters.agent_client import AgentClient
 
-    return {
-        a.endpoint: AgentClient(a.endpoint, timeout_s=config.service.agent_timeout_s)
-        for a in config.agents
-    }
+    clients: dict[str, HostAgent] = {}
+
+    def agent_for(endpoint: str) -> HostAgent:
+        if endpoint not in clients:
+            clients[endpoint] = AgentClient(endpoint, timeout_s=config.service.agent_timeout_s)
+        return clients[endpoint]
+
+    return agent_for
 
 
 def build(config: Config | str | Path, *, clock: Clock | None = None) -> Any:
@@ -139,5 +144,5 @@ def build(config: Config | str | Path, *, clock: Clock | None = None) -> Any:
 
     return WarmCache(
         config=config.service, store=store, catalog=catalog, events=events,
-        agents=build_agents(config), clock=clock, on_close=close,
+        agent_for=agent_connector(config), clock=clock, on_close=close,
     )

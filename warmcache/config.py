@@ -99,16 +99,11 @@ class EventsConfig(_Section):
     url: str = Field(default="", description="elasticsearch (future): http://host:port")
 
 
-class AgentEndpoint(_Section):
-    endpoint: str = Field(description="unix:PATH of a warmcache-agent socket")
-
-
 class Config(_Section):
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
-    agents: tuple[AgentEndpoint, ...] = ()
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -132,11 +127,6 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         sect = data.get(section)
         if isinstance(sect, dict) and isinstance(sect.get("path"), str):
             sect["path"] = str((base / sect["path"]).resolve())
-    for agent in data.get("agents", []) or []:
-        if isinstance(agent, dict) and isinstance(agent.get("endpoint"), str):
-            ep = agent["endpoint"]
-            if ep.startswith("unix:"):
-                agent["endpoint"] = "unix:" + str((base / ep[len("unix:"):]).resolve())
 
 
 def parse_config(

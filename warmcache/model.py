@@ -130,6 +130,7 @@ class HostFacts(_Frozen):
     draining: bool = False
     vms: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
+    endpoint: str = ""  # how the service reaches this host's agent (unix:PATH, https://...)
 
     def fits(self, flavor: Flavor) -> bool:
         return (

@@ -130,6 +130,7 @@ class QuickstartStack:
                 f"create_delay_s = {self.create_delay_s}\n"
                 "[capacity]\nvcpus = 16\nmemory_mib = 65536\ndisk_gib = 2000\n"
                 "[reserved]\nvcpus = 2\nmemory_mib = 4096\ndisk_gib = 50\n"
+                + self._inventory_toml()
             )
             sock = adir / "agent.sock"
             self._spawn(f"agent-{hv}", ["agent", "--socket", str(sock),
@@ -137,8 +138,13 @@ class QuickstartStack:
             sockets.append(str(sock))
         return sockets
 
-    def _service_config(self, index: int, sockets: list[str]) -> Path:
-        agents = "".join(f'[[agents]]\nendpoint = "unix:{s}"\n' for s in sockets)
+    def _inventory_toml(self) -> str:
+        where = (f'path = "{self.state_dir / "store.db"}"' if self.store_kind == "sqlite"
+                 else f'url = "{self.store_url}"')
+        return (f'[inventory]\nkind = "{self.store_kind}"\n{where}\n'
+                f"ttl_s = {self.leader_ttl_s}\n")
+
+    def _service_config(self, index: int) -> Path:
         path = self.state_dir / f"instance-{index + 1}.toml"
         path.write_text(
             "[service]\n"
@@ -150,7 +156,7 @@ class QuickstartStack:
             f"retry_interval_s = {self.retry_interval_s}\n"
             + self._store_toml() +
             '[catalog]\nkind = "file"\npath = "flavors.toml"\n'
-            '[events]\nkind = "sqlite"\npath = "events.db"\n' + agents
+            '[events]\nkind = "sqlite"\npath = "events.db"\n'
         )
         return path
 
@@ -185,11 +191,20 @@ class QuickstartStack:
         self._prepare_dir()
         sockets = self.start_agents()
         self._wait(lambda: all(Path(s).exists() for s in sockets), timeout_s, "agents to listen")
+        self._wait(self._all_published, timeout_s, "agents to publish their host facts")
         self.load_rules()
         for i in range(self.instances):
-            config = self._service_config(i, sockets)
+            config = self._service_config(i)
             self._spawn(f"instance-{i + 1}", ["warmcache", "serve", "--config", str(config)])
         self._wait(self._all_healthy, timeout_s, "service instances to answer /healthz")
+
+    def _all_published(self) -> bool:
+        store = self.store()
+        try:
+            kvs, _ = store.range("warmcache/hosts/")
+        finally:
+            store.close()
+        return len(kvs) == len(self.topology.hosts())
 
     def _all_healthy(self) -> bool:
         try:

@@ -14,7 +14,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -32,6 +32,7 @@ from warmcache.errors import (
     UnknownRule,
     WarmCacheError,
 )
+from warmcache.inventory import HostView
 from warmcache.leader.election import LeaderElection, Leadership, watch_poll_s
 from warmcache.model import BuildRule, Keys, Mode, PoolInstance, PoolSummary, is_valid_name
 from warmcache.placement.pipeline import default_pipeline
@@ -60,7 +61,7 @@ class WarmCache:
         store: CoordinationStore,
         catalog: FlavorCatalog,
         events: EventSink,
-        agents: Mapping[str, HostAgent],
+        agent_for: Callable[[str], HostAgent],
         clock: Clock,
         alerts: AlertSink | None = None,
         rng: random.Random | None = None,
@@ -71,7 +72,7 @@ class WarmCache:
         self.catalog = catalog
         self.events = events
         self.alerts: AlertSink = alerts or LogAlerts()
-        self.agents = dict(agents)
+        self.agent_for = agent_for
         self.clock = clock
         self.keys = Keys(config.prefix)
         self.rules = RuleBook(store, self.keys, catalog)
@@ -82,10 +83,11 @@ class WarmCache:
         )
         self._claimer = Claimer(store, self.keys, clock, attempts=config.acquire_attempts,
                                 rng=self._rng)
+        self.hosts = HostView(store, self.keys.hosts_dir())
         self._cycle = BuildCycle(
             store=store, keys=self.keys,
             flavors=lambda: {f.name: f for f in catalog.list()},
-            agents=self.agents, events=events, clock=clock,
+            hosts=self.hosts, agent_for=agent_for, events=events, clock=clock,
             pipeline=default_pipeline(self._rng),
             concurrency=config.build_concurrency, retries=config.build_retries,
         )
@@ -110,6 +112,7 @@ class WarmCache:
         self._stop.clear()
         self._spawn(self._register_loop, "service-registration")
         if self.config.run_builds:
+            self._spawn(lambda: self.hosts.follow(self._stop), "host-view")
             self._spawn(self._builder_loop, "build-cycles")
             self._spawn(self._takeover_loop, "leader-watch")
         return self

@@ -19,8 +19,11 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
 
 @pytest.fixture
-def agents() -> dict[str, FakeAgent]:
-    return fleet(("az1", "az2"))
+def agents(sqlite_store: SqliteStore) -> dict[str, FakeAgent]:
+    fakes = fleet(("az1", "az2"))
+    for agent in fakes.values():
+        agent.attach(sqlite_store, "wc")
+    return fakes
 
 
 @pytest.fixture
@@ -34,7 +37,7 @@ def make_service(tmp_path: Path, sqlite_store: SqliteStore, clock: ManualClock,
         svc = WarmCache(
             config=ServiceConfig(**settings), store=sqlite_store,
             catalog=FileFlavorCatalog(CONFIG_DIR / "flavors.toml"),
-            events=events, agents=agents, clock=clock, rng=random.Random(7),
+            events=events, agent_for=agents.__getitem__, clock=clock, rng=random.Random(7),
         )
         made.append(svc)
         return svc

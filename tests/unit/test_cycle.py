@@ -193,12 +193,23 @@ def test_a_new_leader_adopts_or_forgets_what_a_dead_leader_left_building(
     assert {"vm.build_adopted", "vm.build_forgotten", "vm.build_failed"} <= kinds
 
 
-def test_the_cycle_report_reads_as_an_email(service: WarmCache,
-                                            agents: dict[str, FakeAgent]) -> None:
+def test_the_cycle_report_reads_as_an_email(service: WarmCache) -> None:
     rule(service, total_instances=3, min_fault_domain=1)
-    next(iter(agents.values())).unavailable_times = 1  # its facts call fails once
+    rule(service, "medium", total_instances=4, min_fault_domain=4)  # only 3 racks
     report = service.run_cycle()
-    assert report is not None
+    assert report is not None and not report.clean
     subject, body = report.render()
     assert subject.startswith(f"warmcache cycle {report.token}: built 3 VM(s)")
-    assert "az1/small: 3" in body and "unreachable" in body
+    assert "az1/small: 3" in body and "min_fault_domain=4 not met" in body
+
+
+def test_a_host_whose_heartbeat_is_gone_is_not_built_on(
+    service: WarmCache, agents: dict[str, FakeAgent]
+) -> None:
+    dead = [a for a in agents.values() if a.current_facts().rack == "az1-r1"]
+    for agent in dead:
+        agent.withdraw()
+    rule(service, total_instances=4, min_fault_domain=2)
+    service.run_cycle()
+    assert {r.rack for r in records(service)} == {"az1-r2", "az1-r3"}
+    assert all(not a.vms for a in dead)

@@ -37,6 +37,7 @@ from warmcache.errors import (
     LeadershipLost,
     StoreError,
 )
+from warmcache.inventory import HostView
 from warmcache.leader.election import FencedWriter
 from warmcache.model import BuildRule, Flavor, HostFacts, InstanceState, Keys, PoolInstance
 from warmcache.placement.pipeline import PlacementPipeline
@@ -110,7 +111,8 @@ class BuildCycle:
         store: CoordinationStore,
         keys: Keys,
         flavors: Callable[[], Mapping[str, Flavor]],
-        agents: Mapping[str, HostAgent],
+        hosts: HostView,
+        agent_for: Callable[[str], HostAgent],
         events: EventSink,
         clock: Clock,
         pipeline: PlacementPipeline,
@@ -124,7 +126,8 @@ class BuildCycle:
         self._store = store
         self._keys = keys
         self._flavors = flavors
-        self._agents = agents
+        self._hosts = hosts
+        self._agent_for = agent_for
         self._events = events
         self._clock = clock
         self._pipeline = pipeline
@@ -137,35 +140,18 @@ class BuildCycle:
 
     # --- gathering -------------------------------------------------------------------
 
-    def host_facts(self) -> tuple[dict[str, HostFacts], list[str], dict[str, HostAgent]]:
-        """Facts from every agent, by hypervisor id; the unreachable agents;
-        and which agent serves which hypervisor."""
-        facts: dict[str, HostFacts] = {}
-        down: list[str] = []
-        by_hypervisor: dict[str, HostAgent] = {}
-
-        def ask(agent: HostAgent) -> HostFacts | None:
-            try:
-                return agent.facts()
-            except AgentError as exc:
-                log.warning("no facts from %s: %s", agent.endpoint, exc)
-                return None
-
-        with ThreadPoolExecutor(max_workers=min(32, max(1, len(self._agents)))) as pool:
-            for endpoint, result in zip(
-                self._agents, pool.map(ask, self._agents.values()), strict=True
-            ):
-                if result is None:
-                    down.append(endpoint)
-                else:
-                    facts[result.hypervisor] = result
-                    by_hypervisor[result.hypervisor] = self._agents[endpoint]
-        return facts, down, by_hypervisor
+    def host_facts(self) -> tuple[dict[str, HostFacts], dict[str, HostAgent]]:
+        """The live hosts by hypervisor id (from the host view, brought up to
+        date from the change feed) and the agent serving each."""
+        self._hosts.catch_up()
+        facts = {h.hypervisor: h for h in self._hosts.hosts()}
+        agents = {hv: self._agent_for(h.endpoint) for hv, h in facts.items() if h.endpoint}
+        return {hv: h for hv, h in facts.items() if hv in agents}, agents
 
     def dry_run(self, az: str, flavor: str, rule: BuildRule) -> dict[str, object]:
         """What the next cycle would build for one pool, and why: nothing is
         created or written."""
-        facts, down, _ = self.host_facts()
+        facts, _ = self.host_facts()
         hosts = [h for h in facts.values() if h.az == az]
         records = self._read_records().get(az, [])
         counter = iter(range(1, 1_000_000))
@@ -175,7 +161,6 @@ class BuildCycle:
             "az": az,
             "flavor": flavor,
             "hosts": len(hosts),
-            "agents_unreachable": down,
             "to_build": plan.deficits.get(flavor, 0),
             "problem": plan.problems.get(flavor),
             "placements": [
@@ -207,9 +192,7 @@ class BuildCycle:
     def run(self, writer: FencedWriter) -> CycleReport:
         lost = writer.leadership.lost
         report = CycleReport(writer.leadership.token, self._clock.now())
-        facts, down, self._by_hypervisor = self.host_facts()
-        for endpoint in down:
-            report.problems.append(f"agent {endpoint} unreachable")
+        facts, self._by_hypervisor = self.host_facts()
         rules = self._read_rules()
         records = self._read_records()
         flavors = self._flavors()

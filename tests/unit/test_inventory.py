@@ -1,0 +1,70 @@
+"""Agent heartbeats into the store and the service's host view (§7, §10)."""
+
+from __future__ import annotations
+
+from agent.inventory import InventoryPublisher
+from warmcache.adapters.sqlite_store import SqliteStore
+from warmcache.clock import ManualClock
+from warmcache.inventory import HostView
+from warmcache.model import HostFacts
+
+
+def facts(hv: str = "h1", free: int = 8) -> HostFacts:
+    return HostFacts(hypervisor=hv, rack="r1", az="az1", vcpus_total=8, vcpus_free=free,
+                     memory_mib_total=1024, memory_mib_free=1024, disk_gib_total=10,
+                     disk_gib_free=10, endpoint=f"unix:/run/{hv}.sock")
+
+
+def test_a_dead_agent_leaves_the_view_within_one_ttl(
+    sqlite_store: SqliteStore, clock: ManualClock
+) -> None:
+    current = {"f": facts()}
+    publisher = InventoryPublisher(sqlite_store, "wc", lambda: current["f"], ttl_s=5)
+    view = HostView(sqlite_store, "wc/hosts/")
+    publisher.beat()
+    view.catch_up()
+    assert [h.hypervisor for h in view.hosts()] == ["h1"]
+    for _ in range(3):  # heartbeats keep it alive past several TTLs
+        clock.advance(3)
+        publisher.beat()
+    view.catch_up()
+    assert view.get("h1") is not None
+    clock.advance(5.1)  # the agent stopped beating
+    view.catch_up()
+    assert view.hosts() == []
+    publisher.beat()  # it comes back: a new session, published again
+    view.catch_up()
+    assert view.get("h1") is not None
+
+
+def test_changed_facts_are_published_at_once(sqlite_store: SqliteStore) -> None:
+    current = {"f": facts()}
+    publisher = InventoryPublisher(sqlite_store, "wc", lambda: current["f"], ttl_s=5)
+    view = HostView(sqlite_store, "wc/hosts/")
+    publisher.beat()
+    current["f"] = facts(free=2)
+    publisher.changed()
+    publisher.beat()
+    view.catch_up()
+    assert view.get("h1").vcpus_free == 2  # type: ignore[union-attr]
+    publisher.withdraw()
+    view.catch_up()
+    assert view.hosts() == []
+
+
+def test_the_view_follows_changes_and_survives_compaction(tmp_path: object) -> None:
+    from pathlib import Path
+
+    store = SqliteStore(Path(str(tmp_path)) / "s.db", keep_changes=10)
+    view = HostView(store, "wc/hosts/")
+    view.catch_up()
+    for i in range(1200):  # far past what the change feed keeps
+        store.put("wc/hosts/az1/h1", facts(free=i % 8).model_dump_json())
+    store.put("wc/hosts/az1/h2", facts("h2").model_dump_json())
+    store.put("wc/hosts/az1/bad", "{not json")
+    view.catch_up()  # compacted: re-reads instead of missing changes
+    assert [h.hypervisor for h in view.hosts()] == ["h1", "h2"]
+    store.delete("wc/hosts/az1/h2")
+    view.catch_up()
+    assert [h.hypervisor for h in view.hosts()] == ["h1"]
+    store.close()
