@@ -310,10 +310,9 @@ def explain(az: str, flavor: str, url: str) -> None:
     """Where the next cycle would build FLAVOR in AZ, and why (nothing is built)."""
     body = _request("GET", f"{url}/v1/explain/{az}/{flavor}")
     console.print(f"{az}/{flavor}: {body['to_build']} to build on {body['hosts']} host(s)")
-    if body["agents_unreachable"]:
-        console.print(f"unreachable agents: {', '.join(body['agents_unreachable'])}")
     for p in body["placements"]:
         console.print(f"  {p['vm']}: {p['hypervisor']} ({p['rack']}) - {p['explanation']}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
     if body["problem"]:
-        console.print(f"[yellow]problem:[/yellow] {body['problem']}", highlight=False)
+        console.print(f"[yellow]problem:[/yellow] {body['problem']}", highlight=False,
+                      soft_wrap=True)

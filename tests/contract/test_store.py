@@ -183,6 +183,26 @@ def test_lock_is_exclusive_until_its_session_ends(backend: Backend) -> None:
     store.destroy_session(s4)
 
 
+def test_a_stale_lock_holders_fenced_write_is_rejected(backend: Backend) -> None:
+    """Fencing (§12.4) as the store sees it: a write guarded by the lock
+    key's create revision lands only while that same acquisition holds."""
+    store, ttl = backend.store, backend.ttl_s
+    s1 = store.create_session(ttl, "old")
+    assert store.txn([Compare.absent("L")], [Put("L", "old", session=s1)]).succeeded
+    old_token = store.get("L").create_revision  # type: ignore[union-attr]
+    assert store.txn([Compare.create_revision("L", old_token)], [Put("data", "v1")]).succeeded
+    store.destroy_session(s1)  # the old holder is cut off ...
+    s2 = store.create_session(ttl * 10, "new")
+    assert store.txn([Compare.absent("L")], [Put("L", "new", session=s2)]).succeeded
+    new_token = store.get("L").create_revision  # type: ignore[union-attr]
+    assert new_token > old_token
+    late = store.txn([Compare.create_revision("L", old_token)], [Put("data", "stale")])
+    assert not late.succeeded  # ... and its late write does not land
+    assert store.get("data").value == "v1"  # type: ignore[union-attr]
+    assert store.txn([Compare.create_revision("L", new_token)], [Put("data", "v2")]).succeeded
+    store.destroy_session(s2)
+
+
 def test_changes_deliver_the_latest_state_of_every_changed_key(backend: Backend) -> None:
     store = backend.store
     store.put("w/gone", "0")

@@ -119,3 +119,28 @@ def test_processes_are_ours_and_alive(stack: QuickstartStack) -> None:
     for proc in stack.procs:
         assert proc.popen.poll() is None
         os.kill(proc.popen.pid, 0)
+
+
+def test_operator_cli_against_the_live_stack(stack: QuickstartStack, tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from warmcache.cli import main
+
+    url = stack.urls[0]
+    runner = CliRunner()
+    result = runner.invoke(main, ["rules", "get", "az2", "medium", "--url", url])
+    assert result.exit_code == 0 and json.loads(result.output)["total_instances"] == 6
+    rule = tmp_path / "rule.json"
+    rule.write_text('{"max_instance_per_cycle": 2, "total_instances": 8, "min_fault_domain": 2}')
+    result = runner.invoke(main, ["rules", "set", "az2", "medium", str(rule), "--url", url])
+    assert result.exit_code == 0 and json.loads(result.output)["total_instances"] == 8
+    result = runner.invoke(main, ["explain", "az2", "medium", "--url", url])
+    assert result.exit_code == 0 and "2 to build on 6 host(s)" in result.output
+    assert "has_capacity removed" in result.output
+    rule.write_text('{"max_instance_per_cycle": 2, "total_instances": 1, "reserve_cap": 2}')
+    result = runner.invoke(main, ["rules", "set", "az2", "medium", str(rule), "--url", url])
+    assert result.exit_code == 1 and "reserve_cap" in result.output
+    result = runner.invoke(main, ["acquire", "large", "az1", "3", "--url", url])
+    assert result.exit_code == 0 and len(json.loads(result.output)["vms"]) == 3
