@@ -35,7 +35,7 @@ def handle_line(service: HostAgentService, line: bytes) -> dict[str, Any]:
     if len(line) > MAX_LINE_BYTES:
         return error("invalid_request", f"request larger than {MAX_LINE_BYTES} bytes")
     try:
-        request = REQUEST_ADAPTER.validate_json(line)
+        request = REQUEST_ADAPTER.validate_json(line, strict=True)
     except ValidationError as exc:
         return error("invalid_request",
                      InvalidRequest.from_validation("invalid request", exc).errors)

@@ -8,6 +8,7 @@ reported together, each with the valid names, in one ``ConfigError``.
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -110,18 +111,34 @@ def build_catalog(config: Config) -> FlavorCatalog:
     return catalog
 
 
-def agent_connector(config: Config) -> Callable[[str], HostAgent]:
-    """How the service reaches an agent, from the endpoint it advertises."""
-    from warmcache.adapters.agent_client import AgentClient
+class AgentConnector:
+    """How the service reaches an agent, from the endpoint it advertises
+    (one client per endpoint, closed with the service)."""
 
-    clients: dict[str, HostAgent] = {}
+    def __init__(self, config: Config) -> None:
+        from warmcache.adapters.agent_client import AgentTls
 
-    def agent_for(endpoint: str) -> HostAgent:
-        if endpoint not in clients:
-            clients[endpoint] = AgentClient(endpoint, timeout_s=config.service.agent_timeout_s)
-        return clients[endpoint]
+        self._timeout_s = config.service.agent_timeout_s
+        self._tls = (AgentTls(config.agent_tls.cert, config.agent_tls.key, config.agent_tls.ca)
+                     if config.agent_tls else None)
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
 
-    return agent_for
+    def __call__(self, endpoint: str) -> HostAgent:
+        from warmcache.adapters.agent_client import AgentClient
+
+        with self._lock:
+            if endpoint not in self._clients:
+                self._clients[endpoint] = AgentClient(endpoint, timeout_s=self._timeout_s,
+                                                      tls=self._tls)
+            client: HostAgent = self._clients[endpoint]
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
 
 
 def build(config: Config | str | Path, *, clock: Clock | None = None) -> Any:
@@ -136,7 +153,10 @@ def build(config: Config | str | Path, *, clock: Clock | None = None) -> Any:
     catalog = build_catalog(config)
     events: EventSink = _factory(EVENTS, config.events.kind)(config.events, clock)
 
+    agents = AgentConnector(config)
+
     def close() -> None:
+        agents.close()
         store.close()
         closer = getattr(events, "close", None)
         if closer:
@@ -144,5 +164,5 @@ def build(config: Config | str | Path, *, clock: Clock | None = None) -> Any:
 
     return WarmCache(
         config=config.service, store=store, catalog=catalog, events=events,
-        agent_for=agent_connector(config), clock=clock, on_close=close,
+        agent_for=agents, clock=clock, on_close=close,
     )

@@ -99,11 +99,19 @@ class EventsConfig(_Section):
     url: str = Field(default="", description="elasticsearch (future): http://host:port")
 
 
+class AgentTlsConfig(_Section):
+    cert: str = Field(description="Client certificate (PEM) presented to agent proxies.")
+    key: str = Field(description="Its private key (PEM).")
+    ca: str = Field(description="CA that signed the proxies' server certificates.")
+
+
 class Config(_Section):
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    agent_tls: AgentTlsConfig | None = Field(
+        default=None, description="Needed when agents advertise https:// (a proxy).")
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -127,6 +135,11 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         sect = data.get(section)
         if isinstance(sect, dict) and isinstance(sect.get("path"), str):
             sect["path"] = str((base / sect["path"]).resolve())
+    tls = data.get("agent_tls")
+    if isinstance(tls, dict):
+        for field in ("cert", "key", "ca"):
+            if isinstance(tls.get(field), str):
+                tls[field] = str((base / tls[field]).resolve())
 
 
 def parse_config(

@@ -2,14 +2,19 @@
 
 Connection failures and timeouts become ``AgentUnavailable`` (transient: the
 build cycle retries them); an error reply becomes ``AgentRejected`` carrying
-the agent's stable code (never retried: the agent already said no).
+the agent's stable code (never retried: the agent already said no). The
+same replies arrive over the agent's socket or through its mTLS proxy.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import ssl
+from dataclasses import dataclass
 from typing import Any
+
+import httpx
 
 from warmcache.errors import AgentRejected, AgentUnavailable, InsufficientHostCapacity
 from warmcache.model import HostFacts
@@ -17,19 +22,49 @@ from warmcache.ports import VmSpec, VmStatus
 from warmcache.wire import MAX_LINE_BYTES, VmStatusWire
 
 
+@dataclass(frozen=True)
+class AgentTls:
+    """Client side of the proxy's mTLS: our certificate and the proxy's CA."""
+
+    cert: str
+    key: str
+    ca: str
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca)
+        ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+
 class AgentClient:
-    def __init__(self, endpoint: str, timeout_s: float = 60.0) -> None:
-        if not endpoint.startswith("unix:"):
-            raise ValueError(f"unsupported agent endpoint {endpoint!r} (want unix:PATH)")
+    """``unix:PATH`` (the agent's socket, on the same host) or
+    ``https://host:port`` (its ``warmcache-proxy``, with ``tls``)."""
+
+    def __init__(self, endpoint: str, timeout_s: float = 60.0,
+                 tls: AgentTls | None = None) -> None:
         self._endpoint = endpoint
-        self._path = endpoint[len("unix:"):]
         self._timeout_s = timeout_s
+        self._http: httpx.Client | None = None
+        if endpoint.startswith("unix:"):
+            self._path = endpoint[len("unix:"):]
+        elif endpoint.startswith("https://"):
+            if tls is None:
+                raise ValueError(f"{endpoint}: an https agent endpoint needs [agent_tls]")
+            self._http = httpx.Client(base_url=endpoint, verify=tls.context(),
+                                      timeout=timeout_s)
+        else:
+            raise ValueError(f"unsupported agent endpoint {endpoint!r} "
+                             "(want unix:PATH or https://HOST:PORT)")
 
     @property
     def endpoint(self) -> str:
         return self._endpoint
 
-    def call(self, request: dict[str, Any]) -> Any:
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+
+    def _over_socket(self, request: dict[str, Any]) -> Any:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(self._timeout_s)
@@ -42,12 +77,31 @@ class AgentClient:
         if not line:
             raise AgentUnavailable(self._endpoint, "connection closed without a reply")
         try:
-            reply = json.loads(line)
+            return json.loads(line)
         except json.JSONDecodeError as exc:
             raise AgentUnavailable(self._endpoint, f"unreadable reply: {exc}") from exc
+
+    def _over_https(self, request: dict[str, Any]) -> Any:
+        assert self._http is not None
+        try:
+            reply = self._http.post("/v1/agent", json=request)
+        except httpx.HTTPError as exc:  # TLS refusal, connection, timeout
+            raise AgentUnavailable(self._endpoint, str(exc) or type(exc).__name__) from exc
+        try:
+            body = reply.json()
+        except ValueError as exc:
+            raise AgentUnavailable(self._endpoint, f"HTTP {reply.status_code}") from exc
+        if reply.status_code == 403:
+            raise AgentRejected(self._endpoint, "forbidden", body.get("detail"))
+        return body
+
+    def call(self, request: dict[str, Any]) -> Any:
+        reply = self._over_https(request) if self._http else self._over_socket(request)
         if reply.get("ok"):
             return reply.get("result")
         code = str(reply.get("error", "internal_error"))
+        if code == "agent_unavailable":
+            raise AgentUnavailable(self._endpoint, str(reply.get("detail")))
         cls = InsufficientHostCapacity if code == "insufficient_capacity" else AgentRejected
         raise cls(self._endpoint, code, reply.get("detail"))
 

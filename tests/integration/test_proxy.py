@@ -1,0 +1,176 @@
+"""warmcache-proxy with real TLS: mTLS, the allow-list, strict validation."""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agent.config import AgentConfig, Resources
+from agent.daemon import AgentServer
+from agent.operations import HostAgentService
+from agent.proxy import ProxyServer, server_context
+from tests.certs import Issued, TestCA
+from warmcache.adapters.agent_client import AgentClient, AgentTls
+from warmcache.errors import AgentRejected, AgentUnavailable
+from warmcache.model import Flavor
+from warmcache.ports import VmSpec
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.usefixtures("libvirt_available")]
+
+SMALL = Flavor(name="small", vcpus=2, memory_mib=2048, disk_gib=10)
+
+
+@dataclass
+class Rig:
+    url: str
+    ca: TestCA
+    client: Issued
+    agent: HostAgentService
+    seen: list[Any]
+    proxy: ProxyServer
+
+    def tls(self, client: Issued | None = None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca.cert))
+        if client is not None:
+            ctx.load_cert_chain(str(client.cert), str(client.key))
+        return ctx
+
+
+def serve(server: Any) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    from agent.libvirt_driver import LibvirtDriver
+
+    ca = TestCA(tmp_path, "fleet")
+    server_cert = ca.issue("proxy", server=True)
+    client = ca.issue("wc-1", server=False)
+    config = AgentConfig(hypervisor="h1", rack="r1", az="az1", state_dir=str(tmp_path),
+                         capacity=Resources(vcpus=8, memory_mib=16384, disk_gib=100))
+    agent = HostAgentService(config, LibvirtDriver("test:///default"))
+    seen: list[Any] = []
+    handle = agent.handle
+    agent.handle = lambda request: (seen.append(request), handle(request))[1]  # type: ignore[method-assign]
+    sock = str(tmp_path / "agent.sock")
+    agent_server = AgentServer(sock, agent)
+    context = server_context(str(server_cert.cert), str(server_cert.key), str(ca.cert))
+    proxy = ProxyServer(("127.0.0.1", 0), sock, context,
+                        [ipaddress.ip_network("127.0.0.0/8")])
+    threads = [serve(agent_server), serve(proxy)]
+    try:
+        yield Rig(f"https://127.0.0.1:{proxy.server_address[1]}", ca, client, agent, seen,
+                  proxy)
+    finally:
+        for s in (proxy, agent_server):
+            s.shutdown()
+            s.server_close()
+        for t in threads:
+            t.join()
+
+
+def test_a_good_client_certificate_reaches_the_agent(rig: Rig) -> None:
+    client = AgentClient(rig.url, tls=AgentTls(str(rig.client.cert), str(rig.client.key),
+                                               str(rig.ca.cert)))
+    name = f"vm-{uuid.uuid4().hex[:8]}"
+    status = client.create(VmSpec(name, SMALL))
+    assert status.healthy and client.status(name).state == "running"
+    assert client.facts().vcpus_free == 8 - 2 - 2
+    with pytest.raises(AgentRejected) as err:
+        client.delete("no-such-vm")
+    assert err.value.agent_code == "not_found"
+    client.delete(name)
+    client.close()
+
+
+def test_no_client_certificate_fails_the_handshake(rig: Rig) -> None:
+    with pytest.raises(httpx.TransportError):  # TLS 1.3: refused at the first read
+        httpx.post(f"{rig.url}/v1/agent", json={"op": "facts"}, verify=rig.tls(None))
+    assert rig.seen == []
+
+
+def test_a_certificate_from_another_ca_fails_the_handshake(rig: Rig, tmp_path: Path) -> None:
+    rogue = TestCA(tmp_path, "rogue").issue("intruder", server=False)
+    with pytest.raises(httpx.TransportError):  # TLS 1.3: refused at the first read
+        httpx.post(f"{rig.url}/v1/agent", json={"op": "facts"}, verify=rig.tls(rogue))
+    client = AgentClient(rig.url, tls=AgentTls(str(rogue.cert), str(rogue.key),
+                                               str(rig.ca.cert)))
+    with pytest.raises(AgentUnavailable):
+        client.facts()
+    client.close()
+    assert rig.seen == []
+
+
+def test_an_address_outside_the_allow_list_gets_403(rig: Rig) -> None:
+    rig.proxy.allow = [ipaddress.ip_network("10.0.0.0/8")]
+    reply = httpx.post(f"{rig.url}/v1/agent", json={"op": "facts"},
+                       verify=rig.tls(rig.client))
+    assert reply.status_code == 403 and reply.json()["error"] == "forbidden"
+    assert rig.seen == []
+
+
+@pytest.mark.parametrize("body", [
+    {"op": "reboot"},
+    {"op": "facts", "extra": 1},
+    {"op": "delete", "name": 42},
+    {"op": "delete", "name": "../../etc"},
+    {"op": "create", "vm": {"name": "ok", "flavor": {"name": "s", "vcpus": "2",
+                                                      "memory_mib": 512, "disk_gib": 1}}},
+    {"op": "create", "vm": {"name": "ok", "flavor": {"name": "s", "vcpus": 0,
+                                                      "memory_mib": 512, "disk_gib": 1}}},
+    [1, 2],
+])
+def test_malformed_bodies_get_400_and_the_agent_sees_nothing(rig: Rig, body: Any) -> None:
+    reply = httpx.post(f"{rig.url}/v1/agent", json=body, verify=rig.tls(rig.client))
+    assert reply.status_code == 400 and reply.json()["error"] == "invalid_request"
+    assert rig.seen == []
+
+
+def test_agent_errors_map_to_http_statuses(rig: Rig) -> None:
+    big = {"name": "big", "vcpus": 64, "memory_mib": 512, "disk_gib": 1}
+    reply = httpx.post(f"{rig.url}/v1/agent", verify=rig.tls(rig.client),
+                       json={"op": "create", "vm": {"name": "huge", "flavor": big}})
+    assert reply.status_code == 409 and reply.json()["error"] == "insufficient_capacity"
+    reply = httpx.get(f"{rig.url}/healthz", verify=rig.tls(rig.client))
+    assert reply.status_code == 200 and reply.json()["result"]["healthy"]
+
+
+def test_the_leader_builds_through_the_proxy(rig: Rig, tmp_path: Path) -> None:
+    from warmcache.adapters.sqlite_store import SqliteStore
+    from warmcache.bootstrap import build
+    from warmcache.config import parse_config
+
+    config_dir = Path(__file__).resolve().parents[2] / "config"
+    config = parse_config({
+        "service": {"prefix": "wc"},
+        "store": {"path": str(tmp_path / "store.db")},
+        "events": {"path": str(tmp_path / "events.db")},
+        "catalog": {"path": str(config_dir / "flavors.toml")},
+        "agent_tls": {"cert": str(rig.client.cert), "key": str(rig.client.key),
+                      "ca": str(rig.ca.cert)},
+    }, environ={})
+    store = SqliteStore(tmp_path / "store.db")
+    facts = rig.agent.facts().model_copy(update={"endpoint": rig.url})  # advertised
+    store.put("wc/hosts/az1/h1", facts.model_dump_json())
+    service = build(config)
+    try:
+        service.rules.put("az1", "small", {"max_instance_per_cycle": 2, "total_instances": 2})
+        report = service.run_cycle()
+        assert report is not None and report.built[("az1", "small")] == 2, report.summary()
+        assert len(rig.agent.list()) == 2
+        assert all(req.op == "create" for req in rig.seen if hasattr(req, "vm"))
+    finally:
+        service.close()
+        store.close()
