@@ -7,6 +7,9 @@
     state_dir = "/var/lib/warmcache-agent"
     create_delay_s = 0.0          # simulated boot time on test:///default
 
+    pin_cpus = true               # NUMA pinning (agent/numa.py)
+    numa_nodes = 2                # or numa_cpus = [[0, 1, ...], [8, 9, ...]]
+
     [capacity]                    # host topology override (libvirt's numbers
     vcpus = 16                    # are not trusted blindly, ENVIRONMENT.md)
     memory_mib = 65536
@@ -30,6 +33,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agent.numa import Topology
 from warmcache.errors import ConfigError
 from warmcache.model import NAME_PATTERN
 
@@ -76,6 +80,25 @@ class AgentConfig(BaseModel):
     capacity: Resources = Resources(vcpus=16, memory_mib=65536, disk_gib=2000)
     reserved: Resources = Resources(vcpus=2, memory_mib=4096, disk_gib=50)
     inventory: InventoryConfig | None = None
+    pin_cpus: bool = Field(default=True, description="NUMA-pin every VM (agent/numa.py rules)")
+    numa_nodes: int = Field(default=1, ge=1, le=64,
+                            description="NUMA nodes; capacity.vcpus is split evenly over them")
+    numa_cpus: tuple[tuple[int, ...], ...] | None = Field(
+        default=None, description="explicit host CPU ids per NUMA node (overrides numa_nodes)")
+
+    @model_validator(mode="after")
+    def _topology_matches_capacity(self) -> AgentConfig:
+        if self.numa_cpus is not None:
+            if sum(len(n) for n in self.numa_cpus) != self.capacity.vcpus:
+                raise ValueError("numa_cpus must list exactly capacity.vcpus CPUs")
+        elif self.capacity.vcpus % self.numa_nodes:
+            raise ValueError("capacity.vcpus must split evenly over numa_nodes")
+        return self
+
+    def topology(self) -> Topology:
+        nodes = self.numa_cpus or Topology.uniform(
+            self.numa_nodes, self.capacity.vcpus // self.numa_nodes).nodes
+        return Topology(tuple(tuple(n) for n in nodes), reserved=self.reserved.vcpus)
 
 
 def load_agent_config(path: str | Path) -> AgentConfig:

@@ -3,7 +3,8 @@
 * ``aggregate``: CPU, memory and disk allocated, *including creates still in
   progress*. Checking and reserving happen under one short lock, so two
   concurrent creates can never both take the last slot (DESIGN §12.5).
-* ``placement``: per VM, what it holds (flavor resources, group, state).
+* ``placement``: per VM, what it holds (flavor resources, group, state,
+  NUMA node and pinned CPUs).
 
 Both are persisted to ``lockfile.json`` (write to a temp file, fsync,
 rename) after every change, so a restarted agent recovers its promises.
@@ -17,10 +18,12 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from agent.config import Resources
+from warmcache.ports import Pinning
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,12 @@ class Allocation:
     group: str | None
     state: str  # creating | active
     server_id: str = ""
+    numa_node: int | None = None
+    cpus: tuple[int, ...] = ()
+
+    @property
+    def pinning(self) -> Pinning | None:
+        return Pinning(self.numa_node, self.cpus) if self.numa_node is not None else None
 
 
 class CapacityExceeded(Exception):
@@ -57,7 +66,8 @@ class Lockfile:
         self._vms: dict[str, Allocation] = {}
         if path.exists():
             raw = json.loads(path.read_text())
-            self._vms = {a["name"]: Allocation(**a) for a in raw.get("placement", [])}
+            self._vms = {a["name"]: Allocation(**{**a, "cpus": tuple(a.get("cpus", ()))})
+                         for a in raw.get("placement", [])}
 
     def _allocated(self) -> Resources:
         vms = self._vms.values()
@@ -79,8 +89,14 @@ class Lockfile:
             disk_gib=self.usable.disk_gib - used.disk_gib,
         )
 
-    def reserve(self, alloc: Allocation) -> None:
-        """Check and take capacity for a VM about to be created (atomic)."""
+    def reserve(
+        self, alloc: Allocation, pin: Callable[[list[Pinning]], Pinning | None] | None = None
+    ) -> Allocation:
+        """Check and take capacity for a VM about to be created (atomic).
+
+        ``pin`` chooses the VM's NUMA pinning given every pinning already
+        promised, inside the same critical section, so two concurrent
+        creates can never be given the same CPUs."""
         with self._lock:
             if alloc.name in self._vms:
                 raise AlreadyAllocated(alloc.name)
@@ -94,14 +110,18 @@ class Lockfile:
                 or alloc.disk_gib > free.disk_gib
             ):
                 raise CapacityExceeded(alloc.name, free, wanted)
+            if pin is not None:
+                chosen = pin([a.pinning for a in self._vms.values() if a.pinning])
+                if chosen is not None:
+                    alloc = replace(alloc, numa_node=chosen.node, cpus=chosen.cpus)
             self._vms[alloc.name] = alloc
             self._persist()
+            return alloc
 
     def activate(self, name: str, server_id: str) -> None:
         with self._lock:
             current = self._vms[name]
-            self._vms[name] = Allocation(**{**asdict(current), "state": "active",
-                                            "server_id": server_id})
+            self._vms[name] = replace(current, state="active", server_id=server_id)
             self._persist()
 
     def release(self, name: str) -> bool:
@@ -129,7 +149,7 @@ class Lockfile:
                 del self._vms[name]
             for name, a in list(self._vms.items()):
                 if a.state == "creating":
-                    self._vms[name] = Allocation(**{**asdict(a), "state": "active"})
+                    self._vms[name] = replace(a, state="active")
             self._persist()
             return dropped
 

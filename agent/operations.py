@@ -14,11 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent import numa
 from agent.config import AgentConfig, Resources
 from agent.libvirt_driver import HypervisorFailure
 from agent.lockfile import Allocation, AlreadyAllocated, CapacityExceeded, Lockfile
 from warmcache.model import HostFacts
-from warmcache.ports import HypervisorDriver, VmSpec
+from warmcache.ports import HypervisorDriver, Pinning, VmSpec
 from warmcache.wire import CreateRequest, NamedRequest, PlainRequest
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class HostAgentService:
         self._sleep = sleep
         self.endpoint = endpoint
         self.on_change = on_change
+        self._topology = config.topology() if config.pin_cpus else None
         usable = Resources(
             vcpus=max(config.capacity.vcpus - config.reserved.vcpus, 0),
             memory_mib=max(config.capacity.memory_mib - config.reserved.memory_mib, 0),
@@ -97,6 +99,9 @@ class HostAgentService:
             vms=tuple(a.name for a in allocs),
             groups=tuple(a.group for a in allocs if a.group),
             endpoint=self.endpoint,
+            numa_free=(numa.free_per_node(self._topology, [a.pinning for a in allocs
+                                                          if a.pinning])
+                       if self._topology else ()),
         )
 
     def create(self, spec: VmSpec) -> dict[str, Any]:
@@ -106,13 +111,17 @@ class HostAgentService:
             disk_gib=f.disk_gib + sum(f.extra_disks_gib), group=spec.group, state="creating",
         )
         try:
-            self.lockfile.reserve(alloc)
+            if self._topology is not None:  # a shape that can never be pinned: say so
+                numa.check_shape(self._topology, f.vcpus)
+            alloc = self.lockfile.reserve(alloc, self._pinner(f.vcpus))
         except AlreadyAllocated as exc:
             raise AgentFault("already_exists", f"VM {spec.name} exists on this host") from exc
         except CapacityExceeded as exc:
             raise AgentFault("insufficient_capacity", str(exc)) from exc
+        except numa.NumaRejected as exc:
+            raise AgentFault(exc.code, str(exc)) from exc
         try:
-            server_id = self._driver.define_and_start(spec, None)
+            server_id = self._driver.define_and_start(spec, alloc.pinning)
             if self.config.create_delay_s:
                 self._sleep(self.config.create_delay_s)
         except HypervisorFailure as exc:
@@ -124,6 +133,12 @@ class HostAgentService:
         self.lockfile.activate(spec.name, server_id)
         self.on_change()
         return self.status(spec.name)
+
+    def _pinner(self, vcpus: int) -> Callable[[list[Pinning]], Pinning | None] | None:
+        if self._topology is None:
+            return None
+        topology = self._topology
+        return lambda pinned: numa.place(topology, pinned, vcpus)
 
     def _undo(self, name: str) -> None:
         try:

@@ -131,6 +131,13 @@ class HostFacts(_Frozen):
     vms: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
     endpoint: str = ""  # how the service reaches this host's agent (unix:PATH, https://...)
+    numa_free: tuple[int, ...] = ()  # free CPUs per NUMA node; () when the agent does not pin
+
+    def numa_fits(self, vcpus: int) -> bool:
+        """The agent's pinning rules: an even count that fits on one node."""
+        if not self.numa_free:
+            return True
+        return vcpus % 2 == 0 and max(self.numa_free) >= vcpus
 
     def fits(self, flavor: Flavor) -> bool:
         return (
@@ -150,8 +157,17 @@ class HostFacts(_Frozen):
                 - sum(flavor.extra_disks_gib),
                 "vms": (*self.vms, vm),
                 "groups": (*self.groups, group) if group else self.groups,
+                "numa_free": _first_fit(self.numa_free, flavor.vcpus),
             }
         )
+
+
+def _first_fit(free: tuple[int, ...], vcpus: int) -> tuple[int, ...]:
+    """Per-node free CPUs after the agent pins ``vcpus`` on the first node with room."""
+    for i, n in enumerate(free):
+        if n >= vcpus:
+            return (*free[:i], n - vcpus, *free[i + 1:])
+    return free
 
 
 class PoolSummary(_Frozen):

@@ -208,10 +208,18 @@ class HostAgent(Protocol):
     def list(self) -> list[VmStatus]: ...
 
 
+@dataclass(frozen=True)
+class Pinning:
+    """A VM's NUMA placement: its node, and host CPU ``cpus[i]`` for vCPU i."""
+
+    node: int
+    cpus: tuple[int, ...]
+
+
 class HypervisorDriver(Protocol):
     """Agent side: the hypervisor itself (libvirt)."""
 
-    def define_and_start(self, spec: VmSpec, pinning: Mapping[int, int] | None) -> str:
+    def define_and_start(self, spec: VmSpec, pinning: Pinning | None) -> str:
         """Create and boot the VM; returns its server id (domain UUID)."""
         ...
 

@@ -86,6 +86,8 @@ def test_50_concurrent_creates_never_overcommit(host: HostAgentService) -> None:
         t.join()
     assert outcomes == {"ok": 7, "insufficient_capacity": 43}  # 14 usable vCPUs / 2
     assert host.facts().vcpus_free == 0
+    pinned = [c for a in host.lockfile.all() for c in a.cpus]
+    assert sorted(pinned) == list(range(2, 16))  # each CPU once; 0 and 1 kept for the host
     persisted = json.loads((Path(host.config.state_dir) / "lockfile.json").read_text())
     assert persisted["aggregate"]["allocated"]["vcpus"] == 14
     assert len(persisted["placement"]) == 7
@@ -137,7 +139,7 @@ def test_client_and_daemon_over_the_socket(socket_agent: AgentClient, tmp_path: 
     with pytest.raises(AgentRejected) as err:
         socket_agent.delete("nope")
     assert err.value.agent_code == "not_found"
-    big = Flavor(name="big", vcpus=64, memory_mib=1024, disk_gib=1)
+    big = Flavor(name="big", vcpus=2, memory_mib=1_000_000, disk_gib=1)
     with pytest.raises(InsufficientHostCapacity):
         socket_agent.create(VmSpec(name(), big))
     socket_agent.delete(vm)
@@ -147,3 +149,34 @@ def test_client_and_daemon_over_the_socket(socket_agent: AgentClient, tmp_path: 
 def test_unreachable_agent_is_transient(tmp_path: Path) -> None:
     with pytest.raises(AgentUnavailable):
         AgentClient(f"unix:{tmp_path}/missing.sock").facts()
+
+
+def test_pinning_reaches_the_domain_and_the_lockfile(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    from agent.libvirt_driver import LibvirtDriver
+
+    cfg = config(tmp_path).model_copy(update={"numa_nodes": 2})  # 2 x 8 CPUs
+    driver = LibvirtDriver("test:///default")
+    host = HostAgentService(cfg, driver)
+    big = Flavor(name="big", vcpus=8, memory_mib=1024, disk_gib=1)
+    a, b = name(), name()
+    host.create(VmSpec(a, big))
+    host.create(VmSpec(b, SMALL))
+    pins = {x.name: (x.numa_node, x.cpus) for x in host.lockfile.all()}
+    assert pins[a] == (1, tuple(range(8, 16)))  # node 0 lost CPUs 0-1 to the buffer
+    assert pins[b] == (0, (2, 3))
+    assert host.facts().numa_free == (4, 0)
+    dom = ET.fromstring(driver._conn.lookupByName(a).XMLDesc())
+    assert [p.get("cpuset") for p in dom.iter("vcpupin")] == [str(c) for c in range(8, 16)]
+    assert dom.find("cputune/emulatorpin").get("cpuset") == "8-15"  # type: ignore[union-attr]
+    assert dom.find("numatune/memory").get("nodeset") == "1"  # type: ignore[union-attr]
+    for vcpus, code in ((3, "invalid_request"), (10, "invalid_request"),
+                        (6, "insufficient_capacity")):
+        odd = Flavor(name="odd", vcpus=vcpus, memory_mib=512, disk_gib=1)
+        with pytest.raises(AgentFault) as err:
+            host.create(VmSpec(name(), odd))
+        assert err.value.code == code, vcpus
+    assert len(host.lockfile.all()) == 2  # refusals left nothing behind
+    restarted = HostAgentService(cfg, driver)  # pins survive a restart
+    assert {x.name: (x.numa_node, x.cpus) for x in restarted.lockfile.all()} == pins

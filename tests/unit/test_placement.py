@@ -29,7 +29,8 @@ def test_pipeline_explains_how_many_hosts_each_validator_removed() -> None:
     decision = default_pipeline(random.Random(1)).choose(
         hosts, PlacementRequest(SMALL, group="db"))
     assert decision.host is not None and decision.host.hypervisor == "r3-h1"
-    assert decision.removed == {"host_healthy": 2, "has_capacity": 1, "group_anti_affinity": 1}
+    assert decision.removed == {"host_healthy": 2, "has_capacity": 1, "numa_fit": 0,
+                                "group_anti_affinity": 1}
     assert "has_capacity removed 1" in decision.explain()
 
 

@@ -21,6 +21,7 @@ from warmcache.placement.request import PlacementRequest
 from warmcache.placement.validators.capacity import HasCapacity
 from warmcache.placement.validators.group_hint import GroupAntiAffinity
 from warmcache.placement.validators.host_state import HostHealthy
+from warmcache.placement.validators.numa import NumaFit
 
 
 class Validator(Protocol):
@@ -89,7 +90,7 @@ class PlacementPipeline:
 
 def default_pipeline(rng: random.Random | None = None) -> PlacementPipeline:
     return PlacementPipeline(
-        [HostHealthy(), HasCapacity(), GroupAntiAffinity()],
+        [HostHealthy(), HasCapacity(), NumaFit(), GroupAntiAffinity()],
         [SpreadRacks(), SpreadHypervisors(), PackTightly()],
         rng=rng,
     )
