@@ -8,6 +8,7 @@ The only module in warmcache that imports ``libvirt``. ``test:///default``
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from xml.sax.saxutils import escape
 
 from warmcache.ports import Pinning, VmSpec
@@ -56,7 +57,8 @@ class LibvirtDriver:
         except libvirt.libvirtError as exc:
             raise HypervisorFailure(f"cannot open {uri}: {exc}") from exc
 
-    def domain_xml(self, spec: VmSpec, pinning: Pinning | None = None) -> str:
+    def domain_xml(self, spec: VmSpec, pinning: Pinning | None = None,
+                   devices: Sequence[str] = ()) -> str:
         f = spec.flavor
         tuning = ""
         if pinning:
@@ -74,13 +76,15 @@ class LibvirtDriver:
             f"<vcpu placement='static'>{f.vcpus}</vcpu>{tuning}"
             "<os><type arch='x86_64'>hvm</type></os>"
             f"<description>warmcache flavor={escape(f.name)}</description>"
+            f"<devices>{''.join(devices)}</devices>"
             "</domain>"
         )
 
-    def define_and_start(self, spec: VmSpec, pinning: Pinning | None = None) -> str:
+    def define_and_start(self, spec: VmSpec, pinning: Pinning | None = None,
+                         devices: Sequence[str] = ()) -> str:
         with self._lock:
             try:
-                dom = self._conn.defineXML(self.domain_xml(spec, pinning))
+                dom = self._conn.defineXML(self.domain_xml(spec, pinning, devices))
                 dom.create()
                 return str(dom.UUIDString())
             except libvirt.libvirtError as exc:
@@ -100,6 +104,24 @@ class LibvirtDriver:
                 dom.undefine()
             except libvirt.libvirtError as exc:
                 raise HypervisorFailure(str(exc)) from exc
+
+    def attach(self, name: str, device_xml: str) -> None:
+        """Hot-plug a device into the running VM and its persistent config."""
+        self._device(name, device_xml, attach=True)
+
+    def detach(self, name: str, device_xml: str) -> None:
+        self._device(name, device_xml, attach=False)
+
+    def _device(self, name: str, device_xml: str, *, attach: bool) -> None:
+        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        try:
+            dom = self._conn.lookupByName(name)
+            if attach:
+                dom.attachDeviceFlags(device_xml, flags)
+            else:
+                dom.detachDeviceFlags(device_xml, flags)
+        except libvirt.libvirtError as exc:
+            raise HypervisorFailure(str(exc)) from exc
 
     def state(self, name: str) -> str:
         try:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -38,6 +39,7 @@ class Allocation:
     server_id: str = ""
     numa_node: int | None = None
     cpus: tuple[int, ...] = ()
+    disks: tuple[tuple[str, int], ...] = ()  # extra disks: (target, GiB)
 
     @property
     def pinning(self) -> Pinning | None:
@@ -64,17 +66,23 @@ class Lockfile:
         self.usable = usable
         self._lock = threading.Lock()
         self._vms: dict[str, Allocation] = {}
+        # Short-lived extra reservations (e.g. the memory buffer an NVMe
+        # attach needs); counted like VMs, never persisted.
+        self._holds: dict[str, Resources] = {}
         if path.exists():
             raw = json.loads(path.read_text())
-            self._vms = {a["name"]: Allocation(**{**a, "cpus": tuple(a.get("cpus", ()))})
-                         for a in raw.get("placement", [])}
+            self._vms = {a["name"]: Allocation(**{
+                **a, "cpus": tuple(a.get("cpus", ())),
+                "disks": tuple(tuple(d) for d in a.get("disks", ()))})
+                for a in raw.get("placement", [])}
 
     def _allocated(self) -> Resources:
-        vms = self._vms.values()
-        return Resources(
-            vcpus=sum(a.vcpus for a in vms),
-            memory_mib=sum(a.memory_mib for a in vms),
-            disk_gib=sum(a.disk_gib for a in vms),
+        vms, holds = self._vms.values(), self._holds.values()
+        return Resources.model_construct(
+            vcpus=sum(a.vcpus for a in vms) + sum(h.vcpus for h in holds),
+            memory_mib=sum(a.memory_mib for a in vms) + sum(h.memory_mib for h in holds),
+            disk_gib=sum(a.disk_gib + sum(g for _, g in a.disks) for a in vms)
+            + sum(h.disk_gib for h in holds),
         )
 
     def free(self) -> Resources:
@@ -130,6 +138,45 @@ class Lockfile:
             if found:
                 self._persist()
             return found
+
+    def add_disk(self, name: str, target: str, gib: int) -> None:
+        """Check and take disk capacity for a disk about to be attached."""
+        with self._lock:
+            current = self._vms[name]
+            if any(t == target for t, _ in current.disks):
+                raise AlreadyAllocated(f"{name}:{target}")
+            free = self._free()
+            if gib > free.disk_gib:
+                wanted = Resources.model_construct(vcpus=0, memory_mib=0, disk_gib=gib)
+                raise CapacityExceeded(f"{name}:{target}", free, wanted)
+            self._vms[name] = replace(current, disks=(*current.disks, (target, gib)))
+            self._persist()
+
+    def remove_disk(self, name: str, target: str) -> bool:
+        with self._lock:
+            current = self._vms.get(name)
+            if current is None or all(t != target for t, _ in current.disks):
+                return False
+            self._vms[name] = replace(
+                current, disks=tuple(d for d in current.disks if d[0] != target))
+            self._persist()
+            return True
+
+    @contextmanager
+    def hold(self, key: str, memory_mib: int) -> Iterator[None]:
+        """Reserve ``memory_mib`` for the duration of the block (or refuse)."""
+        with self._lock:
+            free = self._free()
+            if memory_mib > free.memory_mib:
+                wanted = Resources.model_construct(vcpus=0, memory_mib=memory_mib, disk_gib=0)
+                raise CapacityExceeded(key, free, wanted)
+            self._holds[key] = Resources.model_construct(vcpus=0, memory_mib=memory_mib,
+                                                         disk_gib=0)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holds.pop(key, None)
 
     def get(self, name: str) -> Allocation | None:
         with self._lock:

@@ -14,13 +14,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent import numa
+from agent import cloudinit, disks, numa
 from agent.config import AgentConfig, Resources
 from agent.libvirt_driver import HypervisorFailure
 from agent.lockfile import Allocation, AlreadyAllocated, CapacityExceeded, Lockfile
 from warmcache.model import HostFacts
 from warmcache.ports import HypervisorDriver, Pinning, VmSpec
-from warmcache.wire import CreateRequest, NamedRequest, PlainRequest
+from warmcache.wire import (
+    AnyRequest,
+    AttachDiskRequest,
+    AttachNvmeRequest,
+    CreateRequest,
+    DetachDiskRequest,
+    NamedRequest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +72,14 @@ class HostAgentService:
 
     # --- dispatch --------------------------------------------------------------------
 
-    def handle(self, request: CreateRequest | NamedRequest | PlainRequest) -> Any:
+    def handle(self, request: AnyRequest) -> Any:
+        if isinstance(request, AttachDiskRequest):
+            return self.attach_disk(request.name, request.target, request.size_gib,
+                                    request.format, request.preallocation)
+        if isinstance(request, DetachDiskRequest):
+            return self.detach_disk(request.name, request.target)
+        if isinstance(request, AttachNvmeRequest):
+            return self.attach_nvme(request.name, request.pci)
         if isinstance(request, CreateRequest):
             spec = VmSpec(request.vm.name, request.vm.flavor, request.vm.user_data,
                           request.vm.group)
@@ -121,7 +135,10 @@ class HostAgentService:
         except numa.NumaRejected as exc:
             raise AgentFault(exc.code, str(exc)) from exc
         try:
-            server_id = self._driver.define_and_start(spec, alloc.pinning)
+            seed = cloudinit.write_seed(self._dir("seeds") / f"{spec.name}.iso", spec.name,
+                                        spec.user_data)
+            server_id = self._driver.define_and_start(spec, alloc.pinning,
+                                                      [cloudinit.cdrom_xml(seed)])
             if self.config.create_delay_s:
                 self._sleep(self.config.create_delay_s)
         except HypervisorFailure as exc:
@@ -140,11 +157,25 @@ class HostAgentService:
         topology = self._topology
         return lambda pinned: numa.place(topology, pinned, vcpus)
 
+    def _dir(self, kind: str) -> Path:
+        path = Path(self.config.state_dir) / kind
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _disk_path(self, name: str, target: str, fmt: disks.Format) -> Path:
+        return self._dir("disks") / f"{name}-{target}.{fmt}"
+
+    def _remove_files(self, name: str) -> None:
+        (self._dir("seeds") / f"{name}.iso").unlink(missing_ok=True)
+        for image in self._dir("disks").glob(f"{name}-vd*"):
+            image.unlink(missing_ok=True)
+
     def _undo(self, name: str) -> None:
         try:
             self._driver.destroy(name)
         except HypervisorFailure:
             log.exception("could not destroy %s after a failed create", name)
+        self._remove_files(name)
         self.lockfile.release(name)
 
     def delete(self, name: str) -> dict[str, Any]:
@@ -156,9 +187,70 @@ class HostAgentService:
             self._driver.destroy(name)
         except HypervisorFailure as exc:
             raise AgentFault("hypervisor_error", str(exc)) from exc
+        self._remove_files(name)
         self.lockfile.release(name)
         self.on_change()
         return {"name": name, "deleted": True}
+
+    def _require(self, name: str) -> Allocation:
+        alloc = self.lockfile.get(name)
+        if alloc is None:
+            raise AgentFault("not_found", f"no VM {name} on this host")
+        return alloc
+
+    def attach_disk(self, name: str, target: str, size_gib: int, fmt: disks.Format,
+                    preallocation: disks.Preallocation) -> dict[str, Any]:
+        """Create an image and hot-plug it; on any failure nothing is left."""
+        self._require(name)
+        try:
+            self.lockfile.add_disk(name, target, size_gib)
+        except AlreadyAllocated as exc:
+            raise AgentFault("already_exists", f"{name} already has a disk {target}") from exc
+        except CapacityExceeded as exc:
+            raise AgentFault("insufficient_capacity", str(exc)) from exc
+        path = self._disk_path(name, target, fmt)
+        try:
+            disks.create_image(path, size_gib, fmt, preallocation)
+            self._driver.attach(name, disks.disk_xml(path, target, fmt))
+        except (disks.DiskError, HypervisorFailure) as exc:
+            path.unlink(missing_ok=True)
+            self.lockfile.remove_disk(name, target)
+            raise AgentFault("hypervisor_error", str(exc)) from exc
+        self.on_change()
+        return {"name": name, "target": target, "path": str(path), "size_gib": size_gib}
+
+    def detach_disk(self, name: str, target: str) -> dict[str, Any]:
+        alloc = self._require(name)
+        if all(t != target for t, _ in alloc.disks):
+            raise AgentFault("not_found", f"{name} has no disk {target}")
+        images = list(self._dir("disks").glob(f"{name}-{target}.*"))
+        fmt: disks.Format = "raw" if images and images[0].suffix == ".raw" else "qcow2"
+        try:
+            self._driver.detach(name, disks.disk_xml(self._disk_path(name, target, fmt),
+                                                     target, fmt))
+        except HypervisorFailure as exc:
+            raise AgentFault("hypervisor_error", str(exc)) from exc
+        for image in images:
+            image.unlink(missing_ok=True)
+        self.lockfile.remove_disk(name, target)
+        self.on_change()
+        return {"name": name, "target": target, "detached": True}
+
+    def attach_nvme(self, name: str, pci: str) -> dict[str, Any]:
+        """PCI passthrough of an NVMe device, holding the attach memory buffer."""
+        self._require(name)
+        try:
+            address = disks.PciAddress.parse(pci)
+            with self.lockfile.hold(f"nvme:{name}:{pci}", disks.NVME_ATTACH_BUFFER_MIB):
+                self._driver.attach(name, disks.nvme_hostdev_xml(address))
+        except disks.DiskError as exc:
+            raise AgentFault("invalid_request", str(exc)) from exc
+        except CapacityExceeded as exc:
+            raise AgentFault("insufficient_capacity",
+                             f"no room for the NVMe attach buffer: {exc}") from exc
+        except HypervisorFailure as exc:
+            raise AgentFault("hypervisor_error", str(exc)) from exc
+        return {"name": name, "pci": pci, "attached": True}
 
     def status(self, name: str) -> dict[str, Any]:
         alloc = self.lockfile.get(name)

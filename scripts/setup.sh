@@ -8,7 +8,7 @@ mode=${1:-run}
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-need=(libvirt-dev libvirt-daemon pkg-config gcc)
+need=(libvirt-dev libvirt-daemon pkg-config gcc qemu-utils)
 [ "$mode" = test ] && need+=(etcd-server etcd-client)
 
 py_include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')

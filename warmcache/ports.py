@@ -219,9 +219,17 @@ class Pinning:
 class HypervisorDriver(Protocol):
     """Agent side: the hypervisor itself (libvirt)."""
 
-    def define_and_start(self, spec: VmSpec, pinning: Pinning | None) -> str:
-        """Create and boot the VM; returns its server id (domain UUID)."""
+    def define_and_start(self, spec: VmSpec, pinning: Pinning | None,
+                         devices: Sequence[str] = ()) -> str:
+        """Create and boot the VM (with extra device XML); returns its server
+        id (domain UUID)."""
         ...
+
+    def attach(self, name: str, device_xml: str) -> None:
+        """Hot-plug a device into the running VM (and its persistent config)."""
+        ...
+
+    def detach(self, name: str, device_xml: str) -> None: ...
 
     def destroy(self, name: str) -> None:
         """Stop and undefine; a missing domain is not an error."""

@@ -52,10 +52,31 @@ class PlainRequest(_Req):
     op: Literal["list", "facts", "health"]
 
 
-AgentRequest = Annotated[CreateRequest | NamedRequest | PlainRequest, Field(discriminator="op")]
-REQUEST_ADAPTER: TypeAdapter[CreateRequest | NamedRequest | PlainRequest] = TypeAdapter(
-    AgentRequest
-)
+class AttachDiskRequest(_Req):
+    op: Literal["attach_disk"]
+    name: str = Field(pattern=NAME_PATTERN)
+    target: str = Field(pattern=r"^vd[b-z][a-z]?$")
+    size_gib: int = Field(ge=1, le=64 * 1024)
+    format: Literal["qcow2", "raw"] = "qcow2"
+    preallocation: Literal["off", "metadata", "falloc", "full"] = "off"
+
+
+class DetachDiskRequest(_Req):
+    op: Literal["detach_disk"]
+    name: str = Field(pattern=NAME_PATTERN)
+    target: str = Field(pattern=r"^vd[b-z][a-z]?$")
+
+
+class AttachNvmeRequest(_Req):
+    op: Literal["attach_nvme"]
+    name: str = Field(pattern=NAME_PATTERN)
+    pci: str = Field(pattern=r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
+
+
+AnyRequest = (CreateRequest | NamedRequest | PlainRequest | AttachDiskRequest
+              | DetachDiskRequest | AttachNvmeRequest)
+AgentRequest = Annotated[AnyRequest, Field(discriminator="op")]
+REQUEST_ADAPTER: TypeAdapter[AnyRequest] = TypeAdapter(AgentRequest)
 
 
 class VmStatusWire(BaseModel):

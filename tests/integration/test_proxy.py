@@ -130,6 +130,9 @@ def test_an_address_outside_the_allow_list_gets_403(rig: Rig) -> None:
                                                       "memory_mib": 512, "disk_gib": 1}}},
     {"op": "create", "vm": {"name": "ok", "flavor": {"name": "s", "vcpus": 0,
                                                       "memory_mib": 512, "disk_gib": 1}}},
+    {"op": "attach_disk", "name": "ok", "target": "sda", "size_gib": 1},
+    {"op": "attach_disk", "name": "ok", "target": "vdb", "size_gib": 0},
+    {"op": "attach_nvme", "name": "ok", "pci": "3b:00.0; rm -rf /"},
     [1, 2],
 ])
 def test_malformed_bodies_get_400_and_the_agent_sees_nothing(rig: Rig, body: Any) -> None:

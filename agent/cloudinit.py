@@ -1,0 +1,61 @@
+"""cloud-init NoCloud seeds: the rule's ``user_data`` reaches the VM's first boot.
+
+A seed is a small ISO 9660 volume labelled ``cidata`` holding ``user-data``
+(the rule's script, base64-decoded) and ``meta-data`` (instance id and
+hostname), attached to the VM as a read-only CD-ROM. cloud-init's NoCloud
+datasource finds it by that label (written with pycdlib, pure Python: no
+genisoimage needed on the hypervisor).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import pycdlib
+
+LABEL = "cidata"
+
+
+def meta_data(vm: str) -> bytes:
+    return f"instance-id: {vm}\nlocal-hostname: {vm}\n".encode()
+
+
+def write_seed(path: Path, vm: str, user_data_b64: str) -> Path:
+    """Write the NoCloud seed ISO for ``vm`` at ``path`` (atomically)."""
+    user_data = base64.b64decode(user_data_b64) if user_data_b64 else b""
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=LABEL)
+    for iso_name, name, data in (("/USERDATA.;1", "user-data", user_data),
+                                 ("/METADATA.;1", "meta-data", meta_data(vm))):
+        iso.add_fp(io.BytesIO(data), len(data), iso_name, rr_name=name,
+                   joliet_path=f"/{name}")
+    tmp = path.with_suffix(".tmp")
+    iso.write(str(tmp))
+    iso.close()
+    tmp.replace(path)
+    return path
+
+
+def read_seed(path: Path) -> dict[str, bytes]:
+    """The files of a seed (for tests and for reconciliation reports)."""
+    iso = pycdlib.PyCdlib()
+    iso.open(str(path))
+    try:
+        out = {}
+        for name in ("user-data", "meta-data"):
+            buf = io.BytesIO()
+            iso.get_file_from_iso_fp(buf, joliet_path=f"/{name}")
+            out[name] = buf.getvalue()
+        out["label"] = iso.pvd.volume_identifier.strip()
+        return out
+    finally:
+        iso.close()
+
+
+def cdrom_xml(path: Path) -> str:
+    return ("<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
+            f"<source file='{escape(str(path))}'/><target dev='sdz' bus='sata'/>"
+            "<readonly/></disk>")

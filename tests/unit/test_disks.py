@@ -1,0 +1,161 @@
+"""Disks, NVMe passthrough XML and cloud-init seeds on the agent."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import cloudinit, disks
+from agent.config import AgentConfig, Resources
+from agent.operations import AgentFault, HostAgentService
+from warmcache.model import Flavor
+from warmcache.ports import VmSpec
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.usefixtures("libvirt_available")]
+
+SMALL = Flavor(name="small", vcpus=2, memory_mib=2048, disk_gib=10)
+
+
+class RecordingDriver:
+    """libvirt's test driver cannot hot-plug; record what would be plugged."""
+
+    def __init__(self, host: Any = None) -> None:
+        from agent.libvirt_driver import LibvirtDriver
+
+        self.inner = LibvirtDriver("test:///default")
+        self.attached: list[str] = []
+        self.detached: list[str] = []
+        self.during_attach: list[int] = []
+        self.host = host
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def attach(self, name: str, xml: str) -> None:
+        if self.host is not None:
+            self.during_attach.append(self.host.lockfile.free().memory_mib)
+        self.attached.append(xml)
+
+    def detach(self, name: str, xml: str) -> None:
+        self.detached.append(xml)
+
+
+def make_host(tmp_path: Path, driver: Any = None, memory_mib: int = 16384) -> HostAgentService:
+    from agent.libvirt_driver import LibvirtDriver
+
+    cfg = AgentConfig(hypervisor="h1", rack="r1", az="az1", state_dir=str(tmp_path),
+                      capacity=Resources(vcpus=8, memory_mib=memory_mib, disk_gib=100),
+                      reserved=Resources(vcpus=2, memory_mib=1024, disk_gib=10))
+    host = HostAgentService(cfg, driver or LibvirtDriver("test:///default"))
+    if isinstance(driver, RecordingDriver):
+        driver.host = host
+    return host
+
+
+def vm() -> str:
+    return f"vm-{uuid.uuid4().hex[:8]}"
+
+
+def test_user_data_reaches_the_vm_through_a_nocloud_seed(tmp_path: Path) -> None:
+    host = make_host(tmp_path)
+    name, script = vm(), b"#!/bin/sh\necho warmcache-ready\n"
+    host.create(VmSpec(name, SMALL, user_data=base64.b64encode(script).decode()))
+    seed = tmp_path / "seeds" / f"{name}.iso"
+    files = cloudinit.read_seed(seed)
+    assert files["user-data"] == script and files["label"] == b"cidata"
+    assert f"instance-id: {name}".encode() in files["meta-data"]
+    dom = ET.fromstring(host._driver._conn.lookupByName(name).XMLDesc())  # type: ignore[attr-defined]
+    cdrom = dom.find("devices/disk[@device='cdrom']/source")
+    assert cdrom is not None and cdrom.get("file") == str(seed)
+    host.delete(name)
+    assert not seed.exists()
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) missing")
+@pytest.mark.parametrize("fmt,prealloc", [("qcow2", "off"), ("qcow2", "metadata"),
+                                          ("qcow2", "falloc"), ("raw", "off"),
+                                          ("raw", "falloc")])
+def test_images_are_made_by_qemu_img(tmp_path: Path, fmt: disks.Format,
+                                     prealloc: disks.Preallocation) -> None:
+    path = disks.create_image(tmp_path / f"d.{fmt}", 1, fmt, prealloc)
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(path)],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert info["format"] == fmt and info["virtual-size"] == 1 << 30
+
+
+def test_raw_images_have_no_metadata_to_preallocate(tmp_path: Path) -> None:
+    with pytest.raises(disks.DiskError):
+        disks.create_image(tmp_path / "d.raw", 1, "raw", "metadata")
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) missing")
+def test_attach_and_detach_keep_the_books(tmp_path: Path) -> None:
+    driver = RecordingDriver()
+    host = make_host(tmp_path, driver)
+    name = vm()
+    host.create(VmSpec(name, SMALL))
+    before = host.facts().disk_gib_free
+    out = host.attach_disk(name, "vdb", 5, "qcow2", "metadata")
+    assert Path(out["path"]).exists() and host.facts().disk_gib_free == before - 5
+    xml = ET.fromstring(driver.attached[-1])
+    assert xml.find("target").get("bus") == "virtio"  # type: ignore[union-attr]
+    with pytest.raises(AgentFault) as err:
+        host.attach_disk(name, "vdb", 5, "qcow2", "off")
+    assert err.value.code == "already_exists"
+    with pytest.raises(AgentFault) as err:
+        host.attach_disk(name, "vdc", 500, "qcow2", "off")
+    assert err.value.code == "insufficient_capacity"
+    host.detach_disk(name, "vdb")
+    assert not Path(out["path"]).exists() and host.facts().disk_gib_free == before
+    with pytest.raises(AgentFault) as err:
+        host.detach_disk(name, "vdb")
+    assert err.value.code == "not_found"
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) missing")
+def test_a_failed_hot_plug_leaves_nothing_behind(tmp_path: Path) -> None:
+    host = make_host(tmp_path)  # the test driver refuses hot-plug
+    name = vm()
+    host.create(VmSpec(name, SMALL))
+    before = host.facts().disk_gib_free
+    with pytest.raises(AgentFault) as err:
+        host.attach_disk(name, "vdb", 5, "qcow2", "off")
+    assert err.value.code == "hypervisor_error"
+    assert host.facts().disk_gib_free == before
+    assert list((tmp_path / "disks").glob(f"{name}-*")) == []
+
+
+def test_nvme_passthrough_xml_and_its_attach_buffer(tmp_path: Path) -> None:
+    driver = RecordingDriver()
+    host = make_host(tmp_path, driver)
+    name = vm()
+    host.create(VmSpec(name, SMALL))
+    free = host.lockfile.free().memory_mib
+    host.attach_nvme(name, "0000:3b:00.0")
+    assert driver.during_attach == [free - disks.NVME_ATTACH_BUFFER_MIB]  # held while attaching
+    assert host.lockfile.free().memory_mib == free  # and given back
+    dev = ET.fromstring(driver.attached[-1])
+    assert (dev.tag, dev.get("type"), dev.get("managed")) == ("hostdev", "pci", "yes")
+    addr = dev.find("source/address")
+    assert addr is not None and (addr.get("domain"), addr.get("bus"), addr.get("slot"),
+                                 addr.get("function")) == ("0x0000", "0x3b", "0x00", "0x0")
+
+
+def test_no_room_for_the_attach_buffer_is_refused(tmp_path: Path) -> None:
+    driver = RecordingDriver()
+    host = make_host(tmp_path, driver, memory_mib=1024 + 2048 + 512)  # buffer cannot fit
+    name = vm()
+    host.create(VmSpec(name, SMALL))
+    with pytest.raises(AgentFault) as err:
+        host.attach_nvme(name, "3b:00.0")
+    assert err.value.code == "insufficient_capacity" and driver.attached == []
+    with pytest.raises(disks.DiskError):
+        disks.PciAddress.parse("zz:00.0")
