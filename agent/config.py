@@ -80,6 +80,10 @@ class AgentConfig(BaseModel):
     capacity: Resources = Resources(vcpus=16, memory_mib=65536, disk_gib=2000)
     reserved: Resources = Resources(vcpus=2, memory_mib=4096, disk_gib=50)
     inventory: InventoryConfig | None = None
+    reconcile_every_s: float = Field(default=86400.0, gt=0,
+                                     description="reconciliation period (daily by default)")
+    reconcile_ignore: tuple[str, ...] = Field(
+        default=(), description="libvirt domains that are not warmcache's business")
     pin_cpus: bool = Field(default=True, description="NUMA-pin every VM (agent/numa.py rules)")
     numa_nodes: int = Field(default=1, ge=1, le=64,
                             description="NUMA nodes; capacity.vcpus is split evenly over them")

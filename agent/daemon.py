@@ -14,6 +14,7 @@ import signal
 import socketserver
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,10 @@ from agent.config import AgentConfig, load_agent_config
 from agent.inventory import InventoryPublisher
 from agent.libvirt_driver import HypervisorFailure, LibvirtDriver
 from agent.operations import AgentFault, HostAgentService
-from warmcache.errors import ConfigError, InvalidRequest
+from agent.reconcile import Finding
+from warmcache.errors import ConfigError, InvalidRequest, StoreError
+from warmcache.model import PoolInstance
+from warmcache.ports import CoordinationStore
 from warmcache.wire import MAX_LINE_BYTES, REQUEST_ADAPTER, error, ok
 
 log = logging.getLogger("warmcache.agent")
@@ -73,13 +77,39 @@ class AgentServer(socketserver.ThreadingUnixStreamServer):
             os.umask(old)
 
 
-@click.command()
-@click.option("--socket", "socket_path", required=True, help="Unix socket to listen on.")
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
-              help="Agent TOML: hypervisor, rack, az, capacity, reserved, state_dir.")
+@click.group(invoke_without_command=True)
+@click.option("--socket", "socket_path", help="Unix socket to listen on.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Agent TOML: hypervisor, rack, az, capacity, reserved, state_dir, inventory.")
 @click.option("--libvirt-uri", default=None, help="Overrides libvirt_uri from the config.")
-def main(socket_path: str, config_path: str, libvirt_uri: str | None) -> None:
-    """Run the warmcache host agent."""
+@click.pass_context
+def main(ctx: click.Context, socket_path: str | None, config_path: str | None,
+         libvirt_uri: str | None) -> None:
+    """Run the warmcache host agent (or one of its commands)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not socket_path or not config_path:
+        raise click.UsageError("the agent needs --socket and --config")
+    run_daemon(socket_path, config_path, libvirt_uri)
+
+
+@main.command("reconcile")
+@click.option("--socket", "socket_path", required=True, help="The running agent's socket.")
+def reconcile_command(socket_path: str) -> None:
+    """Ask the running agent to reconcile now; print findings (exit 1 if any)."""
+    from warmcache.adapters.agent_client import AgentClient
+    from warmcache.errors import AgentError
+
+    try:
+        findings = AgentClient(f"unix:{socket_path}").call({"op": "reconcile"})
+    except AgentError as exc:
+        click.echo(f"warmcache-agent reconcile: {exc}", err=True)
+        sys.exit(2)
+    click.echo(json.dumps(findings, indent=2))
+    sys.exit(1 if findings else 0)
+
+
+def run_daemon(socket_path: str, config_path: str, libvirt_uri: str | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         config = load_agent_config(config_path)
@@ -91,12 +121,19 @@ def main(socket_path: str, config_path: str, libvirt_uri: str | None) -> None:
         sys.exit(2)
     service = HostAgentService(config, driver,
                                endpoint=_advertise(config, socket_path))
-    publisher = _inventory(config, service)
+    store = _inventory_store(config)
+    publisher = None
     stop = threading.Event()
-    if publisher is not None:
+    if store is not None and config.inventory is not None:
+        publisher = InventoryPublisher(store, config.inventory.prefix, service.facts,
+                                       config.inventory.ttl_s)
         service.on_change = publisher.changed
+        service.records = lambda: records_on_host(store, config)
+        service.on_findings = lambda found: publish_findings(store, config, found)
         threading.Thread(target=publisher.run, args=(stop,), name="inventory",
                          daemon=True).start()
+    threading.Thread(target=_reconcile_loop, args=(service, stop), name="reconcile",
+                     daemon=True).start()
     server = AgentServer(socket_path, service)
 
     def _stop(_sig: int, _frame: object) -> None:
@@ -119,13 +156,50 @@ def main(socket_path: str, config_path: str, libvirt_uri: str | None) -> None:
         driver.close()
 
 
+def _reconcile_loop(service: HostAgentService, stop: threading.Event) -> None:
+    """At start (a restarted agent checks itself at once), then every period."""
+    while not stop.is_set():
+        try:
+            service.reconcile()
+        except AgentFault as exc:
+            log.warning("reconcile failed: %s", exc)
+        stop.wait(service.config.reconcile_every_s)
+
+
+def records_on_host(store: CoordinationStore, config: AgentConfig) -> dict[str, str]:
+    """The store's pool and acquired records that name this hypervisor."""
+    assert config.inventory is not None
+    prefix = config.inventory.prefix.rstrip("/")
+    out: dict[str, str] = {}
+    for section in ("pool", "acquired"):
+        kvs, _ = store.range(f"{prefix}/{section}/{config.az}/")
+        for kv in kvs:
+            rec = PoolInstance.model_validate_json(kv.value)
+            if rec.hypervisor == config.hypervisor:
+                out[rec.name] = rec.state.value
+    return out
+
+
+def publish_findings(store: CoordinationStore, config: AgentConfig,
+                     findings: list[Finding]) -> None:
+    """Findings go to the store, where the leader turns new ones into events
+    and alerts; an empty list is published too (the host is clean again)."""
+    assert config.inventory is not None
+    key = f"{config.inventory.prefix.rstrip('/')}/findings/{config.az}/{config.hypervisor}"
+    try:
+        store.put(key, json.dumps({"hypervisor": config.hypervisor, "at": time.time(),
+                                   "findings": [f.as_dict() for f in findings]}))
+    except StoreError as exc:
+        log.warning("could not publish reconcile findings: %s", exc)
+
+
 def _advertise(config: AgentConfig, socket_path: str) -> str:
     if config.inventory and config.inventory.advertise:
         return config.inventory.advertise
     return f"unix:{Path(socket_path).resolve()}"
 
 
-def _inventory(config: AgentConfig, service: HostAgentService) -> InventoryPublisher | None:
+def _inventory_store(config: AgentConfig) -> CoordinationStore | None:
     """The agent's own small composition root for its heartbeat store."""
     inv = config.inventory
     if inv is None:
@@ -137,5 +211,4 @@ def _inventory(config: AgentConfig, service: HostAgentService) -> InventoryPubli
     store_cfg = {"kind": inv.kind, "url": inv.url, "token": inv.token}
     if inv.path:
         store_cfg["path"] = inv.path
-    store = build_store(parse_config({"store": store_cfg}, environ={}))
-    return InventoryPublisher(store, inv.prefix, service.facts, inv.ttl_s)
+    return build_store(parse_config({"store": store_cfg}, environ={}))

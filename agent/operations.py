@@ -18,6 +18,8 @@ from agent import cloudinit, disks, numa
 from agent.config import AgentConfig, Resources
 from agent.libvirt_driver import HypervisorFailure
 from agent.lockfile import Allocation, AlreadyAllocated, CapacityExceeded, Lockfile
+from agent.reconcile import Finding, reconcile
+from warmcache.errors import WarmCacheError
 from warmcache.model import HostFacts
 from warmcache.ports import HypervisorDriver, Pinning, VmSpec
 from warmcache.wire import (
@@ -50,12 +52,16 @@ class HostAgentService:
         sleep: Callable[[float], None] = time.sleep,
         endpoint: str = "",
         on_change: Callable[[], None] = lambda: None,
+        records: Callable[[], dict[str, str]] | None = None,
+        on_findings: Callable[[list[Finding]], None] = lambda findings: None,
     ) -> None:
         self.config = config
         self._driver = driver
         self._sleep = sleep
         self.endpoint = endpoint
         self.on_change = on_change
+        self.records = records
+        self.on_findings = on_findings
         self._topology = config.topology() if config.pin_cpus else None
         usable = Resources(
             vcpus=max(config.capacity.vcpus - config.reserved.vcpus, 0),
@@ -92,6 +98,8 @@ class HostAgentService:
             return self.list()
         if request.op == "facts":
             return self.facts().model_dump(mode="json")
+        if request.op == "reconcile":
+            return [f.as_dict() for f in self.reconcile()]
         return {"healthy": True, "hypervisor": self.config.hypervisor}
 
     # --- operations --------------------------------------------------------------------
@@ -269,6 +277,25 @@ class HostAgentService:
             "server_id": alloc.server_id if alloc else "",
             "addresses": [],
         }
+
+    def reconcile(self) -> list[Finding]:
+        """Compare libvirt, the lockfile and the store's records for this host."""
+        try:
+            domains = self._driver.domains()
+        except HypervisorFailure as exc:
+            raise AgentFault("hypervisor_error", str(exc)) from exc
+        records: dict[str, str] | None = None
+        if self.records is not None:
+            try:
+                records = self.records()
+            except WarmCacheError as exc:
+                log.warning("reconcile without the store's records: %s", exc)
+        findings = reconcile(domains, [a.name for a in self.lockfile.all()], records,
+                             self.config.reconcile_ignore)
+        for f in findings:
+            log.warning("reconcile: %s %s: %s", f.kind, f.vm, f.detail)
+        self.on_findings(findings)
+        return findings
 
     def list(self) -> list[dict[str, Any]]:
         return [self.status(a.name) for a in self.lockfile.all()]

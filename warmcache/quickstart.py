@@ -128,6 +128,9 @@ class QuickstartStack:
                 f'hypervisor = "{hv}"\nrack = "{rack}"\naz = "{az}"\n'
                 f'libvirt_uri = "test:///default"\nstate_dir = "."\n'
                 f"create_delay_s = {self.create_delay_s}\n"
+                f"numa_nodes = 2\n"
+                # the test driver's built-in domain is not warmcache's business
+                'reconcile_ignore = ["test"]\n'
                 "[capacity]\nvcpus = 16\nmemory_mib = 65536\ndisk_gib = 2000\n"
                 "[reserved]\nvcpus = 2\nmemory_mib = 4096\ndisk_gib = 50\n"
                 + self._inventory_toml()

@@ -22,10 +22,12 @@ from typing import Any
 from warmcache.acquire.claim import Claimer
 from warmcache.adapters.log_alerts import LogAlerts
 from warmcache.builders.cycle import BuildCycle, CycleReport
+from warmcache.builders.findings import report_findings
 from warmcache.config import Config, ServiceConfig
 from warmcache.errors import (
     InvalidRequest,
     LeadershipLost,
+    StoreError,
     UnknownAZ,
     UnknownFlavor,
     UnknownPool,
@@ -190,6 +192,8 @@ class WarmCache:
             writer = self.election.writer(leadership)
             report = self._cycle.run(writer)
             self.last_cycle = report
+            with contextlib.suppress(LeadershipLost, StoreError):
+                report_findings(self.store, self.keys, writer, self._emit, self.alerts)
             if not leadership.lost.is_set():
                 # Marks the cycle complete: standbys that see the lock go
                 # away without this record take over at once.

@@ -49,7 +49,7 @@ class NamedRequest(_Req):
 
 
 class PlainRequest(_Req):
-    op: Literal["list", "facts", "health"]
+    op: Literal["list", "facts", "health", "reconcile"]
 
 
 class AttachDiskRequest(_Req):
