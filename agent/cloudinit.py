@@ -2,7 +2,7 @@
 
 A seed is a small ISO 9660 volume labelled ``cidata`` holding ``user-data``
 (the rule's script, base64-decoded) and ``meta-data`` (instance id and
-hostname), attached to the VM as a read-only CD-ROM. cloud-init's NoCloud
+hostname), attached to the VM as a read-only virtio disk. cloud-init's NoCloud
 datasource finds it by that label (written with pycdlib, pure Python: no
 genisoimage needed on the hypervisor).
 """
@@ -55,7 +55,12 @@ def read_seed(path: Path) -> dict[str, bytes]:
         iso.close()
 
 
-def cdrom_xml(path: Path) -> str:
-    return ("<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
-            f"<source file='{escape(str(path))}'/><target dev='sdz' bus='sata'/>"
+SEED_TARGET = "vdz"  # kept for the seed; hot-plugged disks use vdb..vdy
+
+
+def seed_xml(path: Path) -> str:
+    """The seed as a read-only virtio disk (virtio is what minimal guests
+    have drivers for; cloud-init finds it by its label, not its bus)."""
+    return ("<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source file='{escape(str(path))}'/><target dev='{SEED_TARGET}' bus='virtio'/>"
             "<readonly/></disk>")

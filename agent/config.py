@@ -68,6 +68,19 @@ class InventoryConfig(BaseModel):
         return self
 
 
+class GuestBootConfig(BaseModel):
+    """How real guests boot (qemu:///system): a kernel and initramfs given
+    directly (see agent/guest.py for the minimal image the tests use)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kernel: str
+    initrd: str
+    cmdline: str = "console=ttyS0 quiet panic=-1"
+    domain_type: str = Field(default="qemu", pattern="^(qemu|kvm)$",
+                             description="qemu (software emulation) or kvm")
+
+
 class AgentConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -80,6 +93,9 @@ class AgentConfig(BaseModel):
     capacity: Resources = Resources(vcpus=16, memory_mib=65536, disk_gib=2000)
     reserved: Resources = Resources(vcpus=2, memory_mib=4096, disk_gib=50)
     inventory: InventoryConfig | None = None
+    guest: GuestBootConfig | None = None
+    ready_timeout_s: float = Field(default=120.0, gt=0, le=3600,
+                                   description="how long a real guest may take to boot")
     reconcile_every_s: float = Field(default=86400.0, gt=0,
                                      description="reconciliation period (daily by default)")
     reconcile_ignore: tuple[str, ...] = Field(
@@ -115,6 +131,11 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         raise ConfigError([f"{path}: {exc}"]) from exc
     if isinstance(data.get("state_dir"), str):
         data["state_dir"] = str((path.parent / data["state_dir"]).resolve())
+    guest = data.get("guest")
+    if isinstance(guest, dict):
+        for field in ("kernel", "initrd"):
+            if isinstance(guest.get(field), str):
+                guest[field] = str((path.parent / guest[field]).resolve())
     inventory = data.get("inventory")
     if isinstance(inventory, dict) and inventory.get("path"):
         inventory["path"] = str((path.parent / inventory["path"]).resolve())

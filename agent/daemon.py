@@ -115,7 +115,8 @@ def run_daemon(socket_path: str, config_path: str, libvirt_uri: str | None) -> N
         config = load_agent_config(config_path)
         if libvirt_uri:
             config = config.model_copy(update={"libvirt_uri": libvirt_uri})
-        driver = LibvirtDriver(config.libvirt_uri)
+        driver = LibvirtDriver(config.libvirt_uri, guest=config.guest,
+                               run_dir=Path(config.state_dir) / "run")
     except (ConfigError, HypervisorFailure) as exc:
         click.echo(f"warmcache-agent: {exc}", err=True)
         sys.exit(2)

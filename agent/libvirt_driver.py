@@ -2,15 +2,23 @@
 
 The only module in warmcache that imports ``libvirt``. ``test:///default``
 (no daemon, state per process: each agent process is its own fake host) and
-``qemu:///system`` both work; the domain type follows the URI.
+``qemu:///system`` both work. Real guests boot a kernel and initramfs given
+in the agent's ``[guest]`` config, write their console to a file (the
+readiness marker is read from it) and answer health PINGs on a virtio-serial
+channel.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from xml.sax.saxutils import escape
 
+from agent.config import GuestBootConfig
+from agent.guest import HEALTH_CHANNEL, READY
 from warmcache.ports import Pinning, VmSpec
 
 try:
@@ -41,14 +49,23 @@ def _ignore_libvirt_errors(_ctx: object, _err: object) -> None:
 
 
 class LibvirtDriver:
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, *, guest: GuestBootConfig | None = None,
+                 run_dir: Path | None = None) -> None:
         if libvirt is None:
             raise HypervisorFailure(
                 "libvirt-python is not installed: pip install 'warmcache[libvirt]'"
             )
         libvirt.registerErrorHandler(_ignore_libvirt_errors, None)
         self.uri = uri
-        self._domain_type = "test" if uri.startswith("test:") else "qemu"
+        self._guest = guest
+        self._run_dir = run_dir or Path("/run/warmcache-agent")
+        if uri.startswith("test:"):
+            self._domain_type = "test"
+        elif guest is None:
+            raise HypervisorFailure(f"{uri}: real guests need [guest] kernel and initrd")
+        else:
+            self._domain_type = guest.domain_type
+            self._run_dir.mkdir(parents=True, exist_ok=True)
         # libvirt connections are thread-safe, but the test driver's define+start
         # pair is not atomic per name; one lock keeps each VM operation whole.
         self._lock = threading.Lock()
@@ -69,16 +86,68 @@ class LibvirtDriver:
             # the same node: nothing of the VM crosses the interconnect.
             tuning = (f"<cputune>{pins}<emulatorpin cpuset='{cpuset}'/></cputune>"
                       f"<numatune><memory mode='strict' nodeset='{pinning.node}'/></numatune>")
+        boot, extra = "<os><type arch='x86_64'>hvm</type></os>", ""
+        if self._guest is not None and self._domain_type != "test":
+            g = self._guest
+            boot = (f"<os><type arch='x86_64' machine='pc'>hvm</type>"
+                    f"<kernel>{escape(g.kernel)}</kernel><initrd>{escape(g.initrd)}</initrd>"
+                    f"<cmdline>{escape(g.cmdline)}</cmdline></os>"
+                    # ACPI: PCI hot-plug (disks) needs it
+                    "<features><acpi/><apic/></features>"
+                    "<on_poweroff>destroy</on_poweroff><on_crash>destroy</on_crash>")
+            log = escape(str(self.console_log(spec.name)))
+            extra = (f"<serial type='file'><source path='{log}'/><target port='0'/></serial>"
+                     f"<channel type='unix'><source mode='bind' "
+                     f"path='{escape(str(self.health_socket(spec.name)))}'/>"
+                     f"<target type='virtio' name='{HEALTH_CHANNEL}'/></channel>"
+                     "<controller type='usb' model='none'/><memballoon model='none'/>")
         return (
             f"<domain type='{self._domain_type}'>"
             f"<name>{escape(spec.name)}</name>"
             f"<memory unit='MiB'>{f.memory_mib}</memory>"
-            f"<vcpu placement='static'>{f.vcpus}</vcpu>{tuning}"
-            "<os><type arch='x86_64'>hvm</type></os>"
+            f"<vcpu placement='static'>{f.vcpus}</vcpu>{tuning}{boot}"
             f"<description>warmcache flavor={escape(f.name)}</description>"
-            f"<devices>{''.join(devices)}</devices>"
+            f"<devices>{''.join(devices)}{extra}</devices>"
             "</domain>"
         )
+
+    def console_log(self, name: str) -> Path:
+        return self._run_dir / f"{name}.console.log"
+
+    def health_socket(self, name: str) -> Path:
+        return self._run_dir / f"{name}.health"
+
+    @property
+    def real_guests(self) -> bool:
+        return self._domain_type != "test"
+
+    def wait_ready(self, name: str, timeout_s: float) -> None:
+        """Real guests: until the readiness marker is on their console."""
+        if not self.real_guests:
+            return
+        deadline = time.monotonic() + timeout_s
+        log = self.console_log(name)
+        while time.monotonic() < deadline:
+            if log.exists() and READY.encode() in log.read_bytes():
+                return
+            if self.state(name) not in ("running", "blocked"):
+                raise HypervisorFailure(f"{name} stopped while booting ({self.state(name)})")
+            time.sleep(0.05)
+        raise HypervisorFailure(f"{name} not ready after {timeout_s:.0f} s")
+
+    def probe(self, name: str, timeout_s: float = 3.0) -> bool:
+        """Real guests answer PING on their health channel; test domains
+        have no guest, so their running state is all there is."""
+        if not self.real_guests:
+            return self.state(name) == "running"
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout_s)
+                sock.connect(str(self.health_socket(name)))
+                sock.sendall(b"PING\n")
+                return sock.recv(16).startswith(b"PONG")
+        except OSError:
+            return False
 
     def define_and_start(self, spec: VmSpec, pinning: Pinning | None = None,
                          devices: Sequence[str] = ()) -> str:
@@ -104,6 +173,9 @@ class LibvirtDriver:
                 dom.undefine()
             except libvirt.libvirtError as exc:
                 raise HypervisorFailure(str(exc)) from exc
+            if self.real_guests:
+                self.console_log(name).unlink(missing_ok=True)
+                self.health_socket(name).unlink(missing_ok=True)
 
     def attach(self, name: str, device_xml: str) -> None:
         """Hot-plug a device into the running VM and its persistent config."""

@@ -146,9 +146,10 @@ class HostAgentService:
             seed = cloudinit.write_seed(self._dir("seeds") / f"{spec.name}.iso", spec.name,
                                         spec.user_data)
             server_id = self._driver.define_and_start(spec, alloc.pinning,
-                                                      [cloudinit.cdrom_xml(seed)])
+                                                      [cloudinit.seed_xml(seed)])
             if self.config.create_delay_s:
                 self._sleep(self.config.create_delay_s)
+            self._driver.wait_ready(spec.name, self.config.ready_timeout_s)
         except HypervisorFailure as exc:
             self._undo(spec.name)
             raise AgentFault("hypervisor_error", str(exc)) from exc
@@ -270,10 +271,16 @@ class HostAgentService:
             raise AgentFault("not_found", f"no VM {name} on this host")
         if alloc is not None and alloc.state == "creating":
             state = "creating"  # not ready until the create call returns
+        healthy = state in _HEALTHY_STATES and alloc is not None
+        if healthy:
+            try:
+                healthy = self._driver.probe(name)
+            except HypervisorFailure:
+                healthy = False
         return {
             "name": name,
             "state": state,
-            "healthy": state in _HEALTHY_STATES and alloc is not None,
+            "healthy": healthy,
             "server_id": alloc.server_id if alloc else "",
             "addresses": [],
         }

@@ -231,6 +231,14 @@ class HypervisorDriver(Protocol):
 
     def detach(self, name: str, device_xml: str) -> None: ...
 
+    def wait_ready(self, name: str, timeout_s: float) -> None:
+        """Return once the guest has booted; raise if it does not in time."""
+        ...
+
+    def probe(self, name: str) -> bool:
+        """The guest's own readiness answer (not just the hypervisor's state)."""
+        ...
+
     def destroy(self, name: str) -> None:
         """Stop and undefine; a missing domain is not an error."""
         ...

@@ -55,7 +55,7 @@ class PlainRequest(_Req):
 class AttachDiskRequest(_Req):
     op: Literal["attach_disk"]
     name: str = Field(pattern=NAME_PATTERN)
-    target: str = Field(pattern=r"^vd[b-z][a-z]?$")
+    target: str = Field(pattern=r"^vd[b-y]$")  # vdz holds the cloud-init seed
     size_gib: int = Field(ge=1, le=64 * 1024)
     format: Literal["qcow2", "raw"] = "qcow2"
     preallocation: Literal["off", "metadata", "falloc", "full"] = "off"
@@ -64,7 +64,7 @@ class AttachDiskRequest(_Req):
 class DetachDiskRequest(_Req):
     op: Literal["detach_disk"]
     name: str = Field(pattern=NAME_PATTERN)
-    target: str = Field(pattern=r"^vd[b-z][a-z]?$")
+    target: str = Field(pattern=r"^vd[b-y]$")
 
 
 class AttachNvmeRequest(_Req):

@@ -73,8 +73,8 @@ def test_user_data_reaches_the_vm_through_a_nocloud_seed(tmp_path: Path) -> None
     assert files["user-data"] == script and files["label"] == b"cidata"
     assert f"instance-id: {name}".encode() in files["meta-data"]
     dom = ET.fromstring(host._driver._conn.lookupByName(name).XMLDesc())  # type: ignore[attr-defined]
-    cdrom = dom.find("devices/disk[@device='cdrom']/source")
-    assert cdrom is not None and cdrom.get("file") == str(seed)
+    disk = dom.find("devices/disk/target[@dev='vdz']/../source")
+    assert disk is not None and disk.get("file") == str(seed)
     host.delete(name)
     assert not seed.exists()
 

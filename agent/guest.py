@@ -1,0 +1,172 @@
+"""A small real guest to boot under QEMU: Debian's cloud kernel and a busybox
+initramfs, prepared from Debian packages (ENVIRONMENT.md: stock kernels boot
+here only under software emulation, type='qemu').
+
+The initramfs ``/init``:
+
+* loads the virtio modules the cloud kernel ships as modules;
+* mounts the NoCloud seed (ISO 9660, label ``cidata``) and runs its
+  ``user-data`` (cloud-init's job on a full image), echoing it between
+  markers on the console;
+* prints ``WARMCACHE-READY`` on the serial console (the agent's readiness
+  signal, read from the console log file);
+* answers ``PING`` with ``PONG`` on the virtio-serial port named
+  ``org.warmcache.health`` (the agent's health probe);
+* prints ``WARMCACHE-DISK <dev>`` when a disk is hot-plugged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+READY = "WARMCACHE-READY"
+HEALTH_CHANNEL = "org.warmcache.health"
+# What the guest needs; their dependencies are read from each module's
+# own modinfo (``depends=``) and loaded first.
+WANTED = ("virtio_pci", "virtio_console", "virtio_blk", "isofs")
+
+INIT = """#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /lib/modules/order); do
+  insmod /lib/modules/$m.ko || echo "WARMCACHE-NOMODULE $m"
+done
+mkdir -p /seed
+for d in /dev/vd?; do
+  if mount -t iso9660 -o ro "$d" /seed 2>/dev/null; then
+    if [ -f /seed/user-data ]; then
+      echo WARMCACHE-USERDATA-BEGIN; cat /seed/user-data; echo WARMCACHE-USERDATA-END
+      sh /seed/user-data
+    fi
+    break
+  fi
+done
+seen="$(ls /sys/block)"
+echo WARMCACHE-READY
+port=""
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  for p in /sys/class/virtio-ports/*; do
+    [ "$(cat $p/name 2>/dev/null)" = "org.warmcache.health" ] && port=/dev/$(basename $p)
+  done
+  [ -n "$port" ] && break
+  sleep 0.2
+done
+if [ -n "$port" ]; then
+  echo "WARMCACHE-HEALTH-PORT $port"
+  (while true; do
+     exec 3<>"$port"
+     while read -r line <&3; do echo PONG >&3; done
+     exec 3<&-
+     sleep 0.1
+   done) &
+else
+  echo WARMCACHE-NO-HEALTH-PORT; ls /sys/class/virtio-ports /dev | tr '\n' ' '
+fi
+while true; do
+  for b in $(ls /sys/block); do
+    case " $seen " in *" $b "*) ;; *) echo "WARMCACHE-DISK $b"; seen="$seen $b";; esac
+  done
+  sleep 0.1
+done
+"""
+
+
+class GuestImageError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    kernel: Path
+    initrd: Path
+
+
+def _run(*args: str, cwd: Path | None = None) -> str:
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise GuestImageError(f"{' '.join(args)}: {result.stderr.strip()[-500:]}")
+    return result.stdout
+
+
+def _cloud_kernel_package() -> str:
+    out = _run("apt-cache", "depends", "linux-image-cloud-amd64")
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Depends:") and "linux-image-" in line:
+            return line.split()[-1]
+    raise GuestImageError("cannot resolve linux-image-cloud-amd64 (apt-get update?)")
+
+
+def _depends(ko: Path) -> list[str]:
+    data = ko.read_bytes()
+    at = data.find(b"\0depends=")
+    if at < 0:
+        return []
+    raw = data[at + len(b"\0depends="):data.index(b"\0", at + 1)].decode()
+    return [d for d in raw.split(",") if d]
+
+
+def load_order(modules_dir: Path, wanted: tuple[str, ...]) -> list[tuple[str, Path]]:
+    """``wanted`` and their dependencies, dependencies first."""
+    index = {ko.stem: ko for ko in modules_dir.glob("*/kernel/**/*.ko")}
+    order: list[tuple[str, Path]] = []
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        if any(n == name for n, _ in order):
+            return
+        if name in trail:
+            raise GuestImageError(f"module dependency cycle: {' -> '.join(trail)}")
+        if name not in index:
+            raise GuestImageError(f"kernel module {name}.ko is missing")
+        for dep in _depends(index[name]):
+            visit(dep, (*trail, name))
+        order.append((name, index[name]))
+
+    for name in wanted:
+        visit(name, ())
+    return order
+
+
+def prepare(cache: Path) -> GuestImage:
+    """Kernel and initramfs in ``cache`` (made once, then reused)."""
+    kernel, initrd = cache / "vmlinuz", cache / "initrd.gz"
+    if kernel.exists() and initrd.exists():
+        return GuestImage(kernel, initrd)
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        raise GuestImageError("busybox is missing (apt-get install busybox-static)")
+    cache.mkdir(parents=True, exist_ok=True)
+    work = cache / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    package = _cloud_kernel_package()
+    _run("apt-get", "download", package, cwd=work)
+    deb = next(work.glob("linux-image-*.deb"))
+    _run("dpkg-deb", "-x", str(deb), str(work / "x"))
+    root = work / "root"
+    for d in ("bin", "dev", "proc", "sys", "lib/modules", "seed"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy(busybox, root / "bin" / "busybox")
+    order = load_order(work / "x" / "lib" / "modules", WANTED)
+    for module, path in order:
+        shutil.copy(path, root / "lib" / "modules" / f"{module}.ko")
+    (root / "lib" / "modules" / "order").write_text(" ".join(m for m, _ in order) + "\n")
+    (root / "init").write_text(INIT)
+    os.chmod(root / "init", 0o755)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    archive = subprocess.run([busybox, "cpio", "-o", "-H", "newc"], cwd=root,
+                             input="\n".join(files).encode(), capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise GuestImageError(f"cpio: {archive.stderr.decode()[-300:]}")
+    initrd.with_suffix(".tmp").write_bytes(gzip.compress(archive.stdout))
+    initrd.with_suffix(".tmp").replace(initrd)
+    shutil.copy(next((work / "x" / "boot").glob("vmlinuz-*")), kernel)
+    shutil.rmtree(work, ignore_errors=True)
+    return GuestImage(kernel, initrd)
