@@ -170,3 +170,28 @@ def prepare(cache: Path) -> GuestImage:
     shutil.copy(next((work / "x" / "boot").glob("vmlinuz-*")), kernel)
     shutil.rmtree(work, ignore_errors=True)
     return GuestImage(kernel, initrd)
+
+
+def agent_config_toml(image: GuestImage, *, hypervisor: str, rack: str, az: str,
+                      memory_mib: int = 4096, vcpus: int = 32) -> str:
+    """An agent config that boots real guests from ``image`` on qemu:///system.
+
+    CPUs are not pinned: these guests share a small machine, so ``vcpus`` is
+    a capacity to hand out, not the host's CPU count."""
+    return (
+        f'hypervisor = "{hypervisor}"\nrack = "{rack}"\naz = "{az}"\n'
+        'libvirt_uri = "qemu:///system"\nstate_dir = "."\npin_cpus = false\n'
+        "ready_timeout_s = 120\n"
+        f'[guest]\nkernel = "{image.kernel}"\ninitrd = "{image.initrd}"\n'
+        f"[capacity]\nvcpus = {vcpus}\nmemory_mib = {memory_mib}\ndisk_gib = 200\n"
+        "[reserved]\nvcpus = 0\nmemory_mib = 0\ndisk_gib = 0\n"
+    )
+
+
+def default_cache() -> Path:
+    import os
+
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get("WARMCACHE_GUEST_CACHE",
+                               Path(user_cache_dir("warmcache")) / "guest"))

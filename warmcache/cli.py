@@ -90,14 +90,18 @@ def _default_state_dir() -> str:
               help="Where flavors.toml and rules.toml are (default: the checkout's config/).")
 @click.option("--create-delay", default=0.2, show_default=True, type=click.FloatRange(0, 60),
               help="Simulated seconds each VM takes to boot on test:///default.")
+@click.option("--real-vms", is_flag=True,
+              help="Boot real QEMU guests under libvirtd (root; one hypervisor, small pools).")
 def quickstart(state_dir: str, port: int, instances: int, exit_after: float | None,
-               config_dir: str | None, create_delay: float) -> None:
+               config_dir: str | None, create_delay: float, real_vms: bool) -> None:
     """Run the whole system on the embedded stack and fill the pools."""
-    from warmcache.quickstart import CHECKOUT_CONFIG, QuickstartError, QuickstartStack
+    from warmcache.quickstart import CHECKOUT_CONFIG, QuickstartError, QuickstartStack, Topology
 
     stack = QuickstartStack(
         Path(state_dir), port=port, instances=instances, create_delay_s=create_delay,
-        config_dir=Path(config_dir) if config_dir else CHECKOUT_CONFIG,
+        config_dir=Path(config_dir) if config_dir else CHECKOUT_CONFIG, real_vms=real_vms,
+        topology=Topology(azs=("az1",), racks_per_az=1, hypervisors_per_rack=1)
+        if real_vms else Topology(),
     )
     started = time.monotonic()
     stopping = threading.Event()
@@ -121,8 +125,11 @@ def quickstart(state_dir: str, port: int, instances: int, exit_after: float | No
         console.print(_pools_table(stack.pools()))
         leader = httpx.get(f"{stack.urls[0]}/v1/leader", timeout=5).json()["leader"]
         console.print(f"leader of the last cycle: {leader['node'] if leader else 'none (idle)'}")
-        example = json.dumps({"flavor": "small", "az": "az1", "count": 3, "mode": "rack-aware"})
-        console.print("\nAcquire 3 VMs on 3 different racks:")
+        example = json.dumps({"flavor": "tiny", "az": "az1", "count": 2, "mode": "best-effort"}
+                             if real_vms else
+                             {"flavor": "small", "az": "az1", "count": 3, "mode": "rack-aware"})
+        console.print("\nAcquire 2 real guests:" if real_vms
+                      else "\nAcquire 3 VMs on 3 different racks:")
         print(f"  curl -s -X POST {stack.urls[0]}/v1/acquire "
               f"-H 'Content-Type: application/json' -d '{example}'")
         print(f"  curl -s {stack.urls[0]}/v1/pools")

@@ -81,7 +81,9 @@ class QuickstartStack:
     store_kind: str = "sqlite"
     store_url: str = ""  # etcd: comma-separated member URLs
     rules_toml: str | None = None  # instead of config/rules.toml
+    real_vms: bool = False  # agents boot real QEMU guests on qemu:///system
     procs: list[Proc] = field(default_factory=list)
+    _libvirtd: Any = None
 
     @property
     def urls(self) -> list[str]:
@@ -101,7 +103,7 @@ class QuickstartStack:
             (d / sub).mkdir(parents=True, exist_ok=True)
         (d / MARKER).write_text("made by warmcache quickstart; safe to delete\n")
         for name in ("flavors.toml", "rules.toml"):
-            src = self.config_dir / name
+            src = self.config_dir / (f"realvm-{name}" if self.real_vms else name)
             if not src.exists():
                 raise QuickstartError(f"missing {src} (pass --config-dir)")
             shutil.copy(src, d / name)
@@ -119,11 +121,35 @@ class QuickstartStack:
         self.procs.append(proc)
         return proc
 
+    def _real_vm_host(self) -> Any:
+        """libvirtd up (started here if needed) and the guest image ready."""
+        from agent.guest import GuestImageError, default_cache, prepare
+        from agent.libvirtd import Libvirtd, LibvirtdUnavailable
+
+        self._libvirtd = Libvirtd(self.state_dir / "libvirtd")
+        try:
+            self._libvirtd.ensure()
+            return prepare(default_cache())
+        except (LibvirtdUnavailable, GuestImageError) as exc:
+            raise QuickstartError(f"real guests cannot run here: {exc}") from exc
+
     def start_agents(self) -> list[str]:
         sockets = []
+        image = self._real_vm_host() if self.real_vms else None
         for az, rack, hv in self.topology.hosts():
             adir = self.state_dir / "agents" / hv
             adir.mkdir(parents=True, exist_ok=True)
+            if image is not None:
+                from agent.guest import agent_config_toml
+
+                (adir / "agent.toml").write_text(
+                    agent_config_toml(image, hypervisor=hv, rack=rack, az=az)
+                    + self._inventory_toml())
+                sock = adir / "agent.sock"
+                self._spawn(f"agent-{hv}", ["agent", "--socket", str(sock),
+                                            "--config", str(adir / "agent.toml")])
+                sockets.append(str(sock))
+                continue
             (adir / "agent.toml").write_text(
                 f'hypervisor = "{hv}"\nrack = "{rack}"\naz = "{az}"\n'
                 f'libvirt_uri = "test:///default"\nstate_dir = "."\n'
@@ -257,7 +283,10 @@ class QuickstartStack:
     # --- tear-down -------------------------------------------------------------------
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM every process we started, by PID; SIGKILL the stragglers."""
+        """SIGTERM every process we started, by PID; SIGKILL the stragglers.
+        Real guests the pools built are destroyed first (they are ours)."""
+        if self.real_vms:
+            self._destroy_guests()
         for proc in self.procs:
             if proc.popen.poll() is None:
                 os.kill(proc.popen.pid, signal.SIGTERM)
@@ -269,6 +298,20 @@ class QuickstartStack:
                 os.kill(proc.popen.pid, signal.SIGKILL)
                 proc.popen.wait()
         self.procs.clear()
+        if self._libvirtd is not None:
+            self._libvirtd.stop()
+
+    def _destroy_guests(self) -> None:
+        from warmcache.adapters.agent_client import AgentClient
+        from warmcache.errors import AgentError
+
+        for sock in (self.state_dir / "agents").glob("*/agent.sock"):
+            client = AgentClient(f"unix:{sock}", timeout_s=30)
+            try:
+                for vm in client.list():
+                    client.delete(vm.name)
+            except AgentError:
+                continue
 
     def __enter__(self) -> QuickstartStack:
         try:

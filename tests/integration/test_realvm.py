@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from agent.guest import agent_config_toml
 from tests.conftest import unavailable
 from tests.polling import wait_for
 from warmcache.adapters.agent_client import AgentClient
@@ -38,16 +39,14 @@ def real_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         import libvirt  # noqa: F401
     except ImportError:
         unavailable("realvm", "libvirt-python is not installed")
-    from platformdirs import user_cache_dir
 
-    from agent.guest import GuestImageError, prepare
+    from agent.guest import GuestImageError, default_cache, prepare
     from agent.libvirtd import Libvirtd, LibvirtdUnavailable
 
     daemons = Libvirtd(tmp_path_factory.mktemp("libvirtd"))
     try:
         daemons.ensure()
-        image = prepare(Path(os.environ.get("WARMCACHE_GUEST_CACHE",
-                                            Path(user_cache_dir("warmcache")) / "guest")))
+        image = prepare(default_cache())
     except (LibvirtdUnavailable, GuestImageError, subprocess.CalledProcessError) as exc:
         daemons.stop()
         unavailable("realvm", f"real guests cannot run here: {exc}")
@@ -60,13 +59,8 @@ class AgentProcess:
         self.state_dir = state_dir
         self.socket = state_dir / "agent.sock"
         self.config = state_dir / "agent.toml"
-        self.config.write_text(
-            'hypervisor = "real1"\nrack = "r1"\naz = "az1"\n'
-            'libvirt_uri = "qemu:///system"\nstate_dir = "."\npin_cpus = false\n'
-            "ready_timeout_s = 90\n"
-            f'[guest]\nkernel = "{image.kernel}"\ninitrd = "{image.initrd}"\n'
-            "[capacity]\nvcpus = 16\nmemory_mib = 4096\ndisk_gib = 100\n"
-            "[reserved]\nvcpus = 0\nmemory_mib = 0\ndisk_gib = 0\n")
+        self.config.write_text(agent_config_toml(image, hypervisor="real1", rack="r1",
+                                                 az="az1"))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentClient:
