@@ -108,3 +108,11 @@ def fleet(azs: tuple[str, ...] = ("az1",), racks: int = 3, per_rack: int = 2,
                 agent = FakeAgent(az, f"{az}-r{r}", f"{az}-r{r}-h{h}", **capacity)
                 agents[agent.endpoint] = agent
     return agents
+
+
+class RecordingAlerts:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def alert(self, subject: str, body: str) -> None:
+        self.sent.append((subject, body))

@@ -72,6 +72,14 @@ class ServiceConfig(_Section):
     acquire_attempts: int = Field(
         default=16, ge=1, le=1000, description="Claim attempts before claim_contention."
     )
+    run_health: bool = Field(
+        default=True, description="Take part in health polling (one poller at a time).")
+    health_interval_s: float = Field(
+        default=30.0, gt=0, description="Seconds between health polls of the pooled VMs.")
+    health_failures_to_purge: int = Field(
+        default=3, ge=1, le=100,
+        description="Consecutive failed polls that purge a VM; after the first it is "
+        "already never handed out.")
     run_builds: bool = Field(
         default=True, description="Take part in leader election and build cycles."
     )

@@ -107,6 +107,8 @@ class PoolInstance(_Frozen):
     ready_at: float | None = None
     addresses: tuple[str, ...] = ()
     fencing_token: int = 0
+    # consecutive failed health polls; a VM with any is never handed out
+    health_failures: int = 0
     acquired_by: str | None = None
     acquired_at: float | None = None
 

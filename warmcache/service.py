@@ -34,6 +34,7 @@ from warmcache.errors import (
     UnknownRule,
     WarmCacheError,
 )
+from warmcache.health.poller import HealthPoller
 from warmcache.inventory import HostView
 from warmcache.leader.election import LeaderElection, Leadership, watch_poll_s
 from warmcache.model import BuildRule, Keys, Mode, PoolInstance, PoolSummary, is_valid_name
@@ -93,6 +94,11 @@ class WarmCache:
             pipeline=default_pipeline(self._rng),
             concurrency=config.build_concurrency, retries=config.build_retries,
         )
+        self.health = HealthPoller(
+            store=store, keys=self.keys, hosts=self.hosts, agent_for=agent_for, events=events,
+            alerts=self.alerts, clock=clock, node=config.node, ttl_s=config.leader_ttl_s,
+            failures_to_purge=config.health_failures_to_purge,
+        )
         self._stop = threading.Event()
         self._trigger = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -113,8 +119,10 @@ class WarmCache:
             return self
         self._stop.clear()
         self._spawn(self._register_loop, "service-registration")
+        self._spawn(lambda: self.hosts.follow(self._stop), "host-view")
+        if self.config.run_health:
+            self._spawn(self._health_loop, "health-poller")
         if self.config.run_builds:
-            self._spawn(lambda: self.hosts.follow(self._stop), "host-view")
             self._spawn(self._builder_loop, "build-cycles")
             self._spawn(self._takeover_loop, "leader-watch")
         return self
@@ -159,6 +167,16 @@ class WarmCache:
                 log.warning("service registration failed: %s", exc)
                 interval = min(interval, 5.0)
             self._stop.wait(interval)
+
+    def _health_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.health.poll()
+            except WarmCacheError as exc:
+                log.warning("health poll failed: %s", exc)
+            except Exception:
+                log.exception("health poll crashed")
+            self._stop.wait(self.config.health_interval_s)
 
     def _builder_loop(self) -> None:
         while not self._stop.is_set():
@@ -268,7 +286,8 @@ class WarmCache:
         started = time.perf_counter()
         mode, rule = self._validate(flavor, az, count, mode)
         claimed = self._claimer.claim(flavor=flavor, az=az, count=count, mode=mode,
-                                      use_reserve=use_reserve, requester=requester)
+                                      use_reserve=use_reserve, requester=requester,
+                                      live_hosts=self._live_hosts())
         latency_ms = (time.perf_counter() - started) * 1000
         self._emit("acquisition", requester=requester, flavor=flavor, az=az, count=count,
                    mode=mode.value, latency_ms=round(latency_ms, 3), attempts=claimed.attempts,
@@ -276,6 +295,14 @@ class WarmCache:
         if claimed.remaining < rule.total_instances * self.config.low_water_ratio:
             self.trigger_cycle()
         return claimed.vms
+
+    def _live_hosts(self) -> set[str]:
+        """Hypervisors heartbeating now. The host view follows the change
+        feed in the background once started; a library user that never
+        called start() gets it brought up to date here."""
+        if not self._threads:
+            self.hosts.catch_up()
+        return {h.hypervisor for h in self.hosts.hosts()}
 
     def _validate(
         self, flavor: str, az: str, count: int, mode: Mode | str

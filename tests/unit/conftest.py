@@ -32,10 +32,10 @@ def make_service(tmp_path: Path, sqlite_store: SqliteStore, clock: ManualClock,
     made: list[WarmCache] = []
     events = SqliteEvents(tmp_path / "events.db")
 
-    def make(**config: Any) -> WarmCache:
+    def make(alerts: Any = None, **config: Any) -> WarmCache:
         settings = {"node": "wc-test", "prefix": "wc", "build_concurrency": 4, **config}
         svc = WarmCache(
-            config=ServiceConfig(**settings), store=sqlite_store,
+            config=ServiceConfig(**settings), store=sqlite_store, alerts=alerts,
             catalog=FileFlavorCatalog(CONFIG_DIR / "flavors.toml"),
             events=events, agent_for=agents.__getitem__, clock=clock, rng=random.Random(7),
         )

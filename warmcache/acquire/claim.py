@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from warmcache.acquire.modes import SELECTORS
@@ -56,7 +57,11 @@ class Claimer:
         mode: Mode,
         use_reserve: bool,
         requester: str,
+        live_hosts: Collection[str] | None = None,
     ) -> Claimed:
+        """``live_hosts``: hypervisors whose agent is heartbeating (``None``:
+        no filter). VMs elsewhere, and VMs that failed their last health
+        poll, are never handed out."""
         states = {InstanceState.READY} | ({InstanceState.RESERVED} if use_reserve else set())
         selector = SELECTORS[mode]
         for attempt in range(1, self._attempts + 1):
@@ -65,7 +70,8 @@ class Claimer:
             candidates: list[PoolInstance] = []
             for kv in kvs:
                 vm = PoolInstance.model_validate_json(kv.value)
-                if vm.flavor == flavor and vm.state in states:
+                if (vm.flavor == flavor and vm.state in states and vm.health_failures == 0
+                        and (live_hosts is None or vm.hypervisor in live_hosts)):
                     candidates.append(vm)
                     revision[vm.name] = kv.mod_revision
             with self._rng_lock:

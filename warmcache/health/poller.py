@@ -1,0 +1,178 @@
+"""Health polling (DESIGN.md §9): one poller at a time, under its own TTL'd
+lock (independent of build cycles), asks each heartbeating agent for the
+state of its pooled VMs (libvirt state plus the guest's own answer).
+
+* A failed check is written to the VM's record at once (``health_failures``);
+  acquisition never hands out a VM with failures, so a VM is never handed
+  out after the poll that caught it.
+* ``failures_to_purge`` consecutive failures purge it: state ``purging``,
+  destroyed through its agent, record removed, ``vm.purged`` event, alert.
+* A VM that answers again has its count reset.
+* VMs on a host whose heartbeat is gone are already out of the acquirable
+  set (acquisition only takes VMs on live hosts); the poller reports the
+  host once (``agent.heartbeat_lost``) and leaves the VMs for reconciliation
+  or the host's return.
+
+Every write is fenced by the poller lock and conditional on the record's
+revision: a concurrent acquisition wins over a poll, never the reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from warmcache.errors import AgentError, AgentRejected, LeadershipLost
+from warmcache.inventory import HostView
+from warmcache.leader.election import FencedWriter, LeaderElection
+from warmcache.model import InstanceState, Keys, PoolInstance
+from warmcache.ports import (
+    AlertSink,
+    Clock,
+    Compare,
+    CoordinationStore,
+    Delete,
+    Event,
+    EventSink,
+    HostAgent,
+    KeyValue,
+    Put,
+    VmStatus,
+)
+
+log = logging.getLogger(__name__)
+POLLED = (InstanceState.READY, InstanceState.RESERVED)
+
+
+@dataclass
+class PollReport:
+    checked: int = 0
+    failed: list[str] = field(default_factory=list)
+    purged: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+    hosts_lost: list[str] = field(default_factory=list)
+
+
+class HealthPoller:
+    def __init__(
+        self,
+        *,
+        store: CoordinationStore,
+        keys: Keys,
+        hosts: HostView,
+        agent_for: Callable[[str], HostAgent],
+        events: EventSink,
+        alerts: AlertSink,
+        clock: Clock,
+        node: str,
+        ttl_s: float,
+        failures_to_purge: int,
+    ) -> None:
+        if failures_to_purge < 1:
+            raise ValueError("failures_to_purge must be at least 1")
+        self._store = store
+        self._keys = keys
+        self._hosts = hosts
+        self._agent_for = agent_for
+        self._events = events
+        self._alerts = alerts
+        self._clock = clock
+        self._limit = failures_to_purge
+        self.election = LeaderElection(store, f"{keys.prefix}/health-lock", node,
+                                       ttl_s=ttl_s, clock=clock)
+        self._lost_reported: set[str] = set()
+
+    def poll(self) -> PollReport | None:
+        """One poll, if this instance gets the poller lock (else ``None``)."""
+        with self.election.lead() as leadership:
+            if leadership is None:
+                return None
+            report = PollReport()
+            try:
+                self._poll(self.election.writer(leadership), report)
+            except LeadershipLost:
+                log.warning("health poller lost its lock mid-poll")
+            return report
+
+    def _poll(self, writer: FencedWriter, report: PollReport) -> None:
+        self._hosts.catch_up()
+        live = {h.hypervisor: h for h in self._hosts.hosts()}
+        kvs, _ = self._store.range(self._keys.pool_dir())
+        by_host: dict[str, list[tuple[PoolInstance, KeyValue]]] = defaultdict(list)
+        for kv in kvs:
+            rec = PoolInstance.model_validate_json(kv.value)
+            if rec.state in POLLED:
+                by_host[rec.hypervisor].append((rec, kv))
+        for hv, recs in sorted(by_host.items()):
+            host = live.get(hv)
+            if host is None:
+                if hv not in self._lost_reported:
+                    self._lost_reported.add(hv)
+                    report.hosts_lost.append(hv)
+                    self._emit("agent.heartbeat_lost", hypervisor=hv, vms=len(recs))
+                continue
+            self._lost_reported.discard(hv)
+            agent = self._agent_for(host.endpoint)
+            try:
+                statuses = {s.name: s for s in agent.list()}
+            except AgentError as exc:
+                # It heartbeats but does not answer: no verdict on its VMs this
+                # time (a dead agent's heartbeat expires and settles it).
+                log.warning("health poll of %s failed: %s", hv, exc)
+                continue
+            for rec, kv in recs:
+                report.checked += 1
+                self._judge(rec, kv, statuses.get(rec.name), agent, writer, report)
+
+    def _judge(self, rec: PoolInstance, kv: KeyValue, status: VmStatus | None,
+               agent: HostAgent, writer: FencedWriter, report: PollReport) -> None:
+        key = self._keys.pool(rec.az, rec.name)
+        healthy = status is not None and status.healthy
+        if healthy:
+            if rec.health_failures:
+                self._write(writer, key, kv, rec.model_copy(update={"health_failures": 0}))
+                report.recovered.append(rec.name)
+                self._emit("health.recovered", name=rec.name, az=rec.az,
+                           hypervisor=rec.hypervisor)
+            return
+        failures = rec.health_failures + 1
+        why = "missing on its host" if status is None else f"state {status.state}, no answer"
+        report.failed.append(rec.name)
+        if failures < self._limit:
+            if self._write(writer, key, kv, rec.model_copy(update={"health_failures": failures})):
+                self._emit("health.failed", name=rec.name, az=rec.az, hypervisor=rec.hypervisor,
+                           failures=failures, reason=why)
+            return
+        self._purge(rec, kv, key, agent, writer, report, why)
+
+    def _purge(self, rec: PoolInstance, kv: KeyValue, key: str, agent: HostAgent,
+               writer: FencedWriter, report: PollReport, why: str) -> None:
+        purging = rec.with_state(InstanceState.PURGING, health_failures=rec.health_failures + 1)
+        if not self._write(writer, key, kv, purging):
+            return  # acquired or changed meanwhile: not ours to purge
+        try:
+            agent.delete(rec.name)
+        except AgentRejected as exc:
+            if exc.agent_code != "not_found":
+                log.warning("purge of %s: %s (record kept as purging)", rec.name, exc)
+                return
+        except AgentError as exc:
+            log.warning("purge of %s: %s (record kept as purging)", rec.name, exc)
+            return
+        writer.txn([], [Delete(key)])
+        report.purged.append(rec.name)
+        self._emit("vm.purged", name=rec.name, az=rec.az, flavor=rec.flavor,
+                   hypervisor=rec.hypervisor, reason=why)
+        self._alerts.alert(f"warmcache purged {rec.name}",
+                           f"{rec.name} ({rec.flavor}, {rec.az}, {rec.hypervisor}) failed "
+                           f"{self._limit} health poll(s) in a row ({why}); it was destroyed "
+                           "and its record removed.")
+
+    def _write(self, writer: FencedWriter, key: str, kv: KeyValue, rec: PoolInstance) -> bool:
+        return writer.txn([Compare.mod_revision(key, kv.mod_revision)],
+                          [Put(key, rec.model_dump_json())]).succeeded
+
+    def _emit(self, type_: str, **fields: object) -> None:
+        self._events.emit(Event(type_, self._clock.now(), fields))
