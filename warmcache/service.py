@@ -9,6 +9,7 @@ leader election and build cycles when ``run_builds``); ``stop()`` ends it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -50,6 +51,7 @@ from warmcache.ports import (
     HostAgent,
 )
 from warmcache.rules import RuleBook
+from warmcache.views import PrefixView
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,11 @@ class WarmCache:
         self._claimer = Claimer(store, self.keys, clock, attempts=config.acquire_attempts,
                                 rng=self._rng)
         self.hosts = HostView(store, self.keys.hosts_dir())
+        # Local views for the acquisition path (followed once started).
+        self.pool_view: PrefixView[PoolInstance] = PrefixView(
+            store, self.keys.pool_dir(), lambda _k, v: PoolInstance.model_validate_json(v))
+        self.rule_view: PrefixView[BuildRule] = PrefixView(
+            store, self.keys.rules_dir(), lambda _k, v: BuildRule.model_validate_json(v))
         self._cycle = BuildCycle(
             store=store, keys=self.keys,
             flavors=lambda: {f.name: f for f in catalog.list()},
@@ -119,7 +126,10 @@ class WarmCache:
             return self
         self._stop.clear()
         self._spawn(self._register_loop, "service-registration")
-        self._spawn(lambda: self.hosts.follow(self._stop), "host-view")
+        views: list[PrefixView[Any]] = [self.hosts, self.pool_view, self.rule_view]
+        for view in views:
+            view.refresh()
+            self._spawn(functools.partial(view.follow, self._stop), f"view {view.prefix}")
         if self.config.run_health:
             self._spawn(self._health_loop, "health-poller")
         if self.config.run_builds:
@@ -285,9 +295,11 @@ class WarmCache:
         """
         started = time.perf_counter()
         mode, rule = self._validate(flavor, az, count, mode)
-        claimed = self._claimer.claim(flavor=flavor, az=az, count=count, mode=mode,
-                                      use_reserve=use_reserve, requester=requester,
-                                      live_hosts=self._live_hosts())
+        started_views = bool(self._threads)
+        claimed = self._claimer.claim(
+            flavor=flavor, az=az, count=count, mode=mode, use_reserve=use_reserve,
+            requester=requester, live_hosts=self._live_hosts(),
+            view=(lambda: self.pool_view.items().values()) if started_views else None)
         latency_ms = (time.perf_counter() - started) * 1000
         self._emit("acquisition", requester=requester, flavor=flavor, az=az, count=count,
                    mode=mode.value, latency_ms=round(latency_ms, 3), attempts=claimed.attempts,
@@ -321,14 +333,21 @@ class WarmCache:
             ) from exc
         if not is_valid_name(flavor) or self.catalog.get(flavor) is None:
             raise UnknownFlavor(flavor, (f.name for f in self.catalog.list()))
-        rules = self.rules.all()
+        rules: dict[tuple[str, str], BuildRule]
+        if self._threads:  # started: the rules as the local view has them
+            rules = {}
+            for key, (stored, _) in self.rule_view.items().items():
+                rule_az, rule_flavor = Keys.tail(key, 2)
+                rules[(rule_az, rule_flavor)] = stored
+        else:
+            rules = self.rules.all()
         azs = {a for a, _ in rules}
         if az not in azs:
             raise UnknownAZ(az, azs)
-        rule = rules.get((az, flavor))
-        if rule is None:
+        found = rules.get((az, flavor))
+        if found is None:
             raise UnknownPool(flavor, az)
-        return mode, rule
+        return mode, found
 
     def _emit(self, type_: str, **fields: object) -> None:
         self.events.emit(Event(type_, self.clock.now(), fields))

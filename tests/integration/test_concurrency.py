@@ -55,6 +55,9 @@ def test_64_acquirers_over_2_instances_on_etcd(etcd_url: str, tmp_path: Path) ->
     pooled = seed(instances[0].store, prefix)
     instances[0].rules.put("az1", "small", {"max_instance_per_cycle": 1,
                                             "total_instances": len(pooled)})
+    # One instance claims from its local views (followed from the change
+    # feed), the other reads the store on every call.
+    instances[0].start()
     results: list[tuple[Mode, list[PoolInstance]]] = []
     outcomes: Counter[str] = Counter()
     lock = threading.Lock()

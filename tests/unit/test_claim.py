@@ -111,3 +111,33 @@ def test_concurrent_acquirers_never_get_the_same_vm(
     left, _ = sqlite_store.range(KEYS.pool_dir("az1"))
     assert len(flat) + len(left) == 48  # none lost either
     assert len({kv.key.split("-")[1] for kv in left}) < 3  # stopped only when unsatisfiable
+
+
+def test_a_stale_view_costs_a_retry_never_a_double_hand_out(
+    sqlite_store: SqliteStore, clock: ManualClock
+) -> None:
+    seed(sqlite_store, racks=3, per_rack=2)
+    kvs, _ = sqlite_store.range(KEYS.pool_dir("az1"))
+    stale = [(PoolInstance.model_validate_json(kv.value), kv.mod_revision) for kv in kvs]
+    first = set(claim(claimer(sqlite_store, clock), 3))  # the view never saw this
+    c = claimer(sqlite_store, clock, seed_=1)
+    for _ in range(5):
+        args = {"flavor": "small", "az": "az1", "count": 1, "mode": Mode.BEST_EFFORT,
+                "use_reserve": False, "requester": "t", "view": lambda: stale}
+        try:
+            got = c.claim(**args)  # type: ignore[arg-type]
+        except NoCapacity:
+            break
+        assert not {vm.name for vm in got.vms} & first
+        first |= {vm.name for vm in got.vms}
+    assert len(first) == 6
+
+
+def test_an_empty_view_is_checked_against_the_store(
+    sqlite_store: SqliteStore, clock: ManualClock
+) -> None:
+    seed(sqlite_store, racks=3, per_rack=1)
+    got = claimer(sqlite_store, clock).claim(
+        flavor="small", az="az1", count=3, mode=Mode.RACK_AWARE, use_reserve=False,
+        requester="t", view=lambda: [])
+    assert len(got.vms) == 3 and got.attempts == 2

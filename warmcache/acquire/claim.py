@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from warmcache.acquire.modes import SELECTORS
@@ -58,25 +58,36 @@ class Claimer:
         use_reserve: bool,
         requester: str,
         live_hosts: Collection[str] | None = None,
+        view: Callable[[], Iterable[tuple[PoolInstance, int]]] | None = None,
     ) -> Claimed:
         """``live_hosts``: hypervisors whose agent is heartbeating (``None``:
         no filter). VMs elsewhere, and VMs that failed their last health
-        poll, are never handed out."""
+        poll, are never handed out. ``view``: the pool records and their
+        revisions as a local view last saw them, used for the first attempt
+        instead of reading the store; a conflict means the view was stale,
+        and later attempts read the store."""
         states = {InstanceState.READY} | ({InstanceState.RESERVED} if use_reserve else set())
         selector = SELECTORS[mode]
         for attempt in range(1, self._attempts + 1):
-            kvs, _ = self._store.range(self._keys.pool_dir(az))
+            if attempt == 1 and view is not None:
+                seen = list(view())
+            else:
+                kvs, _ = self._store.range(self._keys.pool_dir(az))
+                seen = [(PoolInstance.model_validate_json(kv.value), kv.mod_revision)
+                        for kv in kvs]
             revision: dict[str, int] = {}
             candidates: list[PoolInstance] = []
-            for kv in kvs:
-                vm = PoolInstance.model_validate_json(kv.value)
-                if (vm.flavor == flavor and vm.state in states and vm.health_failures == 0
+            for vm, mod_revision in seen:
+                if (vm.az == az and vm.flavor == flavor and vm.state in states
+                        and vm.health_failures == 0
                         and (live_hosts is None or vm.hypervisor in live_hosts)):
                     candidates.append(vm)
-                    revision[vm.name] = kv.mod_revision
+                    revision[vm.name] = mod_revision
             with self._rng_lock:
                 seed = self._rng.random()
             chosen = selector.select(candidates, count, random.Random(seed))
+            if chosen is None and attempt == 1 and view is not None:
+                continue  # the view may lag: look at the store before saying no
             if chosen is None:
                 raise NoCapacity(
                     flavor=flavor, az=az, mode=mode.value, wanted=count,

@@ -259,8 +259,20 @@ class EtcdStore:
             "range_end": base64.b64encode(_range_end(start)).decode(),
             "start_revision": str(after_revision + 1),
         }}
-        # Without waiting, a plain history read is still a watch: give the
-        # gateway a moment to replay what already happened.
+        if timeout_s <= 0:
+            # Not waiting: ask first whether anything under the prefix changed
+            # at all (one small range request), and watch only if so.
+            probe = self._read(lambda: self._post("kv/range", {
+                "key": body["create_request"]["key"],
+                "range_end": body["create_request"]["range_end"],
+                "count_only": True, "min_mod_revision": str(after_revision + 1)}))
+            # Deletions leave no key to count: they are found by the watch
+            # below unless the prefix's revision says nothing happened.
+            if int(probe.get("count", 0)) == 0 and int(
+                    probe["header"]["revision"]) <= after_revision:
+                return []
+        # A history read is a watch from a start revision: give the gateway a
+        # moment to replay what already happened.
         wait = max(timeout_s, 0.2)
         url = self._client.get_url("watch")
         try:
