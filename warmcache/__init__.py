@@ -7,16 +7,19 @@ Embed it::
     vms = cache.acquire("small", "az1", 3, Mode.RACK_AWARE, requester="es-provisioner")
 """
 
+from warmcache.client import Client
 from warmcache.errors import (
     AgentError,
     ClaimContention,
     ConfigError,
+    Forbidden,
     InvalidRequest,
     InvalidRule,
     LeadershipLost,
     NoCapacity,
     NotFound,
     StoreError,
+    Unauthorized,
     UnknownAZ,
     UnknownFlavor,
     UnknownPool,
@@ -31,8 +34,10 @@ __all__ = [
     "AgentError",
     "BuildRule",
     "ClaimContention",
+    "Client",
     "ConfigError",
     "Flavor",
+    "Forbidden",
     "InstanceState",
     "InvalidRequest",
     "InvalidRule",
@@ -43,6 +48,7 @@ __all__ = [
     "PoolInstance",
     "PoolSummary",
     "StoreError",
+    "Unauthorized",
     "UnknownAZ",
     "UnknownFlavor",
     "UnknownPool",

@@ -44,15 +44,23 @@ def serve(config_path: str) -> None:
     from werkzeug.serving import make_server
 
     from warmcache.bootstrap import build
+    from warmcache.config import load_config
     from warmcache.web import create_app
+    from warmcache.web.auth import Authenticator
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        service = build(config_path)
+        config = load_config(config_path)
+        service = build(config)
     except WarmCacheError as exc:
         _fail(str(exc), 2)
     cfg = service.config
-    server = make_server(cfg.listen_host, cfg.listen_port, create_app(service), threaded=True)
+    auth = Authenticator(config.auth)
+    if not auth.enabled:
+        logging.getLogger("warmcache").warning(
+            "no [[auth.tokens]] configured: the API is open to anyone who can reach it")
+    server = make_server(cfg.listen_host, cfg.listen_port, create_app(service, auth),
+                         threaded=True)
 
     def _stop(_sig: int, _frame: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
@@ -190,8 +198,13 @@ def _pools_table(pools: list[dict[str, Any]]) -> Table:
 
 
 def _request(method: str, url: str, **kwargs: Any) -> Any:
+    """Operator commands call the HTTP API; ``WARMCACHE_TOKEN`` is their bearer token."""
+    import os
+
+    token = os.environ.get("WARMCACHE_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        reply = httpx.request(method, url, timeout=30, **kwargs)
+        reply = httpx.request(method, url, timeout=30, headers=headers, **kwargs)
     except httpx.HTTPError as exc:
         _fail(f"{url}: {exc}")
     body = reply.json()

@@ -113,11 +113,30 @@ class AgentTlsConfig(_Section):
     ca: str = Field(description="CA that signed the proxies' server certificates.")
 
 
+class TokenConfig(_Section):
+    name: str = Field(min_length=1, max_length=100,
+                      description="Identity: the requester of its acquisitions, and who "
+                      "asked or approved in maker-checker requests.")
+    role: str = Field(default="user", pattern="^(user|admin)$",
+                      description="user: read and acquire; admin: also change rules and "
+                      "ask for or approve destructive operations.")
+    token_sha256: str = Field(default="", pattern="^([0-9a-f]{64})?$",
+                              description="SHA-256 (hex) of the bearer token (preferred).")
+    token: str = Field(default="", description="The bearer token itself (tests, dev).")
+
+
+class AuthConfig(_Section):
+    tokens: tuple[TokenConfig, ...] = Field(
+        default=(), description="Bearer tokens; none configured means no authentication "
+        "(the embedded quickstart only).")
+
+
 class Config(_Section):
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     agent_tls: AgentTlsConfig | None = Field(
         default=None, description="Needed when agents advertise https:// (a proxy).")
 

@@ -13,6 +13,8 @@ built from as attributes, so callers can act on numbers, not on messages::
     │   ├── UnknownAZ                  unknown_az
     │   ├── UnknownRule                unknown_rule
     │   └── UnknownPool                unknown_pool
+    ├── Unauthorized                   unauthorized          (HTTP 401)
+    ├── Forbidden                      forbidden             (HTTP 403)
     ├── NoCapacity                     no_capacity           (HTTP 409)
     ├── ClaimContention                claim_contention      (HTTP 503)
     ├── StoreError                     store_error           (HTTP 503)
@@ -128,6 +130,23 @@ class UnknownPool(NotFound):
         self.flavor = flavor
         self.az = az
         super().__init__(f"no pool for flavor {flavor!r} in {az!r} (no build rule)")
+
+
+class Unauthorized(WarmCacheError):
+    """No bearer token, or one that is not configured."""
+
+    code = "unauthorized"
+
+
+class Forbidden(WarmCacheError):
+    """The token is known but its role may not do this."""
+
+    code = "forbidden"
+
+    def __init__(self, identity: str, needed: str) -> None:
+        self.identity = identity
+        self.needed = needed
+        super().__init__(f"{identity} may not do this (needs role {needed})")
 
 
 class NoCapacity(WarmCacheError):

@@ -7,21 +7,27 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from warmcache.config import AuthConfig
 from warmcache.errors import (
     AgentError,
     ClaimContention,
+    Forbidden,
     InvalidRequest,
     NoCapacity,
     NotFound,
     StoreError,
+    Unauthorized,
     WarmCacheError,
 )
 from warmcache.service import WarmCache
 from warmcache.web.api import api
+from warmcache.web.auth import Authenticator
 
 # The only place where errors meet HTTP statuses (STYLE.md §4).
 STATUS: list[tuple[type[WarmCacheError], int]] = [
     (InvalidRequest, 400),
+    (Unauthorized, 401),
+    (Forbidden, 403),
     (NotFound, 404),
     (NoCapacity, 409),
     (ClaimContention, 503),
@@ -35,9 +41,11 @@ def error_body(code: str, detail: Any) -> dict[str, Any]:
     return {"error": code, "detail": detail}
 
 
-def create_app(service: WarmCache) -> Flask:
+def create_app(service: WarmCache, auth: Authenticator | None = None) -> Flask:
+    """The API app. ``auth``: bearer tokens (none given: the API is open)."""
     app = Flask("warmcache")
     app.extensions["warmcache"] = service
+    app.extensions["warmcache.auth"] = auth or Authenticator(AuthConfig())
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.register_blueprint(api)
 
@@ -45,6 +53,12 @@ def create_app(service: WarmCache) -> Flask:
     def _domain_error(exc: WarmCacheError) -> tuple[Any, int]:
         status = next(code for cls, code in STATUS if isinstance(exc, cls))
         return jsonify(error_body(exc.code, exc.detail())), status
+
+    @app.after_request
+    def _challenge(response: Any) -> Any:
+        if response.status_code == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="warmcache"'
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> tuple[Any, int]:

@@ -7,14 +7,31 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from warmcache.errors import InvalidRequest, UnknownRule
 from warmcache.model import BuildRule, Mode, PoolInstance
 from warmcache.service import WarmCache
+from warmcache.web.auth import Authenticator
+from warmcache.web.openapi import document
 
 api = Blueprint("api", __name__)
+
+OPEN_PATHS = frozenset({"/healthz", "/v1/openapi.json"})
+
+
+@api.before_app_request
+def _authenticate() -> None:
+    """Every route but OPEN_PATHS needs a token (when tokens are configured):
+    reads and acquisitions the ``user`` role, changes the ``admin`` role."""
+    if request.path in OPEN_PATHS:
+        return
+    auth: Authenticator = current_app.extensions["warmcache.auth"]
+    identity = auth.identify(request.headers.get("Authorization"))
+    identity.require("user" if request.method in ("GET", "HEAD") or
+                     request.path == "/v1/acquire" else "admin")
+    g.identity = identity
 
 
 class AcquireBody(BaseModel):
@@ -81,8 +98,11 @@ def pools() -> Any:
 @api.post("/v1/acquire")
 def acquire() -> Any:
     body: AcquireBody = _body(AcquireBody)
+    auth: Authenticator = current_app.extensions["warmcache.auth"]
+    # With authentication on, the requester is who the token says, not the body.
+    requester = g.identity.name if auth.enabled else body.requester
     vms = _service().acquire(body.flavor, body.az, body.count, body.mode,
-                             use_reserve=body.use_reserve, requester=body.requester)
+                             use_reserve=body.use_reserve, requester=requester)
     return jsonify({"vms": [vm_json(vm) for vm in vms]})
 
 
@@ -115,6 +135,13 @@ def put_rule(az: str, flavor: str) -> Any:
 @api.get("/v1/explain/<az>/<flavor>")
 def explain(az: str, flavor: str) -> Any:
     return jsonify(_service().explain(az, flavor))
+
+
+@api.get("/v1/openapi.json")
+def openapi() -> Any:
+    from warmcache import __version__
+
+    return jsonify(document(AcquireBody.model_json_schema(), __version__))
 
 
 @api.get("/v1/leader")
