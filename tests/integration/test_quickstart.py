@@ -144,3 +144,19 @@ def test_operator_cli_against_the_live_stack(stack: QuickstartStack, tmp_path: P
     assert result.exit_code == 1 and "reserve_cap" in result.output
     result = runner.invoke(main, ["acquire", "large", "az1", "3", "--url", url])
     assert result.exit_code == 0 and len(json.loads(result.output)["vms"]) == 3
+
+
+def test_the_embedding_example_gets_rack_aware_sets(stack: QuickstartStack) -> None:
+    import subprocess
+    import sys
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "cluster_provisioner.py"
+    result = subprocess.run(
+        [sys.executable, str(example), "--config", str(stack.state_dir / "instance-1.toml"),
+         "--clusters", "2", "--size", "3", "--az", "az2"],
+        capture_output=True, text=True, timeout=60, check=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("es-")]
+    for cluster in ("es-1", "es-2"):
+        racks = {line.split("rack ")[1].split(",")[0] for line in lines
+                 if line.startswith(f"{cluster}:") and " on rack " in line}
+        assert len(racks) == 3, result.stdout
