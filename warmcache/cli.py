@@ -336,3 +336,41 @@ def explain(az: str, flavor: str, url: str) -> None:
     if body["problem"]:
         console.print(f"[yellow]problem:[/yellow] {body['problem']}", highlight=False,
                       soft_wrap=True)
+
+
+# --- maker-checker -------------------------------------------------------------------------
+
+
+@main.group()
+def requests() -> None:
+    """Destructive changes: one admin asks, another approves (maker-checker)."""
+
+
+@requests.command("ask")
+@click.argument("action", type=click.Choice(["delete_rule", "purge_pool", "drain_hypervisor"]))
+@click.argument("params", nargs=-1, required=True)
+@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
+def requests_ask(action: str, params: tuple[str, ...], url: str) -> None:
+    """Ask for ACTION with PARAMS as key=value (az=, flavor=, hypervisor=)."""
+    try:
+        fields = dict(p.split("=", 1) for p in params)
+    except ValueError:
+        _fail("parameters are key=value pairs, e.g. az=az1 flavor=small")
+    body = _request("POST", f"{url}/v1/requests", json={"action": action, "params": fields})
+    print(json.dumps(body["request"], indent=2))
+
+
+@requests.command("list")
+@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
+def requests_list(url: str) -> None:
+    """Every request and its state (pending, expired, executed, failed)."""
+    print(json.dumps(_request("GET", f"{url}/v1/requests")["requests"], indent=2))
+
+
+@requests.command("approve")
+@click.argument("request_id")
+@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
+def requests_approve(request_id: str, url: str) -> None:
+    """Approve (as a different admin than the asker) and run REQUEST_ID."""
+    print(json.dumps(_request("POST", f"{url}/v1/requests/{request_id}/approve")["request"],
+                     indent=2))

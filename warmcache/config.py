@@ -80,6 +80,9 @@ class ServiceConfig(_Section):
         default=3, ge=1, le=100,
         description="Consecutive failed polls that purge a VM; after the first it is "
         "already never handed out.")
+    requests_ttl_s: float = Field(
+        default=3600.0, gt=0,
+        description="How long a maker-checker request waits for its approval.")
     run_builds: bool = Field(
         default=True, description="Take part in leader election and build cycles."
     )

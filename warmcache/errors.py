@@ -12,9 +12,12 @@ built from as attributes, so callers can act on numbers, not on messages::
     │   ├── UnknownFlavor              unknown_flavor
     │   ├── UnknownAZ                  unknown_az
     │   ├── UnknownRule                unknown_rule
+    │   ├── UnknownRequest             unknown_request
     │   └── UnknownPool                unknown_pool
     ├── Unauthorized                   unauthorized          (HTTP 401)
     ├── Forbidden                      forbidden             (HTTP 403)
+    ├── ApprovalRefused                approval_refused      (HTTP 403)
+    ├── RequestConflict                request_conflict      (HTTP 409)
     ├── NoCapacity                     no_capacity           (HTTP 409)
     ├── ClaimContention                claim_contention      (HTTP 503)
     ├── StoreError                     store_error           (HTTP 503)
@@ -121,6 +124,14 @@ class UnknownRule(NotFound):
         super().__init__(f"no build rule for {flavor!r} in {az!r}")
 
 
+class UnknownRequest(NotFound):
+    code = "unknown_request"
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(f"no change request {request_id!r}")
+
+
 class UnknownPool(NotFound):
     """The flavor and the AZ both exist, but no build rule pairs them."""
 
@@ -147,6 +158,23 @@ class Forbidden(WarmCacheError):
         self.identity = identity
         self.needed = needed
         super().__init__(f"{identity} may not do this (needs role {needed})")
+
+
+class ApprovalRefused(WarmCacheError):
+    """Maker-checker: whoever asked for a destructive change cannot approve it."""
+
+    code = "approval_refused"
+
+
+class RequestConflict(WarmCacheError):
+    """The change request is no longer pending (approved, or expired)."""
+
+    code = "request_conflict"
+
+    def __init__(self, request_id: str, state: str) -> None:
+        self.request_id = request_id
+        self.state = state
+        super().__init__(f"change request {request_id} is {state}, not pending")
 
 
 class NoCapacity(WarmCacheError):

@@ -207,6 +207,9 @@ class Keys:
     def leader(self) -> str:
         return f"{self.prefix}/leader"
 
+    def drain(self, hypervisor: str | None = None) -> str:
+        return f"{self.prefix}/drain/{hypervisor}" if hypervisor else f"{self.prefix}/drain/"
+
     def last_cycle(self) -> str:
         return f"{self.prefix}/cycles/last"
 

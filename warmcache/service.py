@@ -15,13 +15,14 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from warmcache.acquire.claim import Claimer
 from warmcache.adapters.log_alerts import LogAlerts
+from warmcache.approvals import Approvals
 from warmcache.builders.cycle import BuildCycle, CycleReport
 from warmcache.builders.findings import report_findings
 from warmcache.config import Config, ServiceConfig
@@ -36,9 +37,18 @@ from warmcache.errors import (
     WarmCacheError,
 )
 from warmcache.health.poller import HealthPoller
+from warmcache.health.purge import purge_vm
 from warmcache.inventory import HostView
 from warmcache.leader.election import LeaderElection, Leadership, watch_poll_s
-from warmcache.model import BuildRule, Keys, Mode, PoolInstance, PoolSummary, is_valid_name
+from warmcache.model import (
+    BuildRule,
+    InstanceState,
+    Keys,
+    Mode,
+    PoolInstance,
+    PoolSummary,
+    is_valid_name,
+)
 from warmcache.placement.pipeline import default_pipeline
 from warmcache.pools import summarize
 from warmcache.ports import (
@@ -101,6 +111,10 @@ class WarmCache:
             pipeline=default_pipeline(self._rng),
             concurrency=config.build_concurrency, retries=config.build_retries,
         )
+        self.drains: PrefixView[str] = PrefixView(
+            store, self.keys.drain(), lambda key, _v: key.rsplit("/", 1)[-1])
+        self.approvals = Approvals(store, self.keys, clock, ttl_s=config.requests_ttl_s,
+                                   execute=self._execute_change, emit=self._emit)
         self.health = HealthPoller(
             store=store, keys=self.keys, hosts=self.hosts, agent_for=agent_for, events=events,
             alerts=self.alerts, clock=clock, node=config.node, ttl_s=config.leader_ttl_s,
@@ -126,7 +140,8 @@ class WarmCache:
             return self
         self._stop.clear()
         self._spawn(self._register_loop, "service-registration")
-        views: list[PrefixView[Any]] = [self.hosts, self.pool_view, self.rule_view]
+        views: list[PrefixView[Any]] = [self.hosts, self.pool_view, self.rule_view,
+                                        self.drains]
         for view in views:
             view.refresh()
             self._spawn(functools.partial(view.follow, self._stop), f"view {view.prefix}")
@@ -269,6 +284,36 @@ class WarmCache:
             raise UnknownRule(az, flavor)
         return self._cycle.dry_run(az, flavor, rule)
 
+    def _execute_change(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
+        """Run an approved destructive change (see warmcache.approvals)."""
+        if action == "delete_rule":
+            return {"deleted": self.store.delete(self.keys.rule(params["az"], params["flavor"]))}
+        if action == "drain_hypervisor":
+            # No new VM is placed there and none of its pooled VMs is handed out.
+            self.store.put(self.keys.drain(params["hypervisor"]),
+                           json.dumps({"at": self.clock.now()}))
+            return {"drained": params["hypervisor"]}
+        return self._purge_pool(params["az"], params["flavor"])
+
+    def _purge_pool(self, az: str, flavor: str) -> dict[str, Any]:
+        self.hosts.catch_up()
+        kvs, _ = self.store.range(self.keys.pool_dir(az))
+        purged, kept = [], []
+        for kv in kvs:
+            rec = PoolInstance.model_validate_json(kv.value)
+            if rec.flavor != flavor or rec.state not in (InstanceState.READY,
+                                                         InstanceState.RESERVED):
+                continue
+            host = self.hosts.get(rec.hypervisor)
+            agent = self.agent_for(host.endpoint) if host and host.endpoint else None
+            if purge_vm(self.store.txn, kv.key, kv, rec, agent):
+                purged.append(rec.name)
+                self._emit("vm.purged", name=rec.name, az=az, flavor=flavor,
+                           hypervisor=rec.hypervisor, reason="pool purge (approved)")
+            else:
+                kept.append(rec.name)
+        return {"purged": len(purged), "not_purged": kept}
+
     def leader(self) -> dict[str, Any] | None:
         return self.election.holder()
 
@@ -314,7 +359,8 @@ class WarmCache:
         called start() gets it brought up to date here."""
         if not self._threads:
             self.hosts.catch_up()
-        return {h.hypervisor for h in self.hosts.hosts()}
+            self.drains.catch_up()
+        return {h.hypervisor for h in self.hosts.hosts()} - set(self.drains.values())
 
     def _validate(
         self, flavor: str, az: str, count: int, mode: Mode | str

@@ -144,7 +144,10 @@ class BuildCycle:
         """The live hosts by hypervisor id (from the host view, brought up to
         date from the change feed) and the agent serving each."""
         self._hosts.catch_up()
-        facts = {h.hypervisor: h for h in self._hosts.hosts()}
+        drained = {kv.key.rsplit("/", 1)[-1] for kv in self._store.range(self._keys.drain())[0]}
+        facts = {h.hypervisor: (h.model_copy(update={"draining": True})
+                                if h.hypervisor in drained else h)
+                 for h in self._hosts.hosts()}
         agents = {hv: self._agent_for(h.endpoint) for hv, h in facts.items() if h.endpoint}
         return {hv: h for hv, h in facts.items() if hv in agents}, agents
 

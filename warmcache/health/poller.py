@@ -24,7 +24,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from warmcache.errors import AgentError, AgentRejected, LeadershipLost
+from warmcache.errors import AgentError, LeadershipLost
+from warmcache.health.purge import purge_vm
 from warmcache.inventory import HostView
 from warmcache.leader.election import FencedWriter, LeaderElection
 from warmcache.model import InstanceState, Keys, PoolInstance
@@ -33,7 +34,6 @@ from warmcache.ports import (
     Clock,
     Compare,
     CoordinationStore,
-    Delete,
     Event,
     EventSink,
     HostAgent,
@@ -149,19 +149,9 @@ class HealthPoller:
 
     def _purge(self, rec: PoolInstance, kv: KeyValue, key: str, agent: HostAgent,
                writer: FencedWriter, report: PollReport, why: str) -> None:
-        purging = rec.with_state(InstanceState.PURGING, health_failures=rec.health_failures + 1)
-        if not self._write(writer, key, kv, purging):
-            return  # acquired or changed meanwhile: not ours to purge
-        try:
-            agent.delete(rec.name)
-        except AgentRejected as exc:
-            if exc.agent_code != "not_found":
-                log.warning("purge of %s: %s (record kept as purging)", rec.name, exc)
-                return
-        except AgentError as exc:
-            log.warning("purge of %s: %s (record kept as purging)", rec.name, exc)
+        if not purge_vm(writer.txn, key, kv, rec, agent,
+                        health_failures=rec.health_failures + 1):
             return
-        writer.txn([], [Delete(key)])
         report.purged.append(rec.name)
         self._emit("vm.purged", name=rec.name, az=rec.az, flavor=rec.flavor,
                    hypervisor=rec.hypervisor, reason=why)

@@ -10,11 +10,13 @@ from werkzeug.exceptions import HTTPException
 from warmcache.config import AuthConfig
 from warmcache.errors import (
     AgentError,
+    ApprovalRefused,
     ClaimContention,
     Forbidden,
     InvalidRequest,
     NoCapacity,
     NotFound,
+    RequestConflict,
     StoreError,
     Unauthorized,
     WarmCacheError,
@@ -28,6 +30,8 @@ STATUS: list[tuple[type[WarmCacheError], int]] = [
     (InvalidRequest, 400),
     (Unauthorized, 401),
     (Forbidden, 403),
+    (ApprovalRefused, 403),
+    (RequestConflict, 409),
     (NotFound, 404),
     (NoCapacity, 409),
     (ClaimContention, 503),

@@ -137,6 +137,39 @@ def explain(az: str, flavor: str) -> Any:
     return jsonify(_service().explain(az, flavor))
 
 
+class ChangeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: StrictStr
+    params: dict[str, StrictStr]
+
+
+@api.post("/v1/requests")
+def ask_change() -> Any:
+    """Maker: record a destructive change; it runs only once someone else approves."""
+    body: ChangeBody = _body(ChangeBody)
+    request_ = _service().approvals.ask(body.action, body.params, g.identity.name)
+    return jsonify({"request": request_.model_dump(mode="json")}), 202
+
+
+@api.get("/v1/requests")
+def list_changes() -> Any:
+    return jsonify({"requests": _service().approvals.list()})
+
+
+@api.get("/v1/requests/<request_id>")
+def get_change(request_id: str) -> Any:
+    service = _service()
+    return jsonify({"request": service.approvals.get(request_id).shown(service.clock.now())})
+
+
+@api.post("/v1/requests/<request_id>/approve")
+def approve_change(request_id: str) -> Any:
+    """Checker: a different identity approves, and the change runs now."""
+    done = _service().approvals.approve(request_id, g.identity.name)
+    return jsonify({"request": done.model_dump(mode="json")})
+
+
 @api.get("/v1/openapi.json")
 def openapi() -> Any:
     from warmcache import __version__

@@ -82,6 +82,32 @@ def document(acquire_body: dict[str, Any], version: str) -> dict[str, Any]:
                         "responses": {"200": {"description": "stored", **_json(rule_reply)},
                                       **_errors(400, 401, 403)}},
             },
+            "/v1/requests": {
+                "get": {"summary": "maker-checker requests", "security": secured,
+                        "responses": {"200": {"description": "requests"}, **_errors(401, 403)}},
+                "post": {"summary": "ask for a destructive change (admin; runs on approval)",
+                         "security": secured, "requestBody": {"required": True, **_json({
+                             "type": "object", "required": ["action", "params"],
+                             "properties": {"action": {"enum": ["delete_rule", "purge_pool",
+                                                                "drain_hypervisor"]},
+                                            "params": {"type": "object"}}})},
+                         "responses": {"202": {"description": "pending"},
+                                       **_errors(400, 401, 403)}},
+            },
+            "/v1/requests/{request_id}": {
+                "parameters": [{"name": "request_id", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "get": {"summary": "one request", "security": secured, "responses": {
+                    "200": {"description": "the request"}, **_errors(401, 403, 404)}},
+            },
+            "/v1/requests/{request_id}/approve": {
+                "parameters": [{"name": "request_id", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "post": {"summary": "approve (another admin) and run", "security": secured,
+                         "responses": {"200": {"description": "executed or failed"},
+                                       "409": {"description": "expired or not pending"},
+                                       **_errors(401, 403, 404)}},
+            },
             "/v1/explain/{az}/{flavor}": {
                 "parameters": [{"name": n, "in": "path", "required": True,
                                 "schema": {"type": "string"}} for n in ("az", "flavor")],

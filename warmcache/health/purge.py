@@ -1,0 +1,42 @@
+"""Purging one pooled VM: claim it for purging (conditional on its record's
+revision, so an acquisition that got there first wins), destroy it through
+its agent, then remove its record. If the agent cannot destroy it, the
+record stays ``purging``: tracked, never acquirable, retried or reported."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from warmcache.errors import AgentError, AgentRejected
+from warmcache.model import InstanceState, PoolInstance
+from warmcache.ports import Compare, Delete, HostAgent, KeyValue, Op, Put, TxnResult
+
+log = logging.getLogger(__name__)
+
+Txn = Callable[[Sequence[Compare], Sequence[Op]], TxnResult]
+
+
+def purge_vm(txn: Txn, key: str, kv: KeyValue, rec: PoolInstance, agent: HostAgent | None,
+             **update: object) -> bool:
+    """True when the VM is gone and its record removed. ``txn``: the store's,
+    or a fenced writer's when the caller holds a lock."""
+    purging = rec.with_state(InstanceState.PURGING, **update)
+    if not txn([Compare.mod_revision(key, kv.mod_revision)],
+               [Put(key, purging.model_dump_json())]).succeeded:
+        return False  # acquired or changed meanwhile: not ours to purge
+    if agent is None:
+        log.warning("purge of %s: its agent is not heartbeating (record kept as purging)",
+                    rec.name)
+        return False
+    try:
+        agent.delete(rec.name)
+    except AgentRejected as exc:
+        if exc.agent_code != "not_found":
+            log.warning("purge of %s: %s (record kept as purging)", rec.name, exc)
+            return False
+    except AgentError as exc:
+        log.warning("purge of %s: %s (record kept as purging)", rec.name, exc)
+        return False
+    txn([], [Delete(key)])
+    return True
