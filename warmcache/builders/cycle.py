@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from warmcache.builders.adopt import adopt_orphans
 from warmcache.builders.plan import PlannedVm, plan_az
 from warmcache.errors import (
     AgentError,
@@ -213,7 +214,9 @@ class BuildCycle:
                     report.problems.append(f"{az}: store failed, AZ skipped: {exc}")
 
         def build_az(az: str) -> None:
-            current = self._adopt(az, records.get(az, []), rules[az], writer, report)
+            current = adopt_orphans(self._store, self._keys, self._by_hypervisor, self._emit,
+                                    self._clock, az, records.get(az, []), rules[az], writer,
+                                    report)
             plan = plan_az(az, rules[az], flavors, hosts_by_az.get(az, []),
                            current, self._pipeline, self._new_name)
             with self._lock:
@@ -230,76 +233,6 @@ class BuildCycle:
         report.finished_at = self._clock.now()
         self._emit("cycle.summary", **report.summary())
         return report
-
-    def _adopt(
-        self,
-        az: str,
-        records: list[PoolInstance],
-        rules: Mapping[str, BuildRule],
-        writer: FencedWriter,
-        report: CycleReport,
-    ) -> list[PoolInstance]:
-        """Settle ``building`` records left by an earlier leader (it died or
-        lost its lock mid-build): ready if the agent has the VM healthy,
-        forgotten if the agent never made it, destroyed if it came up sick,
-        left alone while the agent is still creating it or unreachable.
-        Returns the AZ's records as they stand afterwards."""
-        token = writer.leadership.token
-        reserved = Counter(r.flavor for r in records if r.state == InstanceState.RESERVED)
-        out: list[PoolInstance] = []
-        for rec in records:
-            if rec.state != InstanceState.BUILDING or rec.fencing_token == token:
-                out.append(rec)
-                continue
-            key = self._keys.pool(az, rec.name)
-            kv = self._store.get(key)
-            agent = self._by_hypervisor.get(rec.hypervisor)
-            if kv is None or agent is None:
-                if kv is not None:
-                    report.problems.append(f"{rec.name}: building, agent {rec.hypervisor} down")
-                    out.append(rec)
-                continue
-            try:
-                status = agent.status(rec.name)
-            except AgentRejected as exc:
-                if exc.agent_code != "not_found":
-                    out.append(rec)
-                    continue
-                writer.txn([Compare.mod_revision(key, kv.mod_revision)], [Delete(key)])
-                self._emit("vm.build_forgotten", name=rec.name, az=az, flavor=rec.flavor,
-                           reason="the agent never created it")
-                continue
-            except AgentError:
-                out.append(rec)
-                continue
-            if status.state == "creating":
-                out.append(rec)
-                continue
-            if not status.healthy:
-                try:
-                    agent.delete(rec.name)
-                except AgentError:
-                    out.append(rec)
-                    continue
-                writer.txn([Compare.mod_revision(key, kv.mod_revision)], [Delete(key)])
-                self._emit("vm.build_failed", name=rec.name, az=az, flavor=rec.flavor,
-                           hypervisor=rec.hypervisor, error=f"adopted unhealthy: {status.state}",
-                           cleaned_up=True)
-                continue
-            rule = rules.get(rec.flavor)
-            hold = rule is not None and reserved[rec.flavor] < rule.reserve_cap
-            reserved[rec.flavor] += hold
-            state = InstanceState.RESERVED if hold else InstanceState.READY
-            done = rec.with_state(state, ready_at=self._clock.now(), server_id=status.server_id,
-                                  addresses=status.addresses, fencing_token=token)
-            if writer.txn([Compare.mod_revision(key, kv.mod_revision)],
-                          [Put(key, done.model_dump_json())]).succeeded:
-                self._emit("vm.build_adopted", name=rec.name, az=az, flavor=rec.flavor,
-                           state=state.value, from_token=rec.fencing_token)
-                out.append(done)
-            else:
-                out.append(rec)
-        return out
 
     def _build(
         self,

@@ -1,0 +1,91 @@
+"""Settling what an earlier leader left ``building`` (it died, or lost its
+lock mid-build), so that no VM it started is lost (DESIGN §12.2)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from warmcache.errors import AgentError, AgentRejected
+from warmcache.leader.election import FencedWriter
+from warmcache.model import BuildRule, InstanceState, Keys, PoolInstance
+from warmcache.ports import Clock, Compare, CoordinationStore, Delete, HostAgent, Put
+
+if TYPE_CHECKING:
+    from warmcache.builders.cycle import CycleReport
+
+
+def adopt_orphans(
+    store: CoordinationStore,
+    keys: Keys,
+    agents: Mapping[str, HostAgent],
+    emit: Callable[..., None],
+    clock: Clock,
+    az: str,
+    records: list[PoolInstance],
+    rules: Mapping[str, BuildRule],
+    writer: FencedWriter,
+    report: CycleReport,
+) -> list[PoolInstance]:
+    """Settle ``building`` records left by an earlier leader (it died or
+    lost its lock mid-build): ready if the agent has the VM healthy,
+    forgotten if the agent never made it, destroyed if it came up sick,
+    left alone while the agent is still creating it or unreachable.
+    Returns the AZ's records as they stand afterwards."""
+    token = writer.leadership.token
+    reserved = Counter(r.flavor for r in records if r.state == InstanceState.RESERVED)
+    out: list[PoolInstance] = []
+    for rec in records:
+        if rec.state != InstanceState.BUILDING or rec.fencing_token == token:
+            out.append(rec)
+            continue
+        key = keys.pool(az, rec.name)
+        kv = store.get(key)
+        agent = agents.get(rec.hypervisor)
+        if kv is None or agent is None:
+            if kv is not None:
+                report.problems.append(f"{rec.name}: building, agent {rec.hypervisor} down")
+                out.append(rec)
+            continue
+        try:
+            status = agent.status(rec.name)
+        except AgentRejected as exc:
+            if exc.agent_code != "not_found":
+                out.append(rec)
+                continue
+            writer.txn([Compare.mod_revision(key, kv.mod_revision)], [Delete(key)])
+            emit("vm.build_forgotten", name=rec.name, az=az, flavor=rec.flavor,
+                       reason="the agent never created it")
+            continue
+        except AgentError:
+            out.append(rec)
+            continue
+        if status.state == "creating":
+            out.append(rec)
+            continue
+        if not status.healthy:
+            try:
+                agent.delete(rec.name)
+            except AgentError:
+                out.append(rec)
+                continue
+            writer.txn([Compare.mod_revision(key, kv.mod_revision)], [Delete(key)])
+            emit("vm.build_failed", name=rec.name, az=az, flavor=rec.flavor,
+                       hypervisor=rec.hypervisor, error=f"adopted unhealthy: {status.state}",
+                       cleaned_up=True)
+            continue
+        rule = rules.get(rec.flavor)
+        hold = rule is not None and reserved[rec.flavor] < rule.reserve_cap
+        reserved[rec.flavor] += hold
+        state = InstanceState.RESERVED if hold else InstanceState.READY
+        done = rec.with_state(state, ready_at=clock.now(), server_id=status.server_id,
+                              addresses=status.addresses, fencing_token=token)
+        if writer.txn([Compare.mod_revision(key, kv.mod_revision)],
+                      [Put(key, done.model_dump_json())]).succeeded:
+            emit("vm.build_adopted", name=rec.name, az=az, flavor=rec.flavor,
+                       state=state.value, from_token=rec.fencing_token)
+            out.append(done)
+        else:
+            out.append(rec)
+    return out
