@@ -14,9 +14,23 @@ from pathlib import Path
 from typing import Any
 
 from warmcache.clock import SystemClock
-from warmcache.config import CatalogConfig, Config, EventsConfig, StoreConfig, load_config
+from warmcache.config import (
+    AlertsConfig,
+    CatalogConfig,
+    Config,
+    EventsConfig,
+    StoreConfig,
+    load_config,
+)
 from warmcache.errors import ConfigError
-from warmcache.ports import Clock, CoordinationStore, EventSink, FlavorCatalog, HostAgent
+from warmcache.ports import (
+    AlertSink,
+    Clock,
+    CoordinationStore,
+    EventSink,
+    FlavorCatalog,
+    HostAgent,
+)
 
 # kind -> "module:factory"; factories take (section config, clock).
 STORES: dict[str, str] = {
@@ -75,6 +89,29 @@ def _log_events(cfg: EventsConfig, clock: Clock) -> EventSink:
     return LogEvents()
 
 
+ALERTS: dict[str, str] = {
+    "log": "warmcache.bootstrap:_log_alerts",
+    "smtp": "warmcache.bootstrap:_smtp_alerts",
+}
+
+
+def _log_alerts(cfg: AlertsConfig, clock: Clock) -> AlertSink:
+    from warmcache.adapters.log_alerts import LogAlerts
+
+    return LogAlerts()
+
+
+def _smtp_alerts(cfg: AlertsConfig, clock: Clock) -> AlertSink:
+    from warmcache.adapters.smtp_alerts import SmtpAlerts
+
+    if not cfg.recipients:
+        raise ConfigError(["alerts.recipients: smtp alerts need at least one recipient"])
+    return SmtpAlerts(cfg.smtp_host, cfg.smtp_port, cfg.sender, list(cfg.recipients),
+                      clock=clock, starttls=cfg.starttls, username=cfg.username,
+                      password=cfg.password, max_per_window=cfg.max_per_window,
+                      window_s=cfg.window_s)
+
+
 def check_kinds(config: Config) -> None:
     problems = [
         f"{section}.kind: unknown {kind!r} (valid: {', '.join(sorted(table))})"
@@ -82,6 +119,7 @@ def check_kinds(config: Config) -> None:
             ("store", config.store.kind, STORES),
             ("catalog", config.catalog.kind, CATALOGS),
             ("events", config.events.kind, EVENTS),
+            ("alerts", config.alerts.kind, ALERTS),
         )
         if kind not in table
     ]
@@ -154,15 +192,19 @@ def build(config: Config | str | Path, *, clock: Clock | None = None) -> Any:
     events: EventSink = _factory(EVENTS, config.events.kind)(config.events, clock)
 
     agents = AgentConnector(config)
+    alerts: AlertSink = _factory(ALERTS, config.alerts.kind)(config.alerts, clock)
 
     def close() -> None:
         agents.close()
         store.close()
+        closer = getattr(alerts, "close", None)
+        if closer:
+            closer()
         closer = getattr(events, "close", None)
         if closer:
             closer()
 
     return WarmCache(
         config=config.service, store=store, catalog=catalog, events=events,
-        agent_for=agents, clock=clock, on_close=close,
+        agent_for=agents, clock=clock, alerts=alerts, on_close=close,
     )

@@ -134,11 +134,25 @@ class AuthConfig(_Section):
         "(the embedded quickstart only).")
 
 
+class AlertsConfig(_Section):
+    kind: str = Field(default="log", description="Alerts: log or smtp.")
+    smtp_host: str = Field(default="localhost", description="smtp: server host")
+    smtp_port: int = Field(default=25, ge=1, le=65535, description="smtp: server port")
+    starttls: bool = Field(default=False, description="smtp: upgrade with STARTTLS")
+    username: str = Field(default="", description="smtp: login (empty: none)")
+    password: str = Field(default="", description="smtp: password")
+    sender: str = Field(default="warmcache@localhost", description="smtp: From address")
+    recipients: tuple[str, ...] = Field(default=(), description="smtp: To addresses")
+    max_per_window: int = Field(default=10, ge=1, description="Mails per window at most.")
+    window_s: float = Field(default=600.0, gt=0, description="Rate-limit window, seconds.")
+
+
 class Config(_Section):
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     agent_tls: AgentTlsConfig | None = Field(
         default=None, description="Needed when agents advertise https:// (a proxy).")
@@ -150,7 +164,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
-        if section not in ("service", "store", "catalog", "events"):
+        if section not in ("service", "store", "catalog", "events", "alerts"):
             continue
         try:
             value: Any = json.loads(raw)
