@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from warmcache.acquire.claim import Claimer
+from warmcache.acquire.claim import Claimed, Claimer
 from warmcache.adapters.log_alerts import LogAlerts
 from warmcache.approvals import Approvals
 from warmcache.builders.cycle import BuildCycle, CycleReport
@@ -40,6 +40,7 @@ from warmcache.health.poller import HealthPoller
 from warmcache.health.purge import purge_vm
 from warmcache.inventory import HostView
 from warmcache.leader.election import LeaderElection, Leadership, watch_poll_s
+from warmcache.metrics import MetricsEvents
 from warmcache.model import (
     BuildRule,
     InstanceState,
@@ -85,7 +86,10 @@ class WarmCache:
         self.config = config
         self.store = store
         self.catalog = catalog
-        self.events = events
+        # Every event also feeds the Prometheus metrics (/metrics).
+        self.metrics = events if isinstance(events, MetricsEvents) else MetricsEvents(events)
+        self.events: EventSink = self.metrics
+        events = self.metrics
         self.alerts: AlertSink = alerts or LogAlerts()
         self.agent_for = agent_for
         self.clock = clock
@@ -120,6 +124,7 @@ class WarmCache:
             alerts=self.alerts, clock=clock, node=config.node, ttl_s=config.leader_ttl_s,
             failures_to_purge=config.health_failures_to_purge,
         )
+        self.metrics.watch_pools(self.pools, lambda: len(self.hosts.hosts()))
         self._stop = threading.Event()
         self._trigger = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -341,10 +346,13 @@ class WarmCache:
         started = time.perf_counter()
         mode, rule = self._validate(flavor, az, count, mode)
         started_views = bool(self._threads)
-        claimed = self._claimer.claim(
-            flavor=flavor, az=az, count=count, mode=mode, use_reserve=use_reserve,
-            requester=requester, live_hosts=self._live_hosts(),
-            view=(lambda: self.pool_view.items().values()) if started_views else None)
+        try:
+            claimed = self._claim(flavor, az, count, mode, use_reserve, requester,
+                                  started_views)
+        except WarmCacheError as exc:
+            self._emit("acquisition.failed", requester=requester, flavor=flavor, az=az,
+                       count=count, mode=mode.value, error=exc.code)
+            raise
         latency_ms = (time.perf_counter() - started) * 1000
         self._emit("acquisition", requester=requester, flavor=flavor, az=az, count=count,
                    mode=mode.value, latency_ms=round(latency_ms, 3), attempts=claimed.attempts,
@@ -352,6 +360,13 @@ class WarmCache:
         if claimed.remaining < rule.total_instances * self.config.low_water_ratio:
             self.trigger_cycle()
         return claimed.vms
+
+    def _claim(self, flavor: str, az: str, count: int, mode: Mode, use_reserve: bool,
+               requester: str, started_views: bool) -> Claimed:
+        return self._claimer.claim(
+            flavor=flavor, az=az, count=count, mode=mode, use_reserve=use_reserve,
+            requester=requester, live_hosts=self._live_hosts(),
+            view=(lambda: self.pool_view.items().values()) if started_views else None)
 
     def _live_hosts(self) -> set[str]:
         """Hypervisors heartbeating now. The host view follows the change

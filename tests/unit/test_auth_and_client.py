@@ -65,7 +65,7 @@ def test_the_openapi_document_covers_every_route(app: Flask) -> None:
     doc = app.test_client().get("/v1/openapi.json").get_json()
     assert doc["openapi"].startswith("3.1")
     routes = {re.sub(r"<(\w+)>", r"{\1}", r.rule) for r in app.url_map.iter_rules()
-              if r.rule.startswith(("/v1", "/healthz"))}
+              if r.rule.startswith(("/v1", "/healthz", "/metrics"))}
     assert routes <= set(doc["paths"])
     body = doc["components"]["schemas"]["AcquireRequest"]
     assert set(body["required"]) == {"flavor", "az", "count", "mode"}

@@ -18,7 +18,9 @@ from warmcache.web.openapi import document
 
 api = Blueprint("api", __name__)
 
-OPEN_PATHS = frozenset({"/healthz", "/v1/openapi.json"})
+# Prometheus scrapes /metrics without a token (serve it on an internal
+# network); the OpenAPI document is public.
+OPEN_PATHS = frozenset({"/healthz", "/v1/openapi.json", "/metrics"})
 
 
 @api.before_app_request
@@ -168,6 +170,12 @@ def approve_change(request_id: str) -> Any:
     """Checker: a different identity approves, and the change runs now."""
     done = _service().approvals.approve(request_id, g.identity.name)
     return jsonify({"request": done.model_dump(mode="json")})
+
+
+@api.get("/metrics")
+def metrics() -> Any:
+    return current_app.response_class(_service().metrics.render(),
+                                      mimetype="text/plain; version=0.0.4")
 
 
 @api.get("/v1/openapi.json")

@@ -52,6 +52,8 @@ def document(acquire_body: dict[str, Any], version: str) -> dict[str, Any]:
                 "description": "ok"}}}},
             "/v1/openapi.json": {"get": {"summary": "this document", "responses": {"200": {
                 "description": "OpenAPI 3.1"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (no token)", "responses": {
+                "200": {"description": "text exposition format"}}}},
             "/v1/pools": {"get": {"summary": "every pool", "security": secured, "responses": {
                 "200": {"description": "pools", **_json({"type": "object", "properties": {
                     "pools": {"type": "array", "items": {

@@ -1,0 +1,53 @@
+"""Prometheus /metrics: pool sizes, acquisitions, builds, leadership."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from warmcache.errors import NoCapacity
+from warmcache.model import Mode
+from warmcache.service import WarmCache
+from warmcache.web import create_app
+
+
+def samples(service: WarmCache) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = create_app(service).test_client().get("/metrics").get_data(as_text=True)
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_follow_what_the_service_does(service: WarmCache) -> None:
+    service.rules.put("az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6,
+                                       "min_fault_domain": 3})
+    service.run_cycle()
+    service.acquire("small", "az1", 1, Mode.BEST_EFFORT)
+    with pytest.raises(NoCapacity):
+        service.acquire("small", "az1", 9, Mode.BEST_EFFORT)
+    m = samples(service)
+    pool = (("az", "az1"), ("flavor", "small"))
+    assert m[("warmcache_pool_vms", (*pool, ("state", "ready")))] == 5
+    assert m[("warmcache_pool_target_vms", pool)] == 6
+    assert m[("warmcache_builds_total", (*pool, ("outcome", "ok")))] == 6
+    assert m[("warmcache_build_seconds_count", pool)] == 6
+    ok = (*pool, ("mode", "best-effort"), ("outcome", "ok"))
+    assert m[("warmcache_acquisitions_total", ok)] == 1
+    failed = (*pool, ("mode", "best-effort"), ("outcome", "no_capacity"))
+    assert m[("warmcache_acquisitions_total", failed)] == 1
+    assert m[("warmcache_acquire_seconds_count", ())] == 1
+    assert m[("warmcache_leader", ())] == 0  # released after the cycle
+    assert m[("warmcache_leadership_events_total", (("event", "elected"),))] == 1
+    assert m[("warmcache_agents_heartbeating", ())] == 12
+
+
+def test_metrics_need_no_token(service: WarmCache) -> None:
+    from warmcache.config import AuthConfig, TokenConfig
+    from warmcache.web.auth import Authenticator
+
+    app = create_app(service, Authenticator(AuthConfig(tokens=(
+        TokenConfig(name="x", token="t"),))))
+    reply = app.test_client().get("/metrics")
+    assert reply.status_code == 200 and b"warmcache_pool_vms" in reply.data
