@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 need=(libvirt-dev libvirt-daemon pkg-config gcc qemu-utils)
 # tests also boot real QEMU guests under libvirtd (software emulation here)
+# and render the dashboard in a real headless browser
 [ "$mode" = test ] && need+=(etcd-server etcd-client libvirt-clients libvirt-daemon-driver-qemu
-                             qemu-system-x86 busybox-static)
+                             qemu-system-x86 busybox-static chromium)
 
 py_include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$py_include/Python.h" ] || need+=(python3-dev)

@@ -141,6 +141,8 @@ def quickstart(state_dir: str, port: int, instances: int, exit_after: float | No
         print(f"  curl -s -X POST {stack.urls[0]}/v1/acquire "
               f"-H 'Content-Type: application/json' -d '{example}'")
         print(f"  curl -s {stack.urls[0]}/v1/pools")
+        console.print(f"\ndashboard: {stack.urls[0]}/   metrics: {stack.urls[0]}/metrics   "
+                      f"API: {stack.urls[0]}/v1/openapi.json", highlight=False, soft_wrap=True)
         console.print(f"\nstate and logs: {state_dir}")
         if exit_after is None:
             console.print("running; Ctrl-C stops every process started here")

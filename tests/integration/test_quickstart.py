@@ -162,3 +162,32 @@ def test_the_embedding_example_gets_rack_aware_sets(stack: QuickstartStack) -> N
         racks = {line.split("rack ")[1].split(",")[0] for line in lines
                  if line.startswith(f"{cluster}:") and " on rack " in line}
         assert len(racks) == 3, result.stdout
+
+
+def test_the_dashboard_in_a_real_browser(stack: QuickstartStack, tmp_path: Path) -> None:
+    """Headless Chromium (Debian's) renders the dashboard of a running stack;
+    the screenshot is kept in test-artifacts/dashboard.png."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import unavailable
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        unavailable("browser", "no chromium (apt-get install chromium)")
+    url = f"{stack.urls[0]}/"
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True,
+                         timeout=90, check=True).stdout
+    assert "<h1>warmcache</h1>" in dom
+    for pool in ("az1/small", "az1/medium", "az1/large", "az2/small", "az2/medium"):
+        assert f'data-pool="{pool}"' in dom
+    assert "vm.build_finished" in dom and "leader.elected" in dom
+    artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    shot = artifacts / "dashboard.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1280,1000", url],
+                   capture_output=True, timeout=90, check=True)
+    assert shot.stat().st_size > 10_000

@@ -185,3 +185,12 @@ def test_explain_dry_runs_placement(client: FlaskClient, service: WarmCache) -> 
     assert next(p for p in pools(client) if p["flavor"] == "medium" and p["az"] == "az2"
                 )["building"] == 0  # nothing was built
     assert client.get("/v1/explain/az9/medium").status_code == 404
+
+
+def test_the_dashboard_shows_pools_and_history(client: FlaskClient) -> None:
+    acquire(client, requester="es-provisioner")
+    acquire(client, count=99)
+    page = client.get("/").get_data(as_text=True)
+    assert 'data-pool="az1/small"' in page and "az1-r1" in page
+    assert "es-provisioner" in page and "invalid_request" not in page
+    assert "vm.build_finished" in page and "leader.elected" in page

@@ -24,6 +24,7 @@ from warmcache.errors import (
 from warmcache.service import WarmCache
 from warmcache.web.api import api
 from warmcache.web.auth import Authenticator
+from warmcache.web.dashboard import dashboard
 
 # The only place where errors meet HTTP statuses (STYLE.md §4).
 STATUS: list[tuple[type[WarmCacheError], int]] = [
@@ -52,6 +53,7 @@ def create_app(service: WarmCache, auth: Authenticator | None = None) -> Flask:
     app.extensions["warmcache.auth"] = auth or Authenticator(AuthConfig())
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.register_blueprint(api)
+    app.register_blueprint(dashboard)
 
     @app.errorhandler(WarmCacheError)
     def _domain_error(exc: WarmCacheError) -> tuple[Any, int]:
