@@ -39,7 +39,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 extras=libvirt
-[ "$mode" = test ] && extras=libvirt,etcd,dev
+[ "$mode" = test ] && extras=libvirt,etcd,consul,mongodb,elasticsearch,dev
 echo "setup: installing warmcache[$extras] into .venv"
 .venv/bin/python -m pip install -q -e ".[$extras]" 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -c 'import warmcache, libvirt' \

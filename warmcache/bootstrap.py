@@ -44,6 +44,7 @@ CATALOGS: dict[str, str] = {
 EVENTS: dict[str, str] = {
     "sqlite": "warmcache.bootstrap:_sqlite_events",
     "log": "warmcache.bootstrap:_log_events",
+    "elasticsearch": "warmcache.bootstrap:_elasticsearch_events",
 }
 
 
@@ -81,6 +82,14 @@ def _sqlite_events(cfg: EventsConfig, clock: Clock) -> EventSink:
     from warmcache.adapters.sqlite_events import SqliteEvents
 
     return SqliteEvents(cfg.path)
+
+
+def _elasticsearch_events(cfg: EventsConfig, clock: Clock) -> EventSink:
+    from warmcache.adapters.elasticsearch_events import ElasticsearchEvents
+
+    if not cfg.url:
+        raise ConfigError(["events.url: the Elasticsearch URL is required"])
+    return ElasticsearchEvents(cfg.url, cfg.spool_dir)
 
 
 def _log_events(cfg: EventsConfig, clock: Clock) -> EventSink:

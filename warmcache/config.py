@@ -104,10 +104,11 @@ class CatalogConfig(_Section):
 
 
 class EventsConfig(_Section):
-    kind: str = Field(default="sqlite", description="Backend: sqlite or log "
-                      "(elasticsearch is not available yet).")
+    kind: str = Field(default="sqlite", description="Backend: sqlite, log or elasticsearch.")
     path: str = Field(default="warmcache-events.db", description="sqlite: database file.")
-    url: str = Field(default="", description="elasticsearch (future): http://host:port")
+    url: str = Field(default="", description="elasticsearch: http://host:9200")
+    spool_dir: str = Field(default="warmcache-events-spool",
+                           description="elasticsearch: where events wait while it is down.")
 
 
 class AgentTlsConfig(_Section):
@@ -177,8 +178,9 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     for section in ("store", "catalog", "events"):
         sect = data.get(section)
-        if isinstance(sect, dict) and isinstance(sect.get("path"), str):
-            sect["path"] = str((base / sect["path"]).resolve())
+        for field in ("path", "spool_dir"):
+            if isinstance(sect, dict) and isinstance(sect.get(field), str):
+                sect[field] = str((base / sect[field]).resolve())
     tls = data.get("agent_tls")
     if isinstance(tls, dict):
         for field in ("cert", "key", "ca"):
