@@ -40,6 +40,7 @@ STORES: dict[str, str] = {
 }
 CATALOGS: dict[str, str] = {
     "file": "warmcache.bootstrap:_file_catalog",
+    "mongodb": "warmcache.bootstrap:_mongo_catalog",
 }
 EVENTS: dict[str, str] = {
     "sqlite": "warmcache.bootstrap:_sqlite_events",
@@ -76,6 +77,14 @@ def _file_catalog(cfg: CatalogConfig, clock: Clock) -> FlavorCatalog:
     from warmcache.adapters.file_catalog import FileFlavorCatalog
 
     return FileFlavorCatalog(cfg.path)
+
+
+def _mongo_catalog(cfg: CatalogConfig, clock: Clock) -> FlavorCatalog:
+    from warmcache.adapters.mongo_catalog import MongoFlavorCatalog
+
+    if not cfg.url:
+        raise ConfigError(["catalog.url: the MongoDB connection string is required"])
+    return MongoFlavorCatalog(cfg.url)
 
 
 def _sqlite_events(cfg: EventsConfig, clock: Clock) -> EventSink:

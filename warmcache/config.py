@@ -97,10 +97,10 @@ class StoreConfig(_Section):
 
 
 class CatalogConfig(_Section):
-    kind: str = Field(default="file", description="Backend: file (mongodb is not available "
-                      "yet).")
+    kind: str = Field(default="file", description="Backend: file or mongodb.")
     path: str = Field(default="flavors.toml", description="file: TOML flavor catalog.")
-    url: str = Field(default="", description="mongodb (future): connection string")
+    url: str = Field(default="", description="mongodb: connection string (with credentials, "
+                     "e.g. mongodb://user:pass@host/warmcache?authSource=admin)")
 
 
 class EventsConfig(_Section):

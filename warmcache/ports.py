@@ -151,6 +151,10 @@ class FlavorCatalog(Protocol):
 
     def list(self) -> list[Flavor]: ...
 
+    def put(self, flavor: Flavor) -> Flavor:
+        """Add or replace a flavor."""
+        ...
+
 
 @dataclass(frozen=True)
 class Event:

@@ -12,6 +12,7 @@ naming every bad flavor, so a typo never silently shrinks the catalog.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -42,6 +43,19 @@ class FileFlavorCatalog:
                 ]
         if problems:
             raise ConfigError(problems)
+
+    def put(self, flavor: Flavor) -> Flavor:
+        """Add or replace a flavor and rewrite the file (atomically)."""
+        self._flavors[flavor.name] = flavor
+        lines = ["# warmcache flavor catalog (written by `warmcache flavors set`)"]
+        for f in self.list():
+            lines.append(f"\n[flavors.{f.name}]")
+            for key, value in f.model_dump(mode="json", exclude={"name"}).items():
+                lines.append(f"{key} = {json.dumps(value)}")
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(self.path)
+        return flavor
 
     def get(self, name: str) -> Flavor | None:
         return self._flavors.get(name)
