@@ -432,3 +432,50 @@ def flavors_set(name: str, fields: tuple[str, ...], config_path: str) -> None:
         _fail(json.dumps(exc.detail(), indent=2))
     _catalog(config_path).put(flavor)
     console.print(f"[green]stored[/green] {flavor.name}")
+
+
+# --- Kibana dashboards -----------------------------------------------------------------------
+
+DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
+
+
+@main.group()
+def dashboards() -> None:
+    """Kibana saved objects and the Grafana dashboard in dashboards/."""
+
+
+@dashboards.command("import")
+@click.option("--kibana", required=True, help="Kibana URL, e.g. https://kibana:5601")
+@click.option("--space", default="", help="Kibana space id (default space if empty).")
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False),
+              default=str(DASHBOARDS / "kibana.ndjson"), show_default=True)
+def dashboards_import(kibana: str, space: str, path: str) -> None:
+    """Import (overwrite) the saved objects into Kibana.
+
+    Credentials: WARMCACHE_KIBANA_API_KEY (an API key), or
+    WARMCACHE_KIBANA_USER and WARMCACHE_KIBANA_PASSWORD."""
+    import os
+
+    base = kibana.rstrip("/") + (f"/s/{space}" if space else "")
+    headers = {"kbn-xsrf": "true"}
+    auth = None
+    if os.environ.get("WARMCACHE_KIBANA_API_KEY"):
+        headers["Authorization"] = f"ApiKey {os.environ['WARMCACHE_KIBANA_API_KEY']}"
+    elif os.environ.get("WARMCACHE_KIBANA_USER"):
+        auth = (os.environ["WARMCACHE_KIBANA_USER"],
+                os.environ.get("WARMCACHE_KIBANA_PASSWORD", ""))
+    try:
+        with open(path, "rb") as fh:
+            reply = httpx.post(f"{base}/api/saved_objects/_import",
+                               params={"overwrite": "true"}, headers=headers, auth=auth,
+                               files={"file": ("kibana.ndjson", fh, "application/ndjson")},
+                               timeout=60)
+    except httpx.HTTPError as exc:
+        _fail(f"{kibana}: {exc}")
+    try:
+        body = reply.json()
+    except ValueError:
+        _fail(f"Kibana answered HTTP {reply.status_code} without JSON")
+    if reply.status_code >= 400 or not body.get("success"):
+        _fail(f"import failed (HTTP {reply.status_code}): {json.dumps(body)[:2000]}")
+    console.print(f"[green]imported[/green] {body.get('successCount')} saved object(s)")

@@ -242,6 +242,10 @@ class WarmCache:
             self.last_cycle = report
             with contextlib.suppress(LeadershipLost, StoreError):
                 report_findings(self.store, self.keys, writer, self._emit, self.alerts)
+            with contextlib.suppress(StoreError):
+                for pool in self.pools():  # pool sizes over time, for Kibana
+                    self._emit("pool.state", az=pool.az, flavor=pool.flavor, target=pool.target,
+                               ready=pool.ready, reserved=pool.reserved, building=pool.building)
             if not leadership.lost.is_set():
                 # Marks the cycle complete: standbys that see the lock go
                 # away without this record take over at once.

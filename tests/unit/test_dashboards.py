@@ -1,0 +1,103 @@
+"""The dashboards only use what exists: every Kibana field is in the event
+mapping, every Grafana metric is exported; and the import command speaks
+Kibana's saved-objects API (checked against a stand-in server: no Kibana
+can be installed here)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from warmcache.adapters.elasticsearch_events import MAPPINGS
+from warmcache.cli import main
+from warmcache.model import Mode
+from warmcache.service import WarmCache
+from warmcache.web import create_app
+
+DASHBOARDS = Path(__file__).resolve().parents[2] / "dashboards"
+
+
+def kibana_objects() -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (DASHBOARDS / "kibana.ndjson").read_text().splitlines()]
+
+
+def test_every_kibana_field_is_in_the_event_mapping() -> None:
+    known = set(MAPPINGS["properties"])
+    used: set[str] = set()
+    for obj in kibana_objects():
+        attrs = obj["attributes"]
+        if obj["type"] == "visualization":
+            for agg in json.loads(attrs["visState"])["aggs"]:
+                if "field" in agg["params"]:
+                    used.add(agg["params"]["field"])
+        if obj["type"] == "search":
+            used |= set(attrs["columns"])
+        source = attrs.get("kibanaSavedObjectMeta", {}).get("searchSourceJSON")
+        if source:
+            used |= set(re.findall(r"(\w+)\s*:", json.loads(source)["query"]["query"]))
+    assert used and used <= known, used - known
+
+
+def test_the_dashboard_references_resolve() -> None:
+    objects = kibana_objects()
+    ids = {(o["type"], o["id"]) for o in objects}
+    for obj in objects:
+        for ref in obj["references"]:
+            assert (ref["type"], ref["id"]) in ids, ref
+
+
+def test_every_grafana_metric_is_exported(service: WarmCache) -> None:
+    service.rules.put("az1", "small", {"max_instance_per_cycle": 3, "total_instances": 3,
+                                       "min_fault_domain": 3})
+    service.run_cycle()
+    service.acquire("small", "az1", 1, Mode.BEST_EFFORT)
+    scraped = create_app(service).test_client().get("/metrics").get_data(as_text=True)
+    exported = {line.split("{")[0].split(" ")[0] for line in scraped.splitlines()
+                if line and not line.startswith("#")}
+    exported |= {line.split()[2] for line in scraped.splitlines() if line.startswith("# TYPE")}
+    grafana = json.loads((DASHBOARDS / "grafana.json").read_text())
+    used = {name for panel in grafana["panels"] for target in panel["targets"]
+            for name in re.findall(r"warmcache_[a-z_]+", target["expr"])}
+    assert used and used <= exported, used - exported
+
+
+def test_import_speaks_the_saved_objects_api() -> None:
+    seen: dict[str, Any] = {}
+
+    class Kibana(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen["path"] = self.path
+            seen["xsrf"] = self.headers.get("kbn-xsrf")
+            seen["auth"] = self.headers.get("Authorization")
+            seen["body"] = self.rfile.read(int(self.headers["Content-Length"]))
+            data = json.dumps({"success": True, "successCount": 9}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Kibana)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        result = CliRunner().invoke(
+            main, ["dashboards", "import", "--kibana", f"http://127.0.0.1:{server.server_port}",
+                   "--space", "ops"], env={"WARMCACHE_KIBANA_API_KEY": "k3y"})
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert result.exit_code == 0 and "imported 9" in result.output, result.output
+    assert seen["path"] == "/s/ops/api/saved_objects/_import?overwrite=true"
+    assert seen["xsrf"] == "true" and seen["auth"] == "ApiKey k3y"
+    assert b'filename="kibana.ndjson"' in seen["body"] and b"warmcache-overview" in seen["body"]
