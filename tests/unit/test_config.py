@@ -64,3 +64,18 @@ def test_build_assembles_a_working_service(tmp_path: Path) -> None:
         assert service.pools() == []
     finally:
         service.close()
+
+
+def test_the_production_examples_parse() -> None:
+    from agent.config import load_agent_config
+
+    config = load_config(CONFIG_DIR / "production.example.toml", environ={})
+    check_kinds(config)
+    assert (config.store.kind, config.catalog.kind, config.events.kind, config.alerts.kind) == (
+        "consul", "mongodb", "elasticsearch", "smtp")
+    assert len(config.auth.tokens) == 3 and config.agent_tls is not None
+    agent = load_agent_config(CONFIG_DIR / "agent-production.example.toml")
+    assert agent.topology().largest_node == 32 and agent.inventory is not None
+    assert agent.inventory.advertise.startswith("https://")
+    for example in ("agent.example.toml",):
+        load_agent_config(CONFIG_DIR / example)
