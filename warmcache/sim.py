@@ -1,0 +1,123 @@
+"""Simulated hypervisors behind the host-agent port, for benchmarks.
+
+A ``SimAgent`` keeps its capacity and VMs in memory, takes a create latency
+drawn from a distribution, and publishes its facts into the store like a real
+agent's heartbeat, so the service (host view, placement, build cycles,
+acquisition) runs unchanged against thousands of them in one process.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+
+from warmcache.errors import AgentRejected, InsufficientHostCapacity
+from warmcache.model import Flavor, HostFacts
+from warmcache.ports import CoordinationStore, Put, VmSpec, VmStatus
+
+
+def lognormal_latency(mean_s: float, rng: random.Random, sigma: float = 0.5
+                      ) -> Callable[[], float]:
+    """Create latencies with the given mean (a right-skewed, always-positive
+    shape, as VM boot times are)."""
+    import math
+
+    mu = math.log(max(mean_s, 1e-9)) - sigma * sigma / 2
+    return lambda: rng.lognormvariate(mu, sigma) if mean_s > 0 else 0.0
+
+
+class SimAgent:
+    def __init__(self, az: str, rack: str, hypervisor: str, *, vcpus: int = 64,
+                 memory_mib: int = 262_144, disk_gib: int = 4000,
+                 latency: Callable[[], float] = lambda: 0.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._base = HostFacts(hypervisor=hypervisor, rack=rack, az=az, vcpus_total=vcpus,
+                               vcpus_free=vcpus, memory_mib_total=memory_mib,
+                               memory_mib_free=memory_mib, disk_gib_total=disk_gib,
+                               disk_gib_free=disk_gib, endpoint=f"sim:{hypervisor}")
+        self._vms: dict[str, tuple[Flavor, str | None]] = {}
+        self._used = [0, 0, 0]
+        self._latency = latency
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self.store: CoordinationStore | None = None
+        self.prefix = ""
+
+    @property
+    def endpoint(self) -> str:
+        return self._base.endpoint
+
+    def facts(self) -> HostFacts:
+        with self._lock:
+            return self._base.model_copy(update={
+                "vcpus_free": self._base.vcpus_total - self._used[0],
+                "memory_mib_free": self._base.memory_mib_total - self._used[1],
+                "disk_gib_free": self._base.disk_gib_total - self._used[2],
+                "vms": tuple(self._vms),
+                "groups": tuple(g for _, g in self._vms.values() if g),
+            })
+
+    def publish_op(self) -> Put:
+        f = self.facts()
+        return Put(f"{self.prefix}/hosts/{f.az}/{f.hypervisor}", f.model_dump_json())
+
+    def _publish(self) -> None:
+        if self.store is not None:
+            op = self.publish_op()
+            self.store.put(op.key, op.value)
+
+    def create(self, spec: VmSpec) -> VmStatus:
+        f = spec.flavor
+        with self._lock:
+            if spec.name in self._vms:
+                raise AgentRejected(self.endpoint, "already_exists", spec.name)
+            if (self._used[0] + f.vcpus > self._base.vcpus_total
+                    or self._used[1] + f.memory_mib > self._base.memory_mib_total
+                    or self._used[2] + f.disk_gib > self._base.disk_gib_total):
+                raise InsufficientHostCapacity(self.endpoint, "insufficient_capacity", spec.name)
+            self._vms[spec.name] = (f, spec.group)
+            self._used = [self._used[0] + f.vcpus, self._used[1] + f.memory_mib,
+                          self._used[2] + f.disk_gib]
+        self._sleep(self._latency())  # booting
+        self._publish()
+        return VmStatus(spec.name, "running", True, f"sim-{spec.name}")
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            found = self._vms.pop(name, None)
+            if found is None:
+                raise AgentRejected(self.endpoint, "not_found", name)
+            f = found[0]
+            self._used = [self._used[0] - f.vcpus, self._used[1] - f.memory_mib,
+                          self._used[2] - f.disk_gib]
+        self._publish()
+
+    def status(self, name: str) -> VmStatus:
+        with self._lock:
+            if name not in self._vms:
+                raise AgentRejected(self.endpoint, "not_found", name)
+        return VmStatus(name, "running", True, f"sim-{name}")
+
+    def list(self) -> list[VmStatus]:
+        with self._lock:
+            names = list(self._vms)
+        return [VmStatus(n, "running", True, f"sim-{n}") for n in names]
+
+
+def sim_fleet(store: CoordinationStore, prefix: str, azs: int, racks_per_az: int,
+              hosts_per_rack: int, **agent_args: object) -> dict[str, SimAgent]:
+    """A fleet of simulated hypervisors, their facts published in batches."""
+    agents: dict[str, SimAgent] = {}
+    for a in range(1, azs + 1):
+        for r in range(1, racks_per_az + 1):
+            for h in range(1, hosts_per_rack + 1):
+                agent = SimAgent(f"az{a}", f"az{a}-r{r}", f"az{a}-r{r}-h{h}",
+                                 **agent_args)  # type: ignore[arg-type]
+                agent.store, agent.prefix = store, prefix
+                agents[agent.endpoint] = agent
+    ops = [agent.publish_op() for agent in agents.values()]
+    for i in range(0, len(ops), 500):
+        store.txn([], ops[i:i + 500])
+    return agents
