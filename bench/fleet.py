@@ -1,0 +1,125 @@
+"""A leader cycle over a large simulated fleet: how does placement scale?
+
+    .venv/bin/python bench/fleet.py [--hypervisors 10000] [--racks 500] [--azs 3] [--vms 3000]
+
+Simulated hypervisors (``warmcache.sim``, behind the host-agent port, no
+create latency: this measures warmcache, not boot times) publish their facts
+into a SQLite store; rules ask for ``--vms`` VMs spread over the AZs; one
+leader cycle builds them. Reported: the cycle's wall time, placement time
+per VM (the validator/preference pipeline, p50/p99), and the store
+operations the cycle made (every call through the port, by kind).
+
+Last line: ``fleet hypervisors=<H> vms=<V> cycle_s=<x> place_p50_ms=<y>
+place_p99_ms=<z> store_ops=<n>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from warmcache.adapters.file_catalog import FileFlavorCatalog
+from warmcache.adapters.sqlite_events import LogEvents
+from warmcache.adapters.sqlite_store import SqliteStore
+from warmcache.builders.cycle import BuildCycle
+from warmcache.clock import SystemClock
+from warmcache.inventory import HostView
+from warmcache.leader.election import LeaderElection
+from warmcache.model import HostFacts, Keys
+from warmcache.placement.pipeline import Decision, PlacementPipeline, default_pipeline
+from warmcache.placement.request import PlacementRequest
+from warmcache.rules import RuleBook
+from warmcache.sim import sim_fleet
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+
+
+class CountingStore:
+    """Counts every call through the coordination-store port."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._inner, name)
+        if not callable(target):
+            return target
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return target(*args, **kwargs)
+
+        return counted
+
+
+class TimedPipeline(PlacementPipeline):
+    def __init__(self, inner: PlacementPipeline) -> None:
+        super().__init__(inner.validators, inner.preferences)
+        self.times: list[float] = []
+
+    def choose(self, hosts: Sequence[HostFacts], request: PlacementRequest) -> Decision:
+        started = time.perf_counter()
+        decision = super().choose(hosts, request)
+        self.times.append(time.perf_counter() - started)
+        return decision
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hypervisors", type=int, default=10_000)
+    parser.add_argument("--racks", type=int, default=500)
+    parser.add_argument("--azs", type=int, default=3)
+    parser.add_argument("--vms", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    racks_per_az = max(1, args.racks // args.azs)
+    per_rack = max(1, args.hypervisors // (racks_per_az * args.azs))
+    work = Path(tempfile.mkdtemp(prefix="warmcache-fleet-"))
+    raw = SqliteStore(work / "store.db")
+    keys = Keys("fleet")
+    started = time.monotonic()
+    agents = sim_fleet(raw, keys.prefix, args.azs, racks_per_az, per_rack)
+    print(f"{len(agents)} simulated hypervisors in {args.azs} AZs x {racks_per_az} racks "
+          f"published in {time.monotonic() - started:.1f} s", flush=True)
+    catalog = FileFlavorCatalog(CONFIG_DIR / "flavors.toml")
+    book = RuleBook(raw, keys, catalog)
+    per_az = args.vms // args.azs
+    for a in range(1, args.azs + 1):
+        book.put(f"az{a}", "small", {"max_instance_per_cycle": per_az,
+                                     "total_instances": per_az, "min_fault_domain": 3})
+    store = CountingStore(raw)
+    hosts = HostView(store, keys.hosts_dir())
+    hosts.refresh()
+    pipeline = TimedPipeline(default_pipeline())
+    cycle = BuildCycle(store=store, keys=keys, flavors=lambda: {f.name: f for f in catalog.list()},
+                       hosts=hosts, agent_for=agents.__getitem__, events=LogEvents(),
+                       clock=SystemClock(), pipeline=pipeline, concurrency=args.concurrency,
+                       retries=1)
+    election = LeaderElection(store, keys.leader(), "bench", ttl_s=600, clock=SystemClock())
+    store.calls.clear()
+    started = time.monotonic()
+    with election.lead() as leadership:
+        assert leadership is not None
+        report = cycle.run(election.writer(leadership))
+    cycle_s = time.monotonic() - started
+    built = sum(report.built.values())
+    ms = sorted(t * 1000 for t in pipeline.times)
+    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))] if ms else 0.0
+    ops = sum(store.calls.values())
+    print(f"cycle: built {built} of {args.vms} VMs in {cycle_s:.1f} s; problems: "
+          f"{len(report.problems)}; store calls: {dict(store.calls)}")
+    print(f"fleet hypervisors={len(agents)} vms={built} cycle_s={cycle_s:.2f} "
+          f"place_p50_ms={statistics.median(ms) if ms else 0:.2f} place_p99_ms={p99:.2f} "
+          f"store_ops={ops}")
+    raw.close()
+
+
+if __name__ == "__main__":
+    main()
