@@ -6,7 +6,7 @@ STAMP_TEST := $(VENV)/.setup-test
 DEPS := setup.cfg pyproject.toml scripts/setup.sh
 ARGS ?=
 
-.PHONY: run test lint unit clean
+.PHONY: run test lint unit bench clean
 
 run: $(STAMP_RUN)
 	$(VENV)/bin/warmcache quickstart $(ARGS)
@@ -16,6 +16,9 @@ test: $(STAMP_TEST) lint
 
 unit: $(STAMP_TEST)
 	$(VENV)/bin/python -m pytest tests/unit tests/contract $(ARGS)
+
+bench: $(STAMP_TEST)
+	$(VENV)/bin/python bench/all.py
 
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,61 @@
+"""``make bench``: every benchmark at a small default size, one summary table.
+
+Each benchmark runs as its own process (as a user would run it); its last
+line, the contract line, goes into the table. A benchmark that cannot run
+here (real guests without root or libvirtd) is listed with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+HERE = Path(__file__).resolve().parent
+SMALL = [
+    ("failover (SQLite)", ["failover.py", "--store", "sqlite", "--ttl", "2", "--runs", "3"]),
+    ("failover (etcd)", ["failover.py", "--store", "etcd", "--ttl", "2", "--runs", "3"]),
+    ("acquire (SQLite, in process)", ["acquire.py", "--store", "sqlite", "--clients", "8",
+                                      "--seconds", "5", "--via", "library"]),
+    ("acquire (etcd, HTTP)", ["acquire.py", "--store", "etcd", "--clients", "8",
+                              "--seconds", "5", "--via", "http"]),
+    ("refill (simulated, mean 1 s)", ["refill.py", "--vms", "24", "--create-mean-s", "1"]),
+    ("fleet (1,000 hypervisors)", ["fleet.py", "--hypervisors", "1000", "--racks", "60",
+                                   "--vms", "300"]),
+    ("real guests", ["realvm.py", "--sequential", "2", "--parallel", "4"]),
+]
+
+
+def main() -> None:
+    console = Console()
+    table = Table(title="warmcache benchmarks (small sizes; see README for full runs)")
+    for col in ("benchmark", "result (the benchmark's last line)", "wall s"):
+        table.add_column(col)
+    failed = 0
+    for title, args in SMALL:
+        if args[0] == "realvm.py" and os.geteuid() != 0:
+            table.add_row(title, "not run: real guests need root (libvirtd)", "-")
+            continue
+        console.print(f"running {title}...")
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, str(HERE / args[0]), *args[1:]],
+                                capture_output=True, text=True, timeout=900, check=False)
+        took = time.monotonic() - started
+        lines = result.stdout.strip().splitlines()
+        if result.returncode != 0 or not lines:
+            failed += 1
+            why = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            table.add_row(title, f"FAILED: {why}", f"{took:.0f}")
+        else:
+            table.add_row(title, lines[-1], f"{took:.0f}")
+    console.print(table)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
