@@ -96,12 +96,21 @@ def _run(*args: str, cwd: Path | None = None) -> str:
 
 
 def _cloud_kernel_package() -> str:
-    out = _run("apt-cache", "depends", "linux-image-cloud-amd64")
-    for line in out.splitlines():
-        line = line.strip()
-        if line.startswith("Depends:") and "linux-image-" in line:
-            return line.split()[-1]
-    raise GuestImageError("cannot resolve linux-image-cloud-amd64 (apt-get update?)")
+    """The versioned kernel package behind linux-image-cloud-amd64 (refreshing
+    apt's package lists once if they do not know it: a fresh machine may
+    have its packages installed and no lists)."""
+    for attempt in range(2):
+        try:
+            out = _run("apt-cache", "depends", "linux-image-cloud-amd64")
+        except GuestImageError:
+            out = ""
+        for line in out.splitlines():
+            line = line.strip()
+            if line.startswith("Depends:") and "linux-image-" in line:
+                return line.split()[-1]
+        if attempt == 0:
+            _run("apt-get", "update", "-qq")
+    raise GuestImageError("cannot resolve linux-image-cloud-amd64 from apt")
 
 
 def _depends(ko: Path) -> list[str]:
