@@ -27,6 +27,7 @@ SMALL = [
     ("refill (simulated, mean 1 s)", ["refill.py", "--vms", "24", "--create-mean-s", "1"]),
     ("fleet (1,000 hypervisors)", ["fleet.py", "--hypervisors", "1000", "--racks", "60",
                                    "--vms", "300"]),
+    ("replay (Azure, 30 min)", ["replay.py", "--bins", "6", "--budget", "60"]),
     ("real guests", ["realvm.py", "--sequential", "2", "--parallel", "4"]),
 ]
 
