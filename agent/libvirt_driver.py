@@ -135,19 +135,28 @@ class LibvirtDriver:
             time.sleep(0.05)
         raise HypervisorFailure(f"{name} not ready after {timeout_s:.0f} s")
 
-    def probe(self, name: str, timeout_s: float = 3.0) -> bool:
+    def probe(self, name: str, attempts: int = 3, timeout_s: float = 1.0) -> bool:
         """Real guests answer PING on their health channel; test domains
-        have no guest, so their running state is all there is."""
+        have no guest, so their running state is all there is.
+
+        A guest re-opens its end of the channel after each host disconnect,
+        and a PING sent in that gap is lost: a few attempts, a fresh
+        connection each, tell a busy moment from a dead guest."""
         if not self.real_guests:
             return self.state(name) == "running"
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(timeout_s)
-                sock.connect(str(self.health_socket(name)))
-                sock.sendall(b"PING\n")
-                return sock.recv(16).startswith(b"PONG")
-        except OSError:
-            return False
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(0.2)
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(timeout_s)
+                    sock.connect(str(self.health_socket(name)))
+                    sock.sendall(b"PING\n")
+                    if sock.recv(16).startswith(b"PONG"):
+                        return True
+            except OSError:
+                continue
+        return False
 
     def define_and_start(self, spec: VmSpec, pinning: Pinning | None = None,
                          devices: Sequence[str] = ()) -> str:
