@@ -48,7 +48,7 @@ from pathlib import Path
 from warmcache.adapters.file_catalog import FileFlavorCatalog
 from warmcache.adapters.sqlite_events import LogEvents
 from warmcache.adapters.sqlite_store import SqliteStore
-from warmcache.builders.deficits import state_counts, to_build
+from warmcache.builders.deficits import below_low_water, state_counts, to_build
 from warmcache.builders.plan import plan_az
 from warmcache.clock import ManualClock
 from warmcache.config import ServiceConfig
@@ -159,7 +159,8 @@ def pooled(requests: list[Request], flavors: dict[str, tuple[int, float]],
     service = WarmCache(config=ServiceConfig(node="replay", prefix="rp", low_water_ratio=0.0,
                                              leader_ttl_s=86_400, max_acquire_count=100_000),
                         store=store, catalog=FileFlavorCatalog(catalog), events=LogEvents(),
-                        agent_for=agents.__getitem__, clock=clock)
+                        agent_for=agents.__getitem__, clock=clock,
+                        rng=random.Random(seed))  # --seed makes the whole run repeatable
     for f, n in targets.items():
         service.rules.put("az1", f, {"max_instance_per_cycle": max(n, 1), "total_instances": n,
                                      "min_fault_domain": 1})
@@ -245,12 +246,9 @@ def pooled(requests: list[Request], flavors: dict[str, tuple[int, float]],
                     heapq.heappush(events, (now + life, next(seq), "end", vm))
             else:
                 out.times.append(max(draw.lognormvariate(mu, 0.5) for _ in r.lifetimes))
-            if early and r.flavor in rules:
-                counts = state_counts(records(), r.flavor)
-                pooled_now = sum(counts[s] for s in (InstanceState.READY,
-                                                     InstanceState.BUILDING))
-                if pooled_now < rules[r.flavor].total_instances / 2:
-                    cycle(now, r.flavor)
+            if early and r.flavor in rules and below_low_water(
+                    rules[r.flavor], state_counts(records(), r.flavor), 0.5):
+                cycle(now, r.flavor)
     service.close()
     store.close()
     return out

@@ -52,9 +52,6 @@ class RuleBook:
             out[(az, flavor)] = BuildRule.model_validate_json(kv.value)
         return out
 
-    def azs(self) -> set[str]:
-        return {az for az, _ in self.all()}
-
 
 def read_rules_file(text: str) -> dict[tuple[str, str], dict[str, Any]]:
     """``[rules.<az>.<flavor>]`` tables of a TOML file, unvalidated."""

@@ -37,7 +37,7 @@ class SimAgent:
                                vcpus_free=vcpus, memory_mib_total=memory_mib,
                                memory_mib_free=memory_mib, disk_gib_total=disk_gib,
                                disk_gib_free=disk_gib, endpoint=f"sim:{hypervisor}")
-        self._vms: dict[str, tuple[Flavor, str | None]] = {}
+        self.vms: dict[str, tuple[Flavor, str | None]] = {}
         self._used = [0, 0, 0]
         self._latency = latency
         self._sleep = sleep
@@ -55,8 +55,8 @@ class SimAgent:
                 "vcpus_free": self._base.vcpus_total - self._used[0],
                 "memory_mib_free": self._base.memory_mib_total - self._used[1],
                 "disk_gib_free": self._base.disk_gib_total - self._used[2],
-                "vms": tuple(self._vms),
-                "groups": tuple(g for _, g in self._vms.values() if g),
+                "vms": tuple(self.vms),
+                "groups": tuple(g for _, g in self.vms.values() if g),
             })
 
     def publish_op(self) -> Put:
@@ -68,41 +68,42 @@ class SimAgent:
             op = self.publish_op()
             self.store.put(op.key, op.value)
 
+    @staticmethod
+    def _needs(f: Flavor) -> tuple[int, int, int]:
+        return f.vcpus, f.memory_mib, f.disk_gib + sum(f.extra_disks_gib)
+
     def create(self, spec: VmSpec) -> VmStatus:
-        f = spec.flavor
+        need = self._needs(spec.flavor)
         with self._lock:
-            if spec.name in self._vms:
+            if spec.name in self.vms:
                 raise AgentRejected(self.endpoint, "already_exists", spec.name)
-            if (self._used[0] + f.vcpus > self._base.vcpus_total
-                    or self._used[1] + f.memory_mib > self._base.memory_mib_total
-                    or self._used[2] + f.disk_gib > self._base.disk_gib_total):
+            totals = (self._base.vcpus_total, self._base.memory_mib_total,
+                      self._base.disk_gib_total)
+            if any(u + n > t for u, n, t in zip(self._used, need, totals, strict=True)):
                 raise InsufficientHostCapacity(self.endpoint, "insufficient_capacity", spec.name)
-            self._vms[spec.name] = (f, spec.group)
-            self._used = [self._used[0] + f.vcpus, self._used[1] + f.memory_mib,
-                          self._used[2] + f.disk_gib]
+            self.vms[spec.name] = (spec.flavor, spec.group)
+            self._used = [u + n for u, n in zip(self._used, need, strict=True)]
         self._sleep(self._latency())  # booting
         self._publish()
         return VmStatus(spec.name, "running", True, f"sim-{spec.name}")
 
     def delete(self, name: str) -> None:
         with self._lock:
-            found = self._vms.pop(name, None)
+            found = self.vms.pop(name, None)
             if found is None:
                 raise AgentRejected(self.endpoint, "not_found", name)
-            f = found[0]
-            self._used = [self._used[0] - f.vcpus, self._used[1] - f.memory_mib,
-                          self._used[2] - f.disk_gib]
+            self._used = [u - n for u, n in zip(self._used, self._needs(found[0]), strict=True)]
         self._publish()
 
     def status(self, name: str) -> VmStatus:
         with self._lock:
-            if name not in self._vms:
+            if name not in self.vms:
                 raise AgentRejected(self.endpoint, "not_found", name)
         return VmStatus(name, "running", True, f"sim-{name}")
 
     def list(self) -> list[VmStatus]:
         with self._lock:
-            names = list(self._vms)
+            names = list(self.vms)
         return [VmStatus(n, "running", True, f"sim-{n}") for n in names]
 
 
