@@ -280,8 +280,8 @@ class WarmCache:
                     continue
                 last = self.store.get(self.keys.last_cycle())
                 if last is None or json.loads(last.value).get("token") != token:
+                    self.trigger_cycle()  # first: nothing may delay the takeover
                     self._emit("leader.takeover", node=self.config.node, abandoned_token=token)
-                    self.trigger_cycle()
             except WarmCacheError as exc:
                 log.warning("leader watch: %s", exc)
                 self._stop.wait(poll_s)

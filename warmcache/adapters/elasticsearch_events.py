@@ -6,9 +6,9 @@ buffering and spooling below are tested with the client pointed at a closed
 port, and the adapter joins the event-sink tests when
 ``WARMCACHE_TEST_ELASTICSEARCH`` is set.
 
-* ``emit`` only puts the event on a bounded in-memory queue: a slow or down
-  Elasticsearch never slows an acquisition or a build.
-* A background thread sends batches with the bulk API. A batch that cannot
+* ``emit`` only puts the event on a bounded in-memory queue (a ``Batcher``):
+  a slow or down Elasticsearch never slows an acquisition or a build.
+* The batcher's thread sends batches with the bulk API. A batch that cannot
   be sent is spooled to disk (JSON lines, one file per batch, at most
   ``max_spool_bytes``; past that the oldest files go, and are counted in
   ``dropped``) and replayed, oldest first, once Elasticsearch answers again.
@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from warmcache.adapters.batching import Batcher
 from warmcache.ports import Event
 
 log = logging.getLogger(__name__)
@@ -85,24 +84,23 @@ class ElasticsearchEvents:
         self._client = client
         self._spool = Path(spool_dir)
         self._spool.mkdir(parents=True, exist_ok=True)
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=max_queue)
-        self._batch = batch
-        self._flush_s = flush_s
         self._max_spool = max_spool_bytes
         self._retry_s = retry_s
+        self._next_replay = 0.0
         self._template_ready = False
-        self.dropped = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="es-events", daemon=True)
-        self._thread.start()
+        self._spool_dropped = 0
+        self._batcher: Batcher[dict[str, Any]] = Batcher(
+            self._write, name="es-events", max_queue=max_queue, batch=batch, flush_s=flush_s)
+
+    @property
+    def dropped(self) -> int:
+        """Events lost: the queue was full, or the spool outgrew its bound."""
+        return self._batcher.dropped + self._spool_dropped
 
     # --- the EventSink port ------------------------------------------------------------
 
     def emit(self, event: Event) -> None:
-        try:
-            self._queue.put_nowait(event_document(event))
-        except queue.Full:
-            self.dropped += 1
+        self._batcher.put(event_document(event))
 
     def recent(self, limit: int = 100, type_prefix: str = "") -> list[Event]:
         query = {"prefix": {"type": type_prefix}} if type_prefix else {"match_all": {}}
@@ -139,33 +137,19 @@ class ElasticsearchEvents:
             log.warning("%d event(s) rejected by Elasticsearch: %s", len(failed),
                         failed[0]["create"]["error"] if failed else "")
 
-    def _drain(self) -> list[dict[str, Any]]:
-        docs: list[dict[str, Any]] = []
-        deadline = time.monotonic() + self._flush_s
-        while len(docs) < self._batch:
-            timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                break
+    def _write(self, docs: list[dict[str, Any]]) -> None:
+        """The batcher's writer (called at least every ``flush_s``): send or
+        spool this batch, then retry the spool when it is due. Never raises."""
+        if docs:
             try:
-                docs.append(self._queue.get(timeout=timeout))
-            except queue.Empty:
-                break
-        return docs
-
-    def _run(self) -> None:
-        next_replay = 0.0
-        while not self._stop.is_set() or not self._queue.empty():
-            docs = self._drain()
-            if docs:
-                try:
-                    self._send(docs)
-                except Exception as exc:
-                    log.warning("Elasticsearch unavailable (%s); spooling %d event(s)",
-                                type(exc).__name__, len(docs))
-                    self._spool_batch(docs)
-            if (time.monotonic() >= next_replay and self.spooled_files()
-                    and not self._replay()):
-                next_replay = time.monotonic() + self._retry_s
+                self._send(docs)
+            except Exception as exc:
+                log.warning("Elasticsearch unavailable (%s); spooling %d event(s)",
+                            type(exc).__name__, len(docs))
+                self._spool_batch(docs)
+        if (time.monotonic() >= self._next_replay and self.spooled_files()
+                and not self._replay()):
+            self._next_replay = time.monotonic() + self._retry_s
 
     # --- the spool ---------------------------------------------------------------------
 
@@ -180,7 +164,7 @@ class ElasticsearchEvents:
         files = self.spooled_files()
         while files and sum(f.stat().st_size for f in files) > self._max_spool:
             oldest = files.pop(0)
-            self.dropped += oldest.read_text().count("\n")
+            self._spool_dropped += oldest.read_text().count("\n")
             oldest.unlink(missing_ok=True)
 
     def _replay(self) -> bool:
@@ -197,5 +181,4 @@ class ElasticsearchEvents:
     def close(self, timeout_s: float = 10.0) -> None:
         """Flush what is queued (to Elasticsearch or the spool), then stop.
         The client belongs to whoever made it only when it was passed in."""
-        self._stop.set()
-        self._thread.join(timeout=timeout_s)
+        self._batcher.close(timeout_s)

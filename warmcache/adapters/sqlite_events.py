@@ -1,7 +1,11 @@
 """SqliteEvents: the embedded event sink (what Elasticsearch holds in production).
 
-Emitting never raises: an event store problem is logged and the event
-dropped, because losing an audit line must never fail an acquisition.
+Emitting never raises and never waits: events are queued and written in
+batches by a background thread (``warmcache.adapters.batching``), because
+the file is shared by every instance on the host and one of them may hold
+its lock (paused mid-write, or just busy); an audit line must never fail or
+slow an acquisition, a build or a takeover. A locked file delays events, it
+does not lose them; ``recent`` first waits briefly for this instance's own.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from warmcache.adapters.batching import Batcher
 from warmcache.ports import Event
 
 log = logging.getLogger(__name__)
@@ -28,26 +33,48 @@ CREATE INDEX IF NOT EXISTS events_type_at ON events (type, at);
 
 
 class SqliteEvents:
-    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0) -> None:
+    def __init__(self, path: str | Path, busy_timeout_s: float = 5.0,
+                 max_queue: int = 10_000) -> None:
         self.path = str(path)
+        # Two connections: the batcher's thread writes (and may wait for the
+        # file's lock); readers never queue behind it (WAL).
+        self._writer = self._connect(busy_timeout_s)
+        self._writer.execute("PRAGMA journal_mode=WAL")
+        self._writer.executescript(_SCHEMA)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(
-            self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(_SCHEMA)
+        self._conn = self._connect(busy_timeout_s)
+        self._batcher: Batcher[Event] = Batcher(self._write, name="sqlite-events",
+                                                max_queue=max_queue, retry_s=0.1)
+
+    def _connect(self, busy_timeout_s: float) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
+                               check_same_thread=False)
+
+    @property
+    def dropped(self) -> int:
+        return self._batcher.dropped
 
     def emit(self, event: Event) -> None:
+        self._batcher.put(event)
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        return self._batcher.flush(timeout_s)
+
+    def _write(self, events: list[Event]) -> None:
+        if not events:
+            return
+        rows = [(e.at, e.type, json.dumps(dict(e.fields), default=str)) for e in events]
+        self._writer.execute("BEGIN IMMEDIATE")
         try:
-            with self._lock:
-                self._conn.execute(
-                    "INSERT INTO events (at, type, fields) VALUES (?, ?, ?)",
-                    (event.at, event.type, json.dumps(dict(event.fields), default=str)),
-                )
-        except sqlite3.Error as exc:
-            log.warning("event %s dropped: %s", event.type, exc)
+            self._writer.executemany(
+                "INSERT INTO events (at, type, fields) VALUES (?, ?, ?)", rows)
+            self._writer.execute("COMMIT")
+        except BaseException:
+            self._writer.execute("ROLLBACK")
+            raise
 
     def recent(self, limit: int = 100, type_prefix: str = "") -> list[Event]:
+        self._batcher.flush(0.5)
         with self._lock:
             rows = self._conn.execute(
                 "SELECT at, type, fields FROM events WHERE type >= ? AND type < ? "
@@ -57,6 +84,8 @@ class SqliteEvents:
         return [Event(r[1], float(r[0]), json.loads(r[2])) for r in rows]
 
     def close(self) -> None:
+        self._batcher.close()
+        self._writer.close()
         with self._lock:
             self._conn.close()
 
