@@ -22,6 +22,7 @@ class FakeAgent(SimAgent):
                          disk_gib=disk_gib)
         self.unavailable_times = 0  # fail this many calls with AgentUnavailable
         self.unhealthy: set[str] = set()
+        self.creating: set[str] = set()  # still booting, as libvirt reports it
         self.before_create: Callable[[VmSpec], None] | None = None
         self.calls: list[str] = []
 
@@ -66,6 +67,8 @@ class FakeAgent(SimAgent):
 
     def status(self, name: str) -> VmStatus:
         super().status(name)  # not_found when it is not here
+        if name in self.creating:
+            return VmStatus(name, "creating", False, f"uuid-{name}")
         healthy = name not in self.unhealthy
         return VmStatus(name, "running" if healthy else "crashed", healthy, f"uuid-{name}")
 

@@ -193,6 +193,27 @@ def test_a_new_leader_adopts_or_forgets_what_a_dead_leader_left_building(
     assert {"vm.build_adopted", "vm.build_forgotten", "vm.build_failed"} <= kinds
 
 
+def test_an_orphan_still_being_created_is_settled_by_a_cycle_soon_after(
+    service: WarmCache, agents: dict[str, FakeAgent]
+) -> None:
+    """The old leader lost its lock while its agent was still booting the
+    VM: the new leader's cycle cannot settle it yet, so it must not call
+    itself clean (a clean cycle waits a whole interval); the retry adopts it."""
+    rule(service, total_instances=6)
+    orphan(service, agents, "still-booting", on_agent=True)
+    next(iter(agents.values())).creating.add("still-booting")
+    first = service.run_cycle()
+    assert first is not None and not first.clean
+    assert [u.split(":")[0] for u in first.unsettled] == ["still-booting"]
+    assert first.built[("az1", "small")] == 5  # the orphan counts towards the target
+    assert {r.name: r.state for r in records(service)}["still-booting"] is InstanceState.BUILDING
+    next(iter(agents.values())).creating.clear()
+    second = service.run_cycle()
+    assert second is not None and second.clean and second.built == Counter()
+    recs = records(service)
+    assert len(recs) == 6 and all(r.state is InstanceState.READY for r in recs)
+
+
 def test_the_cycle_report_reads_as_an_email(service: WarmCache) -> None:
     rule(service, total_instances=3, min_fault_domain=1)
     rule(service, "medium", total_instances=4, min_fault_domain=4)  # only 3 racks

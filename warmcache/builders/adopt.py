@@ -31,11 +31,17 @@ def adopt_orphans(
     """Settle ``building`` records left by an earlier leader (it died or
     lost its lock mid-build): ready if the agent has the VM healthy,
     forgotten if the agent never made it, destroyed if it came up sick,
-    left alone while the agent is still creating it or unreachable.
-    Returns the AZ's records as they stand afterwards."""
+    left alone while the agent is still creating it or unreachable (listed
+    in ``report.unsettled``, so that the next cycle comes soon and settles
+    it). Returns the AZ's records as they stand afterwards."""
     token = writer.leadership.token
     reserved = Counter(r.flavor for r in records if r.state == InstanceState.RESERVED)
     out: list[PoolInstance] = []
+
+    def leave(rec: PoolInstance, why: str) -> None:
+        report.unsettled.append(f"{rec.name}: {why}")
+        out.append(rec)
+
     for rec in records:
         if rec.state != InstanceState.BUILDING or rec.fencing_token == token:
             out.append(rec)
@@ -52,23 +58,23 @@ def adopt_orphans(
             status = agent.status(rec.name)
         except AgentRejected as exc:
             if exc.agent_code != "not_found":
-                out.append(rec)
+                leave(rec, f"agent: {exc}")
                 continue
             writer.txn([Compare.mod_revision(key, kv.mod_revision)], [Delete(key)])
             emit("vm.build_forgotten", name=rec.name, az=az, flavor=rec.flavor,
                        reason="the agent never created it")
             continue
-        except AgentError:
-            out.append(rec)
+        except AgentError as exc:
+            leave(rec, f"agent: {exc}")
             continue
         if status.state == "creating":
-            out.append(rec)
+            leave(rec, "still being created")
             continue
         if not status.healthy:
             try:
                 agent.delete(rec.name)
-            except AgentError:
-                out.append(rec)
+            except AgentError as exc:
+                leave(rec, f"unhealthy, delete failed: {exc}")
                 continue
             writer.txn([Compare.mod_revision(key, kv.mod_revision)], [Delete(key)])
             emit("vm.build_failed", name=rec.name, az=az, flavor=rec.flavor,
@@ -87,5 +93,5 @@ def adopt_orphans(
                        state=state.value, from_token=rec.fencing_token)
             out.append(done)
         else:
-            out.append(rec)
+            leave(rec, "its record changed meanwhile")
     return out

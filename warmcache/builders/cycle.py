@@ -66,12 +66,15 @@ class CycleReport:
     built: Counter[tuple[str, str]] = field(default_factory=Counter)  # (az, flavor)
     failed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # An earlier leader's builds that could not be settled yet (its agent is
+    # still creating the VM, or did not answer): the next cycle, soon, does.
+    unsettled: list[str] = field(default_factory=list)
     leadership_lost: bool = False
 
     @property
     def clean(self) -> bool:
-        """Nothing failed: no retry needed before the next interval."""
-        return not (self.failed or self.problems or self.leadership_lost)
+        """Nothing failed or left open: no retry needed before the next interval."""
+        return not (self.failed or self.problems or self.unsettled or self.leadership_lost)
 
     def summary(self) -> dict[str, object]:
         return {
@@ -80,9 +83,9 @@ class CycleReport:
             "built": {f"{az}/{flavor}": n for (az, flavor), n in sorted(self.built.items())},
             "failed": self.failed,
             "problems": self.problems,
+            "unsettled": self.unsettled,
             "leadership_lost": self.leadership_lost,
         }
-
 
     def render(self) -> tuple[str, str]:
         """An email-ready subject and plain-text body for this cycle."""
