@@ -15,6 +15,7 @@ import httpx
 
 from warmcache.errors import (
     ClaimContention,
+    ClaimOutcomeUnknown,
     Forbidden,
     InvalidRequest,
     InvalidRule,
@@ -106,6 +107,9 @@ def _error(code: str, detail: Any, status: int) -> WarmCacheError:
         return Forbidden("this token", "admin")
     if code == "claim_contention":
         return ClaimContention(0)
+    if code == ClaimOutcomeUnknown.code:
+        return ClaimOutcomeUnknown(str(info.get("claim_id", "")), list(info.get("vms", [])),
+                                   message)
     for cls_ in (UnknownFlavor, UnknownAZ, UnknownPool, UnknownRule):
         if code == cls_.code:
             error = NotFound(message)

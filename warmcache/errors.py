@@ -23,7 +23,8 @@ built from as attributes, so callers can act on numbers, not on messages::
     ├── StoreError                     store_error           (HTTP 503)
     │   ├── SessionExpired             session_expired
     │   ├── LeadershipLost             leadership_lost
-    │   └── WatchCompacted             watch_compacted
+    │   ├── WatchCompacted             watch_compacted
+    │   └── ClaimOutcomeUnknown        claim_outcome_unknown
     └── AgentError                     agent_error           (HTTP 502)
         ├── AgentUnavailable           agent_unavailable     (transient: retried)
         ├── AgentRejected              <the agent's code>    (never retried)
@@ -239,6 +240,22 @@ class StoreError(WarmCacheError):
     """The coordination store failed or is unreachable."""
 
     code = "store_error"
+
+
+class ClaimOutcomeUnknown(StoreError):
+    """A claim's transaction got no answer and the store could not be asked
+    afterwards whether it landed. The VMs may be in ``acquired`` under
+    ``claim_id``; look there before building replacements."""
+
+    code = "claim_outcome_unknown"
+
+    def __init__(self, claim_id: str, vms: list[str], cause: str) -> None:
+        self.claim_id = claim_id
+        self.vms = vms
+        super().__init__(f"claim {claim_id} of {len(vms)} VM(s): outcome unknown: {cause}")
+
+    def detail(self) -> dict[str, Any]:
+        return {"claim_id": self.claim_id, "vms": self.vms, "message": self.message}
 
 
 class SessionExpired(StoreError):

@@ -111,6 +111,7 @@ class PoolInstance(_Frozen):
     health_failures: int = 0
     acquired_by: str | None = None
     acquired_at: float | None = None
+    claim_id: str | None = None  # the claim that handed it out
 
     def with_state(self, state: InstanceState, **changes: object) -> PoolInstance:
         return self.model_copy(update={"state": state, **changes})

@@ -12,6 +12,7 @@ from flask import Flask
 
 from warmcache import Client, InvalidRequest, NoCapacity, NotFound
 from warmcache.config import AuthConfig, TokenConfig
+from warmcache.errors import ClaimOutcomeUnknown
 from warmcache.service import WarmCache
 from warmcache.web import create_app
 from warmcache.web.auth import Authenticator
@@ -94,3 +95,18 @@ def test_client_round_trip_and_typed_errors(client: Client) -> None:
         client.acquire("small", "az1", 0, "best-effort")
     assert client.pools()[0]["ready"] == 3
     assert client.get_rule("az1", "small")["total_instances"] == 6
+
+
+def test_a_claim_with_an_unknown_outcome_reaches_the_client_typed(
+    client: Client, service: WarmCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vms = client.acquire("small", "az1", 2, "best-effort")
+    assert len({vm["claim_id"] for vm in vms}) == 1 and vms[0]["claim_id"]
+
+    def store_went_away(*_a: object, **_k: object) -> None:
+        raise ClaimOutcomeUnknown("c0ffee", ["vm-1", "vm-2"], "read timed out")
+
+    monkeypatch.setattr(service, "acquire", store_went_away)
+    with pytest.raises(ClaimOutcomeUnknown) as err:
+        client.acquire("small", "az1", 2, "best-effort")
+    assert (err.value.claim_id, err.value.vms) == ("c0ffee", ["vm-1", "vm-2"])

@@ -5,14 +5,18 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from warmcache.acquire.claim import Claimer
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.clock import ManualClock
-from warmcache.errors import NoCapacity
+from warmcache.errors import ClaimOutcomeUnknown, NoCapacity, StoreError
 from warmcache.model import InstanceState, Keys, Mode, PoolInstance
+from warmcache.ports import Compare, KeyValue, Op, TxnResult
 
 KEYS = Keys("wc")
 
@@ -141,3 +145,78 @@ def test_an_empty_view_is_checked_against_the_store(
         flavor="small", az="az1", count=3, mode=Mode.RACK_AWARE, use_reserve=False,
         requester="t", view=lambda: [])
     assert len(got.vms) == 3 and got.attempts == 2
+
+
+class UnansweredClaims(SqliteStore):
+    """A store whose first claim transaction gets no answer, the way a
+    timeout or a cut connection looks to the client: ``"applied"`` (the
+    reply was lost), ``"pending"`` (held by the store, applied later on
+    ``apply_late``) or ``"down"`` (and every call after it fails too)."""
+
+    def __init__(self, *args: Any, how: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.how = how
+        self.held: tuple[Sequence[Compare], Sequence[Op]] | None = None
+        self.fired = False
+
+    def txn(self, compares: Sequence[Compare], success: Sequence[Op],
+            failure: Sequence[Op] = ()) -> TxnResult:
+        if self.fired and self.how == "down":
+            raise StoreError("etcd kv/txn: connection reset")
+        is_claim = any(op.key.startswith("wc/acquired/") for op in success)
+        if not is_claim or self.fired:
+            return super().txn(compares, success, failure)
+        self.fired = True
+        if self.how == "applied":
+            super().txn(compares, success, failure)
+        else:
+            self.held = (compares, success)
+        raise StoreError("etcd kv/txn: read timed out")
+
+    def get(self, key: str) -> KeyValue | None:
+        if self.fired and self.how == "down":
+            raise StoreError("etcd kv/range: connection reset")
+        return super().get(key)
+
+    def apply_late(self) -> bool:
+        assert self.held is not None
+        return super().txn(*self.held, ()).succeeded
+
+
+def acquired_names(store: SqliteStore) -> set[str]:
+    kvs, _ = store.range("wc/acquired/")
+    return {kv.key.rsplit("/", 1)[1] for kv in kvs}
+
+
+@pytest.mark.parametrize("how", ["applied", "pending"])
+def test_an_unanswered_claim_strands_no_vm(tmp_path: Path, clock: ManualClock, how: str) -> None:
+    """§12.1/§12.3 across a store timeout: whatever the store did with the
+    unanswered transaction, the caller gets exactly the VMs that left the
+    pool for it, and none stays in `acquired` without an owner."""
+    store = UnansweredClaims(tmp_path / "s.db", clock=clock, how=how)
+    try:
+        seed(store, racks=3, per_rack=2)
+        got = set(claim(claimer(store, clock), 3))
+        if how == "pending":
+            assert not store.apply_late()  # the settle made the late apply fail
+        assert acquired_names(store) == got and len(got) == 3
+        pool, _ = store.range(KEYS.pool_dir("az1"))
+        assert len(pool) == 3 and not got & {kv.key.rsplit("/", 1)[1] for kv in pool}
+        claims = {PoolInstance.model_validate_json(kv.value).claim_id
+                  for kv in store.range("wc/acquired/")[0]}
+        assert len(claims) == 1 and None not in claims
+    finally:
+        store.close()
+
+
+def test_an_unanswered_claim_with_the_store_gone_says_so(tmp_path: Path,
+                                                         clock: ManualClock) -> None:
+    store = UnansweredClaims(tmp_path / "s.db", clock=clock, how="down")
+    try:
+        seed(store, racks=3, per_rack=2)
+        with pytest.raises(ClaimOutcomeUnknown) as err:
+            claim(claimer(store, clock), 3)
+        assert err.value.code == "claim_outcome_unknown" and len(err.value.vms) == 3
+        assert err.value.detail()["claim_id"] == err.value.claim_id
+    finally:
+        store.close()

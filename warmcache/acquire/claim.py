@@ -7,17 +7,28 @@ any changed (a concurrent acquirer, a purge), nothing is written; we re-read
 the pool and select again, up to ``attempts`` times, then give up with
 ``ClaimContention``. A request the pool cannot satisfy fails at once with
 ``NoCapacity`` and claims nothing.
+
+A transaction that gets no answer (a timeout, a connection cut after the
+request left) may still have been applied, or may be applied later by the
+store. Every claim carries a ``claim_id``, written into the acquired
+records, and such an ambiguous failure is settled before anything else:
+one chosen record is rewritten unchanged, conditioned on the revision the
+claim compared, which makes a late apply impossible; if that rewrite fails,
+the acquired records say whether the claim landed (then it is returned as a
+success: no VM is stranded in ``acquired``). If the store cannot be asked,
+``ClaimOutcomeUnknown`` names the claim and its VMs.
 """
 
 from __future__ import annotations
 
 import random
 import threading
+import uuid
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from warmcache.acquire.modes import SELECTORS
-from warmcache.errors import ClaimContention, NoCapacity
+from warmcache.errors import ClaimContention, ClaimOutcomeUnknown, NoCapacity, StoreError
 from warmcache.model import InstanceState, Keys, Mode, PoolInstance
 from warmcache.ports import Clock, Compare, CoordinationStore, Delete, Put
 
@@ -68,6 +79,7 @@ class Claimer:
         and later attempts read the store."""
         states = {InstanceState.READY} | ({InstanceState.RESERVED} if use_reserve else set())
         selector = SELECTORS[mode]
+        claim_id = uuid.uuid4().hex
         for attempt in range(1, self._attempts + 1):
             if attempt == 1 and view is not None:
                 seen = list(view())
@@ -96,19 +108,42 @@ class Claimer:
                 )
             now = self._clock.now()
             acquired = [
-                vm.with_state(InstanceState.ACQUIRED, acquired_by=requester, acquired_at=now)
+                vm.with_state(InstanceState.ACQUIRED, acquired_by=requester, acquired_at=now,
+                              claim_id=claim_id)
                 for vm in chosen
             ]
-            result = self._store.txn(
-                [Compare.mod_revision(self._keys.pool(az, vm.name), revision[vm.name])
-                 for vm in chosen],
-                # Handed-out VMs leave the pool directory (so acquisitions keep
-                # scanning only what is acquirable) for the acquired log.
-                [op for vm in acquired for op in (
-                    Delete(self._keys.pool(az, vm.name)),
-                    Put(self._keys.acquired(az, vm.name), vm.model_dump_json()),
-                )],
-            )
-            if result.succeeded:
+            try:
+                succeeded = self._store.txn(
+                    [Compare.mod_revision(self._keys.pool(az, vm.name), revision[vm.name])
+                     for vm in chosen],
+                    # Handed-out VMs leave the pool directory (so acquisitions keep
+                    # scanning only what is acquirable) for the acquired log.
+                    [op for vm in acquired for op in (
+                        Delete(self._keys.pool(az, vm.name)),
+                        Put(self._keys.acquired(az, vm.name), vm.model_dump_json()),
+                    )],
+                ).succeeded
+            except StoreError as exc:
+                succeeded = self._settle(az, chosen[0], revision[chosen[0].name], acquired,
+                                         claim_id, exc)
+            if succeeded:
                 return Claimed(acquired, attempt, len(candidates) - count)
         raise ClaimContention(self._attempts)
+
+    def _settle(self, az: str, first: PoolInstance, first_revision: int,
+                acquired: list[PoolInstance], claim_id: str, cause: StoreError) -> bool:
+        """Did the unanswered claim land? Decided for good (see the module doc)."""
+        key = self._keys.pool(az, first.name)
+        try:
+            fenced = self._store.txn([Compare.mod_revision(key, first_revision)],
+                                     [Put(key, first.model_dump_json())])
+            if fenced.succeeded:
+                return False  # it had not landed, and now it never can
+            for vm in acquired:
+                kv = self._store.get(self._keys.acquired(az, vm.name))
+                if kv is None or PoolInstance.model_validate_json(kv.value).claim_id != claim_id:
+                    return False  # someone else's change won
+            return True
+        except StoreError as exc:
+            raise ClaimOutcomeUnknown(claim_id, [vm.name for vm in acquired],
+                                      f"{cause}; then {exc}") from exc

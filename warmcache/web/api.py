@@ -82,6 +82,7 @@ def vm_json(vm: PoolInstance) -> dict[str, Any]:
         "addresses": list(vm.addresses),
         "ready_at": vm.ready_at,
         "acquired_at": vm.acquired_at,
+        "claim_id": vm.claim_id,
     }
 
 

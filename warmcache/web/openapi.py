@@ -31,7 +31,7 @@ def _errors(*codes: int) -> dict[str, Any]:
 def document(acquire_body: dict[str, Any], version: str) -> dict[str, Any]:
     vm = {"type": "object", "properties": {k: {} for k in (
         "name", "az", "flavor", "rack", "hypervisor", "server_id", "addresses", "ready_at",
-        "acquired_at")}}
+        "acquired_at", "claim_id")}}
     rule_ref = {"$ref": "#/components/schemas/BuildRule"}
     rule_reply = {"type": "object", "properties": {"az": {"type": "string"},
                                                    "flavor": {"type": "string"},
