@@ -315,7 +315,7 @@ class WarmCache:
                 continue
             host = self.hosts.get(rec.hypervisor)
             agent = self.agent_for(host.endpoint) if host and host.endpoint else None
-            if purge_vm(self.store.txn, kv.key, kv, rec, agent):
+            if purge_vm(self.store.txn, kv.key, kv.mod_revision, rec, agent):
                 purged.append(rec.name)
                 self._emit("vm.purged", name=rec.name, az=az, flavor=flavor,
                            hypervisor=rec.hypervisor, reason="pool purge (approved)")

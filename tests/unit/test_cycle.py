@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.fakes import FakeAgent
+from tests.polling import wait_for
 from warmcache.errors import AgentUnavailable
 from warmcache.model import InstanceState, PoolInstance
 from warmcache.ports import VmSpec
@@ -136,6 +137,60 @@ def test_a_lost_leader_starts_no_new_vm(make_service: Callable[..., WarmCache],
     created = steal_leadership_at(service, agents, 2)
     service.run_cycle()
     assert len(created) == 2  # the VM in flight finished; none was started after
+
+
+def test_a_lost_leader_never_destroys_a_vm_its_successor_may_adopt(
+    make_service: Callable[..., WarmCache], agents: dict[str, FakeAgent]
+) -> None:
+    """The VM in flight when the lock was taken comes up sick: cleaning it
+    up is the successor's job (its adoption destroys it, or adopts it if it
+    recovers); a stale leader deleting it could pull it from under a record
+    the successor just marked ready."""
+    service = make_service(build_concurrency=1)
+    rule(service, total_instances=6)
+    created = steal_leadership_at(service, agents, 1)
+    hook = next(iter(agents.values())).before_create
+    assert hook is not None
+
+    def steal_and_sicken(spec: VmSpec) -> None:
+        hook(spec)
+        for agent in agents.values():
+            agent.unhealthy.add(spec.name)
+
+    for agent in agents.values():
+        agent.before_create = steal_and_sicken
+    report = service.run_cycle()
+    assert report is not None and report.leadership_lost
+    [name] = created
+    host = next(a for a in agents.values() if name in a.vms)
+    assert f"delete {name}" not in host.calls
+    assert {r.name: r.state for r in records(service)}[name] is InstanceState.BUILDING
+    kinds = [e.type for e in service.events.recent(type_prefix="vm.build_")]
+    assert "vm.build_abandoned" in kinds and "vm.build_failed" not in kinds
+
+
+def test_a_lost_leader_stops_retrying_an_unavailable_agent(
+    make_service: Callable[..., WarmCache], agents: dict[str, FakeAgent]
+) -> None:
+    service = make_service(build_concurrency=1, leader_ttl_s=2, build_retries=8)
+    rule(service, total_instances=1, min_fault_domain=1)
+    attempts: list[str] = []
+
+    def expire_then_go_down(spec: VmSpec) -> None:
+        attempts.append(spec.name)
+        if len(attempts) == 1:
+            service.clock.advance(5.0)  # type: ignore[attr-defined]  # the session expires
+            wait_for("the renewer to notice", lambda: service.events.recent(
+                type_prefix="leader.lost"), 10)
+            for agent in agents.values():
+                agent.unavailable_times = 100
+
+    for agent in agents.values():
+        agent.before_create = expire_then_go_down
+    report = service.run_cycle()
+    assert report is not None and report.leadership_lost
+    assert len(attempts) == 1  # without the stop: 8 attempts over ~10 s of backoff
+    assert all(not a.vms for a in agents.values())
 
 
 def test_only_one_instance_leads_a_cycle(service: WarmCache) -> None:

@@ -65,6 +65,23 @@ def test_consecutive_failures_purge_through_the_agent(
     assert sick in alerts.sent[-1][0]  # after the cycle report, the purge alert
 
 
+def test_a_purge_the_agent_refused_is_finished_by_a_later_poll(
+    pool: WarmCache, agents: dict[str, FakeAgent]
+) -> None:
+    sick = sorted(records(pool))[0]
+    host = sicken(agents, sick)
+    pool.health.poll()
+    host.unavailable_times = 1  # the destroy fails: the record must stay, as purging
+    report = pool.health.poll()
+    assert report is not None and report.purged == []
+    assert records(pool)[sick].state is InstanceState.PURGING and sick in host.vms
+    with pytest.raises(NoCapacity):
+        pool.acquire("small", "az1", 6, Mode.BEST_EFFORT)  # never handed out
+    report = pool.health.poll()
+    assert report is not None and report.purged == [sick]
+    assert sick not in records(pool) and sick not in host.vms
+
+
 def test_a_vm_that_answers_again_is_back(pool: WarmCache,
                                          agents: dict[str, FakeAgent]) -> None:
     sick = sorted(records(pool))[0]

@@ -10,11 +10,13 @@ Every store write is fenced (``FencedWriter``). Per VM:
 4. record ``ready`` (or ``reserved`` while the pool's reserve is short),
    conditional on the record's revision from step 1.
 
-A build that fails at 2 or 3 is cleaned up: the VM destroyed through its
-agent and the record removed, and reported. If leadership is lost, no new
-VM is started; a VM whose agent call was already in flight keeps its
+A build that fails at 2 or 3 is cleaned up like a purge: the record marked
+``purging`` through the fence, the VM destroyed through its agent, the
+record removed, and reported. If leadership is lost, no new VM is started
+and no retry is made; a VM whose agent call was already in flight keeps its
 ``building`` record, so it is tracked for the next leader (or reported by
-reconciliation), never lost (DESIGN §12.2).
+reconciliation), never lost and never destroyed under the next leader's
+feet (DESIGN §12.2).
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_when_event_set,
+    wait_exponential,
+)
 
 from warmcache.builders.adopt import adopt_orphans
 from warmcache.builders.plan import PlannedVm, plan_az
@@ -38,6 +46,7 @@ from warmcache.errors import (
     LeadershipLost,
     StoreError,
 )
+from warmcache.health.purge import purge_vm
 from warmcache.inventory import HostView
 from warmcache.leader.election import FencedWriter
 from warmcache.model import BuildRule, Flavor, HostFacts, InstanceState, Keys, PoolInstance
@@ -46,7 +55,6 @@ from warmcache.ports import (
     Clock,
     Compare,
     CoordinationStore,
-    Delete,
     Event,
     EventSink,
     HostAgent,
@@ -257,14 +265,17 @@ class BuildCycle:
         try:
             result = writer.txn([Compare.absent(key)], [Put(key, record.model_dump_json())])
             if not result.succeeded:
-                raise RuntimeError(f"record {key} already exists")
+                # Not ours: neither the record nor a VM of that name is touched.
+                with self._lock:
+                    report.failed.append(f"{vm.name}: a record of that name exists")
+                return
             revision = result.revision
             self._emit("vm.build_started", name=vm.name, az=az, flavor=flavor,
                        hypervisor=vm.host.hypervisor, rack=vm.host.rack,
                        placement=vm.decision.explain())
             agent = self._by_hypervisor[vm.host.hypervisor]
             status = self._create(agent, VmSpec(vm.name, vm.flavor, vm.rule.user_data,
-                                                vm.rule.group_hint))
+                                                vm.rule.group_hint), writer.leadership.lost)
             if not status.healthy:
                 status = agent.status(vm.name)
             if not status.healthy:
@@ -282,8 +293,8 @@ class BuildCycle:
             with self._lock:
                 report.failed.append(f"{vm.name}: not started, store failed: {exc}")
             return
-        except (AgentError, RuntimeError) as exc:
-            self._fail(vm, key, writer, report, str(exc))
+        except AgentError as exc:
+            self._fail(vm, key, revision, record, writer, report, str(exc))
             return
         with self._lock:
             hold = reserved[flavor] < vm.rule.reserve_cap
@@ -313,10 +324,11 @@ class BuildCycle:
                    hypervisor=vm.host.hypervisor, rack=vm.host.rack,
                    duration_s=round(self._clock.now() - started, 3))
 
-    def _create(self, agent: HostAgent, spec: VmSpec) -> VmStatus:
+    def _create(self, agent: HostAgent, spec: VmSpec, lost: threading.Event) -> VmStatus:
         for attempt in Retrying(
             retry=retry_if_exception_type(AgentUnavailable),
-            stop=stop_after_attempt(self._retries),
+            # A leader that lost its lock starts nothing more, retries included.
+            stop=stop_after_attempt(self._retries) | stop_when_event_set(lost),
             wait=wait_exponential(multiplier=self._retry_wait_s, max=5.0),
             reraise=True,
         ):
@@ -332,26 +344,24 @@ class BuildCycle:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _fail(
-        self, vm: PlannedVm, key: str, writer: FencedWriter, report: CycleReport, why: str
+        self, vm: PlannedVm, key: str, revision: int, record: PoolInstance,
+        writer: FencedWriter, report: CycleReport, why: str
     ) -> None:
+        """Destroy a failed build and forget it, the way a purge does: the
+        record is first marked ``purging`` through the fence, so a leader
+        that lost its lock leaves the VM alone for its successor to settle
+        (it may be adopting it right now); a VM the agent could not destroy
+        stays tracked as ``purging`` and the health poller finishes it."""
         agent = self._by_hypervisor.get(vm.host.hypervisor)
-        cleaned = True
-        if agent is not None:
-            try:
-                agent.delete(vm.name)
-            except AgentRejected as exc:
-                cleaned = exc.agent_code == "not_found"
-            except AgentError:
-                cleaned = False
-        if cleaned:
-            # Only forget the record once the VM is surely gone; otherwise the
-            # building record keeps it tracked (DESIGN §12.2).
-            try:
-                writer.txn([], [Delete(key)])
-            except LeadershipLost:
-                report.leadership_lost = True
-            except StoreError:
-                pass  # the record says building and no VM exists: adoption forgets it
+        try:
+            cleaned = purge_vm(writer.txn, key, revision, record, agent)
+        except LeadershipLost:
+            report.leadership_lost = True
+            self._emit("vm.build_abandoned", name=vm.name, az=vm.host.az, flavor=vm.flavor.name,
+                       reason=f"leadership lost after: {why}; the next leader settles it")
+            return
+        except StoreError:
+            cleaned = False  # the record still says building: adoption settles it
         with self._lock:
             report.failed.append(f"{vm.name}: {why}")
         self._emit("vm.build_failed", name=vm.name, az=vm.host.az, flavor=vm.flavor.name,

@@ -8,6 +8,9 @@ state of its pooled VMs (libvirt state plus the guest's own answer).
 * ``failures_to_purge`` consecutive failures purge it: state ``purging``,
   destroyed through its agent, record removed, ``vm.purged`` event, alert.
 * A VM that answers again has its count reset.
+* A record left ``purging`` (its agent could not destroy the VM then, or a
+  failed build's cleanup was cut short) is purged again at every poll until
+  the VM is gone.
 * VMs on a host whose heartbeat is gone are already out of the acquirable
   set (acquisition only takes VMs on live hosts); the poller reports the
   host once (``agent.heartbeat_lost``) and leaves the VMs for reconciliation
@@ -43,7 +46,7 @@ from warmcache.ports import (
 )
 
 log = logging.getLogger(__name__)
-POLLED = (InstanceState.READY, InstanceState.RESERVED)
+POLLED = (InstanceState.READY, InstanceState.RESERVED, InstanceState.PURGING)
 
 
 @dataclass
@@ -123,6 +126,10 @@ class HealthPoller:
                 log.warning("health poll of %s failed: %s", hv, exc)
                 continue
             for rec, kv in recs:
+                if rec.state is InstanceState.PURGING:
+                    self._purge(rec, kv, self._keys.pool(rec.az, rec.name), agent, writer,
+                                report, "finishing an interrupted purge")
+                    continue
                 report.checked += 1
                 self._judge(rec, kv, statuses.get(rec.name), agent, writer, report)
 
@@ -145,20 +152,20 @@ class HealthPoller:
                 self._emit("health.failed", name=rec.name, az=rec.az, hypervisor=rec.hypervisor,
                            failures=failures, reason=why)
             return
-        self._purge(rec, kv, key, agent, writer, report, why)
+        self._purge(rec, kv, key, agent, writer, report,
+                    f"failed {self._limit} health poll(s) in a row ({why})")
 
     def _purge(self, rec: PoolInstance, kv: KeyValue, key: str, agent: HostAgent,
                writer: FencedWriter, report: PollReport, why: str) -> None:
-        if not purge_vm(writer.txn, key, kv, rec, agent,
+        if not purge_vm(writer.txn, key, kv.mod_revision, rec, agent,
                         health_failures=rec.health_failures + 1):
             return
         report.purged.append(rec.name)
         self._emit("vm.purged", name=rec.name, az=rec.az, flavor=rec.flavor,
                    hypervisor=rec.hypervisor, reason=why)
         self._alerts.alert(f"warmcache purged {rec.name}",
-                           f"{rec.name} ({rec.flavor}, {rec.az}, {rec.hypervisor}) failed "
-                           f"{self._limit} health poll(s) in a row ({why}); it was destroyed "
-                           "and its record removed.")
+                           f"{rec.name} ({rec.flavor}, {rec.az}, {rec.hypervisor}) {why}; "
+                           "it was destroyed and its record removed.")
 
     def _write(self, writer: FencedWriter, key: str, kv: KeyValue, rec: PoolInstance) -> bool:
         return writer.txn([Compare.mod_revision(key, kv.mod_revision)],

@@ -1,7 +1,10 @@
 """Purging one pooled VM: claim it for purging (conditional on its record's
 revision, so an acquisition that got there first wins), destroy it through
 its agent, then remove its record. If the agent cannot destroy it, the
-record stays ``purging``: tracked, never acquirable, retried or reported."""
+record stays ``purging``: tracked, never acquirable, and the health poller
+tries again at its next poll. Failed builds are cleaned up the same way, so
+that a leader that lost its lock never destroys a VM its successor may be
+adopting: the fenced claim fails first."""
 
 from __future__ import annotations
 
@@ -10,19 +13,21 @@ from collections.abc import Callable, Sequence
 
 from warmcache.errors import AgentError, AgentRejected
 from warmcache.model import InstanceState, PoolInstance
-from warmcache.ports import Compare, Delete, HostAgent, KeyValue, Op, Put, TxnResult
+from warmcache.ports import Compare, Delete, HostAgent, Op, Put, TxnResult
 
 log = logging.getLogger(__name__)
 
 Txn = Callable[[Sequence[Compare], Sequence[Op]], TxnResult]
 
 
-def purge_vm(txn: Txn, key: str, kv: KeyValue, rec: PoolInstance, agent: HostAgent | None,
+def purge_vm(txn: Txn, key: str, revision: int, rec: PoolInstance, agent: HostAgent | None,
              **update: object) -> bool:
-    """True when the VM is gone and its record removed. ``txn``: the store's,
-    or a fenced writer's when the caller holds a lock."""
+    """True when the VM is gone and its record removed. ``revision``: the
+    record's modify revision as the caller read it. ``txn``: the store's, or
+    a fenced writer's when the caller holds a lock (``LeadershipLost`` then
+    leaves everything as it was)."""
     purging = rec.with_state(InstanceState.PURGING, **update)
-    if not txn([Compare.mod_revision(key, kv.mod_revision)],
+    if not txn([Compare.mod_revision(key, revision)],
                [Put(key, purging.model_dump_json())]).succeeded:
         return False  # acquired or changed meanwhile: not ours to purge
     if agent is None:
