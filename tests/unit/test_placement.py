@@ -2,10 +2,14 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from warmcache.builders.plan import plan_az
 from warmcache.model import BuildRule, Flavor, HostFacts
-from warmcache.placement.pipeline import default_pipeline
+from warmcache.placement.pipeline import PlacementSession, default_pipeline
 from warmcache.placement.request import PlacementRequest
 
 SMALL = Flavor(name="small", vcpus=2, memory_mib=2048, disk_gib=10)
@@ -78,3 +82,41 @@ def test_unknown_flavor_in_a_rule_is_reported() -> None:
     rule = BuildRule(max_instance_per_cycle=1, total_instances=1)
     plan = plan_az("az1", {"ghost": rule}, {}, [host(1, 1)], [], default_pipeline(), names())
     assert plan.builds == [] and "not in the catalog" in plan.problems["ghost"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    racks=st.integers(1, 6), per_rack=st.integers(1, 5), seed=st.integers(0, 10_000),
+    vms=st.integers(1, 40), group=st.sampled_from([None, "db"]),
+)
+def test_a_session_decides_as_a_full_evaluation_would(
+    racks: int, per_rack: int, seed: int, vms: int, group: str | None
+) -> None:
+    """The incremental session (re-scoring only the chosen host's rack) sees,
+    before every placement, exactly what evaluating every host afresh sees:
+    the same hosts removed by each validator, the same best candidates."""
+    rng = random.Random(seed)
+    hosts = [host(r, h, vcpus=rng.choice([0, 2, 4, 8]), healthy=rng.random() > 0.1,
+                  groups=("db",) if rng.random() < 0.2 else ())
+             for r in range(racks) for h in range(per_rack)]
+    per_rack_n: Counter[str] = Counter()
+    per_hv: Counter[str] = Counter()
+    request = PlacementRequest(SMALL, group, per_rack_n, per_hv)
+    pipeline = default_pipeline(random.Random(seed))
+    session = pipeline.session(hosts, request)
+    current = {h.hypervisor: h for h in hosts}
+    for i in range(vms):
+        got = session.pick()
+        fresh = PlacementSession(pipeline, list(current.values()), request)
+        expected = fresh.pick()
+        assert got.removed == expected.removed and got.tied == expected.tied
+        if expected.host is None:
+            assert got.host is None
+            return
+        assert got.host is not None
+        assert pipeline.scores(got.host, request) == pipeline.scores(expected.host, request)
+        chosen = current[got.host.hypervisor].minus(SMALL, f"vm-{i}", group)
+        current[chosen.hypervisor] = chosen
+        per_rack_n[chosen.rack] += 1
+        per_hv[chosen.hypervisor] += 1
+        session.placed(chosen)

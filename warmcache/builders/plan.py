@@ -61,9 +61,12 @@ def plan_az(
         per_hv = Counter(r.hypervisor for r in pooled)
         picked: list[PlannedVm] = []
         trial = dict(live)
+        # The request's counters are the ones updated below: the session
+        # re-scores the chosen host's rack after each placement.
+        request = PlacementRequest(flavor, rule.group_hint, per_rack, per_hv)
+        session = pipeline.session(list(trial.values()), request)
         for _ in range(wanted):
-            request = PlacementRequest(flavor, rule.group_hint, per_rack, per_hv)
-            decision = pipeline.choose(list(trial.values()), request)
+            decision = session.pick()
             if decision.host is None:
                 plan.problems[flavor_name] = (
                     f"placed {len(picked)} of {wanted}: {decision.explain()}"
@@ -75,6 +78,7 @@ def plan_az(
             trial[host.hypervisor] = host.minus(flavor, name, rule.group_hint)
             per_rack[host.rack] += 1
             per_hv[host.hypervisor] += 1
+            session.placed(trial[host.hypervisor])
         needed = racks_required(rule, len(picked))
         spanned = len({p.host.rack for p in picked})
         if spanned < needed:
