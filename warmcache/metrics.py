@@ -65,6 +65,11 @@ class MetricsEvents:
                                       ["event"], registry=r)
         self.heartbeats_lost = Counter("warmcache_agent_heartbeats_lost",
                                        "Hosts seen losing their heartbeat", registry=r)
+        # Sinks that queue (SQLite, Elasticsearch) count what they had to drop.
+        events_dropped = Gauge("warmcache_events_dropped",
+                               "Events the event sink dropped (queue full, spool full, "
+                               "unwritten at close)", registry=r)
+        events_dropped.set_function(lambda: float(getattr(inner, "dropped", 0)))
 
     def watch_pools(self, pools: Callable[[], list[PoolSummary]],
                     hosts: Callable[[], int]) -> None:

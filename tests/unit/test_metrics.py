@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from warmcache.adapters.sqlite_events import LogEvents
 from warmcache.errors import NoCapacity
+from warmcache.metrics import MetricsEvents
 from warmcache.model import Mode
 from warmcache.service import WarmCache
 from warmcache.web import create_app
@@ -51,3 +53,18 @@ def test_metrics_need_no_token(service: WarmCache) -> None:
         TokenConfig(name="x", token="t"),))))
     reply = app.test_client().get("/metrics")
     assert reply.status_code == 200 and b"warmcache_pool_vms" in reply.data
+
+
+def test_events_the_sink_dropped_are_exported() -> None:
+    """A queueing sink that had to drop events (tests/unit/test_events.py
+    shows when) says how many on /metrics, read at scrape time."""
+
+    class Dropping(LogEvents):
+        dropped = 0
+
+    sink = Dropping()
+    metrics = MetricsEvents(sink)
+    sink.dropped = 7
+    families = text_string_to_metric_families(metrics.render().decode())
+    dropped = next(f for f in families if f.name == "warmcache_events_dropped")
+    assert dropped.samples[0].value == 7
