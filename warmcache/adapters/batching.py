@@ -8,6 +8,9 @@ after ``retry_s``, so a store that is briefly locked or down loses nothing;
 past ``max_queue`` waiting items new ones are dropped and counted, and so is
 what is still unwritten when ``close`` gives up.
 
+The price: a process killed outright (SIGKILL, power loss) loses what it
+had queued, normally the last ``flush_s`` of items.
+
 Why it matters: a sink shared by several processes (the embedded SQLite
 events file) can be locked by a process that was paused mid-write. An
 instance that emitted synchronously would wait on that lock with its
