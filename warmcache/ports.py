@@ -59,6 +59,14 @@ class Compare:
     def create_revision(cls, key: str, revision: int) -> Compare:
         return cls(key, "create", revision)
 
+    def holds(self, kv: KeyValue | None) -> bool:
+        """Whether this compare holds for ``kv`` (``None``: the key is absent)."""
+        if self.target == "create":
+            return (kv.create_revision if kv else 0) == self.expected
+        if self.target == "mod":
+            return (kv.mod_revision if kv else 0) == self.expected
+        return kv is not None and kv.value == self.expected
+
 
 @dataclass(frozen=True)
 class Put:
@@ -85,11 +93,44 @@ class TxnResult:
 
 
 @dataclass(frozen=True)
+class Txn:
+    """One transaction of a batch (``CoordinationStore.txns``)."""
+
+    compares: Sequence[Compare]
+    success: Sequence[Op]
+
+    def keys(self) -> set[str]:
+        return {op.key for op in self.success}
+
+
+@dataclass(frozen=True)
 class Change:
     revision: int
     key: str
     kind: Literal["put", "delete"]
     value: str | None
+
+
+class ChangeStream(Protocol):
+    """A long-lived change feed of one prefix (``CoordinationStore.watch``).
+
+    The adapter keeps one connection open where the store can stream, and
+    reconnects from the last revision it delivered when the connection
+    drops, so no change is missed or repeated across a reconnect.
+    """
+
+    def get(self, timeout_s: float) -> list[Change]:
+        """The next changes, oldest first, waiting up to ``timeout_s`` for
+        the first; ``[]`` when none came. Raises ``WatchCompacted`` when the
+        history the stream needs is gone (the stream is then finished:
+        re-read the prefix and watch again) and ``StoreError`` while the
+        store cannot be reached (the stream keeps reconnecting: call again).
+        """
+        ...
+
+    def close(self) -> None:
+        """Stop watching (idempotent); a blocked ``get`` returns."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -119,6 +160,23 @@ class CoordinationStore(Protocol):
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
     ) -> TxnResult: ...
 
+    @property
+    def txn_limit(self) -> int | None:
+        """The most keys one transaction can compare (each with up to two
+        writes), or ``None`` for no limit: etcd 126 (``--max-txn-ops`` 128),
+        Consul 32 (64 operations). A larger transaction raises ValueError."""
+        ...
+
+    def txns(self, batch: Sequence[Txn]) -> list[TxnResult]:
+        """Independent transactions, in as few round trips as the store
+        allows (etcd: nested transactions, one request). Each is
+        all-or-nothing on its own and every compare is evaluated against
+        the state before the batch, so their writes must touch disjoint
+        keys (``ValueError`` otherwise). A ``StoreError`` means the outcome
+        of every transaction of the batch is unknown: any of them may have
+        been applied, or may still be."""
+        ...
+
     def create_session(self, ttl_s: float, node: str) -> str: ...
 
     def renew_session(self, session_id: str) -> None:
@@ -131,7 +189,13 @@ class CoordinationStore(Protocol):
 
     def changes(self, prefix: str, after_revision: int, timeout_s: float) -> list[Change]:
         """Changes under ``prefix`` with revision > ``after_revision``, oldest
-        first; waits up to ``timeout_s`` for the first one."""
+        first; waits up to ``timeout_s`` for the first one (one request:
+        for following a prefix, ``watch`` keeps one stream open instead)."""
+        ...
+
+    def watch(self, prefix: str, after_revision: int) -> ChangeStream:
+        """Follow ``prefix`` from ``after_revision`` (exclusive) on one
+        long-lived stream (see ``ChangeStream``)."""
         ...
 
     def register_service(self, name: str, node: str, address: str, ttl_s: float) -> None: ...

@@ -8,7 +8,6 @@ import base64
 import pytest
 
 from warmcache.adapters.consul_store import MAX_TXN_OPS, _CompareFailed, txn_payload
-from warmcache.errors import StoreError
 from warmcache.ports import Compare, Delete, KeyValue, Put
 
 
@@ -48,6 +47,6 @@ def test_oversized_transactions_are_refused_with_a_reason() -> None:
     n = MAX_TXN_OPS // 2 + 1
     compares = [Compare.mod_revision(f"pool/{i}", i + 1) for i in range(n)]
     ops = [op for i in range(n) for op in (Delete(f"pool/{i}"), Put(f"acquired/{i}", "{}"))]
-    with pytest.raises(StoreError, match="at most 64"):
+    with pytest.raises(ValueError, match="at most 64"):
         txn_payload("", compares, ops)
     txn_payload("", compares[:32], ops[:64])  # 32 VMs fit

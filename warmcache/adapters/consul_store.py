@@ -23,9 +23,13 @@ How the port maps onto Consul:
 * sessions have a TTL (Consul: 10 s to 24 h; may be reaped only after up
   to 2 x TTL), ``lock_delay=0`` (fencing makes the stock 15 s unnecessary)
   and ``behavior=delete``;
-* the change feed is a blocking query on the prefix, diffed against the
-  previous answer: Consul keeps state, not history, so several changes of
-  one key between two reads arrive as its latest state;
+* the change feed is a blocking query on the prefix with the last
+  ``X-Consul-Index``, diffed against the previous answer (``watch`` keeps
+  the index and the state per stream): Consul keeps state, not history, so
+  several changes of one key between two reads arrive as its latest state;
+* a batch of transactions (``txns``) is merged into as few ``/v1/txn``
+  calls as fit in 64 operations; Consul has no nested transactions, so a
+  failed merge is retried without the transactions whose compares failed;
 * services are agent services with a TTL check, read back from
   ``/v1/health/service`` (passing only).
 
@@ -42,8 +46,20 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+from warmcache.adapters.txn_batches import merged_txns
 from warmcache.errors import SessionExpired, StoreError
-from warmcache.ports import Change, Compare, Delete, KeyValue, Op, Put, ServiceEntry, TxnResult
+from warmcache.ports import (
+    Change,
+    ChangeStream,
+    Compare,
+    Delete,
+    KeyValue,
+    Op,
+    Put,
+    ServiceEntry,
+    Txn,
+    TxnResult,
+)
 
 try:
     import consul
@@ -104,7 +120,7 @@ def txn_payload(namespace: str, compares: Sequence[Compare], ops: Sequence[Op],
     ]
     payload = guards + payload
     if len(payload) > MAX_TXN_OPS:
-        raise StoreError(
+        raise ValueError(
             f"consul: a transaction takes at most {MAX_TXN_OPS} operations, "
             f"this one needs {len(payload)} (acquire fewer VMs at once)"
         )
@@ -202,6 +218,17 @@ class ConsulStore:
                    if r.get("KV")]
         return TxnResult(True, max(indexes) if indexes else self.range("")[1])
 
+    # 64 operations: a key compared and deleted fuses into one delete-cas,
+    # plus one write elsewhere.
+    txn_limit = MAX_TXN_OPS // 2
+
+    def txns(self, batch: Sequence[Txn]) -> list[TxnResult]:
+        """Consul has no nested transactions: merged plain transactions,
+        retried without those whose compares failed (``merged_txns``)."""
+        return merged_txns(self.txn, batch, MAX_TXN_OPS,
+                           lambda t: len(txn_payload(self._ns, [], t.success))
+                           + len({c.key for c in t.compares} - t.keys()))
+
     def _failed(self, compares: Sequence[Compare]) -> TxnResult:
         # Consul reports which operation failed, not the state: read it (not
         # atomically with the transaction; callers use it only to re-plan).
@@ -237,18 +264,23 @@ class ConsulStore:
         snap_key = (threading.get_ident(), prefix)
         with self._lock:
             before = self._snapshots.get(snap_key)
-        wait = f"{max(1, math.ceil(timeout_s))}s"
-        index, items = self._call(lambda: self._c.kv.get(
-            self._ns + prefix, recurse=True,
-            index=after_revision if before is not None and timeout_s > 0 else None, wait=wait))
-        now = {kv.key: kv for kv in (self._kv(i) for i in items or [])}
+        index, now = self._blocking_read(
+            prefix, after_revision if before is not None and timeout_s > 0 else None, timeout_s)
         with self._lock:
             self._snapshots[snap_key] = {k: kv.mod_revision for k, kv in now.items()}
-        out = [Change(kv.mod_revision, k, "put", kv.value)
-               for k, kv in now.items() if kv.mod_revision > after_revision]
-        out += [Change(int(index), k, "delete", None)
-                for k in (before or {}) if k not in now and int(index) > after_revision]
-        return sorted(out, key=lambda c: (c.revision, c.key))
+        return diff_states(before, now, after_revision, index)
+
+    def _blocking_read(self, prefix: str, index: int | None, timeout_s: float
+                       ) -> tuple[int, dict[str, KeyValue]]:
+        """A blocking query: returns when the prefix changes past ``index``
+        or after ``timeout_s`` (Consul rounds the wait up to a second)."""
+        wait = f"{max(1, math.ceil(timeout_s))}s"
+        got, items = self._call(lambda: self._c.kv.get(
+            self._ns + prefix, recurse=True, index=index, wait=wait))
+        return int(got), {kv.key: kv for kv in (self._kv(i) for i in items or [])}
+
+    def watch(self, prefix: str, after_revision: int) -> ChangeStream:
+        return ConsulWatchStream(self, prefix, after_revision)
 
     # --- services ----------------------------------------------------------------------
 
@@ -277,3 +309,44 @@ class ConsulStore:
     def close(self) -> None:
         """The client belongs to whoever made it; nothing to release here."""
 
+
+
+def diff_states(before: dict[str, int] | None, now: dict[str, KeyValue],
+                after_revision: int, index: int) -> list[Change]:
+    """Changes between two states of a prefix (Consul keeps state, not
+    history): keys modified past ``after_revision``, and keys gone since
+    ``before`` (dated at the query's ``index``). Pure."""
+    out = [Change(kv.mod_revision, k, "put", kv.value)
+           for k, kv in now.items() if kv.mod_revision > after_revision]
+    out += [Change(index, k, "delete", None)
+            for k in (before or {}) if k not in now and index > after_revision]
+    return sorted(out, key=lambda c: (c.revision, c.key))
+
+
+class ConsulWatchStream:
+    """Blocking queries on the prefix with the last ``X-Consul-Index``: each
+    returns as soon as something under the prefix changed, and is diffed
+    against the state the stream saw before."""
+
+    def __init__(self, store: ConsulStore, prefix: str, after_revision: int) -> None:
+        self._store = store
+        self._prefix = prefix
+        self.position = after_revision
+        self._index: int | None = None
+        self._state: dict[str, int] | None = None
+        self._closed = False
+
+    def get(self, timeout_s: float) -> list[Change]:
+        if self._closed:
+            return []
+        index, now = self._store._blocking_read(self._prefix, self._index, timeout_s)
+        changes = diff_states(self._state, now, self.position, index)
+        if index < (self._index or 0):
+            index = 0  # Consul's index went backwards (a restore): start over
+        self._index, self._state = index, {k: kv.mod_revision for k, kv in now.items()}
+        if changes:
+            self.position = max(self.position, changes[-1].revision)
+        return changes
+
+    def close(self) -> None:
+        self._closed = True

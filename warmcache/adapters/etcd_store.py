@@ -19,8 +19,10 @@ import base64
 import contextlib
 import json
 import math
+import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -28,8 +30,19 @@ from urllib.parse import urlparse
 import requests
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from warmcache.adapters.txn_batches import check_disjoint
 from warmcache.errors import SessionExpired, StoreError, WatchCompacted
-from warmcache.ports import Change, Compare, KeyValue, Op, Put, ServiceEntry, TxnResult
+from warmcache.ports import (
+    Change,
+    ChangeStream,
+    Compare,
+    KeyValue,
+    Op,
+    Put,
+    ServiceEntry,
+    Txn,
+    TxnResult,
+)
 
 try:
     import etcd3gw
@@ -39,6 +52,8 @@ except ImportError:  # pragma: no cover - only without the extra
 
 T = TypeVar("T")
 _SERVICES = "_services/"
+# etcd's --max-txn-ops default: operations (and compares) per transaction level.
+MAX_TXN_OPS = 128
 
 
 class _Retryable(Exception):
@@ -71,6 +86,7 @@ class EtcdStore:
         timeout_s: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
         failover_s: float = 10.0,
+        max_txn_ops: int = MAX_TXN_OPS,
     ) -> None:
         if etcd3gw is None:
             raise StoreError("etcd3gw is not installed: pip install 'warmcache[etcd]'")
@@ -84,6 +100,7 @@ class EtcdStore:
         self._timeout_s = timeout_s
         self._failover_s = failover_s
         self._sleep = sleep
+        self._max_ops = max_txn_ops
         self._retrying = Retrying(
             retry=retry_if_exception_type(StoreError),
             stop=stop_after_attempt(3),
@@ -124,9 +141,12 @@ class EtcdStore:
             except _Retryable as exc:
                 if time.monotonic() > deadline:
                     raise StoreError(f"etcd {path}: {exc}") from exc
-                if len(self._urls) > 1:
-                    self._current = (self._current + 1) % len(self._urls)
+                self._next_member()
                 self._sleep(0.05)
+
+    def _next_member(self) -> None:
+        if len(self._urls) > 1:
+            self._current = (self._current + 1) % len(self._urls)
 
     def _post_once(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -210,28 +230,51 @@ class EtcdStore:
             out.update(target="VALUE", value=_b64(str(c.expected)))
         return out
 
+    @property
+    def txn_limit(self) -> int:
+        """The most keys one transaction can compare: etcd's budget of
+        ``--max-txn-ops`` operations per nesting path, less two for the
+        nested writes (126 with etcd's default of 128)."""
+        return self._max_ops - 2
+
     def txn(
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
     ) -> TxnResult:
-        compared = list(dict.fromkeys(c.key for c in compares))
-        # On failure, read every compared key in the same transaction, so the
-        # caller sees the state that made it fail.
-        reads = [{"request_range": {"key": self._k(k)}}
-                 for k in compared]
-        reply = self._post("kv/txn", {
-            "compare": [self._compare(c) for c in compares],
-            "success": [self._op(op) for op in success],
-            "failure": [self._op(op) for op in failure] + reads,
-        })
-        revision = int(reply["header"]["revision"])
-        if reply.get("succeeded"):
-            return TxnResult(True, revision)
-        responses = (reply.get("responses") or [])[len(failure):]
-        current: dict[str, KeyValue | None] = {}
-        for key, resp in zip(compared, responses, strict=False):
-            kvs = (resp.get("response_range") or {}).get("kvs") or []
-            current[key] = self._kv(kvs[0]) if kvs else None
-        return TxnResult(False, revision, current)
+        plan = _TxnPlan(self, compares, success, failure, self._max_ops)
+        reply = self._post("kv/txn", plan.body)
+        return plan.result(reply, int(reply["header"]["revision"]))
+
+    def txns(self, batch: Sequence[Txn]) -> list[TxnResult]:
+        """As few requests as etcd's budget allows: each holds an outer
+        transaction without compares whose success branch is the batch's
+        transactions, nested, so each succeeds or fails on its own, at one
+        revision (etcd evaluates every compare of a request before it
+        applies anything). An outer level n wide leaves ``limit - n`` for
+        the costliest transaction under it; what does not fit goes in the
+        next request."""
+        check_disjoint(batch)
+        plans = [_TxnPlan(self, t.compares, t.success, (), self._max_ops) for t in batch]
+        results: list[TxnResult] = []
+        start = 0
+        while start < len(plans):
+            end, costliest = start, 0
+            while end < len(plans) and (end - start + 1) + max(costliest, plans[end].cost) \
+                    <= self._max_ops:
+                costliest = max(costliest, plans[end].cost)
+                end += 1
+            if end == start:  # too costly to nest: on its own, as a plain transaction
+                reply = self._post("kv/txn", plans[start].body)
+                results.append(plans[start].result(reply, int(reply["header"]["revision"])))
+                start += 1
+                continue
+            group = plans[start:end]
+            reply = self._post("kv/txn", {"success": [{"request_txn": p.body} for p in group]})
+            revision = int(reply["header"]["revision"])
+            responses = reply.get("responses") or []
+            results += [p.result(r.get("response_txn") or {}, revision)
+                        for p, r in zip(group, responses, strict=True)]
+            start = end
+        return results
 
     # --- sessions (leases) ------------------------------------------------------------
 
@@ -291,10 +334,12 @@ class EtcdStore:
             # A quiet watch ends by read timeout (requests reports it as a
             # ConnectionError while streaming): that is "no change yet".
             if "timed out" not in str(exc).lower():
-                if len(self._urls) > 1:  # try another member next time
-                    self._current = (self._current + 1) % len(self._urls)
+                self._next_member()  # try another member next time
                 raise StoreError(f"etcd watch: {exc}") from exc
         return []
+
+    def watch(self, prefix: str, after_revision: int) -> ChangeStream:
+        return EtcdWatchStream(self, prefix, after_revision)
 
     def _change(self, event: dict[str, Any]) -> Change:
         kv = self._kv(event["kv"])
@@ -328,3 +373,204 @@ class EtcdStore:
 
     def close(self) -> None:
         """The client belongs to whoever made it; nothing to release here."""
+
+
+def _fit(n: int, floor: int, limit: int) -> int:
+    """How many operations to put in each wrapper so that ``n`` operations
+    fit under a transaction level at least ``floor`` wide, within etcd's
+    budget: ``--max-txn-ops`` counts along every nesting path (a nested
+    transaction gets what its parent's width left), so a level of width w
+    with wrappers of m operations costs w + m. 0: no wrapper needed."""
+    if max(floor, n) <= limit:
+        return 0
+    for top in range(1, limit + 1):
+        m = math.ceil(n / top)
+        if max(floor, top) + m <= limit:
+            return m
+    raise ValueError(f"etcd: {n} operations under {floor} compares exceed --max-txn-ops={limit}")
+
+
+def _wrapped(ops: list[dict[str, Any]], m: int) -> list[dict[str, Any]]:
+    """Runs of ``m`` operations as nested transactions without compares
+    (which always take their success branch: order and effect unchanged)."""
+    if not m:
+        return ops
+    return [{"request_txn": {"success": ops[i:i + m]}} for i in range(0, len(ops), m)]
+
+
+def _unwrapped(responses: list[dict[str, Any]], m: int) -> list[dict[str, Any]]:
+    if not m:
+        return responses
+    return [inner for wrapper in responses
+            for inner in (wrapper.get("response_txn") or {}).get("responses") or []]
+
+
+class _TxnPlan:
+    """One port transaction as an etcd request body, within etcd's budget
+    of ``limit`` operations along any nesting path. The compares form one
+    level (all of them must be evaluated together for the transaction to be
+    all-or-nothing, so at most ``limit - 2`` keys); writes beyond the level's
+    width go into nested transactions without compares. The failure branch
+    runs the caller's failure ops and reads every compared key, so a failed
+    transaction reports the state that made it fail."""
+
+    def __init__(self, store: EtcdStore, compares: Sequence[Compare], success: Sequence[Op],
+                 failure: Sequence[Op], limit: int) -> None:
+        self._store = store
+        self._keys = list(dict.fromkeys(c.key for c in compares))
+        fail_ops = [store._op(op) for op in failure] + \
+            [{"request_range": {"key": store._k(k)}} for k in self._keys]
+        self._failure_n = len(failure)
+        width = max(len(compares), len(fail_ops))
+        if width > limit:
+            raise ValueError(f"etcd: {len(compares)} compares exceed --max-txn-ops={limit}")
+        self._m = _fit(len(success), width, limit)
+        body_success = _wrapped([store._op(op) for op in success], self._m)
+        self.cost = max(width, len(body_success)) + self._m
+        self.body: dict[str, Any] = {"compare": [store._compare(c) for c in compares],
+                                     "success": body_success, "failure": fail_ops}
+
+    def result(self, reply: dict[str, Any], revision: int) -> TxnResult:
+        if reply.get("succeeded"):  # the gateway omits it when false
+            return TxnResult(True, revision)
+        leaves = (reply.get("responses") or [])[self._failure_n:]
+        current: dict[str, KeyValue | None] = {}
+        for key, resp in zip(self._keys, leaves, strict=False):
+            kvs = (resp.get("response_range") or {}).get("kvs") or []
+            current[key] = self._store._kv(kvs[0]) if kvs else None
+        return TxnResult(False, revision, current)
+
+
+class EtcdWatchStream:
+    """One long-lived etcd watch (``POST /v3/watch``, newline-delimited JSON
+    on one HTTP connection) read by a background thread into a buffer.
+
+    When the connection drops, the thread reconnects from the last revision
+    it delivered (moving to another member when there are several), so a
+    reconnect neither loses nor repeats a change; a compacted start revision
+    ends the stream with ``WatchCompacted``. A watch that stays quiet for
+    ``idle_s`` is re-created the same way, so a connection that died
+    without a reset (a partition) is noticed.
+    """
+
+    def __init__(self, store: EtcdStore, prefix: str, after_revision: int,
+                 idle_s: float = 30.0) -> None:
+        self._store = store
+        self._prefix = prefix
+        self.position = after_revision
+        self._idle_s = idle_s
+        self._cond = threading.Condition()
+        self._buffer: deque[list[Change] | BaseException] = deque()
+        self._closed = False
+        self._response: Any = None
+        self.connects = 0  # connections made (tests: a reconnect happened)
+        self._thread = threading.Thread(target=self._run, name=f"etcd-watch {prefix}",
+                                        daemon=True)
+        self._thread.start()
+
+    def get(self, timeout_s: float) -> list[Change]:
+        with self._cond:
+            if not self._buffer and not self._closed:
+                self._cond.wait(timeout_s)
+            out: list[Change] = []
+            while self._buffer:
+                item = self._buffer[0]
+                if isinstance(item, BaseException):
+                    if out:
+                        break  # deliver what came before it first
+                    self._buffer.popleft()
+                    raise item
+                out += item
+                self._buffer.popleft()
+            return out
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            response = self._response
+        _abort(response)
+
+    def _push(self, item: list[Change] | BaseException) -> None:
+        with self._cond:
+            self._buffer.append(item)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        backoff, reported = 0.05, False
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+            try:
+                finished = self._stream_once()
+                backoff, reported = 0.05, False
+                if finished:
+                    return
+            except requests.exceptions.RequestException as exc:
+                with self._cond:
+                    if self._closed:
+                        return
+                if "timed out" in str(exc).lower():
+                    continue  # quiet for idle_s: watch again from the same revision
+                if not reported:  # once per outage: the reader keeps trying
+                    self._push(StoreError(f"etcd watch {self._prefix}: {exc}"))
+                    reported = True
+                self._store._next_member()
+                self._store._sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+    def _stream_once(self) -> bool:
+        """One connection; True when the stream is finished for good."""
+        start = self._store._key(self._prefix)
+        body: dict[str, Any] = {"create_request": {
+            "key": base64.b64encode(start).decode(),
+            "range_end": base64.b64encode(_range_end(start)).decode(),
+            "start_revision": str(self.position + 1),
+            "progress_notify": True,
+        }}
+        session = requests.Session()
+        try:
+            response = session.post(self._store._client.get_url("watch"), json=body,
+                                    stream=True, timeout=(self._store._timeout_s, self._idle_s))
+            with self._cond:
+                if self._closed:
+                    _abort(response)
+                    return True
+                self._response = response
+            self.connects += 1
+            # chunk_size=None: hand each chunk over as it arrives, not per 512 bytes
+            for line in response.iter_lines(chunk_size=None):  # type: ignore[call-overload]
+                if not line:
+                    continue
+                message = json.loads(line)
+                if "error" in message:
+                    raise requests.exceptions.ConnectionError(str(message["error"]))
+                result = message.get("result") or {}
+                if result.get("compact_revision") and result.get("canceled"):
+                    self._push(WatchCompacted(self.position, int(result["compact_revision"])))
+                    with self._cond:
+                        self._closed = True
+                    return True
+                events = result.get("events")
+                if events:
+                    changes = [self._store._change(e) for e in events]
+                    self.position = max(self.position, changes[-1].revision)
+                    self._push(changes)
+            raise requests.exceptions.ConnectionError("the watch stream ended")
+        finally:
+            session.close()
+
+
+def _abort(response: Any) -> None:
+    """Close a streaming response now, even while another thread is blocked
+    reading it: closing alone does not wake a blocked recv(); shutdown does."""
+    if response is None:
+        return
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(Exception):
+        response.close()

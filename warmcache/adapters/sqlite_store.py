@@ -24,16 +24,20 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from warmcache.adapters.polling_stream import PollingChangeStream
+from warmcache.adapters.txn_batches import check_disjoint
 from warmcache.clock import SystemClock
 from warmcache.errors import SessionExpired, StoreError, WatchCompacted
 from warmcache.ports import (
     Change,
+    ChangeStream,
     Clock,
     Compare,
     KeyValue,
     Op,
     Put,
     ServiceEntry,
+    Txn,
     TxnResult,
 )
 
@@ -107,10 +111,29 @@ class SqliteStore:
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._closed = False
-        try:
-            self._conn().executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"sqlite store {self.path}: {exc}") from exc
+        # Processes opening a new file at once race to switch it to WAL and
+        # create the schema; SQLite answers the loser "database is locked"
+        # at once, without its busy handler: try again within the timeout.
+        deadline = time.monotonic() + busy_timeout_s
+        while True:
+            try:
+                self._conn().executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                self._drop_local()
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise StoreError(f"sqlite store {self.path}: {exc}") from exc
+                self._sleep(0.02)
+            except sqlite3.Error as exc:
+                raise StoreError(f"sqlite store {self.path}: {exc}") from exc
+
+    def _drop_local(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            with self._all_lock:
+                self._all.remove(conn)
+            conn.close()
+            self._local.conn = None
 
     # --- connections -------------------------------------------------------------
 
@@ -307,7 +330,7 @@ class SqliteStore:
     ) -> TxnResult:
         with self._write() as conn:
             current = {c.key: self._get(conn, c.key) for c in compares}
-            ok = all(_holds(c, current[c.key]) for c in compares)
+            ok = all(c.holds(current[c.key]) for c in compares)
             ops = success if ok else failure
             revision = self._revision(conn)
             if ops:
@@ -318,6 +341,36 @@ class SqliteStore:
                     else:
                         self._apply_delete(conn, revision, op.key)
         return TxnResult(ok, revision, {} if ok else current)
+
+    txn_limit = None  # one local write transaction holds any number of keys
+
+    def txns(self, batch: Sequence[Txn]) -> list[TxnResult]:
+        """One write transaction: every compare is read first, then the
+        transactions whose compares hold are applied at one revision."""
+        check_disjoint(batch)
+        with self._write() as conn:
+            currents = [{c.key: self._get(conn, c.key) for c in txn.compares} for txn in batch]
+            oks = [all(c.holds(cur[c.key]) for c in txn.compares)
+                   for txn, cur in zip(batch, currents, strict=True)]
+            revision = self._revision(conn)
+            if any(ok and txn.success for ok, txn in zip(oks, batch, strict=True)):
+                revision = self._bump(conn)
+                for ok, txn in zip(oks, batch, strict=True):
+                    for op in txn.success if ok else ():
+                        if isinstance(op, Put):
+                            self._apply_put(conn, revision, op.key, op.value, op.session)
+                        else:
+                            self._apply_delete(conn, revision, op.key)
+        return [TxnResult(ok, revision, {} if ok else cur)
+                for ok, cur in zip(oks, currents, strict=True)]
+
+    def compact(self, revision: int) -> None:
+        """Forget the change history up to ``revision`` (as etcd's
+        compaction does): a watch from before it gets ``WatchCompacted``."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM changes WHERE revision <= ?", (revision,))
+            conn.execute("UPDATE meta SET compacted = MAX(compacted, ?) WHERE id = 1",
+                         (revision,))
 
     # --- change feed -------------------------------------------------------------------
 
@@ -337,6 +390,11 @@ class SqliteStore:
             if rows or time.monotonic() >= deadline:
                 return [Change(int(r[0]), r[1], r[2], r[3]) for r in rows]
             self._sleep(self._poll_interval_s)
+
+    def watch(self, prefix: str, after_revision: int) -> ChangeStream:
+        """A local file has no connection to keep: the stream polls the
+        change table (every ``poll_interval_s`` while nothing changes)."""
+        return PollingChangeStream(self, prefix, after_revision)
 
     # --- services ------------------------------------------------------------------------
 
@@ -362,10 +420,3 @@ class SqliteStore:
         ).fetchall()
         return [ServiceEntry(r[0], r[1], r[2], float(r[3]), float(r[4])) for r in rows]
 
-
-def _holds(compare: Compare, kv: KeyValue | None) -> bool:
-    if compare.target == "create":
-        return (kv.create_revision if kv else 0) == compare.expected
-    if compare.target == "mod":
-        return (kv.mod_revision if kv else 0) == compare.expected
-    return kv is not None and kv.value == compare.expected
