@@ -58,7 +58,7 @@ def _sqlite_store(cfg: StoreConfig, clock: Clock) -> CoordinationStore:
 def _etcd_store(cfg: StoreConfig, clock: Clock) -> CoordinationStore:
     from warmcache.adapters.etcd_store import EtcdStore
 
-    return EtcdStore(cfg.url or "http://127.0.0.1:2379")
+    return EtcdStore(cfg.url or "http://127.0.0.1:2379", max_txn_ops=cfg.max_txn_ops)
 
 
 def _consul_store(cfg: StoreConfig, clock: Clock) -> CoordinationStore:

@@ -72,6 +72,30 @@ class ServiceConfig(_Section):
     acquire_attempts: int = Field(
         default=16, ge=1, le=1000, description="Claim attempts before claim_contention."
     )
+    batch_claims: bool = Field(
+        default=True,
+        description="Group-commit concurrent acquisitions of this instance: one store "
+        "transaction per batch, each claim still all-or-nothing on its own (false: one "
+        "transaction per acquisition).")
+    max_batch_vms: int = Field(
+        default=512, ge=1, le=100_000,
+        description="At most this many VMs in one batch of claims (keeps one store request "
+        "within etcd's --max-request-bytes; a larger single acquisition still goes alone).")
+    shares_refresh_s: float = Field(
+        default=5.0, gt=0,
+        description="Seconds between reads of the service registry that deal each pool "
+        "into disjoint shares over the live instances (fewer claim conflicts).")
+    http_threads: int = Field(
+        default=16, ge=1, le=1024,
+        description="warmcache serve: worker threads of the HTTP server (requests beyond "
+        "them wait in the accept backlog).")
+    http_max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, le=64 * 1_048_576,
+        description="warmcache serve: largest request body accepted (larger: 413).")
+    http_keepalive_s: float = Field(
+        default=60.0, gt=0,
+        description="warmcache serve: an idle keep-alive connection is closed after this "
+        "many seconds.")
     run_health: bool = Field(
         default=True, description="Take part in health polling (one poller at a time).")
     health_interval_s: float = Field(
@@ -94,6 +118,11 @@ class StoreConfig(_Section):
     url: str = Field(default="", description="etcd: member URLs, comma-separated; consul: "
                      "agent URL (default CONSUL_HTTP_ADDR)")
     token: str = Field(default="", description="consul: ACL token (default CONSUL_HTTP_TOKEN)")
+    max_txn_ops: int = Field(
+        default=128, ge=8, le=1_000_000,
+        description="etcd: the servers' --max-txn-ops (etcd's default 128). One acquisition "
+        "is one transaction, so it claims at most max_txn_ops - 2 VMs; raise both together "
+        "for larger ones.")
 
 
 class CatalogConfig(_Section):

@@ -1,26 +1,90 @@
-"""The fleet as placement sees it: host facts that agents publish in the
-store (``<prefix>/hosts/<az>/<hypervisor>``, bound to each agent's TTL'd
-session), kept current from the store's change feed (``PrefixView``).
+"""The fleet as placement and acquisition see it: host facts that agents
+publish in the store (``<prefix>/hosts/<az>/<hypervisor>``, bound to each
+agent's TTL'd session), kept current from the store's change feed.
 
 A dead agent's session expires, its key is deleted, and the host drops out
 of this view (and so out of placement and acquisition) within one TTL. The
 view is loaded once and then only follows changes; it is never rebuilt from
-the whole fleet per cycle or per VM.
+the whole fleet per cycle or per VM, and a host is found by a dict lookup.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from warmcache.model import HostFacts
 from warmcache.ports import CoordinationStore
 from warmcache.views import PrefixView
 
+# Called with (hypervisor, present) when a host appears or goes away.
+PresenceListener = Callable[[str, bool], None]
+
 
 class HostView(PrefixView[HostFacts]):
     def __init__(self, store: CoordinationStore, hosts_dir: str) -> None:
+        self._by_hv: dict[str, HostFacts] = {}
+        self._listeners: list[PresenceListener] = []
         super().__init__(store, hosts_dir, lambda _key, value: HostFacts.model_validate_json(value))
 
     def hosts(self) -> list[HostFacts]:
-        return sorted(self.values(), key=lambda h: (h.az, h.hypervisor))
+        with self._lock:
+            return sorted(self._by_hv.values(), key=lambda h: (h.az, h.hypervisor))
 
     def get(self, hypervisor: str) -> HostFacts | None:
-        return next((h for h in self.values() if h.hypervisor == hypervisor), None)
+        return self._by_hv.get(hypervisor)
+
+    def count(self) -> int:
+        return len(self._by_hv)
+
+    def subscribe(self, listener: PresenceListener) -> None:
+        """``listener`` hears of every host present now, then of every
+        arrival and departure (from the thread that applies the change)."""
+        with self._lock:
+            self._listeners.append(listener)
+            for hv in self._by_hv:
+                listener(hv, True)
+
+    def _changed(self, key: str, old: HostFacts | None, new: HostFacts | None) -> None:
+        if old is not None and (new is None or new.hypervisor != old.hypervisor):
+            del self._by_hv[old.hypervisor]
+            for listener in self._listeners:
+                listener(old.hypervisor, False)
+        if new is not None:
+            arrived = new.hypervisor not in self._by_hv
+            self._by_hv[new.hypervisor] = new
+            if arrived:
+                for listener in self._listeners:
+                    listener(new.hypervisor, True)
+
+
+class DrainView(PrefixView[str]):
+    """Drained hypervisors (``<prefix>/drain/<hypervisor>``): no new VM is
+    placed there and none of their pooled VMs is handed out."""
+
+    def __init__(self, store: CoordinationStore, drain_dir: str) -> None:
+        self._drained: set[str] = set()
+        self._listeners: list[PresenceListener] = []
+        super().__init__(store, drain_dir, lambda key, _v: key.rsplit("/", 1)[-1])
+
+    def drained(self) -> set[str]:
+        with self._lock:
+            return set(self._drained)
+
+    def __contains__(self, hypervisor: object) -> bool:
+        return hypervisor in self._drained
+
+    def subscribe(self, listener: PresenceListener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+            for hv in self._drained:
+                listener(hv, True)
+
+    def _changed(self, key: str, old: str | None, new: str | None) -> None:
+        if old is not None and new is None:
+            self._drained.discard(old)
+            for listener in self._listeners:
+                listener(old, False)
+        if new is not None and new not in self._drained:
+            self._drained.add(new)
+            for listener in self._listeners:
+                listener(new, True)

@@ -184,6 +184,10 @@ class PoolSummary(_Frozen):
     ready_by_rack: dict[str, int]
 
 
+# The name every instance registers under in the store's service registry.
+SERVICE_NAME = "warmcache"
+
+
 class Keys:
     """Key layout in the coordination store, under one prefix."""
 

@@ -6,6 +6,7 @@ Every write is validated first; a rule that fails validation raises
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 from warmcache.errors import InvalidRule
 from warmcache.model import BuildRule, Keys, is_valid_name
 from warmcache.ports import CoordinationStore, FlavorCatalog
+from warmcache.views import PrefixView
 
 
 def parse_rule(data: Mapping[str, Any] | str) -> BuildRule:
@@ -51,6 +53,40 @@ class RuleBook:
             az, flavor = Keys.tail(kv.key, 2)
             out[(az, flavor)] = BuildRule.model_validate_json(kv.value)
         return out
+
+
+class RuleView(PrefixView[BuildRule]):
+    """The rules as the change feed brings them: (az, flavor) -> rule, and
+    the AZs that have any, each a dict lookup."""
+
+    def __init__(self, store: CoordinationStore, keys: Keys) -> None:
+        self._rules: dict[tuple[str, str], BuildRule] = {}
+        self._azs: Counter[str] = Counter()
+        super().__init__(store, keys.rules_dir(),
+                         lambda _k, value: BuildRule.model_validate_json(value))
+
+    def get(self, az: str, flavor: str) -> BuildRule | None:
+        return self._rules.get((az, flavor))
+
+    def has_az(self, az: str) -> bool:
+        return self._azs[az] > 0
+
+    def azs(self) -> set[str]:
+        with self._lock:
+            return {az for az, n in self._azs.items() if n > 0}
+
+    def all(self) -> dict[tuple[str, str], BuildRule]:
+        with self._lock:
+            return dict(self._rules)
+
+    def _changed(self, key: str, old: BuildRule | None, new: BuildRule | None) -> None:
+        az, flavor = Keys.tail(key, 2)
+        if old is not None:
+            self._azs[az] -= 1
+            del self._rules[(az, flavor)]
+        if new is not None:
+            self._azs[az] += 1
+            self._rules[(az, flavor)] = new
 
 
 def read_rules_file(text: str) -> dict[tuple[str, str], dict[str, Any]]:

@@ -14,44 +14,37 @@ import json
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from warmcache.acquire.claim import Claimed, Claimer
+from warmcache.acquire.acquirer import Acquirer
 from warmcache.adapters.log_alerts import LogAlerts
 from warmcache.approvals import Approvals
 from warmcache.builders.cycle import BuildCycle, CycleReport
 from warmcache.builders.findings import report_findings
 from warmcache.config import Config, ServiceConfig
 from warmcache.errors import (
-    InvalidRequest,
     LeadershipLost,
     StoreError,
-    UnknownAZ,
-    UnknownFlavor,
-    UnknownPool,
     UnknownRule,
     WarmCacheError,
 )
 from warmcache.health.poller import HealthPoller
 from warmcache.health.purge import purge_vm
-from warmcache.inventory import HostView
+from warmcache.inventory import DrainView, HostView
 from warmcache.leader.election import LeaderElection, Leadership, watch_poll_s
 from warmcache.metrics import MetricsEvents
 from warmcache.model import (
-    BuildRule,
+    SERVICE_NAME,
     InstanceState,
     Keys,
     Mode,
     PoolInstance,
     PoolSummary,
-    is_valid_name,
 )
 from warmcache.placement.pipeline import default_pipeline
-from warmcache.pools import summarize
 from warmcache.ports import (
     AlertSink,
     Clock,
@@ -62,11 +55,10 @@ from warmcache.ports import (
     HostAgent,
 )
 from warmcache.rules import RuleBook
-from warmcache.views import PrefixView
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "warmcache"
+__all__ = ["SERVICE_NAME", "WarmCache"]
 
 
 class WarmCache:
@@ -100,14 +92,12 @@ class WarmCache:
         self.election = LeaderElection(
             store, self.keys.leader(), config.node, ttl_s=config.leader_ttl_s, clock=clock
         )
-        self._claimer = Claimer(store, self.keys, clock, attempts=config.acquire_attempts,
-                                rng=self._rng)
         self.hosts = HostView(store, self.keys.hosts_dir())
-        # Local views for the acquisition path (followed once started).
-        self.pool_view: PrefixView[PoolInstance] = PrefixView(
-            store, self.keys.pool_dir(), lambda _k, v: PoolInstance.model_validate_json(v))
-        self.rule_view: PrefixView[BuildRule] = PrefixView(
-            store, self.keys.rules_dir(), lambda _k, v: BuildRule.model_validate_json(v))
+        self.drains = DrainView(store, self.keys.drain())
+        self.acquirer = Acquirer(config=config, store=store, keys=self.keys, catalog=catalog,
+                                 hosts=self.hosts, drains=self.drains, clock=clock,
+                                 emit=self._emit, trigger_cycle=self.trigger_cycle,
+                                 rng=self._rng)
         self._cycle = BuildCycle(
             store=store, keys=self.keys,
             flavors=lambda: {f.name: f for f in catalog.list()},
@@ -115,8 +105,6 @@ class WarmCache:
             pipeline=default_pipeline(self._rng),
             concurrency=config.build_concurrency, retries=config.build_retries,
         )
-        self.drains: PrefixView[str] = PrefixView(
-            store, self.keys.drain(), lambda key, _v: key.rsplit("/", 1)[-1])
         self.approvals = Approvals(store, self.keys, clock, ttl_s=config.requests_ttl_s,
                                    execute=self._execute_change, emit=self._emit)
         self.health = HealthPoller(
@@ -124,7 +112,7 @@ class WarmCache:
             alerts=self.alerts, clock=clock, node=config.node, ttl_s=config.leader_ttl_s,
             failures_to_purge=config.health_failures_to_purge,
         )
-        self.metrics.watch_pools(self.pools, lambda: len(self.hosts.hosts()))
+        self.metrics.watch_pools(self.pools, self.hosts.count)
         self._stop = threading.Event()
         self._trigger = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -145,11 +133,10 @@ class WarmCache:
             return self
         self._stop.clear()
         self._spawn(self._register_loop, "service-registration")
-        views: list[PrefixView[Any]] = [self.hosts, self.pool_view, self.rule_view,
-                                        self.drains]
-        for view in views:
+        for view in self.acquirer.views:
             view.refresh()
             self._spawn(functools.partial(view.follow, self._stop), f"view {view.prefix}")
+        self._spawn(functools.partial(self.acquirer.follow_shares, self._stop), "acquire-shares")
         if self.config.run_health:
             self._spawn(self._health_loop, "health-poller")
         if self.config.run_builds:
@@ -327,9 +314,8 @@ class WarmCache:
         return self.election.holder()
 
     def pools(self) -> list[PoolSummary]:
-        kvs, _ = self.store.range(self.keys.pool_dir())
-        records = [PoolInstance.model_validate_json(kv.value) for kv in kvs]
-        return summarize(self.rules.all(), records)
+        """Every pool's counts, from the pool index (O(pools x racks))."""
+        return self.acquirer.pools()
 
     def acquire(
         self,
@@ -341,78 +327,10 @@ class WarmCache:
         use_reserve: bool = False,
         requester: str = "anonymous",
     ) -> list[PoolInstance]:
-        """Claim ``count`` ready VMs satisfying ``mode``, all or nothing.
-
-        Raises ``InvalidRequest`` (bad count or mode), ``UnknownFlavor``,
-        ``UnknownAZ``, ``UnknownPool``, ``NoCapacity`` (the pool cannot satisfy
-        the mode now; nothing claimed) or ``ClaimContention`` (retry later).
-        """
-        started = time.perf_counter()
-        mode, rule = self._validate(flavor, az, count, mode)
-        started_views = bool(self._threads)
-        try:
-            claimed = self._claim(flavor, az, count, mode, use_reserve, requester,
-                                  started_views)
-        except WarmCacheError as exc:
-            self._emit("acquisition.failed", requester=requester, flavor=flavor, az=az,
-                       count=count, mode=mode.value, error=exc.code)
-            raise
-        latency_ms = (time.perf_counter() - started) * 1000
-        self._emit("acquisition", requester=requester, flavor=flavor, az=az, count=count,
-                   mode=mode.value, latency_ms=round(latency_ms, 3), attempts=claimed.attempts,
-                   vms=[vm.name for vm in claimed.vms])
-        if claimed.remaining < rule.total_instances * self.config.low_water_ratio:
-            self.trigger_cycle()
-        return claimed.vms
-
-    def _claim(self, flavor: str, az: str, count: int, mode: Mode, use_reserve: bool,
-               requester: str, started_views: bool) -> Claimed:
-        return self._claimer.claim(
-            flavor=flavor, az=az, count=count, mode=mode, use_reserve=use_reserve,
-            requester=requester, live_hosts=self._live_hosts(),
-            view=(lambda: self.pool_view.items().values()) if started_views else None)
-
-    def _live_hosts(self) -> set[str]:
-        """Hypervisors heartbeating now. The host view follows the change
-        feed in the background once started; a library user that never
-        called start() gets it brought up to date here."""
-        if not self._threads:
-            self.hosts.catch_up()
-            self.drains.catch_up()
-        return {h.hypervisor for h in self.hosts.hosts()} - set(self.drains.values())
-
-    def _validate(
-        self, flavor: str, az: str, count: int, mode: Mode | str
-    ) -> tuple[Mode, BuildRule]:
-        if isinstance(count, bool) or not isinstance(count, int):
-            raise InvalidRequest("count must be an integer")
-        if not 1 <= count <= self.config.max_acquire_count:
-            raise InvalidRequest(
-                f"count must be between 1 and {self.config.max_acquire_count}, got {count}"
-            )
-        try:
-            mode = Mode(mode)
-        except ValueError as exc:
-            raise InvalidRequest(
-                f"unknown mode {mode!r}; valid modes: {', '.join(m.value for m in Mode)}"
-            ) from exc
-        if not is_valid_name(flavor) or self.catalog.get(flavor) is None:
-            raise UnknownFlavor(flavor, (f.name for f in self.catalog.list()))
-        rules: dict[tuple[str, str], BuildRule]
-        if self._threads:  # started: the rules as the local view has them
-            rules = {}
-            for key, (stored, _) in self.rule_view.items().items():
-                rule_az, rule_flavor = Keys.tail(key, 2)
-                rules[(rule_az, rule_flavor)] = stored
-        else:
-            rules = self.rules.all()
-        azs = {a for a, _ in rules}
-        if az not in azs:
-            raise UnknownAZ(az, azs)
-        found = rules.get((az, flavor))
-        if found is None:
-            raise UnknownPool(flavor, az)
-        return mode, found
+        """Claim ``count`` ready VMs satisfying ``mode``, all or nothing
+        (``warmcache.acquire.acquirer.Acquirer.acquire``; thread-safe)."""
+        return self.acquirer.acquire(flavor, az, count, mode, use_reserve=use_reserve,
+                                     requester=requester)
 
     def _emit(self, type_: str, **fields: object) -> None:
         self.events.emit(Event(type_, self.clock.now(), fields))

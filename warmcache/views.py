@@ -1,21 +1,31 @@
 """Local views of a key prefix, kept current from the store's change feed.
 
-A view is loaded once with a range read and then only applies changes (a
-compacted feed means one more range read). Readers get the last state the
-view has seen, which may lag the store by one feed poll: callers that act on
-it (claims) guard their writes with the revisions the view carries, so a
-stale view costs a retry, never a wrong write.
+A view is loaded once with a range read and then only applies changes: in
+the background from one long-lived stream (``follow``), or on demand
+(``catch_up``) when nothing follows it. A compacted feed means one more
+range read. Readers get the last state the view has seen, which may lag the
+store by the feed's delay: callers that act on it (claims) guard their
+writes with the revisions the view carries, so a stale view costs a retry,
+never a wrong write.
+
+Every key keeps the revision it was last seen at, and an update older than
+that is ignored. That lets a caller tell the view what it learnt out of
+band (``observe``: a transaction's reply) before the feed brings it, without
+the feed's older changes then undoing it. Subclasses keep their own indexes
+current through ``_changed``, called under the view's lock for every key
+whose value changes.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 from warmcache.errors import StoreError, WatchCompacted
-from warmcache.ports import Change, CoordinationStore
+from warmcache.ports import Change, ChangeStream, CoordinationStore, KeyValue
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -23,7 +33,7 @@ T = TypeVar("T")
 
 class PrefixView(Generic[T]):
     """``key -> (parsed value, mod revision)`` for every key under ``prefix``;
-    ``parse`` returns ``None`` for values to ignore (logged)."""
+    ``parse`` raises ``ValueError`` for values to ignore (logged)."""
 
     def __init__(self, store: CoordinationStore, prefix: str,
                  parse: Callable[[str, str], T | None]) -> None:
@@ -31,12 +41,26 @@ class PrefixView(Generic[T]):
         self.prefix = prefix
         self._parse = parse
         self._items: dict[str, tuple[T, int]] = {}
-        self._revision: int | None = None
-        self._lock = threading.Lock()
+        self._revision: int | None = None  # the feed has delivered everything up to here
+        # Deletes learnt out of band, newer than the feed: key -> revision.
+        self._tombs: dict[str, int] = {}
+        self._tomb_heap: list[tuple[int, str]] = []
+        self._lock = threading.RLock()
+        self._feed_lock = threading.Lock()  # one on-demand catch-up at a time
+        self._following = threading.Event()
+        self._compacted = False  # the stream's history is gone: re-read first
 
     @property
     def loaded(self) -> bool:
         return self._revision is not None
+
+    @property
+    def revision(self) -> int:
+        return self._revision or 0
+
+    @property
+    def following(self) -> bool:
+        return self._following.is_set()
 
     def items(self) -> dict[str, tuple[T, int]]:
         with self._lock:
@@ -46,40 +70,86 @@ class PrefixView(Generic[T]):
         with self._lock:
             return [value for value, _ in self._items.values()]
 
+    def __len__(self) -> int:
+        return len(self._items)
+
+    # --- applying what the store says ---------------------------------------------------
+
     def refresh(self) -> None:
+        """Re-read the whole prefix (first load, or after a compacted feed)."""
         kvs, revision = self._store.range(self.prefix)
-        items = {}
-        for kv in kvs:
-            parsed = self._safe_parse(kv.key, kv.value)
-            if parsed is not None:
-                items[kv.key] = (parsed, kv.mod_revision)
         with self._lock:
-            self._items, self._revision = items, revision
+            seen = set()
+            for kv in kvs:
+                seen.add(kv.key)
+                self._update(kv.key, kv.value, kv.mod_revision)
+            for key in [k for k in self._items if k not in seen]:
+                self._update(key, None, revision)
+            self._revision = max(self._revision or 0, revision)
+            self._prune()
 
     def catch_up(self, timeout_s: float = 0.0) -> None:
-        """Apply what changed since the last look (waiting up to ``timeout_s``)."""
-        if self._revision is None:
-            self.refresh()
+        """Apply what changed since the last look (waiting up to
+        ``timeout_s``). A no-op while ``follow`` keeps the view current."""
+        if self._following.is_set():
             return
-        try:
-            changes = self._store.changes(self.prefix, self._revision, timeout_s)
-        except WatchCompacted:
-            self.refresh()
-            return
-        self._apply(changes)
+        with self._feed_lock:
+            if self._revision is None:
+                self.refresh()
+                return
+            try:
+                changes = self._store.changes(self.prefix, self._revision, timeout_s)
+            except WatchCompacted:
+                self.refresh()
+                return
+            self._apply(changes)
 
-    def _apply(self, changes: list[Change]) -> None:
+    def _apply(self, changes: Iterable[Change]) -> None:
         with self._lock:
+            last = self._revision or 0
             for change in changes:
-                if change.kind == "delete":
-                    self._items.pop(change.key, None)
-                elif change.value is not None:
-                    parsed = self._safe_parse(change.key, change.value)
-                    if parsed is not None:
-                        self._items[change.key] = (parsed, change.revision)
-                    else:
-                        self._items.pop(change.key, None)
-                self._revision = max(self._revision or 0, change.revision)
+                self._update(change.key, change.value if change.kind == "put" else None,
+                             change.revision)
+                last = max(last, change.revision)
+            self._revision = last
+            self._prune()
+
+    def observe(self, key: str, kv: KeyValue | None, revision: int) -> None:
+        """What a transaction's reply said of ``key`` at ``revision`` (``kv``
+        ``None``: absent), ahead of the feed."""
+        with self._lock:
+            if kv is None:
+                if self._update(key, None, revision) and revision > self.revision:
+                    self._tombs[key] = revision
+                    heapq.heappush(self._tomb_heap, (revision, key))
+            else:
+                self._update(key, kv.value, kv.mod_revision)
+
+    def _update(self, key: str, value: str | None, revision: int) -> bool:
+        """Apply one key's state at ``revision`` unless something newer is
+        known; True if applied."""
+        current = self._items.get(key)
+        if revision <= (current[1] if current else self._tombs.get(key, 0)):
+            return False
+        parsed = self._safe_parse(key, value) if value is not None else None
+        if parsed is None:
+            if current is not None:
+                del self._items[key]
+                self._changed(key, current[0], None)
+            return True
+        self._items[key] = (parsed, revision)
+        self._changed(key, current[0] if current else None, parsed)
+        return True
+
+    def _prune(self) -> None:
+        """Out-of-band deletes the feed has caught up with are its own now."""
+        while self._tomb_heap and self._tomb_heap[0][0] <= self.revision:
+            revision, key = heapq.heappop(self._tomb_heap)
+            if self._tombs.get(key) == revision:
+                del self._tombs[key]
+
+    def _changed(self, key: str, old: T | None, new: T | None) -> None:
+        """Hook for subclasses' indexes (under the view's lock)."""
 
     def _safe_parse(self, key: str, value: str) -> T | None:
         try:
@@ -88,11 +158,45 @@ class PrefixView(Generic[T]):
             log.warning("ignoring malformed value at %s: %s", key, exc)
             return None
 
-    def follow(self, stop: threading.Event, poll_s: float = 1.0) -> None:
-        """Keep the view current until ``stop`` is set (a background thread)."""
-        while not stop.is_set():
-            try:
-                self.catch_up(timeout_s=poll_s)
-            except StoreError as exc:
-                log.warning("view of %s: %s", self.prefix, exc)
-                stop.wait(poll_s)
+    # --- following ---------------------------------------------------------------------
+
+    def pump(self, stream: ChangeStream | None, timeout_s: float) -> ChangeStream | None:
+        """One step of ``follow``: apply what ``stream`` delivers within
+        ``timeout_s`` (opening it first when ``None``). Returns the stream
+        to go on with: ``None`` after a compacted history, when the view has
+        re-read the prefix and a new stream must start from there."""
+        if self._revision is None or self._compacted:
+            self.refresh()  # may raise StoreError: the next pump tries again
+            self._compacted = False
+        if stream is None:
+            stream = self._store.watch(self.prefix, self.revision)
+        try:
+            self._apply(stream.get(timeout_s))
+        except WatchCompacted:
+            log.info("view of %s: history compacted, re-reading", self.prefix)
+            stream.close()
+            self._compacted = True
+            self.refresh()
+            self._compacted = False
+            return None
+        return stream
+
+    def follow(self, stop: threading.Event, poll_s: float = 0.5) -> None:
+        """Keep the view current from one long-lived change stream until
+        ``stop`` is set (run it in a background thread)."""
+        stream: ChangeStream | None = None
+        self._following.set()
+        try:
+            while not stop.is_set():
+                try:
+                    stream = self.pump(stream, poll_s)
+                except StoreError as exc:  # the stream reconnects by itself
+                    log.warning("view of %s: %s", self.prefix, exc)
+                    if self._compacted and stream is not None:
+                        stream.close()  # finished: a new one after the re-read
+                        stream = None
+                    stop.wait(poll_s)
+        finally:
+            self._following.clear()
+            if stream is not None:
+                stream.close()

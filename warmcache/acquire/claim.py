@@ -1,22 +1,36 @@
-"""Atomic, all-or-nothing claims of pooled VMs (DESIGN.md §8, §12.1, §12.3).
+"""Atomic, all-or-nothing claims of pooled VMs (DESIGN.md §8, §12.1, §12.3),
+group-committed.
 
-The chosen records move to ``acquired`` (from ``<prefix>/pool/<az>/`` to
-``<prefix>/acquired/<az>/``) in one store transaction that
-compares every record's modify revision with the one it was selected at. If
-any changed (a concurrent acquirer, a purge), nothing is written; we re-read
-the pool and select again, up to ``attempts`` times, then give up with
-``ClaimContention``. A request the pool cannot satisfy fails at once with
-``NoCapacity`` and claims nothing.
+A claim moves its chosen records from ``<prefix>/pool/<az>/`` to
+``<prefix>/acquired/<az>/`` in one store transaction that compares every
+record's modify revision with the one it was selected at. If any changed
+(another instance's claim, a purge), nothing of that claim is written: its
+VMs go back to the index with the state the store reported, and it selects
+again, up to ``attempts`` times, then gives up with ``ClaimContention``. A
+request the pool cannot satisfy fails at once with ``NoCapacity`` and
+claims nothing.
 
-A transaction that gets no answer (a timeout, a connection cut after the
-request left) may still have been applied, or may be applied later by the
-store. Every claim carries a ``claim_id``, written into the acquired
-records, and such an ambiguous failure is settled before anything else:
-one chosen record is rewritten unchanged, conditioned on the revision the
-claim compared, which makes a late apply impossible; if that rewrite fails,
-the acquired records say whether the claim landed (then it is returned as a
-success: no VM is stranded in ``acquired``). If the store cannot be asked,
-``ClaimOutcomeUnknown`` names the claim and its VMs.
+**Group commit.** Concurrent claims on one instance are combined: while one
+batch is in the store, the next requests queue; the thread that finds no
+batch in flight takes the queue, selects disjoint VMs for every request in
+order (the index marks each selection in flight, so the next request cannot
+take it) and sends all the claims in one ``txns()`` call, in which each
+claim keeps its own compares and succeeds or fails on its own. A request
+the pool cannot satisfy once the earlier requests of its batch have taken
+their VMs is decided after that batch lands (their VMs may come back): so
+each request's outcome is what it would have been with the requests run one
+after the other, in queue order. ``batch=False`` sends one transaction per
+claim (the baseline ``bench/acquire.py --no-batch`` measures).
+
+**An unanswered batch.** A transaction that gets no answer (a timeout, a
+connection cut after the request left) may have been applied, or may be
+applied later by the store. Every claim carries a ``claim_id``, written into
+its acquired records, and such a failure is settled before anything else,
+claim by claim: the first chosen record is rewritten unchanged, conditioned
+on the revision the claim compared, which makes a late apply impossible; if
+that rewrite fails, the acquired records say whether the claim landed (then
+it is returned as a success: no VM is stranded in ``acquired``). If the
+store cannot be asked, ``ClaimOutcomeUnknown`` names the claim and its VMs.
 """
 
 from __future__ import annotations
@@ -24,13 +38,21 @@ from __future__ import annotations
 import random
 import threading
 import uuid
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from warmcache.acquire.modes import SELECTORS
-from warmcache.errors import ClaimContention, ClaimOutcomeUnknown, NoCapacity, StoreError
+from warmcache.acquire.index import PoolIndex
+from warmcache.errors import (
+    ClaimContention,
+    ClaimOutcomeUnknown,
+    NoCapacity,
+    StoreError,
+)
 from warmcache.model import InstanceState, Keys, Mode, PoolInstance
-from warmcache.ports import Clock, Compare, CoordinationStore, Delete, Put
+from warmcache.ports import Clock, Compare, CoordinationStore, Delete, KeyValue, Put, Txn, TxnResult
+
+# How long a request the pool cannot satisfy waits, unbatched, for other
+# claims in flight on its pool before it is decided.
+SETTLE_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -40,110 +62,226 @@ class Claimed:
     remaining: int  # acquirable VMs of the pool left after this claim
 
 
+@dataclass(eq=False)
+class ClaimRequest:
+    flavor: str
+    az: str
+    count: int
+    mode: Mode
+    use_reserve: bool = False
+    requester: str = "anonymous"
+    claim_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    attempts: int = 0
+    outcome: Claimed | BaseException | None = None
+    chosen: list[tuple[PoolInstance, int]] = field(default_factory=list)
+    waiting: bool = False  # decided only once the claims in flight on its pool land
+    waits: int = 0  # bounded: a pool that never settles must not hold a request forever
+
+    @property
+    def pool(self) -> tuple[str, str]:
+        return self.az, self.flavor
+
+    def result(self) -> Claimed:
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        assert self.outcome is not None
+        return self.outcome
+
+
 class Claimer:
     def __init__(
         self,
         store: CoordinationStore,
         keys: Keys,
+        index: PoolIndex,
         clock: Clock,
         *,
         attempts: int,
+        batch: bool = True,
+        max_batch_vms: int = 512,
         rng: random.Random | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
+        if max_batch_vms < 1:
+            raise ValueError("max_batch_vms must be at least 1")
         self._store = store
         self._keys = keys
+        self._index = index
         self._clock = clock
         self._attempts = attempts
+        self._batch = batch
+        self._max_batch_vms = max_batch_vms
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._queue: list[ClaimRequest] = []
+        self._committing = False
+        self.batches = 0  # batches sent (for benchmarks)
 
-    def claim(
-        self,
-        *,
-        flavor: str,
-        az: str,
-        count: int,
-        mode: Mode,
-        use_reserve: bool,
-        requester: str,
-        live_hosts: Collection[str] | None = None,
-        view: Callable[[], Iterable[tuple[PoolInstance, int]]] | None = None,
-    ) -> Claimed:
-        """``live_hosts``: hypervisors whose agent is heartbeating (``None``:
-        no filter). VMs elsewhere, and VMs that failed their last health
-        poll, are never handed out. ``view``: the pool records and their
-        revisions as a local view last saw them, used for the first attempt
-        instead of reading the store; a conflict means the view was stale,
-        and later attempts read the store."""
-        states = {InstanceState.READY} | ({InstanceState.RESERVED} if use_reserve else set())
-        selector = SELECTORS[mode]
-        claim_id = uuid.uuid4().hex
-        for attempt in range(1, self._attempts + 1):
-            if attempt == 1 and view is not None:
-                seen = list(view())
-            else:
-                kvs, _ = self._store.range(self._keys.pool_dir(az))
-                seen = [(PoolInstance.model_validate_json(kv.value), kv.mod_revision)
-                        for kv in kvs]
-            revision: dict[str, int] = {}
-            candidates: list[PoolInstance] = []
-            for vm, mod_revision in seen:
-                if (vm.az == az and vm.flavor == flavor and vm.state in states
-                        and vm.health_failures == 0
-                        and (live_hosts is None or vm.hypervisor in live_hosts)):
-                    candidates.append(vm)
-                    revision[vm.name] = mod_revision
-            with self._rng_lock:
-                seed = self._rng.random()
-            chosen = selector.select(candidates, count, random.Random(seed))
-            if chosen is None and attempt == 1 and view is not None:
-                continue  # the view may lag: look at the store before saying no
-            if chosen is None:
-                raise NoCapacity(
-                    flavor=flavor, az=az, mode=mode.value, wanted=count,
-                    ready=len(candidates), racks=len({vm.rack for vm in candidates}),
-                    hypervisors=len({vm.hypervisor for vm in candidates}),
-                )
-            now = self._clock.now()
-            acquired = [
-                vm.with_state(InstanceState.ACQUIRED, acquired_by=requester, acquired_at=now,
-                              claim_id=claim_id)
-                for vm in chosen
-            ]
+    def claim(self, request: ClaimRequest) -> Claimed:
+        """Claim for ``request``: its VMs, or its error raised."""
+        if self._batch:
+            self._submit(request)
+        else:
+            while request.outcome is None:
+                for again in self._round([request]):
+                    if again.waiting:
+                        self._index.wait_settled(again.pool, SETTLE_WAIT_S)
+        return request.result()
+
+    def claim_batch(self, requests: list[ClaimRequest]) -> None:
+        """Run ``requests`` as one group (in order), to the end: every
+        request gets its outcome (``request.result()``)."""
+        pending = list(requests)
+        while pending:
+            pending = self._round(pending)
+
+    # --- group commit ----------------------------------------------------------------------
+
+    def _submit(self, request: ClaimRequest) -> None:
+        with self._cond:
+            self._queue.append(request)
+        while True:
+            with self._cond:
+                while request.outcome is None and self._committing:
+                    self._cond.wait()
+                if request.outcome is not None:
+                    return
+                self._committing = True
+                batch = self._take()
+            again: list[ClaimRequest] = []
             try:
-                succeeded = self._store.txn(
-                    [Compare.mod_revision(self._keys.pool(az, vm.name), revision[vm.name])
-                     for vm in chosen],
-                    # Handed-out VMs leave the pool directory (so acquisitions keep
-                    # scanning only what is acquirable) for the acquired log.
-                    [op for vm in acquired for op in (
-                        Delete(self._keys.pool(az, vm.name)),
-                        Put(self._keys.acquired(az, vm.name), vm.model_dump_json()),
-                    )],
-                ).succeeded
-            except StoreError as exc:
-                succeeded = self._settle(az, chosen[0], revision[chosen[0].name], acquired,
-                                         claim_id, exc)
-            if succeeded:
-                return Claimed(acquired, attempt, len(candidates) - count)
-        raise ClaimContention(self._attempts)
+                again = self._round(batch)
+            except BaseException as exc:  # a bug must not leave the batch waiting forever
+                for r in batch:
+                    if r.outcome is None:
+                        r.outcome = exc
+                raise
+            finally:
+                with self._cond:
+                    self._queue[:0] = again
+                    self._committing = False
+                    self._cond.notify_all()
 
-    def _settle(self, az: str, first: PoolInstance, first_revision: int,
-                acquired: list[PoolInstance], claim_id: str, cause: StoreError) -> bool:
-        """Did the unanswered claim land? Decided for good (see the module doc)."""
-        key = self._keys.pool(az, first.name)
+    def _take(self) -> list[ClaimRequest]:
+        batch: list[ClaimRequest] = []
+        vms = 0
+        while self._queue and (not batch or vms + self._queue[0].count <= self._max_batch_vms):
+            request = self._queue.pop(0)
+            batch.append(request)
+            vms += request.count
+        return batch
+
+    # --- one round: select, commit, settle --------------------------------------------------
+
+    def _round(self, batch: list[ClaimRequest]) -> list[ClaimRequest]:
+        """Decide what it can of ``batch``; returns the requests to run again
+        (lost a conflict, or waiting for the claims ahead of them)."""
+        selected: list[ClaimRequest] = []
+        later: list[ClaimRequest] = []
+        for request in batch:
+            with self._rng_lock:
+                rng = random.Random(self._rng.random())
+            chosen = self._index.select(request.pool, request.count, request.mode,
+                                        request.use_reserve, rng)
+            request.waiting = False
+            if chosen is not None:
+                request.chosen = chosen
+                selected.append(request)
+            elif self._index.in_flight(request.pool) and request.waits < self._attempts:
+                request.waiting = True  # claims ahead of it may still give VMs back
+                request.waits += 1
+                later.append(request)
+            else:
+                ready, racks, hypervisors = self._index.stock(request.pool, request.use_reserve)
+                request.outcome = NoCapacity(
+                    flavor=request.flavor, az=request.az, mode=request.mode.value,
+                    wanted=request.count, ready=ready, racks=racks, hypervisors=hypervisors)
+        if not selected:
+            return later
+        self.batches += 1
+        now = self._clock.now()
+        acquired = {r.claim_id: [vm.with_state(InstanceState.ACQUIRED, acquired_by=r.requester,
+                                               acquired_at=now, claim_id=r.claim_id)
+                                 for vm, _ in r.chosen] for r in selected}
         try:
-            fenced = self._store.txn([Compare.mod_revision(key, first_revision)],
-                                     [Put(key, first.model_dump_json())])
-            if fenced.succeeded:
-                return False  # it had not landed, and now it never can
-            for vm in acquired:
-                kv = self._store.get(self._keys.acquired(az, vm.name))
-                if kv is None or PoolInstance.model_validate_json(kv.value).claim_id != claim_id:
-                    return False  # someone else's change won
-            return True
+            results = self._store.txns([self._txn(r, acquired[r.claim_id]) for r in selected])
         except StoreError as exc:
-            raise ClaimOutcomeUnknown(claim_id, [vm.name for vm in acquired],
-                                      f"{cause}; then {exc}") from exc
+            settled = self._settle(selected, acquired, exc)
+        else:
+            settled = list(zip(selected, results, strict=True))
+        for request, result in settled:
+            keys = [self._keys.pool(request.az, vm.name) for vm, _ in request.chosen]
+            request.attempts += 1
+            if result.succeeded:
+                self._index.claimed(keys, result.revision)
+                ready, _, _ = self._index.stock(request.pool, False)
+                request.outcome = Claimed(acquired[request.claim_id], request.attempts, ready)
+            else:
+                self._index.release(keys, result.current, result.revision)
+                if request.outcome is not None:
+                    continue  # decided by the settle: outcome unknown
+                if request.attempts >= self._attempts:
+                    request.outcome = ClaimContention(self._attempts)
+                else:
+                    later.append(request)
+        return later
+
+    def _txn(self, request: ClaimRequest, acquired: list[PoolInstance]) -> Txn:
+        az = request.az
+        return Txn(
+            [Compare.mod_revision(self._keys.pool(az, vm.name), rev) for vm, rev in request.chosen],
+            # Handed-out VMs leave the pool directory (so the pool holds only
+            # what may still be acquired) for the acquired log.
+            [op for vm in acquired for op in (Delete(self._keys.pool(az, vm.name)),
+                                              Put(self._keys.acquired(az, vm.name),
+                                                  vm.model_dump_json()))],
+        )
+
+    def _settle(self, selected: list[ClaimRequest], acquired: dict[str, list[PoolInstance]],
+                cause: StoreError) -> list[tuple[ClaimRequest, TxnResult]]:
+        """Did each unanswered claim land? Decided for good (see the module
+        doc); a claim whose fate the store cannot tell gets
+        ``ClaimOutcomeUnknown`` (and the failed result, so its VMs are
+        released: a late apply is impossible only once fenced, but the VMs'
+        revisions are compared by every later claim, so none is handed out
+        twice)."""
+        fences = []
+        for request in selected:
+            first, revision = request.chosen[0]
+            key = self._keys.pool(request.az, first.name)
+            fences.append(Txn([Compare.mod_revision(key, revision)],
+                              [Put(key, first.model_dump_json())]))
+        out: list[tuple[ClaimRequest, TxnResult]] = []
+        try:
+            fenced = self._store.txns(fences)
+        except StoreError as exc:
+            for request in selected:
+                out.append((request, TxnResult(False, 0)))
+                request.outcome = ClaimOutcomeUnknown(
+                    request.claim_id, [vm.name for vm, _ in request.chosen], f"{cause}; then {exc}")
+            return out
+        for request, fence in zip(selected, fenced, strict=True):
+            first, _ = request.chosen[0]
+            if fence.succeeded:  # it had not landed, and now it never can
+                key = self._keys.pool(request.az, first.name)
+                out.append((request, TxnResult(False, fence.revision, {key: KeyValue(
+                    key, first.model_dump_json(), 0, fence.revision)})))
+                continue
+            try:
+                landed = all(self._holds_claim(request, vm) for vm in acquired[request.claim_id])
+            except StoreError as exc:
+                out.append((request, TxnResult(False, 0)))
+                request.outcome = ClaimOutcomeUnknown(
+                    request.claim_id, [vm.name for vm, _ in request.chosen], f"{cause}; then {exc}")
+                continue
+            # Not landed: someone else's change won the first VM.
+            out.append((request, TxnResult(landed, fence.revision,
+                                           {} if landed else fence.current)))
+        return out
+
+    def _holds_claim(self, request: ClaimRequest, vm: PoolInstance) -> bool:
+        kv = self._store.get(self._keys.acquired(request.az, vm.name))
+        return kv is not None and PoolInstance.model_validate_json(kv.value).claim_id == \
+            request.claim_id

@@ -1,0 +1,162 @@
+"""``Acquirer``: the acquisition path behind ``WarmCache.acquire`` and
+``POST /v1/acquire`` (DESIGN.md §8): validation, the views it reads, the
+claimer, the events and the low-water trigger.
+
+Its views (rules, pool index; the host and drain views it is given) are
+kept current by ``follow`` threads once the service is started, so an
+acquisition reads nothing from the store before its claim transaction and
+does only dict lookups and O(count) selection. An instance that was never
+started brings the views up to date on each call instead (one change-feed
+query each): correct, and slower.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from warmcache.acquire.claim import Claimed, Claimer, ClaimRequest
+from warmcache.acquire.index import PoolIndex
+from warmcache.config import ServiceConfig
+from warmcache.errors import InvalidRequest, UnknownAZ, UnknownFlavor, UnknownPool, WarmCacheError
+from warmcache.inventory import DrainView, HostView
+from warmcache.model import (
+    SERVICE_NAME,
+    BuildRule,
+    Keys,
+    Mode,
+    PoolInstance,
+    PoolSummary,
+    is_valid_name,
+)
+from warmcache.ports import Clock, CoordinationStore, FlavorCatalog
+from warmcache.rules import RuleView
+from warmcache.views import PrefixView
+
+log = logging.getLogger(__name__)
+Emit = Callable[..., None]
+
+
+class Acquirer:
+    def __init__(
+        self,
+        *,
+        config: ServiceConfig,
+        store: CoordinationStore,
+        keys: Keys,
+        catalog: FlavorCatalog,
+        hosts: HostView,
+        drains: DrainView,
+        clock: Clock,
+        emit: Emit,
+        trigger_cycle: Callable[[], None],
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._catalog = catalog
+        self._emit = emit
+        self._trigger = trigger_cycle
+        self.hosts = hosts
+        self.drains = drains
+        self.rules = RuleView(store, keys)
+        self.index = PoolIndex(store, keys, hosts=hosts, drains=drains, node=config.node)
+        self.claimer = Claimer(store, keys, self.index, clock, attempts=config.acquire_attempts,
+                               batch=config.batch_claims, max_batch_vms=config.max_batch_vms,
+                               rng=rng)
+        self._store = store
+        # One acquisition is one transaction: no more VMs than the store can
+        # compare in one (etcd: 126 with its default --max-txn-ops).
+        limit = store.txn_limit
+        self.max_count = min(config.max_acquire_count, limit or config.max_acquire_count)
+
+    @property
+    def views(self) -> list[PrefixView[Any]]:
+        """What ``WarmCache.start`` follows (the host view first: the index
+        needs to know which hosts are live before it sees their VMs)."""
+        return [self.hosts, self.drains, self.rules, self.index]
+
+    def refresh_shares(self) -> None:
+        """Re-deal the pools' shares over the instances in the registry."""
+        self.index.set_instances(s.node for s in self._store.services(SERVICE_NAME))
+
+    def follow_shares(self, stop: threading.Event) -> None:
+        """Keep the shares current until ``stop`` (a background thread)."""
+        while not stop.is_set():
+            try:
+                self.refresh_shares()
+            except WarmCacheError as exc:  # keep the shares we have
+                log.warning("service registry: %s", exc)
+            stop.wait(self._config.shares_refresh_s)
+
+    def acquire(self, flavor: str, az: str, count: int, mode: Mode | str, *,
+                use_reserve: bool = False, requester: str = "anonymous") -> list[PoolInstance]:
+        """Claim ``count`` ready VMs satisfying ``mode``, all or nothing.
+
+        Raises ``InvalidRequest`` (bad count or mode), ``UnknownFlavor``,
+        ``UnknownAZ``, ``UnknownPool``, ``NoCapacity`` (the pool cannot satisfy
+        the mode now; nothing claimed), ``ClaimContention`` (retry later) or
+        ``ClaimOutcomeUnknown`` (the store stopped answering mid-claim).
+        """
+        started = time.perf_counter()
+        mode = self._check(count, mode)
+        self._catch_up()
+        rule = self._rule(flavor, az)
+        request = ClaimRequest(flavor=flavor, az=az, count=count, mode=mode,
+                               use_reserve=use_reserve, requester=requester)
+        try:
+            claimed = self.claimer.claim(request)
+        except WarmCacheError as exc:
+            self._emit("acquisition.failed", requester=requester, flavor=flavor, az=az,
+                       count=count, mode=mode.value, error=exc.code)
+            raise
+        self._record(request, claimed, rule, started)
+        return claimed.vms
+
+    def _record(self, request: ClaimRequest, claimed: Claimed, rule: BuildRule,
+                started: float) -> None:
+        latency_ms = (time.perf_counter() - started) * 1000
+        self._emit("acquisition", requester=request.requester, flavor=request.flavor,
+                   az=request.az, count=request.count, mode=request.mode.value,
+                   latency_ms=round(latency_ms, 3), attempts=claimed.attempts,
+                   vms=[vm.name for vm in claimed.vms])
+        if claimed.remaining < rule.total_instances * self._config.low_water_ratio:
+            self._trigger()
+
+    def pools(self) -> list[PoolSummary]:
+        self._catch_up()
+        return self.index.summary(self.rules.all())
+
+    def _catch_up(self) -> None:
+        for view in self.views:
+            view.catch_up()  # a no-op for a followed view
+
+    def _check(self, count: int, mode: Mode | str) -> Mode:
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise InvalidRequest("count must be an integer")
+        if not 1 <= count <= self.max_count:
+            why = "" if self.max_count == self._config.max_acquire_count else \
+                " (the most one store transaction can claim at once)"
+            raise InvalidRequest(f"count must be between 1 and {self.max_count}{why}, got {count}")
+        try:
+            return Mode(mode)
+        except ValueError as exc:
+            raise InvalidRequest(
+                f"unknown mode {mode!r}; valid modes: {', '.join(m.value for m in Mode)}"
+            ) from exc
+
+    def _rule(self, flavor: str, az: str) -> BuildRule:
+        """The pool's rule: one dict lookup. Only when there is none is the
+        flavor catalog asked, to say which of flavor, AZ or pool is unknown
+        (a rule is validated against the catalog when it is written)."""
+        rule = self.rules.get(az, flavor)
+        if rule is not None:
+            return rule
+        if not is_valid_name(flavor) or self._catalog.get(flavor) is None:
+            raise UnknownFlavor(flavor, (f.name for f in self._catalog.list()))
+        if not self.rules.has_az(az):
+            raise UnknownAZ(az, self.rules.azs())
+        raise UnknownPool(flavor, az)

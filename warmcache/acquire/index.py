@@ -1,0 +1,262 @@
+"""``PoolIndex``: every pool's acquirable VMs, indexed, kept current from
+the change feed, so that an acquisition costs the same on a pool of 30 VMs
+and on a fleet of 100,000 hypervisors.
+
+The index is a view of ``<prefix>/pool/`` (``PrefixView``: each record with
+its revision) plus, per pool (AZ, flavor), four ``Stock``s of VM keys:
+ready VMs, ready or reserved VMs (``use_reserve``), and the same two
+restricted to this instance's share (``shares.py``). A VM is in a stock
+while its record is acquirable: the right state, no failed health check,
+its hypervisor heartbeating (the host view) and not drained (the drain
+view), and no claim of this instance in flight on it. Every change (one
+record from the feed, a host arriving or leaving, a drain, a claim) moves
+only the VMs it concerns, in O(1) each; nothing is ever copied or rescanned
+per acquisition.
+
+Claims mark their VMs in flight before their transaction, so concurrent
+requests on one instance never select the same VM; a successful claim
+removes its VMs at the transaction's revision (``observe``), a failed one
+puts them back and applies the current state the store reported.
+
+Thread-safe: one lock (the view's) guards everything, and listeners of the
+host and drain views take it after theirs, never the other way round.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+from warmcache.acquire.modes import SELECTORS
+from warmcache.acquire.shares import Shares
+from warmcache.acquire.stock import Stock
+from warmcache.inventory import DrainView, HostView
+from warmcache.model import BuildRule, InstanceState, Keys, Mode, PoolInstance, PoolSummary
+from warmcache.ports import CoordinationStore, KeyValue
+from warmcache.views import PrefixView
+
+Pool = tuple[str, str]  # (az, flavor)
+
+# Stock slots per pool: tier (ready only, or ready + reserved) x share.
+READY, WITH_RESERVE, READY_MINE, WITH_RESERVE_MINE = range(4)
+
+
+class PoolIndex(PrefixView[PoolInstance]):
+    def __init__(self, store: CoordinationStore, keys: Keys, *, hosts: HostView,
+                 drains: DrainView, node: str) -> None:
+        super().__init__(store, keys.pool_dir(),
+                         lambda _k, value: PoolInstance.model_validate_json(value))
+        self._live: set[str] = set()
+        self._drained: set[str] = set()
+        self._on_hv: dict[str, set[str]] = {}
+        self._placed: dict[str, tuple[Pool, str, str, int]] = {}  # key -> pool, rack, hv, slots
+        self._stocks: dict[Pool, list[Stock]] = {}
+        self._inflight: dict[str, Pool] = {}
+        self._inflight_by_pool: Counter[Pool] = Counter()
+        self._settled = threading.Condition(self._lock)
+        self._shares = Shares(node)
+        self._mine: dict[str, bool] = {}
+        self._states: dict[Pool, Counter[InstanceState]] = {}
+        self._ready_by_rack: dict[Pool, Counter[str]] = {}
+        hosts.subscribe(self._host_presence)
+        drains.subscribe(self._drain_presence)
+
+    # --- keeping the stocks current -----------------------------------------------------
+
+    def _changed(self, key: str, old: PoolInstance | None, new: PoolInstance | None) -> None:
+        if old is not None:
+            pool = (old.az, old.flavor)
+            self._states[pool][old.state] -= 1
+            if old.state is InstanceState.READY:
+                self._ready_by_rack[pool][old.rack] -= 1
+            on_hv = self._on_hv.get(old.hypervisor)
+            if on_hv is not None:
+                on_hv.discard(key)
+                if not on_hv:
+                    del self._on_hv[old.hypervisor]
+        if new is not None:
+            pool = (new.az, new.flavor)
+            self._states.setdefault(pool, Counter())[new.state] += 1
+            if new.state is InstanceState.READY:
+                self._ready_by_rack.setdefault(pool, Counter())[new.rack] += 1
+            self._on_hv.setdefault(new.hypervisor, set()).add(key)
+        else:
+            self._mine.pop(key, None)
+        self._place(key, new)
+
+    def _slots(self, key: str, rec: PoolInstance | None) -> int:
+        if (rec is None or key in self._inflight or rec.health_failures
+                or rec.hypervisor not in self._live or rec.hypervisor in self._drained):
+            return 0
+        if rec.state is InstanceState.READY:
+            slots = 1 << READY | 1 << WITH_RESERVE
+        elif rec.state is InstanceState.RESERVED:
+            slots = 1 << WITH_RESERVE
+        else:
+            return 0
+        if self._shares.active and self._is_mine(key, rec):
+            slots |= slots << 2
+        return slots
+
+    def _is_mine(self, key: str, rec: PoolInstance) -> bool:
+        mine = self._mine.get(key)
+        if mine is None:
+            mine = self._mine[key] = self._shares.mine(rec.name)
+        return mine
+
+    def _place(self, key: str, rec: PoolInstance | None) -> None:
+        """Put ``key`` in exactly the stocks its record belongs to now."""
+        slots = self._slots(key, rec)
+        where = ((rec.az, rec.flavor), rec.rack, rec.hypervisor, slots) if rec else None
+        before = self._placed.get(key)
+        if before == where or (before is None and not slots):
+            return
+        if before is not None:
+            pool, rack, hv, old_slots = before
+            stocks = self._stocks[pool]
+            for slot in range(4):
+                if old_slots >> slot & 1:
+                    stocks[slot].remove(key, rack, hv)
+            del self._placed[key]
+        if where is not None and slots:
+            pool, rack, hv, _ = where
+            stocks = self._stocks.setdefault(pool, [Stock() for _ in range(4)])
+            for slot in range(4):
+                if slots >> slot & 1:
+                    stocks[slot].add(key, rack, hv)
+            self._placed[key] = where
+
+    def _replace_all_on(self, hv: str) -> None:
+        for key in list(self._on_hv.get(hv, ())):
+            self._place(key, self._items[key][0])
+
+    def _host_presence(self, hv: str, present: bool) -> None:
+        with self._lock:
+            if present:
+                self._live.add(hv)
+            else:
+                self._live.discard(hv)
+            self._replace_all_on(hv)
+
+    def _drain_presence(self, hv: str, drained: bool) -> None:
+        with self._lock:
+            if drained:
+                self._drained.add(hv)
+            else:
+                self._drained.discard(hv)
+            self._replace_all_on(hv)
+
+    def set_instances(self, nodes: Iterable[str]) -> None:
+        """The serving instances from the registry (this one included):
+        re-deal the shares. O(pool size), once per membership change."""
+        shares = Shares(self._shares.me, nodes)
+        with self._lock:
+            if shares.nodes == self._shares.nodes:
+                return
+            self._shares = shares
+            self._mine.clear()
+            for key, (rec, _) in self._items.items():
+                self._place(key, rec)
+
+    @property
+    def instances(self) -> tuple[str, ...]:
+        return self._shares.nodes
+
+    # --- what acquisitions ask ----------------------------------------------------------
+
+    def select(self, pool: Pool, count: int, mode: Mode, use_reserve: bool,
+               rng: random.Random) -> list[tuple[PoolInstance, int]] | None:
+        """``count`` acquirable VMs of ``pool`` satisfying ``mode``, from this
+        instance's share if it can, else from the whole pool; marked in flight
+        (``claimed`` or ``release`` them). ``None``: the pool cannot."""
+        with self._lock:
+            stocks = self._stocks.get(pool)
+            if stocks is None:
+                return None
+            tier = WITH_RESERVE if use_reserve else READY
+            selector = SELECTORS[mode]
+            chosen = selector.select(stocks[tier + 2], count, rng) \
+                if self._shares.active else None
+            if chosen is None:
+                chosen = selector.select(stocks[tier], count, rng)
+            if chosen is None:
+                return None
+            out = [self._items[key] for key in chosen]
+            self._inflight.update(dict.fromkeys(chosen, pool))
+            self._inflight_by_pool[pool] += len(chosen)
+            for key, (rec, _) in zip(chosen, out, strict=True):
+                self._place(key, rec)
+            return out
+
+    def stock(self, pool: Pool, use_reserve: bool) -> tuple[int, int, int]:
+        """(acquirable VMs, racks, hypervisors) of ``pool`` now."""
+        with self._lock:
+            stocks = self._stocks.get(pool)
+            if stocks is None:
+                return 0, 0, 0
+            s = stocks[WITH_RESERVE if use_reserve else READY]
+            return len(s), len(s.racks), len(s.hypervisors)
+
+    def acquirable(self, pool: Pool, use_reserve: bool, *, mine: bool = False) -> set[str]:
+        """The keys of ``pool``'s acquirable VMs (O(pool): tests, debugging)."""
+        with self._lock:
+            stocks = self._stocks.get(pool)
+            slot = (WITH_RESERVE if use_reserve else READY) + (2 if mine else 0)
+            return stocks[slot].members() if stocks else set()
+
+    def in_flight(self, pool: Pool) -> int:
+        with self._lock:
+            return self._inflight_by_pool[pool]
+
+    def wait_settled(self, pool: Pool, timeout_s: float) -> None:
+        """Wait until no claim of this instance is in flight on ``pool``."""
+        with self._settled:
+            self._settled.wait_for(lambda: not self._inflight_by_pool[pool], timeout_s)
+
+    def claimed(self, keys: Iterable[str], revision: int) -> None:
+        """A claim landed: its VMs left the pool at ``revision``."""
+        with self._lock:
+            for key in keys:
+                self.observe(key, None, revision)
+                self._end_flight(key)
+            self._settled.notify_all()
+
+    def release(self, keys: Iterable[str], current: Mapping[str, KeyValue | None] | None = None,
+                revision: int = 0) -> None:
+        """A claim did not land: its VMs are acquirable again, as ``current``
+        (the state the store reported at ``revision``) says."""
+        with self._lock:
+            for key in keys:
+                self._end_flight(key)
+            for key, kv in (current or {}).items():
+                self.observe(key, kv, revision)
+            self._settled.notify_all()
+
+    def _end_flight(self, key: str) -> None:
+        pool = self._inflight.pop(key, None)
+        if pool is None:
+            return
+        self._inflight_by_pool[pool] -= 1
+        item = self._items.get(key)
+        if item is not None:  # gone if the claim landed
+            self._place(key, item[0])
+
+    # --- what operators ask ---------------------------------------------------------------
+
+    def summary(self, rules: Mapping[Pool, BuildRule]) -> list[PoolSummary]:
+        """``GET /v1/pools`` from the index: O(pools x racks)."""
+        with self._lock:
+            out = []
+            for pool in sorted(set(rules) | {p for p, c in self._states.items() if +c}):
+                states = self._states.get(pool, Counter())
+                rule = rules.get(pool)
+                racks = self._ready_by_rack.get(pool, Counter())
+                out.append(PoolSummary(
+                    az=pool[0], flavor=pool[1], target=rule.total_instances if rule else 0,
+                    ready=states[InstanceState.READY], reserved=states[InstanceState.RESERVED],
+                    building=states[InstanceState.BUILDING],
+                    enabled=rule.enabled if rule else False,
+                    ready_by_rack={r: n for r, n in sorted(racks.items()) if n > 0}))
+            return out
