@@ -21,7 +21,8 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from warmcache.errors import StoreError, WatchCompacted
@@ -29,6 +30,7 @@ from warmcache.ports import Change, ChangeStream, CoordinationStore, KeyValue
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+APPLY_CHUNK = 32  # changes applied per hold of the view's lock
 
 
 class PrefixView(Generic[T]):
@@ -78,13 +80,11 @@ class PrefixView(Generic[T]):
     def refresh(self) -> None:
         """Re-read the whole prefix (first load, or after a compacted feed)."""
         kvs, revision = self._store.range(self.prefix)
+        self._apply([Change(kv.mod_revision, kv.key, "put", kv.value) for kv in kvs])
+        seen = {kv.key for kv in kvs}
         with self._lock:
-            seen = set()
-            for kv in kvs:
-                seen.add(kv.key)
-                self._update(kv.key, kv.value, kv.mod_revision)
             for key in [k for k in self._items if k not in seen]:
-                self._update(key, None, revision)
+                self._set(key, None, revision)
             self._revision = max(self._revision or 0, revision)
             self._prune()
 
@@ -104,34 +104,46 @@ class PrefixView(Generic[T]):
                 return
             self._apply(changes)
 
-    def _apply(self, changes: Iterable[Change]) -> None:
-        with self._lock:
-            last = self._revision or 0
-            for change in changes:
-                self._update(change.key, change.value if change.kind == "put" else None,
-                             change.revision)
-                last = max(last, change.revision)
-            self._revision = last
-            self._prune()
+    def _apply(self, changes: Sequence[Change]) -> None:
+        """In chunks: values are parsed outside the lock, and between chunks
+        the lock and the GIL are let go, so that an acquisition never waits
+        for a whole burst of changes (thousands after a refill) to apply."""
+        for start in range(0, len(changes), APPLY_CHUNK):
+            if start:
+                time.sleep(0)  # let a waiting thread run
+            chunk = changes[start:start + APPLY_CHUNK]
+            parsed = [self._safe_parse(c.key, c.value) if c.kind == "put" and c.value is not None
+                      else None for c in chunk]
+            with self._lock:
+                last = self._revision or 0
+                for change, value in zip(chunk, parsed, strict=True):
+                    self._set(change.key, value, change.revision)
+                    last = max(last, change.revision)
+                # Every change up to `last` is in: a revision's changes may
+                # straddle chunks, which is fine, as no later change can be
+                # older than what the feed has already delivered.
+                if self._revision is not None or start + APPLY_CHUNK >= len(changes):
+                    self._revision = last
+                self._prune()
 
     def observe(self, key: str, kv: KeyValue | None, revision: int) -> None:
         """What a transaction's reply said of ``key`` at ``revision`` (``kv``
         ``None``: absent), ahead of the feed."""
+        parsed = self._safe_parse(key, kv.value) if kv is not None else None
         with self._lock:
             if kv is None:
-                if self._update(key, None, revision) and revision > self.revision:
+                if self._set(key, None, revision) and revision > self.revision:
                     self._tombs[key] = revision
                     heapq.heappush(self._tomb_heap, (revision, key))
             else:
-                self._update(key, kv.value, kv.mod_revision)
+                self._set(key, parsed, kv.mod_revision)
 
-    def _update(self, key: str, value: str | None, revision: int) -> bool:
-        """Apply one key's state at ``revision`` unless something newer is
-        known; True if applied."""
+    def _set(self, key: str, parsed: T | None, revision: int) -> bool:
+        """Apply one key's state at ``revision`` (``None``: absent, or not
+        parseable) unless something newer is known; True if applied."""
         current = self._items.get(key)
         if revision <= (current[1] if current else self._tombs.get(key, 0)):
             return False
-        parsed = self._safe_parse(key, value) if value is not None else None
         if parsed is None:
             if current is not None:
                 del self._items[key]

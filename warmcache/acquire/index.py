@@ -78,10 +78,19 @@ class PoolIndex(PrefixView[PoolInstance]):
                     del self._on_hv[old.hypervisor]
         if new is not None:
             pool = (new.az, new.flavor)
-            self._states.setdefault(pool, Counter())[new.state] += 1
+            states = self._states.get(pool)
+            if states is None:
+                states = self._states[pool] = Counter()
+            states[new.state] += 1
             if new.state is InstanceState.READY:
-                self._ready_by_rack.setdefault(pool, Counter())[new.rack] += 1
-            self._on_hv.setdefault(new.hypervisor, set()).add(key)
+                racks = self._ready_by_rack.get(pool)
+                if racks is None:
+                    racks = self._ready_by_rack[pool] = Counter()
+                racks[new.rack] += 1
+            on_hv = self._on_hv.get(new.hypervisor)
+            if on_hv is None:
+                on_hv = self._on_hv[new.hypervisor] = set()
+            on_hv.add(key)
         else:
             self._mine.pop(key, None)
         self._place(key, new)
@@ -122,10 +131,12 @@ class PoolIndex(PrefixView[PoolInstance]):
             del self._placed[key]
         if where is not None and slots:
             pool, rack, hv, _ = where
-            stocks = self._stocks.setdefault(pool, [Stock() for _ in range(4)])
+            found = self._stocks.get(pool)
+            if found is None:  # not setdefault: its default would be built every time
+                found = self._stocks[pool] = [Stock() for _ in range(4)]
             for slot in range(4):
                 if slots >> slot & 1:
-                    stocks[slot].add(key, rack, hv)
+                    found[slot].add(key, rack, hv)
             self._placed[key] = where
 
     def _replace_all_on(self, hv: str) -> None:
