@@ -39,41 +39,19 @@ def main() -> None:
 @main.command()
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="Service TOML (see config/service.example.toml).")
-def serve(config_path: str) -> None:
+@click.option("--server", type=click.Choice(["waitress", "gunicorn", "granian", "werkzeug"]),
+              default="waitress", show_default=True,
+              help="HTTP server (the others are for bench/acquire.py's comparison; "
+                   "werkzeug is the development server).")
+def serve(config_path: str, server: str) -> None:
     """Run one service instance: HTTP API, leader election, build cycles."""
-    from werkzeug.serving import make_server
-
-    from warmcache.bootstrap import build
-    from warmcache.config import load_config
-    from warmcache.web import create_app
-    from warmcache.web.auth import Authenticator
+    from warmcache.web.server import serve as run_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        config = load_config(config_path)
-        service = build(config)
+        run_server(config_path, server)
     except WarmCacheError as exc:
         _fail(str(exc), 2)
-    cfg = service.config
-    auth = Authenticator(config.auth)
-    if not auth.enabled:
-        logging.getLogger("warmcache").warning(
-            "no [[auth.tokens]] configured: the API is open to anyone who can reach it")
-    server = make_server(cfg.listen_host, cfg.listen_port, create_app(service, auth),
-                         threaded=True)
-
-    def _stop(_sig: int, _frame: object) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    service.start()
-    logging.getLogger("warmcache").info("%s serving on http://%s:%d", cfg.node,
-                                        cfg.listen_host, cfg.listen_port)
-    try:
-        server.serve_forever()
-    finally:
-        service.close()
 
 
 # --- quickstart -----------------------------------------------------------------------

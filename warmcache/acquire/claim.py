@@ -76,6 +76,7 @@ class ClaimRequest:
     chosen: list[tuple[PoolInstance, int]] = field(default_factory=list)
     waiting: bool = False  # decided only once the claims in flight on its pool land
     waits: int = 0  # bounded: a pool that never settles must not hold a request forever
+    wake: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def pool(self) -> tuple[str, str]:
@@ -140,15 +141,21 @@ class Claimer:
     # --- group commit ----------------------------------------------------------------------
 
     def _submit(self, request: ClaimRequest) -> None:
+        """Queue ``request``; the thread whose request finds no batch in
+        flight commits, and hands that role to the next queued request when
+        it is done. Each waiter has its own wake-up, so a batch of 30 wakes
+        30 threads, not 30 threads 30 times."""
         with self._cond:
             self._queue.append(request)
+            lead = not self._committing
+            self._committing = True
         while True:
-            with self._cond:
-                while request.outcome is None and self._committing:
-                    self._cond.wait()
+            if not lead:
+                request.wake.wait()
+                request.wake.clear()
                 if request.outcome is not None:
                     return
-                self._committing = True
+            with self._cond:
                 batch = self._take()
             again: list[ClaimRequest] = []
             try:
@@ -161,8 +168,17 @@ class Claimer:
             finally:
                 with self._cond:
                     self._queue[:0] = again
-                    self._committing = False
-                    self._cond.notify_all()
+                    for r in batch:
+                        if r.outcome is not None and r is not request:
+                            r.wake.set()
+                    following = self._queue[0] if self._queue else None
+                    if following is None:
+                        self._committing = False
+                    elif following is not request:
+                        following.wake.set()  # it commits next
+            if request.outcome is not None:
+                return
+            lead = following is request
 
     def _take(self) -> list[ClaimRequest]:
         batch: list[ClaimRequest] = []

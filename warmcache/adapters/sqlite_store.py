@@ -105,7 +105,7 @@ class SqliteStore:
         clock: Clock | None = None,
         busy_timeout_s: float = 30.0,
         keep_changes: int = 100_000,
-        poll_interval_s: float = 0.05,
+        poll_interval_s: float = 0.01,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.path = str(path)

@@ -52,6 +52,9 @@ def create_app(service: WarmCache, auth: Authenticator | None = None) -> Flask:
     app.extensions["warmcache"] = service
     app.extensions["warmcache.auth"] = auth or Authenticator(AuthConfig())
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # The HTTP server refuses a declared Content-Length over the limit; this
+    # bounds what the app reads of a chunked body too (413 either way).
+    app.config["MAX_CONTENT_LENGTH"] = service.config.http_max_body_bytes
     app.register_blueprint(api)
     app.register_blueprint(dashboard)
 
