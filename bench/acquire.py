@@ -1,25 +1,44 @@
-"""Acquisition throughput and latency, in-process or over HTTP.
+"""Acquisition throughput and latency at fleet scale, in-process or over HTTP.
 
     .venv/bin/python bench/acquire.py --store sqlite|etcd --clients 8 --seconds 10 \\
-                                      --via http|library
+        --via http|library [--hypervisors 30 --pools 1 --pool-size 300] \\
+        [--no-batch] [--server waitress|gunicorn|granian|werkzeug]
 
-Two service instances share one store (a SQLite file, or a real etcd started
+Two service instances (``--instances``) share one store (a SQLite file, or a real etcd started
 on loopback or given with --etcd-url): with ``--via library`` they are
-``WarmCache`` objects in this process, with ``--via http`` two
-``warmcache serve`` processes reached with keep-alive HTTP clients. A pool
-of ``--pool`` ready VMs over 6 racks x 5 hypervisors is seeded and kept
-topped up by a refiller (standing in for build cycles), so clients never run
-dry. ``--clients`` threads, spread over both instances, each acquire one VM
-(best-effort) in a loop for ``--seconds``. Every VM handed out is checked
-against all the others. Last line:
+``WarmCache`` objects in this process, started (views followed from the
+change feed, shares of the pools dealt between them); with ``--via http``
+two ``warmcache serve`` processes (``--server``) reached over keep-alive
+HTTP connections. The fleet: ``--hypervisors`` heartbeating hosts (20 per
+rack, at least 6 racks, over ceil(pools / 3) AZs) and ``--pool-size`` ready
+VMs split evenly over ``--pools`` pools (AZ x flavor), kept topped up by a
+refiller writing to the same store (standing in for build cycles), so
+clients never run dry. ``--clients`` threads, spread over both instances,
+each acquire one VM (best-effort) of a random pool in a loop for
+``--seconds`` (after a miss, a client waits 1 ms: it would not ask again
+at once); every VM handed out is checked against all the others.
+
+In one run it measures, one after the other on the same store and fleet:
+the store's own ceiling (compare-and-swap transactions per second from one
+thread, through the client warmcache uses), the baseline with one claim
+per transaction (``batch=off``) and group-committed claims (``batch=on``),
+and prints the ratio. ``--no-batch`` runs the baseline only. Last line (the
+batched run, or the baseline with ``--no-batch``):
 
     acquire_per_s=<x> p50_ms=<y> p99_ms=<z> duplicates=<n> clients=<N> store=<s> via=<v>
+        hypervisors=<H> pooled=<V> pools=<P> batch=<on|off>
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.client
+import json
+import math
+import multiprocessing
 import os
+import random
 import signal
 import socket
 import statistics
@@ -29,6 +48,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +57,16 @@ import httpx
 from warmcache.bootstrap import build, build_store
 from warmcache.config import parse_config
 from warmcache.errors import ClaimContention, NoCapacity
-from warmcache.model import HostFacts, InstanceState, PoolInstance
-from warmcache.ports import CoordinationStore, Put
+from warmcache.model import HostFacts, InstanceState, Keys, PoolInstance
+from warmcache.ports import Compare, CoordinationStore, Put
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 PREFIX = "bench"
-HOSTS = [(f"r{r}", f"r{r}-h{h}") for r in range(6) for h in range(5)]
+KEYS = Keys(PREFIX)
+FLAVORS = ("small", "medium", "large")
+PER_RACK = 20
+CHUNK = 100  # puts per seeding transaction (within etcd's --max-txn-ops)
+REFILL_CHUNK = 50  # puts per refill transaction
 
 
 def free_port() -> int:
@@ -51,54 +75,280 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def seed_hosts(store: CoordinationStore) -> None:
-    for rack, hv in HOSTS:
-        facts = HostFacts(hypervisor=hv, rack=rack, az="az1", vcpus_total=64, vcpus_free=0,
-                          memory_mib_total=1, memory_mib_free=0, disk_gib_total=1,
-                          disk_gib_free=0, endpoint=f"unix:/nowhere/{hv}")
-        store.put(f"{PREFIX}/hosts/az1/{hv}", facts.model_dump_json())
+class Fleet:
+    """Hosts and pools of the run, and the refiller that keeps pools full."""
+
+    def __init__(self, store: CoordinationStore, hypervisors: int, pools: int,
+                 pool_size: int) -> None:
+        self.store = store
+        n_azs = math.ceil(pools / len(FLAVORS))
+        self.pools = [(f"az{1 + i % n_azs}", FLAVORS[i // n_azs]) for i in range(pools)]
+        per_az = max(1, hypervisors // n_azs)
+        racks = max(6, math.ceil(per_az / PER_RACK))
+        self.hosts: dict[str, list[tuple[str, str]]] = {}
+        for a in range(n_azs):
+            az = f"az{1 + a}"
+            self.hosts[az] = [(f"{az}-r{(i % racks):04}", f"{az}-h{i:05}") for i in range(per_az)]
+        self.target = {pool: pool_size // pools for pool in self.pools}
+        self.hypervisor_count = hypervisors
+        self._n = 0
+
+    @property
+    def hypervisors(self) -> int:
+        return sum(len(h) for h in self.hosts.values())
+
+    @property
+    def pooled(self) -> int:
+        return sum(self.target.values())
+
+    def seed(self) -> None:
+        puts = []
+        for az, hosts in self.hosts.items():
+            for rack, hv in hosts:
+                facts = HostFacts(hypervisor=hv, rack=rack, az=az, vcpus_total=64, vcpus_free=0,
+                                  memory_mib_total=1, memory_mib_free=0, disk_gib_total=1,
+                                  disk_gib_free=0, endpoint=f"unix:/nowhere/{hv}")
+                puts.append(Put(f"{KEYS.hosts_dir()}{az}/{hv}", facts.model_dump_json()))
+        for pool, n in self.target.items():
+            puts += self._vms(pool, n)
+        for i in range(0, len(puts), CHUNK):
+            self.store.txn([], puts[i:i + CHUNK])
+
+    def _vms(self, pool: tuple[str, str], n: int) -> list[Put]:
+        az, flavor = pool
+        hosts = self.hosts[az]
+        out = []
+        for _ in range(n):
+            self._n += 1
+            rack, hv = hosts[self._n * 7919 % len(hosts)]
+            vm = PoolInstance(name=f"vm-{self._n}-{uuid.uuid4().hex[:6]}", az=az, flavor=flavor,
+                              rack=rack, hypervisor=hv, state=InstanceState.READY,
+                              created_at=time.time())
+            out.append(Put(KEYS.pool(az, vm.name), vm.model_dump_json()))
+        return out
+
+    def start(self, store_cfg: dict[str, str], revision: int) -> None:
+        """The refiller, in a process of its own (so that it never waits
+        for the GIL of the clients and instances it stands behind)."""
+        ctx = multiprocessing.get_context("spawn")
+        self._proc = ctx.Process(target=_refiller, name="refill", daemon=True, args=(
+            store_cfg, self.hypervisor_count, len(self.pools), self.pooled, revision))
+        self._proc.start()
+
+    def stop(self) -> None:
+        proc = getattr(self, "_proc", None)
+        if proc is not None and proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=10)
 
 
-def refill(store: CoordinationStore, target: int, stop: threading.Event) -> None:
-    """Keep about ``target`` ready VMs in the pool (the build cycles' job)."""
-    n = 0
-    while not stop.is_set():
-        kvs, _ = store.range(f"{PREFIX}/pool/az1/")
-        missing = target - len(kvs)
-        while missing > 0 and not stop.is_set():
-            batch = []
-            for _ in range(min(missing, 50)):
-                rack, hv = HOSTS[n % len(HOSTS)]
-                n += 1
-                vm = PoolInstance(name=f"vm-{n}-{uuid.uuid4().hex[:6]}", az="az1",
-                                  flavor="small", rack=rack, hypervisor=hv,
-                                  state=InstanceState.READY, created_at=time.time())
-                batch.append(Put(f"{PREFIX}/pool/az1/{vm.name}", vm.model_dump_json()))
-            store.txn([], batch)
-            missing -= len(batch)
-        stop.wait(0.05)
+def _refiller(store_cfg: dict[str, str], hypervisors: int, pools: int, pool_size: int,
+              revision: int) -> None:
+    """Follow ``acquired/`` on the store's change stream and put back, every
+    10 ms, as many ready VMs in each pool as were handed out (a pool of 300
+    turns over in well under a second at the rates measured here)."""
+    store = build_store(parse_config({"store": store_cfg}, environ={}))
+    fleet = Fleet(store, hypervisors, pools, pool_size)
+    stream = store.watch(f"{PREFIX}/acquired/", revision)
+    while True:
+        due: Counter[tuple[str, str]] = Counter()
+        for change in stream.get(0.01):
+            if change.kind == "put" and change.value:
+                flavor = json.loads(change.value)["flavor"]
+                due[(change.key.split("/")[-2], flavor)] += 1
+        puts = [p for pool, n in due.items() for p in fleet._vms(pool, n)]
+        for i in range(0, len(puts), REFILL_CHUNK):
+            store.txn([], puts[i:i + REFILL_CHUNK])
 
 
-def config_for(i: int, store: dict[str, str], port: int) -> dict[str, Any]:
+def store_ceiling(store: CoordinationStore, seconds: float = 2.0) -> float:
+    """Compare-and-swap transactions per second from one thread."""
+    key = f"{PREFIX}/ceiling"
+    revision = store.put(key, "0")
+    done, stop_at = 0, time.monotonic() + seconds
+    while time.monotonic() < stop_at:
+        result = store.txn([Compare.mod_revision(key, revision)], [Put(key, str(done))])
+        revision = result.revision
+        done += result.succeeded
+    return done / seconds
+
+
+def config_for(i: int, store: dict[str, str], port: int, batch: bool,
+               clients: int) -> dict[str, Any]:
     return {
         "service": {"node": f"bench-{i}", "prefix": PREFIX, "run_builds": False,
                     "run_health": False, "listen_port": port, "acquire_attempts": 100,
-                    "low_water_ratio": 0.0, "max_acquire_count": 10},
+                    "low_water_ratio": 0.0, "max_acquire_count": 10, "batch_claims": batch,
+                    "shares_refresh_s": 0.5, "http_threads": max(8, clients // 2)},
         "store": store,
         "catalog": {"path": str(CONFIG_DIR / "flavors.toml")},
         "events": {"kind": "log"},
     }
 
 
+class Run:
+    def __init__(self, args: argparse.Namespace, store_cfg: dict[str, str], fleet: Fleet,
+                 work: Path) -> None:
+        self.args, self.store_cfg, self.fleet, self.work = args, store_cfg, fleet, work
+
+    def measure(self, batch: bool) -> dict[str, Any]:
+        args = self.args
+        ports = [free_port() for _ in range(args.instances)]
+        services: list[Any] = []
+        procs: list[subprocess.Popen[bytes]] = []
+        latencies: list[float] = []
+        handed: list[str] = []
+        misses = Counter[str]()
+        lock = threading.Lock()
+        try:
+            if args.via == "library":
+                services = [build(parse_config(config_for(i, self.store_cfg, ports[i], batch,
+                                                          args.clients), environ={})).start()
+                            for i in range(args.instances)]
+                deadline = time.monotonic() + 30
+                while any(len(s.acquirer.index.instances) < args.instances for s in services):
+                    if time.monotonic() > deadline:
+                        raise SystemExit("the instances did not see each other")
+                    time.sleep(0.05)
+            else:
+                for i in range(args.instances):
+                    path = self.work / f"instance-{i}-{batch}.toml"
+                    path.write_text(_toml(config_for(i, self.store_cfg, ports[i], batch,
+                                                     args.clients)))
+                    procs.append(subprocess.Popen(
+                        [sys.executable, "-m", "warmcache", "serve", "--config", str(path),
+                         "--server", args.server],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                        start_new_session=True))
+                for port in ports:
+                    _wait_http(f"http://127.0.0.1:{port}/healthz")
+                time.sleep(1.0)  # let both instances see each other in the registry
+            warm_until = time.monotonic() + args.warmup
+            stop_at = warm_until + args.seconds
+
+            def client(n: int) -> None:
+                rng = random.Random(n)
+                conn = http.client.HTTPConnection("127.0.0.1", ports[n % len(ports)], timeout=30) \
+                    if args.via == "http" else None
+                while (now := time.monotonic()) < stop_at:
+                    pool = rng.choice(self.fleet.pools)
+                    started = time.perf_counter()
+                    names: list[str] = []
+                    outcome = "ok"
+                    try:
+                        if conn is not None:
+                            names, outcome = _post(conn, pool, n)
+                        else:
+                            names = [vm.name for vm in services[n % len(services)].acquire(
+                                pool[1], pool[0], 1, "best-effort", requester=f"c{n}")]
+                    except (NoCapacity, ClaimContention) as exc:
+                        outcome = exc.code
+                    took = time.perf_counter() - started
+                    if not names:
+                        time.sleep(0.001)  # told no: a caller would not ask again at once
+                    with lock:
+                        handed.extend(names)
+                        if now < warm_until:
+                            continue
+                        if names:
+                            latencies.append(took)
+                        else:
+                            misses[outcome] += 1
+                if conn is not None:
+                    conn.close()
+
+            def transactions() -> int:
+                if services:
+                    return sum(s.acquirer.claimer.batches for s in services)
+                return sum(_scraped_transactions(port) for port in ports)
+
+            at_warm = [0]
+            marker = threading.Timer(max(0.0, warm_until - time.monotonic()),
+                                     lambda: at_warm.__setitem__(0, transactions()))
+            marker.start()
+            threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            marker.join()
+            batches = transactions() - at_warm[0]
+        finally:
+            for service in services:
+                service.close()
+            for proc in procs:
+                os.kill(proc.pid, signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        if not latencies:
+            raise SystemExit(f"no acquisition succeeded (misses: {dict(misses)})")
+        ms = sorted(x * 1000 for x in latencies)
+        return {
+            "acquire_per_s": len(latencies) / args.seconds,
+            "p50_ms": statistics.median(ms),
+            "p99_ms": ms[min(len(ms) - 1, int(len(ms) * 0.99))],
+            "duplicates": len(handed) - len(set(handed)),
+            "misses": dict(misses),
+            "acquisitions": len(latencies),
+            "transactions": batches,
+        }
+
+
+def _scraped_transactions(port: int) -> int:
+    """``warmcache_claim_transactions_total`` from an instance's /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    for metric in text.splitlines():
+        if metric.startswith("warmcache_claim_transactions_total "):
+            return int(float(metric.split()[1]))
+    return 0
+
+
+def _post(conn: http.client.HTTPConnection, pool: tuple[str, str], n: int
+          ) -> tuple[list[str], str]:
+    body = json.dumps({"flavor": pool[1], "az": pool[0], "count": 1, "mode": "best-effort",
+                       "requester": f"c{n}"})
+    conn.request("POST", "/v1/acquire", body, {"Content-Type": "application/json"})
+    reply = conn.getresponse()
+    data = json.loads(reply.read())
+    if reply.status == 200:
+        return [vm["name"] for vm in data["vms"]], "ok"
+    return [], str(data.get("error"))
+
+
+def line(result: dict[str, Any], args: argparse.Namespace, fleet: Fleet, batch: bool) -> str:
+    return (f"acquire_per_s={result['acquire_per_s']:.1f} p50_ms={result['p50_ms']:.2f} "
+            f"p99_ms={result['p99_ms']:.2f} duplicates={result['duplicates']} "
+            f"clients={args.clients} store={args.store} via={args.via} "
+            f"hypervisors={fleet.hypervisors} pooled={fleet.pooled} pools={len(fleet.pools)} "
+            f"batch={'on' if batch else 'off'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", choices=["sqlite", "etcd"], default="sqlite")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured, per run")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds not measured")
     parser.add_argument("--via", choices=["http", "library"], default="library")
-    parser.add_argument("--pool", type=int, default=300, help="ready VMs kept in the pool")
+    parser.add_argument("--hypervisors", type=int, default=30)
+    parser.add_argument("--pools", type=int, default=1, help="AZ x flavor pools (1-30)")
+    parser.add_argument("--pool-size", type=int, default=300,
+                        help="ready VMs kept, over all pools")
+    parser.add_argument("--no-batch", action="store_true",
+                        help="only the baseline: one claim per transaction")
+    parser.add_argument("--server", default="waitress",
+                        choices=["waitress", "gunicorn", "granian", "werkzeug"],
+                        help="--via http: the HTTP server of the instances")
+    parser.add_argument("--instances", type=int, default=2, choices=[1, 2],
+                        help="service instances (clients are spread over them)")
     parser.add_argument("--etcd-url", default="")
     args = parser.parse_args()
+    if not 1 <= args.pools <= 30:
+        parser.error("--pools must be between 1 and 30")
 
     work = Path(tempfile.mkdtemp(prefix="warmcache-acquire-"))
     cluster: Any = None
@@ -113,98 +363,41 @@ def main() -> None:
             url = cluster.urls[0]
         store_cfg = {"kind": "etcd", "url": url}
     store = build_store(parse_config({"store": store_cfg}, environ={}))
-    seed_hosts(store)
-    stop_refill = threading.Event()
-    refiller = threading.Thread(target=refill, args=(store, args.pool, stop_refill))
-    refiller.start()
-    ports = [free_port(), free_port()]
-    services: list[Any] = []
-    procs: list[subprocess.Popen[bytes]] = []
-    latencies: list[float] = []
-    handed: list[str] = []
-    misses = 0
-    lock = threading.Lock()
+    fleet = Fleet(store, args.hypervisors, args.pools, args.pool_size)
     try:
-        setup = build(parse_config(config_for(0, store_cfg, ports[0]), environ={}))
-        setup.rules.put("az1", "small", {"max_instance_per_cycle": 1,
-                                         "total_instances": args.pool})
+        started = time.monotonic()
+        fleet.seed()
+        setup = build(parse_config(config_for(0, store_cfg, 0, True, 1), environ={}))
+        for az, flavor in fleet.pools:
+            setup.rules.put(az, flavor, {"max_instance_per_cycle": 1,
+                                         "total_instances": fleet.target[(az, flavor)]})
         setup.close()
-        deadline = time.monotonic() + 30
-        while len(store.range(f"{PREFIX}/pool/az1/")[0]) < args.pool:
-            if time.monotonic() > deadline:
-                raise SystemExit("the pool did not fill")
-            time.sleep(0.05)
-        if args.via == "library":
-            services = [build(parse_config(config_for(i, store_cfg, ports[i]), environ={}))
-                        .start() for i in range(2)]
-        else:
-            for i in range(2):
-                path = work / f"instance-{i}.toml"
-                path.write_text(_toml(config_for(i, store_cfg, ports[i])))
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "warmcache", "serve", "--config", str(path)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            for port in ports:
-                _wait_http(f"http://127.0.0.1:{port}/healthz")
-        stop_at = time.monotonic() + args.seconds
-
-        def client(n: int) -> None:
-            nonlocal misses
-            http = httpx.Client(base_url=f"http://127.0.0.1:{ports[n % 2]}", timeout=30) \
-                if args.via == "http" else None
-            body = {"flavor": "small", "az": "az1", "count": 1, "mode": "best-effort",
-                    "requester": f"c{n}"}
-            while time.monotonic() < stop_at:
-                started = time.perf_counter()
-                names: list[str] = []
-                try:
-                    if http is not None:
-                        reply = http.post("/v1/acquire", json=body)
-                        if reply.status_code == 200:
-                            names = [vm["name"] for vm in reply.json()["vms"]]
-                    else:
-                        names = [vm.name for vm in services[n % 2].acquire(
-                            "small", "az1", 1, "best-effort", requester=f"c{n}")]
-                except (NoCapacity, ClaimContention):
-                    pass
-                took = time.perf_counter() - started
-                with lock:
-                    if names:
-                        latencies.append(took)
-                        handed.extend(names)
-                    else:
-                        misses += 1
-            if http is not None:
-                http.close()
-
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]
-        began = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.monotonic() - began
+        print(f"fleet: {fleet.hypervisors} hypervisors, {fleet.pooled} pooled VMs in "
+              f"{len(fleet.pools)} pools, seeded in {time.monotonic() - started:.1f} s")
+        print(f"store ceiling: {store_ceiling(store):.0f} compare-and-swap txn/s "
+              f"(one thread, {args.store} through warmcache's client)")
+        fleet.start(store_cfg, store.range("zz")[1])
+        run = Run(args, store_cfg, fleet, work)
+        runs = [False] if args.no_batch else [False, True]
+        results = {}
+        for batch in runs:
+            result = run.measure(batch)
+            results[batch] = result
+            print(f"batch={'on' if batch else 'off'}: {result['acquisitions']} acquisitions, "
+                  f"misses {result['misses']}, store transactions "
+                  f"{result['transactions']}")
+            print("  " + line(result, args, fleet, batch))
+        if len(results) == 2:
+            on, off = results[True], results[False]
+            print(f"batch on / off: {on['acquire_per_s'] / off['acquire_per_s']:.2f}x "
+                  f"acquisitions/s, p99 {off['p99_ms']:.1f} -> {on['p99_ms']:.1f} ms")
     finally:
-        stop_refill.set()
-        refiller.join()
-        for service in services:
-            service.close()
-        for proc in procs:
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+        fleet.stop()
         store.close()
         if cluster is not None:
             cluster.stop()
-    if not latencies:
-        raise SystemExit("no acquisition succeeded")
-    ms = sorted(x * 1000 for x in latencies)
-    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-    duplicates = len(handed) - len(set(handed))
-    print(f"acquisitions {len(latencies)} in {elapsed:.1f} s, misses {misses}, "
-          f"pool {args.pool}")
-    print(f"acquire_per_s={len(latencies) / elapsed:.1f} p50_ms={statistics.median(ms):.2f} "
-          f"p99_ms={p99:.2f} duplicates={duplicates} clients={args.clients} "
-          f"store={args.store} via={args.via}")
+    final = runs[-1]
+    print(line(results[final], args, fleet, final))
 
 
 def _toml(config: dict[str, Any]) -> str:
@@ -222,13 +415,11 @@ def _toml(config: dict[str, Any]) -> str:
 
 
 def _wait_http(url: str) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1).status_code == 200:
                 return
-        except httpx.HTTPError:
-            pass
         time.sleep(0.05)
     raise SystemExit(f"{url} did not answer")
 

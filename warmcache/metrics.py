@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from warmcache.model import PoolSummary
@@ -22,11 +22,12 @@ from warmcache.ports import Event, EventSink
 
 class _PoolCollector(Collector):
     def __init__(self, pools: Callable[[], list[PoolSummary]],
-                 hosts: Callable[[], int]) -> None:
+                 hosts: Callable[[], int], claim_transactions: Callable[[], int]) -> None:
         self._pools = pools
         self._hosts = hosts
+        self._claim_transactions = claim_transactions
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         vms = GaugeMetricFamily("warmcache_pool_vms", "Pooled VMs per AZ, flavor and state",
                                 labels=["az", "flavor", "state"])
         target = GaugeMetricFamily("warmcache_pool_target_vms", "Target pool size (rule)",
@@ -39,6 +40,10 @@ class _PoolCollector(Collector):
         yield target
         yield GaugeMetricFamily("warmcache_agents_heartbeating",
                                 "Hypervisors whose agent heartbeat is live", value=self._hosts())
+        # Acquisitions per transaction is how well group commit batches.
+        yield CounterMetricFamily("warmcache_claim_transactions",
+                                  "Store transactions sent for claims (one per batch)",
+                                  value=self._claim_transactions())
 
 
 class MetricsEvents:
@@ -72,8 +77,9 @@ class MetricsEvents:
         events_dropped.set_function(lambda: float(getattr(inner, "dropped", 0)))
 
     def watch_pools(self, pools: Callable[[], list[PoolSummary]],
-                    hosts: Callable[[], int]) -> None:
-        self.registry.register(_PoolCollector(pools, hosts))
+                    hosts: Callable[[], int],
+                    claim_transactions: Callable[[], int] = lambda: 0) -> None:
+        self.registry.register(_PoolCollector(pools, hosts, claim_transactions))
 
     def emit(self, event: Event) -> None:
         self._inner.emit(event)

@@ -43,6 +43,8 @@ def test_metrics_follow_what_the_service_does(service: WarmCache) -> None:
     assert m[("warmcache_leader", ())] == 0  # released after the cycle
     assert m[("warmcache_leadership_events_total", (("event", "elected"),))] == 1
     assert m[("warmcache_agents_heartbeating", ())] == 12
+    # one claim transaction: the failed acquisition never reached the store
+    assert m[("warmcache_claim_transactions_total", ())] == 1
 
 
 def test_metrics_need_no_token(service: WarmCache) -> None:
