@@ -257,12 +257,14 @@ class Run:
                 if conn is not None:
                     conn.close()
 
-            def transactions() -> int:
+            def transactions() -> tuple[int, int]:
                 if services:
-                    return sum(s.acquirer.claimer.batches for s in services)
-                return sum(_scraped_transactions(port) for port in ports)
+                    return (sum(s.acquirer.claimer.batches for s in services),
+                            sum(s.acquirer.claimer.conflicts for s in services))
+                scraped = [_scraped_claims(port) for port in ports]
+                return sum(t for t, _ in scraped), sum(c for _, c in scraped)
 
-            at_warm = [0]
+            at_warm = [(0, 0)]
             marker = threading.Timer(max(0.0, warm_until - time.monotonic()),
                                      lambda: at_warm.__setitem__(0, transactions()))
             marker.start()
@@ -272,7 +274,8 @@ class Run:
             for t in threads:
                 t.join()
             marker.join()
-            batches = transactions() - at_warm[0]
+            end = transactions()
+            batches, conflicts = end[0] - at_warm[0][0], end[1] - at_warm[0][1]
         finally:
             for service in services:
                 service.close()
@@ -295,16 +298,20 @@ class Run:
             "misses": dict(misses),
             "acquisitions": len(latencies),
             "transactions": batches,
+            "conflicts": conflicts,
         }
 
 
-def _scraped_transactions(port: int) -> int:
-    """``warmcache_claim_transactions_total`` from an instance's /metrics."""
+def _scraped_claims(port: int) -> tuple[int, int]:
+    """Claim transactions and conflicts from an instance's /metrics."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    found = {}
     for metric in text.splitlines():
-        if metric.startswith("warmcache_claim_transactions_total "):
-            return int(float(metric.split()[1]))
-    return 0
+        name, _, value = metric.partition(" ")
+        if name in ("warmcache_claim_transactions_total", "warmcache_claim_conflicts_total"):
+            found[name] = int(float(value))
+    return (found.get("warmcache_claim_transactions_total", 0),
+            found.get("warmcache_claim_conflicts_total", 0))
 
 
 def _post(conn: http.client.HTTPConnection, pool: tuple[str, str], n: int
@@ -385,7 +392,7 @@ def main() -> None:
             results[batch] = result
             print(f"batch={'on' if batch else 'off'}: {result['acquisitions']} acquisitions, "
                   f"misses {result['misses']}, store transactions "
-                  f"{result['transactions']}")
+                  f"{result['transactions']}, conflicts {result['conflicts']}")
             print("  " + line(result, args, fleet, batch))
         if len(results) == 2:
             on, off = results[True], results[False]

@@ -22,10 +22,10 @@ from warmcache.ports import Event, EventSink
 
 class _PoolCollector(Collector):
     def __init__(self, pools: Callable[[], list[PoolSummary]],
-                 hosts: Callable[[], int], claim_transactions: Callable[[], int]) -> None:
+                 hosts: Callable[[], int], claims: Callable[[], tuple[int, int]]) -> None:
         self._pools = pools
         self._hosts = hosts
-        self._claim_transactions = claim_transactions
+        self._claims = claims
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         vms = GaugeMetricFamily("warmcache_pool_vms", "Pooled VMs per AZ, flavor and state",
@@ -40,10 +40,15 @@ class _PoolCollector(Collector):
         yield target
         yield GaugeMetricFamily("warmcache_agents_heartbeating",
                                 "Hypervisors whose agent heartbeat is live", value=self._hosts())
-        # Acquisitions per transaction is how well group commit batches.
+        # Acquisitions per transaction is how well group commit batches;
+        # conflicts, how often instances reached for the same VM.
+        transactions, conflicts = self._claims()
         yield CounterMetricFamily("warmcache_claim_transactions",
                                   "Store transactions sent for claims (one per batch)",
-                                  value=self._claim_transactions())
+                                  value=transactions)
+        yield CounterMetricFamily("warmcache_claim_conflicts",
+                                  "Claims that lost a compare to a concurrent change and "
+                                  "selected again", value=conflicts)
 
 
 class MetricsEvents:
@@ -78,8 +83,9 @@ class MetricsEvents:
 
     def watch_pools(self, pools: Callable[[], list[PoolSummary]],
                     hosts: Callable[[], int],
-                    claim_transactions: Callable[[], int] = lambda: 0) -> None:
-        self.registry.register(_PoolCollector(pools, hosts, claim_transactions))
+                    claims: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
+        """``claims``: (transactions sent, conflicts lost) of the claimer."""
+        self.registry.register(_PoolCollector(pools, hosts, claims))
 
     def emit(self, event: Event) -> None:
         self._inner.emit(event)

@@ -112,8 +112,8 @@ class WarmCache:
             alerts=self.alerts, clock=clock, node=config.node, ttl_s=config.leader_ttl_s,
             failures_to_purge=config.health_failures_to_purge,
         )
-        self.metrics.watch_pools(self.pools, self.hosts.count,
-                                 lambda: self.acquirer.claimer.batches)
+        self.metrics.watch_pools(self.pools, self.hosts.count, lambda: (
+            self.acquirer.claimer.batches, self.acquirer.claimer.conflicts))
         self._stop = threading.Event()
         self._trigger = threading.Event()
         self._threads: list[threading.Thread] = []

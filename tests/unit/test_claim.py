@@ -142,6 +142,7 @@ def test_a_stale_index_costs_a_retry_never_a_double_hand_out(
         assert not names & first
         first |= names
     assert len(first) == 6
+    assert stale.claimer.conflicts >= 1  # it did lose to what it had not seen
 
 
 class CountingStore(SqliteStore):

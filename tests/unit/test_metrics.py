@@ -45,6 +45,7 @@ def test_metrics_follow_what_the_service_does(service: WarmCache) -> None:
     assert m[("warmcache_agents_heartbeating", ())] == 12
     # one claim transaction: the failed acquisition never reached the store
     assert m[("warmcache_claim_transactions_total", ())] == 1
+    assert m[("warmcache_claim_conflicts_total", ())] == 0
 
 
 def test_metrics_need_no_token(service: WarmCache) -> None:

@@ -118,7 +118,8 @@ class Claimer:
         self._cond = threading.Condition()
         self._queue: list[ClaimRequest] = []
         self._committing = False
-        self.batches = 0  # batches sent (for benchmarks)
+        self.batches = 0  # transactions sent for claims (/metrics)
+        self.conflicts = 0  # claims that lost a compare to a concurrent change
 
     def claim(self, request: ClaimRequest) -> Claimed:
         """Claim for ``request``: its VMs, or its error raised."""
@@ -238,6 +239,7 @@ class Claimer:
                 self._index.release(keys, result.current, result.revision)
                 if request.outcome is not None:
                     continue  # decided by the settle: outcome unknown
+                self.conflicts += 1
                 if request.attempts >= self._attempts:
                     request.outcome = ClaimContention(self._attempts)
                 else:

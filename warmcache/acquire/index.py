@@ -139,25 +139,21 @@ class PoolIndex(PrefixView[PoolInstance]):
                     found[slot].add(key, rack, hv)
             self._placed[key] = where
 
-    def _replace_all_on(self, hv: str) -> None:
-        for key in list(self._on_hv.get(hv, ())):
-            self._place(key, self._items[key][0])
-
     def _host_presence(self, hv: str, present: bool) -> None:
-        with self._lock:
-            if present:
-                self._live.add(hv)
-            else:
-                self._live.discard(hv)
-            self._replace_all_on(hv)
+        self._mark(self._live, hv, present)
 
     def _drain_presence(self, hv: str, drained: bool) -> None:
+        self._mark(self._drained, hv, drained)
+
+    def _mark(self, hosts: set[str], hv: str, member: bool) -> None:
+        """``hv`` joins or leaves ``hosts``: re-place only the VMs it holds."""
         with self._lock:
-            if drained:
-                self._drained.add(hv)
+            if member:
+                hosts.add(hv)
             else:
-                self._drained.discard(hv)
-            self._replace_all_on(hv)
+                hosts.discard(hv)
+            for key in list(self._on_hv.get(hv, ())):
+                self._place(key, self._items[key][0])
 
     def set_instances(self, nodes: Iterable[str]) -> None:
         """The serving instances from the registry (this one included):
