@@ -127,6 +127,12 @@ class HostAgentService:
         )
 
     def create(self, spec: VmSpec) -> dict[str, Any]:
+        if spec.name in self.config.reconcile_ignore or (
+                self.lockfile.get(spec.name) is None and self._exists(spec.name)):
+            # a domain of that name that this agent does not manage: never
+            # define over it, nor (on failure) clean it up as if it were ours
+            raise AgentFault("already_exists", f"a domain {spec.name} not managed by this "
+                             "agent exists on this host")
         f = spec.flavor
         alloc = Allocation(
             name=spec.name, flavor=f.name, vcpus=f.vcpus, memory_mib=f.memory_mib,
@@ -160,6 +166,12 @@ class HostAgentService:
         self.on_change()
         return self.status(spec.name)
 
+    def _exists(self, name: str) -> bool:
+        try:
+            return self._driver.state(name) != "missing"
+        except HypervisorFailure as exc:
+            raise AgentFault("hypervisor_error", str(exc)) from exc
+
     def _pinner(self, vcpus: int) -> Callable[[list[Pinning]], Pinning | None] | None:
         if self._topology is None:
             return None
@@ -188,11 +200,8 @@ class HostAgentService:
         self.lockfile.release(name)
 
     def delete(self, name: str) -> dict[str, Any]:
-        tracked = self.lockfile.get(name) is not None
+        self._owned(name)
         try:
-            exists = self._driver.state(name) != "missing"
-            if not tracked and not exists:
-                raise AgentFault("not_found", f"no VM {name} on this host")
             self._driver.destroy(name)
         except HypervisorFailure as exc:
             raise AgentFault("hypervisor_error", str(exc)) from exc
@@ -201,16 +210,22 @@ class HostAgentService:
         self.on_change()
         return {"name": name, "deleted": True}
 
-    def _require(self, name: str) -> Allocation:
+    def _owned(self, name: str) -> Allocation:
+        """The VM, if this agent created it (it is in the lockfile) and it is
+        not one of the domains the operator told it to leave alone. Every
+        operation on a named VM starts here: a domain the agent does not own
+        does not exist as far as callers can tell (``not_found``), so whoever
+        reaches the agent cannot stop, inspect or change anything else on
+        the host."""
         alloc = self.lockfile.get(name)
-        if alloc is None:
-            raise AgentFault("not_found", f"no VM {name} on this host")
+        if alloc is None or name in self.config.reconcile_ignore:
+            raise AgentFault("not_found", f"no VM {name} managed by this agent")
         return alloc
 
     def attach_disk(self, name: str, target: str, size_gib: int, fmt: disks.Format,
                     preallocation: disks.Preallocation) -> dict[str, Any]:
         """Create an image and hot-plug it; on any failure nothing is left."""
-        self._require(name)
+        self._owned(name)
         try:
             self.lockfile.add_disk(name, target, size_gib)
         except AlreadyAllocated as exc:
@@ -229,7 +244,7 @@ class HostAgentService:
         return {"name": name, "target": target, "path": str(path), "size_gib": size_gib}
 
     def detach_disk(self, name: str, target: str) -> dict[str, Any]:
-        alloc = self._require(name)
+        alloc = self._owned(name)
         if all(t != target for t, _ in alloc.disks):
             raise AgentFault("not_found", f"{name} has no disk {target}")
         images = list(self._dir("disks").glob(f"{name}-{target}.*"))
@@ -247,7 +262,7 @@ class HostAgentService:
 
     def attach_nvme(self, name: str, pci: str) -> dict[str, Any]:
         """PCI passthrough of an NVMe device, holding the attach memory buffer."""
-        self._require(name)
+        self._owned(name)
         try:
             address = disks.PciAddress.parse(pci)
             with self.lockfile.hold(f"nvme:{name}:{pci}", disks.NVME_ATTACH_BUFFER_MIB):
@@ -262,16 +277,14 @@ class HostAgentService:
         return {"name": name, "pci": pci, "attached": True}
 
     def status(self, name: str) -> dict[str, Any]:
-        alloc = self.lockfile.get(name)
+        alloc = self._owned(name)
         try:
             state = self._driver.state(name)
         except HypervisorFailure as exc:
             raise AgentFault("hypervisor_error", str(exc)) from exc
-        if alloc is None and state == "missing":
-            raise AgentFault("not_found", f"no VM {name} on this host")
-        if alloc is not None and alloc.state == "creating":
+        if alloc.state == "creating":
             state = "creating"  # not ready until the create call returns
-        healthy = state in _HEALTHY_STATES and alloc is not None
+        healthy = state in _HEALTHY_STATES
         if healthy:
             try:
                 healthy = self._driver.probe(name)
@@ -281,7 +294,7 @@ class HostAgentService:
             "name": name,
             "state": state,
             "healthy": healthy,
-            "server_id": alloc.server_id if alloc else "",
+            "server_id": alloc.server_id,
             "addresses": [],
         }
 

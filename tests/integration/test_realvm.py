@@ -167,3 +167,32 @@ def _try(fn: Any) -> Any:
         return fn()
     except AgentError as exc:
         return exc
+
+
+def test_a_real_agent_refuses_a_guest_it_did_not_create(agent: AgentProcess) -> None:
+    """On qemu:///system whoever reaches the agent could once destroy any VM
+    on the host. A domain defined behind the agent's back is not_found for
+    every operation, and is still defined afterwards."""
+    import libvirt
+
+    client = agent.start()
+    other = f"rv-other-{uuid.uuid4().hex[:8]}"
+    conn = libvirt.open("qemu:///system")
+    dom = conn.defineXML(
+        f"<domain type='qemu'><name>{other}</name><memory unit='MiB'>64</memory>"
+        "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>")
+    try:
+        for request in ({"op": "delete", "name": other}, {"op": "status", "name": other},
+                        {"op": "attach_disk", "name": other, "target": "vdb", "size_gib": 1}):
+            with pytest.raises(AgentError) as err:
+                client.call(request)
+            assert err.value.code == "not_found", request
+        with pytest.raises(AgentError) as err:
+            client.create(VmSpec(other, TINY))
+        assert err.value.code == "already_exists"
+        assert other in [d.name() for d in conn.listAllDomains()]  # still defined
+        found = client.call({"op": "reconcile"})
+        assert any(f["vm"] == other and f["kind"] == "unmanaged_domain" for f in found)
+    finally:
+        dom.undefine()
+        conn.close()

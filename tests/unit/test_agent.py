@@ -180,3 +180,44 @@ def test_pinning_reaches_the_domain_and_the_lockfile(tmp_path: Path) -> None:
     assert len(host.lockfile.all()) == 2  # refusals left nothing behind
     restarted = HostAgentService(cfg, driver)  # pins survive a restart
     assert {x.name: (x.numa_node, x.cpus) for x in restarted.lockfile.all()} == pins
+
+
+def test_the_agent_never_touches_a_domain_it_does_not_manage(tmp_path: Path) -> None:
+    """libvirt's own `test` domain (test:///default starts with it) is not
+    the agent's: every operation on it is `not_found`, a create of that name
+    is refused, and the domain is still there, running, afterwards; the
+    same for a domain named in reconcile_ignore even if the agent has it."""
+    import libvirt
+
+    from agent.libvirt_driver import LibvirtDriver
+
+    driver = LibvirtDriver("test:///default")
+    cfg = config(tmp_path).model_copy(update={"reconcile_ignore": ("ignored",)})
+    agent = HostAgentService(config(tmp_path), driver)
+    conn = libvirt.open("test:///default")
+    try:
+        assert conn.lookupByName("test").isActive()
+        requests = [{"op": "delete", "name": "test"}, {"op": "status", "name": "test"},
+                    {"op": "attach_disk", "name": "test", "target": "vdb", "size_gib": 1},
+                    {"op": "detach_disk", "name": "test", "target": "vdb"},
+                    {"op": "attach_nvme", "name": "test", "pci": "0000:01:00.0"}]
+        for request in requests:
+            reply = handle_line(agent, json.dumps(request).encode())
+            assert reply == {"ok": False, "error": "not_found",
+                             "detail": "no VM test managed by this agent"}, request
+        create = {"op": "create", "vm": {"name": "test", "flavor": SMALL.model_dump()}}
+        assert handle_line(agent, json.dumps(create).encode())["error"] == "already_exists"
+        assert conn.lookupByName("test").isActive()  # untouched
+        agent.create(VmSpec("ignored", SMALL))  # (an operator's later choice to ignore it)
+        agent.config = cfg
+        assert handle_line(agent, b'{"op": "delete", "name": "ignored"}')["error"] == \
+            "not_found"
+        assert conn.lookupByName("ignored").isActive()
+        assert "test" not in agent.facts().vms
+        assert any(f.vm == "test" and f.kind == "unmanaged_domain" for f in agent.reconcile())
+    finally:
+        for dom in conn.listAllDomains():
+            if dom.name() == "ignored":
+                dom.destroy()
+                dom.undefine()
+        conn.close()
