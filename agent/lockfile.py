@@ -60,6 +60,15 @@ class AlreadyAllocated(Exception):
     pass
 
 
+def _positive(what: str, *amounts: int) -> None:
+    """The books take only positive amounts. Requests are validated long
+    before (warmcache.model's sizes), but a negative size once made free
+    capacity grow (extra_disks_gib [-100000]: 101,871 GiB free of 1,950),
+    so the books guard themselves too."""
+    if any(isinstance(a, bool) or not isinstance(a, int) or a < 0 for a in amounts):
+        raise ValueError(f"{what}: sizes must be non-negative integers, got {amounts}")
+
+
 class Lockfile:
     def __init__(self, path: Path, usable: Resources) -> None:
         self.path = path
@@ -105,6 +114,7 @@ class Lockfile:
         ``pin`` chooses the VM's NUMA pinning given every pinning already
         promised, inside the same critical section, so two concurrent
         creates can never be given the same CPUs."""
+        _positive(alloc.name, alloc.vcpus, alloc.memory_mib, alloc.disk_gib)
         with self._lock:
             if alloc.name in self._vms:
                 raise AlreadyAllocated(alloc.name)
@@ -141,6 +151,7 @@ class Lockfile:
 
     def add_disk(self, name: str, target: str, gib: int) -> None:
         """Check and take disk capacity for a disk about to be attached."""
+        _positive(f"{name}:{target}", gib)
         with self._lock:
             current = self._vms[name]
             if any(t == target for t, _ in current.disks):
@@ -165,6 +176,7 @@ class Lockfile:
     @contextmanager
     def hold(self, key: str, memory_mib: int) -> Iterator[None]:
         """Reserve ``memory_mib`` for the duration of the block (or refuse)."""
+        _positive(key, memory_mib)
         with self._lock:
             free = self._free()
             if memory_mib > free.memory_mib:

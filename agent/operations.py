@@ -148,6 +148,8 @@ class HostAgentService:
             raise AgentFault("insufficient_capacity", str(exc)) from exc
         except numa.NumaRejected as exc:
             raise AgentFault(exc.code, str(exc)) from exc
+        except ValueError as exc:
+            raise AgentFault("invalid_request", str(exc)) from exc
         try:
             seed = cloudinit.write_seed(self._dir("seeds") / f"{spec.name}.iso", spec.name,
                                         spec.user_data)
@@ -232,6 +234,8 @@ class HostAgentService:
             raise AgentFault("already_exists", f"{name} already has a disk {target}") from exc
         except CapacityExceeded as exc:
             raise AgentFault("insufficient_capacity", str(exc)) from exc
+        except ValueError as exc:
+            raise AgentFault("invalid_request", str(exc)) from exc
         path = self._disk_path(name, target, fmt)
         try:
             disks.create_image(path, size_gib, fmt, preallocation)

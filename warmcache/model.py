@@ -11,6 +11,7 @@ import base64
 import binascii
 import enum
 import re
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -47,16 +48,30 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# Sizes: one definition, used wherever a size is read (the flavor catalog,
+# the agent's wire and the proxy through Flavor, the build rules, disk
+# requests). Strict integers ("2" and true are not 2), bounded on both
+# sides: a negative or absurd size is invalid_request naming the field, and
+# never reaches anyone's books. Odd vCPU counts are a pinning rule, refused
+# by agents that pin (agent/numa.py), not a size rule.
+VCpus = Annotated[int, Field(strict=True, ge=1, le=512)]
+MemoryMiB = Annotated[int, Field(strict=True, ge=64, le=16 * 1024 * 1024)]
+DiskGiB = Annotated[int, Field(strict=True, ge=1, le=65_536)]
+MAX_EXTRA_DISKS = 24  # vdb..vdy: vdz holds the cloud-init seed
+MAX_USER_DATA = 64 * 1024  # base64 characters of a rule's first-boot script
+Count = Annotated[int, Field(strict=True, ge=0, le=100_000)]
+
+
 class Flavor(_Frozen):
     """A VM shape. ``image_id`` and ``provider_flavor_id`` are catalog-only."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    vcpus: int = Field(ge=1, le=512)
-    memory_mib: int = Field(ge=64, le=16 * 1024 * 1024)
-    disk_gib: int = Field(ge=1, le=64 * 1024)
-    image_id: str = ""
-    provider_flavor_id: str = ""
-    extra_disks_gib: tuple[int, ...] = ()
+    vcpus: VCpus
+    memory_mib: MemoryMiB
+    disk_gib: DiskGiB
+    image_id: str = Field(default="", max_length=255)
+    provider_flavor_id: str = Field(default="", max_length=255)
+    extra_disks_gib: tuple[DiskGiB, ...] = Field(default=(), max_length=MAX_EXTRA_DISKS)
 
 
 class BuildRule(_Frozen):
@@ -66,9 +81,9 @@ class BuildRule(_Frozen):
 
     max_instance_per_cycle: int = Field(ge=1, le=10_000)
     min_fault_domain: int = Field(default=1, ge=1, le=10_000)
-    reserve_cap: int = Field(default=0, ge=0, le=100_000)
-    user_data: str = ""
-    total_instances: int = Field(ge=0, le=100_000)
+    reserve_cap: Count = 0
+    user_data: str = Field(default="", max_length=MAX_USER_DATA)
+    total_instances: Count
     group_hint: str | None = Field(default=None, pattern=NAME_PATTERN)
     enabled: bool = True
 

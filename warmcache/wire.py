@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from warmcache.model import NAME_PATTERN, Flavor
+from warmcache.model import MAX_USER_DATA, NAME_PATTERN, DiskGiB, Flavor
 
 AGENT_ERROR_CODES = (
     "invalid_request",  # malformed or out-of-range request: nothing was done
@@ -34,7 +34,7 @@ class _Req(BaseModel):
 class VmRequestSpec(_Req):
     name: str = Field(pattern=NAME_PATTERN)
     flavor: Flavor
-    user_data: str = Field(default="", max_length=64 * 1024)
+    user_data: str = Field(default="", max_length=MAX_USER_DATA)
     group: str | None = Field(default=None, pattern=NAME_PATTERN)
 
 
@@ -56,7 +56,7 @@ class AttachDiskRequest(_Req):
     op: Literal["attach_disk"]
     name: str = Field(pattern=NAME_PATTERN)
     target: str = Field(pattern=r"^vd[b-y]$")  # vdz holds the cloud-init seed
-    size_gib: int = Field(ge=1, le=64 * 1024)
+    size_gib: DiskGiB
     format: Literal["qcow2", "raw"] = "qcow2"
     preallocation: Literal["off", "metadata", "falloc", "full"] = "off"
 
