@@ -92,10 +92,18 @@ class ServiceConfig(_Section):
     http_max_body_bytes: int = Field(
         default=1_048_576, ge=1024, le=64 * 1_048_576,
         description="warmcache serve: largest request body accepted (larger: 413).")
-    http_keepalive_s: float = Field(
-        default=60.0, gt=0,
-        description="warmcache serve: an idle keep-alive connection is closed after this "
-        "many seconds.")
+    http_idle_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="warmcache serve: a connection that sends nothing for this long (idle "
+        "keep-alive, or a request half sent) is closed.")
+    http_queue: int = Field(
+        default=64, ge=0, le=100_000,
+        description="warmcache serve: requests that may wait for a worker thread; beyond "
+        "them a request gets 503 overloaded at once.")
+    http_connection_limit: int = Field(
+        default=1000, ge=1, le=100_000,
+        description="warmcache serve: open connections at most; beyond them new ones wait "
+        "in the listen backlog.")
     run_health: bool = Field(
         default=True, description="Take part in health polling (one poller at a time).")
     health_interval_s: float = Field(

@@ -90,6 +90,48 @@ def test_unparseable_body_is_400(client: FlaskClient, raw: bytes) -> None:
     assert reply.status_code == 400 and reply.get_json()["error"] == "invalid_request"
 
 
+HOSTILE = [
+    (b"[" * 100_000 + b"]" * 100_000, "invalid_request"),  # RecursionError: was a 500
+    (b'{"count": 1' + b"0" * 5000 + b"}", "invalid_request"),  # over 4,300 digits: a 500
+    (b"\xff\xfe{}", "invalid_request"),
+    (b'{"flavor": "' + b"a" * 2_000_000 + b'"}', "body_too_large"),
+]
+
+
+@pytest.mark.parametrize("route", ["/v1/acquire", "/v1/rules/az1/small"])
+@pytest.mark.parametrize("raw,code", HOSTILE)
+def test_hostile_bodies_get_a_typed_4xx_and_change_nothing(
+    client: FlaskClient, route: str, raw: bytes, code: str
+) -> None:
+    before = pools(client), client.get("/v1/rules").get_json()
+    send = client.put if route.startswith("/v1/rules") else client.post
+    reply = send(route, data=raw, content_type="application/json")
+    assert reply.status_code == (413 if code == "body_too_large" else 400)
+    assert reply.get_json()["error"] == code
+    assert (pools(client), client.get("/v1/rules").get_json()) == before
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", None])
+def test_a_body_that_is_not_declared_json_is_refused(client: FlaskClient,
+                                                     content_type: str | None) -> None:
+    """A web page can POST text/plain or a form cross-site without a
+    preflight; with authentication off that acquired VMs."""
+    body = b'{"flavor": "small", "az": "az1", "count": 1, "mode": "best-effort"}'
+    before = pools(client)
+    headers = {"Content-Type": content_type} if content_type else {}
+    reply = client.post("/v1/acquire", data=body, headers=headers)
+    assert reply.status_code == 415 and reply.get_json()["error"] == "unsupported_media_type"
+    assert pools(client) == before
+
+
+def test_a_wrong_method_says_which_are_allowed(client: FlaskClient) -> None:
+    reply = client.get("/v1/acquire")
+    assert reply.status_code == 405 and reply.get_json()["error"] == "method_not_allowed"
+    assert set(reply.headers["Allow"].replace(" ", "").split(",")) >= {"POST"}
+    assert client.delete("/v1/rules/az1/small").headers["Allow"]
+
+
 def test_missing_fields_are_named(client: FlaskClient) -> None:
     reply = client.post("/v1/acquire", json={"flavor": "small"})
     assert reply.status_code == 400

@@ -42,6 +42,17 @@ STATUS: list[tuple[type[WarmCacheError], int]] = [
 ]
 
 
+# Refusals of the HTTP layer -> stable codes (DESIGN §12.6: a typed 4xx).
+HTTP_CODES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    431: "headers_too_large",
+}
+
+
 def error_body(code: str, detail: Any) -> dict[str, Any]:
     return {"error": code, "detail": detail}
 
@@ -70,8 +81,16 @@ def create_app(service: WarmCache, auth: Authenticator | None = None) -> Flask:
         return response
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> tuple[Any, int]:
-        code = (exc.name or "error").lower().replace(" ", "_")
-        return jsonify(error_body(code, exc.description)), exc.code or 500
+    def _http_error(exc: HTTPException) -> Any:
+        # Refusals below the API (routing, methods, body limits) get the same
+        # shape and stable codes; werkzeug's headers (Allow on a 405) stay.
+        status = exc.code or 500
+        code = HTTP_CODES.get(status) or (exc.name or "error").lower().replace(" ", "_")
+        response = jsonify(error_body(code, exc.description))
+        response.status_code = status
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     return app

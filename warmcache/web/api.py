@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from werkzeug.exceptions import UnsupportedMediaType
 
 from warmcache.errors import InvalidRequest, UnknownRule
 from warmcache.model import BuildRule, Mode, PoolInstance
@@ -53,11 +54,20 @@ def _service() -> WarmCache:
 
 
 def _json_object() -> dict[str, Any]:
+    """The request body as a JSON object, or a typed refusal: 415 unless it
+    says it is JSON (a cross-site form or text/plain POST cannot), 413 over
+    the body limit (read no further), 400 for anything json cannot make
+    sense of, nesting too deep and numbers too long included."""
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, got {request.mimetype or 'none'}")
     raw = request.get_data(cache=False)
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidRequest("body is nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over 4,300 digits
+        raise InvalidRequest(f"body is not valid JSON: {str(exc)[:200]}") from exc
     if not isinstance(data, dict):
         raise InvalidRequest("body must be a JSON object")
     return data

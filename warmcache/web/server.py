@@ -4,7 +4,7 @@
 thread accepts and parses connections (asyncore), ``service.http_threads``
 worker threads run the app, requests over ``service.http_max_body_bytes``
 get 413 before their body is read, idle keep-alive connections close after
-``service.http_keepalive_s``, and the service's background threads (views,
+``service.http_idle_timeout_s``, and the service's background threads (views,
 elections, builds, health) run beside them in the same process.
 ``bench/acquire.py --server`` compares it with the alternatives kept here
 for that purpose only: ``gunicorn`` (its gthread worker, one worker) and
@@ -65,14 +65,11 @@ def app_factory() -> Any:
 
 
 def _waitress(config: Config, config_path: str) -> None:
-    import waitress
+    from warmcache.web.waitress_glue import create_server
 
     cfg = config.service
     service, app = _service_app(config)
-    server = waitress.create_server(
-        app, host=cfg.listen_host, port=cfg.listen_port, threads=cfg.http_threads,
-        max_request_body_size=cfg.http_max_body_bytes, channel_timeout=cfg.http_keepalive_s,
-        ident="warmcache", clear_untrusted_proxy_headers=True)
+    server = create_server(app, cfg)
 
     def _stop(_sig: int, _frame: object) -> None:
         raise SystemExit(0)  # waitress's loop ends on it and stops its threads
@@ -120,7 +117,7 @@ def _gunicorn(config: Config, config_path: str) -> None:
             for key, value in {
                 "bind": f"{cfg.listen_host}:{cfg.listen_port}", "workers": 1,
                 "worker_class": "gthread", "threads": cfg.http_threads,
-                "keepalive": int(cfg.http_keepalive_s), "limit_request_line": 8190,
+                "keepalive": int(cfg.http_idle_timeout_s), "limit_request_line": 8190,
             }.items():
                 self.cfg.set(key, value)
 
