@@ -46,6 +46,21 @@ class Resources(BaseModel):
     disk_gib: int = Field(ge=0)
 
 
+class ServerLimits(BaseModel):
+    """How much work the agent's socket (and the proxy) take at once."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    workers: int = Field(default=16, ge=1, le=1024,
+                         description="requests served at once (each can run a create)")
+    queue: int = Field(default=64, ge=0, le=100_000,
+                       description="connections that may wait for a worker; beyond: busy")
+    idle_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="a connection that sends nothing for this long (or stops half way "
+        "through its request line) is closed")
+
+
 class InventoryConfig(BaseModel):
     """Where the agent publishes its heartbeat (the service's coordination
     store; same kinds and fields as the service's ``[store]``)."""
@@ -94,6 +109,7 @@ class AgentConfig(BaseModel):
     reserved: Resources = Resources(vcpus=2, memory_mib=4096, disk_gib=50)
     inventory: InventoryConfig | None = None
     guest: GuestBootConfig | None = None
+    server: ServerLimits = ServerLimits()
     ready_timeout_s: float = Field(default=120.0, gt=0, le=3600,
                                    description="how long a real guest may take to boot")
     reconcile_every_s: float = Field(default=86400.0, gt=0,

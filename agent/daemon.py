@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import signal
-import socketserver
+import socket
 import sys
 import threading
 import time
@@ -21,6 +21,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from agent.bounded import BoundedServer
 from agent.config import AgentConfig, load_agent_config
 from agent.inventory import InventoryPublisher
 from agent.libvirt_driver import HypervisorFailure, LibvirtDriver
@@ -52,29 +53,63 @@ def handle_line(service: HostAgentService, line: bytes) -> dict[str, Any]:
         return error("internal_error", f"{type(exc).__name__}: {exc}")
 
 
-class _Handler(socketserver.StreamRequestHandler):
-    server: AgentServer
+def _read_line(conn: socket.socket, within_s: float) -> bytes:
+    """One request line, at most MAX_LINE_BYTES, arriving within ``within_s``
+    in all (a client trickling a byte at a time gets no more); b"" if the
+    client went away or ran out of time."""
+    deadline = time.monotonic() + within_s
+    data = b""
+    while b"\n" not in data and len(data) <= MAX_LINE_BYTES:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return b""
+        try:
+            conn.settimeout(left)
+            chunk = conn.recv(65536)
+        except (TimeoutError, OSError):
+            return b""
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\n", 1)[0] if b"\n" in data else data
 
-    def handle(self) -> None:
-        line = self.rfile.readline(MAX_LINE_BYTES + 1)
-        if not line.strip():
-            return
-        reply = handle_line(self.server.service, line)
-        self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+def _send(conn: socket.socket, reply: dict[str, Any]) -> None:
+    try:
+        conn.sendall(json.dumps(reply).encode() + b"\n")
+    except OSError as exc:  # the client left: one line, not a traceback
+        log.info("client left before the reply: %s", exc)
 
 
-class AgentServer(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
+class AgentServer(BoundedServer):
+    """The agent's socket (mode 0660): one request line and one reply line
+    per connection, ``workers`` served at once (config ``[server]``); a
+    connection beyond them and the queue gets ``busy`` at once."""
 
     def __init__(self, path: str, service: HostAgentService) -> None:
         self.service = service
         if os.path.exists(path):
             os.unlink(path)  # a stale socket from a killed agent
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o117)  # socket file 0660
         try:
-            super().__init__(path, _Handler)
+            listener.bind(path)
         finally:
             os.umask(old)
+        listener.listen(128)
+        limits = service.config.server
+        super().__init__(listener, self._serve_one, self._busy, workers=limits.workers,
+                         queue_size=limits.queue, idle_timeout_s=limits.idle_timeout_s,
+                         name="agent")
+
+    def _serve_one(self, conn: socket.socket, _address: Any) -> None:
+        line = _read_line(conn, self.idle_timeout_s)
+        if not line.strip():
+            return
+        _send(conn, handle_line(self.service, line))
+
+    def _busy(self, conn: socket.socket, _address: Any) -> None:
+        _send(conn, error("busy", "every worker of this agent is busy: retry"))
 
 
 @click.group(invoke_without_command=True)

@@ -2,9 +2,10 @@
 
 HTTPS with client certificates required (mTLS: no certificate, or one from
 another CA, fails the TLS handshake), an IP allow-list (a good certificate
-from an address outside it gets 403), and strict validation of every
-request against the agent wire schema (wrong types, out-of-range values and
-unknown fields get 400 before anything reaches the agent). Valid requests
+from an address outside it gets 403), HTTP/1.1 parsed strictly by h11, and
+strict validation of every request against the agent wire schema (wrong
+types, out-of-range values and unknown fields get 400 before anything
+reaches the agent). Bounded work and idle timeouts: see ``ProxyServer``. Valid requests
 are forwarded to the agent's Unix socket; its reply comes back as the body,
 with an HTTP status mapped from its error code.
 
@@ -14,6 +15,8 @@ with an HTTP status mapped from its error code.
 
 from __future__ import annotations
 
+import contextlib
+import http
 import ipaddress
 import json
 import logging
@@ -23,12 +26,14 @@ import ssl
 import sys
 import threading
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import click
+import h11
 from pydantic import ValidationError
 
+from agent.bounded import BoundedServer
+from agent.config import ServerLimits
 from warmcache.errors import InvalidRequest
 from warmcache.wire import MAX_LINE_BYTES, REQUEST_ADAPTER, error
 
@@ -42,6 +47,7 @@ STATUS_FOR = {
     "insufficient_capacity": 409,
     "hypervisor_error": 502,
     "agent_unavailable": 503,
+    "busy": 503,
     "internal_error": 500,
 }
 
@@ -72,86 +78,173 @@ def forward(socket_path: str, request: dict[str, Any], timeout_s: float) -> dict
         return error("agent_unavailable", f"agent socket {socket_path}: {exc}")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: ProxyServer
-    protocol_version = "HTTP/1.1"
+class _Refusal(Exception):
+    """Answer this request with an error and close the connection."""
 
-    def log_message(self, fmt: str, *args: Any) -> None:
-        log.info("%s %s", self.client_address[0], fmt % args)
-
-    def _reply(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _allowed(self) -> bool:
-        address = ipaddress.ip_address(self.client_address[0])
-        if any(address in net for net in self.server.allow):
-            return True
-        self._reply(403, {"error": "forbidden",
-                          "detail": f"{address} is not in the proxy's allow-list"})
-        return False
-
-    def do_GET(self) -> None:
-        if not self._allowed():
-            return
-        if self.path != "/healthz":
-            self._reply(404, {"error": "not_found", "detail": self.path})
-            return
-        reply = forward(self.server.socket_path, {"op": "health"}, self.server.timeout_s)
-        self._reply(200 if reply.get("ok") else 503, reply)
-
-    def do_POST(self) -> None:
-        if not self._allowed():
-            return
-        if self.path != "/v1/agent":
-            self._reply(404, {"error": "not_found", "detail": self.path})
-            return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length <= 0 or length > MAX_LINE_BYTES:
-            self._reply(400, error("invalid_request", f"body of {length} bytes"))
-            return
-        body = self.rfile.read(length)
-        try:
-            request = REQUEST_ADAPTER.validate_json(body, strict=True)
-        except ValidationError as exc:
-            detail = InvalidRequest.from_validation("invalid agent request", exc).errors
-            self._reply(400, error("invalid_request", detail))
-            return
-        reply = forward(self.server.socket_path, request.model_dump(mode="json"),
-                        self.server.timeout_s)
-        status = 200 if reply.get("ok") else STATUS_FOR.get(str(reply.get("error")), 502)
-        self._reply(status, reply)
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(body.get("error"))
+        self.status = status
+        self.body = body
 
 
-class ProxyServer(ThreadingHTTPServer):
-    """TLS is set up per connection in the handler thread, so a slow or
-    hostile handshake never blocks accepting the next connection."""
-
-    daemon_threads = True
+class ProxyServer(BoundedServer):
+    """HTTP/1.1 over TLS, parsed by h11 (strict: a malformed or duplicated
+    Content-Length, or both Content-Length and Transfer-Encoding, is a 400),
+    with keep-alive; a request refused before its body was read (403, 404,
+    405, 413) is answered, the rest of what the client sends is drained for
+    a moment, and the connection is closed, so the body is never read as the
+    next request. TLS handshakes happen in the worker threads, so a slow or
+    hostile handshake never holds up accepting the next connection; at most
+    ``limits.workers`` connections are served at once and beyond the queue
+    the proxy answers 503 busy."""
 
     def __init__(self, listen: tuple[str, int], socket_path: str, context: ssl.SSLContext,
-                 allow: Sequence[Network], timeout_s: float = 120.0) -> None:
+                 allow: Sequence[Network], timeout_s: float = 120.0,
+                 limits: ServerLimits | None = None) -> None:
         self.socket_path = socket_path
         self.context = context
         self.allow = list(allow)
         self.timeout_s = timeout_s
-        super().__init__(listen, _Handler)
+        limits = limits or ServerLimits()
+        family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
+        listener = socket.create_server(listen, family=family, backlog=128)
+        super().__init__(listener, self._connection, self._busy, workers=limits.workers,
+                         queue_size=limits.queue, idle_timeout_s=limits.idle_timeout_s,
+                         name="proxy")
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
+    # --- connections ------------------------------------------------------------------
+
+    def _connection(self, raw: socket.socket, address: Any) -> None:
         try:
-            request.settimeout(30)
-            tls = self.context.wrap_socket(request, server_side=True)
+            tls = self.context.wrap_socket(raw, server_side=True)
         except (ssl.SSLError, OSError) as exc:
-            log.warning("TLS handshake with %s failed: %s", client_address[0], exc)
+            log.warning("TLS handshake with %s failed: %s", address[0], exc)
             return
         try:
-            super().finish_request(tls, client_address)
+            self._exchange(tls, address)
+        except (OSError, ssl.SSLError) as exc:  # the client went away: one line
+            log.info("connection from %s ended: %s", address[0], exc)
         finally:
-            tls.close()
+            with contextlib.suppress(OSError):
+                tls.close()
+
+    def _busy(self, raw: socket.socket, address: Any) -> None:
+        tls = self.context.wrap_socket(raw, server_side=True)
+        conn = h11.Connection(h11.SERVER)
+        with contextlib.suppress(h11.RemoteProtocolError, OSError):
+            self._next(conn, tls)  # the request line and headers, for a valid reply
+        self._send(conn, tls, 503, error("busy", "every worker of this proxy is busy: retry"),
+                   close=True)
+        tls.close()
+
+    def _exchange(self, sock: ssl.SSLSocket, address: Any) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        while True:
+            try:
+                event = self._next(conn, sock)
+                if not isinstance(event, h11.Request):
+                    return  # closed (or idle past the timeout) between requests
+                status, reply = self._request(conn, sock, event, address)
+            except _Refusal as refusal:
+                self._send(conn, sock, refusal.status, refusal.body, close=True)
+                _drain(sock)
+                return
+            except h11.RemoteProtocolError as exc:
+                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    self._send(conn, sock, exc.error_status_hint,
+                               error("invalid_request", f"malformed HTTP request: {exc}"),
+                               close=True)
+                _drain(sock)
+                return
+            self._send(conn, sock, status, reply, close=False)
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+    def _next(self, conn: h11.Connection, sock: ssl.SSLSocket) -> Any:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    return None  # idle (or half sent) past the timeout
+                conn.receive_data(data)
+                continue
+            return event
+
+    def _request(self, conn: h11.Connection, sock: ssl.SSLSocket, request: h11.Request,
+                 address: Any) -> tuple[int, dict[str, Any]]:
+        """Everything is checked before the body is read; a refusal closes."""
+        client = ipaddress.ip_address(address[0])
+        if not any(client in net for net in self.allow):
+            raise _Refusal(403, {"error": "forbidden",
+                                 "detail": f"{client} is not in the proxy's allow-list"})
+        path = request.target.decode("ascii", "replace")
+        routes = {"/healthz": b"GET", "/v1/agent": b"POST"}
+        if path not in routes:
+            raise _Refusal(404, {"error": "not_found", "detail": path})
+        if request.method != routes[path]:
+            raise _Refusal(405, {"error": "method_not_allowed", "detail": path})
+        headers = {name: value for name, value in request.headers}
+        if b"content-length" in headers and b"transfer-encoding" in headers:
+            raise _Refusal(400, error("invalid_request",
+                                      "both Content-Length and Transfer-Encoding"))
+        declared = int(headers.get(b"content-length", b"0"))
+        if declared > MAX_LINE_BYTES:
+            raise _Refusal(413, error("invalid_request", f"body over {MAX_LINE_BYTES} bytes"))
+        body = self._body(conn, sock)
+        if path == "/healthz":
+            reply = forward(self.socket_path, {"op": "health"}, self.timeout_s)
+            return (200 if reply.get("ok") else 503), reply
+        try:
+            valid = REQUEST_ADAPTER.validate_json(body, strict=True)
+        except ValidationError as exc:
+            detail = InvalidRequest.from_validation("invalid agent request", exc).errors
+            return 400, error("invalid_request", detail)
+        reply = forward(self.socket_path, valid.model_dump(mode="json"), self.timeout_s)
+        return (200 if reply.get("ok") else STATUS_FOR.get(str(reply.get("error")), 502)), reply
+
+    def _body(self, conn: h11.Connection, sock: ssl.SSLSocket) -> bytes:
+        body = b""
+        while True:
+            event = self._next(conn, sock)
+            if event is None or isinstance(event, h11.ConnectionClosed):
+                raise _Refusal(400, error("invalid_request", "the request body was not sent"))
+            if isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > MAX_LINE_BYTES:
+                    raise _Refusal(413, error("invalid_request",
+                                              f"body over {MAX_LINE_BYTES} bytes"))
+            elif isinstance(event, h11.EndOfMessage):
+                return body
+
+    @staticmethod
+    def _send(conn: h11.Connection, sock: ssl.SSLSocket, status: int, body: dict[str, Any],
+              *, close: bool) -> None:
+        data = json.dumps(body).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        if status == 405:
+            headers.append(("Allow", "GET" if body.get("detail") == "/healthz" else "POST"))
+        if close:
+            headers.append(("Connection", "close"))
+        try:
+            reason = http.HTTPStatus(status).phrase.encode()
+            sock.sendall(conn.send(h11.Response(status_code=status, headers=headers,
+                                                reason=reason)) +
+                         conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError as exc:
+            log.info("could not reply %d: %s", status, exc)
+
+
+def _drain(sock: ssl.SSLSocket, within_s: float = 1.0, most: int = 1 << 20) -> None:
+    """Read and drop what the client still sends (for a moment) before
+    closing, so that it reads our reply rather than a reset."""
+    with contextlib.suppress(OSError, ssl.SSLError):
+        sock.settimeout(within_s)
+        drained = 0
+        while drained < most and (chunk := sock.recv(65536)):
+            drained += len(chunk)
 
 
 def parse_allow(cidrs: Sequence[str]) -> list[Network]:
@@ -172,8 +265,16 @@ def parse_allow(cidrs: Sequence[str]) -> list[Network]:
               help="CA that signs the service instances' client certificates.")
 @click.option("--allow", "allow", multiple=True, required=True,
               help="CIDR allowed to call (repeatable), e.g. --allow 10.1.0.0/16.")
+@click.option("--workers", default=16, show_default=True, type=click.IntRange(1, 1024),
+              help="Connections served at once.")
+@click.option("--queue", "queue_size", default=64, show_default=True,
+              type=click.IntRange(0, 100_000),
+              help="Connections that may wait for a worker; beyond them: 503 busy.")
+@click.option("--idle-timeout", default=30.0, show_default=True,
+              type=click.FloatRange(0.1, 3600),
+              help="Seconds a connection may send nothing (idle, or half a request).")
 def main(listen: str, socket_path: str, cert: str, key: str, client_ca: str,
-         allow: tuple[str, ...]) -> None:
+         allow: tuple[str, ...], workers: int, queue_size: int, idle_timeout: float) -> None:
     """Serve the host agent over mTLS HTTPS with an IP allow-list."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     host, _, port = listen.rpartition(":")
@@ -186,7 +287,8 @@ def main(listen: str, socket_path: str, cert: str, key: str, client_ca: str,
         click.echo(f"warmcache-proxy: cannot load certificates: {exc}", err=True)
         sys.exit(2)
     server = ProxyServer((host.strip("[]"), int(port)), socket_path, context,
-                         parse_allow(allow))
+                         parse_allow(allow), limits=ServerLimits(
+                             workers=workers, queue=queue_size, idle_timeout_s=idle_timeout))
 
     def _stop(_sig: int, _frame: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()

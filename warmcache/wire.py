@@ -21,6 +21,7 @@ AGENT_ERROR_CODES = (
     "not_found",  # no such VM on this host
     "already_exists",  # a VM of that name exists on this host
     "hypervisor_error",  # libvirt failed; the agent cleaned up what it started
+    "busy",  # every worker of the agent (or proxy) is busy: transient, retry
     "internal_error",
 )
 

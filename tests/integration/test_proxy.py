@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import json
+import socket
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -177,3 +181,111 @@ def test_the_leader_builds_through_the_proxy(rig: Rig, tmp_path: Path) -> None:
     finally:
         service.close()
         store.close()
+
+
+def raw(rig: Rig, data: bytes, timeout_s: float = 10) -> bytes:
+    """Send raw bytes over TLS with the good client certificate; read all."""
+    host, port = rig.url.removeprefix("https://").split(":")
+    ctx = rig.tls(rig.client)
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock, \
+            ctx.wrap_socket(sock, server_hostname=host) as tls:
+        with contextlib.suppress(OSError):
+            tls.sendall(data)
+        out = b""
+        with contextlib.suppress(OSError):
+            while chunk := tls.recv(65536):
+                out += chunk
+        return out
+
+
+def replies(data: bytes) -> list[tuple[int, Any]]:
+    """Every HTTP reply in ``data``: (status, parsed JSON body)."""
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        out.append((status, json.loads(rest[:length])))
+        data = rest[length:]
+    return out
+
+
+FACTS = b'{"op": "facts"}'
+
+
+@pytest.mark.parametrize("headers", [
+    b"Content-Length: abc\r\n", b"Content-Length: 1e3\r\n",
+    b"Content-Length: 15\r\nContent-Length: 16\r\n",
+    b"Content-Length: 15\r\nTransfer-Encoding: chunked\r\n",
+])
+def test_a_bad_content_length_is_a_400_and_nothing_is_forwarded(rig: Rig, headers: bytes
+                                                                 ) -> None:
+    """`abc` and `1e3` closed the connection without a reply; of two
+    conflicting lengths the first was used and the request forwarded."""
+    out = raw(rig, b"POST /v1/agent HTTP/1.1\r\nHost: h\r\n" + headers + b"\r\n" + FACTS)
+    [(status, body)] = replies(out)
+    assert status == 400 and body["error"] == "invalid_request"
+    assert rig.seen == []
+
+
+def test_a_refused_body_is_never_read_as_the_next_request(rig: Rig) -> None:
+    """After a 404 on a keep-alive connection, the unread body (here a
+    complete request for the agent) was parsed as the next request."""
+    smuggled = b"POST /v1/agent HTTP/1.1\r\nHost: h\r\nContent-Length: 15\r\n\r\n" + FACTS
+    out = raw(rig, b"POST /nowhere HTTP/1.1\r\nHost: h\r\nContent-Length: "
+              + str(len(smuggled)).encode() + b"\r\n\r\n" + smuggled)
+    assert [status for status, _ in replies(out)] == [404]
+    assert rig.seen == []
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(rig: Rig) -> None:
+    one = b"POST /v1/agent HTTP/1.1\r\nHost: h\r\nContent-Length: 15\r\n\r\n" + FACTS
+    last = b"GET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    out = raw(rig, one + one + last)
+    assert [status for status, _ in replies(out)] == [200, 200, 200]
+
+
+def test_a_wrong_method_is_405_with_allow(rig: Rig) -> None:
+    out = raw(rig, b"GET /v1/agent HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 405 Method Not Allowed") and b"\r\nAllow: POST\r\n" in out
+
+
+def test_idle_and_half_sent_connections_are_closed(tmp_path: Path) -> None:
+    """A proxy of its own with a 0.5 s idle timeout: a connection that sends
+    nothing, or half a request, is closed by the proxy."""
+    from agent.config import ServerLimits
+
+    ca = TestCA(tmp_path, "fleet")
+    cert, client = ca.issue("proxy", server=True), ca.issue("wc", server=False)
+    context = server_context(str(cert.cert), str(cert.key), str(ca.cert))
+    proxy = ProxyServer(("127.0.0.1", 0), str(tmp_path / "none.sock"), context,
+                        [ipaddress.ip_network("127.0.0.0/8")],
+                        limits=ServerLimits(idle_timeout_s=0.5))
+    thread = serve(proxy)
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca.cert))
+        ctx.load_cert_chain(str(client.cert), str(client.key))
+        for opening in (b"", b"POST /v1/agent HTTP/1.1\r\nHost: h\r\nContent-Le"):
+            with socket.create_connection(proxy.server_address, timeout=10) as sock, \
+                    ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+                tls.sendall(opening) if opening else None
+                started = time.monotonic()
+                assert tls.recv(1024) == b""  # closed by the proxy, not our timeout
+                assert time.monotonic() - started < 5
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join()
+
+
+def test_a_client_that_goes_away_costs_one_log_line(rig: Rig,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    host, port = rig.url.removeprefix("https://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock, \
+            rig.tls(rig.client).wrap_socket(sock, server_hostname=host) as tls:
+        tls.sendall(b"POST /v1/agent HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n{")
+    # (gone, half way through its body)
+    out = raw(rig, b"GET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200")  # still serving
+    assert not any(r.exc_info for r in caplog.records)  # no traceback logged

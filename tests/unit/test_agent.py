@@ -15,6 +15,7 @@ from agent.config import AgentConfig, Resources
 from agent.daemon import AgentServer, handle_line
 from agent.lockfile import Allocation, Lockfile
 from agent.operations import AgentFault, HostAgentService
+from tests.polling import wait_for
 from warmcache.adapters.agent_client import AgentClient
 from warmcache.errors import AgentRejected, AgentUnavailable, InsufficientHostCapacity
 from warmcache.model import Flavor
@@ -221,3 +222,57 @@ def test_the_agent_never_touches_a_domain_it_does_not_manage(tmp_path: Path) -> 
                 dom.destroy()
                 dom.undefine()
         conn.close()
+
+
+def test_idle_connections_cost_no_threads_past_the_bound_and_are_closed(tmp_path: Path
+                                                                         ) -> None:
+    """200 idle connections made 202 threads on an agent. Now: 4 workers and
+    a queue of 4; connections beyond get `busy` at once, idle and half-sent
+    ones are closed after the idle timeout, and the agent still answers."""
+    import socket as socket_
+    import time
+
+    from agent.config import ServerLimits
+    from agent.libvirt_driver import LibvirtDriver
+
+    cfg = config(tmp_path).model_copy(update={"server": ServerLimits(
+        workers=4, queue=4, idle_timeout_s=0.5)})
+    path = str(tmp_path / "agent.sock")
+    server = AgentServer(path, HostAgentService(cfg, LibvirtDriver("test:///default")))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    before = threading.active_count()
+    thread.start()
+    idle = []
+    try:
+        for i in range(200):
+            s = socket_.socket(socket_.AF_UNIX)
+            s.connect(path)
+            if i % 2:
+                s.sendall(b'{"op": "fac')  # half a request line
+            idle.append(s)
+        # 4 workers, a refuser and the accept loop: bounded whatever the clients do
+        assert threading.active_count() - before <= 4 + 2
+        s = idle[-1]
+        s.settimeout(5)
+        assert json.loads(s.recv(4096)) == {"ok": False, "error": "busy",
+                                           "detail": "every worker of this agent is busy: retry"}
+        started = time.monotonic()
+        for s in idle[:8]:  # the ones that got a worker: closed after 0.5 s, not held
+            s.settimeout(10)
+            assert s.recv(4096) == b""
+        assert time.monotonic() - started < 5
+        client = AgentClient(f"unix:{path}", timeout_s=10)
+
+        def answers() -> bool:  # once the refused ones are flushed, it serves again
+            try:
+                return client.facts().hypervisor == "h1"
+            except AgentUnavailable:
+                return False
+
+        wait_for("the agent to serve again", answers, 10)
+    finally:
+        for s in idle:
+            s.close()
+        server.shutdown()
+        server.server_close()
+        thread.join()

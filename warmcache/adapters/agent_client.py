@@ -100,7 +100,7 @@ class AgentClient:
         if reply.get("ok"):
             return reply.get("result")
         code = str(reply.get("error", "internal_error"))
-        if code == "agent_unavailable":
+        if code in ("agent_unavailable", "busy"):  # transient: the cycle retries
             raise AgentUnavailable(self._endpoint, str(reply.get("detail")))
         cls = InsufficientHostCapacity if code == "insufficient_capacity" else AgentRejected
         raise cls(self._endpoint, code, reply.get("detail"))
