@@ -72,6 +72,15 @@ class ServiceConfig(_Section):
     acquire_attempts: int = Field(
         default=16, ge=1, le=1000, description="Claim attempts before claim_contention."
     )
+    request_deadline_s: float = Field(
+        default=2.0, gt=0, le=3600,
+        description="How long an API request or an acquisition may wait for the store: "
+        "past it, 503 store_unavailable (or claim_outcome_unknown when a claim may have "
+        "landed), within the deadline plus half a second.")
+    readiness_timeout_s: float = Field(
+        default=1.0, gt=0, le=60,
+        description="GET /readyz: how long each dependency (store, catalog, event sink) "
+        "may take to answer.")
     batch_claims: bool = Field(
         default=True,
         description="Group-commit concurrent acquisitions of this instance: one store "

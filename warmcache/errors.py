@@ -21,6 +21,7 @@ built from as attributes, so callers can act on numbers, not on messages::
     ├── NoCapacity                     no_capacity           (HTTP 409)
     ├── ClaimContention                claim_contention      (HTTP 503)
     ├── StoreError                     store_error           (HTTP 503)
+    │   ├── StoreUnavailable           store_unavailable     (nothing applied: retry)
     │   ├── SessionExpired             session_expired
     │   ├── LeadershipLost             leadership_lost
     │   ├── WatchCompacted             watch_compacted
@@ -240,6 +241,19 @@ class StoreError(WarmCacheError):
     """The coordination store failed or is unreachable."""
 
     code = "store_error"
+
+
+class StoreUnavailable(StoreError):
+    """The store did not answer within the request's deadline, or could not
+    be reached, and the request surely did not land (nothing was applied):
+    retry later."""
+
+    code = "store_unavailable"
+
+    def __init__(self, store: str, why: str) -> None:
+        self.store = store
+        self.why = why
+        super().__init__(f"{store} unavailable: {why}")
 
 
 class ClaimOutcomeUnknown(StoreError):

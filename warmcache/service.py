@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from warmcache import deadline
 from warmcache.acquire.acquirer import Acquirer
 from warmcache.adapters.log_alerts import LogAlerts
 from warmcache.approvals import Approvals
@@ -54,11 +55,14 @@ from warmcache.ports import (
     FlavorCatalog,
     HostAgent,
 )
+from warmcache.readiness import Readiness
 from warmcache.rules import RuleBook
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SERVICE_NAME", "WarmCache"]
+
+STOP_DEADLINE_S = 2.0
 
 
 class WarmCache:
@@ -114,6 +118,11 @@ class WarmCache:
         )
         self.metrics.watch_pools(self.pools, self.hosts.count, lambda: (
             self.acquirer.claimer.batches, self.acquirer.claimer.conflicts))
+        self._readiness = Readiness({
+            "store": lambda: store.get(self.keys.leader()),
+            "catalog": lambda: catalog.get("readiness-probe"),
+            "events": lambda: self.events.recent(1),
+        }, config.readiness_timeout_s)
         self._stop = threading.Event()
         self._trigger = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -157,12 +166,16 @@ class WarmCache:
             thread.join()
         self._threads.clear()
         try:
-            self.store.deregister_service(SERVICE_NAME, self.config.node)
+            # a stopping instance does not wait on a dead store: its
+            # registration expires with its TTL anyway
+            with deadline.within(STOP_DEADLINE_S):
+                self.store.deregister_service(SERVICE_NAME, self.config.node)
         except WarmCacheError:
             log.warning("could not deregister %s", self.config.node)
 
     def close(self) -> None:
         self.stop()
+        self._readiness.close()
         if self._on_close:
             self._on_close()
 
@@ -310,6 +323,11 @@ class WarmCache:
             else:
                 kept.append(rec.name)
         return {"purged": len(purged), "not_purged": kept}
+
+    def readiness(self) -> dict[str, dict[str, Any]]:
+        """The store, the flavor catalog and the event sink, each asked with
+        ``service.readiness_timeout_s`` (``GET /readyz``)."""
+        return self._readiness.check()
 
     def leader(self) -> dict[str, Any] | None:
         return self.election.holder()

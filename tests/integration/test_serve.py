@@ -156,7 +156,8 @@ def test_idle_and_half_sent_connections_are_closed(
         assert time.monotonic() - started < 15
 
 
-@pytest.mark.parametrize("settings", [{"http_threads": 1, "http_queue": 0}])
+@pytest.mark.parametrize("settings", [{"http_threads": 1, "http_queue": 0,
+                                       "request_deadline_s": 60.0}])  # held long enough
 def test_a_request_beyond_the_threads_and_queue_is_refused_at_once(
     instance: tuple[subprocess.Popen[bytes], int, Path]
 ) -> None:

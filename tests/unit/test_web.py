@@ -236,3 +236,34 @@ def test_the_dashboard_shows_pools_and_history(client: FlaskClient) -> None:
     assert 'data-pool="az1/small"' in page and "az1-r1" in page
     assert "es-provisioner" in page and "invalid_request" not in page
     assert "vm.build_finished" in page and "leader.elected" in page
+
+
+def test_a_store_that_will_not_take_a_write_is_a_bounded_503(
+    make_service: Any, sqlite_store: Any
+) -> None:
+    """SQLite's write lock held (a process frozen inside a write): the
+    acquisition is 503 store_unavailable by its deadline, nothing claimed,
+    instead of waiting the 30 s busy timeout."""
+    import sqlite3
+    import time
+
+    service = make_service(request_deadline_s=0.3)
+    for az in ("az1", "az2"):
+        service.rules.put(az, "small", {"max_instance_per_cycle": 6, "total_instances": 6,
+                                        "min_fault_domain": 3})
+    service.run_cycle()
+    client = create_app(service).test_client()
+    before = pools(client)
+    held = sqlite3.connect(sqlite_store.path, isolation_level=None)
+    held.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        reply = acquire(client)
+        took = time.monotonic() - started
+    finally:
+        held.execute("ROLLBACK")
+        held.close()
+    assert reply.status_code == 503 and reply.get_json()["error"] == "store_unavailable"
+    assert took < 0.3 + 0.5
+    assert pools(client) == before
+    assert acquire(client).status_code == 200  # and fine once the lock is free

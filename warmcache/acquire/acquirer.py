@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from warmcache import deadline
 from warmcache.acquire.claim import Claimed, Claimer, ClaimRequest
 from warmcache.acquire.index import PoolIndex
 from warmcache.config import ServiceConfig
@@ -87,7 +88,8 @@ class Acquirer:
         """Keep the shares current until ``stop`` (a background thread)."""
         while not stop.is_set():
             try:
-                self.refresh_shares()
+                with deadline.within(self._config.shares_refresh_s):
+                    self.refresh_shares()
             except WarmCacheError as exc:  # keep the shares we have
                 log.warning("service registry: %s", exc)
             stop.wait(self._config.shares_refresh_s)
@@ -98,17 +100,22 @@ class Acquirer:
 
         Raises ``InvalidRequest`` (bad count or mode), ``UnknownFlavor``,
         ``UnknownAZ``, ``UnknownPool``, ``NoCapacity`` (the pool cannot satisfy
-        the mode now; nothing claimed), ``ClaimContention`` (retry later) or
-        ``ClaimOutcomeUnknown`` (the store stopped answering mid-claim).
+        the mode now; nothing claimed), ``ClaimContention`` (retry later),
+        ``StoreUnavailable`` (no answer within ``service.request_deadline_s``;
+        nothing claimed) or ``ClaimOutcomeUnknown`` (the store stopped
+        answering mid-claim). Bounded: it returns within the deadline plus
+        half a second.
         """
         started = time.perf_counter()
         mode = self._check(count, mode)
-        self._catch_up()
-        rule = self._rule(flavor, az)
-        request = ClaimRequest(flavor=flavor, az=az, count=count, mode=mode,
-                               use_reserve=use_reserve, requester=requester)
         try:
-            claimed = self.claimer.claim(request)
+            with deadline.within(self._config.request_deadline_s):
+                self._catch_up()
+                rule = self._rule(flavor, az)
+                request = ClaimRequest(flavor=flavor, az=az, count=count, mode=mode,
+                                       use_reserve=use_reserve, requester=requester,
+                                       deadline=deadline.current())
+                claimed = self.claimer.claim(request)
         except WarmCacheError as exc:
             self._emit("acquisition.failed", requester=requester, flavor=flavor, az=az,
                        count=count, mode=mode.value, error=exc.code)

@@ -37,15 +37,18 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 
+from warmcache import deadline
 from warmcache.acquire.index import PoolIndex
 from warmcache.errors import (
     ClaimContention,
     ClaimOutcomeUnknown,
     NoCapacity,
     StoreError,
+    StoreUnavailable,
 )
 from warmcache.model import InstanceState, Keys, Mode, PoolInstance
 from warmcache.ports import Clock, Compare, CoordinationStore, Delete, KeyValue, Put, Txn, TxnResult
@@ -53,6 +56,8 @@ from warmcache.ports import Clock, Compare, CoordinationStore, Delete, KeyValue,
 # How long a request the pool cannot satisfy waits, unbatched, for other
 # claims in flight on its pool before it is decided.
 SETTLE_WAIT_S = 5.0
+# How long the settle of an unanswered claim may take past the deadline.
+SETTLE_MARGIN_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class ClaimRequest:
     chosen: list[tuple[PoolInstance, int]] = field(default_factory=list)
     waiting: bool = False  # decided only once the claims in flight on its pool land
     waits: int = 0  # bounded: a pool that never settles must not hold a request forever
+    deadline: float | None = None  # monotonic; the caller's (warmcache.deadline)
     wake: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
@@ -222,10 +228,19 @@ class Claimer:
         acquired = {r.claim_id: [vm.with_state(InstanceState.ACQUIRED, acquired_by=r.requester,
                                                acquired_at=now, claim_id=r.claim_id)
                                  for vm, _ in r.chosen] for r in selected}
+        # The batch answers by its most impatient caller's deadline.
+        due = min((r.deadline for r in selected if r.deadline is not None), default=None)
         try:
-            results = self._store.txns([self._txn(r, acquired[r.claim_id]) for r in selected])
+            with deadline.until(due):
+                results = self._store.txns([self._txn(r, acquired[r.claim_id])
+                                            for r in selected])
+        except StoreUnavailable as exc:
+            settled = self._unavailable(selected, exc)
         except StoreError as exc:
-            settled = self._settle(selected, acquired, exc)
+            # No answer: settle, with a short margin of its own past the
+            # deadline (the only way to tell the caller what happened).
+            with deadline.until(time.monotonic() + SETTLE_MARGIN_S):
+                settled = self._settle(selected, acquired, exc)
         else:
             settled = list(zip(selected, results, strict=True))
         for request, result in settled:
@@ -245,6 +260,17 @@ class Claimer:
                 else:
                     later.append(request)
         return later
+
+    @staticmethod
+    def _unavailable(selected: list[ClaimRequest], exc: StoreUnavailable
+                     ) -> list[tuple[ClaimRequest, TxnResult]]:
+        """The batch surely did not land: each request whose own deadline
+        has passed gets the error; the others select again."""
+        now = time.monotonic()
+        for request in selected:
+            if request.deadline is None or request.deadline <= now:
+                request.outcome = exc
+        return [(request, TxnResult(False, 0)) for request in selected]
 
     def _txn(self, request: ClaimRequest, acquired: list[PoolInstance]) -> Txn:
         az = request.az

@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+from warmcache import deadline
 from warmcache.adapters.txn_batches import merged_txns
 from warmcache.errors import SessionExpired, StoreError
 from warmcache.ports import (
@@ -155,6 +156,9 @@ class ConsulStore:
         self._lock = threading.Lock()
 
     def _call(self, fn: Callable[[], T]) -> T:
+        # The request's deadline is checked before each call (py-consul's
+        # client is shared by threads, so a call keeps the client's timeout).
+        deadline.remaining(1e9, "consul")
         try:
             return fn()
         except consul.ConsulException as exc:
@@ -190,6 +194,7 @@ class ConsulStore:
     def txn(
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
     ) -> TxnResult:
+        deadline.remaining(1e9, "consul")  # past the request's deadline: send nothing
         if failure:
             raise StoreError("consul: transactions have no failure branch")
         values = {c.key: self.get(c.key) for c in compares if c.target == "value"}

@@ -30,8 +30,9 @@ from urllib.parse import urlparse
 import requests
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from warmcache import deadline
 from warmcache.adapters.txn_batches import check_disjoint
-from warmcache.errors import SessionExpired, StoreError, WatchCompacted
+from warmcache.errors import SessionExpired, StoreError, StoreUnavailable, WatchCompacted
 from warmcache.ports import (
     Change,
     ChangeStream,
@@ -84,6 +85,7 @@ class EtcdStore:
         namespace: str = "",
         client: Any = None,
         timeout_s: float = 10.0,
+        connect_timeout_s: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
         failover_s: float = 10.0,
         max_txn_ops: int = MAX_TXN_OPS,
@@ -98,6 +100,7 @@ class EtcdStore:
         self._local = threading.local()
         self._ns = namespace
         self._timeout_s = timeout_s
+        self._connect_s = connect_timeout_s
         self._failover_s = failover_s
         self._sleep = sleep
         self._max_ops = max_txn_ops
@@ -136,13 +139,17 @@ class EtcdStore:
         """One request; moves to another member and retries only when that
         is safe: the request never reached a member (connection refused), or
         the member refused it for want of a raft leader (nothing applied)."""
-        deadline = time.monotonic() + self._failover_s
+        give_up = time.monotonic() + self._failover_s
         while True:
+            # the request's deadline (warmcache.deadline) bounds each try
+            timeout = deadline.remaining(self._timeout_s, "etcd")
             try:
-                return self._post_once(path, body)
+                return self._post_once(path, body, timeout)
             except _Retryable as exc:
-                if time.monotonic() > deadline:
-                    raise StoreError(f"etcd {path}: {exc}") from exc
+                at = deadline.current()
+                if time.monotonic() > give_up or (at is not None and time.monotonic() >= at):
+                    # it never reached a member (or was refused unapplied)
+                    raise StoreUnavailable("etcd", f"{path}: {exc}") from exc
                 self._next_member()
                 self._sleep(0.05)
 
@@ -150,15 +157,23 @@ class EtcdStore:
         if len(self._urls) > 1:
             self._current = (self._current + 1) % len(self._urls)
 
-    def _post_once(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _post_once(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        client = self._client
+        # Clients are per thread (see _client), so the timeout is this call's.
+        client.timeout = (min(timeout_s, self._connect_s), timeout_s)
         try:
-            reply: dict[str, Any] = self._client.post(self._client.get_url(path), json=body)
+            reply: dict[str, Any] = client.post(client.get_url(path), json=body)
             return reply
         except etcd_exc.ConnectionFailedError as exc:
             detail = exc.detail_text or str(exc)
             if "refused" in detail or "establish a new connection" in detail:
                 raise _Retryable(detail) from exc
             raise StoreError(f"etcd {path}: {detail.strip()}") from exc
+        except etcd_exc.ConnectionTimeoutError as exc:
+            detail = exc.detail_text or str(exc)
+            if "connect timeout" in detail.lower():  # nothing was sent
+                raise _Retryable(detail) from exc
+            raise StoreError(f"etcd {path}: no answer in {timeout_s:.2f} s") from exc
         except etcd_exc.Etcd3Exception as exc:
             detail = exc.detail_text or str(exc)
             if "lease not found" in detail:
@@ -168,7 +183,11 @@ class EtcdStore:
             raise StoreError(f"etcd {path}: {detail.strip()}") from exc
 
     def _read(self, fn: Callable[[], T]) -> T:
-        """Reads are idempotent: retry transient failures (a member restarting)."""
+        """Reads are idempotent: retry transient failures (a member
+        restarting), unless a request's deadline is running: then one try,
+        answered or not within it."""
+        if deadline.current() is not None:
+            return fn()
         return self._retrying(fn)
 
     def _key(self, key: str) -> bytes:

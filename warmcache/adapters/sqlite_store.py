@@ -27,10 +27,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from warmcache import deadline
 from warmcache.adapters.polling_stream import PollingChangeStream
 from warmcache.adapters.txn_batches import check_disjoint
 from warmcache.clock import SystemClock
-from warmcache.errors import SessionExpired, StoreError, WatchCompacted
+from warmcache.errors import SessionExpired, StoreError, StoreUnavailable, WatchCompacted
 from warmcache.ports import (
     Change,
     ChangeStream,
@@ -224,15 +225,18 @@ class SqliteStore:
     def _begin(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, waiting for other processes' writers in short
         sleeps (0.1 ms doubling to 2 ms) instead of SQLite's busy handler."""
-        deadline = time.monotonic() + self._busy_timeout_s
+        give_up = time.monotonic() + deadline.remaining(self._busy_timeout_s, "sqlite")
         pause = 0.0001
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
+                if "locked" not in str(exc):
                     raise StoreError(f"sqlite store {self.path}: {exc}") from exc
+                if time.monotonic() > give_up:  # the write lock never came: nothing written
+                    raise StoreUnavailable(f"sqlite store {self.path}",
+                                           "its write lock is held by another writer") from exc
                 self._sleep(pause * random.uniform(0.5, 1.5))
                 pause = min(pause * 2, 0.002)
             except sqlite3.Error as exc:

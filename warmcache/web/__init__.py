@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from warmcache import deadline
 from warmcache.config import AuthConfig
 from warmcache.errors import (
     AgentError,
@@ -68,6 +69,20 @@ def create_app(service: WarmCache, auth: Authenticator | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = service.config.http_max_body_bytes
     app.register_blueprint(api)
     app.register_blueprint(dashboard)
+
+    @app.before_request
+    def _deadline() -> None:
+        # Every store call of this request ends by its deadline (503 then);
+        # not an approved change, which runs through agents and must not be
+        # cut off half way (a pool purge).
+        if request.endpoint != "api.approve_change":
+            g.deadline_token = deadline.enter(service.config.request_deadline_s)
+
+    @app.teardown_request
+    def _end_deadline(_exc: BaseException | None) -> None:
+        token = g.pop("deadline_token", None)
+        if token is not None:
+            deadline.leave(token)
 
     @app.errorhandler(WarmCacheError)
     def _domain_error(exc: WarmCacheError) -> tuple[Any, int]:

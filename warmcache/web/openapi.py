@@ -48,8 +48,12 @@ def document(acquire_body: dict[str, Any], version: str) -> dict[str, Any]:
                         "Pool": PoolSummary.model_json_schema(), "VM": vm},
         },
         "paths": {
-            "/healthz": {"get": {"summary": "liveness", "responses": {"200": {
-                "description": "ok"}}}},
+            "/healthz": {"get": {"summary": "liveness (asks nothing of the store)",
+                                 "responses": {"200": {"description": "ok"}}}},
+            "/readyz": {"get": {"summary": "readiness: store, catalog, event sink, each "
+                                           "with its own timeout (no token)", "responses": {
+                "200": {"description": "every dependency answered"},
+                "503": {"description": "some did not; the body says which"}}}},
             "/v1/openapi.json": {"get": {"summary": "this document", "responses": {"200": {
                 "description": "OpenAPI 3.1"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (no token)", "responses": {

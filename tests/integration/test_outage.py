@@ -1,0 +1,108 @@
+"""Outages answer fast (§12): with the store killed (connections refused) or
+frozen (SIGSTOP: connections accepted, nothing answered), an acquisition
+gets a typed 503 within the request's deadline plus half a second,
+/healthz answers at once, and /readyz says the store is down within its
+timeout. Before: /healthz blocked up to 15.7 s; an acquisition waited the
+store timeout times its retries."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import unavailable
+from tests.polling import wait_for
+from warmcache.bootstrap import build
+from warmcache.config import parse_config
+from warmcache.model import HostFacts, InstanceState, PoolInstance
+from warmcache.web import create_app
+
+pytestmark = [pytest.mark.etcd, pytest.mark.integration]
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+DEADLINE_S = 1.0
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    """An etcd of its own (this test stops it) and a started instance."""
+    from warmcache.localetcd import EtcdCluster, EtcdUnavailable
+
+    try:
+        cluster = EtcdCluster(tmp_path / "etcd").start()
+    except EtcdUnavailable as exc:
+        unavailable("etcd", str(exc))
+    prefix = f"out-{uuid.uuid4().hex[:6]}"
+    service = build(parse_config({
+        "service": {"node": "wc-out", "prefix": prefix, "run_builds": False,
+                    "run_health": False, "request_deadline_s": DEADLINE_S,
+                    "readiness_timeout_s": 0.5},
+        "store": {"kind": "etcd", "url": cluster.urls[0]},
+        "catalog": {"path": str(CONFIG_DIR / "flavors.toml")},
+        "events": {"kind": "log"},
+    }, environ={}))
+    store = service.store
+    for r in range(3):
+        facts = HostFacts(hypervisor=f"h{r}", rack=f"r{r}", az="az1", vcpus_total=8,
+                          vcpus_free=0, memory_mib_total=1, memory_mib_free=0,
+                          disk_gib_total=1, disk_gib_free=0, endpoint="unix:/nowhere")
+        store.put(f"{prefix}/hosts/az1/h{r}", facts.model_dump_json())
+        for i in range(4):
+            vm = PoolInstance(name=f"vm-{r}-{i}", az="az1", flavor="small", rack=f"r{r}",
+                              hypervisor=f"h{r}", state=InstanceState.READY, created_at=0)
+            store.put(f"{prefix}/pool/az1/{vm.name}", vm.model_dump_json())
+    service.rules.put("az1", "small", {"max_instance_per_cycle": 1, "total_instances": 12})
+    service.start()
+    wait_for("the views to load", lambda: len(service.acquirer.index) == 12, 10)
+    try:
+        yield service, cluster
+    finally:
+        member = cluster.members[0]
+        if member.proc and member.proc.poll() is None:
+            os.kill(member.proc.pid, signal.SIGCONT)
+        service.close()
+        cluster.stop()
+
+
+BODY = {"flavor": "small", "az": "az1", "count": 1, "mode": "best-effort"}
+
+
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+def test_with_the_store_down_every_answer_comes_fast(stack: tuple[Any, Any], how: str
+                                                     ) -> None:
+    service, cluster = stack
+    client = create_app(service).test_client()
+    assert client.post("/v1/acquire", json=BODY).status_code == 200  # while etcd is up
+    assert client.get("/readyz").get_json()["ready"] is True
+    member = cluster.members[0]
+    if how == "killed":
+        member.kill()
+    else:
+        os.kill(member.proc.pid, signal.SIGSTOP)
+
+    started = time.monotonic()
+    reply = client.post("/v1/acquire", json=BODY)
+    took = time.monotonic() - started
+    assert reply.status_code == 503, reply.get_json()
+    # refused: surely nothing landed; frozen: the claim may have left
+    expected = {"store_unavailable"} if how == "killed" else {"store_unavailable",
+                                                             "claim_outcome_unknown"}
+    assert reply.get_json()["error"] in expected
+    assert took < DEADLINE_S + 0.5 + 0.5, took  # the deadline, the settle margin, slack
+
+    started = time.monotonic()
+    assert client.get("/healthz").status_code == 200  # liveness asks nothing of the store
+    assert time.monotonic() - started < 0.2
+
+    started = time.monotonic()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.get_json()["checks"]["store"]["ok"] is False
+    assert ready.get_json()["checks"]["catalog"]["ok"] is True
+    assert time.monotonic() - started < 0.5 + 0.5
