@@ -301,3 +301,7 @@ def main(listen: str, socket_path: str, cert: str, key: str, client_ca: str,
     finally:
         server.server_close()
 
+
+
+if __name__ == "__main__":  # python -m agent.proxy, as warmcache-proxy
+    main()

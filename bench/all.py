@@ -33,6 +33,7 @@ SMALL = [
                                    "--vms", "300"]),
     ("replay (Azure, 30 min)", ["replay.py", "--bins", "6", "--budget", "60"]),
     ("real guests", ["realvm.py", "--sequential", "2", "--parallel", "4"]),
+    ("chaos (one fault of each kind)", ["chaos.py", "--faults", "10"]),
 ]
 
 
@@ -43,8 +44,8 @@ def main() -> None:
         table.add_column(col)
     failed = 0
     for title, args in SMALL:
-        if args[0] == "realvm.py" and os.geteuid() != 0:
-            table.add_row(title, "not run: real guests need root (libvirtd)", "-")
+        if args[0] in ("realvm.py", "chaos.py") and os.geteuid() != 0:
+            table.add_row(title, "not run: needs root (libvirtd, network namespaces)", "-")
             continue
         console.print(f"running {title}...")
         started = time.monotonic()

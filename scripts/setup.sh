@@ -9,10 +9,11 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 need=(libvirt-dev libvirt-daemon pkg-config gcc qemu-utils)
-# tests also boot real QEMU guests under libvirtd (software emulation here)
-# and render the dashboard in a real headless browser
+# tests also boot real QEMU guests under libvirtd (software emulation here),
+# render the dashboard in a real headless browser, and put hosts in network
+# namespaces with nftables for partition tests
 [ "$mode" = test ] && need+=(etcd-server etcd-client libvirt-clients libvirt-daemon-driver-qemu
-                             qemu-system-x86 busybox-static chromium)
+                             qemu-system-x86 busybox-static chromium iproute2 nftables)
 
 py_include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$py_include/Python.h" ] || need+=(python3-dev)

@@ -39,7 +39,7 @@ class TestCA:
         self.cert = directory / f"{name}-ca.pem"
         self.cert.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, cn: str, *, server: bool) -> Issued:
+    def issue(self, cn: str, *, server: bool, ips: tuple[str, ...] = ("127.0.0.1",)) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
@@ -54,7 +54,8 @@ class TestCA:
         )
         if server:
             builder = builder.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                [x509.DNSName("localhost"),
+                 *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips)]),
                 critical=False)
         cert = builder.sign(self._key, hashes.SHA256())
         out = Issued(self.dir / f"{self.name}-{cn}.pem", self.dir / f"{self.name}-{cn}.key")
