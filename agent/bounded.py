@@ -52,6 +52,8 @@ class BoundedServer:
         self._stopped = threading.Event()
         self._stopped.set()  # not serving yet: shutdown() returns at once
         self.refused = 0
+        self.serving = 0  # connections holding a worker or waiting for one
+        self._count = threading.Lock()
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         self._stopped.clear()
@@ -74,10 +76,12 @@ class BoundedServer:
             self.refused += 1
             self._refusals.put((conn, address))
             return
+        with self._count:
+            self.serving += 1
         try:
             self._pool.submit(self._serve, conn, address)
         except RuntimeError:  # shutting down
-            self._slots.release()
+            self._done()
             conn.close()
 
     def _serve(self, conn: socket.socket, address: Any) -> None:
@@ -88,7 +92,12 @@ class BoundedServer:
         finally:
             with contextlib.suppress(OSError):
                 conn.close()
-            self._slots.release()
+            self._done()
+
+    def _done(self) -> None:
+        with self._count:
+            self.serving -= 1
+        self._slots.release()
 
     def _refuse_loop(self) -> None:
         while (item := self._refusals.get()) is not None:

@@ -23,6 +23,7 @@ from agent.daemon import AgentServer
 from agent.operations import HostAgentService
 from agent.proxy import ProxyServer, server_context
 from tests.certs import Issued, TestCA
+from tests.polling import wait_for
 from warmcache.adapters.agent_client import AgentClient, AgentTls
 from warmcache.errors import AgentRejected, AgentUnavailable
 from warmcache.model import Flavor
@@ -289,3 +290,36 @@ def test_a_client_that_goes_away_costs_one_log_line(rig: Rig,
     out = raw(rig, b"GET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 200")  # still serving
     assert not any(r.exc_info for r in caplog.records)  # no traceback logged
+
+
+def test_beyond_its_workers_and_queue_the_proxy_answers_busy(tmp_path: Path) -> None:
+    from agent.config import ServerLimits
+
+    ca = TestCA(tmp_path, "fleet")
+    cert, client = ca.issue("proxy", server=True), ca.issue("wc", server=False)
+    context = server_context(str(cert.cert), str(cert.key), str(ca.cert))
+    proxy = ProxyServer(("127.0.0.1", 0), str(tmp_path / "none.sock"), context,
+                        [ipaddress.ip_network("127.0.0.0/8")],
+                        limits=ServerLimits(workers=1, queue=0, idle_timeout_s=20))
+    thread = serve(proxy)
+    ctx = ssl.create_default_context(cafile=str(ca.cert))
+    ctx.load_cert_chain(str(client.cert), str(client.key))
+    try:
+        with socket.create_connection(proxy.server_address, timeout=10) as held_sock, \
+                ctx.wrap_socket(held_sock, server_hostname="127.0.0.1") as held:
+            held.sendall(b"POST /v1/agent HTTP/1.1\r\nHost: h\r\n")  # holds the one worker
+            wait_for("the worker to be taken", lambda: proxy.serving == 1, 5)
+            with socket.create_connection(proxy.server_address, timeout=10) as sock, \
+                    ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+                tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
+                out = b""
+                with contextlib.suppress(OSError):
+                    while chunk := tls.recv(65536):
+                        out += chunk
+            [(status, body)] = replies(out)
+            assert status == 503 and body["error"] == "busy"
+            assert proxy.refused == 1
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join()
