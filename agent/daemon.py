@@ -27,6 +27,7 @@ from agent.inventory import InventoryPublisher
 from agent.libvirt_driver import HypervisorFailure, LibvirtDriver
 from agent.operations import AgentFault, HostAgentService
 from agent.reconcile import Finding
+from warmcache.agent_codes import AgentCode
 from warmcache.errors import ConfigError, InvalidRequest, StoreError
 from warmcache.model import PoolInstance
 from warmcache.ports import CoordinationStore
@@ -38,11 +39,11 @@ log = logging.getLogger("warmcache.agent")
 def handle_line(service: HostAgentService, line: bytes) -> dict[str, Any]:
     """One request line to one reply object; never raises."""
     if len(line) > MAX_LINE_BYTES:
-        return error("invalid_request", f"request larger than {MAX_LINE_BYTES} bytes")
+        return error(AgentCode.INVALID_REQUEST, f"request larger than {MAX_LINE_BYTES} bytes")
     try:
         request = REQUEST_ADAPTER.validate_json(line, strict=True)
     except ValidationError as exc:
-        return error("invalid_request",
+        return error(AgentCode.INVALID_REQUEST,
                      InvalidRequest.from_validation("invalid request", exc).errors)
     try:
         return ok(service.handle(request))
@@ -50,7 +51,7 @@ def handle_line(service: HostAgentService, line: bytes) -> dict[str, Any]:
         return error(exc.code, exc.detail)
     except Exception as exc:  # a bug must not kill the daemon; say so instead
         log.exception("internal error on %s", request)
-        return error("internal_error", f"{type(exc).__name__}: {exc}")
+        return error(AgentCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
 
 
 def _read_line(conn: socket.socket, within_s: float) -> bytes:
@@ -109,10 +110,11 @@ class AgentServer(BoundedServer):
         _send(conn, handle_line(self.service, line))
 
     def _busy(self, conn: socket.socket, _address: Any) -> None:
-        _send(conn, error("busy", "every worker of this agent is busy: retry"))
+        _send(conn, error(AgentCode.BUSY, "every worker of this agent is busy: retry"))
 
 
 @click.group(invoke_without_command=True)
+@click.version_option(package_name="warmcache", prog_name="warmcache-agent")
 @click.option("--socket", "socket_path", help="Unix socket to listen on.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Agent TOML: hypervisor, rack, az, capacity, reserved, state_dir, inventory.")

@@ -20,13 +20,14 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
+from warmcache.agent_codes import AgentCode
 from warmcache.ports import Pinning
 
 
 class NumaRejected(Exception):
     """A VM breaks a pinning rule, or no node has room for it."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: AgentCode, message: str) -> None:
         super().__init__(message)
         self.code = code
 
@@ -69,12 +70,12 @@ class Topology:
 def check_shape(topology: Topology, vcpus: int) -> None:
     """Rules 1 and 2: could a VM of ``vcpus`` ever be pinned on this host?"""
     if vcpus < 1:
-        raise NumaRejected("invalid_request", "a VM needs at least one vCPU")
+        raise NumaRejected(AgentCode.INVALID_REQUEST, "a VM needs at least one vCPU")
     if vcpus % 2:
-        raise NumaRejected("invalid_request",
+        raise NumaRejected(AgentCode.INVALID_REQUEST,
                            f"{vcpus} vCPUs: odd vCPU counts are not pinned (use an even count)")
     if vcpus > topology.largest_node:
-        raise NumaRejected("invalid_request",
+        raise NumaRejected(AgentCode.INVALID_REQUEST,
                            f"{vcpus} vCPUs exceed the largest NUMA node "
                            f"({topology.largest_node} CPUs)")
 
@@ -84,7 +85,7 @@ def check(topology: Topology, vcpus: int, already: int = 0) -> None:
     pinned vCPUs on this host (the three rules)."""
     check_shape(topology, vcpus)
     if already + vcpus > topology.usable():
-        raise NumaRejected("insufficient_capacity",
+        raise NumaRejected(AgentCode.INSUFFICIENT_CAPACITY,
                            f"{vcpus} more vCPUs would pin {already + vcpus} of the "
                            f"{topology.usable()} CPUs left after the reserved buffer")
 
@@ -102,7 +103,7 @@ def place(topology: Topology, pinned: Collection[Pin], vcpus: int) -> Pin:
     for node, cpus in enumerate(free):
         if len(cpus) >= vcpus:
             return Pin(node, tuple(cpus[:vcpus]))
-    raise NumaRejected("insufficient_capacity",
+    raise NumaRejected(AgentCode.INSUFFICIENT_CAPACITY,
                        f"no NUMA node has {vcpus} free CPUs "
                        f"(free per node: {[len(c) for c in free]})")
 

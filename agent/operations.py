@@ -3,7 +3,7 @@
 Every operation checks the lockfile before touching libvirt, and every
 failure after a reservation gives the reservation back and destroys what was
 started, so the host's promises and libvirt agree. Errors are ``AgentFault``
-with a stable wire code (``warmcache.wire.AGENT_ERROR_CODES``).
+with a stable wire code (``warmcache.agent_codes.AgentCode``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from agent.config import AgentConfig, Resources
 from agent.libvirt_driver import HypervisorFailure
 from agent.lockfile import Allocation, AlreadyAllocated, CapacityExceeded, Lockfile
 from agent.reconcile import Finding, reconcile
+from warmcache.agent_codes import AgentCode
 from warmcache.errors import WarmCacheError
 from warmcache.model import HostFacts
 from warmcache.ports import HypervisorDriver, Pinning, VmSpec
@@ -37,7 +38,9 @@ _HEALTHY_STATES = frozenset({"running"})
 
 
 class AgentFault(Exception):
-    def __init__(self, code: str, detail: Any) -> None:
+    """An operation refused or failed, with the code its reply carries."""
+
+    def __init__(self, code: AgentCode, detail: Any) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
@@ -131,7 +134,7 @@ class HostAgentService:
                 self.lockfile.get(spec.name) is None and self._exists(spec.name)):
             # a domain of that name that this agent does not manage: never
             # define over it, nor (on failure) clean it up as if it were ours
-            raise AgentFault("already_exists", f"a domain {spec.name} not managed by this "
+            raise AgentFault(AgentCode.ALREADY_EXISTS, f"a domain {spec.name} not managed by this "
                              "agent exists on this host")
         f = spec.flavor
         alloc = Allocation(
@@ -143,13 +146,14 @@ class HostAgentService:
                 numa.check_shape(self._topology, f.vcpus)
             alloc = self.lockfile.reserve(alloc, self._pinner(f.vcpus))
         except AlreadyAllocated as exc:
-            raise AgentFault("already_exists", f"VM {spec.name} exists on this host") from exc
+            raise AgentFault(AgentCode.ALREADY_EXISTS,
+                             f"VM {spec.name} exists on this host") from exc
         except CapacityExceeded as exc:
-            raise AgentFault("insufficient_capacity", str(exc)) from exc
+            raise AgentFault(AgentCode.INSUFFICIENT_CAPACITY, str(exc)) from exc
         except numa.NumaRejected as exc:
             raise AgentFault(exc.code, str(exc)) from exc
         except ValueError as exc:
-            raise AgentFault("invalid_request", str(exc)) from exc
+            raise AgentFault(AgentCode.INVALID_REQUEST, str(exc)) from exc
         try:
             seed = cloudinit.write_seed(self._dir("seeds") / f"{spec.name}.iso", spec.name,
                                         spec.user_data)
@@ -160,7 +164,7 @@ class HostAgentService:
             self._driver.wait_ready(spec.name, self.config.ready_timeout_s)
         except HypervisorFailure as exc:
             self._undo(spec.name)
-            raise AgentFault("hypervisor_error", str(exc)) from exc
+            raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
         except BaseException:
             self._undo(spec.name)
             raise
@@ -172,7 +176,7 @@ class HostAgentService:
         try:
             return self._driver.state(name) != "missing"
         except HypervisorFailure as exc:
-            raise AgentFault("hypervisor_error", str(exc)) from exc
+            raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
 
     def _pinner(self, vcpus: int) -> Callable[[list[Pinning]], Pinning | None] | None:
         if self._topology is None:
@@ -206,7 +210,7 @@ class HostAgentService:
         try:
             self._driver.destroy(name)
         except HypervisorFailure as exc:
-            raise AgentFault("hypervisor_error", str(exc)) from exc
+            raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
         self._remove_files(name)
         self.lockfile.release(name)
         self.on_change()
@@ -221,7 +225,7 @@ class HostAgentService:
         the host."""
         alloc = self.lockfile.get(name)
         if alloc is None or name in self.config.reconcile_ignore:
-            raise AgentFault("not_found", f"no VM {name} managed by this agent")
+            raise AgentFault(AgentCode.NOT_FOUND, f"no VM {name} managed by this agent")
         return alloc
 
     def attach_disk(self, name: str, target: str, size_gib: int, fmt: disks.Format,
@@ -231,11 +235,12 @@ class HostAgentService:
         try:
             self.lockfile.add_disk(name, target, size_gib)
         except AlreadyAllocated as exc:
-            raise AgentFault("already_exists", f"{name} already has a disk {target}") from exc
+            raise AgentFault(AgentCode.ALREADY_EXISTS,
+                             f"{name} already has a disk {target}") from exc
         except CapacityExceeded as exc:
-            raise AgentFault("insufficient_capacity", str(exc)) from exc
+            raise AgentFault(AgentCode.INSUFFICIENT_CAPACITY, str(exc)) from exc
         except ValueError as exc:
-            raise AgentFault("invalid_request", str(exc)) from exc
+            raise AgentFault(AgentCode.INVALID_REQUEST, str(exc)) from exc
         path = self._disk_path(name, target, fmt)
         try:
             disks.create_image(path, size_gib, fmt, preallocation)
@@ -243,21 +248,21 @@ class HostAgentService:
         except (disks.DiskError, HypervisorFailure) as exc:
             path.unlink(missing_ok=True)
             self.lockfile.remove_disk(name, target)
-            raise AgentFault("hypervisor_error", str(exc)) from exc
+            raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
         self.on_change()
         return {"name": name, "target": target, "path": str(path), "size_gib": size_gib}
 
     def detach_disk(self, name: str, target: str) -> dict[str, Any]:
         alloc = self._owned(name)
         if all(t != target for t, _ in alloc.disks):
-            raise AgentFault("not_found", f"{name} has no disk {target}")
+            raise AgentFault(AgentCode.NOT_FOUND, f"{name} has no disk {target}")
         images = list(self._dir("disks").glob(f"{name}-{target}.*"))
         fmt: disks.Format = "raw" if images and images[0].suffix == ".raw" else "qcow2"
         try:
             self._driver.detach(name, disks.disk_xml(self._disk_path(name, target, fmt),
                                                      target, fmt))
         except HypervisorFailure as exc:
-            raise AgentFault("hypervisor_error", str(exc)) from exc
+            raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
         for image in images:
             image.unlink(missing_ok=True)
         self.lockfile.remove_disk(name, target)
@@ -272,12 +277,12 @@ class HostAgentService:
             with self.lockfile.hold(f"nvme:{name}:{pci}", disks.NVME_ATTACH_BUFFER_MIB):
                 self._driver.attach(name, disks.nvme_hostdev_xml(address))
         except disks.DiskError as exc:
-            raise AgentFault("invalid_request", str(exc)) from exc
+            raise AgentFault(AgentCode.INVALID_REQUEST, str(exc)) from exc
         except CapacityExceeded as exc:
-            raise AgentFault("insufficient_capacity",
+            raise AgentFault(AgentCode.INSUFFICIENT_CAPACITY,
                              f"no room for the NVMe attach buffer: {exc}") from exc
         except HypervisorFailure as exc:
-            raise AgentFault("hypervisor_error", str(exc)) from exc
+            raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
         return {"name": name, "pci": pci, "attached": True}
 
     def status(self, name: str) -> dict[str, Any]:
@@ -285,7 +290,7 @@ class HostAgentService:
         try:
             state = self._driver.state(name)
         except HypervisorFailure as exc:
-            raise AgentFault("hypervisor_error", str(exc)) from exc
+            raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
         if alloc.state == "creating":
             state = "creating"  # not ready until the create call returns
         healthy = state in _HEALTHY_STATES
@@ -307,7 +312,7 @@ class HostAgentService:
         try:
             domains = self._driver.domains()
         except HypervisorFailure as exc:
-            raise AgentFault("hypervisor_error", str(exc)) from exc
+            raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
         records: dict[str, str] | None = None
         if self.records is not None:
             try:

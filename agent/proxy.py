@@ -34,22 +34,33 @@ from pydantic import ValidationError
 
 from agent.bounded import BoundedServer
 from agent.config import ServerLimits
+from warmcache.agent_codes import AgentCode
 from warmcache.errors import InvalidRequest
 from warmcache.wire import MAX_LINE_BYTES, REQUEST_ADAPTER, error
 
 log = logging.getLogger("warmcache.proxy")
 
 # Agent error code -> HTTP status. The body is always the agent's reply.
-STATUS_FOR = {
-    "invalid_request": 400,
-    "not_found": 404,
-    "already_exists": 409,
-    "insufficient_capacity": 409,
-    "hypervisor_error": 502,
-    "agent_unavailable": 503,
-    "busy": 503,
-    "internal_error": 500,
+STATUS_FOR: dict[AgentCode, int] = {
+    AgentCode.INVALID_REQUEST: 400,
+    AgentCode.FORBIDDEN: 403,
+    AgentCode.NOT_FOUND: 404,
+    AgentCode.METHOD_NOT_ALLOWED: 405,
+    AgentCode.ALREADY_EXISTS: 409,
+    AgentCode.INSUFFICIENT_CAPACITY: 409,
+    AgentCode.HYPERVISOR_ERROR: 502,
+    AgentCode.AGENT_UNAVAILABLE: 503,
+    AgentCode.BUSY: 503,
+    AgentCode.INTERNAL_ERROR: 500,
 }
+
+
+
+def _status(reply: dict[str, Any]) -> int:
+    """The HTTP status of an agent's error reply (a code it should not send: 502)."""
+    code = str(reply.get("error"))
+    return STATUS_FOR[AgentCode(code)] if code in AgentCode.__members__.values() else 502
+
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -75,7 +86,7 @@ def forward(socket_path: str, request: dict[str, Any], timeout_s: float) -> dict
         reply: dict[str, Any] = json.loads(line)
         return reply
     except (OSError, ValueError) as exc:
-        return error("agent_unavailable", f"agent socket {socket_path}: {exc}")
+        return error(AgentCode.AGENT_UNAVAILABLE, f"agent socket {socket_path}: {exc}")
 
 
 class _Refusal(Exception):
@@ -133,7 +144,8 @@ class ProxyServer(BoundedServer):
         conn = h11.Connection(h11.SERVER)
         with contextlib.suppress(h11.RemoteProtocolError, OSError):
             self._next(conn, tls)  # the request line and headers, for a valid reply
-        self._send(conn, tls, 503, error("busy", "every worker of this proxy is busy: retry"),
+        self._send(conn, tls, 503, error(AgentCode.BUSY,
+                                         "every worker of this proxy is busy: retry"),
                    close=True)
         tls.close()
 
@@ -152,7 +164,7 @@ class ProxyServer(BoundedServer):
             except h11.RemoteProtocolError as exc:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     self._send(conn, sock, exc.error_status_hint,
-                               error("invalid_request", f"malformed HTTP request: {exc}"),
+                               error(AgentCode.INVALID_REQUEST, f"malformed HTTP request: {exc}"),
                                close=True)
                 _drain(sock)
                 return
@@ -178,21 +190,22 @@ class ProxyServer(BoundedServer):
         """Everything is checked before the body is read; a refusal closes."""
         client = ipaddress.ip_address(address[0])
         if not any(client in net for net in self.allow):
-            raise _Refusal(403, {"error": "forbidden",
-                                 "detail": f"{client} is not in the proxy's allow-list"})
+            raise _Refusal(403, error(AgentCode.FORBIDDEN,
+                                      f"{client} is not in the proxy's allow-list"))
         path = request.target.decode("ascii", "replace")
         routes = {"/healthz": b"GET", "/v1/agent": b"POST"}
         if path not in routes:
-            raise _Refusal(404, {"error": "not_found", "detail": path})
+            raise _Refusal(404, error(AgentCode.NOT_FOUND, path))
         if request.method != routes[path]:
-            raise _Refusal(405, {"error": "method_not_allowed", "detail": path})
+            raise _Refusal(405, error(AgentCode.METHOD_NOT_ALLOWED, path))
         headers = {name: value for name, value in request.headers}
         if b"content-length" in headers and b"transfer-encoding" in headers:
-            raise _Refusal(400, error("invalid_request",
+            raise _Refusal(400, error(AgentCode.INVALID_REQUEST,
                                       "both Content-Length and Transfer-Encoding"))
         declared = int(headers.get(b"content-length", b"0"))
         if declared > MAX_LINE_BYTES:
-            raise _Refusal(413, error("invalid_request", f"body over {MAX_LINE_BYTES} bytes"))
+            raise _Refusal(413, error(AgentCode.INVALID_REQUEST,
+                                      f"body over {MAX_LINE_BYTES} bytes"))
         body = self._body(conn, sock)
         if path == "/healthz":
             reply = forward(self.socket_path, {"op": "health"}, self.timeout_s)
@@ -201,20 +214,21 @@ class ProxyServer(BoundedServer):
             valid = REQUEST_ADAPTER.validate_json(body, strict=True)
         except ValidationError as exc:
             detail = InvalidRequest.from_validation("invalid agent request", exc).errors
-            return 400, error("invalid_request", detail)
+            return 400, error(AgentCode.INVALID_REQUEST, detail)
         reply = forward(self.socket_path, valid.model_dump(mode="json"), self.timeout_s)
-        return (200 if reply.get("ok") else STATUS_FOR.get(str(reply.get("error")), 502)), reply
+        return (200 if reply.get("ok") else _status(reply)), reply
 
     def _body(self, conn: h11.Connection, sock: ssl.SSLSocket) -> bytes:
         body = b""
         while True:
             event = self._next(conn, sock)
             if event is None or isinstance(event, h11.ConnectionClosed):
-                raise _Refusal(400, error("invalid_request", "the request body was not sent"))
+                raise _Refusal(400, error(AgentCode.INVALID_REQUEST,
+                                          "the request body was not sent"))
             if isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > MAX_LINE_BYTES:
-                    raise _Refusal(413, error("invalid_request",
+                    raise _Refusal(413, error(AgentCode.INVALID_REQUEST,
                                               f"body over {MAX_LINE_BYTES} bytes"))
             elif isinstance(event, h11.EndOfMessage):
                 return body
@@ -255,6 +269,7 @@ def parse_allow(cidrs: Sequence[str]) -> list[Network]:
 
 
 @click.command()
+@click.version_option(package_name="warmcache", prog_name="warmcache-proxy")
 @click.option("--listen", required=True, help="HOST:PORT to serve HTTPS on.")
 @click.option("--socket", "socket_path", required=True, help="The agent's Unix socket.")
 @click.option("--cert", required=True, type=click.Path(exists=True, dir_okay=False),

@@ -1,4 +1,17 @@
-"""The ``warmcache`` command line (click)."""
+"""The ``warmcache`` command line (click).
+
+Operator commands call the HTTP API through ``warmcache.Client``: the global
+``--url`` and ``--token`` (``WARMCACHE_URL``, ``WARMCACHE_TOKEN``) say where
+and as whom; read commands print a table or, with ``-o json``, JSON. Errors
+go to stderr as ``error: <code>: <message>``, and the exit code says which
+family failed (``EXIT_CODES``, a contract scripts rely on):
+
+    0 ok                    4 not found (unknown_*)
+    1 any other error       5 unavailable: store, contention, overloaded,
+    2 usage (bad arguments,   unreachable server, claim_outcome_unknown
+      invalid_request)      6 authentication or authorization
+    3 no capacity
+"""
 
 from __future__ import annotations
 
@@ -8,29 +21,131 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import click
 import httpx
 from rich.console import Console
 from rich.table import Table
 
-from warmcache.errors import WarmCacheError
+from warmcache.client import Client
+from warmcache.errors import (
+    ApprovalRefused,
+    ClaimContention,
+    Forbidden,
+    InvalidRequest,
+    LeadershipLost,
+    NoCapacity,
+    NotFound,
+    Overloaded,
+    ServerUnreachable,
+    StoreError,
+    Unauthorized,
+    WarmCacheError,
+)
 
 console = Console()
+errors = Console(stderr=True)
 DEFAULT_URL = "http://127.0.0.1:8080"
 
+# Error family -> exit code, most specific first (the module docstring).
+EXIT_CODES: list[tuple[tuple[type[WarmCacheError], ...], int]] = [
+    ((NoCapacity,), 3),
+    ((NotFound,), 4),
+    ((StoreError, ClaimContention, Overloaded, ServerUnreachable, LeadershipLost), 5),
+    ((Unauthorized, Forbidden, ApprovalRefused), 6),
+    ((InvalidRequest,), 2),
+]
 
-def _fail(message: str, code: int = 1) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+
+def exit_code(exc: WarmCacheError) -> int:
+    return next((code for classes, code in EXIT_CODES if isinstance(exc, classes)), 1)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
-@click.group()
+def _fail_with(exc: WarmCacheError) -> NoReturn:
+    detail = exc.detail()
+    extra = ""
+    if isinstance(exc, InvalidRequest) and exc.errors:
+        extra = "\n" + json.dumps(detail, indent=2)
+    _fail(f"{exc.code}: {exc}{extra}", exit_code(exc))
+
+
+class _Commands(click.Group):
+    """Every subcommand's ``WarmCacheError`` -> stderr and its family's exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except WarmCacheError as exc:
+            _fail_with(exc)
+
+
+@dataclass
+class _Target:
+    url: str
+    token: str | None
+    timeout_s: float
+
+    def client(self) -> Client:
+        return Client(self.url, token=self.token, timeout_s=self.timeout_s)
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="warmcache")
-def main() -> None:
-    """warmcache: pools of ready VMs, acquired rack-aware in milliseconds."""
+@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL",
+              help="The API of any instance (env WARMCACHE_URL).")
+@click.option("--token", default=None, envvar="WARMCACHE_TOKEN",
+              help="Bearer token (env WARMCACHE_TOKEN; prefer the variable: a flag shows "
+                   "in the process list).")
+@click.option("--timeout", "timeout_s", default=30.0, show_default=True,
+              type=click.FloatRange(0.1, 3600), help="Seconds per HTTP request.")
+@click.pass_context
+def main(ctx: click.Context, url: str, token: str | None, timeout_s: float) -> None:
+    """warmcache: pools of ready VMs, acquired rack-aware in milliseconds.
+
+    Shell completion: eval "$(_WARMCACHE_COMPLETE=bash_source warmcache)"
+    (zsh_source, fish_source for the other shells)."""
+    ctx.obj = _Target(url, token, timeout_s)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _url_option(fn: F) -> F:
+    """The old per-command ``--url`` (hidden; the global one is the documented way)."""
+    def keep(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        if value:
+            ctx.ensure_object(_Target).url = value
+    return click.option("--url", hidden=True, expose_value=False, callback=keep,
+                        is_eager=True)(fn)
+
+
+def _output_option(default: str = "table") -> Callable[[F], F]:
+    return click.option("-o", "--output", type=click.Choice(["table", "json"]),
+                        default=default, show_default=True, help="Output format.")
+
+
+def _client() -> Client:
+    target: _Target = click.get_current_context().find_object(_Target)  # type: ignore[assignment]
+    return target.client()
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _dump(models: Any) -> Any:
+    if isinstance(models, list):
+        return [m.model_dump(mode="json") for m in models]
+    return None if models is None else models.model_dump(mode="json")
 
 
 # --- serve --------------------------------------------------------------------------
@@ -177,27 +292,24 @@ def _pools_table(pools: list[dict[str, Any]]) -> Table:
 # --- operator commands over HTTP ---------------------------------------------------------
 
 
-def _request(method: str, url: str, **kwargs: Any) -> Any:
-    """Operator commands call the HTTP API; ``WARMCACHE_TOKEN`` is their bearer token."""
-    import os
-
-    token = os.environ.get("WARMCACHE_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        reply = httpx.request(method, url, timeout=30, headers=headers, **kwargs)
-    except httpx.HTTPError as exc:
-        _fail(f"{url}: {exc}")
-    body = reply.json()
-    if reply.status_code >= 400:
-        _fail(f"{body.get('error')}: {json.dumps(body.get('detail'))}")
-    return body
-
-
 @main.command()
-@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
-def pools(url: str) -> None:
+@_output_option()
+@_url_option
+def pools(output: str) -> None:
     """Show every pool: target, ready, reserved, building, spread."""
-    console.print(_pools_table(_request("GET", f"{url}/v1/pools")["pools"]))
+    with _client() as wc:
+        found = _dump(wc.pools())
+    _print_json(found) if output == "json" else console.print(_pools_table(found))
+
+
+def _vms_table(vms: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("name", "rack", "hypervisor", "server id", "addresses"):
+        table.add_column(col)
+    for vm in vms:
+        table.add_row(vm["name"], vm["rack"], vm["hypervisor"], vm["server_id"],
+                      ", ".join(vm["addresses"]))
+    return table
 
 
 @main.command()
@@ -208,22 +320,58 @@ def pools(url: str) -> None:
               default="rack-aware", show_default=True)
 @click.option("--use-reserve", is_flag=True, help="May take VMs held back by reserve_cap.")
 @click.option("--requester", default="cli", show_default=True)
-@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
+@click.option("--claim-id", default=None,
+              help="Name the claim (1-64 of A-Z a-z 0-9 _ -): running the command again "
+                   "with it returns the same VMs instead of claiming more.")
+@_output_option("json")
+@_url_option
 def acquire(flavor: str, az: str, count: int, mode: str, use_reserve: bool, requester: str,
-            url: str) -> None:
-    """Acquire COUNT VMs of FLAVOR in AZ; prints them as JSON."""
-    body = _request("POST", f"{url}/v1/acquire", json={
-        "flavor": flavor, "az": az, "count": count, "mode": mode,
-        "use_reserve": use_reserve, "requester": requester,
-    })
-    print(json.dumps(body, indent=2))
+            claim_id: str | None, output: str) -> None:
+    """Acquire COUNT VMs of FLAVOR in AZ, all or nothing (exit 3: no capacity)."""
+    with _client() as wc:
+        vms = _dump(wc.acquire(flavor, az, count, mode, use_reserve=use_reserve,
+                               requester=requester, claim_id=claim_id))
+    if output == "json":
+        _print_json({"vms": vms})
+    else:
+        console.print(_vms_table(vms, f"{count} x {flavor} in {az}"))
+
+
+@main.group()
+def claims() -> None:
+    """Look up claims made under a claim id (idempotent acquisitions)."""
+
+
+@claims.command("get")
+@click.argument("claim_id")
+@_output_option()
+@_url_option
+def claims_get(claim_id: str, output: str) -> None:
+    """The claim CLAIM_ID and its VMs (exit 4 if no claim landed under it)."""
+    with _client() as wc:
+        found = wc.claim(claim_id).model_dump(mode="json")
+    if output == "json":
+        _print_json(found)
+    else:
+        console.print(f"claim {found['claim_id']}: {found['state']} by {found['requester']}",
+                      highlight=False)
+        console.print(_vms_table(found["vms"], "VMs"))
 
 
 @main.command()
-@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
-def leader(url: str) -> None:
+@_output_option()
+@_url_option
+def leader(output: str) -> None:
     """Who holds the leader lock now (none between cycles)."""
-    print(json.dumps(_request("GET", f"{url}/v1/leader"), indent=2))
+    with _client() as wc:
+        holder = _dump(wc.leader())
+    if output == "json":
+        _print_json({"leader": holder})
+    elif holder is None:
+        console.print("no leader (between cycles)")
+    else:
+        console.print(f"{holder['node']} since {holder['since']:.0f} (token {holder['token']})",
+                      highlight=False)
 
 
 # --- build rules ---------------------------------------------------------------------------
@@ -243,14 +391,19 @@ def _read_rule_source(source: str) -> Any:
 
 
 @rules.command("list")
-@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
-def rules_list(url: str) -> None:
+@_output_option()
+@_url_option
+def rules_list(output: str) -> None:
     """Every rule in the store."""
-    body = _request("GET", f"{url}/v1/rules")
+    with _client() as wc:
+        found = _dump(wc.rules())
+    if output == "json":
+        _print_json({"rules": found})
+        return
     table = Table(title="build rules")
     for col in ("az", "flavor", "total", "per cycle", "racks", "reserve", "group", "enabled"):
         table.add_column(col)
-    for item in body["rules"]:
+    for item in found:
         r = item["rule"]
         table.add_row(item["az"], item["flavor"], str(r["total_instances"]),
                       str(r["max_instance_per_cycle"]), str(r["min_fault_domain"]),
@@ -258,29 +411,41 @@ def rules_list(url: str) -> None:
     console.print(table)
 
 
+def _rule_table(az: str, flavor: str, rule: dict[str, Any]) -> Table:
+    table = Table(title=f"{az}/{flavor}")
+    table.add_column("field")
+    table.add_column("value")
+    for name, value in rule.items():
+        table.add_row(name, json.dumps(value))
+    return table
+
+
 @rules.command("get")
 @click.argument("az")
 @click.argument("flavor")
-@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
-def rules_get(az: str, flavor: str, url: str) -> None:
-    """Print the rule of FLAVOR in AZ as JSON (ready to edit and `set` back)."""
-    print(json.dumps(_request("GET", f"{url}/v1/rules/{az}/{flavor}")["rule"], indent=2))
+@_output_option("json")
+@_url_option
+def rules_get(az: str, flavor: str, output: str) -> None:
+    """Print the rule of FLAVOR in AZ (JSON by default: ready to edit and `set` back)."""
+    with _client() as wc:
+        rule = wc.get_rule(az, flavor).model_dump(mode="json")
+    _print_json(rule) if output == "json" else console.print(_rule_table(az, flavor, rule))
 
 
 @rules.command("set")
 @click.argument("az")
 @click.argument("flavor")
 @click.argument("source", default="-")
-@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
-def rules_set(az: str, flavor: str, source: str, url: str) -> None:
+@_url_option
+def rules_set(az: str, flavor: str, source: str) -> None:
     """Store the rule in SOURCE (a JSON file, or - for stdin) for FLAVOR in AZ.
 
     It is validated first; an invalid rule is refused and the old one stays."""
     rule = _read_rule_source(source)
     if not isinstance(rule, dict):
-        _fail(f"{source}: a rule is a JSON object")
-    body = _request("PUT", f"{url}/v1/rules/{az}/{flavor}", json=rule)
-    print(json.dumps(body["rule"], indent=2))
+        _fail(f"{source}: a rule is a JSON object", 2)
+    with _client() as wc:
+        _print_json(wc.put_rule(az, flavor, rule).model_dump(mode="json"))
 
 
 @rules.command("validate")
@@ -290,25 +455,26 @@ def rules_validate(source: str) -> None:
     from warmcache.rules import parse_rule, read_rules_file
 
     data = _read_rule_source(source)
-    try:
-        found = ({("-", "-"): data} if isinstance(data, dict)
-                 else read_rules_file(str(data)))
-        if not found:
-            _fail(f"{source}: no rule found (want a JSON object or [rules.AZ.FLAVOR] tables)")
-        for (az, flavor), fields in found.items():
-            parse_rule(fields)
-            console.print(f"[green]ok[/green] {az}/{flavor}" if az != "-" else "[green]ok[/green]")
-    except WarmCacheError as exc:
-        _fail(json.dumps(exc.detail(), indent=2))
+    found = ({("-", "-"): data} if isinstance(data, dict) else read_rules_file(str(data)))
+    if not found:
+        _fail(f"{source}: no rule found (want a JSON object or [rules.AZ.FLAVOR] tables)", 2)
+    for (az, flavor), fields in found.items():
+        parse_rule(fields)
+        console.print(f"[green]ok[/green] {az}/{flavor}" if az != "-" else "[green]ok[/green]")
 
 
 @main.command()
 @click.argument("az")
 @click.argument("flavor")
-@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
-def explain(az: str, flavor: str, url: str) -> None:
+@_output_option()
+@_url_option
+def explain(az: str, flavor: str, output: str) -> None:
     """Where the next cycle would build FLAVOR in AZ, and why (nothing is built)."""
-    body = _request("GET", f"{url}/v1/explain/{az}/{flavor}")
+    with _client() as wc:
+        body = wc.explain(az, flavor).model_dump(mode="json")
+    if output == "json":
+        _print_json(body)
+        return
     console.print(f"{az}/{flavor}: {body['to_build']} to build on {body['hosts']} host(s)")
     for p in body["placements"]:
         console.print(f"  {p['vm']}: {p['hypervisor']} ({p['rack']}) - {p['explanation']}",
@@ -326,34 +492,58 @@ def requests() -> None:
     """Destructive changes: one admin asks, another approves (maker-checker)."""
 
 
+def _requests_table(found: list[dict[str, Any]]) -> Table:
+    table = Table(title="change requests")
+    for col in ("id", "action", "params", "state", "asked by", "approved by"):
+        table.add_column(col)
+    for r in found:
+        table.add_row(r["id"], r["action"], " ".join(f"{k}={v}" for k, v in r["params"].items()),
+                      r["state"], r["asked_by"], r["approved_by"] or "")
+    return table
+
+
 @requests.command("ask")
 @click.argument("action", type=click.Choice(["delete_rule", "purge_pool", "drain_hypervisor"]))
 @click.argument("params", nargs=-1, required=True)
-@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
-def requests_ask(action: str, params: tuple[str, ...], url: str) -> None:
+@_url_option
+def requests_ask(action: str, params: tuple[str, ...]) -> None:
     """Ask for ACTION with PARAMS as key=value (az=, flavor=, hypervisor=)."""
     try:
         fields = dict(p.split("=", 1) for p in params)
     except ValueError:
-        _fail("parameters are key=value pairs, e.g. az=az1 flavor=small")
-    body = _request("POST", f"{url}/v1/requests", json={"action": action, "params": fields})
-    print(json.dumps(body["request"], indent=2))
+        _fail("parameters are key=value pairs, e.g. az=az1 flavor=small", 2)
+    with _client() as wc:
+        _print_json(wc.ask_change(action, fields).model_dump(mode="json"))
 
 
 @requests.command("list")
-@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
-def requests_list(url: str) -> None:
+@_output_option()
+@_url_option
+def requests_list(output: str) -> None:
     """Every request and its state (pending, expired, executed, failed)."""
-    print(json.dumps(_request("GET", f"{url}/v1/requests")["requests"], indent=2))
+    with _client() as wc:
+        found = _dump(wc.changes())
+    _print_json(found) if output == "json" else console.print(_requests_table(found))
+
+
+@requests.command("get")
+@click.argument("request_id")
+@_output_option()
+@_url_option
+def requests_get(request_id: str, output: str) -> None:
+    """One request and its state."""
+    with _client() as wc:
+        found = wc.change(request_id).model_dump(mode="json")
+    _print_json(found) if output == "json" else console.print(_requests_table([found]))
 
 
 @requests.command("approve")
 @click.argument("request_id")
-@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL")
-def requests_approve(request_id: str, url: str) -> None:
+@_url_option
+def requests_approve(request_id: str) -> None:
     """Approve (as a different admin than the asker) and run REQUEST_ID."""
-    print(json.dumps(_request("POST", f"{url}/v1/requests/{request_id}/approve")["request"],
-                     indent=2))
+    with _client() as wc:
+        _print_json(wc.approve(request_id).model_dump(mode="json"))
 
 
 # --- flavor catalog -------------------------------------------------------------------------

@@ -1,44 +1,176 @@
-"""``warmcache.Client``: the HTTP API from Python (httpx), with the same typed
-errors as the library (``NoCapacity`` carries the same numbers).
+"""``warmcache.Client`` and ``AsyncClient``: the HTTP API from Python (httpx),
+returning the API's models (``warmcache.schemas``) and raising the library's
+own error classes, rebuilt from the wire (``warmcache.errors.CODES``): ``except
+UnknownFlavor`` and ``NoCapacity.ready`` work as they do embedded.
 
     from warmcache import Client, NoCapacity
     with Client("http://warmcache:8080", token=...) as wc:
         vms = wc.acquire("small", "az1", 3, "rack-aware")
+
+An acquisition is idempotent: it sends a claim id (yours, or a fresh one),
+and a timeout, an overloaded server or claim contention is retried under
+that same id, so a retry returns the VMs of a claim that already landed and
+never claims twice. ``ClaimOutcomeUnknown`` is raised only when, after the
+retries, the server cannot even be asked whether the claim landed.
+
+Both clients share one mapping of the wire (``_Wire``): requests are built
+and replies parsed in one place; only the transport differs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
+from tenacity import (
+    AsyncRetrying,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
+)
 
 from warmcache.errors import (
     ClaimContention,
     ClaimOutcomeUnknown,
-    Forbidden,
     InvalidRequest,
-    InvalidRule,
-    NoCapacity,
     NotFound,
+    Overloaded,
+    ServerUnreachable,
     StoreError,
+    StoreUnavailable,
     Unauthorized,
-    UnknownAZ,
-    UnknownFlavor,
-    UnknownPool,
-    UnknownRule,
+    UnexpectedReply,
+    UnknownClaim,
     WarmCacheError,
+    error_class,
 )
-from warmcache.model import Mode
+from warmcache.model import BuildRule, Mode, PoolSummary
+from warmcache.schemas import (
+    AcquireReply,
+    ChangeReply,
+    ChangeRequest,
+    ChangesReply,
+    Claim,
+    Explain,
+    Health,
+    Leader,
+    LeaderReply,
+    PoolsReply,
+    Ready,
+    RuleEntry,
+    RulesReply,
+    Vm,
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+# Worth retrying under the same claim id: nothing was claimed, or the reply
+# was lost (the id makes the retry return what landed).
+RETRIED = (ServerUnreachable, ClaimContention, StoreUnavailable, Overloaded)
+
+# An error code this version does not know: the nearest class by status.
+_BY_STATUS: dict[int, type[WarmCacheError]] = {
+    400: InvalidRequest, 401: Unauthorized, 404: NotFound, 503: StoreError}
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    path: str
+    json: Any = None
+    headers: Mapping[str, str] | None = None
+    accept: tuple[int, ...] = ()
+
+
+class _Wire:
+    """Requests and replies of the API, for either transport."""
+
+    @staticmethod
+    def fail(url: str, exc: httpx.HTTPError) -> ServerUnreachable:
+        # No connection made: the request surely was not applied.
+        sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+        return ServerUnreachable(url, f"{type(exc).__name__}: {exc}" if str(exc)
+                                 else type(exc).__name__, sent)
+
+    @staticmethod
+    def parse(status: int, content: bytes, accept: tuple[int, ...] = ()) -> Any:
+        """The body of a reply, or its typed error raised (``accept``: error
+        statuses whose body is a reply, as /readyz's 503)."""
+        try:
+            body = json.loads(content)
+        except ValueError:
+            raise UnexpectedReply(status, content.decode("utf-8", "replace")) from None
+        if status < 400 or status in accept:
+            return body
+        if not isinstance(body, dict) or not isinstance(body.get("error"), str):
+            raise UnexpectedReply(status, content.decode("utf-8", "replace"))
+        cls = error_class(body["error"])
+        detail = body.get("detail")
+        if cls is None:
+            message = detail.get("message", detail) if isinstance(detail, dict) else detail
+            fallback = _BY_STATUS.get(status, WarmCacheError)
+            raise fallback(f"{body['error']}: {message}")
+        try:
+            error = cls.from_detail(detail)
+        except (KeyError, TypeError, ValueError):
+            raise UnexpectedReply(status, content.decode("utf-8", "replace")) from None
+        raise error
+
+    @staticmethod
+    def model(model: type[M], body: Any, status: int = 200) -> M:
+        try:
+            return model.model_validate(body)
+        except ValidationError:
+            raise UnexpectedReply(status, json.dumps(body)[:200]) from None
+
+    @staticmethod
+    def acquire(flavor: str, az: str, count: int, mode: Mode | str, use_reserve: bool,
+                requester: str, claim_id: str) -> Call:
+        return Call("POST", "/v1/acquire", json={
+            "flavor": flavor, "az": az, "count": count, "mode": Mode(mode).value,
+            "use_reserve": use_reserve, "requester": requester, "claim_id": claim_id})
+
+    @staticmethod
+    def rule_body(rule: BuildRule | Mapping[str, Any]) -> Any:
+        return rule.model_dump(mode="json") if isinstance(rule, BuildRule) else dict(rule)
+
+
+def _retrying(attempts: int, within_s: float) -> dict[str, Any]:
+    return {"retry": retry_if_exception_type(RETRIED),
+            "stop": stop_after_attempt(attempts) | stop_after_delay(within_s),
+            "wait": wait_exponential(multiplier=0.05, max=2.0) + wait_random(0, 0.05),
+            "reraise": True}
+
+
+def _unknown(claim_id: str, last: WarmCacheError, then: WarmCacheError) -> ClaimOutcomeUnknown:
+    return ClaimOutcomeUnknown(claim_id, [], f"{last}; then asking for the claim: {then}")
 
 
 class Client:
-    def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 30.0,
-                 http: httpx.Client | None = None) -> None:
+    """The API over HTTP, blocking. ``http``: an ``httpx.Client`` of yours
+    (its base URL and auth are used as they are; it is not closed here)."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8080", *, token: str | None = None,
+                 timeout_s: float = 30.0, http: httpx.Client | None = None,
+                 retry_attempts: int = 5, retry_within_s: float = 30.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url.rstrip("/")
         self._owns = http is None
-        self._http = http or httpx.Client(base_url=url.rstrip("/"), headers=headers,
-                                          timeout=timeout_s)
+        self._http = http or httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+        self._retry = _retrying(retry_attempts, retry_within_s)
+        self._sleep = sleep
 
     def __enter__(self) -> Client:
         return self
@@ -52,71 +184,194 @@ class Client:
         if self._owns:
             self._http.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, call: Call) -> Any:
         try:
-            reply = self._http.request(method, path, **kwargs)
+            reply = self._http.request(call.method, call.path, json=call.json,
+                                       headers=call.headers)
         except httpx.HTTPError as exc:
-            raise StoreError(f"warmcache unreachable: {exc}") from exc
+            raise _Wire.fail(self.url, exc) from exc
+        return _Wire.parse(reply.status_code, reply.content, call.accept)
+
+    def _get(self, model: type[M], path: str) -> M:
+        return _Wire.model(model, self._call(Call("GET", path)))
+
+    def health(self) -> Health:
+        return self._get(Health, "/healthz")
+
+    def ready(self) -> Ready:
+        """``/readyz``: whether the instance can serve, and which dependency not."""
+        return _Wire.model(Ready, self._call(Call("GET", "/readyz", accept=(503,))))
+
+    def pools(self) -> list[PoolSummary]:
+        return self._get(PoolsReply, "/v1/pools").pools
+
+    def acquire(self, flavor: str, az: str, count: int, mode: Mode | str = Mode.RACK_AWARE, *,
+                use_reserve: bool = False, requester: str = "anonymous",
+                claim_id: str | None = None) -> list[Vm]:
+        """All or nothing, idempotent under ``claim_id`` (a fresh one if not
+        given). Raises ``NoCapacity`` (nothing claimed) like the library;
+        ``ClaimOutcomeUnknown`` only if the outcome cannot be learned."""
+        claim_id = claim_id or uuid.uuid4().hex
+        call = _Wire.acquire(flavor, az, count, mode, use_reserve, requester, claim_id)
+        sent = False
         try:
-            body = reply.json()
-        except ValueError as exc:
-            raise WarmCacheError(f"HTTP {reply.status_code} without a JSON body") from exc
-        if reply.status_code < 400:
-            return body
-        raise _error(str(body.get("error", "")), body.get("detail"), reply.status_code)
+            for attempt in Retrying(sleep=self._sleep, **self._retry):
+                with attempt:
+                    try:
+                        return _Wire.model(AcquireReply, self._call(call)).vms
+                    except ServerUnreachable as exc:
+                        sent = sent or exc.sent
+                        raise
+        except ServerUnreachable as last:
+            if not sent:
+                raise  # no attempt reached the server: nothing can have landed
+            # A reply was lost: did the claim land meanwhile?
+            try:
+                return self.claim(claim_id).vms
+            except UnknownClaim:
+                raise last from None
+            except (ServerUnreachable, StoreError, Overloaded) as then:
+                raise _unknown(claim_id, last, then) from last
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    def pools(self) -> list[dict[str, Any]]:
-        pools: list[dict[str, Any]] = self._call("GET", "/v1/pools")["pools"]
-        return pools
+    def claim(self, claim_id: str) -> Claim:
+        """A claim that landed; ``UnknownClaim`` if none did under that id."""
+        return self._get(Claim, f"/v1/claims/{claim_id}")
 
-    def acquire(self, flavor: str, az: str, count: int, mode: Mode | str, *,
-                use_reserve: bool = False, requester: str = "anonymous") -> list[dict[str, Any]]:
-        """All or nothing; raises ``NoCapacity`` (nothing claimed) like the library."""
-        body = {"flavor": flavor, "az": az, "count": count, "mode": Mode(mode).value,
-                "use_reserve": use_reserve, "requester": requester}
-        vms: list[dict[str, Any]] = self._call("POST", "/v1/acquire", json=body)["vms"]
-        return vms
+    def leader(self) -> Leader | None:
+        return self._get(LeaderReply, "/v1/leader").leader
 
-    def leader(self) -> dict[str, Any] | None:
-        holder: dict[str, Any] | None = self._call("GET", "/v1/leader")["leader"]
-        return holder
+    def rules(self) -> list[RuleEntry]:
+        return self._get(RulesReply, "/v1/rules").rules
 
-    def get_rule(self, az: str, flavor: str) -> dict[str, Any]:
-        rule: dict[str, Any] = self._call("GET", f"/v1/rules/{az}/{flavor}")["rule"]
-        return rule
+    def get_rule(self, az: str, flavor: str) -> BuildRule:
+        return self._get(RuleEntry, f"/v1/rules/{az}/{flavor}").rule
 
-    def put_rule(self, az: str, flavor: str, rule: dict[str, Any]) -> dict[str, Any]:
-        stored: dict[str, Any] = self._call("PUT", f"/v1/rules/{az}/{flavor}", json=rule)["rule"]
-        return stored
+    def put_rule(self, az: str, flavor: str, rule: BuildRule | Mapping[str, Any]) -> BuildRule:
+        body = self._call(Call("PUT", f"/v1/rules/{az}/{flavor}", json=_Wire.rule_body(rule)))
+        return _Wire.model(RuleEntry, body).rule
+
+    def explain(self, az: str, flavor: str) -> Explain:
+        return self._get(Explain, f"/v1/explain/{az}/{flavor}")
+
+    def ask_change(self, action: str, params: Mapping[str, str]) -> ChangeRequest:
+        body = self._call(Call("POST", "/v1/requests",
+                               json={"action": action, "params": dict(params)}))
+        return _Wire.model(ChangeReply, body).request
+
+    def changes(self) -> list[ChangeRequest]:
+        return self._get(ChangesReply, "/v1/requests").requests
+
+    def change(self, request_id: str) -> ChangeRequest:
+        return self._get(ChangeReply, f"/v1/requests/{request_id}").request
+
+    def approve(self, request_id: str) -> ChangeRequest:
+        body = self._call(Call("POST", f"/v1/requests/{request_id}/approve"))
+        return _Wire.model(ChangeReply, body).request
 
 
-def _error(code: str, detail: Any, status: int) -> WarmCacheError:
-    """The typed error for an API error body (unknown codes: by HTTP status)."""
-    info = detail if isinstance(detail, dict) else {}
-    message = str(info.get("message", detail))
-    if code == "no_capacity":
-        return NoCapacity(**{k: info[k] for k in (
-            "flavor", "az", "mode", "wanted", "ready", "racks", "hypervisors")})
-    if code in ("invalid_request", "invalid_rule"):
-        cls = InvalidRule if code == "invalid_rule" else InvalidRequest
-        return cls(message, info.get("errors"))
-    simple: dict[str, type[WarmCacheError]] = {
-        "unauthorized": Unauthorized, "store_error": StoreError,
-    }
-    if code == "forbidden":
-        return Forbidden("this token", "admin")
-    if code == "claim_contention":
-        return ClaimContention(0)
-    if code == ClaimOutcomeUnknown.code:
-        return ClaimOutcomeUnknown(str(info.get("claim_id", "")), list(info.get("vms", [])),
-                                   message)
-    for cls_ in (UnknownFlavor, UnknownAZ, UnknownPool, UnknownRule):
-        if code == cls_.code:
-            error = NotFound(message)
-            error.code = code
-            return error
-    if code in simple:
-        return simple[code](message)
-    if status == 404:
-        return NotFound(message)
-    return WarmCacheError(f"HTTP {status} {code}: {message}")
+class AsyncClient:
+    """``Client`` for asyncio (httpx.AsyncClient): the same methods, awaited."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8080", *, token: str | None = None,
+                 timeout_s: float = 30.0, http: httpx.AsyncClient | None = None,
+                 retry_attempts: int = 5, retry_within_s: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url.rstrip("/")
+        self._owns = http is None
+        self._http = http or httpx.AsyncClient(base_url=self.url, headers=headers,
+                                               timeout=timeout_s)
+        self._retry = _retrying(retry_attempts, retry_within_s)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, _t: type[BaseException] | None, _e: BaseException | None,
+                        _tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns:
+            await self._http.aclose()
+
+    async def _call(self, call: Call) -> Any:
+        try:
+            reply = await self._http.request(call.method, call.path, json=call.json,
+                                             headers=call.headers)
+        except httpx.HTTPError as exc:
+            raise _Wire.fail(self.url, exc) from exc
+        return _Wire.parse(reply.status_code, reply.content, call.accept)
+
+    async def _get(self, model: type[M], path: str) -> M:
+        return _Wire.model(model, await self._call(Call("GET", path)))
+
+    async def health(self) -> Health:
+        return await self._get(Health, "/healthz")
+
+    async def ready(self) -> Ready:
+        return _Wire.model(Ready, await self._call(Call("GET", "/readyz", accept=(503,))))
+
+    async def pools(self) -> list[PoolSummary]:
+        return (await self._get(PoolsReply, "/v1/pools")).pools
+
+    async def acquire(self, flavor: str, az: str, count: int,
+                      mode: Mode | str = Mode.RACK_AWARE, *, use_reserve: bool = False,
+                      requester: str = "anonymous", claim_id: str | None = None) -> list[Vm]:
+        """As ``Client.acquire``."""
+        claim_id = claim_id or uuid.uuid4().hex
+        call = _Wire.acquire(flavor, az, count, mode, use_reserve, requester, claim_id)
+        sent = False
+        try:
+            async for attempt in AsyncRetrying(sleep=asyncio.sleep, **self._retry):
+                with attempt:
+                    try:
+                        return _Wire.model(AcquireReply, await self._call(call)).vms
+                    except ServerUnreachable as exc:
+                        sent = sent or exc.sent
+                        raise
+        except ServerUnreachable as last:
+            if not sent:
+                raise
+            try:
+                return (await self.claim(claim_id)).vms
+            except UnknownClaim:
+                raise last from None
+            except (ServerUnreachable, StoreError, Overloaded) as then:
+                raise _unknown(claim_id, last, then) from last
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def claim(self, claim_id: str) -> Claim:
+        return await self._get(Claim, f"/v1/claims/{claim_id}")
+
+    async def leader(self) -> Leader | None:
+        return (await self._get(LeaderReply, "/v1/leader")).leader
+
+    async def rules(self) -> list[RuleEntry]:
+        return (await self._get(RulesReply, "/v1/rules")).rules
+
+    async def get_rule(self, az: str, flavor: str) -> BuildRule:
+        return (await self._get(RuleEntry, f"/v1/rules/{az}/{flavor}")).rule
+
+    async def put_rule(self, az: str, flavor: str,
+                       rule: BuildRule | Mapping[str, Any]) -> BuildRule:
+        body = await self._call(Call("PUT", f"/v1/rules/{az}/{flavor}",
+                                     json=_Wire.rule_body(rule)))
+        return _Wire.model(RuleEntry, body).rule
+
+    async def explain(self, az: str, flavor: str) -> Explain:
+        return await self._get(Explain, f"/v1/explain/{az}/{flavor}")
+
+    async def ask_change(self, action: str, params: Mapping[str, str]) -> ChangeRequest:
+        body = await self._call(Call("POST", "/v1/requests",
+                                     json={"action": action, "params": dict(params)}))
+        return _Wire.model(ChangeReply, body).request
+
+    async def changes(self) -> list[ChangeRequest]:
+        return (await self._get(ChangesReply, "/v1/requests")).requests
+
+    async def change(self, request_id: str) -> ChangeRequest:
+        return (await self._get(ChangeReply, f"/v1/requests/{request_id}")).request
+
+    async def approve(self, request_id: str) -> ChangeRequest:
+        body = await self._call(Call("POST", f"/v1/requests/{request_id}/approve"))
+        return _Wire.model(ChangeReply, body).request

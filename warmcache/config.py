@@ -121,6 +121,15 @@ class ServiceConfig(_Section):
         default=3, ge=1, le=100,
         description="Consecutive failed polls that purge a VM; after the first it is "
         "already never handed out.")
+    claim_retention_s: float = Field(
+        default=86_400.0, gt=0, le=30 * 86_400,
+        description="How long the record of a named claim (claim_id / Idempotency-Key) is "
+        "kept at least: a repeat within it returns the same VMs (a day by default; one "
+        "record per named claim in the store).")
+    claim_sweep_interval_s: float = Field(
+        default=3600.0, gt=0,
+        description="The leader deletes claim records past claim_retention_s at most this "
+        "often (each sweep reads every claim record).")
     requests_ttl_s: float = Field(
         default=3600.0, gt=0,
         description="How long a maker-checker request waits for its approval.")

@@ -236,6 +236,13 @@ class Keys:
     def hosts_dir(self) -> str:
         return f"{self.prefix}/hosts/"
 
+    def claims_dir(self) -> str:
+        return f"{self.prefix}/claims/"
+
+    def claim(self, claim_id: str) -> str:
+        """A named claim's record (``warmcache.acquire.claims``)."""
+        return f"{self.prefix}/claims/{claim_id}"
+
     @staticmethod
     def tail(key: str, depth: int) -> list[str]:
         """The last ``depth`` path segments of ``key``."""

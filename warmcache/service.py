@@ -21,6 +21,7 @@ from typing import Any
 
 from warmcache import deadline
 from warmcache.acquire.acquirer import Acquirer
+from warmcache.acquire.claims import ClaimRecord
 from warmcache.adapters.log_alerts import LogAlerts
 from warmcache.approvals import Approvals
 from warmcache.builders.cycle import BuildCycle, CycleReport
@@ -128,6 +129,7 @@ class WarmCache:
         self._threads: list[threading.Thread] = []
         self.last_cycle: CycleReport | None = None
         self._own_tokens: set[int] = set()
+        self._claims_swept_at = float("-inf")
 
     @classmethod
     def from_config(cls, config: Config | str | Path) -> WarmCache:
@@ -243,6 +245,7 @@ class WarmCache:
             self.last_cycle = report
             with contextlib.suppress(LeadershipLost, StoreError):
                 report_findings(self.store, self.keys, writer, self._emit, self.alerts)
+            self._sweep_claims()
             with contextlib.suppress(StoreError):
                 for pool in self.pools():  # pool sizes over time, for Kibana
                     self._emit("pool.state", az=pool.az, flavor=pool.flavor, target=pool.target,
@@ -260,6 +263,21 @@ class WarmCache:
                 subject, body = report.render()
                 self.alerts.alert(subject, body)
             return report
+
+    def _sweep_claims(self) -> None:
+        """Named claims past their retention go, at most once per
+        ``claim_sweep_interval_s`` (the sweep reads the whole claims directory)."""
+        now = self.clock.now()
+        if now - self._claims_swept_at < self.config.claim_sweep_interval_s:
+            return
+        self._claims_swept_at = now
+        try:
+            swept = self.acquirer.claimer.log.sweep(now)
+        except StoreError as exc:
+            log.warning("claim sweep: %s", exc)
+            return
+        if swept:
+            self._emit("claims.swept", count=swept)
 
     def _leadership_lost(self, leadership: Leadership, reason: str) -> None:
         log.warning("%s lost leadership (token %d): %s", self.config.node, leadership.token,
@@ -345,11 +363,17 @@ class WarmCache:
         *,
         use_reserve: bool = False,
         requester: str = "anonymous",
+        claim_id: str | None = None,
     ) -> list[PoolInstance]:
-        """Claim ``count`` ready VMs satisfying ``mode``, all or nothing
+        """Claim ``count`` ready VMs satisfying ``mode``, all or nothing,
+        idempotent under ``claim_id`` when given
         (``warmcache.acquire.acquirer.Acquirer.acquire``; thread-safe)."""
         return self.acquirer.acquire(flavor, az, count, mode, use_reserve=use_reserve,
-                                     requester=requester)
+                                     requester=requester, claim_id=claim_id)
+
+    def claim(self, claim_id: str) -> ClaimRecord:
+        """A named claim that landed, with its VMs; ``UnknownClaim`` if none did."""
+        return self.acquirer.claim(claim_id)
 
     def _emit(self, type_: str, **fields: object) -> None:
         self.events.emit(Event(type_, self.clock.now(), fields))

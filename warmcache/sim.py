@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from warmcache.errors import AgentRejected, InsufficientHostCapacity
+from warmcache.errors import AgentVmExists, AgentVmNotFound, InsufficientHostCapacity
 from warmcache.model import Flavor, HostFacts
 from warmcache.ports import CoordinationStore, Put, VmSpec, VmStatus
 
@@ -76,11 +76,11 @@ class SimAgent:
         need = self._needs(spec.flavor)
         with self._lock:
             if spec.name in self.vms:
-                raise AgentRejected(self.endpoint, "already_exists", spec.name)
+                raise AgentVmExists(self.endpoint, spec.name)
             totals = (self._base.vcpus_total, self._base.memory_mib_total,
                       self._base.disk_gib_total)
             if any(u + n > t for u, n, t in zip(self._used, need, totals, strict=True)):
-                raise InsufficientHostCapacity(self.endpoint, "insufficient_capacity", spec.name)
+                raise InsufficientHostCapacity(self.endpoint, spec.name)
             self.vms[spec.name] = (spec.flavor, spec.group)
             self._used = [u + n for u, n in zip(self._used, need, strict=True)]
         self._sleep(self._latency())  # booting
@@ -91,14 +91,14 @@ class SimAgent:
         with self._lock:
             found = self.vms.pop(name, None)
             if found is None:
-                raise AgentRejected(self.endpoint, "not_found", name)
+                raise AgentVmNotFound(self.endpoint, name)
             self._used = [u - n for u, n in zip(self._used, self._needs(found[0]), strict=True)]
         self._publish()
 
     def status(self, name: str) -> VmStatus:
         with self._lock:
             if name not in self.vms:
-                raise AgentRejected(self.endpoint, "not_found", name)
+                raise AgentVmNotFound(self.endpoint, name)
         return VmStatus(name, "running", True, f"sim-{name}")
 
     def list(self) -> list[VmStatus]:

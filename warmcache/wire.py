@@ -4,7 +4,7 @@ Framing: one JSON object per line over a Unix stream socket, one request and
 one reply per connection. A request is one of the ``*Request`` models below
 (unknown fields and wrong types are rejected); a reply is either
 ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": CODE, "detail": ...}``
-with a stable ``CODE`` from ``AGENT_ERROR_CODES``.
+with a stable ``CODE`` from ``AgentCode``.
 """
 
 from __future__ import annotations
@@ -13,17 +13,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from warmcache.agent_codes import AgentCode
 from warmcache.model import MAX_USER_DATA, NAME_PATTERN, DiskGiB, Flavor
 
-AGENT_ERROR_CODES = (
-    "invalid_request",  # malformed or out-of-range request: nothing was done
-    "insufficient_capacity",  # the host cannot fit the VM now
-    "not_found",  # no such VM on this host
-    "already_exists",  # a VM of that name exists on this host
-    "hypervisor_error",  # libvirt failed; the agent cleaned up what it started
-    "busy",  # every worker of the agent (or proxy) is busy: transient, retry
-    "internal_error",
-)
+AGENT_ERROR_CODES = tuple(AgentCode)
 
 MAX_LINE_BYTES = 1 << 20
 
@@ -94,5 +87,5 @@ def ok(result: Any) -> dict[str, Any]:
     return {"ok": True, "result": result}
 
 
-def error(code: str, detail: Any) -> dict[str, Any]:
-    return {"ok": False, "error": code, "detail": detail}
+def error(code: AgentCode, detail: Any) -> dict[str, Any]:
+    return {"ok": False, "error": code.value, "detail": detail}

@@ -73,7 +73,7 @@ def test_requests_expire(client: FlaskClient, service: WarmCache) -> None:
     listed = client.get("/v1/requests", headers=as_(CAROL)).get_json()["requests"]
     assert [r["state"] for r in listed] == ["expired"]
     reply = client.post(f"/v1/requests/{rid}/approve", headers=as_(BOB))
-    assert reply.status_code == 409 and "expired" in reply.get_json()["detail"]
+    assert reply.status_code == 409 and reply.get_json()["detail"]["state"] == "expired"
     assert service.rules.get("az1", "small") is not None
 
 

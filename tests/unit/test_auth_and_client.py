@@ -10,7 +10,7 @@ import httpx
 import pytest
 from flask import Flask
 
-from warmcache import Client, InvalidRequest, NoCapacity, NotFound
+from warmcache import Client, InvalidRequest, NoCapacity, PoolSummary, UnknownFlavor, Vm
 from warmcache.config import AuthConfig, TokenConfig
 from warmcache.errors import ClaimOutcomeUnknown
 from warmcache.service import WarmCache
@@ -84,24 +84,25 @@ def client(app: Flask) -> Iterator[Client]:
 
 def test_client_round_trip_and_typed_errors(client: Client) -> None:
     vms = client.acquire("small", "az1", 3, "rack-aware")
-    assert len({vm["rack"] for vm in vms}) == 3
+    assert all(isinstance(vm, Vm) for vm in vms) and len({vm.rack for vm in vms}) == 3
     with pytest.raises(NoCapacity) as err:
         client.acquire("small", "az1", 4, "rack-aware")
     assert (err.value.ready, err.value.racks, err.value.wanted) == (3, 3, 4)
-    with pytest.raises(NotFound) as missing:
+    with pytest.raises(UnknownFlavor) as missing:
         client.acquire("xxl", "az1", 1, "best-effort")
-    assert missing.value.code == "unknown_flavor"
+    assert missing.value.flavor == "xxl" and "small" in missing.value.known
     with pytest.raises(InvalidRequest):
         client.acquire("small", "az1", 0, "best-effort")
-    assert client.pools()[0]["ready"] == 3
-    assert client.get_rule("az1", "small")["total_instances"] == 6
+    [pool] = client.pools()
+    assert isinstance(pool, PoolSummary) and pool.ready == 3
+    assert client.get_rule("az1", "small").total_instances == 6
 
 
 def test_a_claim_with_an_unknown_outcome_reaches_the_client_typed(
     client: Client, service: WarmCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     vms = client.acquire("small", "az1", 2, "best-effort")
-    assert len({vm["claim_id"] for vm in vms}) == 1 and vms[0]["claim_id"]
+    assert len({vm.claim_id for vm in vms}) == 1 and vms[0].claim_id
 
     def store_went_away(*_a: object, **_k: object) -> None:
         raise ClaimOutcomeUnknown("c0ffee", ["vm-1", "vm-2"], "read timed out")

@@ -25,8 +25,12 @@ def test_quickstart_refuses_a_foreign_state_dir(tmp_path: Path) -> None:
 
 
 def test_operator_commands_report_an_unreachable_service() -> None:
-    result = CliRunner().invoke(main, ["pools", "--url", "http://127.0.0.1:1"])
-    assert result.exit_code == 1 and "error" in result.output
+    for args in (["--url", "http://127.0.0.1:1", "pools"], ["pools", "--url", "http://127.0.0.1:1"]):
+        result = CliRunner().invoke(main, args)
+        # unavailable (5), said on stderr, no traceback
+        assert result.exit_code == 5, result.output
+        assert "error: server_unreachable" in result.stderr and result.stdout == ""
+        assert "Traceback" not in result.output
 
 
 def test_rules_validate_offline(tmp_path: Path) -> None:
@@ -36,7 +40,7 @@ def test_rules_validate_offline(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"max_instance_per_cycle": 1, "total_instances": 1, "reserve_cap": 3}')
     result = CliRunner().invoke(main, ["rules", "validate", str(bad)])
-    assert result.exit_code == 1 and "reserve_cap" in result.output
+    assert result.exit_code == 2 and "reserve_cap" in result.stderr
     result = CliRunner().invoke(main, ["rules", "validate", "-"],
                                 input='{"max_instance_per_cycle": 1, "total_instances": 2}')
     assert result.exit_code == 0

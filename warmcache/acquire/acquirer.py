@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from typing import Any
 
 from warmcache import deadline
 from warmcache.acquire.claim import Claimed, Claimer, ClaimRequest
+from warmcache.acquire.claims import ClaimRecord
 from warmcache.acquire.index import PoolIndex
 from warmcache.config import ServiceConfig
 from warmcache.errors import InvalidRequest, UnknownAZ, UnknownFlavor, UnknownPool, WarmCacheError
@@ -36,9 +38,11 @@ from warmcache.model import (
 )
 from warmcache.ports import Clock, CoordinationStore, FlavorCatalog
 from warmcache.rules import RuleView
+from warmcache.schemas import CLAIM_ID_PATTERN
 from warmcache.views import PrefixView
 
 log = logging.getLogger(__name__)
+CLAIM_ID = re.compile(CLAIM_ID_PATTERN.strip("^$"))
 Emit = Callable[..., None]
 
 
@@ -67,7 +71,7 @@ class Acquirer:
         self.index = PoolIndex(store, keys, hosts=hosts, drains=drains, node=config.node)
         self.claimer = Claimer(store, keys, self.index, clock, attempts=config.acquire_attempts,
                                batch=config.batch_claims, max_batch_vms=config.max_batch_vms,
-                               rng=rng)
+                               rng=rng, retention_s=config.claim_retention_s)
         self._store = store
         # One acquisition is one transaction: no more VMs than the store can
         # compare in one (etcd: 126 with its default --max-txn-ops).
@@ -95,8 +99,14 @@ class Acquirer:
             stop.wait(self._config.shares_refresh_s)
 
     def acquire(self, flavor: str, az: str, count: int, mode: Mode | str, *,
-                use_reserve: bool = False, requester: str = "anonymous") -> list[PoolInstance]:
+                use_reserve: bool = False, requester: str = "anonymous",
+                claim_id: str | None = None) -> list[PoolInstance]:
         """Claim ``count`` ready VMs satisfying ``mode``, all or nothing.
+
+        ``claim_id`` names the claim (idempotent: a repeat after it landed
+        returns the same VMs and claims nothing more, on any instance;
+        ``ClaimMismatch`` if the repeat asks for something else; see
+        ``warmcache.acquire.claims``).
 
         Raises ``InvalidRequest`` (bad count or mode), ``UnknownFlavor``,
         ``UnknownAZ``, ``UnknownPool``, ``NoCapacity`` (the pool cannot satisfy
@@ -108,6 +118,8 @@ class Acquirer:
         """
         started = time.perf_counter()
         mode = self._check(count, mode)
+        if claim_id is not None and not CLAIM_ID.fullmatch(claim_id):
+            raise InvalidRequest(f"claim_id must be 1-64 of A-Z a-z 0-9 _ -, got {claim_id!r}")
         try:
             with deadline.within(self._config.request_deadline_s):
                 self._catch_up()
@@ -115,13 +127,26 @@ class Acquirer:
                 request = ClaimRequest(flavor=flavor, az=az, count=count, mode=mode,
                                        use_reserve=use_reserve, requester=requester,
                                        deadline=deadline.current())
+                if claim_id is not None:
+                    request.claim_id, request.named = claim_id, True
                 claimed = self.claimer.claim(request)
         except WarmCacheError as exc:
             self._emit("acquisition.failed", requester=requester, flavor=flavor, az=az,
                        count=count, mode=mode.value, error=exc.code)
             raise
-        self._record(request, claimed, rule, started)
+        if claimed.replayed:
+            self._emit("acquisition.replayed", requester=requester, flavor=flavor, az=az,
+                       count=count, claim_id=request.claim_id)
+        else:
+            self._record(request, claimed, rule, started)
         return claimed.vms
+
+    def claim(self, claim_id: str) -> ClaimRecord:
+        """The record of a named claim that landed (``UnknownClaim`` if none)."""
+        if not CLAIM_ID.fullmatch(claim_id):
+            raise InvalidRequest(f"claim_id must be 1-64 of A-Z a-z 0-9 _ -, got {claim_id!r}")
+        with deadline.within(self._config.request_deadline_s):
+            return self.claimer.log.get(claim_id)
 
     def _record(self, request: ClaimRequest, claimed: Claimed, rule: BuildRule,
                 started: float) -> None:

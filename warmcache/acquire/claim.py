@@ -31,6 +31,12 @@ on the revision the claim compared, which makes a late apply impossible; if
 that rewrite fails, the acquired records say whether the claim landed (then
 it is returned as a success: no VM is stranded in ``acquired``). If the
 store cannot be asked, ``ClaimOutcomeUnknown`` names the claim and its VMs.
+
+**A named claim** (the caller gave its ``claim_id``) also writes its record
+(``warmcache.acquire.claims``) in its transaction, if absent: a repeat of a
+claim that landed fails that compare and returns the recorded VMs instead;
+two requests with one id in one batch are never sent together (the second
+waits for the first to land, then finds its record).
 """
 
 from __future__ import annotations
@@ -42,9 +48,11 @@ import uuid
 from dataclasses import dataclass, field
 
 from warmcache import deadline
+from warmcache.acquire.claims import ClaimLog, ClaimRecord
 from warmcache.acquire.index import PoolIndex
 from warmcache.errors import (
     ClaimContention,
+    ClaimMismatch,
     ClaimOutcomeUnknown,
     NoCapacity,
     StoreError,
@@ -65,6 +73,7 @@ class Claimed:
     vms: list[PoolInstance]
     attempts: int
     remaining: int  # acquirable VMs of the pool left after this claim
+    replayed: bool = False  # a repeat of a named claim that had landed: nothing new claimed
 
 
 @dataclass(eq=False)
@@ -76,6 +85,7 @@ class ClaimRequest:
     use_reserve: bool = False
     requester: str = "anonymous"
     claim_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    named: bool = False  # the caller chose claim_id: record the claim (idempotent repeats)
     attempts: int = 0
     outcome: Claimed | BaseException | None = None
     chosen: list[tuple[PoolInstance, int]] = field(default_factory=list)
@@ -107,6 +117,7 @@ class Claimer:
         batch: bool = True,
         max_batch_vms: int = 512,
         rng: random.Random | None = None,
+        retention_s: float = 86_400.0,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -121,6 +132,8 @@ class Claimer:
         self._max_batch_vms = max_batch_vms
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
+        self.log = ClaimLog(store, keys)
+        self._retention_s = retention_s
         self._cond = threading.Condition()
         self._queue: list[ClaimRequest] = []
         self._committing = False
@@ -203,7 +216,11 @@ class Claimer:
         (lost a conflict, or waiting for the claims ahead of them)."""
         selected: list[ClaimRequest] = []
         later: list[ClaimRequest] = []
+        named: set[str] = set()
         for request in batch:
+            if request.named and request.claim_id in named:
+                later.append(request)  # after the one ahead of it: then it finds its record
+                continue
             with self._rng_lock:
                 rng = random.Random(self._rng.random())
             chosen = self._index.select(request.pool, request.count, request.mode,
@@ -212,11 +229,13 @@ class Claimer:
             if chosen is not None:
                 request.chosen = chosen
                 selected.append(request)
+                if request.named:
+                    named.add(request.claim_id)
             elif self._index.in_flight(request.pool) and request.waits < self._attempts:
                 request.waiting = True  # claims ahead of it may still give VMs back
                 request.waits += 1
                 later.append(request)
-            else:
+            elif not self._replay_recorded(request):
                 ready, racks, hypervisors = self._index.stock(request.pool, request.use_reserve)
                 request.outcome = NoCapacity(
                     flavor=request.flavor, az=request.az, mode=request.mode.value,
@@ -232,7 +251,7 @@ class Claimer:
         due = min((r.deadline for r in selected if r.deadline is not None), default=None)
         try:
             with deadline.until(due):
-                results = self._store.txns([self._txn(r, acquired[r.claim_id])
+                results = self._store.txns([self._txn(r, acquired[r.claim_id], now)
                                             for r in selected])
         except StoreUnavailable as exc:
             settled = self._unavailable(selected, exc)
@@ -251,14 +270,20 @@ class Claimer:
                 ready, _, _ = self._index.stock(request.pool, False)
                 request.outcome = Claimed(acquired[request.claim_id], request.attempts, ready)
             else:
-                self._index.release(keys, result.current, result.revision)
+                claim_key = self.log.key(request.claim_id)
+                self._index.release(keys, {k: v for k, v in result.current.items()
+                                           if k != claim_key}, result.revision)
                 if request.outcome is not None:
                     continue  # decided by the settle: outcome unknown
+                if request.named and result.current.get(claim_key) is not None:
+                    # This claim landed before (a repeat): its record decides.
+                    self._replay(request, ClaimLog.parse(result.current[claim_key]))
+                    continue
                 self.conflicts += 1
-                if request.attempts >= self._attempts:
-                    request.outcome = ClaimContention(self._attempts)
-                else:
+                if request.attempts < self._attempts:
                     later.append(request)
+                elif not self._replay_recorded(request):
+                    request.outcome = ClaimContention(self._attempts)
         return later
 
     @staticmethod
@@ -272,16 +297,51 @@ class Claimer:
                 request.outcome = exc
         return [(request, TxnResult(False, 0)) for request in selected]
 
-    def _txn(self, request: ClaimRequest, acquired: list[PoolInstance]) -> Txn:
+    def _txn(self, request: ClaimRequest, acquired: list[PoolInstance], now: float) -> Txn:
         az = request.az
-        return Txn(
-            [Compare.mod_revision(self._keys.pool(az, vm.name), rev) for vm, rev in request.chosen],
-            # Handed-out VMs leave the pool directory (so the pool holds only
-            # what may still be acquired) for the acquired log.
-            [op for vm in acquired for op in (Delete(self._keys.pool(az, vm.name)),
-                                              Put(self._keys.acquired(az, vm.name),
-                                                  vm.model_dump_json()))],
-        )
+        compares = [Compare.mod_revision(self._keys.pool(az, vm.name), rev)
+                    for vm, rev in request.chosen]
+        # Handed-out VMs leave the pool directory (so the pool holds only
+        # what may still be acquired) for the acquired log.
+        ops: list[Put | Delete] = [
+            op for vm in acquired for op in (Delete(self._keys.pool(az, vm.name)),
+                                             Put(self._keys.acquired(az, vm.name),
+                                                 vm.model_dump_json()))]
+        if request.named:
+            record = ClaimRecord(
+                claim_id=request.claim_id, requester=request.requester, flavor=request.flavor,
+                az=az, count=request.count, mode=request.mode, acquired_at=now,
+                expires_at=now + self._retention_s, vms=acquired)
+            key = self.log.key(request.claim_id)
+            compares.append(Compare.absent(key))
+            ops.append(Put(key, record.model_dump_json()))
+        return Txn(compares, ops)
+
+    def _replay(self, request: ClaimRequest, record: ClaimRecord | None) -> None:
+        """A named claim that had landed: its VMs again, or ``ClaimMismatch``."""
+        assert record is not None
+        differs = record.differs(request.flavor, request.az, request.count, request.mode,
+                                 request.requester)
+        if differs:
+            request.outcome = ClaimMismatch(request.claim_id, differs)
+        else:
+            ready, _, _ = self._index.stock(request.pool, False)
+            request.outcome = Claimed(record.vms, request.attempts, ready, replayed=True)
+
+    def _replay_recorded(self, request: ClaimRequest) -> bool:
+        """Before a named request is refused (no capacity, contention): did
+        this claim land earlier? Then that is the answer."""
+        if not request.named:
+            return False
+        try:
+            kv = self._store.get(self.log.key(request.claim_id))
+        except StoreError as exc:
+            request.outcome = exc
+            return True
+        if kv is None:
+            return False
+        self._replay(request, ClaimLog.parse(kv))
+        return True
 
     def _settle(self, selected: list[ClaimRequest], acquired: dict[str, list[PoolInstance]],
                 cause: StoreError) -> list[tuple[ClaimRequest, TxnResult]]:

@@ -1,8 +1,9 @@
 """AgentClient: the ``HostAgent`` port over an agent's Unix socket.
 
 Connection failures and timeouts become ``AgentUnavailable`` (transient: the
-build cycle retries them); an error reply becomes ``AgentRejected`` carrying
-the agent's stable code (never retried: the agent already said no). The
+build cycle retries them); an error reply becomes the class its stable code
+maps to (``warmcache.errors.AGENT_ERRORS``): ``AgentBusy`` is transient too,
+the ``AgentRejected`` ones are never retried (the agent already said no). The
 same replies arrive over the agent's socket or through its mTLS proxy.
 """
 
@@ -16,7 +17,8 @@ from typing import Any
 
 import httpx
 
-from warmcache.errors import AgentRejected, AgentUnavailable, InsufficientHostCapacity
+from warmcache.agent_codes import AgentCode
+from warmcache.errors import AgentUnavailable, agent_error
 from warmcache.model import HostFacts
 from warmcache.ports import VmSpec, VmStatus
 from warmcache.wire import MAX_LINE_BYTES, VmStatusWire
@@ -91,19 +93,18 @@ class AgentClient:
             body = reply.json()
         except ValueError as exc:
             raise AgentUnavailable(self._endpoint, f"HTTP {reply.status_code}") from exc
-        if reply.status_code == 403:
-            raise AgentRejected(self._endpoint, "forbidden", body.get("detail"))
+        if not isinstance(body, dict):
+            raise AgentUnavailable(self._endpoint, f"HTTP {reply.status_code}: not an agent reply")
         return body
 
     def call(self, request: dict[str, Any]) -> Any:
         reply = self._over_https(request) if self._http else self._over_socket(request)
         if reply.get("ok"):
             return reply.get("result")
-        code = str(reply.get("error", "internal_error"))
-        if code in ("agent_unavailable", "busy"):  # transient: the cycle retries
-            raise AgentUnavailable(self._endpoint, str(reply.get("detail")))
-        cls = InsufficientHostCapacity if code == "insufficient_capacity" else AgentRejected
-        raise cls(self._endpoint, code, reply.get("detail"))
+        # A typed error per code (AgentUnavailable ones are transient: the
+        # cycle retries them; AgentRejected ones are not).
+        raise agent_error(self._endpoint, str(reply.get("error", AgentCode.INTERNAL_ERROR)),
+                          reply.get("detail"))
 
     def facts(self) -> HostFacts:
         return HostFacts.model_validate(self.call({"op": "facts"}))

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from warmcache.errors import AgentError, AgentRejected
+from warmcache.errors import AgentError, AgentVmNotFound
 from warmcache.leader.election import FencedWriter
 from warmcache.model import BuildRule, InstanceState, Keys, PoolInstance
 from warmcache.ports import Clock, Compare, CoordinationStore, Delete, HostAgent, Put
@@ -56,10 +56,7 @@ def adopt_orphans(
             continue
         try:
             status = agent.status(rec.name)
-        except AgentRejected as exc:
-            if exc.agent_code != "not_found":
-                leave(rec, f"agent: {exc}")
-                continue
+        except AgentVmNotFound:
             writer.txn([Compare.mod_revision(key, kv.mod_revision)], [Delete(key)])
             emit("vm.build_forgotten", name=rec.name, az=az, flavor=rec.flavor,
                        reason="the agent never created it")

@@ -41,10 +41,11 @@ from warmcache.builders.adopt import adopt_orphans
 from warmcache.builders.plan import PlannedVm, plan_az
 from warmcache.errors import (
     AgentError,
-    AgentRejected,
     AgentUnavailable,
+    AgentVmExists,
     LeadershipLost,
     StoreError,
+    VmUnhealthy,
 )
 from warmcache.health.purge import purge_vm
 from warmcache.inventory import HostView
@@ -279,8 +280,7 @@ class BuildCycle:
             if not status.healthy:
                 status = agent.status(vm.name)
             if not status.healthy:
-                raise AgentRejected(agent.endpoint, "unhealthy",
-                                    f"first health probe failed: state {status.state}")
+                raise VmUnhealthy(agent.endpoint, vm.name, status.state)
         except LeadershipLost:
             report.leadership_lost = True
             self._emit("vm.build_abandoned", name=vm.name, az=az, flavor=flavor,
@@ -335,10 +335,9 @@ class BuildCycle:
             with attempt:
                 try:
                     return agent.create(spec)
-                except AgentRejected as exc:
+                except AgentVmExists:
                     # A retried create whose first attempt did land.
-                    retried = attempt.retry_state.attempt_number > 1
-                    if exc.agent_code == "already_exists" and retried:
+                    if attempt.retry_state.attempt_number > 1:
                         return agent.status(spec.name)
                     raise
         raise AssertionError("unreachable")  # pragma: no cover

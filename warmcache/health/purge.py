@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from warmcache.errors import AgentError, AgentRejected
+from warmcache.errors import AgentError, AgentVmNotFound
 from warmcache.model import InstanceState, PoolInstance
 from warmcache.ports import Compare, Delete, HostAgent, Op, Put, TxnResult
 
@@ -36,10 +36,8 @@ def purge_vm(txn: Txn, key: str, revision: int, rec: PoolInstance, agent: HostAg
         return False
     try:
         agent.delete(rec.name)
-    except AgentRejected as exc:
-        if exc.agent_code != "not_found":
-            log.warning("purge of %s: %s (record kept as purging)", rec.name, exc)
-            return False
+    except AgentVmNotFound:
+        pass  # gone already: what the purge wanted
     except AgentError as exc:
         log.warning("purge of %s: %s (record kept as purging)", rec.name, exc)
         return False

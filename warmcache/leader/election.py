@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from warmcache.errors import LeadershipLost, StoreError
+from warmcache.errors import LeadershipLost, SessionExpired, StoreError
 from warmcache.ports import Clock, Compare, CoordinationStore, Delete, Op, Put, TxnResult
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,8 @@ class LeaderElection:
             except StoreError as exc:
                 # SessionExpired is final; other store errors are retried until
                 # the TTL would have run out anyway.
-                if exc.code == "session_expired" or self._clock.now() - last_ok >= self._ttl_s:
+                expired = isinstance(exc, SessionExpired)
+                if expired or self._clock.now() - last_ok >= self._ttl_s:
                     log.warning("leadership lost: %s", exc)
                     leadership.mark_lost(f"renewal failed: {exc}")
                     return

@@ -10,16 +10,14 @@ from werkzeug.exceptions import HTTPException
 from warmcache import deadline
 from warmcache.config import AuthConfig
 from warmcache.errors import (
-    AgentError,
-    ApprovalRefused,
-    ClaimContention,
-    Forbidden,
+    BodyTooLarge,
+    HeadersTooLarge,
+    InternalError,
     InvalidRequest,
-    NoCapacity,
+    MethodNotAllowed,
     NotFound,
-    RequestConflict,
-    StoreError,
-    Unauthorized,
+    Overloaded,
+    UnsupportedMediaType,
     WarmCacheError,
 )
 from warmcache.service import WarmCache
@@ -27,31 +25,14 @@ from warmcache.web.api import api
 from warmcache.web.auth import Authenticator
 from warmcache.web.dashboard import dashboard
 
-# The only place where errors meet HTTP statuses (STYLE.md §4).
-STATUS: list[tuple[type[WarmCacheError], int]] = [
-    (InvalidRequest, 400),
-    (Unauthorized, 401),
-    (Forbidden, 403),
-    (ApprovalRefused, 403),
-    (RequestConflict, 409),
-    (NotFound, 404),
-    (NoCapacity, 409),
-    (ClaimContention, 503),
-    (StoreError, 503),
-    (AgentError, 502),
-    (WarmCacheError, 500),
-]
-
-
-# Refusals of the HTTP layer -> stable codes (DESIGN §12.6: a typed 4xx).
-HTTP_CODES = {
-    400: "invalid_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "body_too_large",
-    415: "unsupported_media_type",
-    431: "headers_too_large",
+# Refusals of the HTTP layer (werkzeug's, waitress's) -> the registry's
+# classes, so they carry the same stable codes (DESIGN §12.6: a typed 4xx).
+HTTP_ERRORS: dict[int, type[WarmCacheError]] = {
+    cls.http_status: cls
+    for cls in (InvalidRequest, NotFound, MethodNotAllowed, BodyTooLarge,
+                UnsupportedMediaType, HeadersTooLarge, InternalError, Overloaded)
 }
+HTTP_CODES = {status: cls.code for status, cls in HTTP_ERRORS.items()}
 
 
 def error_body(code: str, detail: Any) -> dict[str, Any]:
@@ -86,8 +67,7 @@ def create_app(service: WarmCache, auth: Authenticator | None = None) -> Flask:
 
     @app.errorhandler(WarmCacheError)
     def _domain_error(exc: WarmCacheError) -> tuple[Any, int]:
-        status = next(code for cls, code in STATUS if isinstance(exc, cls))
-        return jsonify(error_body(exc.code, exc.detail())), status
+        return jsonify(error_body(exc.code, exc.detail())), exc.http_status
 
     @app.after_request
     def _challenge(response: Any) -> Any:
@@ -100,7 +80,8 @@ def create_app(service: WarmCache, auth: Authenticator | None = None) -> Flask:
         # Refusals below the API (routing, methods, body limits) get the same
         # shape and stable codes; werkzeug's headers (Allow on a 405) stay.
         status = exc.code or 500
-        code = HTTP_CODES.get(status) or (exc.name or "error").lower().replace(" ", "_")
+        known = HTTP_ERRORS.get(status)
+        code = known.code if known else (exc.name or "error").lower().replace(" ", "_")
         response = jsonify(error_body(code, exc.description))
         response.status_code = status
         for name, value in exc.get_headers():

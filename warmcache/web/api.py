@@ -8,11 +8,27 @@ import json
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
-from werkzeug.exceptions import UnsupportedMediaType
+from pydantic import BaseModel, ValidationError
 
-from warmcache.errors import InvalidRequest, UnknownRule
-from warmcache.model import BuildRule, Mode, PoolInstance
+from warmcache.errors import InvalidRequest, UnknownClaim, UnknownRule, UnsupportedMediaType
+from warmcache.model import BuildRule
+from warmcache.schemas import (
+    AcquireReply,
+    AcquireRequest,
+    ChangeAsk,
+    ChangeReply,
+    ChangeRequest,
+    ChangesReply,
+    Claim,
+    Explain,
+    Health,
+    LeaderReply,
+    PoolsReply,
+    Ready,
+    RuleEntry,
+    RulesReply,
+    Vm,
+)
 from warmcache.service import WarmCache
 from warmcache.web.auth import Authenticator
 from warmcache.web.openapi import document
@@ -35,17 +51,6 @@ def _authenticate() -> None:
     identity.require("user" if request.method in ("GET", "HEAD") or
                      request.path == "/v1/acquire" else "admin")
     g.identity = identity
-
-
-class AcquireBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    flavor: StrictStr = Field(min_length=1, max_length=63)
-    az: StrictStr = Field(min_length=1, max_length=63)
-    count: StrictInt = Field(ge=1)
-    mode: Mode
-    use_reserve: StrictBool = False
-    requester: StrictStr = Field(default="anonymous", min_length=1, max_length=200)
 
 
 def _service() -> WarmCache:
@@ -81,26 +86,17 @@ def _body(model: type[BaseModel]) -> Any:
         raise InvalidRequest.from_validation("invalid request body", exc) from exc
 
 
-def vm_json(vm: PoolInstance) -> dict[str, Any]:
-    return {
-        "name": vm.name,
-        "az": vm.az,
-        "flavor": vm.flavor,
-        "rack": vm.rack,
-        "hypervisor": vm.hypervisor,
-        "server_id": vm.server_id,
-        "addresses": list(vm.addresses),
-        "ready_at": vm.ready_at,
-        "acquired_at": vm.acquired_at,
-        "claim_id": vm.claim_id,
-    }
+def _reply(model: BaseModel, status: int = 200) -> Any:
+    """A reply body from its schema model (what /v1/openapi.json documents)."""
+    return current_app.response_class(
+        model.model_dump_json(), status=status, mimetype="application/json")
 
 
 @api.get("/healthz")
 def healthz() -> Any:
     """Liveness only: the process answers. Asks nothing of the store (with
     etcd stopped it once blocked for 15.7 s); /readyz does."""
-    return jsonify({"status": "ok", "node": _service().config.node})
+    return _reply(Health(status="ok", node=_service().config.node))
 
 
 @api.get("/readyz")
@@ -111,33 +107,63 @@ def readyz() -> Any:
     the body says which and how fast."""
     checks = _service().readiness()
     ready = all(c["ok"] for c in checks.values())
-    return jsonify({"ready": ready, "checks": checks}), (200 if ready else 503)
+    return _reply(Ready.model_validate({"ready": ready, "checks": checks}),
+                  200 if ready else 503)
 
 
 @api.get("/v1/pools")
 def pools() -> Any:
-    return jsonify({"pools": [p.model_dump(mode="json") for p in _service().pools()]})
+    return _reply(PoolsReply(pools=_service().pools()))
 
 
 @api.post("/v1/acquire")
 def acquire() -> Any:
-    body: AcquireBody = _body(AcquireBody)
+    """All or nothing; idempotent under ``claim_id`` (or ``Idempotency-Key``)."""
+    body: AcquireRequest = _body(AcquireRequest)
+    claim_id = _claim_id(body.claim_id, request.headers.get("Idempotency-Key"))
     auth: Authenticator = current_app.extensions["warmcache.auth"]
     # With authentication on, the requester is who the token says, not the body.
     requester = g.identity.name if auth.enabled else body.requester
     vms = _service().acquire(body.flavor, body.az, body.count, body.mode,
-                             use_reserve=body.use_reserve, requester=requester)
-    return jsonify({"vms": [vm_json(vm) for vm in vms]})
+                             use_reserve=body.use_reserve, requester=requester,
+                             claim_id=claim_id)
+    return _reply(AcquireReply(claim_id=claim_id or vms[0].claim_id or "",
+                               vms=[Vm.of(vm) for vm in vms]))
 
 
-def _rule_json(az: str, flavor: str, rule: BuildRule) -> dict[str, Any]:
-    return {"az": az, "flavor": flavor, "rule": rule.model_dump(mode="json")}
+def _claim_id(in_body: str | None, header: str | None) -> str | None:
+    if header is None:
+        return in_body
+    try:
+        AcquireRequest.model_validate({"flavor": "f", "az": "a", "count": 1,
+                                       "mode": "best-effort", "claim_id": header})
+    except ValidationError as exc:
+        raise InvalidRequest.from_validation("invalid Idempotency-Key header", exc) from exc
+    if in_body is not None and in_body != header:
+        raise InvalidRequest("claim_id and the Idempotency-Key header differ")
+    return header
+
+
+@api.get("/v1/claims/<claim_id>")
+def claim(claim_id: str) -> Any:
+    """A claim that landed under ``claim_id``; 404 ``unknown_claim`` if none
+    did. With authentication on, a ``user`` token sees only its own claims."""
+    record = _service().claim(claim_id)
+    auth: Authenticator = current_app.extensions["warmcache.auth"]
+    if auth.enabled and g.identity.role != "admin" and record.requester != g.identity.name:
+        raise UnknownClaim(claim_id)  # not yours: as if it did not exist
+    return _reply(Claim(claim_id=record.claim_id, requester=record.requester,
+                        acquired_at=record.acquired_at, vms=[Vm.of(vm) for vm in record.vms]))
+
+
+def _rule_json(az: str, flavor: str, rule: BuildRule) -> RuleEntry:
+    return RuleEntry(az=az, flavor=flavor, rule=rule)
 
 
 @api.get("/v1/rules")
 def rules() -> Any:
     all_rules = _service().rules.all()
-    return jsonify({"rules": [_rule_json(az, f, r) for (az, f), r in all_rules.items()]})
+    return _reply(RulesReply(rules=[_rule_json(az, f, r) for (az, f), r in all_rules.items()]))
 
 
 @api.get("/v1/rules/<az>/<flavor>")
@@ -145,7 +171,7 @@ def get_rule(az: str, flavor: str) -> Any:
     rule = _service().rules.get(az, flavor)
     if rule is None:
         raise UnknownRule(az, flavor)
-    return jsonify(_rule_json(az, flavor, rule))
+    return _reply(_rule_json(az, flavor, rule))
 
 
 @api.put("/v1/rules/<az>/<flavor>")
@@ -153,45 +179,39 @@ def put_rule(az: str, flavor: str) -> Any:
     """Validate, then store; an invalid rule is a 400 and the old rule stays."""
     body = _json_object()
     rule = _service().rules.put(az, flavor, body)
-    return jsonify(_rule_json(az, flavor, rule))
+    return _reply(_rule_json(az, flavor, rule))
 
 
 @api.get("/v1/explain/<az>/<flavor>")
 def explain(az: str, flavor: str) -> Any:
-    return jsonify(_service().explain(az, flavor))
-
-
-class ChangeBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    action: StrictStr
-    params: dict[str, StrictStr]
+    return _reply(Explain.model_validate(_service().explain(az, flavor)))
 
 
 @api.post("/v1/requests")
 def ask_change() -> Any:
     """Maker: record a destructive change; it runs only once someone else approves."""
-    body: ChangeBody = _body(ChangeBody)
+    body: ChangeAsk = _body(ChangeAsk)
     request_ = _service().approvals.ask(body.action, body.params, g.identity.name)
-    return jsonify({"request": request_.model_dump(mode="json")}), 202
+    return _reply(ChangeReply(request=ChangeRequest.model_validate(request_.model_dump())), 202)
 
 
 @api.get("/v1/requests")
 def list_changes() -> Any:
-    return jsonify({"requests": _service().approvals.list()})
+    return _reply(ChangesReply.model_validate({"requests": _service().approvals.list()}))
 
 
 @api.get("/v1/requests/<request_id>")
 def get_change(request_id: str) -> Any:
     service = _service()
-    return jsonify({"request": service.approvals.get(request_id).shown(service.clock.now())})
+    shown = service.approvals.get(request_id).shown(service.clock.now())
+    return _reply(ChangeReply.model_validate({"request": shown}))
 
 
 @api.post("/v1/requests/<request_id>/approve")
 def approve_change(request_id: str) -> Any:
     """Checker: a different identity approves, and the change runs now."""
     done = _service().approvals.approve(request_id, g.identity.name)
-    return jsonify({"request": done.model_dump(mode="json")})
+    return _reply(ChangeReply(request=ChangeRequest.model_validate(done.model_dump())))
 
 
 @api.get("/metrics")
@@ -204,10 +224,9 @@ def metrics() -> Any:
 def openapi() -> Any:
     from warmcache import __version__
 
-    return jsonify(document(AcquireBody.model_json_schema(), __version__))
+    return jsonify(document(__version__))
 
 
 @api.get("/v1/leader")
 def leader() -> Any:
-    holder = _service().leader()
-    return jsonify({"leader": holder})
+    return _reply(LeaderReply.model_validate({"leader": _service().leader()}))

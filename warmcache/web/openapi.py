@@ -1,124 +1,170 @@
-"""The OpenAPI 3.1 document served at ``/v1/openapi.json``.
-
-Request and record schemas come from the pydantic models the API validates
-with, so the document cannot drift from what is enforced.
+"""The OpenAPI 3.1 document served at ``/v1/openapi.json``, generated from
+the models the API validates requests with and builds replies from
+(``warmcache.schemas``): every body, error bodies included, is a schema under
+``#/components/schemas`` (pydantic's JSON Schema, its ``$ref``s pointed
+there), so the document cannot drift from what is enforced. The error
+statuses of each operation list the stable codes they carry, from the one
+registry (``warmcache.errors.CODES``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-from warmcache.model import BuildRule, PoolSummary
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
-ERROR = {"type": "object", "required": ["error", "detail"],
-         "properties": {"error": {"type": "string", "description": "stable code"},
-                        "detail": {}}}
+from warmcache.errors import CODES
+from warmcache.model import NAME_PATTERN, BuildRule
+from warmcache.schemas import (
+    CLAIM_ID_PATTERN,
+    AcquireReply,
+    AcquireRequest,
+    ChangeAsk,
+    ChangeReply,
+    ChangesReply,
+    Claim,
+    ErrorBody,
+    Explain,
+    Health,
+    LeaderReply,
+    PoolsReply,
+    Ready,
+    RuleEntry,
+    RulesReply,
+)
+
+REF = "#/components/schemas/{model}"
+
+
+@dataclass(frozen=True)
+class Operation:
+    path: str
+    method: str
+    summary: str
+    replies: dict[int, type[BaseModel] | None]
+    body: type[BaseModel] | None = None
+    errors: tuple[int, ...] = ()
+    secured: bool = True
+    params: tuple[tuple[str, str], ...] = ()  # (name, pattern) of path parameters
+    headers: tuple[tuple[str, str, str], ...] = ()  # (name, pattern, description)
+    text: bool = False  # a text/plain reply
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+NAME = NAME_PATTERN
+READ = (400, 401, 403, 404, 503)  # 400: a malformed request line or query
+WRITE = (400, 401, 403, 404, 405, 413, 415, 503)
+
+OPERATIONS = [
+    Operation("/healthz", "get", "liveness: the process answers (asks nothing of the store)",
+              {200: Health}, secured=False),
+    Operation("/readyz", "get", "readiness: store, catalog and event sink, each with its own "
+              "timeout (200 when all answer, else 503; the body says which)",
+              {200: Ready, 503: Ready}, secured=False),
+    Operation("/v1/openapi.json", "get", "this document", {200: None}, secured=False),
+    Operation("/metrics", "get", "Prometheus metrics", {200: None}, secured=False, text=True),
+    Operation("/v1/pools", "get", "every pool: target, ready, reserved, building, spread",
+              {200: PoolsReply}, errors=READ),
+    Operation("/v1/acquire", "post", "claim VMs, all or nothing; idempotent under claim_id",
+              {200: AcquireReply}, body=AcquireRequest, errors=(*WRITE, 409),
+              headers=(("Idempotency-Key", CLAIM_ID_PATTERN,
+                        "the same as claim_id in the body (they must agree)"),)),
+    Operation("/v1/claims/{claim_id}", "get", "a claim that landed under claim_id",
+              {200: Claim}, errors=READ, params=(("claim_id", CLAIM_ID_PATTERN),)),
+    Operation("/v1/leader", "get", "who holds the build lock now (null between cycles)",
+              {200: LeaderReply}, errors=READ),
+    Operation("/v1/rules", "get", "every build rule", {200: RulesReply}, errors=READ),
+    Operation("/v1/rules/{az}/{flavor}", "get", "one build rule", {200: RuleEntry},
+              errors=READ, params=(("az", NAME), ("flavor", NAME))),
+    Operation("/v1/rules/{az}/{flavor}", "put", "validate and store a rule (admin); an "
+              "invalid rule is refused and the old one stays", {200: RuleEntry},
+              body=BuildRule, errors=WRITE, params=(("az", NAME), ("flavor", NAME))),
+    Operation("/v1/explain/{az}/{flavor}", "get", "where the next cycle would build, and "
+              "why (nothing is built)", {200: Explain}, errors=READ,
+              params=(("az", NAME), ("flavor", NAME))),
+    Operation("/v1/requests", "get", "maker-checker requests", {200: ChangesReply},
+              errors=READ),
+    Operation("/v1/requests", "post", "ask for a destructive change (admin; runs once "
+              "another admin approves)", {202: ChangeReply}, body=ChangeAsk, errors=WRITE),
+    Operation("/v1/requests/{request_id}", "get", "one request", {200: ChangeReply},
+              errors=READ, params=(("request_id", NAME),)),
+    Operation("/v1/requests/{request_id}/approve", "post", "approve (another admin) and run",
+              {200: ChangeReply}, errors=(*WRITE, 409, 502),
+              params=(("request_id", NAME),)),
+]
+
+
+def _codes(status: int) -> str:
+    codes = sorted(code for code, cls in CODES.items()
+                   if cls.http_status == status and not code.startswith("agent_")
+                   and code not in ("server_unreachable", "unexpected_reply"))
+    return ", ".join(codes) or "error"
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
-def _errors(*codes: int) -> dict[str, Any]:
-    meaning = {400: "invalid input (nothing changed)", 401: "no or unknown bearer token",
-               403: "the token's role may not do this", 404: "unknown flavor, AZ, pool or rule",
-               409: "the pool cannot satisfy the request now (nothing claimed)",
-               503: "store unavailable or claim contention (retry)"}
-    return {str(c): {"description": meaning[c], **_json({"$ref": "#/components/schemas/Error"})}
-            for c in codes}
+def _schemas() -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Every model's schema, by model name, and the refs to them."""
+    models: list[tuple[type[BaseModel], Any]] = [(ErrorBody, "serialization")]
+    for op in OPERATIONS:
+        if op.body is not None:
+            models.append((op.body, "validation"))
+        models += [(m, "serialization") for m in op.replies.values() if m is not None]
+    refs, top = models_json_schema(list(dict.fromkeys(models)), ref_template=REF)
+    by_name = {model.__name__: ref for (model, _mode), ref in refs.items()}
+    return by_name, top.get("$defs", {})
 
 
-def document(acquire_body: dict[str, Any], version: str) -> dict[str, Any]:
-    vm = {"type": "object", "properties": {k: {} for k in (
-        "name", "az", "flavor", "rack", "hypervisor", "server_id", "addresses", "ready_at",
-        "acquired_at", "claim_id")}}
-    rule_ref = {"$ref": "#/components/schemas/BuildRule"}
-    rule_reply = {"type": "object", "properties": {"az": {"type": "string"},
-                                                   "flavor": {"type": "string"},
-                                                   "rule": rule_ref}}
-    secured: list[dict[str, list[str]]] = [{"bearer": []}]
+def _operation(op: Operation, refs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for status, model in op.replies.items():
+        reply: dict[str, Any] = {"description": "ok" if status < 400 else "not ready"}
+        if op.text:
+            reply["content"] = {"text/plain": {"schema": {"type": "string"}}}
+        elif model is None:
+            reply.update(_json({"type": "object"}))
+        else:
+            reply.update(_json(refs[model.__name__]))
+        responses[str(status)] = reply
+    for status in op.errors:
+        responses[str(status)] = {"description": _codes(status),
+                                  **_json(refs[ErrorBody.__name__])}
+    out: dict[str, Any] = {"summary": op.summary, "operationId": _op_id(op),
+                           "responses": responses}
+    parameters = [{"name": name, "in": "path", "required": True,
+                   "schema": {"type": "string", "pattern": pattern}}
+                  for name, pattern in op.params]
+    parameters += [{"name": name, "in": "header", "required": False, "description": text,
+                    "schema": {"type": "string", "pattern": pattern}}
+                   for name, pattern, text in op.headers]
+    if parameters:
+        out["parameters"] = parameters
+    if op.body is not None:
+        out["requestBody"] = {"required": True, **_json(refs[op.body.__name__])}
+    out["security"] = [{"bearer": []}] if op.secured else []
+    return out
+
+
+def _op_id(op: Operation) -> str:
+    words = [w.strip("{}") for w in op.path.strip("/").replace(".", "_").split("/")]
+    return "_".join([op.method, *[w for w in words if w != "v1"]])
+
+
+def document(version: str) -> dict[str, Any]:
+    refs, schemas = _schemas()
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op, refs)
     return {
         "openapi": "3.1.0",
         "info": {"title": "warmcache", "version": version,
-                 "description": "Pools of ready VMs, acquired rack-aware in milliseconds."},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": ERROR, "AcquireRequest": acquire_body,
-                        "BuildRule": BuildRule.model_json_schema(),
-                        "Pool": PoolSummary.model_json_schema(), "VM": vm},
-        },
-        "paths": {
-            "/healthz": {"get": {"summary": "liveness (asks nothing of the store)",
-                                 "responses": {"200": {"description": "ok"}}}},
-            "/readyz": {"get": {"summary": "readiness: store, catalog, event sink, each "
-                                           "with its own timeout (no token)", "responses": {
-                "200": {"description": "every dependency answered"},
-                "503": {"description": "some did not; the body says which"}}}},
-            "/v1/openapi.json": {"get": {"summary": "this document", "responses": {"200": {
-                "description": "OpenAPI 3.1"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics (no token)", "responses": {
-                "200": {"description": "text exposition format"}}}},
-            "/v1/pools": {"get": {"summary": "every pool", "security": secured, "responses": {
-                "200": {"description": "pools", **_json({"type": "object", "properties": {
-                    "pools": {"type": "array", "items": {
-                        "$ref": "#/components/schemas/Pool"}}}})},
-                **_errors(401, 403)}}},
-            "/v1/acquire": {"post": {
-                "summary": "claim VMs, all or nothing", "security": secured,
-                "requestBody": {"required": True, **_json(
-                    {"$ref": "#/components/schemas/AcquireRequest"})},
-                "responses": {"200": {"description": "the VMs, now the caller's", **_json(
-                    {"type": "object", "properties": {"vms": {"type": "array", "items": {
-                        "$ref": "#/components/schemas/VM"}}}})},
-                    **_errors(400, 401, 403, 404, 409, 503)}}},
-            "/v1/leader": {"get": {"summary": "who holds the build lock", "security": secured,
-                                   "responses": {"200": {"description": "holder or null"},
-                                                 **_errors(401, 403)}}},
-            "/v1/rules": {"get": {"summary": "every build rule", "security": secured,
-                                  "responses": {"200": {"description": "rules"},
-                                                **_errors(401, 403)}}},
-            "/v1/rules/{az}/{flavor}": {
-                "parameters": [{"name": n, "in": "path", "required": True,
-                                "schema": {"type": "string"}} for n in ("az", "flavor")],
-                "get": {"summary": "one build rule", "security": secured, "responses": {
-                    "200": {"description": "the rule", **_json(rule_reply)},
-                    **_errors(401, 403, 404)}},
-                "put": {"summary": "validate and store a rule (admin)", "security": secured,
-                        "requestBody": {"required": True, **_json(rule_ref)},
-                        "responses": {"200": {"description": "stored", **_json(rule_reply)},
-                                      **_errors(400, 401, 403)}},
-            },
-            "/v1/requests": {
-                "get": {"summary": "maker-checker requests", "security": secured,
-                        "responses": {"200": {"description": "requests"}, **_errors(401, 403)}},
-                "post": {"summary": "ask for a destructive change (admin; runs on approval)",
-                         "security": secured, "requestBody": {"required": True, **_json({
-                             "type": "object", "required": ["action", "params"],
-                             "properties": {"action": {"enum": ["delete_rule", "purge_pool",
-                                                                "drain_hypervisor"]},
-                                            "params": {"type": "object"}}})},
-                         "responses": {"202": {"description": "pending"},
-                                       **_errors(400, 401, 403)}},
-            },
-            "/v1/requests/{request_id}": {
-                "parameters": [{"name": "request_id", "in": "path", "required": True,
-                                "schema": {"type": "string"}}],
-                "get": {"summary": "one request", "security": secured, "responses": {
-                    "200": {"description": "the request"}, **_errors(401, 403, 404)}},
-            },
-            "/v1/requests/{request_id}/approve": {
-                "parameters": [{"name": "request_id", "in": "path", "required": True,
-                                "schema": {"type": "string"}}],
-                "post": {"summary": "approve (another admin) and run", "security": secured,
-                         "responses": {"200": {"description": "executed or failed"},
-                                       "409": {"description": "expired or not pending"},
-                                       **_errors(401, 403, 404)}},
-            },
-            "/v1/explain/{az}/{flavor}": {
-                "parameters": [{"name": n, "in": "path", "required": True,
-                                "schema": {"type": "string"}} for n in ("az", "flavor")],
-                "get": {"summary": "dry-run placement", "security": secured, "responses": {
-                    "200": {"description": "placements and why"}, **_errors(401, 403, 404)}},
-            },
-        },
+                 "description": "Pools of ready VMs, acquired rack-aware in milliseconds. "
+                                "Every error body is {error: <stable code>, detail}."},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                       "schemas": schemas},
+        "paths": paths,
     }

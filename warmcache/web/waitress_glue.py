@@ -32,12 +32,14 @@ from waitress.task import ErrorTask, ThreadedTaskDispatcher
 from waitress.utilities import Error
 
 from warmcache.config import ServiceConfig
+from warmcache.errors import BodyTooLarge, HeadersTooLarge, InternalError, InvalidRequest
+from warmcache.errors import Overloaded as OverloadedError
 
 log = logging.getLogger(__name__)
 
-# waitress's own refusals -> the API's stable codes (warmcache.web.HTTP_CODES).
-CODES = {400: "invalid_request", 413: "body_too_large", 431: "headers_too_large",
-         500: "internal_error", 503: "overloaded"}
+# waitress's own refusals get the API's stable codes (warmcache.errors).
+CODES = {cls.http_status: cls.code for cls in (
+    InvalidRequest, BodyTooLarge, HeadersTooLarge, InternalError, OverloadedError)}
 
 
 class Overloaded(Error):  # type: ignore[misc]

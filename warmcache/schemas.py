@@ -1,0 +1,184 @@
+"""The HTTP API's bodies: one pydantic model per request and reply, error
+bodies included. The Flask views validate requests and build replies with
+them, ``/v1/openapi.json`` is generated from them, and ``warmcache.Client``
+and ``AsyncClient`` parse replies into them: one definition of the wire.
+
+Requests forbid unknown fields (a typo is a 400, not a silent default);
+replies ignore them, so a client keeps working against a newer server.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from warmcache.model import BuildRule, Mode, PoolInstance, PoolSummary
+
+# A caller's name for its claim (Stripe's idempotency key): what a retry sends again.
+CLAIM_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Reply(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+class ErrorBody(_Reply):
+    """Every error reply: a stable code (``warmcache.errors.CODES``) and a
+    detail (the message, or an object with the message and the error's
+    typed fields)."""
+
+    error: str = Field(description="stable code, e.g. no_capacity")
+    detail: Any = Field(description="message, or {message, <typed fields>}")
+
+
+# --- acquisitions ---------------------------------------------------------------------------
+
+
+class AcquireRequest(_Request):
+    flavor: StrictStr = Field(min_length=1, max_length=63)
+    az: StrictStr = Field(min_length=1, max_length=63)
+    count: StrictInt = Field(ge=1, le=10_000)
+    mode: Mode
+    use_reserve: StrictBool = False
+    requester: StrictStr = Field(default="anonymous", min_length=1, max_length=200)
+    claim_id: StrictStr | None = Field(
+        default=None, pattern=CLAIM_ID_PATTERN,
+        description="the caller's name for this claim: a repeat with the same id returns "
+                    "the same VMs (the Idempotency-Key header means the same)")
+
+
+class Vm(_Reply):
+    """A VM handed out: where it runs and how to reach it."""
+
+    name: str
+    az: str
+    flavor: str
+    rack: str
+    hypervisor: str
+    server_id: str = ""
+    addresses: list[str] = []
+    ready_at: float | None = None
+    acquired_at: float | None = None
+    claim_id: str | None = None
+
+    @classmethod
+    def of(cls, vm: PoolInstance) -> Vm:
+        return cls(name=vm.name, az=vm.az, flavor=vm.flavor, rack=vm.rack,
+                   hypervisor=vm.hypervisor, server_id=vm.server_id,
+                   addresses=list(vm.addresses), ready_at=vm.ready_at,
+                   acquired_at=vm.acquired_at, claim_id=vm.claim_id)
+
+
+class AcquireReply(_Reply):
+    claim_id: str
+    vms: list[Vm]
+
+
+class Claim(_Reply):
+    """A claim that landed (``GET /v1/claims/<claim_id>``)."""
+
+    claim_id: str
+    state: Literal["acquired"] = "acquired"
+    requester: str
+    acquired_at: float
+    vms: list[Vm]
+
+
+# --- pools, rules, leader, explain --------------------------------------------------------
+
+
+class PoolsReply(_Reply):
+    pools: list[PoolSummary]
+
+
+class RuleEntry(_Reply):
+    az: str
+    flavor: str
+    rule: BuildRule
+
+
+class RulesReply(_Reply):
+    rules: list[RuleEntry]
+
+
+class Leader(_Reply):
+    node: str
+    since: float
+    token: int = Field(description="fencing token: grows with every new holder")
+
+
+class LeaderReply(_Reply):
+    leader: Leader | None
+
+
+class Placement(_Reply):
+    vm: str
+    hypervisor: str
+    rack: str
+    removed: dict[str, int] = Field(description="hosts each validator removed, in order")
+    tied: int
+    explanation: str
+
+
+class Explain(_Reply):
+    az: str
+    flavor: str
+    hosts: int
+    to_build: int
+    problem: str | None = None
+    placements: list[Placement]
+
+
+# --- maker-checker --------------------------------------------------------------------------
+
+
+class ChangeAsk(_Request):
+    action: StrictStr = Field(description="delete_rule, purge_pool or drain_hypervisor")
+    params: dict[str, StrictStr]
+
+
+class ChangeRequest(_Reply):
+    id: str
+    action: str
+    params: dict[str, str]
+    asked_by: str
+    asked_at: float
+    expires_at: float
+    state: Literal["pending", "approved", "executed", "failed", "expired"]
+    approved_by: str | None = None
+    result: dict[str, Any] | None = None
+
+
+class ChangeReply(_Reply):
+    request: ChangeRequest
+
+
+class ChangesReply(_Reply):
+    requests: list[ChangeRequest]
+
+
+# --- probes -----------------------------------------------------------------------------------
+
+
+class Health(_Reply):
+    status: Literal["ok"]
+    node: str
+
+
+class Check(_Reply):
+    ok: bool
+    ms: float | None = None
+    detail: str | None = None
+
+
+class Ready(_Reply):
+    ready: bool
+    checks: dict[str, Check]
