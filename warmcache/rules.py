@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from warmcache.errors import InvalidRule
+from warmcache.errors import InvalidRule, UnknownFlavor
 from warmcache.model import BuildRule, Keys, is_valid_name
 from warmcache.ports import CoordinationStore, FlavorCatalog
 from warmcache.views import PrefixView
@@ -36,8 +36,9 @@ class RuleBook:
     def put(self, az: str, flavor: str, data: Mapping[str, Any] | str) -> BuildRule:
         if not is_valid_name(az):
             raise InvalidRule(f"invalid AZ name {az!r}")
-        if self._catalog.get(flavor) is None:
-            raise InvalidRule(f"flavor {flavor!r} is not in the flavor catalog")
+        if not is_valid_name(flavor) or self._catalog.get(flavor) is None:
+            # the path names a flavor that does not exist: 404, like a read of it
+            raise UnknownFlavor(flavor, (f.name for f in self._catalog.list()))
         rule = parse_rule(data)
         self._store.put(self._keys.rule(az, flavor), rule.model_dump_json())
         return rule

@@ -9,14 +9,26 @@ replies ignore them, so a client keeps working against a newer server.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, StrictBool, StrictStr
 
-from warmcache.model import BuildRule, Mode, PoolInstance, PoolSummary
+from warmcache.model import NAME_PATTERN, BuildRule, Mode, PoolInstance, PoolSummary
 
 # A caller's name for its claim (Stripe's idempotency key): what a retry sends again.
 CLAIM_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def _whole(value: object) -> object:
+    """JSON's integers: 3 or 3.0 (JSON Schema's integer), never true or "3"."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_whole)]
 
 
 class _Request(BaseModel):
@@ -45,7 +57,7 @@ class ErrorBody(_Reply):
 class AcquireRequest(_Request):
     flavor: StrictStr = Field(min_length=1, max_length=63)
     az: StrictStr = Field(min_length=1, max_length=63)
-    count: StrictInt = Field(ge=1, le=10_000)
+    count: Count = Field(ge=1, le=10_000)
     mode: Mode
     use_reserve: StrictBool = False
     requester: StrictStr = Field(default="anonymous", min_length=1, max_length=200)
@@ -140,9 +152,36 @@ class Explain(_Reply):
 # --- maker-checker --------------------------------------------------------------------------
 
 
-class ChangeAsk(_Request):
-    action: StrictStr = Field(description="delete_rule, purge_pool or drain_hypervisor")
-    params: dict[str, StrictStr]
+class PoolTarget(_Request):
+    az: StrictStr = Field(pattern=NAME_PATTERN)
+    flavor: StrictStr = Field(pattern=NAME_PATTERN)
+
+
+class HostTarget(_Request):
+    hypervisor: StrictStr = Field(pattern=NAME_PATTERN)
+
+
+class PoolChangeAsk(_Request):
+    action: Literal["delete_rule", "purge_pool"]
+    params: PoolTarget
+
+
+class HostChangeAsk(_Request):
+    action: Literal["drain_hypervisor"]
+    params: HostTarget
+
+
+class ChangeAsk(RootModel[Annotated[PoolChangeAsk | HostChangeAsk,
+                                    Field(discriminator="action")]]):
+    """A destructive change to ask for: its action and what it acts on."""
+
+    @property
+    def action(self) -> str:
+        return self.root.action
+
+    @property
+    def params(self) -> dict[str, str]:
+        return self.root.params.model_dump()
 
 
 class ChangeRequest(_Reply):

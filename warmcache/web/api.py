@@ -224,7 +224,7 @@ def metrics() -> Any:
 def openapi() -> Any:
     from warmcache import __version__
 
-    return jsonify(document(__version__))
+    return jsonify(document(__version__, _service().acquirer.max_count))
 
 
 @api.get("/v1/leader")

@@ -154,8 +154,12 @@ def _op_id(op: Operation) -> str:
     return "_".join([op.method, *[w for w in words if w != "v1"]])
 
 
-def document(version: str) -> dict[str, Any]:
+def document(version: str, max_count: int | None = None) -> dict[str, Any]:
+    """The document of this instance: ``max_count`` is the most VMs one
+    acquisition may ask for here (its config and its store's transaction size)."""
     refs, schemas = _schemas()
+    if max_count is not None:
+        schemas["AcquireRequest"]["properties"]["count"]["maximum"] = max_count
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method] = _operation(op, refs)

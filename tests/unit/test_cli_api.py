@@ -1,0 +1,102 @@
+"""The CLI against a live API: one exit code per error family (a contract
+scripts rely on), errors on stderr, tables or JSON on stdout, the global
+--url/--token and their variables."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner
+from werkzeug.serving import make_server
+
+from warmcache.cli import main
+from warmcache.config import AuthConfig, TokenConfig
+from warmcache.service import WarmCache
+from warmcache.web import create_app
+from warmcache.web.auth import Authenticator
+
+ADMIN, USER = "cli-admin-token", "cli-user-token"
+
+
+@pytest.fixture
+def url(service: WarmCache) -> Iterator[str]:
+    service.rules.put("az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6,
+                                       "min_fault_domain": 3})
+    service.run_cycle()
+    auth = Authenticator(AuthConfig(tokens=(TokenConfig(name="ops", role="admin", token=ADMIN),
+                                            TokenConfig(name="app", role="user", token=USER))))
+    server = make_server("127.0.0.1", 0, create_app(service, auth), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join()
+
+
+def run(url: str, *args: str, token: str | None = ADMIN) -> tuple[int, str, str]:
+    env = {"WARMCACHE_URL": url, **({"WARMCACHE_TOKEN": token} if token else {})}
+    result = CliRunner().invoke(main, list(args), env=env)
+    assert "Traceback" not in result.output
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_exit_codes_per_error_family(url: str) -> None:
+    code, out, err = run(url, "acquire", "small", "az1", "3", "--claim-id", "cli-1")
+    assert code == 0 and len(json.loads(out)["vms"]) == 3 and err == ""
+    code, out, err = run(url, "acquire", "small", "az1", "4")
+    assert code == 3 and out == "" and "error: no_capacity" in err
+    code, _, err = run(url, "acquire", "xxl", "az1", "1")
+    assert code == 4 and "unknown_flavor" in err
+    code, _, err = run(url, "claims", "get", "never-made")
+    assert code == 4 and "unknown_claim" in err
+    code, _, err = run(url, "acquire", "small", "az1", "1", "--claim-id", "bad id")
+    assert code == 2 and "invalid_request" in err
+    code, _, err = run(url, "acquire", "small", "az1", "2", "--claim-id", "cli-1")
+    assert code == 1 and "claim_mismatch" in err  # any other error
+    code, _, err = run(url, "pools", token=None)
+    assert code == 6 and "unauthorized" in err
+    code, _, err = run(url, "requests", "ask", "delete_rule", "az=az1", "flavor=small",
+                       token=USER)
+    assert code == 6 and "forbidden" in err
+    code, _, err = run("http://127.0.0.1:9", "pools")
+    assert code == 5 and "server_unreachable" in err
+    code, _, err = run(url, "pools", "--bogus")
+    assert code == 2
+
+
+def test_read_commands_print_tables_or_json(url: str) -> None:
+    code, out, _ = run(url, "pools", "-o", "json")
+    [pool] = json.loads(out)
+    assert code == 0 and pool["flavor"] == "small" and pool["ready"] == 6
+    code, out, _ = run(url, "pools")
+    assert code == 0 and "small" in out and "ready by rack" in out
+    run(url, "acquire", "small", "az1", "2", "--claim-id", "cli-2")
+    code, out, _ = run(url, "claims", "get", "cli-2", "-o", "json")
+    assert code == 0 and json.loads(out)["state"] == "acquired"
+    assert len(json.loads(out)["vms"]) == 2
+    for args in (["rules", "list"], ["leader"], ["requests", "list"], ["explain", "az1", "small"]):
+        code, out, _ = run(url, *args, "-o", "json")
+        assert code == 0, args
+        json.loads(out)
+    code, out, _ = run(url, "rules", "get", "az1", "small")
+    assert json.loads(out)["total_instances"] == 6
+
+
+def test_a_server_that_is_not_warmcache_gets_a_clean_message() -> None:
+    class NotJson:
+        def __call__(self, environ: object, start: object) -> list[bytes]:
+            start("502 Bad Gateway", [("Content-Type", "text/html")])  # type: ignore[operator]
+            return [b"<html>bad gateway</html>"]
+
+    server = make_server("127.0.0.1", 0, NotJson())  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        code, _, err = run(f"http://127.0.0.1:{server.server_port}", "pools")
+        assert code == 1 and "unexpected_reply" in err and "bad gateway" in err
+    finally:
+        server.shutdown()
+        thread.join()
