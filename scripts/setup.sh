@@ -13,7 +13,8 @@ need=(libvirt-dev libvirt-daemon pkg-config gcc qemu-utils)
 # render the dashboard in a real headless browser, and put hosts in network
 # namespaces with nftables for partition tests
 [ "$mode" = test ] && need+=(etcd-server etcd-client libvirt-clients libvirt-daemon-driver-qemu
-                             qemu-system-x86 busybox-static chromium iproute2 nftables)
+                             qemu-system-x86 busybox-static chromium chromium-driver iproute2
+                             nftables)
 
 py_include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$py_include/Python.h" ] || need+=(python3-dev)
