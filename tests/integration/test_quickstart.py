@@ -143,7 +143,8 @@ def test_operator_cli_against_the_live_stack(stack: QuickstartStack, tmp_path: P
     assert "has_capacity removed" in result.output or "problem:" in result.output
     rule.write_text('{"max_instance_per_cycle": 2, "total_instances": 1, "reserve_cap": 2}')
     result = runner.invoke(main, ["rules", "set", "az2", "medium", str(rule), "--url", url])
-    assert result.exit_code == 1 and "reserve_cap" in result.output
+    assert result.exit_code == 2 and "invalid_rule" in result.stderr  # refused input
+    assert "reserve_cap" in result.stderr
     result = runner.invoke(main, ["acquire", "large", "az1", "3", "--url", url])
     assert result.exit_code == 0 and len(json.loads(result.output)["vms"]) == 3
 

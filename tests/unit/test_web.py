@@ -212,7 +212,8 @@ def test_rules_for_unknown_things(client: FlaskClient) -> None:
     assert client.get("/v1/rules/az1/large").get_json()["error"] == "unknown_rule"
     reply = client.put("/v1/rules/az1/xxl", json={"max_instance_per_cycle": 1,
                                                   "total_instances": 1})
-    assert reply.status_code == 400 and "catalog" in reply.get_json()["detail"]
+    assert reply.status_code == 404 and reply.get_json()["error"] == "unknown_flavor"
+    assert reply.get_json()["detail"]["flavor"] == "xxl"
     reply = client.put("/v1/rules/az1/small", data=b"{", content_type="application/json")
     assert reply.status_code == 400
 

@@ -74,9 +74,11 @@ class Acquirer:
                                rng=rng, retention_s=config.claim_retention_s)
         self._store = store
         # One acquisition is one transaction: no more VMs than the store can
-        # compare in one (etcd: 126 with its default --max-txn-ops).
+        # compare in one, less the claim record a named claim also compares
+        # (etcd: 125 with its default --max-txn-ops).
         limit = store.txn_limit
-        self.max_count = min(config.max_acquire_count, limit or config.max_acquire_count)
+        self.max_count = min(config.max_acquire_count,
+                             limit - 1 if limit else config.max_acquire_count)
 
     @property
     def views(self) -> list[PrefixView[Any]]:
