@@ -237,10 +237,11 @@ class Run:
                     outcome = "ok"
                     try:
                         if conn is not None:
-                            names, outcome = _post(conn, pool, n)
+                            names, outcome = _post(conn, pool, n, args.named)
                         else:
                             names = [vm.name for vm in services[n % len(services)].acquire(
-                                pool[1], pool[0], 1, "best-effort", requester=f"c{n}")]
+                                pool[1], pool[0], 1, "best-effort", requester=f"c{n}",
+                                claim_id=uuid.uuid4().hex if args.named else None)]
                     except (NoCapacity, ClaimContention) as exc:
                         outcome = exc.code
                     took = time.perf_counter() - started
@@ -314,10 +315,11 @@ def _scraped_claims(port: int) -> tuple[int, int]:
             found.get("warmcache_claim_conflicts_total", 0))
 
 
-def _post(conn: http.client.HTTPConnection, pool: tuple[str, str], n: int
+def _post(conn: http.client.HTTPConnection, pool: tuple[str, str], n: int, named: bool
           ) -> tuple[list[str], str]:
     body = json.dumps({"flavor": pool[1], "az": pool[0], "count": 1, "mode": "best-effort",
-                       "requester": f"c{n}"})
+                       "requester": f"c{n}",
+                       **({"claim_id": uuid.uuid4().hex} if named else {})})
     conn.request("POST", "/v1/acquire", body, {"Content-Type": "application/json"})
     reply = conn.getresponse()
     data = json.loads(reply.read())
@@ -331,7 +333,7 @@ def line(result: dict[str, Any], args: argparse.Namespace, fleet: Fleet, batch: 
             f"p99_ms={result['p99_ms']:.2f} duplicates={result['duplicates']} "
             f"clients={args.clients} store={args.store} via={args.via} "
             f"hypervisors={fleet.hypervisors} pooled={fleet.pooled} pools={len(fleet.pools)} "
-            f"batch={'on' if batch else 'off'}")
+            f"batch={'on' if batch else 'off'}" + (" named=on" if args.named else ""))
 
 
 def main() -> None:
@@ -353,6 +355,9 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=2, choices=[1, 2],
                         help="service instances (clients are spread over them)")
     parser.add_argument("--etcd-url", default="")
+    parser.add_argument("--named", action="store_true",
+                        help="every acquisition names its claim (claim_id): idempotent, one "
+                             "claim record more per transaction")
     args = parser.parse_args()
     if not 1 <= args.pools <= 30:
         parser.error("--pools must be between 1 and 30")
