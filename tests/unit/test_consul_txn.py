@@ -50,3 +50,40 @@ def test_oversized_transactions_are_refused_with_a_reason() -> None:
     with pytest.raises(ValueError, match="at most 64"):
         txn_payload("", compares, ops)
     txn_payload("", compares[:32], ops[:64])  # 32 VMs fit
+
+
+class _StubConsul:
+    """py-consul's surface that ConsulStore.txn touches, recording reads."""
+
+    def __init__(self, txn_error: Exception | None) -> None:
+        self.reads: list[tuple[str, bool]] = []
+        self.kv = self
+        self.txn = self
+        self._error = txn_error
+
+    def get(self, key: str, recurse: bool = False, **_kw: object) -> tuple[int, object]:
+        self.reads.append((key, recurse))
+        return 4242, None
+
+    def put(self, _payload: object) -> dict[str, object]:
+        if self._error is not None:
+            raise self._error
+        return {"Results": []}
+
+
+def test_a_failed_or_delete_only_txn_reads_one_key_not_the_whole_cluster() -> None:
+    from consul.exceptions import ClientError
+
+    from warmcache.adapters.consul_store import ConsulStore
+
+    # 409: a compare failed (the claim lost a race): a typed failed result,
+    # the current state of the compared key, and the index from one key.
+    stub = _StubConsul(ClientError("409 Transaction failed"))
+    store = ConsulStore(client=stub)
+    result = store.txn([Compare.mod_revision("pool/a", 7)], [Delete("pool/a")])
+    assert not result.succeeded and result.revision == 4242 and result.current == {"pool/a": None}
+    assert all(not recurse for _key, recurse in stub.reads), stub.reads
+    # a delete-only transaction: no KV results carry an index
+    stub = _StubConsul(None)
+    assert ConsulStore(client=stub).txn([], [Delete("x")]).revision == 4242
+    assert stub.reads == [("warmcache-index-probe", False)]

@@ -65,11 +65,16 @@ from warmcache.ports import (
 try:
     import consul
     import requests
+
+    # py-consul exports ConsulException and NotFound at the top, not ClientError.
+    from consul.exceptions import ClientError
 except ImportError:  # pragma: no cover - only without the extra
     consul = None
     requests = None  # type: ignore[assignment]
+    ClientError = Exception
 
 T = TypeVar("T")
+INDEX_PROBE = "warmcache-index-probe"  # never written: read for the index it reports
 MAX_TXN_OPS = 64
 MIN_SESSION_TTL_S = 10
 
@@ -203,10 +208,10 @@ class ConsulStore:
         except _CompareFailed:
             return self._failed(compares)
         if not payload:
-            return TxnResult(True, self.range("")[1])
+            return TxnResult(True, self._revision())
         try:
             reply = self._c.txn.put(payload)
-        except consul.ClientError as exc:
+        except ClientError as exc:
             text = str(exc)
             if "invalid session" in text.lower():
                 session = next((op.session for op in success
@@ -221,7 +226,7 @@ class ConsulStore:
             raise StoreError(f"consul unreachable: {exc}") from exc
         indexes = [int(r["KV"]["ModifyIndex"]) for r in (reply or {}).get("Results") or []
                    if r.get("KV")]
-        return TxnResult(True, max(indexes) if indexes else self.range("")[1])
+        return TxnResult(True, max(indexes) if indexes else self._revision())
 
     # 64 operations: a key compared and deleted fuses into one delete-cas,
     # plus one write elsewhere.
@@ -238,7 +243,14 @@ class ConsulStore:
         # Consul reports which operation failed, not the state: read it (not
         # atomically with the transaction; callers use it only to re-plan).
         current = {c.key: self.get(c.key) for c in compares}
-        return TxnResult(False, self.range("")[1], current)
+        return TxnResult(False, self._revision(), current)
+
+    def _revision(self) -> int:
+        """The KV store's current index: what a read of one (absent) key
+        reports. Never a recursive read of the namespace, which with the
+        default empty namespace would read every key in the cluster."""
+        index, _ = self._call(lambda: self._c.kv.get(self._ns + INDEX_PROBE))
+        return int(index)
 
     # --- sessions ------------------------------------------------------------------------
 
