@@ -25,7 +25,7 @@ from tests.conftest import unavailable
 from tests.polling import pause, wait_for
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.clock import ManualClock
-from warmcache.errors import SessionExpired, StoreError, WatchCompacted
+from warmcache.errors import SessionExpired, StoreError, StoreUnavailable, WatchCompacted
 from warmcache.ports import Change, ChangeStream, Compare, CoordinationStore, Delete, Put, Txn
 
 
@@ -520,3 +520,31 @@ def test_a_watch_from_a_compacted_revision_says_so(
         assert [c.value for c in _drain(stream, 1)] == ["after"]
     finally:
         stream.close()
+
+
+def test_sqlite_driver_errors_become_store_errors(tmp_path: Path, clock: ManualClock) -> None:
+    """A raw sqlite3 error never reaches a caller (the build loop logged one
+    as "crashed"): a broken database is a StoreError, a locked one
+    StoreUnavailable, and the store works again once the cause is gone."""
+    import sqlite3
+
+    store = SqliteStore(tmp_path / "s.db", clock=clock, busy_timeout_s=0.05)
+    try:
+        store.put("a", "1")
+        other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+        other.execute("ALTER TABLE kv RENAME TO kv_gone")
+        for call in (lambda: store.get("a"), lambda: store.range(""),
+                     lambda: store.put("b", "2"), lambda: store.txn([], [Put("c", "3")])):
+            with pytest.raises(StoreError) as err:
+                call()
+            assert "no such table" in str(err.value)
+        other.execute("ALTER TABLE kv_gone RENAME TO kv")
+        assert store.get("a") is not None and store.put("b", "2") > 0
+        other.execute("BEGIN EXCLUSIVE")  # another process holds the database
+        with pytest.raises(StoreUnavailable):
+            store.put("d", "4")
+        other.execute("ROLLBACK")
+        assert store.put("d", "4") > 0
+        other.close()
+    finally:
+        store.close()

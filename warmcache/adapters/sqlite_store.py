@@ -17,6 +17,7 @@ that would otherwise see their keys, using the injected clock: a test moves a
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import sqlite3
@@ -26,6 +27,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from warmcache import deadline
 from warmcache.adapters.polling_stream import PollingChangeStream
@@ -95,6 +97,29 @@ def _prefix_bounds(prefix: str) -> tuple[str, str]:
     # [prefix, prefix + U+10FFFF). Cheaper than LIKE, and no escaping of % or _.
     return prefix, prefix + "\U0010ffff"
 
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _translated(method: F) -> F:
+    """Driver errors become the store port's (STYLE.md §3): a locked or busy
+    database is ``StoreUnavailable`` (nothing was written: retry), any other
+    ``sqlite3.Error`` a ``StoreError``. Never a raw ``sqlite3`` error into a
+    builder or a request."""
+
+    @functools.wraps(method)
+    def call(self: SqliteStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StoreUnavailable(f"sqlite store {self.path}", str(exc)) from exc
+            raise StoreError(f"sqlite store {self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}") from exc
+
+    return call  # type: ignore[return-value]
 
 class SqliteStore:
     """Coordination store in one SQLite file (see the module docstring)."""
@@ -191,10 +216,17 @@ class SqliteStore:
                 self._reap(conn)
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
                 raise
-            else:
+            try:
                 conn.execute("COMMIT")
+            except sqlite3.Error:
+                # Not committed (SQLite's commit is atomic); end the
+                # transaction, or every later BEGIN on this connection fails.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
 
     def _start_checkpointer(self) -> None:
         with self._all_lock:
@@ -380,6 +412,7 @@ class SqliteStore:
                 self._apply_delete(conn, revision, key)
         conn.execute("DELETE FROM sessions WHERE id = ?", (session,))
 
+    @_translated
     def create_session(self, ttl_s: float, node: str) -> str:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
@@ -391,6 +424,7 @@ class SqliteStore:
             )
         return session
 
+    @_translated
     def renew_session(self, session_id: str) -> None:
         with self._write() as conn:
             updated = conn.execute(
@@ -400,6 +434,7 @@ class SqliteStore:
         if not updated:
             raise SessionExpired(session_id)
 
+    @_translated
     def destroy_session(self, session_id: str) -> None:
         with self._write() as conn:
             self._end_session(conn, session_id)
@@ -416,9 +451,11 @@ class SqliteStore:
         ).fetchone()
         return self._row(row) if row else None
 
+    @_translated
     def get(self, key: str) -> KeyValue | None:
         return self._get(self._read_conn(), key)
 
+    @_translated
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         conn = self._read_conn()
         low, high = _prefix_bounds(prefix)
@@ -435,12 +472,14 @@ class SqliteStore:
             conn.execute("COMMIT")
         return [self._row(r) for r in rows], revision
 
+    @_translated
     def put(self, key: str, value: str, session: str | None = None) -> int:
         with self._write() as conn:
             revision = self._bump(conn)
             self._apply_ops(conn, revision, [Put(key, value, session)])
         return revision
 
+    @_translated
     def delete(self, key: str) -> bool:
         with self._write() as conn:
             if self._get(conn, key) is None:
@@ -448,6 +487,7 @@ class SqliteStore:
             revision = self._bump(conn)
             return self._apply_delete(conn, revision, key)
 
+    @_translated
     def txn(
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
     ) -> TxnResult:
@@ -465,6 +505,7 @@ class SqliteStore:
 
     txn_limit = None  # one local write transaction holds any number of keys
 
+    @_translated
     def txns(self, batch: Sequence[Txn]) -> list[TxnResult]:
         """One write transaction: every compare is read first, then the
         transactions whose compares hold are applied at one revision."""
@@ -484,6 +525,7 @@ class SqliteStore:
         return [TxnResult(ok, revision, {} if ok else cur)
                 for ok, cur in zip(oks, currents, strict=True)]
 
+    @_translated
     def compact(self, revision: int) -> None:
         """Forget the change history up to ``revision`` (as etcd's
         compaction does): a watch from before it gets ``WatchCompacted``."""
@@ -494,6 +536,7 @@ class SqliteStore:
 
     # --- change feed -------------------------------------------------------------------
 
+    @_translated
     def changes(self, prefix: str, after_revision: int, timeout_s: float) -> list[Change]:
         """Rows of the change table past ``after_revision`` under ``prefix``.
 
@@ -541,6 +584,7 @@ class SqliteStore:
 
     # --- services ------------------------------------------------------------------------
 
+    @_translated
     def register_service(self, name: str, node: str, address: str, ttl_s: float) -> None:
         now = self._clock.now()
         with self._write() as conn:
@@ -551,10 +595,12 @@ class SqliteStore:
                 (name, node, address, now, now + ttl_s),
             )
 
+    @_translated
     def deregister_service(self, name: str, node: str) -> None:
         with self._write() as conn:
             conn.execute("DELETE FROM services WHERE name = ? AND node = ?", (name, node))
 
+    @_translated
     def services(self, name: str) -> list[ServiceEntry]:
         rows = self._read_conn().execute(
             "SELECT name, node, address, registered_at, expires_at FROM services "
