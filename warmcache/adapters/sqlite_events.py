@@ -10,6 +10,7 @@ does not lose them; ``recent`` first waits briefly for this instance's own.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import sqlite3
@@ -91,13 +92,22 @@ class SqliteEvents:
 
 
 class LogEvents:
-    """Events to the Python log only (``events.kind = "log"``)."""
+    """Events to the Python log (``events.kind = "log"``), and the last
+    ``keep`` of them in memory, so the dashboard of this instance still
+    shows recent builds and acquisitions (its own only: nothing is shared)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 2000) -> None:
         self._log = logging.getLogger("warmcache.events")
+        self._recent: collections.deque[Event] = collections.deque(maxlen=keep)
+        self._lock = threading.Lock()
 
     def emit(self, event: Event) -> None:
         self._log.info("%s %s", event.type, json.dumps(dict(event.fields), default=str))
+        with self._lock:
+            self._recent.append(event)
 
     def recent(self, limit: int = 100, type_prefix: str = "") -> list[Event]:
-        return []
+        """Newest first, like every event sink."""
+        with self._lock:
+            found = [e for e in reversed(self._recent) if e.type.startswith(type_prefix)]
+        return found[:limit]
