@@ -289,3 +289,19 @@ def test_a_host_whose_heartbeat_is_gone_is_not_built_on(
     service.run_cycle()
     assert {r.rack for r in records(service)} == {"az1-r2", "az1-r3"}
     assert all(not a.vms for a in dead)
+
+
+def test_group_hint_keeps_a_group_off_a_hypervisor_that_has_one(service: WarmCache) -> None:
+    # Six "db" VMs fill the six hypervisors of az1 one each; a seventh VM of
+    # the group (another flavor, so another pool) then has nowhere to go:
+    # the spread preferences alone would happily put it beside one of them.
+    rule(service, group_hint="db", total_instances=6)
+    service.run_cycle()
+    service.rules.put("az1", "medium", {"max_instance_per_cycle": 1, "total_instances": 1,
+                                        "group_hint": "db"})
+    report = service.run_cycle()
+    assert report is not None and report.built[("az1", "medium")] == 0
+    assert [r for r in records(service) if r.flavor == "medium"] == []
+    plan = service.explain("az1", "medium")
+    assert plan["to_build"] == 1 and plan["placements"] == []
+    assert "group_anti_affinity" in str(plan["problem"])
