@@ -48,6 +48,7 @@ from typing import Any
 
 from tests.certs import TestCA
 from tests.netns import Network
+from tests.polling import pause, wait_for
 from warmcache.adapters.etcd_store import EtcdStore
 from warmcache.model import InstanceState, Keys, PoolInstance
 
@@ -256,11 +257,7 @@ class ChaosRig:
 
     @staticmethod
     def _wait(predicate: Any, timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-            time.sleep(0.1)
+        wait_for(what, predicate, timeout_s, interval_s=0.1)
 
     # --- the workload ----------------------------------------------------------------
 
@@ -316,9 +313,9 @@ class ChaosRig:
         for kind in schedule:
             described = self._inject(kind)
             report.faults.append(described)
-            time.sleep(self.rng.uniform(*hold_s))
+            pause(self.rng.uniform(*hold_s))  # the fault lasts this long, in real time
             self._heal_all()
-            time.sleep(1.0)
+            pause(1.0)
         self._stop.set()
         for t in self._clients:
             t.join()
