@@ -89,7 +89,6 @@ class Call:
     method: str
     path: str
     json: Any = None
-    headers: Mapping[str, str] | None = None
     accept: tuple[int, ...] = ()
 
 
@@ -186,8 +185,7 @@ class Client:
 
     def _call(self, call: Call) -> Any:
         try:
-            reply = self._http.request(call.method, call.path, json=call.json,
-                                       headers=call.headers)
+            reply = self._http.request(call.method, call.path, json=call.json)
         except httpx.HTTPError as exc:
             raise _Wire.fail(self.url, exc) from exc
         return _Wire.parse(reply.status_code, reply.content, call.accept)
@@ -296,8 +294,7 @@ class AsyncClient:
 
     async def _call(self, call: Call) -> Any:
         try:
-            reply = await self._http.request(call.method, call.path, json=call.json,
-                                             headers=call.headers)
+            reply = await self._http.request(call.method, call.path, json=call.json)
         except httpx.HTTPError as exc:
             raise _Wire.fail(self.url, exc) from exc
         return _Wire.parse(reply.status_code, reply.content, call.accept)

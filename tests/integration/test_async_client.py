@@ -4,12 +4,11 @@ the same typed errors as Client, and an idempotent acquire."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 
 import pytest
-from werkzeug.serving import make_server
 
+from tests.live import served
 from warmcache import AsyncClient, Client, NoCapacity, PoolSummary, UnknownClaim, UnknownRule, Vm
 from warmcache.service import WarmCache
 from warmcache.web import create_app
@@ -20,12 +19,8 @@ def url(service: WarmCache) -> Iterator[str]:
     service.rules.put("az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6,
                                        "min_fault_domain": 3})
     service.run_cycle()
-    server = make_server("127.0.0.1", 0, create_app(service), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
+    with served(create_app(service)) as url:
+        yield url
 
 
 def test_async_client_speaks_the_same_wire(url: str) -> None:

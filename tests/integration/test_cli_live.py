@@ -5,13 +5,12 @@ scripts rely on), errors on stderr, tables or JSON on stdout, the global
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
-from werkzeug.serving import make_server
 
+from tests.live import served
 from warmcache.cli import main
 from warmcache.config import AuthConfig, TokenConfig
 from warmcache.service import WarmCache
@@ -28,12 +27,8 @@ def url(service: WarmCache) -> Iterator[str]:
     service.run_cycle()
     auth = Authenticator(AuthConfig(tokens=(TokenConfig(name="ops", role="admin", token=ADMIN),
                                             TokenConfig(name="app", role="user", token=USER))))
-    server = make_server("127.0.0.1", 0, create_app(service, auth), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
+    with served(create_app(service, auth)) as url:
+        yield url
 
 
 def run(url: str, *args: str, token: str | None = ADMIN) -> tuple[int, str, str]:
@@ -91,12 +86,6 @@ def test_a_server_that_is_not_warmcache_gets_a_clean_message() -> None:
             start("502 Bad Gateway", [("Content-Type", "text/html")])  # type: ignore[operator]
             return [b"<html>bad gateway</html>"]
 
-    server = make_server("127.0.0.1", 0, NotJson())  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        code, _, err = run(f"http://127.0.0.1:{server.server_port}", "pools")
+    with served(NotJson()) as url:
+        code, _, err = run(url, "pools")
         assert code == 1 and "unexpected_reply" in err and "bad gateway" in err
-    finally:
-        server.shutdown()
-        thread.join()

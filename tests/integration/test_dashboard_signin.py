@@ -6,15 +6,14 @@ dashboard after signing in, a wrong token refused, and signing out."""
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from werkzeug.serving import make_server
 
 from tests.conftest import unavailable
+from tests.live import served
 from warmcache.config import AuthConfig, TokenConfig
 from warmcache.service import WarmCache
 from warmcache.web import create_app
@@ -29,12 +28,8 @@ def url(service: WarmCache) -> Iterator[str]:
     service.run_cycle()
     auth = Authenticator(AuthConfig(tokens=(TokenConfig(name="viewer", role="user",
                                                         token=TOKEN),)))
-    server = make_server("127.0.0.1", 0, create_app(service, auth), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
+    with served(create_app(service, auth)) as url:
+        yield url
 
 
 @pytest.fixture
@@ -61,6 +56,11 @@ def browser(tmp_path: Path) -> Iterator[object]:
 
 def test_a_browser_signs_in_with_a_token_and_sees_the_dashboard(url: str, browser) -> None:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as until
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    def lands_on(path: str) -> None:  # a click returns before its navigation ends
+        WebDriverWait(browser, 10).until(until.url_to_be(f"{url}{path}"))
 
     # without a token: the sign-in page, not a JSON 401
     assert httpx.get(f"{url}/", follow_redirects=True).status_code == 200
@@ -71,12 +71,13 @@ def test_a_browser_signs_in_with_a_token_and_sees_the_dashboard(url: str, browse
     # a wrong token is refused, and the page says so
     browser.find_element(By.ID, "token").send_keys("not-a-token")
     browser.find_element(By.ID, "signin").click()
-    assert browser.find_element(By.ID, "error").text == "unknown token"
+    error = WebDriverWait(browser, 10).until(until.presence_of_element_located((By.ID, "error")))
+    assert error.text == "unknown token"
     assert browser.get_cookie("warmcache_session") is None
 
     browser.find_element(By.ID, "token").send_keys(TOKEN)
     browser.find_element(By.ID, "signin").click()
-    assert browser.current_url == f"{url}/"
+    lands_on("/")
     assert browser.find_element(By.TAG_NAME, "h1").text == "warmcache"
     assert browser.find_element(By.ID, "identity").text == "viewer"
     assert 'data-pool="az1/small"' in browser.page_source
@@ -88,6 +89,6 @@ def test_a_browser_signs_in_with_a_token_and_sees_the_dashboard(url: str, browse
     assert httpx.get(f"{url}/v1/pools", cookies={"warmcache_session": TOKEN}).status_code == 401
 
     browser.find_element(By.ID, "signout").click()
-    assert browser.current_url == f"{url}/signin"
+    lands_on("/signin")
     browser.get(f"{url}/")
     assert browser.current_url == f"{url}/signin"

@@ -275,9 +275,10 @@ class Claimer:
                                            if k != claim_key}, result.revision)
                 if request.outcome is not None:
                     continue  # decided by the settle: outcome unknown
-                if request.named and result.current.get(claim_key) is not None:
+                landed = result.current.get(claim_key) if request.named else None
+                if landed is not None:
                     # This claim landed before (a repeat): its record decides.
-                    self._replay(request, ClaimLog.parse(result.current[claim_key]))
+                    self._replay(request, ClaimLog.parse(landed))
                     continue
                 self.conflicts += 1
                 if request.attempts < self._attempts:
@@ -317,9 +318,8 @@ class Claimer:
             ops.append(Put(key, record.model_dump_json()))
         return Txn(compares, ops)
 
-    def _replay(self, request: ClaimRequest, record: ClaimRecord | None) -> None:
+    def _replay(self, request: ClaimRequest, record: ClaimRecord) -> None:
         """A named claim that had landed: its VMs again, or ``ClaimMismatch``."""
-        assert record is not None
         differs = record.differs(request.flavor, request.az, request.count, request.mode,
                                  request.requester)
         if differs:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from warmcache.errors import ClaimMismatch, UnknownClaim
+from warmcache.errors import UnknownClaim
 from warmcache.model import Keys, Mode, PoolInstance
 from warmcache.ports import Compare, CoordinationStore, Delete, KeyValue, Txn
 
@@ -44,12 +44,6 @@ class ClaimRecord(BaseModel):
                  "requester": requester}
         return [name for name, value in asked.items() if getattr(self, name) != value]
 
-    def check(self, flavor: str, az: str, count: int, mode: Mode, requester: str) -> None:
-        """Raises ``ClaimMismatch`` unless the request is the one this claim was for."""
-        differs = self.differs(flavor, az, count, mode, requester)
-        if differs:
-            raise ClaimMismatch(self.claim_id, differs)
-
 
 class ClaimLog:
     def __init__(self, store: CoordinationStore, keys: Keys) -> None:
@@ -65,11 +59,11 @@ class ClaimLog:
         kv = self._store.get(self._keys.claim(claim_id))
         if kv is None:
             raise UnknownClaim(claim_id)
-        return ClaimRecord.model_validate_json(kv.value)
+        return self.parse(kv)
 
     @staticmethod
-    def parse(kv: KeyValue | None) -> ClaimRecord | None:
-        return ClaimRecord.model_validate_json(kv.value) if kv is not None else None
+    def parse(kv: KeyValue) -> ClaimRecord:
+        return ClaimRecord.model_validate_json(kv.value)
 
     def sweep(self, now: float, limit: int = 1000) -> int:
         """Delete up to ``limit`` records past their retention, each only if
