@@ -29,7 +29,7 @@ from agent.operations import AgentFault, HostAgentService
 from agent.reconcile import Finding
 from warmcache.agent_codes import AgentCode
 from warmcache.errors import ConfigError, InvalidRequest, StoreError
-from warmcache.model import PoolInstance
+from warmcache.layout import Keys, PoolRecords
 from warmcache.ports import CoordinationStore
 from warmcache.wire import MAX_LINE_BYTES, REQUEST_ADAPTER, error, ok
 
@@ -207,15 +207,8 @@ def _reconcile_loop(service: HostAgentService, stop: threading.Event) -> None:
 def records_on_host(store: CoordinationStore, config: AgentConfig) -> dict[str, str]:
     """The store's pool and acquired records that name this hypervisor."""
     assert config.inventory is not None
-    prefix = config.inventory.prefix.rstrip("/")
-    out: dict[str, str] = {}
-    for section in ("pool", "acquired"):
-        kvs, _ = store.range(f"{prefix}/{section}/{config.az}/")
-        for kv in kvs:
-            rec = PoolInstance.model_validate_json(kv.value)
-            if rec.hypervisor == config.hypervisor:
-                out[rec.name] = rec.state.value
-    return out
+    records = PoolRecords(store, Keys(config.inventory.prefix))
+    return records.on_host(config.az, config.hypervisor)
 
 
 def publish_findings(store: CoordinationStore, config: AgentConfig,
@@ -223,7 +216,7 @@ def publish_findings(store: CoordinationStore, config: AgentConfig,
     """Findings go to the store, where the leader turns new ones into events
     and alerts; an empty list is published too (the host is clean again)."""
     assert config.inventory is not None
-    key = f"{config.inventory.prefix.rstrip('/')}/findings/{config.az}/{config.hypervisor}"
+    key = Keys(config.inventory.prefix).findings(config.az, config.hypervisor)
     try:
         store.put(key, json.dumps({"hypervisor": config.hypervisor, "at": time.time(),
                                    "findings": [f.as_dict() for f in findings]}))

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 
 from warmcache.errors import SessionExpired, StoreError
+from warmcache.layout import Keys
 from warmcache.model import HostFacts
 from warmcache.ports import CoordinationStore
 
@@ -26,7 +27,7 @@ class InventoryPublisher:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
         self._store = store
-        self._prefix = prefix.rstrip("/")
+        self._keys = Keys(prefix)
         self._facts = facts
         self._ttl_s = ttl_s
         self._dirty = threading.Event()
@@ -57,7 +58,7 @@ class InventoryPublisher:
     def _publish(self) -> None:
         self._dirty.clear()
         facts = self._facts()
-        key = f"{self._prefix}/hosts/{facts.az}/{facts.hypervisor}"
+        key = self._keys.host(facts.az, facts.hypervisor)
         assert self._session is not None
         self._store.put(key, facts.model_dump_json(), session=self._session)
 

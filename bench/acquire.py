@@ -57,7 +57,8 @@ import httpx
 from warmcache.bootstrap import build, build_store
 from warmcache.config import parse_config
 from warmcache.errors import ClaimContention, NoCapacity
-from warmcache.model import HostFacts, InstanceState, Keys, PoolInstance
+from warmcache.layout import Keys
+from warmcache.model import HostFacts, InstanceState, PoolInstance
 from warmcache.ports import Compare, CoordinationStore, Put
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
@@ -149,7 +150,7 @@ def _refiller(store_cfg: dict[str, str], hypervisors: int, pools: int, pool_size
     turns over in well under a second at the rates measured here)."""
     store = build_store(parse_config({"store": store_cfg}, environ={}))
     fleet = Fleet(store, hypervisors, pools, pool_size)
-    stream = store.watch(f"{PREFIX}/acquired/", revision)
+    stream = store.watch(KEYS.acquired_dir(), revision)
     while True:
         due: Counter[tuple[str, str]] = Counter()
         for change in stream.get(0.01):

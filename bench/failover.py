@@ -32,10 +32,11 @@ from typing import Any
 
 from warmcache.clock import SystemClock
 from warmcache.errors import LeadershipLost, StoreError
+from warmcache.layout import Keys
 from warmcache.leader.election import LeaderElection, Leadership, watch_poll_s
 from warmcache.ports import CoordinationStore
 
-KEY = "bench/leader"
+KEY = Keys("bench").leader()
 WORK = "bench/work/"
 
 

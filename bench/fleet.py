@@ -32,8 +32,9 @@ from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.builders.cycle import BuildCycle
 from warmcache.clock import SystemClock
 from warmcache.inventory import HostView
+from warmcache.layout import Keys
 from warmcache.leader.election import LeaderElection
-from warmcache.model import HostFacts, Keys
+from warmcache.model import HostFacts
 from warmcache.placement.pipeline import (
     Decision,
     PlacementPipeline,

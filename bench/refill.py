@@ -27,7 +27,8 @@ from warmcache.adapters.sqlite_events import LogEvents
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.clock import SystemClock
 from warmcache.config import ServiceConfig
-from warmcache.model import InstanceState, Mode, PoolInstance
+from warmcache.layout import PoolRecords
+from warmcache.model import InstanceState, Mode
 from warmcache.service import WarmCache
 from warmcache.sim import lognormal_latency, sim_fleet
 
@@ -35,8 +36,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
 
 def full(service: WarmCache, n: int) -> bool:
-    kvs, _ = service.store.range(service.keys.pool_dir("az1"))
-    states = [PoolInstance.model_validate_json(kv.value).state for kv in kvs]
+    states = [item.record.state
+              for item in PoolRecords(service.store, service.keys).read("az1")[0]]
     return states.count(InstanceState.READY) >= n
 
 

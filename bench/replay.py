@@ -53,6 +53,7 @@ from warmcache.builders.plan import plan_az
 from warmcache.clock import ManualClock
 from warmcache.config import ServiceConfig
 from warmcache.errors import NoCapacity
+from warmcache.layout import Keys, PoolRecords
 from warmcache.model import InstanceState, Mode, PoolInstance
 from warmcache.placement.pipeline import default_pipeline
 from warmcache.ports import VmSpec
@@ -61,6 +62,8 @@ from warmcache.sim import sim_fleet
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "azure-vm-arrivals"
 BIN_S = 300.0
+
+KEYS = Keys("rp")
 
 
 @dataclass(frozen=True)
@@ -180,8 +183,7 @@ def pooled(requests: list[Request], flavors: dict[str, tuple[int, float]],
     ready_now = 0  # ready pool VMs (kept by the events below, not re-read)
 
     def records() -> list[PoolInstance]:
-        kvs, _ = store.range("rp/pool/az1/")
-        return [PoolInstance.model_validate_json(kv.value) for kv in kvs]
+        return [item.record for item in PoolRecords(store, KEYS).read("az1")[0]]
 
     def cycle(now: float, only: str | None = None) -> None:
         recs = records()
@@ -197,7 +199,7 @@ def pooled(requests: list[Request], flavors: dict[str, tuple[int, float]],
                 rec = PoolInstance(name=vm.name, az="az1", flavor=f, hypervisor=vm.host.hypervisor,
                                    rack=vm.host.rack, state=InstanceState.BUILDING,
                                    created_at=now)
-                store.put(f"rp/pool/az1/{vm.name}", rec.model_dump_json())
+                store.put(KEYS.pool("az1", vm.name), rec.model_dump_json())
                 heapq.heappush(events, (now + draw.lognormvariate(mu, 0.5), next(seq),
                                         "ready", rec))
             service.hosts.catch_up()
@@ -213,7 +215,7 @@ def pooled(requests: list[Request], flavors: dict[str, tuple[int, float]],
         elif kind == "ready":
             rec = item  # type: ignore[assignment]
             assert isinstance(rec, PoolInstance)
-            store.put(f"rp/pool/az1/{rec.name}",
+            store.put(KEYS.pool("az1", rec.name),
                       rec.with_state(InstanceState.READY, ready_at=now).model_dump_json())
             ready_now += 1
         elif kind == "end":

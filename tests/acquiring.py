@@ -10,7 +10,8 @@ from warmcache.acquire.claim import Claimed, Claimer, ClaimRequest
 from warmcache.acquire.index import PoolIndex
 from warmcache.clock import ManualClock
 from warmcache.inventory import DrainView, HostView
-from warmcache.model import HostFacts, InstanceState, Keys, Mode, PoolInstance
+from warmcache.layout import Keys
+from warmcache.model import HostFacts, InstanceState, Mode, PoolInstance
 from warmcache.ports import CoordinationStore
 
 KEYS = Keys("wc")

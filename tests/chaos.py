@@ -50,7 +50,8 @@ from tests.certs import TestCA
 from tests.netns import Network
 from tests.polling import pause, wait_for
 from warmcache.adapters.etcd_store import EtcdStore
-from warmcache.model import InstanceState, Keys, PoolInstance
+from warmcache.layout import Keys
+from warmcache.model import InstanceState, PoolInstance
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 KEYS = Keys("warmcache")

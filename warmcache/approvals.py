@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from warmcache.errors import ApprovalRefused, InvalidRequest, RequestConflict, UnknownRequest
-from warmcache.model import NAME_PATTERN, Keys
+from warmcache.layout import Keys
+from warmcache.model import NAME_PATTERN
 from warmcache.ports import Clock, Compare, CoordinationStore, Put
 
 Action = Literal["delete_rule", "purge_pool", "drain_hypervisor"]
@@ -62,7 +63,7 @@ class Approvals:
                  execute: Callable[[str, Mapping[str, str]], dict[str, Any]],
                  emit: Callable[..., None]) -> None:
         self._store = store
-        self._dir = f"{keys.prefix}/requests/"
+        self._keys = keys
         self._clock = clock
         self._ttl_s = ttl_s
         self._execute = execute
@@ -80,27 +81,27 @@ class Approvals:
         request = ChangeRequest(id=uuid.uuid4().hex[:12], action=action,  # type: ignore[arg-type]
                                 params=checked.model_dump(), asked_by=by, asked_at=now,
                                 expires_at=now + self._ttl_s)
-        key = self._dir + request.id
+        key = self._keys.request(request.id)
         self._store.txn([Compare.absent(key)], [Put(key, request.model_dump_json())])
         self._emit("request.created", id=request.id, action=action, params=request.params,
                    asked_by=by)
         return request
 
     def get(self, request_id: str) -> ChangeRequest:
-        kv = self._store.get(self._dir + request_id) if request_id.isalnum() else None
+        kv = self._store.get(self._keys.request(request_id)) if request_id.isalnum() else None
         if kv is None:
             raise UnknownRequest(request_id)
         return ChangeRequest.model_validate_json(kv.value)
 
     def list(self) -> list[dict[str, Any]]:
-        kvs, _ = self._store.range(self._dir)
+        kvs, _ = self._store.range(self._keys.requests_dir())
         now = self._clock.now()
         reqs = [ChangeRequest.model_validate_json(kv.value) for kv in kvs]
         return [r.shown(now) for r in sorted(reqs, key=lambda r: r.asked_at)]
 
     def approve(self, request_id: str, by: str) -> ChangeRequest:
         """Approve and run a pending request (by someone other than the asker)."""
-        kv = self._store.get(self._dir + request_id) if request_id.isalnum() else None
+        kv = self._store.get(self._keys.request(request_id)) if request_id.isalnum() else None
         if kv is None:
             raise UnknownRequest(request_id)
         request = ChangeRequest.model_validate_json(kv.value)
@@ -114,7 +115,7 @@ class Approvals:
             raise ApprovalRefused(f"{by} asked for request {request_id}; a different "
                                   "identity must approve it")
         approved = request.model_copy(update={"state": "approved", "approved_by": by})
-        key = self._dir + request_id
+        key = self._keys.request(request_id)
         # Only one approval can win, even from two instances at once.
         if not self._store.txn([Compare.mod_revision(key, kv.mod_revision)],
                                [Put(key, approved.model_dump_json())]).succeeded:

@@ -31,7 +31,7 @@ import httpx
 from warmcache.adapters.file_catalog import FileFlavorCatalog
 from warmcache.bootstrap import build_store
 from warmcache.config import parse_config
-from warmcache.model import Keys
+from warmcache.layout import HostRecords, Keys
 from warmcache.ports import CoordinationStore
 from warmcache.rules import RuleBook, read_rules_file
 
@@ -230,10 +230,10 @@ class QuickstartStack:
     def _all_published(self) -> bool:
         store = self.store()
         try:
-            kvs, _ = store.range("warmcache/hosts/")
+            published = HostRecords(store, Keys("warmcache")).facts()
         finally:
             store.close()
-        return len(kvs) == len(self.topology.hosts())
+        return len(published) == len(self.topology.hosts())
 
     def _all_healthy(self) -> bool:
         try:

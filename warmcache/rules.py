@@ -13,7 +13,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from warmcache.errors import InvalidRule, UnknownFlavor
-from warmcache.model import BuildRule, Keys, is_valid_name
+from warmcache.layout import Keys, RuleRecords
+from warmcache.model import BuildRule, is_valid_name
 from warmcache.ports import CoordinationStore, FlavorCatalog
 from warmcache.views import PrefixView
 
@@ -32,6 +33,7 @@ class RuleBook:
         self._store = store
         self._keys = keys
         self._catalog = catalog
+        self._records = RuleRecords(store, keys)
 
     def put(self, az: str, flavor: str, data: Mapping[str, Any] | str) -> BuildRule:
         if not is_valid_name(az):
@@ -44,16 +46,10 @@ class RuleBook:
         return rule
 
     def get(self, az: str, flavor: str) -> BuildRule | None:
-        kv = self._store.get(self._keys.rule(az, flavor))
-        return BuildRule.model_validate_json(kv.value) if kv else None
+        return self._records.get(az, flavor)
 
     def all(self) -> dict[tuple[str, str], BuildRule]:
-        kvs, _ = self._store.range(self._keys.rules_dir())
-        out: dict[tuple[str, str], BuildRule] = {}
-        for kv in kvs:
-            az, flavor = Keys.tail(kv.key, 2)
-            out[(az, flavor)] = BuildRule.model_validate_json(kv.value)
-        return out
+        return self._records.all()
 
 
 class RuleView(PrefixView[BuildRule]):

@@ -36,12 +36,12 @@ from warmcache.errors import (
 from warmcache.health.poller import HealthPoller
 from warmcache.health.purge import purge_vm
 from warmcache.inventory import DrainView, HostView
+from warmcache.layout import Keys
 from warmcache.leader.election import LeaderElection, Leadership, watch_poll_s
 from warmcache.metrics import MetricsEvents
 from warmcache.model import (
     SERVICE_NAME,
     InstanceState,
-    Keys,
     Mode,
     PoolInstance,
     PoolSummary,

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from warmcache.errors import AgentVmExists, AgentVmNotFound, InsufficientHostCapacity
+from warmcache.layout import Keys
 from warmcache.model import Flavor, HostFacts
 from warmcache.ports import CoordinationStore, Put, VmSpec, VmStatus
 
@@ -61,7 +62,7 @@ class SimAgent:
 
     def publish_op(self) -> Put:
         f = self.facts()
-        return Put(f"{self.prefix}/hosts/{f.az}/{f.hypervisor}", f.model_dump_json())
+        return Put(Keys(self.prefix).host(f.az, f.hypervisor), f.model_dump_json())
 
     def _publish(self) -> None:
         if self.store is not None:

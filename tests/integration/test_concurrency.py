@@ -19,6 +19,7 @@ from tests.polling import wait_for
 from warmcache.bootstrap import build
 from warmcache.config import parse_config
 from warmcache.errors import ClaimContention, NoCapacity
+from warmcache.layout import Keys
 from warmcache.model import HostFacts, InstanceState, Mode, PoolInstance
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,11 +36,11 @@ def seed(store: Any, prefix: str) -> set[str]:
             facts = HostFacts(hypervisor=hv, rack=f"r{r}", az="az1", vcpus_total=64,
                               vcpus_free=0, memory_mib_total=1, memory_mib_free=0,
                               disk_gib_total=1, disk_gib_free=0, endpoint=f"unix:/nowhere/{hv}")
-            store.put(f"{prefix}/hosts/az1/{hv}", facts.model_dump_json())
+            store.put(Keys(prefix).host("az1", hv), facts.model_dump_json())
             for i in range(VMS_PER_HOST):
                 vm = PoolInstance(name=f"{hv}-vm{i}", az="az1", flavor="small", rack=f"r{r}",
                                   hypervisor=hv, state=InstanceState.READY, created_at=0)
-                store.put(f"{prefix}/pool/az1/{vm.name}", vm.model_dump_json())
+                store.put(Keys(prefix).pool("az1", vm.name), vm.model_dump_json())
                 names.add(vm.name)
     return names
 
@@ -117,8 +118,8 @@ def test_64_acquirers_over_2_instances(store_config: dict[str, str], tmp_path: P
             if mode is Mode.HYPERVISOR_AWARE:
                 assert len({vm.hypervisor for vm in vms}) == count
         store = instances[0].store
-        acquired, _ = store.range(f"{prefix}/acquired/")
-        left, _ = store.range(f"{prefix}/pool/")
+        acquired, _ = store.range(Keys(prefix).acquired_dir())
+        left, _ = store.range(Keys(prefix).pool_dir())
         # every failure claimed nothing: what is acquired is exactly what was returned
         assert {kv.key.rsplit("/", 1)[1] for kv in acquired} == set(handed)
         claims = Counter(PoolInstance.model_validate_json(kv.value).claim_id for kv in acquired)

@@ -23,6 +23,7 @@ import pytest
 from tests.integration.test_quickstart import free_port_pair
 from tests.polling import wait_for
 from warmcache.adapters.agent_client import AgentClient
+from warmcache.layout import Keys
 from warmcache.localetcd import EtcdCluster
 from warmcache.model import InstanceState, PoolInstance
 from warmcache.ports import CoordinationStore
@@ -77,11 +78,11 @@ class View:
         self.store: CoordinationStore = stack.store()
 
     def leader(self) -> dict[str, Any] | None:
-        kv = self.store.get("warmcache/leader")
+        kv = self.store.get(Keys("warmcache").leader())
         return {**json.loads(kv.value), "token": kv.create_revision} if kv else None
 
     def records(self) -> list[tuple[PoolInstance, int]]:
-        kvs, _ = self.store.range("warmcache/pool/")
+        kvs, _ = self.store.range(Keys("warmcache").pool_dir())
         return [(PoolInstance.model_validate_json(kv.value), kv.mod_revision) for kv in kvs]
 
     def count(self, state: InstanceState) -> int:

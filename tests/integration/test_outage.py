@@ -21,6 +21,7 @@ from tests.conftest import unavailable
 from tests.polling import wait_for
 from warmcache.bootstrap import build
 from warmcache.config import parse_config
+from warmcache.layout import Keys
 from warmcache.model import HostFacts, InstanceState, PoolInstance
 from warmcache.web import create_app
 
@@ -53,11 +54,11 @@ def stack(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
         facts = HostFacts(hypervisor=f"h{r}", rack=f"r{r}", az="az1", vcpus_total=8,
                           vcpus_free=0, memory_mib_total=1, memory_mib_free=0,
                           disk_gib_total=1, disk_gib_free=0, endpoint="unix:/nowhere")
-        store.put(f"{prefix}/hosts/az1/h{r}", facts.model_dump_json())
+        store.put(Keys(prefix).host("az1", f"h{r}"), facts.model_dump_json())
         for i in range(4):
             vm = PoolInstance(name=f"vm-{r}-{i}", az="az1", flavor="small", rack=f"r{r}",
                               hypervisor=f"h{r}", state=InstanceState.READY, created_at=0)
-            store.put(f"{prefix}/pool/az1/{vm.name}", vm.model_dump_json())
+            store.put(Keys(prefix).pool("az1", vm.name), vm.model_dump_json())
     service.rules.put("az1", "small", {"max_instance_per_cycle": 1, "total_instances": 12})
     service.start()
     wait_for("the views to load", lambda: len(service.acquirer.index) == 12, 10)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.integration.test_quickstart import free_port_pair
+from warmcache.layout import Keys
 from warmcache.quickstart import QuickstartStack, Topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.libvirt,
@@ -69,7 +70,7 @@ def test_32_http_clients_over_two_processes(stack: QuickstartStack) -> None:
             assert len({vm[key] for vm in vms}) == len(vms)
     store = stack.store()
     try:
-        acquired, _ = store.range("warmcache/acquired/")
+        acquired, _ = store.range(Keys("warmcache").acquired_dir())
     finally:
         store.close()
     assert {kv.key.rsplit("/", 1)[1] for kv in acquired} == set(names)  # failures claimed nothing

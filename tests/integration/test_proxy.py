@@ -26,6 +26,7 @@ from tests.certs import Issued, TestCA
 from tests.polling import wait_for
 from warmcache.adapters.agent_client import AgentClient, AgentTls
 from warmcache.errors import AgentRejected, AgentUnavailable
+from warmcache.layout import Keys
 from warmcache.model import Flavor
 from warmcache.ports import VmSpec
 
@@ -171,7 +172,7 @@ def test_the_leader_builds_through_the_proxy(rig: Rig, tmp_path: Path) -> None:
     }, environ={})
     store = SqliteStore(tmp_path / "store.db")
     facts = rig.agent.facts().model_copy(update={"endpoint": rig.url})  # advertised
-    store.put("wc/hosts/az1/h1", facts.model_dump_json())
+    store.put(Keys("wc").host("az1", "h1"), facts.model_dump_json())
     service = build(config)
     try:
         service.rules.put("az1", "small", {"max_instance_per_cycle": 2, "total_instances": 2})

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from warmcache.layout import Keys
 from warmcache.quickstart import QuickstartStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.libvirt,
@@ -50,7 +51,7 @@ def pooled(stack: QuickstartStack) -> dict[str, str]:
 
     store = stack.store()
     try:
-        kvs, _ = store.range("warmcache/pool/")
+        kvs, _ = store.range(Keys("warmcache").pool_dir())
     finally:
         store.close()
     recs = [PoolInstance.model_validate_json(kv.value) for kv in kvs]

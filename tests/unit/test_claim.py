@@ -25,7 +25,7 @@ from warmcache.ports import KeyValue, Put, Txn, TxnResult
 
 
 def acquired_names(store: SqliteStore) -> set[str]:
-    kvs, _ = store.range("wc/acquired/")
+    kvs, _ = store.range(KEYS.acquired_dir())
     return {kv.key.rsplit("/", 1)[1] for kv in kvs}
 
 
@@ -39,7 +39,7 @@ def test_claimed_vms_leave_the_pool_in_one_step(sqlite_store: SqliteStore, clock
     seed(sqlite_store, racks=3, per_rack=2)
     got = Rig(sqlite_store, clock).claim(3)
     assert len(pool_names(sqlite_store)) == 3 and acquired_names(sqlite_store) == set(got)
-    rec = PoolInstance.model_validate_json(sqlite_store.range("wc/acquired/")[0][0].value)
+    rec = PoolInstance.model_validate_json(sqlite_store.range(KEYS.acquired_dir())[0][0].value)
     assert rec.state is InstanceState.ACQUIRED and rec.acquired_by == "t" and rec.claim_id
 
 
@@ -206,7 +206,7 @@ class UnansweredClaims(SqliteStore):
     def txns(self, batch: Sequence[Txn]) -> list[TxnResult]:
         if self.fired and self.how == "down":
             raise StoreError("etcd kv/txn: connection reset")
-        is_claim = any(op.key.startswith("wc/acquired/") for t in batch for op in t.success)
+        is_claim = any(op.key.startswith(KEYS.acquired_dir()) for t in batch for op in t.success)
         if not is_claim or self.fired:
             return super().txns(batch)
         self.fired = True
@@ -250,7 +250,7 @@ def test_an_unanswered_batch_strands_no_vm(tmp_path: Path, clock: ManualClock, h
         assert acquired_names(store) == set(got)
         assert not set(got) & pool_names(store)
         claims = Counter(PoolInstance.model_validate_json(kv.value).claim_id
-                         for kv in store.range("wc/acquired/")[0])
+                         for kv in store.range(KEYS.acquired_dir())[0])
         assert sorted(claims.values()) == [2] * size and set(claims) == \
             {r.claim_id for r in requests}
     finally:
@@ -375,7 +375,7 @@ def test_a_fenced_claim_is_never_applied_late(tmp_path: Path, clock: ManualClock
         late = store.apply_late()
         assert late == [False]
         assert acquired_names(store) == {vm.name for vm in first}
-        assert all(isinstance(op, Put) or op.key.startswith("wc/pool/")
+        assert all(isinstance(op, Put) or op.key.startswith(KEYS.pool_dir())
                    for t in store.held for op in t.success)
     finally:
         store.close()

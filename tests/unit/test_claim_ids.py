@@ -23,11 +23,14 @@ from warmcache import (
 )
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.clock import ManualClock
+from warmcache.layout import Keys
 from warmcache.model import InstanceState, PoolInstance
 from warmcache.service import WarmCache
 from warmcache.web import create_app
 
 RULE = {"max_instance_per_cycle": 6, "total_instances": 6, "min_fault_domain": 3}
+
+KEYS = Keys("wc")
 
 
 @pytest.fixture
@@ -39,7 +42,7 @@ def filled(service: WarmCache) -> WarmCache:
 
 
 def acquired(store: SqliteStore) -> list[PoolInstance]:
-    kvs, _ = store.range("wc/acquired/")
+    kvs, _ = store.range(KEYS.acquired_dir())
     return [PoolInstance.model_validate_json(kv.value) for kv in kvs]
 
 
@@ -281,5 +284,5 @@ def test_two_requests_of_one_id_in_one_batch_make_one_claim(any_store: Any) -> N
     rig.claimer.claim_batch([twins[0], other, twins[1]])
     a, b = (r.result() for r in twins)
     assert [vm.name for vm in a.vms] == [vm.name for vm in b.vms] and b.replayed
-    kvs, _ = any_store.range("wc/acquired/")
+    kvs, _ = any_store.range(KEYS.acquired_dir())
     assert len(kvs) == 3  # two for the twins' one claim, one for the other request

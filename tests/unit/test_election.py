@@ -7,12 +7,15 @@ import pytest
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.clock import ManualClock
 from warmcache.errors import LeadershipLost
+from warmcache.layout import Keys
 from warmcache.leader.election import LeaderElection
 from warmcache.ports import Put
 
+KEYS = Keys("wc")
+
 
 def election(store: SqliteStore, clock: ManualClock, node: str) -> LeaderElection:
-    return LeaderElection(store, "wc/leader", node, ttl_s=5, clock=clock)
+    return LeaderElection(store, KEYS.leader(), node, ttl_s=5, clock=clock)
 
 
 def test_one_leader_at_a_time_and_the_key_says_who(
@@ -96,7 +99,7 @@ def test_vacancy_watch_reports_the_token_that_went_away(
     lead = a.try_acquire()
     assert lead is not None
     # a's session expires while b watches (the timer gives b time to start).
-    expire = threading.Timer(0.2, lambda: (clock.advance(6), sqlite_store.get("wc/leader")))
+    expire = threading.Timer(0.2, lambda: (clock.advance(6), sqlite_store.get(KEYS.leader())))
     expire.start()
     assert b.wait_for_vacancy(stop, poll_s=0.01) == lead.token
     expire.join()

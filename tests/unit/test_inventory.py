@@ -6,7 +6,10 @@ from agent.inventory import InventoryPublisher
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.clock import ManualClock
 from warmcache.inventory import HostView
+from warmcache.layout import Keys
 from warmcache.model import HostFacts
+
+KEYS = Keys("wc")
 
 
 def facts(hv: str = "h1", free: int = 8) -> HostFacts:
@@ -20,7 +23,7 @@ def test_a_dead_agent_leaves_the_view_within_one_ttl(
 ) -> None:
     current = {"f": facts()}
     publisher = InventoryPublisher(sqlite_store, "wc", lambda: current["f"], ttl_s=5)
-    view = HostView(sqlite_store, "wc/hosts/")
+    view = HostView(sqlite_store, KEYS.hosts_dir())
     publisher.beat()
     view.catch_up()
     assert [h.hypervisor for h in view.hosts()] == ["h1"]
@@ -40,7 +43,7 @@ def test_a_dead_agent_leaves_the_view_within_one_ttl(
 def test_changed_facts_are_published_at_once(sqlite_store: SqliteStore) -> None:
     current = {"f": facts()}
     publisher = InventoryPublisher(sqlite_store, "wc", lambda: current["f"], ttl_s=5)
-    view = HostView(sqlite_store, "wc/hosts/")
+    view = HostView(sqlite_store, KEYS.hosts_dir())
     publisher.beat()
     current["f"] = facts(free=2)
     publisher.changed()
@@ -56,15 +59,15 @@ def test_the_view_follows_changes_and_survives_compaction(tmp_path: object) -> N
     from pathlib import Path
 
     store = SqliteStore(Path(str(tmp_path)) / "s.db", keep_changes=10)
-    view = HostView(store, "wc/hosts/")
+    view = HostView(store, KEYS.hosts_dir())
     view.catch_up()
     for i in range(1200):  # far past what the change feed keeps
-        store.put("wc/hosts/az1/h1", facts(free=i % 8).model_dump_json())
-    store.put("wc/hosts/az1/h2", facts("h2").model_dump_json())
-    store.put("wc/hosts/az1/bad", "{not json")
+        store.put(KEYS.host("az1", "h1"), facts(free=i % 8).model_dump_json())
+    store.put(KEYS.host("az1", "h2"), facts("h2").model_dump_json())
+    store.put(KEYS.host("az1", "bad"), "{not json")
     view.catch_up()  # compacted: re-reads instead of missing changes
     assert [h.hypervisor for h in view.hosts()] == ["h1", "h2"]
-    store.delete("wc/hosts/az1/h2")
+    store.delete(KEYS.host("az1", "h2"))
     view.catch_up()
     assert [h.hypervisor for h in view.hosts()] == ["h1"]
     store.close()

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from warmcache.errors import InvalidRule
-from warmcache.model import BuildRule, Flavor, HostFacts, Keys
+from warmcache.model import BuildRule, Flavor, HostFacts
 from warmcache.rules import parse_rule, read_rules_file
 
 RULE = {"max_instance_per_cycle": 5, "total_instances": 10}
@@ -53,13 +53,6 @@ def test_host_fits_and_minus_account_every_resource() -> None:
     assert (after.vcpus_free, after.memory_mib_free, after.disk_gib_free) == (4, 4096, 15)
     assert after.groups == ("g",) and after.vms == ("vm1",)
     assert after.fits(flavor) and not after.minus(flavor, "vm2", None).fits(flavor)
-
-
-def test_key_layout() -> None:
-    keys = Keys("wc/")
-    assert keys.pool("az1", "vm") == "wc/pool/az1/vm"
-    assert keys.rule("az1", "small") == "wc/rules/az1/small"
-    assert Keys.tail(keys.rule("az1", "small"), 2) == ["az1", "small"]
 
 
 def test_rules_file_tables() -> None:

@@ -14,11 +14,14 @@ from agent.config import AgentConfig, Resources
 from agent.daemon import AgentServer, main
 from agent.operations import HostAgentService
 from agent.reconcile import reconcile
+from warmcache.layout import Keys
 from warmcache.model import Flavor
 from warmcache.ports import VmSpec
 from warmcache.service import WarmCache
 
 SMALL = Flavor(name="small", vcpus=2, memory_mib=2048, disk_gib=10)
+
+KEYS = Keys("wc")
 
 
 def kinds(findings: list) -> set[tuple[str, str]]:  # type: ignore[type-arg]
@@ -76,12 +79,12 @@ def test_the_agent_reports_and_deletes_nothing(tmp_path: Path) -> None:
 def test_the_leader_turns_new_findings_into_events_once(service: WarmCache) -> None:
     doc = {"hypervisor": "az1-r1-h1", "at": 0, "findings": [
         {"kind": "unmanaged_domain", "vm": "rogue", "detail": "made by hand"}]}
-    service.store.put("wc/findings/az1/az1-r1-h1", json.dumps(doc))
+    service.store.put(KEYS.findings("az1", "az1-r1-h1"), json.dumps(doc))
     service.rules.put("az1", "small", {"max_instance_per_cycle": 1, "total_instances": 0})
     service.run_cycle()
     service.run_cycle()
     events = service.events.recent(type_prefix="reconcile.finding")
     assert len(events) == 1 and events[0].fields["vm"] == "rogue"
-    service.store.put("wc/findings/az1/az1-r1-h1", json.dumps({**doc, "findings": []}))
+    service.store.put(KEYS.findings("az1", "az1-r1-h1"), json.dumps({**doc, "findings": []}))
     service.run_cycle()
     assert len(service.events.recent(type_prefix="reconcile.finding")) == 1

@@ -27,10 +27,10 @@ from warmcache.acquire.index import PoolIndex
 from warmcache.config import ServiceConfig
 from warmcache.errors import InvalidRequest, UnknownAZ, UnknownFlavor, UnknownPool, WarmCacheError
 from warmcache.inventory import DrainView, HostView
+from warmcache.layout import Keys
 from warmcache.model import (
     SERVICE_NAME,
     BuildRule,
-    Keys,
     Mode,
     PoolInstance,
     PoolSummary,

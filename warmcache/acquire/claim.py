@@ -58,7 +58,8 @@ from warmcache.errors import (
     StoreError,
     StoreUnavailable,
 )
-from warmcache.model import InstanceState, Keys, Mode, PoolInstance
+from warmcache.layout import Keys, PoolRecords
+from warmcache.model import InstanceState, Mode, PoolInstance
 from warmcache.ports import Clock, Compare, CoordinationStore, Delete, KeyValue, Put, Txn, TxnResult
 
 # How long a request the pool cannot satisfy waits, unbatched, for other
@@ -386,6 +387,5 @@ class Claimer:
         return out
 
     def _holds_claim(self, request: ClaimRequest, vm: PoolInstance) -> bool:
-        kv = self._store.get(self._keys.acquired(request.az, vm.name))
-        return kv is not None and PoolInstance.model_validate_json(kv.value).claim_id == \
-            request.claim_id
+        held = PoolRecords(self._store, self._keys).get_acquired(request.az, vm.name)
+        return held is not None and held.record.claim_id == request.claim_id

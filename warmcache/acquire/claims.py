@@ -21,7 +21,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from warmcache.errors import UnknownClaim
-from warmcache.model import Keys, Mode, PoolInstance
+from warmcache.layout import Keys
+from warmcache.model import Mode, PoolInstance
 from warmcache.ports import Compare, CoordinationStore, Delete, KeyValue, Txn
 
 

@@ -33,7 +33,8 @@ from warmcache.acquire.modes import SELECTORS
 from warmcache.acquire.shares import Shares
 from warmcache.acquire.stock import Stock
 from warmcache.inventory import DrainView, HostView
-from warmcache.model import BuildRule, InstanceState, Keys, Mode, PoolInstance, PoolSummary
+from warmcache.layout import Keys
+from warmcache.model import BuildRule, InstanceState, Mode, PoolInstance, PoolSummary
 from warmcache.ports import CoordinationStore, KeyValue
 from warmcache.views import PrefixView
 

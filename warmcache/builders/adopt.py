@@ -8,8 +8,9 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from warmcache.errors import AgentError, AgentVmNotFound
+from warmcache.layout import Keys
 from warmcache.leader.election import FencedWriter
-from warmcache.model import BuildRule, InstanceState, Keys, PoolInstance
+from warmcache.model import BuildRule, InstanceState, PoolInstance
 from warmcache.ports import Clock, Compare, CoordinationStore, Delete, HostAgent, Put
 
 if TYPE_CHECKING:

@@ -49,8 +49,9 @@ from warmcache.errors import (
 )
 from warmcache.health.purge import purge_vm
 from warmcache.inventory import HostView
+from warmcache.layout import HostRecords, Keys, PoolRecords, RuleRecords
 from warmcache.leader.election import FencedWriter
-from warmcache.model import BuildRule, Flavor, HostFacts, InstanceState, Keys, PoolInstance
+from warmcache.model import BuildRule, Flavor, HostFacts, InstanceState, PoolInstance
 from warmcache.placement.pipeline import PlacementPipeline
 from warmcache.ports import (
     Clock,
@@ -138,6 +139,7 @@ class BuildCycle:
             raise ValueError("concurrency and retries must be at least 1")
         self._store = store
         self._keys = keys
+        self._records = PoolRecords(store, keys)
         self._flavors = flavors
         self._hosts = hosts
         self._agent_for = agent_for
@@ -157,7 +159,7 @@ class BuildCycle:
         """The live hosts by hypervisor id (from the host view, brought up to
         date from the change feed) and the agent serving each."""
         self._hosts.catch_up()
-        drained = {kv.key.rsplit("/", 1)[-1] for kv in self._store.range(self._keys.drain())[0]}
+        drained = HostRecords(self._store, self._keys).drained()
         facts = {h.hypervisor: (h.model_copy(update={"draining": True})
                                 if h.hypervisor in drained else h)
                  for h in self._hosts.hosts()}
@@ -169,7 +171,7 @@ class BuildCycle:
         created or written."""
         facts, _ = self.host_facts()
         hosts = [h for h in facts.values() if h.az == az]
-        records = self._read_records().get(az, [])
+        records = self._records.by_az().get(az, [])
         counter = iter(range(1, 1_000_000))
         plan = plan_az(az, {flavor: rule}, self._flavors(), hosts, records, self._pipeline,
                        lambda _az, _f: f"next-{next(counter)}")
@@ -187,30 +189,14 @@ class BuildCycle:
             ],
         }
 
-    def _read_rules(self) -> dict[str, dict[str, BuildRule]]:
-        rules: dict[str, dict[str, BuildRule]] = defaultdict(dict)
-        kvs, _ = self._store.range(self._keys.rules_dir())
-        for kv in kvs:
-            az, flavor = Keys.tail(kv.key, 2)
-            rules[az][flavor] = BuildRule.model_validate_json(kv.value)
-        return rules
-
-    def _read_records(self) -> dict[str, list[PoolInstance]]:
-        records: dict[str, list[PoolInstance]] = defaultdict(list)
-        kvs, _ = self._store.range(self._keys.pool_dir())
-        for kv in kvs:
-            rec = PoolInstance.model_validate_json(kv.value)
-            records[rec.az].append(rec)
-        return records
-
     # --- the cycle -------------------------------------------------------------------
 
     def run(self, writer: FencedWriter) -> CycleReport:
         lost = writer.leadership.lost
         report = CycleReport(writer.leadership.token, self._clock.now())
         facts, self._by_hypervisor = self.host_facts()
-        rules = self._read_rules()
-        records = self._read_records()
+        rules = RuleRecords(self._store, self._keys).by_az()
+        records = self._records.by_az()
         flavors = self._flavors()
         hosts_by_az: dict[str, list[HostFacts]] = defaultdict(list)
         for host in facts.values():

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from warmcache.layout import Keys
 from warmcache.leader.election import FencedWriter
-from warmcache.model import Keys
 from warmcache.ports import AlertSink, CoordinationStore
 
 
@@ -16,10 +16,10 @@ def report_findings(store: CoordinationStore, keys: Keys, writer: FencedWriter,
                     emit: Callable[..., None], alerts: AlertSink) -> int:
     """Emit ``reconcile.finding`` events for findings not reported yet;
     returns how many were new."""
-    mark_key = f"{keys.prefix}/findings-reported"
+    mark_key = keys.findings_reported()
     mark = store.get(mark_key)
     seen = int(mark.value) if mark else 0
-    kvs, revision = store.range(f"{keys.prefix}/findings/")
+    kvs, revision = store.range(keys.findings_dir())
     lines: list[str] = []
     for kv in kvs:
         if kv.mod_revision <= seen:

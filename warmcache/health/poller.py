@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from warmcache.errors import AgentError, LeadershipLost
 from warmcache.health.purge import purge_vm
 from warmcache.inventory import HostView
+from warmcache.layout import Keys, PoolRecords, Stored
 from warmcache.leader.election import FencedWriter, LeaderElection
-from warmcache.model import InstanceState, Keys, PoolInstance
+from warmcache.model import InstanceState, PoolInstance
 from warmcache.ports import (
     AlertSink,
     Clock,
@@ -40,7 +41,6 @@ from warmcache.ports import (
     Event,
     EventSink,
     HostAgent,
-    KeyValue,
     Put,
     VmStatus,
 )
@@ -76,14 +76,14 @@ class HealthPoller:
         if failures_to_purge < 1:
             raise ValueError("failures_to_purge must be at least 1")
         self._store = store
-        self._keys = keys
+        self._records = PoolRecords(store, keys)
         self._hosts = hosts
         self._agent_for = agent_for
         self._events = events
         self._alerts = alerts
         self._clock = clock
         self._limit = failures_to_purge
-        self.election = LeaderElection(store, f"{keys.prefix}/health-lock", node,
+        self.election = LeaderElection(store, keys.health_lock(), node,
                                        ttl_s=ttl_s, clock=clock)
         self._lost_reported: set[str] = set()
 
@@ -102,12 +102,10 @@ class HealthPoller:
     def _poll(self, writer: FencedWriter, report: PollReport) -> None:
         self._hosts.catch_up()
         live = {h.hypervisor: h for h in self._hosts.hosts()}
-        kvs, _ = self._store.range(self._keys.pool_dir())
-        by_host: dict[str, list[tuple[PoolInstance, KeyValue]]] = defaultdict(list)
-        for kv in kvs:
-            rec = PoolInstance.model_validate_json(kv.value)
-            if rec.state in POLLED:
-                by_host[rec.hypervisor].append((rec, kv))
+        by_host: dict[str, list[Stored[PoolInstance]]] = defaultdict(list)
+        for item in self._records.read()[0]:
+            if item.record.state in POLLED:
+                by_host[item.record.hypervisor].append(item)
         for hv, recs in sorted(by_host.items()):
             host = live.get(hv)
             if host is None:
@@ -125,21 +123,21 @@ class HealthPoller:
                 # time (a dead agent's heartbeat expires and settles it).
                 log.warning("health poll of %s failed: %s", hv, exc)
                 continue
-            for rec, kv in recs:
+            for item in recs:
+                rec = item.record
                 if rec.state is InstanceState.PURGING:
-                    self._purge(rec, kv, self._keys.pool(rec.az, rec.name), agent, writer,
-                                report, "finishing an interrupted purge")
+                    self._purge(item, agent, writer, report, "finishing an interrupted purge")
                     continue
                 report.checked += 1
-                self._judge(rec, kv, statuses.get(rec.name), agent, writer, report)
+                self._judge(item, statuses.get(rec.name), agent, writer, report)
 
-    def _judge(self, rec: PoolInstance, kv: KeyValue, status: VmStatus | None,
+    def _judge(self, item: Stored[PoolInstance], status: VmStatus | None,
                agent: HostAgent, writer: FencedWriter, report: PollReport) -> None:
-        key = self._keys.pool(rec.az, rec.name)
+        rec = item.record
         healthy = status is not None and status.healthy
         if healthy:
             if rec.health_failures:
-                self._write(writer, key, kv, rec.model_copy(update={"health_failures": 0}))
+                self._write(writer, item, rec.model_copy(update={"health_failures": 0}))
                 report.recovered.append(rec.name)
                 self._emit("health.recovered", name=rec.name, az=rec.az,
                            hypervisor=rec.hypervisor)
@@ -148,16 +146,17 @@ class HealthPoller:
         why = "missing on its host" if status is None else f"state {status.state}, no answer"
         report.failed.append(rec.name)
         if failures < self._limit:
-            if self._write(writer, key, kv, rec.model_copy(update={"health_failures": failures})):
+            if self._write(writer, item, rec.model_copy(update={"health_failures": failures})):
                 self._emit("health.failed", name=rec.name, az=rec.az, hypervisor=rec.hypervisor,
                            failures=failures, reason=why)
             return
-        self._purge(rec, kv, key, agent, writer, report,
+        self._purge(item, agent, writer, report,
                     f"failed {self._limit} health poll(s) in a row ({why})")
 
-    def _purge(self, rec: PoolInstance, kv: KeyValue, key: str, agent: HostAgent,
-               writer: FencedWriter, report: PollReport, why: str) -> None:
-        if not purge_vm(writer.txn, key, kv.mod_revision, rec, agent,
+    def _purge(self, item: Stored[PoolInstance], agent: HostAgent, writer: FencedWriter,
+               report: PollReport, why: str) -> None:
+        rec = item.record
+        if not purge_vm(writer.txn, item.key, item.mod_revision, rec, agent,
                         health_failures=rec.health_failures + 1):
             return
         report.purged.append(rec.name)
@@ -167,9 +166,9 @@ class HealthPoller:
                            f"{rec.name} ({rec.flavor}, {rec.az}, {rec.hypervisor}) {why}; "
                            "it was destroyed and its record removed.")
 
-    def _write(self, writer: FencedWriter, key: str, kv: KeyValue, rec: PoolInstance) -> bool:
-        return writer.txn([Compare.mod_revision(key, kv.mod_revision)],
-                          [Put(key, rec.model_dump_json())]).succeeded
+    def _write(self, writer: FencedWriter, item: Stored[PoolInstance], rec: PoolInstance) -> bool:
+        return writer.txn([Compare.mod_revision(item.key, item.mod_revision)],
+                          [Put(item.key, rec.model_dump_json())]).succeeded
 
     def _emit(self, type_: str, **fields: object) -> None:
         self._events.emit(Event(type_, self._clock.now(), fields))

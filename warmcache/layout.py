@@ -1,0 +1,207 @@
+"""The store's key layout and its typed readers: the one file a layout
+change touches (DESIGN.md §6).
+
+Every key under the configured prefix is built by ``Keys``; the service,
+the agent, the simulator and the tools all use it. The readers turn a
+range of one directory into typed records with their revisions, so no
+caller parses store JSON by hand.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from warmcache.model import BuildRule, HostFacts, PoolInstance
+from warmcache.ports import CoordinationStore, KeyValue
+
+T = TypeVar("T")
+
+
+class Keys:
+    """Key layout in the coordination store, under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix.rstrip("/")
+
+    # --- VMs -------------------------------------------------------------------------
+
+    def pool_dir(self, az: str | None = None) -> str:
+        return f"{self.prefix}/pool/{az}/" if az else f"{self.prefix}/pool/"
+
+    def pool(self, az: str, name: str) -> str:
+        return f"{self.prefix}/pool/{az}/{name}"
+
+    def acquired_dir(self, az: str | None = None) -> str:
+        return f"{self.prefix}/acquired/{az}/" if az else f"{self.prefix}/acquired/"
+
+    def acquired(self, az: str, name: str) -> str:
+        return f"{self.prefix}/acquired/{az}/{name}"
+
+    def claims_dir(self) -> str:
+        return f"{self.prefix}/claims/"
+
+    def claim(self, claim_id: str) -> str:
+        """A named claim's record (``warmcache.acquire.claims``)."""
+        return f"{self.prefix}/claims/{claim_id}"
+
+    # --- rules and operator state ----------------------------------------------------
+
+    def rules_dir(self, az: str | None = None) -> str:
+        return f"{self.prefix}/rules/{az}/" if az else f"{self.prefix}/rules/"
+
+    def rule(self, az: str, flavor: str) -> str:
+        return f"{self.prefix}/rules/{az}/{flavor}"
+
+    def drain(self, hypervisor: str | None = None) -> str:
+        return f"{self.prefix}/drain/{hypervisor}" if hypervisor else f"{self.prefix}/drain/"
+
+    def requests_dir(self) -> str:
+        return f"{self.prefix}/requests/"
+
+    def request(self, request_id: str) -> str:
+        """A maker-checker change request (``warmcache.approvals``)."""
+        return f"{self.prefix}/requests/{request_id}"
+
+    # --- leaders ---------------------------------------------------------------------
+
+    def leader(self) -> str:
+        return f"{self.prefix}/leader"
+
+    def health_lock(self) -> str:
+        return f"{self.prefix}/health-lock"
+
+    def last_cycle(self) -> str:
+        return f"{self.prefix}/cycles/last"
+
+    # --- what agents publish ---------------------------------------------------------
+
+    def hosts_dir(self) -> str:
+        return f"{self.prefix}/hosts/"
+
+    def host(self, az: str, hypervisor: str) -> str:
+        """An agent's host facts, bound to its session (``agent.inventory``)."""
+        return f"{self.prefix}/hosts/{az}/{hypervisor}"
+
+    def findings_dir(self) -> str:
+        return f"{self.prefix}/findings/"
+
+    def findings(self, az: str, hypervisor: str) -> str:
+        """An agent's latest reconcile findings (``builders.findings``)."""
+        return f"{self.prefix}/findings/{az}/{hypervisor}"
+
+    def findings_reported(self) -> str:
+        """The store revision up to which the leader reported findings."""
+        return f"{self.prefix}/findings-reported"
+
+    @staticmethod
+    def tail(key: str, depth: int) -> list[str]:
+        """The last ``depth`` path segments of ``key``."""
+        return key.rsplit("/", depth)[1:]
+
+    @staticmethod
+    def name(key: str) -> str:
+        """The last path segment of ``key``."""
+        return key.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Stored(Generic[T]):
+    """A typed record as read, with what a conditional write compares."""
+
+    key: str
+    mod_revision: int
+    record: T
+
+
+def _read(store: CoordinationStore, prefix: str,
+          parse: Callable[[str], T]) -> tuple[list[Stored[T]], int]:
+    kvs, revision = store.range(prefix)
+    return [_stored(kv, parse) for kv in kvs], revision
+
+
+def _stored(kv: KeyValue, parse: Callable[[str], T]) -> Stored[T]:
+    return Stored(kv.key, kv.mod_revision, parse(kv.value))
+
+
+class PoolRecords:
+    """VM records: pooled (``<prefix>/pool/<az>/<name>``) and handed out
+    (``<prefix>/acquired/<az>/<name>``)."""
+
+    def __init__(self, store: CoordinationStore, keys: Keys) -> None:
+        self._store = store
+        self._keys = keys
+
+    def read(self, az: str | None = None) -> tuple[list[Stored[PoolInstance]], int]:
+        """Every pooled record (of one AZ, or all), and the revision read at."""
+        return _read(self._store, self._keys.pool_dir(az), PoolInstance.model_validate_json)
+
+    def get(self, az: str, name: str) -> Stored[PoolInstance] | None:
+        kv = self._store.get(self._keys.pool(az, name))
+        return _stored(kv, PoolInstance.model_validate_json) if kv else None
+
+    def by_az(self) -> dict[str, list[PoolInstance]]:
+        records: dict[str, list[PoolInstance]] = defaultdict(list)
+        for item in self.read()[0]:
+            records[item.record.az].append(item.record)
+        return records
+
+    def get_acquired(self, az: str, name: str) -> Stored[PoolInstance] | None:
+        kv = self._store.get(self._keys.acquired(az, name))
+        return _stored(kv, PoolInstance.model_validate_json) if kv else None
+
+    def acquired(self, az: str | None = None) -> list[Stored[PoolInstance]]:
+        return _read(self._store, self._keys.acquired_dir(az),
+                     PoolInstance.model_validate_json)[0]
+
+    def on_host(self, az: str, hypervisor: str) -> dict[str, str]:
+        """Name -> state of every pooled and handed-out VM on one hypervisor."""
+        return {item.record.name: item.record.state.value
+                for item in [*self.read(az)[0], *self.acquired(az)]
+                if item.record.hypervisor == hypervisor}
+
+
+class RuleRecords:
+    """Build rules (``<prefix>/rules/<az>/<flavor>``), read side; writes go
+    through ``warmcache.rules.RuleBook``, which validates them."""
+
+    def __init__(self, store: CoordinationStore, keys: Keys) -> None:
+        self._store = store
+        self._keys = keys
+
+    def get(self, az: str, flavor: str) -> BuildRule | None:
+        kv = self._store.get(self._keys.rule(az, flavor))
+        return BuildRule.model_validate_json(kv.value) if kv else None
+
+    def all(self) -> dict[tuple[str, str], BuildRule]:
+        out: dict[tuple[str, str], BuildRule] = {}
+        for item in _read(self._store, self._keys.rules_dir(),
+                          BuildRule.model_validate_json)[0]:
+            az, flavor = Keys.tail(item.key, 2)
+            out[(az, flavor)] = item.record
+        return out
+
+    def by_az(self) -> dict[str, dict[str, BuildRule]]:
+        rules: dict[str, dict[str, BuildRule]] = defaultdict(dict)
+        for (az, flavor), rule in self.all().items():
+            rules[az][flavor] = rule
+        return rules
+
+
+class HostRecords:
+    """What agents publish: host facts and drain marks, read once (the
+    service follows them with ``warmcache.inventory``'s views instead)."""
+
+    def __init__(self, store: CoordinationStore, keys: Keys) -> None:
+        self._store = store
+        self._keys = keys
+
+    def facts(self) -> list[HostFacts]:
+        return [item.record for item in _read(self._store, self._keys.hosts_dir(),
+                                               HostFacts.model_validate_json)[0]]
+
+    def drained(self) -> set[str]:
+        kvs, _ = self._store.range(self._keys.drain())
+        return {Keys.name(kv.key) for kv in kvs}
