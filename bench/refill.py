@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from warmcache.adapters.file_catalog import FileFlavorCatalog
+from warmcache.adapters.log_alerts import LogAlerts
 from warmcache.adapters.sqlite_events import LogEvents
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.clock import SystemClock
@@ -59,7 +60,8 @@ def simulated(n: int, mean_s: float, concurrency: int) -> float:
         config=ServiceConfig(node="bench", prefix="bench", build_concurrency=concurrency,
                              leader_ttl_s=30),
         store=store, catalog=FileFlavorCatalog(CONFIG_DIR / "flavors.toml"),
-        events=LogEvents(), agent_for=agents.__getitem__, clock=SystemClock())
+        events=LogEvents(), alerts=LogAlerts(), agent_for=agents.__getitem__,
+        clock=SystemClock())
     try:
         service.rules.put("az1", "small", {"max_instance_per_cycle": n, "total_instances": n,
                                            "min_fault_domain": 3})

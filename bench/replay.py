@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from warmcache.adapters.file_catalog import FileFlavorCatalog
+from warmcache.adapters.log_alerts import LogAlerts
 from warmcache.adapters.sqlite_events import LogEvents
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.builders.deficits import below_low_water, state_counts, to_build
@@ -162,7 +163,7 @@ def pooled(requests: list[Request], flavors: dict[str, tuple[int, float]],
     service = WarmCache(config=ServiceConfig(node="replay", prefix="rp", low_water_ratio=0.0,
                                              leader_ttl_s=86_400, max_acquire_count=100_000),
                         store=store, catalog=FileFlavorCatalog(catalog), events=LogEvents(),
-                        agent_for=agents.__getitem__, clock=clock,
+                        alerts=LogAlerts(), agent_for=agents.__getitem__, clock=clock,
                         rng=random.Random(seed))  # --seed makes the whole run repeatable
     for f, n in targets.items():
         service.rules.put("az1", f, {"max_instance_per_cycle": max(n, 1), "total_instances": n,

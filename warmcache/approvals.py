@@ -8,40 +8,21 @@ expire. Every step is an event. Requests live in the store at
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from warmcache.actions import ACTIONS, ChangeContext
 from warmcache.errors import ApprovalRefused, InvalidRequest, RequestConflict, UnknownRequest
-from warmcache.layout import Keys
-from warmcache.model import NAME_PATTERN
-from warmcache.ports import Clock, Compare, CoordinationStore, Put
-
-Action = Literal["delete_rule", "purge_pool", "drain_hypervisor"]
-
-
-class PoolParams(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-    az: str = Field(pattern=NAME_PATTERN)
-    flavor: str = Field(pattern=NAME_PATTERN)
-
-
-class HostParams(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-    hypervisor: str = Field(pattern=NAME_PATTERN)
-
-
-PARAMS: dict[str, type[BaseModel]] = {
-    "delete_rule": PoolParams, "purge_pool": PoolParams, "drain_hypervisor": HostParams,
-}
+from warmcache.ports import Compare, Put
 
 
 class ChangeRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str
-    action: Action
+    action: str
     params: dict[str, str]
     asked_by: str
     asked_at: float
@@ -59,26 +40,24 @@ class ChangeRequest(BaseModel):
 
 
 class Approvals:
-    def __init__(self, store: CoordinationStore, keys: Keys, clock: Clock, *, ttl_s: float,
-                 execute: Callable[[str, Mapping[str, str]], dict[str, Any]],
-                 emit: Callable[..., None]) -> None:
-        self._store = store
-        self._keys = keys
-        self._clock = clock
+    def __init__(self, context: ChangeContext, *, ttl_s: float) -> None:
+        self._context = context
+        self._store = context.store
+        self._keys = context.keys
+        self._clock = context.clock
         self._ttl_s = ttl_s
-        self._execute = execute
-        self._emit = emit
+        self._emit = context.emit
 
     def ask(self, action: str, params: Mapping[str, Any], by: str) -> ChangeRequest:
         """Record a pending request; nothing is changed yet."""
-        if action not in PARAMS:
-            raise InvalidRequest(f"unknown action {action!r}; one of: {', '.join(PARAMS)}")
+        if action not in ACTIONS:
+            raise InvalidRequest(f"unknown action {action!r}; one of: {', '.join(ACTIONS)}")
         try:
-            checked = PARAMS[action].model_validate(dict(params))
+            checked = ACTIONS[action].params.model_validate(dict(params))
         except ValidationError as exc:
             raise InvalidRequest.from_validation(f"invalid parameters for {action}", exc) from exc
         now = self._clock.now()
-        request = ChangeRequest(id=uuid.uuid4().hex[:12], action=action,  # type: ignore[arg-type]
+        request = ChangeRequest(id=uuid.uuid4().hex[:12], action=action,
                                 params=checked.model_dump(), asked_by=by, asked_at=now,
                                 expires_at=now + self._ttl_s)
         key = self._keys.request(request.id)
@@ -122,7 +101,7 @@ class Approvals:
             raise RequestConflict(request_id, self.get(request_id).state)
         self._emit("request.approved", id=request_id, action=request.action, by=by)
         try:
-            result = self._execute(request.action, request.params)
+            result = ACTIONS[request.action].execute(self._context, request.params)
             done = approved.model_copy(update={"state": "executed", "result": result})
         except Exception as exc:
             done = approved.model_copy(update={"state": "failed",

@@ -1,17 +1,17 @@
 """The composition root: the only place that turns config into adapters.
 
-Backends are picked by ``kind`` from the tables below and imported lazily,
+Backends are picked by ``kind`` from the typed tables below; each factory
+imports its driver lazily,
 so a driver is needed only when its backend is chosen. Unknown kinds are
 reported together, each with the valid names, in one ``ConfigError``.
 """
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from warmcache.clock import SystemClock
 from warmcache.config import (
@@ -32,22 +32,8 @@ from warmcache.ports import (
     HostAgent,
 )
 
-# kind -> "module:factory"; factories take (section config, clock).
-STORES: dict[str, str] = {
-    "sqlite": "warmcache.bootstrap:_sqlite_store",
-    "etcd": "warmcache.bootstrap:_etcd_store",
-    "consul": "warmcache.bootstrap:_consul_store",
-}
-CATALOGS: dict[str, str] = {
-    "file": "warmcache.bootstrap:_file_catalog",
-    "mongodb": "warmcache.bootstrap:_mongo_catalog",
-}
-EVENTS: dict[str, str] = {
-    "sqlite": "warmcache.bootstrap:_sqlite_events",
-    "log": "warmcache.bootstrap:_log_events",
-    "elasticsearch": "warmcache.bootstrap:_elasticsearch_events",
-}
-
+if TYPE_CHECKING:
+    from warmcache.service import WarmCache
 
 def _sqlite_store(cfg: StoreConfig, clock: Clock) -> CoordinationStore:
     from warmcache.adapters.sqlite_store import SqliteStore
@@ -107,12 +93,6 @@ def _log_events(cfg: EventsConfig, clock: Clock) -> EventSink:
     return LogEvents()
 
 
-ALERTS: dict[str, str] = {
-    "log": "warmcache.bootstrap:_log_alerts",
-    "smtp": "warmcache.bootstrap:_smtp_alerts",
-}
-
-
 def _log_alerts(cfg: AlertsConfig, clock: Clock) -> AlertSink:
     from warmcache.adapters.log_alerts import LogAlerts
 
@@ -130,6 +110,28 @@ def _smtp_alerts(cfg: AlertsConfig, clock: Clock) -> AlertSink:
                       window_s=cfg.window_s)
 
 
+# kind -> factory of (section config, clock); each factory imports its
+# driver itself, so a driver is needed only when its backend is chosen.
+STORES: dict[str, Callable[[StoreConfig, Clock], CoordinationStore]] = {
+    "sqlite": _sqlite_store,
+    "etcd": _etcd_store,
+    "consul": _consul_store,
+}
+CATALOGS: dict[str, Callable[[CatalogConfig, Clock], FlavorCatalog]] = {
+    "file": _file_catalog,
+    "mongodb": _mongo_catalog,
+}
+EVENTS: dict[str, Callable[[EventsConfig, Clock], EventSink]] = {
+    "sqlite": _sqlite_events,
+    "log": _log_events,
+    "elasticsearch": _elasticsearch_events,
+}
+ALERTS: dict[str, Callable[[AlertsConfig, Clock], AlertSink]] = {
+    "log": _log_alerts,
+    "smtp": _smtp_alerts,
+}
+
+
 def check_kinds(config: Config) -> None:
     problems = [
         f"{section}.kind: unknown {kind!r} (valid: {', '.join(sorted(table))})"
@@ -145,26 +147,14 @@ def check_kinds(config: Config) -> None:
         raise ConfigError(problems)
 
 
-def _factory(table: dict[str, str], kind: str) -> Callable[..., Any]:
-    module, _, name = table[kind].partition(":")
-    factory: Callable[..., Any] = getattr(importlib.import_module(module), name)
-    return factory
-
-
 def build_store(config: Config, clock: Clock | None = None) -> CoordinationStore:
     check_kinds(config)
-    store: CoordinationStore = _factory(STORES, config.store.kind)(
-        config.store, clock or SystemClock()
-    )
-    return store
+    return STORES[config.store.kind](config.store, clock or SystemClock())
 
 
 def build_catalog(config: Config) -> FlavorCatalog:
     check_kinds(config)
-    catalog: FlavorCatalog = _factory(CATALOGS, config.catalog.kind)(
-        config.catalog, SystemClock()
-    )
-    return catalog
+    return CATALOGS[config.catalog.kind](config.catalog, SystemClock())
 
 
 class AgentConnector:
@@ -177,7 +167,7 @@ class AgentConnector:
         self._timeout_s = config.service.agent_timeout_s
         self._tls = (AgentTls(config.agent_tls.cert, config.agent_tls.key, config.agent_tls.ca)
                      if config.agent_tls else None)
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[str, HostAgent] = {}
         self._lock = threading.Lock()
 
     def __call__(self, endpoint: str) -> HostAgent:
@@ -187,8 +177,7 @@ class AgentConnector:
             if endpoint not in self._clients:
                 self._clients[endpoint] = AgentClient(endpoint, timeout_s=self._timeout_s,
                                                       tls=self._tls)
-            client: HostAgent = self._clients[endpoint]
-            return client
+            return self._clients[endpoint]
 
     def close(self) -> None:
         with self._lock:
@@ -197,7 +186,7 @@ class AgentConnector:
             self._clients.clear()
 
 
-def build(config: Config | str | Path, *, clock: Clock | None = None) -> Any:
+def build(config: Config | str | Path, *, clock: Clock | None = None) -> WarmCache:
     """Assemble a ``WarmCache`` from a config (or the path of a TOML file)."""
     from warmcache.service import WarmCache
 
@@ -207,20 +196,16 @@ def build(config: Config | str | Path, *, clock: Clock | None = None) -> Any:
     clock = clock or SystemClock()
     store = build_store(config, clock)
     catalog = build_catalog(config)
-    events: EventSink = _factory(EVENTS, config.events.kind)(config.events, clock)
-
+    events = EVENTS[config.events.kind](config.events, clock)
     agents = AgentConnector(config)
-    alerts: AlertSink = _factory(ALERTS, config.alerts.kind)(config.alerts, clock)
+    alerts = ALERTS[config.alerts.kind](config.alerts, clock)
 
     def close() -> None:
         agents.close()
         store.close()
-        closer = getattr(alerts, "close", None)
-        if closer:
-            closer()
-        closer = getattr(events, "close", None)
-        if closer:
-            closer()
+        catalog.close()
+        alerts.close()
+        events.close()
 
     return WarmCache(
         config=config.service, store=store, catalog=catalog, events=events,

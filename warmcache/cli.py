@@ -31,6 +31,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from warmcache.actions import ACTIONS
 from warmcache.client import Client
 from warmcache.errors import (
     ApprovalRefused,
@@ -503,7 +504,7 @@ def _requests_table(found: list[dict[str, Any]]) -> Table:
 
 
 @requests.command("ask")
-@click.argument("action", type=click.Choice(["delete_rule", "purge_pool", "drain_hypervisor"]))
+@click.argument("action", type=click.Choice(list(ACTIONS)))
 @click.argument("params", nargs=-1, required=True)
 @_url_option
 def requests_ask(action: str, params: tuple[str, ...]) -> None:

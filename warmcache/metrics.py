@@ -79,7 +79,7 @@ class MetricsEvents:
         events_dropped = Gauge("warmcache_events_dropped",
                                "Events the event sink dropped (queue full, spool full, "
                                "unwritten at close)", registry=r)
-        events_dropped.set_function(lambda: float(getattr(inner, "dropped", 0)))
+        events_dropped.set_function(lambda: float(inner.dropped))
 
     def watch_pools(self, pools: Callable[[], list[PoolSummary]],
                     hosts: Callable[[], int],
@@ -118,6 +118,8 @@ class MetricsEvents:
         return generate_latest(self.registry)
 
     def close(self) -> None:
-        closer = getattr(self._inner, "close", None)
-        if closer:
-            closer()
+        self._inner.close()
+
+    @property
+    def dropped(self) -> int:
+        return self._inner.dropped

@@ -219,6 +219,8 @@ class FlavorCatalog(Protocol):
         """Add or replace a flavor."""
         ...
 
+    def close(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class Event:
@@ -232,11 +234,33 @@ class EventSink(Protocol):
         """Record an event; must not raise on a backend problem (log it)."""
         ...
 
-    def recent(self, limit: int = 100, type_prefix: str = "") -> list[Event]: ...
+    def recent(self, limit: int = 100, type_prefix: str = "") -> list[Event]:
+        """Newest first, at most ``limit``, of the types starting with
+        ``type_prefix``: every sink answers it (the dashboard shows it)."""
+        ...
+
+    @property
+    def dropped(self) -> int:
+        """Events that could not be recorded (a full queue, a close that
+        gave up); exported as ``warmcache_events_dropped``."""
+        ...
+
+    def close(self) -> None:
+        """Record what is queued, then release the backend."""
+        ...
 
 
 class AlertSink(Protocol):
-    def alert(self, subject: str, body: str) -> None: ...
+    def alert(self, subject: str, body: str) -> None:
+        """Send (or queue) an alert; must not raise on a backend problem."""
+        ...
+
+    @property
+    def dropped(self) -> int:
+        """Alerts that could not be sent (a full queue, a close that gave up)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 # --- host agents -----------------------------------------------------------------
@@ -274,6 +298,8 @@ class HostAgent(Protocol):
     def status(self, name: str) -> VmStatus: ...
 
     def list(self) -> list[VmStatus]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)

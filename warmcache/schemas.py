@@ -9,11 +9,21 @@ replies ignore them, so a client keeps working against a newer server.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, StrictBool, StrictStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    RootModel,
+    StrictBool,
+    StrictStr,
+    create_model,
+)
 
-from warmcache.model import NAME_PATTERN, BuildRule, Mode, PoolInstance, PoolSummary
+from warmcache.actions import ACTIONS, ChangeAction
+from warmcache.model import BuildRule, Mode, PoolInstance, PoolSummary
 
 # A caller's name for its claim (Stripe's idempotency key): what a retry sends again.
 CLAIM_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -152,28 +162,29 @@ class Explain(_Reply):
 # --- maker-checker --------------------------------------------------------------------------
 
 
-class PoolTarget(_Request):
-    az: StrictStr = Field(pattern=NAME_PATTERN)
-    flavor: StrictStr = Field(pattern=NAME_PATTERN)
+def _ask(action: str, spec: ChangeAction[Any]) -> type[_Request]:
+    name = "".join(part.title() for part in action.split("_")) + "Ask"
+    tag: Any = Literal.__getitem__(action)
+    model: type[_Request] = create_model(name, __base__=_Request, __doc__=spec.summary,
+                                         action=(tag, ...), params=(spec.params, ...))
+    return model
 
 
-class HostTarget(_Request):
-    hypervisor: StrictStr = Field(pattern=NAME_PATTERN)
+class _AskShape(_Request):
+    action: str
+    params: BaseModel
 
 
-class PoolChangeAsk(_Request):
-    action: Literal["delete_rule", "purge_pool"]
-    params: PoolTarget
+if TYPE_CHECKING:
+    _AnyAsk = _AskShape
+else:  # one body per entry of the registry, told apart by ``action``
+    _AnyAsk = Annotated[Union[tuple(_ask(a, spec) for a, spec in ACTIONS.items())],  # noqa: UP007
+                        Field(discriminator="action")]
 
 
-class HostChangeAsk(_Request):
-    action: Literal["drain_hypervisor"]
-    params: HostTarget
-
-
-class ChangeAsk(RootModel[Annotated[PoolChangeAsk | HostChangeAsk,
-                                    Field(discriminator="action")]]):
-    """A destructive change to ask for: its action and what it acts on."""
+class ChangeAsk(RootModel[_AnyAsk]):
+    """A destructive change to ask for: its action (``warmcache.actions``)
+    and what it acts on."""
 
     @property
     def action(self) -> str:

@@ -107,6 +107,9 @@ class SimAgent:
             names = list(self.vms)
         return [VmStatus(n, "running", True, f"sim-{n}") for n in names]
 
+    def close(self) -> None:
+        pass  # nothing held: the simulated host lives in this process
+
 
 def sim_fleet(store: CoordinationStore, prefix: str, azs: int, racks_per_az: int,
               hosts_per_rack: int, **agent_args: object) -> dict[str, SimAgent]:

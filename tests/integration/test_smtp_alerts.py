@@ -63,6 +63,25 @@ def test_a_dead_mail_server_never_blocks_the_caller() -> None:
     for i in range(5):
         alerts.alert(f"s{i}", "b")  # returns at once; failures are logged
     alerts.close(timeout_s=30)
+    assert alerts.dropped == 5  # not sent, and counted
+
+
+def test_a_mail_refused_while_the_server_is_down_is_sent_when_it_is_back() -> None:
+    aiosmtpd = pytest.importorskip("aiosmtpd.controller")
+    inbox, port = Inbox(), free_port()
+    alerts = SmtpAlerts("127.0.0.1", port, "w@example.test", ["sre@example.test"],
+                        clock=ManualClock(), timeout_s=1, retry_s=0.05)
+    controller = aiosmtpd.Controller(inbox, hostname="127.0.0.1", port=port)
+    try:
+        alerts.alert("warmcache purged vm-1", "sent while the server was down")
+        assert not alerts.flush(0.3)  # still queued: the server is down
+        controller.start()
+        wait_for("the retried mail", lambda: inbox.mails, 10)
+        assert [m["Subject"] for m in inbox.mails] == ["warmcache purged vm-1"]
+        assert alerts.dropped == 0
+    finally:
+        alerts.close()
+        controller.stop()
 
 
 def test_config_wires_smtp_alerts(smtp: tuple[Inbox, int], tmp_path: Any) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from tests.fakes import FakeAgent, fleet
 from warmcache.adapters.file_catalog import FileFlavorCatalog
+from warmcache.adapters.log_alerts import LogAlerts
 from warmcache.adapters.sqlite_events import SqliteEvents
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.clock import ManualClock
@@ -35,7 +36,7 @@ def make_service(tmp_path: Path, sqlite_store: SqliteStore, clock: ManualClock,
     def make(alerts: Any = None, **config: Any) -> WarmCache:
         settings = {"node": "wc-test", "prefix": "wc", "build_concurrency": 4, **config}
         svc = WarmCache(
-            config=ServiceConfig(**settings), store=sqlite_store, alerts=alerts,
+            config=ServiceConfig(**settings), store=sqlite_store, alerts=alerts or LogAlerts(),
             catalog=FileFlavorCatalog(CONFIG_DIR / "flavors.toml"),
             events=events, agent_for=agents.__getitem__, clock=clock, rng=random.Random(7),
         )

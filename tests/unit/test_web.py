@@ -175,11 +175,11 @@ def test_acquisitions_are_recorded(client: FlaskClient, service: WarmCache) -> N
 def test_draining_a_pool_below_its_low_water_mark_triggers_a_cycle(
     client: FlaskClient, service: WarmCache
 ) -> None:
-    assert not service._trigger.is_set()
+    assert not service.cycle_pending
     acquire(client, count=2)  # 6 -> 4 left: above 50 % of 6
-    assert not service._trigger.is_set()
+    assert not service.cycle_pending
     acquire(client, count=2)  # 2 left: below
-    assert service._trigger.is_set()
+    assert service.cycle_pending
 
 
 def test_rules_read_and_write(client: FlaskClient) -> None:

@@ -62,3 +62,6 @@ class FileFlavorCatalog:
 
     def list(self) -> list[Flavor]:
         return [self._flavors[n] for n in sorted(self._flavors)]
+
+    def close(self) -> None:
+        pass  # the file is read whole and not held open

@@ -11,3 +11,10 @@ class LogAlerts:
 
     def alert(self, subject: str, body: str) -> None:
         self._log.warning("%s\n%s", subject, body)
+
+    @property
+    def dropped(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass

@@ -1,8 +1,11 @@
 """SmtpAlerts: alerts by email (cycle summaries, errors, purges, reconcile
 findings), rate-limited.
 
-Sending happens on a background thread from a bounded queue, so a slow or
-dead mail server never slows a build cycle or a purge. Within each
+Sending goes through a ``Batcher`` (one mail per write, like the event
+sinks' writes), so a slow or dead mail server never slows a build cycle or
+a purge: a mail the server refused is tried again every ``retry_s``, and
+past ``queue_size`` waiting mails new ones are dropped and counted
+(``dropped``). Within each
 ``window_s`` at most ``max_per_window`` mails go out; the alerts that did not
 fit are counted and summarised in the next mail ("N more alerts were
 suppressed"), never silently lost from the record (every alert is also an
@@ -11,17 +14,14 @@ event).
 
 from __future__ import annotations
 
-import logging
-import queue
 import smtplib
 import ssl
 import threading
 from collections.abc import Callable
 from email.message import EmailMessage
 
+from warmcache.adapters.batching import Batcher
 from warmcache.ports import Clock
-
-log = logging.getLogger(__name__)
 
 
 class SmtpAlerts:
@@ -40,6 +40,7 @@ class SmtpAlerts:
         window_s: float = 600.0,
         timeout_s: float = 10.0,
         queue_size: int = 1000,
+        retry_s: float = 5.0,
         smtp_factory: Callable[..., smtplib.SMTP] = smtplib.SMTP,
     ) -> None:
         if not recipients:
@@ -53,12 +54,13 @@ class SmtpAlerts:
         self._window_s = window_s
         self._timeout_s = timeout_s
         self._smtp = smtp_factory
-        self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue(maxsize=queue_size)
         self._sent_at: list[float] = []
         self._suppressed = 0
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="smtp-alerts", daemon=True)
-        self._thread.start()
+        # One mail per write: a failed write is retried whole, and a retried
+        # batch of several would send its first mails twice.
+        self._outbox: Batcher[tuple[str, str]] = Batcher(
+            self._send, name="smtp-alerts", max_queue=queue_size, batch=1, retry_s=retry_s)
 
     def alert(self, subject: str, body: str) -> None:
         """Queue a mail (or count it as suppressed past the rate limit)."""
@@ -73,33 +75,31 @@ class SmtpAlerts:
                 body += (f"\n\n({self._suppressed} more alert(s) were suppressed by the rate "
                          f"limit of {self._max} per {self._window_s:.0f} s; see the events.)\n")
                 self._suppressed = 0
-        try:
-            self._queue.put_nowait((subject, body))
-        except queue.Full:
-            log.warning("alert queue full, dropped: %s", subject)
+        self._outbox.put((subject, body))
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            subject, body = item
+    @property
+    def dropped(self) -> int:
+        return self._outbox.dropped
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every queued mail is sent; False on timeout."""
+        return self._outbox.flush(timeout_s)
+
+    def _send(self, mails: list[tuple[str, str]]) -> None:
+        for subject, body in mails:
             message = EmailMessage()
             message["From"] = self._sender
             message["To"] = ", ".join(self._recipients)
             message["Subject"] = subject
             message.set_content(body)
-            try:
-                with self._smtp(self._host, self._port, timeout=self._timeout_s) as smtp:
-                    if self._starttls:
-                        smtp.starttls(context=ssl.create_default_context())
-                    if self._username:
-                        smtp.login(self._username, self._password)
-                    smtp.send_message(message)
-            except (OSError, smtplib.SMTPException) as exc:
-                log.warning("could not mail alert %r: %s", subject, exc)
+            with self._smtp(self._host, self._port, timeout=self._timeout_s) as smtp:
+                if self._starttls:
+                    smtp.starttls(context=ssl.create_default_context())
+                if self._username:
+                    smtp.login(self._username, self._password)
+                smtp.send_message(message)
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Send what is queued (up to ``timeout_s``), then stop."""
-        self._queue.put(None)
-        self._thread.join(timeout=timeout_s)
+        """Send what is queued (up to ``timeout_s``; one attempt each once a
+        send failed), then stop; what is left is counted in ``dropped``."""
+        self._outbox.close(timeout_s)

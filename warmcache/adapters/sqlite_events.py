@@ -111,3 +111,10 @@ class LogEvents:
         with self._lock:
             found = [e for e in reversed(self._recent) if e.type.startswith(type_prefix)]
         return found[:limit]
+
+    @property
+    def dropped(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from warmcache.errors import AgentError, AgentVmNotFound
+from warmcache.inventory import HostView
+from warmcache.layout import Keys, PoolRecords
 from warmcache.model import InstanceState, PoolInstance
-from warmcache.ports import Compare, Delete, HostAgent, Op, Put, TxnResult
+from warmcache.ports import Compare, CoordinationStore, Delete, HostAgent, Op, Put, TxnResult
 
 log = logging.getLogger(__name__)
 
@@ -43,3 +46,32 @@ def purge_vm(txn: Txn, key: str, revision: int, rec: PoolInstance, agent: HostAg
         return False
     txn([], [Delete(key)])
     return True
+
+
+def purge_pool(
+    store: CoordinationStore,
+    keys: Keys,
+    hosts: HostView,
+    agent_for: Callable[[str], HostAgent],
+    emit: Callable[..., None],
+    az: str,
+    flavor: str,
+) -> dict[str, Any]:
+    """Purge every ready and reserved VM of one pool (an approved
+    ``purge_pool`` change); a VM acquired meanwhile is left to its holder,
+    one whose agent cannot destroy it stays ``purging`` and is named."""
+    hosts.catch_up()
+    purged, kept = [], []
+    for item in PoolRecords(store, keys).read(az)[0]:
+        rec = item.record
+        if rec.flavor != flavor or rec.state not in (InstanceState.READY, InstanceState.RESERVED):
+            continue
+        host = hosts.get(rec.hypervisor)
+        agent = agent_for(host.endpoint) if host and host.endpoint else None
+        if purge_vm(store.txn, item.key, item.mod_revision, rec, agent):
+            purged.append(rec.name)
+            emit("vm.purged", name=rec.name, az=az, flavor=flavor, hypervisor=rec.hypervisor,
+                 reason="pool purge (approved)")
+        else:
+            kept.append(rec.name)
+    return {"purged": len(purged), "not_purged": kept}

@@ -1,0 +1,136 @@
+"""Leader duty: one build cycle under the leader lock and what follows it
+(reconcile findings, the claim sweep, pool sizes for the dashboards, the
+cycle's completion record, the report), and the standby's watch that
+takes over at once from a leader that died mid-cycle."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+
+from warmcache.acquire.claims import ClaimLog
+from warmcache.builders.cycle import BuildCycle, CycleReport
+from warmcache.builders.findings import report_findings
+from warmcache.config import ServiceConfig
+from warmcache.errors import LeadershipLost, StoreError, WarmCacheError
+from warmcache.layout import Keys
+from warmcache.leader.election import LeaderElection, Leadership, watch_poll_s
+from warmcache.model import PoolSummary
+from warmcache.ports import AlertSink, Clock, CoordinationStore
+
+log = logging.getLogger(__name__)
+
+
+class LeaderDuty:
+    def __init__(
+        self,
+        *,
+        config: ServiceConfig,
+        store: CoordinationStore,
+        keys: Keys,
+        election: LeaderElection,
+        cycle: BuildCycle,
+        claims: ClaimLog,
+        pools: Callable[[], list[PoolSummary]],
+        alerts: AlertSink,
+        clock: Clock,
+        emit: Callable[..., None],
+        trigger: Callable[[], None],
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._keys = keys
+        self._election = election
+        self._cycle = cycle
+        self._claims = claims
+        self._pools = pools
+        self._alerts = alerts
+        self._clock = clock
+        self._emit = emit
+        self._trigger = trigger
+        self.last_cycle: CycleReport | None = None
+        self._own_tokens: set[int] = set()
+        self._claims_swept_at = float("-inf")
+
+    def run_cycle(self) -> CycleReport | None:
+        """Run one build cycle if this instance wins the leader lock."""
+        node = self._config.node
+        with self._election.lead(on_lost=self._leadership_lost) as leadership:
+            if leadership is None:
+                return None
+            self._own_tokens.add(leadership.token)
+            self._emit("leader.elected", node=node, token=leadership.token)
+            writer = self._election.writer(leadership)
+            report = self._cycle.run(writer)
+            self.last_cycle = report
+            with contextlib.suppress(LeadershipLost, StoreError):
+                report_findings(self._store, self._keys, writer, self._emit, self._alerts)
+            self._sweep_claims()
+            with contextlib.suppress(StoreError):
+                for pool in self._pools():  # pool sizes over time, for Kibana
+                    self._emit("pool.state", az=pool.az, flavor=pool.flavor, target=pool.target,
+                               ready=pool.ready, reserved=pool.reserved, building=pool.building)
+            if not leadership.lost.is_set():
+                # Marks the cycle complete: standbys that see the lock go
+                # away without this record take over at once.
+                with contextlib.suppress(LeadershipLost):
+                    writer.put(self._keys.last_cycle(), json.dumps(
+                        {"node": node, **report.summary(), "finished_at": report.finished_at}))
+            if not leadership.lost.is_set():
+                self._emit("leader.released", node=node, token=leadership.token)
+            if report.built or report.failed or report.problems:
+                subject, body = report.render()
+                self._alerts.alert(subject, body)
+            return report
+
+    def cycle_job(self) -> float:
+        """One scheduled cycle; an unclean one is retried sooner."""
+        report = self.run_cycle()
+        if report is not None and not report.clean:
+            return min(self._config.cycle_interval_s, self._config.retry_interval_s)
+        return self._config.cycle_interval_s
+
+    def _sweep_claims(self) -> None:
+        """Named claims past their retention go, at most once per
+        ``claim_sweep_interval_s`` (the sweep reads the whole claims directory)."""
+        now = self._clock.now()
+        if now - self._claims_swept_at < self._config.claim_sweep_interval_s:
+            return
+        self._claims_swept_at = now
+        try:
+            swept = self._claims.sweep(now)
+        except StoreError as exc:
+            log.warning("claim sweep: %s", exc)
+            return
+        if swept:
+            self._emit("claims.swept", count=swept)
+
+    def _leadership_lost(self, leadership: Leadership, reason: str) -> None:
+        node = self._config.node
+        log.warning("%s lost leadership (token %d): %s", node, leadership.token, reason)
+        self._emit("leader.lost", node=node, token=leadership.token, reason=reason)
+
+    def watch(self, stop: threading.Event) -> None:
+        """Standby duty: when the leader's lock goes away before its cycle
+        was recorded complete (it died, or was cut off past its TTL), start
+        a cycle now instead of at the next interval."""
+        poll_s = watch_poll_s(self._config.leader_ttl_s)
+        while not stop.is_set():
+            try:
+                token = self._election.wait_for_vacancy(stop, poll_s=poll_s)
+                if token is None:
+                    stop.wait(poll_s)
+                    continue
+                if token in self._own_tokens:
+                    continue
+                last = self._store.get(self._keys.last_cycle())
+                if last is None or json.loads(last.value).get("token") != token:
+                    self._trigger()  # first: nothing may delay the takeover
+                    self._emit("leader.takeover", node=self._config.node,
+                               abandoned_token=token)
+            except WarmCacheError as exc:
+                log.warning("leader watch: %s", exc)
+                stop.wait(poll_s)
