@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from warmcache.errors import AgentUnavailable
+from warmcache.layout import Keys
 from warmcache.model import HostFacts
 from warmcache.ports import CoordinationStore, VmSpec, VmStatus
 from warmcache.sim import SimAgent
@@ -42,7 +43,7 @@ class FakeAgent(SimAgent):
         """The agent died: its heartbeat key is gone."""
         assert self.store is not None
         f = self.current_facts()
-        self.store.delete(f"{self.prefix}/hosts/{f.az}/{f.hypervisor}")
+        self.store.delete(Keys(self.prefix).host(f.az, f.hypervisor))
 
     def current_facts(self) -> HostFacts:
         """The facts, without the transient-failure hook."""

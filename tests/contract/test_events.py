@@ -21,8 +21,7 @@ from warmcache.ports import Event
 def sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     made = SqliteEvents(tmp_path / "events.db") if request.param == "sqlite" else LogEvents()
     yield made
-    if hasattr(made, "close"):
-        made.close()
+    made.close()
 
 
 def test_recent_returns_what_was_emitted_newest_first(sink: Any) -> None:
@@ -37,3 +36,12 @@ def test_recent_returns_what_was_emitted_newest_first(sink: Any) -> None:
     assert sink.recent(10, "nothing.") == []
     [first] = sink.recent(1, "leader.")
     assert first.at == 1004.0 and first.fields == {"n": 4}
+
+
+def test_nothing_is_dropped_while_the_backend_is_up_and_close_keeps_what_was_queued(
+    sink: Any,
+) -> None:
+    for i in range(50):
+        sink.emit(Event("acquisition", 2000.0 + i, {"n": i}))
+    assert len(sink.recent(100, "acquisition")) == 50
+    assert sink.dropped == 0
