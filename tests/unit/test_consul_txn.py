@@ -87,3 +87,50 @@ def test_a_failed_or_delete_only_txn_reads_one_key_not_the_whole_cluster() -> No
     stub = _StubConsul(None)
     assert ConsulStore(client=stub).txn([], [Delete("x")]).revision == 4242
     assert stub.reads == [("warmcache-index-probe", False)]
+
+
+class _DownConsul(_StubConsul):
+    """Every read fails as ``error``; counts how often it was sent."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.session = self
+        self.sent = 0
+
+    def get(self, key: str, recurse: bool = False, **_kw: object) -> tuple[int, object]:
+        self.sent += 1
+        assert self._error is not None
+        raise self._error
+
+    def renew(self, _session_id: str) -> object:
+        assert self._error is not None
+        raise self._error
+
+
+def test_driver_errors_become_the_ports_errors_most_specific_first() -> None:
+    import consul
+    import requests
+    from consul.exceptions import ClientError
+
+    from warmcache.adapters.consul_store import ConsulStore
+    from warmcache.errors import SessionExpired, StoreError, StoreUnavailable
+
+    def store(error: Exception) -> tuple[ConsulStore, _DownConsul]:
+        stub = _DownConsul(error)
+        return ConsulStore(client=stub, sleep=lambda _s: None), stub
+
+    # never connected: nothing was sent, so nothing applied; reads retried
+    refused, stub = store(requests.ConnectionError("[Errno 111] Connection refused"))
+    with pytest.raises(StoreUnavailable):
+        refused.get("pool/a")
+    assert stub.sent == 3
+    # an answer that never came: the outcome is unknown, a plain StoreError
+    timed_out, _ = store(requests.ReadTimeout("read timed out"))
+    with pytest.raises(StoreError) as err:
+        timed_out.range("pool/")
+    assert type(err.value) is StoreError and isinstance(err.value.__cause__, requests.Timeout)
+    unknown, _ = store(consul.NotFound("no such session"))
+    with pytest.raises(SessionExpired):
+        unknown.renew_session("s-1")
+    with pytest.raises(SessionExpired):
+        store(ClientError("500 invalid session \"s-1\""))[0].renew_session("s-1")

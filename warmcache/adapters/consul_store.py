@@ -39,16 +39,18 @@ A client passed in is never closed by this adapter.
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from warmcache import deadline
+from warmcache.adapters.retries import ReadRetry
 from warmcache.adapters.txn_batches import merged_txns
-from warmcache.errors import SessionExpired, StoreError
+from warmcache.errors import SessionExpired, StoreError, StoreUnavailable
 from warmcache.ports import (
     Change,
     ChangeStream,
@@ -133,6 +135,12 @@ def txn_payload(namespace: str, compares: Sequence[Compare], ops: Sequence[Op],
     return payload
 
 
+def _refused(exc: BaseException) -> bool:
+    """The connection was never made (so the request was never sent)."""
+    text = str(exc).lower()
+    return "refused" in text or "establish a new connection" in text
+
+
 class _CompareFailed(Exception):
     pass
 
@@ -155,21 +163,45 @@ class ConsulStore:
                                    port=parsed.port or 8500, scheme=parsed.scheme or "http",
                                    token=token or None)
         self._c = client
+        self._read = ReadRetry(sleep)
         self._ns = namespace
         self._sleep = sleep
         self._snapshots: dict[tuple[int, str], dict[str, int]] = {}
         self._lock = threading.Lock()
 
-    def _call(self, fn: Callable[[], T]) -> T:
+    @staticmethod
+    @contextlib.contextmanager
+    def _translated(what: str, session: str = "") -> Iterator[None]:
+        """The one translation of py-consul's errors into the port's, most
+        specific first: a session Consul does not know is ``SessionExpired``;
+        a connection that could not be made is ``StoreUnavailable`` (nothing
+        was sent); any other failure is a ``StoreError``, whose outcome the
+        caller treats as unknown."""
         # The request's deadline is checked before each call (py-consul's
         # client is shared by threads, so a call keeps the client's timeout).
         deadline.remaining(1e9, "consul")
         try:
-            return fn()
+            yield
+        except consul.NotFound as exc:
+            if session:
+                raise SessionExpired(session) from exc
+            raise StoreError(f"consul {what}: {exc}") from exc
+        except ClientError as exc:
+            if "invalid session" in str(exc).lower():
+                raise SessionExpired(session or "?") from exc
+            raise StoreError(f"consul {what}: {exc}") from exc
         except consul.ConsulException as exc:
-            raise StoreError(f"consul: {exc}") from exc
+            raise StoreError(f"consul {what}: {exc}") from exc
+        except requests.ConnectionError as exc:
+            if isinstance(exc, requests.ConnectTimeout) or _refused(exc):
+                raise StoreUnavailable("consul", f"{what}: {exc}") from exc
+            raise StoreError(f"consul {what}: {exc}") from exc
         except requests.RequestException as exc:
-            raise StoreError(f"consul unreachable: {exc}") from exc
+            raise StoreError(f"consul {what}: {exc}") from exc
+
+    def _call(self, fn: Callable[[], T], what: str = "request") -> T:
+        with self._translated(what):
+            return fn()
 
     def _kv(self, item: dict[str, Any]) -> KeyValue:
         raw = item.get("Value")
@@ -180,11 +212,12 @@ class ConsulStore:
     # --- KV ----------------------------------------------------------------------------
 
     def get(self, key: str) -> KeyValue | None:
-        _, item = self._call(lambda: self._c.kv.get(self._ns + key))
+        _, item = self._read(lambda: self._call(lambda: self._c.kv.get(self._ns + key), "get"))
         return self._kv(item) if item else None
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
-        index, items = self._call(lambda: self._c.kv.get(self._ns + prefix, recurse=True))
+        index, items = self._read(lambda: self._call(
+            lambda: self._c.kv.get(self._ns + prefix, recurse=True), "range"))
         kvs = sorted((self._kv(i) for i in items or []), key=lambda kv: kv.key)
         return kvs, int(index)
 
@@ -209,21 +242,15 @@ class ConsulStore:
             return self._failed(compares)
         if not payload:
             return TxnResult(True, self._revision())
+        session = next((op.session for op in success if isinstance(op, Put) and op.session), "")
         try:
-            reply = self._c.txn.put(payload)
-        except ClientError as exc:
-            text = str(exc)
-            if "invalid session" in text.lower():
-                session = next((op.session for op in success
-                                if isinstance(op, Put) and op.session), "")
-                raise SessionExpired(session or "?") from exc
-            if text.startswith("409"):
+            with self._translated("txn", session):
+                reply = self._c.txn.put(payload)
+        except StoreError as exc:
+            # Consul's 409: a compare failed, nothing applied
+            if isinstance(exc.__cause__, ClientError) and str(exc.__cause__).startswith("409"):
                 return self._failed(compares)
-            raise StoreError(f"consul txn: {text}") from exc
-        except consul.ConsulException as exc:
-            raise StoreError(f"consul txn: {exc}") from exc
-        except requests.RequestException as exc:
-            raise StoreError(f"consul unreachable: {exc}") from exc
+            raise
         indexes = [int(r["KV"]["ModifyIndex"]) for r in (reply or {}).get("Results") or []
                    if r.get("KV")]
         return TxnResult(True, max(indexes) if indexes else self._revision())
@@ -261,14 +288,8 @@ class ConsulStore:
         return session
 
     def renew_session(self, session_id: str) -> None:
-        try:
+        with self._translated("session renew", session_id):
             reply = self._c.session.renew(session_id)
-        except consul.NotFound as exc:
-            raise SessionExpired(session_id) from exc
-        except consul.ConsulException as exc:
-            raise StoreError(f"consul: {exc}") from exc
-        except requests.RequestException as exc:
-            raise StoreError(f"consul unreachable: {exc}") from exc
         if not reply:
             raise SessionExpired(session_id)
 
@@ -313,7 +334,8 @@ class ConsulStore:
         self._call(lambda: self._c.agent.service.deregister(f"{name}-{node}"))
 
     def services(self, name: str) -> list[ServiceEntry]:
-        _, entries = self._call(lambda: self._c.health.service(name, passing=True))
+        _, entries = self._read(lambda: self._call(
+            lambda: self._c.health.service(name, passing=True), "services"))
         now = time.time()
         out = []
         for entry in entries or []:

@@ -28,9 +28,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import requests
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from warmcache import deadline
+from warmcache.adapters.retries import ReadRetry
 from warmcache.adapters.txn_batches import check_disjoint
 from warmcache.errors import SessionExpired, StoreError, StoreUnavailable, WatchCompacted
 from warmcache.ports import (
@@ -104,13 +104,7 @@ class EtcdStore:
         self._failover_s = failover_s
         self._sleep = sleep
         self._max_ops = max_txn_ops
-        self._retrying = Retrying(
-            retry=retry_if_exception_type(StoreError),
-            stop=stop_after_attempt(3),
-            wait=wait_exponential(multiplier=0.1, max=1.0),
-            sleep=sleep,
-            reraise=True,
-        )
+        self._read = ReadRetry(sleep)
 
     # --- transport -------------------------------------------------------------------
 
@@ -181,14 +175,6 @@ class EtcdStore:
             if "no leader" in detail:
                 raise _Retryable(detail) from exc
             raise StoreError(f"etcd {path}: {detail.strip()}") from exc
-
-    def _read(self, fn: Callable[[], T]) -> T:
-        """Reads are idempotent: retry transient failures (a member
-        restarting), unless a request's deadline is running: then one try,
-        answered or not within it."""
-        if deadline.current() is not None:
-            return fn()
-        return self._retrying(fn)
 
     def _key(self, key: str) -> bytes:
         return (self._ns + key).encode()
