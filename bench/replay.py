@@ -250,7 +250,8 @@ def pooled(requests: list[Request], flavors: dict[str, tuple[int, float]],
             else:
                 out.times.append(max(draw.lognormvariate(mu, 0.5) for _ in r.lifetimes))
             if early and r.flavor in rules and below_low_water(
-                    rules[r.flavor], state_counts(records(), r.flavor), 0.5):
+                    rules[r.flavor], state_counts(records(), r.flavor)[InstanceState.READY],
+                    0.5):
                 cycle(now, r.flavor)
     service.close()
     store.close()

@@ -24,7 +24,7 @@ def test_deficit_is_capped_per_cycle_and_counts_building_and_reserved() -> None:
 
 def test_disabled_rule_builds_nothing_and_never_triggers() -> None:
     assert to_build(rule(enabled=False), Counter()) == 0
-    assert not below_low_water(rule(enabled=False), Counter(), 0.5)
+    assert not below_low_water(rule(enabled=False), 0, 0.5)
 
 
 @given(st.integers(1, 50), st.integers(0, 100), st.integers(0, 100), st.integers(0, 100))
@@ -42,5 +42,6 @@ def test_racks_required_is_capped_by_vms_built() -> None:
 
 
 def test_low_water_mark() -> None:
-    assert below_low_water(rule(), Counter({S.READY: 4}), 0.5)
-    assert not below_low_water(rule(), Counter({S.READY: 5}), 0.5)
+    assert below_low_water(rule(), 4, 0.5)
+    assert not below_low_water(rule(), 5, 0.5)
+    assert not below_low_water(rule(total_instances=0), 0, 0.5)

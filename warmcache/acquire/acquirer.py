@@ -24,6 +24,7 @@ from warmcache import deadline
 from warmcache.acquire.claim import Claimed, Claimer, ClaimRequest
 from warmcache.acquire.claims import ClaimRecord
 from warmcache.acquire.index import PoolIndex
+from warmcache.builders.deficits import below_low_water
 from warmcache.config import ServiceConfig
 from warmcache.errors import InvalidRequest, UnknownAZ, UnknownFlavor, UnknownPool, WarmCacheError
 from warmcache.inventory import DrainView, HostView
@@ -157,7 +158,7 @@ class Acquirer:
                    az=request.az, count=request.count, mode=request.mode.value,
                    latency_ms=round(latency_ms, 3), attempts=claimed.attempts,
                    vms=[vm.name for vm in claimed.vms])
-        if claimed.remaining < rule.total_instances * self._config.low_water_ratio:
+        if below_low_water(rule, claimed.remaining, self._config.low_water_ratio):
             self._trigger()
 
     def pools(self) -> list[PoolSummary]:
