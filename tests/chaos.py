@@ -48,7 +48,7 @@ from typing import Any
 
 from tests.certs import TestCA
 from tests.netns import Network
-from tests.polling import pause, wait_for
+from tests.polling import wait_for
 from warmcache.adapters.etcd_store import EtcdStore
 from warmcache.layout import Keys
 from warmcache.model import InstanceState, PoolInstance
@@ -314,14 +314,21 @@ class ChaosRig:
         for kind in schedule:
             described = self._inject(kind)
             report.faults.append(described)
-            pause(self.rng.uniform(*hold_s))  # the fault lasts this long, in real time
+            self._hold(self.rng.uniform(*hold_s))
             self._heal_all()
-            pause(1.0)
+            self._hold(1.0)
         self._stop.set()
         for t in self._clients:
             t.join()
         self._settle()
         return self.check(report)
+
+    def _hold(self, seconds: float) -> None:
+        """Keep the world as it is for ``seconds`` of real time while the
+        clients keep asking: a fault's duration (straddling the leader and
+        session TTLs) is this experiment's input, not a wait for an event.
+        Ends early only if the run is stopped."""
+        self._stop.wait(seconds)
 
     def _inject(self, kind: str) -> str:
         svc = f"svc{self.rng.randrange(self.n_svc)}"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
-_pause = threading.Event()  # never set: .wait(s) pauses between polls
+_between_polls = threading.Event()  # never set: its wait() spaces the polls
 
 
 def wait_for(what: str, predicate: Callable[[], T], timeout_s: float,
@@ -22,9 +22,5 @@ def wait_for(what: str, predicate: Callable[[], T], timeout_s: float,
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        _pause.wait(interval_s)
+        _between_polls.wait(interval_s)
 
-
-def pause(seconds: float) -> Any:
-    """Let real time pass (a real server's TTL), where no event can be awaited."""
-    _pause.wait(seconds)

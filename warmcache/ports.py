@@ -10,6 +10,7 @@ TTL owns keys and deletes them when it expires.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -20,6 +21,11 @@ from warmcache.model import Flavor, HostFacts
 class Clock(Protocol):
     def now(self) -> float:
         """Seconds since the epoch (wall clock: shared by processes on a host)."""
+        ...
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """Wait until ``event`` is set (True) or ``seconds`` of this clock pass
+        (False): periodic threads wait through it so tests can drive them."""
         ...
 
 

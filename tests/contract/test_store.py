@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import unavailable
-from tests.polling import pause, wait_for
+from tests.polling import wait_for
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.clock import ManualClock
 from warmcache.errors import SessionExpired, StoreError, StoreUnavailable, WatchCompacted
@@ -39,17 +39,20 @@ class Backend:
     cut: Callable[[], int] | None = None  # sever the client's connections (None: it has none)
 
     def let_pass(self, seconds: float) -> None:
-        """Move time on: the manual clock, or really wait (a real server's TTL)."""
+        """Move the manual clock on. A real server's clock moves by itself:
+        the ``eventually`` that follows polls until its TTL has run out."""
         if self.clock is not None:
             self.clock.advance(seconds)
-        else:
-            pause(seconds)
 
-    def eventually(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+    def now(self) -> float:
+        return self.clock.now() if self.clock is not None else time.monotonic()
+
+    def eventually(self, predicate: Callable[[], bool], timeout_s: float,
+                   interval_s: float = 0.05) -> bool:
         if self.clock is not None:
             return predicate()
         try:
-            wait_for("the store to catch up", predicate, timeout_s)
+            wait_for("the store to catch up", predicate, timeout_s, interval_s)
         except AssertionError:
             return False
         return True
@@ -151,7 +154,7 @@ def test_session_keys_vanish_when_the_ttl_passes(backend: Backend) -> None:
         backend.let_pass(ttl - 0.1)
         assert store.get("lock") is not None
     backend.let_pass(ttl + 0.2)
-    assert backend.eventually(lambda: store.get("lock") is None, timeout_s=3 * ttl)
+    assert backend.eventually(lambda: store.get("lock") is None, timeout_s=4 * ttl)
     with pytest.raises(SessionExpired):
         store.renew_session(session)
     with pytest.raises(SessionExpired):
@@ -162,9 +165,20 @@ def test_renewal_keeps_a_session_alive(backend: Backend) -> None:
     store, ttl = backend.store, backend.ttl_s
     session = store.create_session(ttl, "n1")
     store.put("lock", "n1", session=session)
-    for _ in range(4):  # 4 x 0.4 TTL: well past one TTL in all
+    started, renewals = backend.now(), 0
+
+    def renewed_well_past_one_ttl() -> bool:
+        nonlocal renewals
         backend.let_pass(ttl * 0.4)
         store.renew_session(session)
+        renewals += 1
+        return renewals >= 4 and backend.now() - started >= 1.5 * ttl
+
+    if backend.clock is not None:
+        assert all(not renewed_well_past_one_ttl() for _ in range(3))
+        assert renewed_well_past_one_ttl()  # 4 x 0.4 TTL
+    else:  # renew every 0.2 TTL of real time until 1.5 TTL have passed
+        assert backend.eventually(renewed_well_past_one_ttl, 10 * ttl, interval_s=ttl * 0.2)
     assert store.get("lock") is not None
     store.destroy_session(session)
     assert store.get("lock") is None
@@ -188,7 +202,7 @@ def test_lock_is_exclusive_until_its_session_ends(backend: Backend) -> None:
     assert take(s3)
     backend.let_pass(ttl + 0.2)  # s3 not renewed: the lock frees itself
     s4 = store.create_session(ttl * 10, "n4")
-    assert backend.eventually(lambda: take(s4), timeout_s=3 * ttl)
+    assert backend.eventually(lambda: take(s4), timeout_s=4 * ttl)
     store.destroy_session(s4)
 
 
@@ -259,7 +273,7 @@ def test_session_expiry_shows_in_the_change_feed(backend: Backend) -> None:
     session = store.create_session(ttl, "n1")
     start = store.put("w/lock", "n1", session=session)
     backend.let_pass(ttl + 0.2)
-    assert backend.eventually(lambda: store.get("w/lock") is None, timeout_s=3 * ttl)
+    assert backend.eventually(lambda: store.get("w/lock") is None, timeout_s=4 * ttl)
     changes = store.changes("w/", start, timeout_s=0)
     assert [(c.key, c.kind) for c in changes] == [("w/lock", "delete")]
 
@@ -272,7 +286,7 @@ def test_services_expire_with_their_ttl(backend: Backend) -> None:
     assert store.services("warmcache")[0].address == "http://a"
     backend.let_pass(ttl + 0.2)
     assert backend.eventually(
-        lambda: [s.node for s in store.services("warmcache")] == ["wc-1"], timeout_s=3 * ttl)
+        lambda: [s.node for s in store.services("warmcache")] == ["wc-1"], timeout_s=4 * ttl)
     assert [s.node for s in store.services("warmcache")] == ["wc-1"]
     store.register_service("warmcache", "wc-1", "http://a2", ttl * 20)  # re-registered
     assert [s.address for s in store.services("warmcache")] == ["http://a2"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.polling import wait_for
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.clock import ManualClock
 from warmcache.errors import LeadershipLost
@@ -116,4 +117,25 @@ def test_loss_is_signalled_once_the_moment_it_is_seen(
         for _ in range(2):
             with pytest.raises(LeadershipLost):
                 a.writer(lead).put("wc/x", "1")
-    assert calls == ["a fenced write was rejected"]
+    # Whichever saw it first (the write, or the renewer woken by the clock), once.
+    assert len(calls) == 1
+    assert calls[0] == "a fenced write was rejected" or calls[0].startswith("renewal failed")
+
+
+def test_the_renewer_runs_when_the_clock_moves(
+    sqlite_store: SqliteStore, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renewal follows the injected clock (Clock.wait), not real time: each
+    move of 4 s (TTL 5) is renewed at once, so 20 s pass and the lead holds."""
+    renewals: list[str] = []
+    renew = sqlite_store.renew_session
+    monkeypatch.setattr(sqlite_store, "renew_session",
+                        lambda session: (renew(session), renewals.append(session)))
+    a = election(sqlite_store, clock, "a")
+    with a.lead() as lead:
+        assert lead is not None
+        for moved in range(1, 6):
+            clock.advance(4)
+            wait_for("the renewal", lambda n=moved: len(renewals) >= n, 1.0)  # type: ignore[misc]
+        a.writer(lead).put("wc/x", "still the leader")
+        assert not lead.lost.is_set()

@@ -204,7 +204,7 @@ class LeaderElection:
     def _renew(self, leadership: Leadership, stop: threading.Event) -> None:
         interval = self._ttl_s / 3
         last_ok = self._clock.now()
-        while not stop.wait(interval):
+        while not self._clock.wait(stop, interval):
             try:
                 self._store.renew_session(leadership.session)
                 last_ok = self._clock.now()
