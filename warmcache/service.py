@@ -53,19 +53,11 @@ __all__ = ["SERVICE_NAME", "WarmCache"]
 
 
 class WarmCache:
-    def __init__(
-        self,
-        *,
-        config: ServiceConfig,
-        store: CoordinationStore,
-        catalog: FlavorCatalog,
-        events: EventSink,
-        alerts: AlertSink,
-        agent_for: Callable[[str], HostAgent],
-        clock: Clock,
-        rng: random.Random | None = None,
-        on_close: Callable[[], None] | None = None,
-    ) -> None:
+    def __init__(self, *, config: ServiceConfig, store: CoordinationStore,
+                 catalog: FlavorCatalog, events: EventSink, alerts: AlertSink,
+                 agent_for: Callable[[str], HostAgent], clock: Clock,
+                 rng: random.Random | None = None,
+                 on_close: Callable[[], None] | None = None) -> None:
         self.config = config
         self.store = store
         self.catalog = catalog
@@ -91,8 +83,7 @@ class WarmCache:
             store=store, keys=self.keys, flavors=lambda: {f.name: f for f in catalog.list()},
             hosts=self.hosts, agent_for=agent_for, events=self.events, clock=clock,
             pipeline=default_pipeline(rng), concurrency=config.build_concurrency,
-            retries=config.build_retries,
-        )
+            retries=config.build_retries)
         self.duty = LeaderDuty(config=config, store=store, keys=self.keys,
                                election=self.election, cycle=self._cycle,
                                claims=self.acquirer.claimer.log, pools=self.pools,
@@ -105,7 +96,7 @@ class WarmCache:
             store=store, keys=self.keys, hosts=self.hosts, agent_for=agent_for,
             events=self.events, alerts=alerts, clock=clock, node=config.node,
             ttl_s=config.leader_ttl_s, failures_to_purge=config.health_failures_to_purge,
-        )
+            interval_s=config.health_interval_s)
         self.metrics.watch_pools(self.pools, self.hosts.count, lambda: (
             self.acquirer.claimer.batches, self.acquirer.claimer.conflicts))
         self._readiness = Readiness({
@@ -125,17 +116,13 @@ class WarmCache:
             jobs.follow(f"view {view.prefix}", view.follow)
         jobs.follow("acquire-shares", self.acquirer.follow_shares)
         if cfg.run_health:
-            jobs.every("health-poller", self._health_job, retry_s=cfg.health_interval_s)
+            jobs.every("health-poller", self.health.job, retry_s=cfg.health_interval_s)
         if cfg.run_builds:
             jobs.every("build-cycles", self.duty.cycle_job,
                        retry_s=min(cfg.cycle_interval_s, cfg.retry_interval_s),
                        wake=self._cycle_wanted)
             jobs.follow("leader-watch", self.duty.watch)
         return jobs
-
-    def _health_job(self) -> float:
-        self.health.poll()
-        return self.config.health_interval_s
 
     @classmethod
     def from_config(cls, config: Config | str | Path) -> WarmCache:
@@ -169,9 +156,8 @@ class WarmCache:
     def __enter__(self) -> WarmCache:
         return self.start()
 
-    def __exit__(
-        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, _t: type[BaseException] | None, _e: BaseException | None,
+                 _tb: TracebackType | None) -> None:
         self.close()
 
     # --- operations ------------------------------------------------------------------
@@ -212,17 +198,9 @@ class WarmCache:
         """Every pool's counts, from the pool index (O(pools x racks))."""
         return self.acquirer.pools()
 
-    def acquire(
-        self,
-        flavor: str,
-        az: str,
-        count: int,
-        mode: Mode | str,
-        *,
-        use_reserve: bool = False,
-        requester: str = "anonymous",
-        claim_id: str | None = None,
-    ) -> list[PoolInstance]:
+    def acquire(self, flavor: str, az: str, count: int, mode: Mode | str, *,
+                use_reserve: bool = False, requester: str = "anonymous",
+                claim_id: str | None = None) -> list[PoolInstance]:
         """Claim ``count`` ready VMs satisfying ``mode``, all or nothing,
         idempotent under ``claim_id`` when given
         (``warmcache.acquire.acquirer.Acquirer.acquire``; thread-safe)."""

@@ -76,12 +76,14 @@ def event_document(event: Event) -> dict[str, Any]:
 class ElasticsearchEvents:
     def __init__(self, url: str, spool_dir: str | Path, *, client: Any = None,
                  max_queue: int = 10_000, batch: int = 500, flush_s: float = 1.0,
-                 max_spool_bytes: int = 64 << 20, retry_s: float = 5.0) -> None:
+                 max_spool_bytes: int = 64 << 20, retry_s: float = 5.0,
+                 data_stream: str = DATA_STREAM) -> None:
         if client is None:
             from elasticsearch import Elasticsearch
 
             client = Elasticsearch(url, request_timeout=10)
         self._client = client
+        self.data_stream = data_stream  # and its index template, matching f"{it}*"
         self._spool = Path(spool_dir)
         self._spool.mkdir(parents=True, exist_ok=True)
         self._max_spool = max_spool_bytes
@@ -105,7 +107,7 @@ class ElasticsearchEvents:
     def recent(self, limit: int = 100, type_prefix: str = "") -> list[Event]:
         query = {"prefix": {"type": type_prefix}} if type_prefix else {"match_all": {}}
         try:
-            reply = self._client.search(index=DATA_STREAM, size=limit, query=query,
+            reply = self._client.search(index=self.data_stream, size=limit, query=query,
                                         sort=[{"@timestamp": "desc"}])
         except Exception as exc:
             log.warning("events search failed: %s", exc)
@@ -122,7 +124,7 @@ class ElasticsearchEvents:
     def _ensure_template(self) -> None:
         if not self._template_ready:
             self._client.indices.put_index_template(
-                name=DATA_STREAM, index_patterns=[f"{DATA_STREAM}*"], data_stream={},
+                name=self.data_stream, index_patterns=[f"{self.data_stream}*"], data_stream={},
                 template={"mappings": MAPPINGS}, priority=200)
             self._template_ready = True
 
@@ -130,7 +132,7 @@ class ElasticsearchEvents:
         self._ensure_template()
         operations: list[dict[str, Any]] = []
         for doc in docs:
-            operations += [{"create": {"_index": DATA_STREAM}}, doc]
+            operations += [{"create": {"_index": self.data_stream}}, doc]
         reply = self._client.bulk(operations=operations)
         if reply.get("errors"):
             failed = [i for i in reply["items"] if i.get("create", {}).get("error")]
@@ -177,6 +179,11 @@ class ElasticsearchEvents:
                 return False
             path.unlink(missing_ok=True)
         return True
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Send (or spool) what is queued now; False if that took too long.
+        Searchable after Elasticsearch's next refresh."""
+        return self._batcher.flush(timeout_s)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Flush what is queued (to Elasticsearch or the spool), then stop.

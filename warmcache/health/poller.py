@@ -72,6 +72,7 @@ class HealthPoller:
         node: str,
         ttl_s: float,
         failures_to_purge: int,
+        interval_s: float = 30.0,
     ) -> None:
         if failures_to_purge < 1:
             raise ValueError("failures_to_purge must be at least 1")
@@ -83,9 +84,15 @@ class HealthPoller:
         self._alerts = alerts
         self._clock = clock
         self._limit = failures_to_purge
+        self.interval_s = interval_s
         self.election = LeaderElection(store, keys.health_lock(), node,
                                        ttl_s=ttl_s, clock=clock)
         self._lost_reported: set[str] = set()
+
+    def job(self) -> float:
+        """The scheduler's job: one poll, then wait ``interval_s``."""
+        self.poll()
+        return self.interval_s
 
     def poll(self) -> PollReport | None:
         """One poll, if this instance gets the poller lock (else ``None``)."""
