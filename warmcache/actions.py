@@ -13,11 +13,9 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from warmcache.context import ServiceContext
 from warmcache.health.purge import purge_pool
-from warmcache.inventory import HostView
-from warmcache.layout import Keys
 from warmcache.model import NAME_PATTERN
-from warmcache.ports import Clock, CoordinationStore, HostAgent
 
 
 class _Params(BaseModel):
@@ -33,18 +31,6 @@ class HostTarget(_Params):
     hypervisor: StrictStr = Field(pattern=NAME_PATTERN)
 
 
-@dataclass(frozen=True)
-class ChangeContext:
-    """What an approved change may act on."""
-
-    store: CoordinationStore
-    keys: Keys
-    clock: Clock
-    hosts: HostView
-    agent_for: Callable[[str], HostAgent]
-    emit: Callable[..., None]
-
-
 P = TypeVar("P", bound=_Params)
 
 
@@ -52,23 +38,23 @@ P = TypeVar("P", bound=_Params)
 class ChangeAction(Generic[P]):
     params: type[P]
     summary: str
-    run: Callable[[ChangeContext, P], dict[str, Any]]
+    run: Callable[[ServiceContext, P], dict[str, Any]]
 
-    def execute(self, context: ChangeContext, params: dict[str, Any]) -> dict[str, Any]:
+    def execute(self, context: ServiceContext, params: dict[str, Any]) -> dict[str, Any]:
         return self.run(context, self.params.model_validate(params))
 
 
-def _delete_rule(ctx: ChangeContext, target: PoolTarget) -> dict[str, Any]:
+def _delete_rule(ctx: ServiceContext, target: PoolTarget) -> dict[str, Any]:
     return {"deleted": ctx.store.delete(ctx.keys.rule(target.az, target.flavor))}
 
 
-def _drain_hypervisor(ctx: ChangeContext, target: HostTarget) -> dict[str, Any]:
+def _drain_hypervisor(ctx: ServiceContext, target: HostTarget) -> dict[str, Any]:
     # No new VM is placed there and none of its pooled VMs is handed out.
     ctx.store.put(ctx.keys.drain(target.hypervisor), json.dumps({"at": ctx.clock.now()}))
     return {"drained": target.hypervisor}
 
 
-def _purge_pool(ctx: ChangeContext, target: PoolTarget) -> dict[str, Any]:
+def _purge_pool(ctx: ServiceContext, target: PoolTarget) -> dict[str, Any]:
     return purge_pool(ctx.store, ctx.keys, ctx.hosts, ctx.agent_for, ctx.emit,
                       target.az, target.flavor)
 

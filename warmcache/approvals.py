@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from warmcache.actions import ACTIONS, ChangeContext
+from warmcache.actions import ACTIONS
+from warmcache.context import ServiceContext
 from warmcache.errors import ApprovalRefused, InvalidRequest, RequestConflict, UnknownRequest
 from warmcache.ports import Compare, Put
 
@@ -40,7 +41,7 @@ class ChangeRequest(BaseModel):
 
 
 class Approvals:
-    def __init__(self, context: ChangeContext, *, ttl_s: float) -> None:
+    def __init__(self, context: ServiceContext, *, ttl_s: float) -> None:
         self._context = context
         self._store = context.store
         self._keys = context.keys

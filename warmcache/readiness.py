@@ -14,11 +14,22 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from warmcache import deadline
+from warmcache.context import ServiceContext
 
 Check = Callable[[], object]
 
 
 class Readiness:
+    @classmethod
+    def of_service(cls, ctx: ServiceContext) -> Readiness:
+        """The service's dependencies: the store, the flavor catalog and the
+        event sink, each asked with ``service.readiness_timeout_s``."""
+        return cls({
+            "store": lambda: ctx.store.get(ctx.keys.leader()),
+            "catalog": lambda: ctx.catalog.get("readiness-probe"),
+            "events": lambda: ctx.events.recent(1),
+        }, ctx.config.readiness_timeout_s)
+
     def __init__(self, checks: dict[str, Check], timeout_s: float) -> None:
         self._checks = checks
         self._timeout_s = timeout_s

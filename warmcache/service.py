@@ -3,7 +3,8 @@
 A facade over the rooms that do the work: ``acquire/`` hands VMs out,
 ``leader/duty`` runs build cycles under the leader lock, ``health/`` polls
 and purges, ``approvals`` (over the ``actions`` registry) runs approved
-changes, ``scheduler`` runs the periodic work. It is assembled by
+changes, ``jobs`` lists the periodic work its ``Scheduler`` runs; each room is
+built from one ``ServiceContext`` (``context``). It is assembled by
 ``warmcache.bootstrap`` from config (the one place that builds adapters),
 or by hand from ready adapters. ``start()`` runs the background work
 (service registration; leader election and build cycles when
@@ -22,24 +23,20 @@ from typing import Any
 
 from warmcache.acquire.acquirer import Acquirer
 from warmcache.acquire.claims import ClaimRecord
-from warmcache.actions import ChangeContext
 from warmcache.approvals import Approvals
-from warmcache.builders.cycle import BuildCycle, CycleReport
+from warmcache.builders.cycle import CycleReport
 from warmcache.config import Config, ServiceConfig
+from warmcache.context import ServiceContext
 from warmcache.errors import UnknownRule
 from warmcache.health.poller import HealthPoller
-from warmcache.inventory import DrainView, HostView
-from warmcache.layout import Keys
+from warmcache.jobs import service_jobs
 from warmcache.leader.duty import LeaderDuty
-from warmcache.leader.election import LeaderElection
 from warmcache.metrics import MetricsEvents
 from warmcache.model import SERVICE_NAME, Mode, PoolInstance, PoolSummary
-from warmcache.placement.pipeline import default_pipeline
 from warmcache.ports import (
     AlertSink,
     Clock,
     CoordinationStore,
-    Event,
     EventSink,
     FlavorCatalog,
     HostAgent,
@@ -47,7 +44,6 @@ from warmcache.ports import (
 from warmcache.readiness import Readiness
 from warmcache.registration import ServiceRegistration
 from warmcache.rules import RuleBook
-from warmcache.scheduler import Scheduler
 
 __all__ = ["SERVICE_NAME", "WarmCache"]
 
@@ -67,62 +63,26 @@ class WarmCache:
         self.alerts = alerts
         self.agent_for = agent_for
         self.clock = clock
-        self.keys = Keys(config.prefix)
+        ctx = ServiceContext.assemble(config, store, catalog, agent_for, self.events, alerts,
+                                      clock)
+        self.keys, self.hosts, self.drains = ctx.keys, ctx.hosts, ctx.drains
         self.rules = RuleBook(store, self.keys, catalog)
         rng = rng or random.Random()
         self._on_close = on_close
         self._cycle_wanted = threading.Event()
-        self.election = LeaderElection(store, self.keys.leader(), config.node,
-                                       ttl_s=config.leader_ttl_s, clock=clock)
-        self.hosts = HostView(store, self.keys.hosts_dir())
-        self.drains = DrainView(store, self.keys.drain())
-        self.acquirer = Acquirer(config=config, store=store, keys=self.keys, catalog=catalog,
-                                 hosts=self.hosts, drains=self.drains, clock=clock,
-                                 emit=self._emit, trigger_cycle=self.trigger_cycle, rng=rng)
-        self._cycle = BuildCycle(
-            store=store, keys=self.keys, flavors=lambda: {f.name: f for f in catalog.list()},
-            hosts=self.hosts, agent_for=agent_for, events=self.events, clock=clock,
-            pipeline=default_pipeline(rng), concurrency=config.build_concurrency,
-            retries=config.build_retries)
-        self.duty = LeaderDuty(config=config, store=store, keys=self.keys,
-                               election=self.election, cycle=self._cycle,
-                               claims=self.acquirer.claimer.log, pools=self.pools,
-                               alerts=alerts, clock=clock, emit=self._emit,
-                               trigger=self.trigger_cycle)
-        self.approvals = Approvals(
-            ChangeContext(store, self.keys, clock, self.hosts, agent_for, self._emit),
-            ttl_s=config.requests_ttl_s)
-        self.health = HealthPoller(
-            store=store, keys=self.keys, hosts=self.hosts, agent_for=agent_for,
-            events=self.events, alerts=alerts, clock=clock, node=config.node,
-            ttl_s=config.leader_ttl_s, failures_to_purge=config.health_failures_to_purge,
-            interval_s=config.health_interval_s)
+        self.acquirer = Acquirer(ctx, trigger_cycle=self.trigger_cycle, rng=rng)
+        self.duty = LeaderDuty(ctx, claims=self.acquirer.claimer.log, pools=self.pools,
+                               trigger=self.trigger_cycle, rng=rng)
+        self.election = self.duty.election
+        self.approvals = Approvals(ctx, ttl_s=config.requests_ttl_s)
+        self.health = HealthPoller(ctx)
+        self.registration = ServiceRegistration(store, config)
         self.metrics.watch_pools(self.pools, self.hosts.count, lambda: (
             self.acquirer.claimer.batches, self.acquirer.claimer.conflicts))
-        self._readiness = Readiness({
-            "store": lambda: store.get(self.keys.leader()),
-            "catalog": lambda: catalog.get("readiness-probe"),
-            "events": lambda: self.events.recent(1),
-        }, config.readiness_timeout_s)
-        self.registration = ServiceRegistration(store, config)
-        self.scheduler = self._schedule()
-
-    def _schedule(self) -> Scheduler:
-        cfg = self.config
-        jobs = Scheduler()
-        jobs.every("service-registration", self.registration.beat,
-                   retry_s=self.registration.retry_s)
-        for view in self.acquirer.views:
-            jobs.follow(f"view {view.prefix}", view.follow)
-        jobs.follow("acquire-shares", self.acquirer.follow_shares)
-        if cfg.run_health:
-            jobs.every("health-poller", self.health.job, retry_s=cfg.health_interval_s)
-        if cfg.run_builds:
-            jobs.every("build-cycles", self.duty.cycle_job,
-                       retry_s=min(cfg.cycle_interval_s, cfg.retry_interval_s),
-                       wake=self._cycle_wanted)
-            jobs.follow("leader-watch", self.duty.watch)
-        return jobs
+        self._readiness = Readiness.of_service(ctx)
+        self.scheduler = service_jobs(config, registration=self.registration,
+                                      acquirer=self.acquirer, health=self.health,
+                                      duty=self.duty, cycle_wanted=self._cycle_wanted)
 
     @classmethod
     def from_config(cls, config: Config | str | Path) -> WarmCache:
@@ -184,7 +144,7 @@ class WarmCache:
         rule = self.rules.get(az, flavor)
         if rule is None:
             raise UnknownRule(az, flavor)
-        return self._cycle.dry_run(az, flavor, rule)
+        return self.duty.cycle.dry_run(az, flavor, rule)
 
     def readiness(self) -> dict[str, dict[str, Any]]:
         """The store, the flavor catalog and the event sink, each asked with
@@ -210,6 +170,3 @@ class WarmCache:
     def claim(self, claim_id: str) -> ClaimRecord:
         """A named claim that landed, with its VMs; ``UnknownClaim`` if none did."""
         return self.acquirer.claim(claim_id)
-
-    def _emit(self, type_: str, **fields: object) -> None:
-        self.events.emit(Event(type_, self.clock.now(), fields))

@@ -25,10 +25,8 @@ from warmcache.acquire.claim import Claimed, Claimer, ClaimRequest
 from warmcache.acquire.claims import ClaimRecord
 from warmcache.acquire.index import PoolIndex
 from warmcache.builders.deficits import below_low_water
-from warmcache.config import ServiceConfig
+from warmcache.context import ServiceContext
 from warmcache.errors import InvalidRequest, UnknownAZ, UnknownFlavor, UnknownPool, WarmCacheError
-from warmcache.inventory import DrainView, HostView
-from warmcache.layout import Keys
 from warmcache.model import (
     SERVICE_NAME,
     BuildRule,
@@ -37,34 +35,22 @@ from warmcache.model import (
     PoolSummary,
     is_valid_name,
 )
-from warmcache.ports import Clock, CoordinationStore, FlavorCatalog
 from warmcache.rules import RuleView
 from warmcache.schemas import CLAIM_ID_PATTERN
 from warmcache.views import PrefixView
 
 log = logging.getLogger(__name__)
 CLAIM_ID = re.compile(CLAIM_ID_PATTERN.strip("^$"))
-Emit = Callable[..., None]
 
 
 class Acquirer:
-    def __init__(
-        self,
-        *,
-        config: ServiceConfig,
-        store: CoordinationStore,
-        keys: Keys,
-        catalog: FlavorCatalog,
-        hosts: HostView,
-        drains: DrainView,
-        clock: Clock,
-        emit: Emit,
-        trigger_cycle: Callable[[], None],
-        rng: random.Random | None = None,
-    ) -> None:
+    def __init__(self, ctx: ServiceContext, *, trigger_cycle: Callable[[], None],
+                 rng: random.Random | None = None) -> None:
+        config, store, keys, hosts, drains = ctx.config, ctx.store, ctx.keys, ctx.hosts, ctx.drains
+        clock = ctx.clock
         self._config = config
-        self._catalog = catalog
-        self._emit = emit
+        self._catalog = ctx.catalog
+        self._emit = ctx.emit
         self._trigger = trigger_cycle
         self.hosts = hosts
         self.drains = drains

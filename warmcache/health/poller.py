@@ -24,22 +24,17 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from warmcache.context import ServiceContext
 from warmcache.errors import AgentError, LeadershipLost
 from warmcache.health.purge import purge_vm
-from warmcache.inventory import HostView
-from warmcache.layout import Keys, PoolRecords, Stored
+from warmcache.layout import PoolRecords, Stored
 from warmcache.leader.election import FencedWriter, LeaderElection
 from warmcache.model import InstanceState, PoolInstance
 from warmcache.ports import (
-    AlertSink,
-    Clock,
     Compare,
-    CoordinationStore,
     Event,
-    EventSink,
     HostAgent,
     Put,
     VmStatus,
@@ -59,34 +54,24 @@ class PollReport:
 
 
 class HealthPoller:
-    def __init__(
-        self,
-        *,
-        store: CoordinationStore,
-        keys: Keys,
-        hosts: HostView,
-        agent_for: Callable[[str], HostAgent],
-        events: EventSink,
-        alerts: AlertSink,
-        clock: Clock,
-        node: str,
-        ttl_s: float,
-        failures_to_purge: int,
-        interval_s: float = 30.0,
-    ) -> None:
-        if failures_to_purge < 1:
+    """Polls every pooled VM's health through its agent, under a lock of its
+    own (one poller at a time), ``service.health_interval_s`` apart."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        config = ctx.config
+        if config.health_failures_to_purge < 1:
             raise ValueError("failures_to_purge must be at least 1")
-        self._store = store
-        self._records = PoolRecords(store, keys)
-        self._hosts = hosts
-        self._agent_for = agent_for
-        self._events = events
-        self._alerts = alerts
-        self._clock = clock
-        self._limit = failures_to_purge
-        self.interval_s = interval_s
-        self.election = LeaderElection(store, keys.health_lock(), node,
-                                       ttl_s=ttl_s, clock=clock)
+        self._store = ctx.store
+        self._records = PoolRecords(ctx.store, ctx.keys)
+        self._hosts = ctx.hosts
+        self._agent_for = ctx.agent_for
+        self._events = ctx.events
+        self._alerts = ctx.alerts
+        self._clock = ctx.clock
+        self._limit = config.health_failures_to_purge
+        self.interval_s = config.health_interval_s
+        self.election = LeaderElection(ctx.store, ctx.keys.health_lock(), config.node,
+                                       ttl_s=config.leader_ttl_s, clock=ctx.clock)
         self._lost_reported: set[str] = set()
 
     def job(self) -> float:

@@ -8,48 +8,43 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import threading
 from collections.abc import Callable
 
 from warmcache.acquire.claims import ClaimLog
 from warmcache.builders.cycle import BuildCycle, CycleReport
 from warmcache.builders.findings import report_findings
-from warmcache.config import ServiceConfig
+from warmcache.context import ServiceContext
 from warmcache.errors import LeadershipLost, StoreError, WarmCacheError
-from warmcache.layout import Keys
 from warmcache.leader.election import LeaderElection, Leadership, watch_poll_s
 from warmcache.model import PoolSummary
-from warmcache.ports import AlertSink, Clock, CoordinationStore
+from warmcache.placement.pipeline import default_pipeline
 
 log = logging.getLogger(__name__)
 
 
 class LeaderDuty:
-    def __init__(
-        self,
-        *,
-        config: ServiceConfig,
-        store: CoordinationStore,
-        keys: Keys,
-        election: LeaderElection,
-        cycle: BuildCycle,
-        claims: ClaimLog,
-        pools: Callable[[], list[PoolSummary]],
-        alerts: AlertSink,
-        clock: Clock,
-        emit: Callable[..., None],
-        trigger: Callable[[], None],
-    ) -> None:
+    def __init__(self, ctx: ServiceContext, *, claims: ClaimLog,
+                 pools: Callable[[], list[PoolSummary]], trigger: Callable[[], None],
+                 rng: random.Random) -> None:
+        config = ctx.config
         self._config = config
-        self._store = store
-        self._keys = keys
-        self._election = election
-        self._cycle = cycle
+        self._store = ctx.store
+        self._keys = ctx.keys
+        self.election = LeaderElection(ctx.store, ctx.keys.leader(), config.node,
+                                       ttl_s=config.leader_ttl_s, clock=ctx.clock)
+        self.cycle = BuildCycle(
+            store=ctx.store, keys=ctx.keys,
+            flavors=lambda: {f.name: f for f in ctx.catalog.list()}, hosts=ctx.hosts,
+            agent_for=ctx.agent_for, events=ctx.events, clock=ctx.clock,
+            pipeline=default_pipeline(rng), concurrency=config.build_concurrency,
+            retries=config.build_retries)
         self._claims = claims
         self._pools = pools
-        self._alerts = alerts
-        self._clock = clock
-        self._emit = emit
+        self._alerts = ctx.alerts
+        self._clock = ctx.clock
+        self._emit = ctx.emit
         self._trigger = trigger
         self.last_cycle: CycleReport | None = None
         self._own_tokens: set[int] = set()
@@ -58,13 +53,13 @@ class LeaderDuty:
     def run_cycle(self) -> CycleReport | None:
         """Run one build cycle if this instance wins the leader lock."""
         node = self._config.node
-        with self._election.lead(on_lost=self._leadership_lost) as leadership:
+        with self.election.lead(on_lost=self._leadership_lost) as leadership:
             if leadership is None:
                 return None
             self._own_tokens.add(leadership.token)
             self._emit("leader.elected", node=node, token=leadership.token)
-            writer = self._election.writer(leadership)
-            report = self._cycle.run(writer)
+            writer = self.election.writer(leadership)
+            report = self.cycle.run(writer)
             self.last_cycle = report
             with contextlib.suppress(LeadershipLost, StoreError):
                 report_findings(self._store, self._keys, writer, self._emit, self._alerts)
@@ -120,7 +115,7 @@ class LeaderDuty:
         poll_s = watch_poll_s(self._config.leader_ttl_s)
         while not stop.is_set():
             try:
-                token = self._election.wait_for_vacancy(stop, poll_s=poll_s)
+                token = self.election.wait_for_vacancy(stop, poll_s=poll_s)
                 if token is None:
                     stop.wait(poll_s)
                     continue

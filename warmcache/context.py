@@ -1,0 +1,49 @@
+"""What the service's rooms share: ``WarmCache`` builds one
+``ServiceContext`` from the ports it was given and hands it to each room
+(``acquire/``, ``leader/duty``, ``health/``, the approvals and their actions),
+so a room's constructor names only what is its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from warmcache.config import ServiceConfig
+from warmcache.inventory import DrainView, HostView
+from warmcache.layout import Keys
+from warmcache.ports import (
+    AlertSink,
+    Clock,
+    CoordinationStore,
+    Event,
+    EventSink,
+    FlavorCatalog,
+    HostAgent,
+)
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    config: ServiceConfig
+    store: CoordinationStore
+    keys: Keys
+    clock: Clock
+    catalog: FlavorCatalog
+    hosts: HostView
+    drains: DrainView
+    agent_for: Callable[[str], HostAgent]
+    events: EventSink  # the metrics-feeding sink: every event also counts in /metrics
+    alerts: AlertSink
+
+    @classmethod
+    def assemble(cls, config: ServiceConfig, store: CoordinationStore, catalog: FlavorCatalog,
+                 agent_for: Callable[[str], HostAgent], events: EventSink, alerts: AlertSink,
+                 clock: Clock) -> ServiceContext:
+        """The context over these ports, with the key layout of
+        ``config.prefix`` and the live host and drain views over it."""
+        keys = Keys(config.prefix)
+        return cls(config, store, keys, clock, catalog, HostView(store, keys.hosts_dir()),
+                   DrainView(store, keys.drain()), agent_for, events, alerts)
+
+    def emit(self, type_: str, **fields: object) -> None:
+        self.events.emit(Event(type_, self.clock.now(), fields))

@@ -1,0 +1,35 @@
+"""The service's background work in one list: what runs, how often, and
+what wakes it early. ``WarmCache.start`` runs it on its ``Scheduler``."""
+
+from __future__ import annotations
+
+import threading
+
+from warmcache.acquire.acquirer import Acquirer
+from warmcache.config import ServiceConfig
+from warmcache.health.poller import HealthPoller
+from warmcache.leader.duty import LeaderDuty
+from warmcache.registration import ServiceRegistration
+from warmcache.scheduler import Scheduler
+
+
+def service_jobs(config: ServiceConfig, *, registration: ServiceRegistration,
+                 acquirer: Acquirer, health: HealthPoller, duty: LeaderDuty,
+                 cycle_wanted: threading.Event) -> Scheduler:
+    """Always: the service registration and the live views (the host view
+    first, the pool index last) with the pool shares; with ``run_health``
+    the health poller; with ``run_builds`` the build cycles (woken early by
+    ``cycle_wanted``) and the standby's takeover watch."""
+    jobs = Scheduler()
+    jobs.every("service-registration", registration.beat, retry_s=registration.retry_s)
+    for view in acquirer.views:
+        jobs.follow(f"view {view.prefix}", view.follow)
+    jobs.follow("acquire-shares", acquirer.follow_shares)
+    if config.run_health:
+        jobs.every("health-poller", health.job, retry_s=config.health_interval_s)
+    if config.run_builds:
+        jobs.every("build-cycles", duty.cycle_job,
+                   retry_s=min(config.cycle_interval_s, config.retry_interval_s),
+                   wake=cycle_wanted)
+        jobs.follow("leader-watch", duty.watch)
+    return jobs
