@@ -63,10 +63,13 @@ class Rig:
                             use_reserve=use_reserve, requester="t")
 
     def claim_vms(self, count: int, mode: Mode = Mode.RACK_AWARE, *, sync: bool = True,
-                  **kw: object) -> Claimed:
+                  flavor: str = "small", use_reserve: bool = False) -> Claimed:
         if sync:
             self.sync()
-        return self.claimer.claim(self.request(count, mode, **kw))  # type: ignore[arg-type]
+        return self.claimer.claim(self.request(count, mode, flavor=flavor,
+                                               use_reserve=use_reserve))
 
-    def claim(self, count: int, mode: Mode = Mode.RACK_AWARE, **kw: object) -> list[str]:
-        return [vm.name for vm in self.claim_vms(count, mode, **kw).vms]
+    def claim(self, count: int, mode: Mode = Mode.RACK_AWARE, *, flavor: str = "small",
+              use_reserve: bool = False) -> list[str]:
+        return [vm.name for vm in self.claim_vms(count, mode, flavor=flavor,
+                                                 use_reserve=use_reserve).vms]

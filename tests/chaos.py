@@ -114,6 +114,7 @@ class ChaosRig:
         self.replies: list[Reply] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._down: str | None = None  # the host whose link a link_flap took down
         self._clients: list[threading.Thread] = []
         self.store: EtcdStore | None = None
         self.start_revision = 0
@@ -373,9 +374,8 @@ class ChaosRig:
     def _heal_all(self) -> None:
         for host in self.net.hosts:
             self.net.heal(host)
-        down = getattr(self, "_down", None)
-        if down:
-            self.net.link_up(down)
+        if self._down:
+            self.net.link_up(self._down)
             self._down = None
         for proc in self.procs.values():
             assert proc.popen is not None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -18,7 +19,7 @@ def required(service: str) -> bool:
     return service in {n.strip() for n in names.split(",")}
 
 
-def unavailable(service: str, reason: str) -> None:
+def unavailable(service: str, reason: str) -> NoReturn:
     """Skip (locally) or fail (when required) a test whose server is missing."""
     if required(service):
         pytest.fail(f"{service} is required (WARMCACHE_TEST_REQUIRE) but {reason}")

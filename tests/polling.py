@@ -12,7 +12,7 @@ T = TypeVar("T")
 _between_polls = threading.Event()  # never set: its wait() spaces the polls
 
 
-def wait_for(what: str, predicate: Callable[[], T], timeout_s: float,
+def wait_for(what: str, predicate: Callable[[], T | None], timeout_s: float,
              interval_s: float = 0.05) -> T:
     """Poll ``predicate`` until it returns something truthy; fail after the deadline."""
     deadline = time.monotonic() + timeout_s

@@ -69,7 +69,12 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     agent = HostAgentService(config, LibvirtDriver("test:///default"))
     seen: list[Any] = []
     handle = agent.handle
-    agent.handle = lambda request: (seen.append(request), handle(request))[1]  # type: ignore[method-assign]
+
+    def recorded(request: Any) -> Any:
+        seen.append(request)
+        return handle(request)
+
+    agent.handle = recorded  # type: ignore[method-assign]
     sock = str(tmp_path / "agent.sock")
     agent_server = AgentServer(sock, agent)
     context = server_context(str(server_cert.cert), str(server_cert.key), str(ca.cert))
@@ -177,7 +182,8 @@ def test_the_leader_builds_through_the_proxy(rig: Rig, tmp_path: Path) -> None:
     try:
         service.rules.put("az1", "small", {"max_instance_per_cycle": 2, "total_instances": 2})
         report = service.run_cycle()
-        assert report is not None and report.built[("az1", "small")] == 2, report.summary()
+        assert report is not None, "this instance did not lead"
+        assert report.built[("az1", "small")] == 2, report.summary()
         assert len(rig.agent.list()) == 2
         assert all(req.op == "create" for req in rig.seen if hasattr(req, "vm"))
     finally:

@@ -331,10 +331,10 @@ def test_a_batch_equals_some_sequential_order_of_its_requests(
         finally:
             store.close()
     outcomes: list[set[str] | None] = []
-    for r in requests:
-        assert r.outcome is not None
-        outcomes.append(None if isinstance(r.outcome, NoCapacity)
-                        else {vm.name for vm in r.result().vms})
+    for req in requests:
+        assert req.outcome is not None
+        outcomes.append(None if isinstance(req.outcome, NoCapacity)
+                        else {vm.name for vm in req.result().vms})
     assert any(_sequential(order, requests, outcomes, vms)
                for order in itertools.permutations(range(len(requests))))
 

@@ -100,10 +100,14 @@ def test_vacancy_watch_reports_the_token_that_went_away(
     lead = a.try_acquire()
     assert lead is not None
     # a's session expires while b watches (the timer gives b time to start).
-    expire = threading.Timer(0.2, lambda: (clock.advance(6), sqlite_store.get(KEYS.leader())))
-    expire.start()
+    def expire() -> None:
+        clock.advance(6)
+        sqlite_store.get(KEYS.leader())
+
+    timer = threading.Timer(0.2, expire)
+    timer.start()
     assert b.wait_for_vacancy(stop, poll_s=0.01) == lead.token
-    expire.join()
+    timer.join()
 
 
 def test_loss_is_signalled_once_the_moment_it_is_seen(
@@ -129,8 +133,12 @@ def test_the_renewer_runs_when_the_clock_moves(
     move of 4 s (TTL 5) is renewed at once, so 20 s pass and the lead holds."""
     renewals: list[str] = []
     renew = sqlite_store.renew_session
-    monkeypatch.setattr(sqlite_store, "renew_session",
-                        lambda session: (renew(session), renewals.append(session)))
+
+    def counted(session: str) -> None:
+        renew(session)
+        renewals.append(session)
+
+    monkeypatch.setattr(sqlite_store, "renew_session", counted)
     a = election(sqlite_store, clock, "a")
     with a.lead() as lead:
         assert lead is not None

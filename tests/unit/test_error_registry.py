@@ -14,6 +14,7 @@ import warmcache
 from warmcache import errors as e
 from warmcache.agent_codes import AgentCode
 from warmcache.client import Client
+from warmcache.model import PoolSummary
 from warmcache.service import WarmCache
 from warmcache.web import create_app
 
@@ -99,7 +100,7 @@ def raising(service: WarmCache) -> Iterator[tuple[Client, list[e.WarmCacheError]
     """A live app whose GET /v1/pools raises what the test puts in the list."""
     planted: list[e.WarmCacheError] = []
 
-    def pools() -> object:
+    def pools() -> list[PoolSummary]:
         raise planted[0]
 
     service.pools = pools  # type: ignore[method-assign]
@@ -125,7 +126,10 @@ def test_the_http_status_is_the_class_s(raising: tuple[Client, list[e.WarmCacheE
                                          service: WarmCache) -> None:
     app = create_app(service)
     for error in EXAMPLES:
-        service.pools = lambda error=error: (_ for _ in ()).throw(error)  # type: ignore[method-assign]
+        def pools(error: e.WarmCacheError = error) -> list[PoolSummary]:
+            raise error
+
+        service.pools = pools  # type: ignore[method-assign]
         reply = app.test_client().get("/v1/pools")
         assert reply.status_code == error.http_status, error
         assert reply.get_json() == {"error": error.code, "detail": error.detail()}

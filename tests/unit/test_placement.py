@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,7 +23,7 @@ def host(rack: int, hv: int, vcpus: int = 8, **kw: object) -> HostFacts:
         "memory_mib_free": 65536, "disk_gib_total": 500, "disk_gib_free": 500, **kw})
 
 
-def names() -> object:
+def names() -> Callable[[str, str], str]:
     counter = itertools.count()
     return lambda az, flavor: f"{az}-{flavor}-{next(counter)}"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -72,7 +73,7 @@ def expected(store: SqliteStore, pool: tuple[str, str], use_reserve: bool) -> se
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(step, min_size=15, max_size=60), st.booleans())
-def test_the_index_agrees_with_the_store(steps: list[tuple[object, ...]], shared: bool) -> None:
+def test_the_index_agrees_with_the_store(steps: list[tuple[Any, ...]], shared: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteStore(Path(tmp) / "s.db", clock=ManualClock())
         try:
@@ -81,9 +82,9 @@ def test_the_index_agrees_with_the_store(steps: list[tuple[object, ...]], shared
             store.close()
 
 
-def _run(store: SqliteStore, steps: list[tuple[object, ...]], shared: bool) -> None:
+def _run(store: SqliteStore, steps: list[tuple[Any, ...]], shared: bool) -> None:
     for rack, hv in HOSTS[:4]:
-        store.put(KEYS.hosts_dir() + f"az1/{hv}", host(hv, rack).model_dump_json())
+        store.put(KEYS.host("az1", hv), host(hv, rack).model_dump_json())
     rig = Rig(store, node="wc-1")
     if shared:
         rig.index.set_instances(["wc-1", "wc-2", "wc-3"])
@@ -94,23 +95,23 @@ def _run(store: SqliteStore, steps: list[tuple[object, ...]], shared: bool) -> N
             i, h, state, failures, flavor = args
             if f"vm{i}" in handed:
                 continue  # the builder never reuses a name
-            rack, hv = HOSTS[h]  # type: ignore[index]
-            vm = PoolInstance(name=f"vm{i}", az="az1", flavor=flavor, rack=rack,  # type: ignore[arg-type]
-                              hypervisor=hv, state=state, health_failures=failures,  # type: ignore[arg-type]
+            rack, hv = HOSTS[h]
+            vm = PoolInstance(name=f"vm{i}", az="az1", flavor=flavor, rack=rack,
+                              hypervisor=hv, state=state, health_failures=failures,
                               created_at=0)
             store.put(KEYS.pool("az1", vm.name), vm.model_dump_json())
         elif op == "delete":
             store.delete(KEYS.pool("az1", f"vm{args[0]}"))
         elif op in ("host", "drain"):
-            rack, hv = HOSTS[args[0]]  # type: ignore[index]
-            key = KEYS.hosts_dir() + f"az1/{hv}" if op == "host" else KEYS.drain(hv)
+            rack, hv = HOSTS[args[0]]
+            key = KEYS.host("az1", hv) if op == "host" else KEYS.drain(hv)
             if args[1]:
                 store.put(key, host(hv, rack).model_dump_json() if op == "host" else "{}")
             else:
                 store.delete(key)
         elif op == "claim":
             try:
-                got = rig.claim_vms(args[0], args[1], sync=False)  # type: ignore[arg-type]
+                got = rig.claim_vms(args[0], args[1], sync=False)
             except NoCapacity:
                 continue
             handed += [vm.name for vm in got.vms]

@@ -18,7 +18,7 @@ def test_a_failing_job_is_retried_and_a_crash_does_not_end_its_loop() -> None:
     def job() -> float:
         runs.append(len(runs))
         if len(runs) == 1:
-            raise StoreUnavailable("store down")
+            raise StoreUnavailable("the store", "it is down")
         if len(runs) == 2:
             raise RuntimeError("a bug")
         return LONG

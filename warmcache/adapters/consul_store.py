@@ -43,7 +43,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -82,7 +82,8 @@ MIN_SESSION_TTL_S = 10
 
 
 def txn_payload(namespace: str, compares: Sequence[Compare], ops: Sequence[Op],
-                current_values: dict[str, KeyValue | None] | None = None) -> list[dict[str, Any]]:
+                current_values: Mapping[str, KeyValue | None] | None = None
+                ) -> list[dict[str, Any]]:
     """Translate a port transaction into Consul txn operations (pure).
 
     ``current_values`` must hold the current entry of every key with a
