@@ -22,6 +22,7 @@ bench: $(STAMP_TEST)
 
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 $(STAMP_RUN): $(DEPS)

@@ -32,8 +32,17 @@ Handler = Callable[[socket.socket, Any], None]
 
 
 class BoundedServer:
-    def __init__(self, listener: socket.socket, handle: Handler, refuse: Handler, *,
-                 workers: int, queue_size: int, idle_timeout_s: float, name: str) -> None:
+    def __init__(
+        self,
+        listener: socket.socket,
+        handle: Handler,
+        refuse: Handler,
+        *,
+        workers: int,
+        queue_size: int,
+        idle_timeout_s: float,
+        name: str,
+    ) -> None:
         if workers < 1 or queue_size < 0 or idle_timeout_s <= 0:
             raise ValueError("workers >= 1, queue_size >= 0, idle_timeout_s > 0")
         self.socket = listener
@@ -43,10 +52,10 @@ class BoundedServer:
         self.idle_timeout_s = idle_timeout_s
         self._slots = threading.BoundedSemaphore(workers + queue_size)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
-        self._refusals: queue.SimpleQueue[tuple[socket.socket, Any] | None] = \
-            queue.SimpleQueue()
-        self._refuser = threading.Thread(target=self._refuse_loop, name=f"{name}-refuser",
-                                         daemon=True)
+        self._refusals: queue.SimpleQueue[tuple[socket.socket, Any] | None] = queue.SimpleQueue()
+        self._refuser = threading.Thread(
+            target=self._refuse_loop, name=f"{name}-refuser", daemon=True
+        )
         self._refuser.start()
         self._stop = threading.Event()
         self._stopped = threading.Event()

@@ -28,10 +28,11 @@ def write_seed(path: Path, vm: str, user_data_b64: str) -> Path:
     user_data = base64.b64decode(user_data_b64) if user_data_b64 else b""
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=LABEL)
-    for iso_name, name, data in (("/USERDATA.;1", "user-data", user_data),
-                                 ("/METADATA.;1", "meta-data", meta_data(vm))):
-        iso.add_fp(io.BytesIO(data), len(data), iso_name, rr_name=name,
-                   joliet_path=f"/{name}")
+    for iso_name, name, data in (
+        ("/USERDATA.;1", "user-data", user_data),
+        ("/METADATA.;1", "meta-data", meta_data(vm)),
+    ):
+        iso.add_fp(io.BytesIO(data), len(data), iso_name, rr_name=name, joliet_path=f"/{name}")
     tmp = path.with_suffix(".tmp")
     iso.write(str(tmp))
     iso.close()
@@ -61,6 +62,8 @@ SEED_TARGET = "vdz"  # kept for the seed; hot-plugged disks use vdb..vdy
 def seed_xml(path: Path) -> str:
     """The seed as a read-only virtio disk (virtio is what minimal guests
     have drivers for; cloud-init finds it by its label, not its bus)."""
-    return ("<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
-            f"<source file='{escape(str(path))}'/><target dev='{SEED_TARGET}' bus='virtio'/>"
-            "<readonly/></disk>")
+    return (
+        "<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+        f"<source file='{escape(str(path))}'/><target dev='{SEED_TARGET}' bus='virtio'/>"
+        "<readonly/></disk>"
+    )

@@ -1,29 +1,29 @@
 """Agent configuration: who this host is and what it may give to VMs.
 
-    hypervisor = "az1-r1-h1"
-    rack = "az1-r1"
-    az = "az1"
-    libvirt_uri = "test:///default"
-    state_dir = "/var/lib/warmcache-agent"
-    create_delay_s = 0.0          # simulated boot time on test:///default
+hypervisor = "az1-r1-h1"
+rack = "az1-r1"
+az = "az1"
+libvirt_uri = "test:///default"
+state_dir = "/var/lib/warmcache-agent"
+create_delay_s = 0.0          # simulated boot time on test:///default
 
-    pin_cpus = true               # NUMA pinning (agent/numa.py)
-    numa_nodes = 2                # or numa_cpus = [[0, 1, ...], [8, 9, ...]]
+pin_cpus = true               # NUMA pinning (agent/numa.py)
+numa_nodes = 2                # or numa_cpus = [[0, 1, ...], [8, 9, ...]]
 
-    [capacity]                    # host topology override (libvirt's numbers
-    vcpus = 16                    # are not trusted blindly, ENVIRONMENT.md)
-    memory_mib = 65536
-    disk_gib = 2000
+[capacity]                    # host topology override (libvirt's numbers
+vcpus = 16                    # are not trusted blindly, ENVIRONMENT.md)
+memory_mib = 65536
+disk_gib = 2000
 
-    [reserved]                    # buffer kept for the host itself
-    vcpus = 2
-    memory_mib = 4096
-    disk_gib = 50
+[reserved]                    # buffer kept for the host itself
+vcpus = 2
+memory_mib = 4096
+disk_gib = 50
 
-    [inventory]                   # heartbeat with host facts into the store
-    kind = "etcd"                 # sqlite | etcd | consul, as the service's [store]
-    url = "http://10.0.0.5:2379"
-    ttl_s = 10
+[inventory]                   # heartbeat with host facts into the store
+kind = "etcd"                 # sqlite | etcd | consul, as the service's [store]
+url = "http://10.0.0.5:2379"
+ttl_s = 10
 """
 
 from __future__ import annotations
@@ -51,14 +51,22 @@ class ServerLimits(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    workers: int = Field(default=16, ge=1, le=1024,
-                         description="requests served at once (each can run a create)")
-    queue: int = Field(default=64, ge=0, le=100_000,
-                       description="connections that may wait for a worker; beyond: busy")
+    workers: int = Field(
+        default=16, ge=1, le=1024, description="requests served at once (each can run a create)"
+    )
+    queue: int = Field(
+        default=64,
+        ge=0,
+        le=100_000,
+        description="connections that may wait for a worker; beyond: busy",
+    )
     idle_timeout_s: float = Field(
-        default=30.0, gt=0, le=3600,
+        default=30.0,
+        gt=0,
+        le=3600,
         description="a connection that sends nothing for this long (or stops half way "
-        "through its request line) is closed")
+        "through its request line) is closed",
+    )
 
 
 class InventoryConfig(BaseModel):
@@ -73,8 +81,10 @@ class InventoryConfig(BaseModel):
     token: str = ""
     prefix: str = "warmcache"
     ttl_s: float = Field(default=10.0, ge=2.0, le=3600.0)
-    advertise: str = Field(default="", description="endpoint the service should call; "
-                           "default unix:<the agent's socket>")
+    advertise: str = Field(
+        default="",
+        description="endpoint the service should call; default unix:<the agent's socket>",
+    )
 
     @model_validator(mode="after")
     def _sqlite_needs_a_path(self) -> InventoryConfig:
@@ -92,8 +102,9 @@ class GuestBootConfig(BaseModel):
     kernel: str
     initrd: str
     cmdline: str = "console=ttyS0 quiet panic=-1"
-    domain_type: str = Field(default="qemu", pattern="^(qemu|kvm)$",
-                             description="qemu (software emulation) or kvm")
+    domain_type: str = Field(
+        default="qemu", pattern="^(qemu|kvm)$", description="qemu (software emulation) or kvm"
+    )
 
 
 class AgentConfig(BaseModel):
@@ -110,17 +121,22 @@ class AgentConfig(BaseModel):
     inventory: InventoryConfig | None = None
     guest: GuestBootConfig | None = None
     server: ServerLimits = ServerLimits()
-    ready_timeout_s: float = Field(default=120.0, gt=0, le=3600,
-                                   description="how long a real guest may take to boot")
-    reconcile_every_s: float = Field(default=86400.0, gt=0,
-                                     description="reconciliation period (daily by default)")
+    ready_timeout_s: float = Field(
+        default=120.0, gt=0, le=3600, description="how long a real guest may take to boot"
+    )
+    reconcile_every_s: float = Field(
+        default=86400.0, gt=0, description="reconciliation period (daily by default)"
+    )
     reconcile_ignore: tuple[str, ...] = Field(
-        default=(), description="libvirt domains that are not warmcache's business")
+        default=(), description="libvirt domains that are not warmcache's business"
+    )
     pin_cpus: bool = Field(default=True, description="NUMA-pin every VM (agent/numa.py rules)")
-    numa_nodes: int = Field(default=1, ge=1, le=64,
-                            description="NUMA nodes; capacity.vcpus is split evenly over them")
+    numa_nodes: int = Field(
+        default=1, ge=1, le=64, description="NUMA nodes; capacity.vcpus is split evenly over them"
+    )
     numa_cpus: tuple[tuple[int, ...], ...] | None = Field(
-        default=None, description="explicit host CPU ids per NUMA node (overrides numa_nodes)")
+        default=None, description="explicit host CPU ids per NUMA node (overrides numa_nodes)"
+    )
 
     @model_validator(mode="after")
     def _topology_matches_capacity(self) -> AgentConfig:
@@ -132,8 +148,10 @@ class AgentConfig(BaseModel):
         return self
 
     def topology(self) -> Topology:
-        nodes = self.numa_cpus or Topology.uniform(
-            self.numa_nodes, self.capacity.vcpus // self.numa_nodes).nodes
+        nodes = (
+            self.numa_cpus
+            or Topology.uniform(self.numa_nodes, self.capacity.vcpus // self.numa_nodes).nodes
+        )
         return Topology(tuple(tuple(n) for n in nodes), reserved=self.reserved.vcpus)
 
 

@@ -43,8 +43,9 @@ def handle_line(service: HostAgentService, line: bytes) -> dict[str, Any]:
     try:
         request = REQUEST_ADAPTER.validate_json(line, strict=True)
     except ValidationError as exc:
-        return error(AgentCode.INVALID_REQUEST,
-                     InvalidRequest.from_validation("invalid request", exc).errors)
+        return error(
+            AgentCode.INVALID_REQUEST, InvalidRequest.from_validation("invalid request", exc).errors
+        )
     try:
         return ok(service.handle(request))
     except AgentFault as exc:
@@ -99,9 +100,15 @@ class AgentServer(BoundedServer):
             os.umask(old)
         listener.listen(128)
         limits = service.config.server
-        super().__init__(listener, self._serve_one, self._busy, workers=limits.workers,
-                         queue_size=limits.queue, idle_timeout_s=limits.idle_timeout_s,
-                         name="agent")
+        super().__init__(
+            listener,
+            self._serve_one,
+            self._busy,
+            workers=limits.workers,
+            queue_size=limits.queue,
+            idle_timeout_s=limits.idle_timeout_s,
+            name="agent",
+        )
 
     def _serve_one(self, conn: socket.socket, _address: Any) -> None:
         line = _read_line(conn, self.idle_timeout_s)
@@ -116,12 +123,17 @@ class AgentServer(BoundedServer):
 @click.group(invoke_without_command=True)
 @click.version_option(package_name="warmcache", prog_name="warmcache-agent")
 @click.option("--socket", "socket_path", help="Unix socket to listen on.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="Agent TOML: hypervisor, rack, az, capacity, reserved, state_dir, inventory.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Agent TOML: hypervisor, rack, az, capacity, reserved, state_dir, inventory.",
+)
 @click.option("--libvirt-uri", default=None, help="Overrides libvirt_uri from the config.")
 @click.pass_context
-def main(ctx: click.Context, socket_path: str | None, config_path: str | None,
-         libvirt_uri: str | None) -> None:
+def main(
+    ctx: click.Context, socket_path: str | None, config_path: str | None, libvirt_uri: str | None
+) -> None:
     """Run the warmcache host agent (or one of its commands)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -152,26 +164,27 @@ def run_daemon(socket_path: str, config_path: str, libvirt_uri: str | None) -> N
         config = load_agent_config(config_path)
         if libvirt_uri:
             config = config.model_copy(update={"libvirt_uri": libvirt_uri})
-        driver = LibvirtDriver(config.libvirt_uri, guest=config.guest,
-                               run_dir=Path(config.state_dir) / "run")
+        driver = LibvirtDriver(
+            config.libvirt_uri, guest=config.guest, run_dir=Path(config.state_dir) / "run"
+        )
     except (ConfigError, HypervisorFailure) as exc:
         click.echo(f"warmcache-agent: {exc}", err=True)
         sys.exit(2)
-    service = HostAgentService(config, driver,
-                               endpoint=_advertise(config, socket_path))
+    service = HostAgentService(config, driver, endpoint=_advertise(config, socket_path))
     store = _inventory_store(config)
     publisher = None
     stop = threading.Event()
     if store is not None and config.inventory is not None:
-        publisher = InventoryPublisher(store, config.inventory.prefix, service.facts,
-                                       config.inventory.ttl_s)
+        publisher = InventoryPublisher(
+            store, config.inventory.prefix, service.facts, config.inventory.ttl_s
+        )
         service.on_change = publisher.changed
         service.records = lambda: records_on_host(store, config)
         service.on_findings = lambda found: publish_findings(store, config, found)
-        threading.Thread(target=publisher.run, args=(stop,), name="inventory",
-                         daemon=True).start()
-    threading.Thread(target=_reconcile_loop, args=(service, stop), name="reconcile",
-                     daemon=True).start()
+        threading.Thread(target=publisher.run, args=(stop,), name="inventory", daemon=True).start()
+    threading.Thread(
+        target=_reconcile_loop, args=(service, stop), name="reconcile", daemon=True
+    ).start()
     server = AgentServer(socket_path, service)
 
     def _stop(_sig: int, _frame: object) -> None:
@@ -182,8 +195,9 @@ def run_daemon(socket_path: str, config_path: str, libvirt_uri: str | None) -> N
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    log.info("agent %s (%s, %s) listening on %s", config.hypervisor, config.rack, config.az,
-             socket_path)
+    log.info(
+        "agent %s (%s, %s) listening on %s", config.hypervisor, config.rack, config.az, socket_path
+    )
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
@@ -211,15 +225,24 @@ def records_on_host(store: CoordinationStore, config: AgentConfig) -> dict[str, 
     return records.on_host(config.az, config.hypervisor)
 
 
-def publish_findings(store: CoordinationStore, config: AgentConfig,
-                     findings: list[Finding]) -> None:
+def publish_findings(
+    store: CoordinationStore, config: AgentConfig, findings: list[Finding]
+) -> None:
     """Findings go to the store, where the leader turns new ones into events
     and alerts; an empty list is published too (the host is clean again)."""
     assert config.inventory is not None
     key = Keys(config.inventory.prefix).findings(config.az, config.hypervisor)
     try:
-        store.put(key, json.dumps({"hypervisor": config.hypervisor, "at": time.time(),
-                                   "findings": [f.as_dict() for f in findings]}))
+        store.put(
+            key,
+            json.dumps(
+                {
+                    "hypervisor": config.hypervisor,
+                    "at": time.time(),
+                    "findings": [f.as_dict() for f in findings],
+                }
+            ),
+        )
     except StoreError as exc:
         log.warning("could not publish reconcile findings: %s", exc)
 

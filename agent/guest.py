@@ -118,7 +118,7 @@ def _depends(ko: Path) -> list[str]:
     at = data.find(b"\0depends=")
     if at < 0:
         return []
-    raw = data[at + len(b"\0depends="):data.index(b"\0", at + 1)].decode()
+    raw = data[at + len(b"\0depends=") : data.index(b"\0", at + 1)].decode()
     return [d for d in raw.split(",") if d]
 
 
@@ -170,8 +170,13 @@ def prepare(cache: Path) -> GuestImage:
     (root / "init").write_text(INIT)
     os.chmod(root / "init", 0o755)
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-    archive = subprocess.run([busybox, "cpio", "-o", "-H", "newc"], cwd=root,
-                             input="\n".join(files).encode(), capture_output=True, check=False)
+    archive = subprocess.run(
+        [busybox, "cpio", "-o", "-H", "newc"],
+        cwd=root,
+        input="\n".join(files).encode(),
+        capture_output=True,
+        check=False,
+    )
     if archive.returncode != 0:
         raise GuestImageError(f"cpio: {archive.stderr.decode()[-300:]}")
     initrd.with_suffix(".tmp").write_bytes(gzip.compress(archive.stdout))
@@ -181,8 +186,15 @@ def prepare(cache: Path) -> GuestImage:
     return GuestImage(kernel, initrd)
 
 
-def agent_config_toml(image: GuestImage, *, hypervisor: str, rack: str, az: str,
-                      memory_mib: int = 4096, vcpus: int = 32) -> str:
+def agent_config_toml(
+    image: GuestImage,
+    *,
+    hypervisor: str,
+    rack: str,
+    az: str,
+    memory_mib: int = 4096,
+    vcpus: int = 32,
+) -> str:
     """An agent config that boots real guests from ``image`` on qemu:///system.
 
     CPUs are not pinned: these guests share a small machine, so ``vcpus`` is
@@ -202,5 +214,6 @@ def default_cache() -> Path:
 
     from platformdirs import user_cache_dir
 
-    return Path(os.environ.get("WARMCACHE_GUEST_CACHE",
-                               Path(user_cache_dir("warmcache")) / "guest"))
+    return Path(
+        os.environ.get("WARMCACHE_GUEST_CACHE", Path(user_cache_dir("warmcache")) / "guest")
+    )

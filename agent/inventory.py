@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 
 class InventoryPublisher:
-    def __init__(self, store: CoordinationStore, prefix: str, facts: Callable[[], HostFacts],
-                 ttl_s: float) -> None:
+    def __init__(
+        self, store: CoordinationStore, prefix: str, facts: Callable[[], HostFacts], ttl_s: float
+    ) -> None:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
         self._store = store

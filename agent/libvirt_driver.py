@@ -49,8 +49,9 @@ def _ignore_libvirt_errors(_ctx: object, _err: object) -> None:
 
 
 class LibvirtDriver:
-    def __init__(self, uri: str, *, guest: GuestBootConfig | None = None,
-                 run_dir: Path | None = None) -> None:
+    def __init__(
+        self, uri: str, *, guest: GuestBootConfig | None = None, run_dir: Path | None = None
+    ) -> None:
         if libvirt is None:
             raise HypervisorFailure(
                 "libvirt-python is not installed: pip install 'warmcache[libvirt]'"
@@ -74,33 +75,41 @@ class LibvirtDriver:
         except libvirt.libvirtError as exc:
             raise HypervisorFailure(f"cannot open {uri}: {exc}") from exc
 
-    def domain_xml(self, spec: VmSpec, pinning: Pinning | None = None,
-                   devices: Sequence[str] = ()) -> str:
+    def domain_xml(
+        self, spec: VmSpec, pinning: Pinning | None = None, devices: Sequence[str] = ()
+    ) -> str:
         f = spec.flavor
         tuning = ""
         if pinning:
-            pins = "".join(f"<vcpupin vcpu='{v}' cpuset='{c}'/>"
-                           for v, c in enumerate(pinning.cpus))
+            pins = "".join(
+                f"<vcpupin vcpu='{v}' cpuset='{c}'/>" for v, c in enumerate(pinning.cpus)
+            )
             cpuset = ",".join(map(str, pinning.cpus))
             # The emulator threads share the VM's CPUs, and memory comes from
             # the same node: nothing of the VM crosses the interconnect.
-            tuning = (f"<cputune>{pins}<emulatorpin cpuset='{cpuset}'/></cputune>"
-                      f"<numatune><memory mode='strict' nodeset='{pinning.node}'/></numatune>")
+            tuning = (
+                f"<cputune>{pins}<emulatorpin cpuset='{cpuset}'/></cputune>"
+                f"<numatune><memory mode='strict' nodeset='{pinning.node}'/></numatune>"
+            )
         boot, extra = "<os><type arch='x86_64'>hvm</type></os>", ""
         if self._guest is not None and self._domain_type != "test":
             g = self._guest
-            boot = (f"<os><type arch='x86_64' machine='pc'>hvm</type>"
-                    f"<kernel>{escape(g.kernel)}</kernel><initrd>{escape(g.initrd)}</initrd>"
-                    f"<cmdline>{escape(g.cmdline)}</cmdline></os>"
-                    # ACPI: PCI hot-plug (disks) needs it
-                    "<features><acpi/><apic/></features>"
-                    "<on_poweroff>destroy</on_poweroff><on_crash>destroy</on_crash>")
+            boot = (
+                f"<os><type arch='x86_64' machine='pc'>hvm</type>"
+                f"<kernel>{escape(g.kernel)}</kernel><initrd>{escape(g.initrd)}</initrd>"
+                f"<cmdline>{escape(g.cmdline)}</cmdline></os>"
+                # ACPI: PCI hot-plug (disks) needs it
+                "<features><acpi/><apic/></features>"
+                "<on_poweroff>destroy</on_poweroff><on_crash>destroy</on_crash>"
+            )
             log = escape(str(self.console_log(spec.name)))
-            extra = (f"<serial type='file'><source path='{log}'/><target port='0'/></serial>"
-                     f"<channel type='unix'><source mode='bind' "
-                     f"path='{escape(str(self.health_socket(spec.name)))}'/>"
-                     f"<target type='virtio' name='{HEALTH_CHANNEL}'/></channel>"
-                     "<controller type='usb' model='none'/><memballoon model='none'/>")
+            extra = (
+                f"<serial type='file'><source path='{log}'/><target port='0'/></serial>"
+                f"<channel type='unix'><source mode='bind' "
+                f"path='{escape(str(self.health_socket(spec.name)))}'/>"
+                f"<target type='virtio' name='{HEALTH_CHANNEL}'/></channel>"
+                "<controller type='usb' model='none'/><memballoon model='none'/>"
+            )
         return (
             f"<domain type='{self._domain_type}'>"
             f"<name>{escape(spec.name)}</name>"
@@ -158,8 +167,9 @@ class LibvirtDriver:
                 continue
         return False
 
-    def define_and_start(self, spec: VmSpec, pinning: Pinning | None = None,
-                         devices: Sequence[str] = ()) -> str:
+    def define_and_start(
+        self, spec: VmSpec, pinning: Pinning | None = None, devices: Sequence[str] = ()
+    ) -> str:
         with self._lock:
             try:
                 dom = self._conn.defineXML(self.domain_xml(spec, pinning, devices))

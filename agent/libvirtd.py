@@ -36,7 +36,8 @@ class Libvirtd:
             if not Path(binary).exists():
                 raise LibvirtdUnavailable(
                     f"{binary} is missing (apt-get install libvirt-daemon-driver-qemu "
-                    "qemu-system-x86)")
+                    "qemu-system-x86)"
+                )
         try:
             grp.getgrnam("libvirt-qemu")
         except KeyError:
@@ -44,14 +45,30 @@ class Libvirtd:
         try:
             pwd.getpwnam("libvirt-qemu")
         except KeyError:
-            subprocess.run(["useradd", "-r", "-g", "libvirt-qemu", "-d", "/var/lib/libvirt",
-                            "-s", "/usr/sbin/nologin", "libvirt-qemu"], check=True)
+            subprocess.run(
+                [
+                    "useradd",
+                    "-r",
+                    "-g",
+                    "libvirt-qemu",
+                    "-d",
+                    "/var/lib/libvirt",
+                    "-s",
+                    "/usr/sbin/nologin",
+                    "libvirt-qemu",
+                ],
+                check=True,
+            )
         QEMU_CONF.parent.mkdir(parents=True, exist_ok=True)
         conf = QEMU_CONF.read_text() if QEMU_CONF.exists() else ""
         if 'user = "root"' not in conf:
             QEMU_CONF.write_text(conf + '\nuser = "root"\ngroup = "root"\n')
-        for d in ("/var/run/libvirt", "/var/log/libvirt", "/var/lib/libvirt/qemu",
-                  "/var/cache/libvirt"):
+        for d in (
+            "/var/run/libvirt",
+            "/var/log/libvirt",
+            "/var/lib/libvirt/qemu",
+            "/var/cache/libvirt",
+        ):
             Path(d).mkdir(parents=True, exist_ok=True)
 
     def ensure(self, timeout_s: float = 30.0) -> Libvirtd:
@@ -79,8 +96,12 @@ class Libvirtd:
 
     @staticmethod
     def _answers() -> bool:
-        result = subprocess.run(["virsh", "-c", "qemu:///system", "version"],
-                                capture_output=True, check=False, timeout=60)
+        result = subprocess.run(
+            ["virsh", "-c", "qemu:///system", "version"],
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
         return result.returncode == 0
 
     def stop(self) -> None:

@@ -80,10 +80,16 @@ class Lockfile:
         self._holds: dict[str, Resources] = {}
         if path.exists():
             raw = json.loads(path.read_text())
-            self._vms = {a["name"]: Allocation(**{
-                **a, "cpus": tuple(a.get("cpus", ())),
-                "disks": tuple(tuple(d) for d in a.get("disks", ()))})
-                for a in raw.get("placement", [])}
+            self._vms = {
+                a["name"]: Allocation(
+                    **{
+                        **a,
+                        "cpus": tuple(a.get("cpus", ())),
+                        "disks": tuple(tuple(d) for d in a.get("disks", ())),
+                    }
+                )
+                for a in raw.get("placement", [])
+            }
 
     def _allocated(self) -> Resources:
         vms, holds = self._vms.values(), self._holds.values()
@@ -169,7 +175,8 @@ class Lockfile:
             if current is None or all(t != target for t, _ in current.disks):
                 return False
             self._vms[name] = replace(
-                current, disks=tuple(d for d in current.disks if d[0] != target))
+                current, disks=tuple(d for d in current.disks if d[0] != target)
+            )
             self._persist()
             return True
 
@@ -182,8 +189,7 @@ class Lockfile:
             if memory_mib > free.memory_mib:
                 wanted = Resources.model_construct(vcpus=0, memory_mib=memory_mib, disk_gib=0)
                 raise CapacityExceeded(key, free, wanted)
-            self._holds[key] = Resources.model_construct(vcpus=0, memory_mib=memory_mib,
-                                                         disk_gib=0)
+            self._holds[key] = Resources.model_construct(vcpus=0, memory_mib=memory_mib, disk_gib=0)
         try:
             yield
         finally:

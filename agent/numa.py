@@ -42,8 +42,10 @@ class Topology:
 
     @classmethod
     def uniform(cls, nodes: int, cpus_per_node: int, reserved: int = 0) -> Topology:
-        return cls(tuple(tuple(range(n * cpus_per_node, (n + 1) * cpus_per_node))
-                         for n in range(nodes)), reserved)
+        return cls(
+            tuple(tuple(range(n * cpus_per_node, (n + 1) * cpus_per_node)) for n in range(nodes)),
+            reserved,
+        )
 
     def __post_init__(self) -> None:
         every = [c for node in self.nodes for c in node]
@@ -72,12 +74,15 @@ def check_shape(topology: Topology, vcpus: int) -> None:
     if vcpus < 1:
         raise NumaRejected(AgentCode.INVALID_REQUEST, "a VM needs at least one vCPU")
     if vcpus % 2:
-        raise NumaRejected(AgentCode.INVALID_REQUEST,
-                           f"{vcpus} vCPUs: odd vCPU counts are not pinned (use an even count)")
+        raise NumaRejected(
+            AgentCode.INVALID_REQUEST,
+            f"{vcpus} vCPUs: odd vCPU counts are not pinned (use an even count)",
+        )
     if vcpus > topology.largest_node:
-        raise NumaRejected(AgentCode.INVALID_REQUEST,
-                           f"{vcpus} vCPUs exceed the largest NUMA node "
-                           f"({topology.largest_node} CPUs)")
+        raise NumaRejected(
+            AgentCode.INVALID_REQUEST,
+            f"{vcpus} vCPUs exceed the largest NUMA node ({topology.largest_node} CPUs)",
+        )
 
 
 def check(topology: Topology, vcpus: int, already: int = 0) -> None:
@@ -85,9 +90,11 @@ def check(topology: Topology, vcpus: int, already: int = 0) -> None:
     pinned vCPUs on this host (the three rules)."""
     check_shape(topology, vcpus)
     if already + vcpus > topology.usable():
-        raise NumaRejected(AgentCode.INSUFFICIENT_CAPACITY,
-                           f"{vcpus} more vCPUs would pin {already + vcpus} of the "
-                           f"{topology.usable()} CPUs left after the reserved buffer")
+        raise NumaRejected(
+            AgentCode.INSUFFICIENT_CAPACITY,
+            f"{vcpus} more vCPUs would pin {already + vcpus} of the "
+            f"{topology.usable()} CPUs left after the reserved buffer",
+        )
 
 
 def _free_by_node(topology: Topology, taken: Iterable[int]) -> list[list[int]]:
@@ -103,9 +110,10 @@ def place(topology: Topology, pinned: Collection[Pin], vcpus: int) -> Pin:
     for node, cpus in enumerate(free):
         if len(cpus) >= vcpus:
             return Pin(node, tuple(cpus[:vcpus]))
-    raise NumaRejected(AgentCode.INSUFFICIENT_CAPACITY,
-                       f"no NUMA node has {vcpus} free CPUs "
-                       f"(free per node: {[len(c) for c in free]})")
+    raise NumaRejected(
+        AgentCode.INSUFFICIENT_CAPACITY,
+        f"no NUMA node has {vcpus} free CPUs (free per node: {[len(c) for c in free]})",
+    )
 
 
 def plan(topology: Topology, vms: Mapping[str, int]) -> dict[str, Pin]:

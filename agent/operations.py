@@ -76,22 +76,31 @@ class HostAgentService:
         self.lockfile = Lockfile(state_dir / "lockfile.json", usable)
         dropped = self.lockfile.recover(set(driver.domains()))
         if dropped:
-            log.warning("dropped %d reservation(s) whose create never finished: %s",
-                        len(dropped), ", ".join(dropped))
+            log.warning(
+                "dropped %d reservation(s) whose create never finished: %s",
+                len(dropped),
+                ", ".join(dropped),
+            )
 
     # --- dispatch --------------------------------------------------------------------
 
     def handle(self, request: AnyRequest) -> Any:
         if isinstance(request, AttachDiskRequest):
-            return self.attach_disk(request.name, request.target, request.size_gib,
-                                    request.format, request.preallocation)
+            return self.attach_disk(
+                request.name,
+                request.target,
+                request.size_gib,
+                request.format,
+                request.preallocation,
+            )
         if isinstance(request, DetachDiskRequest):
             return self.detach_disk(request.name, request.target)
         if isinstance(request, AttachNvmeRequest):
             return self.attach_nvme(request.name, request.pci)
         if isinstance(request, CreateRequest):
-            spec = VmSpec(request.vm.name, request.vm.flavor, request.vm.user_data,
-                          request.vm.group)
+            spec = VmSpec(
+                request.vm.name, request.vm.flavor, request.vm.user_data, request.vm.group
+            )
             return self.create(spec)
         if isinstance(request, NamedRequest):
             if request.op == "delete":
@@ -124,30 +133,41 @@ class HostAgentService:
             vms=tuple(a.name for a in allocs),
             groups=tuple(a.group for a in allocs if a.group),
             endpoint=self.endpoint,
-            numa_free=(numa.free_per_node(self._topology, [a.pinning for a in allocs
-                                                          if a.pinning])
-                       if self._topology else ()),
+            numa_free=(
+                numa.free_per_node(self._topology, [a.pinning for a in allocs if a.pinning])
+                if self._topology
+                else ()
+            ),
         )
 
     def create(self, spec: VmSpec) -> dict[str, Any]:
         if spec.name in self.config.reconcile_ignore or (
-                self.lockfile.get(spec.name) is None and self._exists(spec.name)):
+            self.lockfile.get(spec.name) is None and self._exists(spec.name)
+        ):
             # a domain of that name that this agent does not manage: never
             # define over it, nor (on failure) clean it up as if it were ours
-            raise AgentFault(AgentCode.ALREADY_EXISTS, f"a domain {spec.name} not managed by this "
-                             "agent exists on this host")
+            raise AgentFault(
+                AgentCode.ALREADY_EXISTS,
+                f"a domain {spec.name} not managed by this agent exists on this host",
+            )
         f = spec.flavor
         alloc = Allocation(
-            name=spec.name, flavor=f.name, vcpus=f.vcpus, memory_mib=f.memory_mib,
-            disk_gib=f.disk_gib + sum(f.extra_disks_gib), group=spec.group, state="creating",
+            name=spec.name,
+            flavor=f.name,
+            vcpus=f.vcpus,
+            memory_mib=f.memory_mib,
+            disk_gib=f.disk_gib + sum(f.extra_disks_gib),
+            group=spec.group,
+            state="creating",
         )
         try:
             if self._topology is not None:  # a shape that can never be pinned: say so
                 numa.check_shape(self._topology, f.vcpus)
             alloc = self.lockfile.reserve(alloc, self._pinner(f.vcpus))
         except AlreadyAllocated as exc:
-            raise AgentFault(AgentCode.ALREADY_EXISTS,
-                             f"VM {spec.name} exists on this host") from exc
+            raise AgentFault(
+                AgentCode.ALREADY_EXISTS, f"VM {spec.name} exists on this host"
+            ) from exc
         except CapacityExceeded as exc:
             raise AgentFault(AgentCode.INSUFFICIENT_CAPACITY, str(exc)) from exc
         except numa.NumaRejected as exc:
@@ -155,10 +175,12 @@ class HostAgentService:
         except ValueError as exc:
             raise AgentFault(AgentCode.INVALID_REQUEST, str(exc)) from exc
         try:
-            seed = cloudinit.write_seed(self._dir("seeds") / f"{spec.name}.iso", spec.name,
-                                        spec.user_data)
-            server_id = self._driver.define_and_start(spec, alloc.pinning,
-                                                      [cloudinit.seed_xml(seed)])
+            seed = cloudinit.write_seed(
+                self._dir("seeds") / f"{spec.name}.iso", spec.name, spec.user_data
+            )
+            server_id = self._driver.define_and_start(
+                spec, alloc.pinning, [cloudinit.seed_xml(seed)]
+            )
             if self.config.create_delay_s:
                 self._sleep(self.config.create_delay_s)
             self._driver.wait_ready(spec.name, self.config.ready_timeout_s)
@@ -228,15 +250,22 @@ class HostAgentService:
             raise AgentFault(AgentCode.NOT_FOUND, f"no VM {name} managed by this agent")
         return alloc
 
-    def attach_disk(self, name: str, target: str, size_gib: int, fmt: disks.Format,
-                    preallocation: disks.Preallocation) -> dict[str, Any]:
+    def attach_disk(
+        self,
+        name: str,
+        target: str,
+        size_gib: int,
+        fmt: disks.Format,
+        preallocation: disks.Preallocation,
+    ) -> dict[str, Any]:
         """Create an image and hot-plug it; on any failure nothing is left."""
         self._owned(name)
         try:
             self.lockfile.add_disk(name, target, size_gib)
         except AlreadyAllocated as exc:
-            raise AgentFault(AgentCode.ALREADY_EXISTS,
-                             f"{name} already has a disk {target}") from exc
+            raise AgentFault(
+                AgentCode.ALREADY_EXISTS, f"{name} already has a disk {target}"
+            ) from exc
         except CapacityExceeded as exc:
             raise AgentFault(AgentCode.INSUFFICIENT_CAPACITY, str(exc)) from exc
         except ValueError as exc:
@@ -259,8 +288,9 @@ class HostAgentService:
         images = list(self._dir("disks").glob(f"{name}-{target}.*"))
         fmt: disks.Format = "raw" if images and images[0].suffix == ".raw" else "qcow2"
         try:
-            self._driver.detach(name, disks.disk_xml(self._disk_path(name, target, fmt),
-                                                     target, fmt))
+            self._driver.detach(
+                name, disks.disk_xml(self._disk_path(name, target, fmt), target, fmt)
+            )
         except HypervisorFailure as exc:
             raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
         for image in images:
@@ -279,8 +309,9 @@ class HostAgentService:
         except disks.DiskError as exc:
             raise AgentFault(AgentCode.INVALID_REQUEST, str(exc)) from exc
         except CapacityExceeded as exc:
-            raise AgentFault(AgentCode.INSUFFICIENT_CAPACITY,
-                             f"no room for the NVMe attach buffer: {exc}") from exc
+            raise AgentFault(
+                AgentCode.INSUFFICIENT_CAPACITY, f"no room for the NVMe attach buffer: {exc}"
+            ) from exc
         except HypervisorFailure as exc:
             raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
         return {"name": name, "pci": pci, "attached": True}
@@ -319,8 +350,9 @@ class HostAgentService:
                 records = self.records()
             except WarmCacheError as exc:
                 log.warning("reconcile without the store's records: %s", exc)
-        findings = reconcile(domains, [a.name for a in self.lockfile.all()], records,
-                             self.config.reconcile_ignore)
+        findings = reconcile(
+            domains, [a.name for a in self.lockfile.all()], records, self.config.reconcile_ignore
+        )
         for f in findings:
             log.warning("reconcile: %s %s: %s", f.kind, f.vm, f.detail)
         self.on_findings(findings)

@@ -55,7 +55,6 @@ STATUS_FOR: dict[AgentCode, int] = {
 }
 
 
-
 def _status(reply: dict[str, Any]) -> int:
     """The HTTP status of an agent's error reply (a code it should not send: 502)."""
     code = str(reply.get("error"))
@@ -109,9 +108,15 @@ class ProxyServer(BoundedServer):
     ``limits.workers`` connections are served at once and beyond the queue
     the proxy answers 503 busy."""
 
-    def __init__(self, listen: tuple[str, int], socket_path: str, context: ssl.SSLContext,
-                 allow: Sequence[Network], timeout_s: float = 120.0,
-                 limits: ServerLimits | None = None) -> None:
+    def __init__(
+        self,
+        listen: tuple[str, int],
+        socket_path: str,
+        context: ssl.SSLContext,
+        allow: Sequence[Network],
+        timeout_s: float = 120.0,
+        limits: ServerLimits | None = None,
+    ) -> None:
         self.socket_path = socket_path
         self.context = context
         self.allow = list(allow)
@@ -119,9 +124,15 @@ class ProxyServer(BoundedServer):
         limits = limits or ServerLimits()
         family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
         listener = socket.create_server(listen, family=family, backlog=128)
-        super().__init__(listener, self._connection, self._busy, workers=limits.workers,
-                         queue_size=limits.queue, idle_timeout_s=limits.idle_timeout_s,
-                         name="proxy")
+        super().__init__(
+            listener,
+            self._connection,
+            self._busy,
+            workers=limits.workers,
+            queue_size=limits.queue,
+            idle_timeout_s=limits.idle_timeout_s,
+            name="proxy",
+        )
 
     # --- connections ------------------------------------------------------------------
 
@@ -144,9 +155,13 @@ class ProxyServer(BoundedServer):
         conn = h11.Connection(h11.SERVER)
         with contextlib.suppress(h11.RemoteProtocolError, OSError):
             self._next(conn, tls)  # the request line and headers, for a valid reply
-        self._send(conn, tls, 503, error(AgentCode.BUSY,
-                                         "every worker of this proxy is busy: retry"),
-                   close=True)
+        self._send(
+            conn,
+            tls,
+            503,
+            error(AgentCode.BUSY, "every worker of this proxy is busy: retry"),
+            close=True,
+        )
         tls.close()
 
     def _exchange(self, sock: ssl.SSLSocket, address: Any) -> None:
@@ -163,9 +178,13 @@ class ProxyServer(BoundedServer):
                 return
             except h11.RemoteProtocolError as exc:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    self._send(conn, sock, exc.error_status_hint,
-                               error(AgentCode.INVALID_REQUEST, f"malformed HTTP request: {exc}"),
-                               close=True)
+                    self._send(
+                        conn,
+                        sock,
+                        exc.error_status_hint,
+                        error(AgentCode.INVALID_REQUEST, f"malformed HTTP request: {exc}"),
+                        close=True,
+                    )
                 _drain(sock)
                 return
             self._send(conn, sock, status, reply, close=False)
@@ -185,13 +204,15 @@ class ProxyServer(BoundedServer):
                 continue
             return event
 
-    def _request(self, conn: h11.Connection, sock: ssl.SSLSocket, request: h11.Request,
-                 address: Any) -> tuple[int, dict[str, Any]]:
+    def _request(
+        self, conn: h11.Connection, sock: ssl.SSLSocket, request: h11.Request, address: Any
+    ) -> tuple[int, dict[str, Any]]:
         """Everything is checked before the body is read; a refusal closes."""
         client = ipaddress.ip_address(address[0])
         if not any(client in net for net in self.allow):
-            raise _Refusal(403, error(AgentCode.FORBIDDEN,
-                                      f"{client} is not in the proxy's allow-list"))
+            raise _Refusal(
+                403, error(AgentCode.FORBIDDEN, f"{client} is not in the proxy's allow-list")
+            )
         path = request.target.decode("ascii", "replace")
         routes = {"/healthz": b"GET", "/v1/agent": b"POST"}
         if path not in routes:
@@ -200,12 +221,14 @@ class ProxyServer(BoundedServer):
             raise _Refusal(405, error(AgentCode.METHOD_NOT_ALLOWED, path))
         headers = {name: value for name, value in request.headers}
         if b"content-length" in headers and b"transfer-encoding" in headers:
-            raise _Refusal(400, error(AgentCode.INVALID_REQUEST,
-                                      "both Content-Length and Transfer-Encoding"))
+            raise _Refusal(
+                400, error(AgentCode.INVALID_REQUEST, "both Content-Length and Transfer-Encoding")
+            )
         declared = int(headers.get(b"content-length", b"0"))
         if declared > MAX_LINE_BYTES:
-            raise _Refusal(413, error(AgentCode.INVALID_REQUEST,
-                                      f"body over {MAX_LINE_BYTES} bytes"))
+            raise _Refusal(
+                413, error(AgentCode.INVALID_REQUEST, f"body over {MAX_LINE_BYTES} bytes")
+            )
         body = self._body(conn, sock)
         if path == "/healthz":
             reply = forward(self.socket_path, {"op": "health"}, self.timeout_s)
@@ -223,19 +246,22 @@ class ProxyServer(BoundedServer):
         while True:
             event = self._next(conn, sock)
             if event is None or isinstance(event, h11.ConnectionClosed):
-                raise _Refusal(400, error(AgentCode.INVALID_REQUEST,
-                                          "the request body was not sent"))
+                raise _Refusal(
+                    400, error(AgentCode.INVALID_REQUEST, "the request body was not sent")
+                )
             if isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > MAX_LINE_BYTES:
-                    raise _Refusal(413, error(AgentCode.INVALID_REQUEST,
-                                              f"body over {MAX_LINE_BYTES} bytes"))
+                    raise _Refusal(
+                        413, error(AgentCode.INVALID_REQUEST, f"body over {MAX_LINE_BYTES} bytes")
+                    )
             elif isinstance(event, h11.EndOfMessage):
                 return body
 
     @staticmethod
-    def _send(conn: h11.Connection, sock: ssl.SSLSocket, status: int, body: dict[str, Any],
-              *, close: bool) -> None:
+    def _send(
+        conn: h11.Connection, sock: ssl.SSLSocket, status: int, body: dict[str, Any], *, close: bool
+    ) -> None:
         data = json.dumps(body).encode()
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
         if status == 405:
@@ -244,9 +270,11 @@ class ProxyServer(BoundedServer):
             headers.append(("Connection", "close"))
         try:
             reason = http.HTTPStatus(status).phrase.encode()
-            sock.sendall(conn.send(h11.Response(status_code=status, headers=headers,
-                                                reason=reason)) +
-                         conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
+            sock.sendall(
+                conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
+                + conn.send(h11.Data(data=data))
+                + conn.send(h11.EndOfMessage())
+            )
         except h11.LocalProtocolError as exc:
             log.info("could not reply %d: %s", status, exc)
 
@@ -272,24 +300,64 @@ def parse_allow(cidrs: Sequence[str]) -> list[Network]:
 @click.version_option(package_name="warmcache", prog_name="warmcache-proxy")
 @click.option("--listen", required=True, help="HOST:PORT to serve HTTPS on.")
 @click.option("--socket", "socket_path", required=True, help="The agent's Unix socket.")
-@click.option("--cert", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Server certificate (PEM).")
-@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Server private key (PEM).")
-@click.option("--client-ca", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="CA that signs the service instances' client certificates.")
-@click.option("--allow", "allow", multiple=True, required=True,
-              help="CIDR allowed to call (repeatable), e.g. --allow 10.1.0.0/16.")
-@click.option("--workers", default=16, show_default=True, type=click.IntRange(1, 1024),
-              help="Connections served at once.")
-@click.option("--queue", "queue_size", default=64, show_default=True,
-              type=click.IntRange(0, 100_000),
-              help="Connections that may wait for a worker; beyond them: 503 busy.")
-@click.option("--idle-timeout", default=30.0, show_default=True,
-              type=click.FloatRange(0.1, 3600),
-              help="Seconds a connection may send nothing (idle, or half a request).")
-def main(listen: str, socket_path: str, cert: str, key: str, client_ca: str,
-         allow: tuple[str, ...], workers: int, queue_size: int, idle_timeout: float) -> None:
+@click.option(
+    "--cert",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Server certificate (PEM).",
+)
+@click.option(
+    "--key",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Server private key (PEM).",
+)
+@click.option(
+    "--client-ca",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA that signs the service instances' client certificates.",
+)
+@click.option(
+    "--allow",
+    "allow",
+    multiple=True,
+    required=True,
+    help="CIDR allowed to call (repeatable), e.g. --allow 10.1.0.0/16.",
+)
+@click.option(
+    "--workers",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Connections served at once.",
+)
+@click.option(
+    "--queue",
+    "queue_size",
+    default=64,
+    show_default=True,
+    type=click.IntRange(0, 100_000),
+    help="Connections that may wait for a worker; beyond them: 503 busy.",
+)
+@click.option(
+    "--idle-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 3600),
+    help="Seconds a connection may send nothing (idle, or half a request).",
+)
+def main(
+    listen: str,
+    socket_path: str,
+    cert: str,
+    key: str,
+    client_ca: str,
+    allow: tuple[str, ...],
+    workers: int,
+    queue_size: int,
+    idle_timeout: float,
+) -> None:
     """Serve the host agent over mTLS HTTPS with an IP allow-list."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     host, _, port = listen.rpartition(":")
@@ -301,9 +369,13 @@ def main(listen: str, socket_path: str, cert: str, key: str, client_ca: str,
     except (ssl.SSLError, OSError) as exc:
         click.echo(f"warmcache-proxy: cannot load certificates: {exc}", err=True)
         sys.exit(2)
-    server = ProxyServer((host.strip("[]"), int(port)), socket_path, context,
-                         parse_allow(allow), limits=ServerLimits(
-                             workers=workers, queue=queue_size, idle_timeout_s=idle_timeout))
+    server = ProxyServer(
+        (host.strip("[]"), int(port)),
+        socket_path,
+        context,
+        parse_allow(allow),
+        limits=ServerLimits(workers=workers, queue=queue_size, idle_timeout_s=idle_timeout),
+    )
 
     def _stop(_sig: int, _frame: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
@@ -315,7 +387,6 @@ def main(listen: str, socket_path: str, cert: str, key: str, client_ca: str,
         server.serve_forever(poll_interval=0.2)
     finally:
         server.server_close()
-
 
 
 if __name__ == "__main__":  # python -m agent.proxy, as warmcache-proxy

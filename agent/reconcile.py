@@ -37,17 +37,29 @@ def reconcile(
     promised = set(lockfile)
     found: list[Finding] = []
     for name in sorted(running - promised - set(records or {})):
-        found.append(Finding("unmanaged_domain", name,
-                             "a libvirt domain warmcache did not create"))
+        found.append(Finding("unmanaged_domain", name, "a libvirt domain warmcache did not create"))
     for name in sorted(promised - running):
-        found.append(Finding("lockfile_without_vm", name,
-                             "the lockfile holds capacity for a VM libvirt does not have"))
+        found.append(
+            Finding(
+                "lockfile_without_vm",
+                name,
+                "the lockfile holds capacity for a VM libvirt does not have",
+            )
+        )
     if records is not None:
         for name, state in sorted(records.items()):
             if name not in running and name not in promised:
-                found.append(Finding("record_without_vm", name,
-                                     f"the store has it ({state}) but this host does not"))
+                found.append(
+                    Finding(
+                        "record_without_vm",
+                        name,
+                        f"the store has it ({state}) but this host does not",
+                    )
+                )
         for name in sorted((running & promised) - set(records)):
-            found.append(Finding("vm_without_record", name,
-                                 "runs here, but no pool or acquired record names it"))
+            found.append(
+                Finding(
+                    "vm_without_record", name, "runs here, but no pool or acquired record names it"
+                )
+            )
     return found

@@ -79,8 +79,9 @@ def free_port() -> int:
 class Fleet:
     """Hosts and pools of the run, and the refiller that keeps pools full."""
 
-    def __init__(self, store: CoordinationStore, hypervisors: int, pools: int,
-                 pool_size: int) -> None:
+    def __init__(
+        self, store: CoordinationStore, hypervisors: int, pools: int, pool_size: int
+    ) -> None:
         self.store = store
         n_azs = math.ceil(pools / len(FLAVORS))
         self.pools = [(f"az{1 + i % n_azs}", FLAVORS[i // n_azs]) for i in range(pools)]
@@ -106,14 +107,23 @@ class Fleet:
         puts = []
         for az, hosts in self.hosts.items():
             for rack, hv in hosts:
-                facts = HostFacts(hypervisor=hv, rack=rack, az=az, vcpus_total=64, vcpus_free=0,
-                                  memory_mib_total=1, memory_mib_free=0, disk_gib_total=1,
-                                  disk_gib_free=0, endpoint=f"unix:/nowhere/{hv}")
+                facts = HostFacts(
+                    hypervisor=hv,
+                    rack=rack,
+                    az=az,
+                    vcpus_total=64,
+                    vcpus_free=0,
+                    memory_mib_total=1,
+                    memory_mib_free=0,
+                    disk_gib_total=1,
+                    disk_gib_free=0,
+                    endpoint=f"unix:/nowhere/{hv}",
+                )
                 puts.append(Put(f"{KEYS.hosts_dir()}{az}/{hv}", facts.model_dump_json()))
         for pool, n in self.target.items():
             puts += self._vms(pool, n)
         for i in range(0, len(puts), CHUNK):
-            self.store.txn([], puts[i:i + CHUNK])
+            self.store.txn([], puts[i : i + CHUNK])
 
     def _vms(self, pool: tuple[str, str], n: int) -> list[Put]:
         az, flavor = pool
@@ -122,9 +132,15 @@ class Fleet:
         for _ in range(n):
             self._n += 1
             rack, hv = hosts[self._n * 7919 % len(hosts)]
-            vm = PoolInstance(name=f"vm-{self._n}-{uuid.uuid4().hex[:6]}", az=az, flavor=flavor,
-                              rack=rack, hypervisor=hv, state=InstanceState.READY,
-                              created_at=time.time())
+            vm = PoolInstance(
+                name=f"vm-{self._n}-{uuid.uuid4().hex[:6]}",
+                az=az,
+                flavor=flavor,
+                rack=rack,
+                hypervisor=hv,
+                state=InstanceState.READY,
+                created_at=time.time(),
+            )
             out.append(Put(KEYS.pool(az, vm.name), vm.model_dump_json()))
         return out
 
@@ -132,8 +148,12 @@ class Fleet:
         """The refiller, in a process of its own (so that it never waits
         for the GIL of the clients and instances it stands behind)."""
         ctx = multiprocessing.get_context("spawn")
-        self._proc = ctx.Process(target=_refiller, name="refill", daemon=True, args=(
-            store_cfg, self.hypervisor_count, len(self.pools), self.pooled, revision))
+        self._proc = ctx.Process(
+            target=_refiller,
+            name="refill",
+            daemon=True,
+            args=(store_cfg, self.hypervisor_count, len(self.pools), self.pooled, revision),
+        )
         self._proc.start()
 
     def stop(self) -> None:
@@ -143,8 +163,9 @@ class Fleet:
             proc.join(timeout=10)
 
 
-def _refiller(store_cfg: dict[str, str], hypervisors: int, pools: int, pool_size: int,
-              revision: int) -> None:
+def _refiller(
+    store_cfg: dict[str, str], hypervisors: int, pools: int, pool_size: int, revision: int
+) -> None:
     """Follow ``acquired/`` on the store's change stream and put back, every
     10 ms, as many ready VMs in each pool as were handed out (a pool of 300
     turns over in well under a second at the rates measured here)."""
@@ -159,7 +180,7 @@ def _refiller(store_cfg: dict[str, str], hypervisors: int, pools: int, pool_size
                 due[(change.key.split("/")[-2], flavor)] += 1
         puts = [p for pool, n in due.items() for p in fleet._vms(pool, n)]
         for i in range(0, len(puts), REFILL_CHUNK):
-            store.txn([], puts[i:i + REFILL_CHUNK])
+            store.txn([], puts[i : i + REFILL_CHUNK])
 
 
 def store_ceiling(store: CoordinationStore, seconds: float = 2.0) -> float:
@@ -174,13 +195,23 @@ def store_ceiling(store: CoordinationStore, seconds: float = 2.0) -> float:
     return done / seconds
 
 
-def config_for(i: int, store: dict[str, str], port: int, batch: bool,
-               clients: int) -> dict[str, Any]:
+def config_for(
+    i: int, store: dict[str, str], port: int, batch: bool, clients: int
+) -> dict[str, Any]:
     return {
-        "service": {"node": f"bench-{i}", "prefix": PREFIX, "run_builds": False,
-                    "run_health": False, "listen_port": port, "acquire_attempts": 100,
-                    "low_water_ratio": 0.0, "max_acquire_count": 10, "batch_claims": batch,
-                    "shares_refresh_s": 0.5, "http_threads": max(8, clients // 2)},
+        "service": {
+            "node": f"bench-{i}",
+            "prefix": PREFIX,
+            "run_builds": False,
+            "run_health": False,
+            "listen_port": port,
+            "acquire_attempts": 100,
+            "low_water_ratio": 0.0,
+            "max_acquire_count": 10,
+            "batch_claims": batch,
+            "shares_refresh_s": 0.5,
+            "http_threads": max(8, clients // 2),
+        },
         "store": store,
         "catalog": {"path": str(CONFIG_DIR / "flavors.toml")},
         "events": {"kind": "log"},
@@ -188,8 +219,9 @@ def config_for(i: int, store: dict[str, str], port: int, batch: bool,
 
 
 class Run:
-    def __init__(self, args: argparse.Namespace, store_cfg: dict[str, str], fleet: Fleet,
-                 work: Path) -> None:
+    def __init__(
+        self, args: argparse.Namespace, store_cfg: dict[str, str], fleet: Fleet, work: Path
+    ) -> None:
         self.args, self.store_cfg, self.fleet, self.work = args, store_cfg, fleet, work
 
     def measure(self, batch: bool) -> dict[str, Any]:
@@ -203,9 +235,14 @@ class Run:
         lock = threading.Lock()
         try:
             if args.via == "library":
-                services = [build(parse_config(config_for(i, self.store_cfg, ports[i], batch,
-                                                          args.clients), environ={})).start()
-                            for i in range(args.instances)]
+                services = [
+                    build(
+                        parse_config(
+                            config_for(i, self.store_cfg, ports[i], batch, args.clients), environ={}
+                        )
+                    ).start()
+                    for i in range(args.instances)
+                ]
                 deadline = time.monotonic() + 30
                 while any(len(s.acquirer.index.instances) < args.instances for s in services):
                     if time.monotonic() > deadline:
@@ -214,13 +251,26 @@ class Run:
             else:
                 for i in range(args.instances):
                     path = self.work / f"instance-{i}-{batch}.toml"
-                    path.write_text(_toml(config_for(i, self.store_cfg, ports[i], batch,
-                                                     args.clients)))
-                    procs.append(subprocess.Popen(
-                        [sys.executable, "-m", "warmcache", "serve", "--config", str(path),
-                         "--server", args.server],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                        start_new_session=True))
+                    path.write_text(
+                        _toml(config_for(i, self.store_cfg, ports[i], batch, args.clients))
+                    )
+                    procs.append(
+                        subprocess.Popen(
+                            [
+                                sys.executable,
+                                "-m",
+                                "warmcache",
+                                "serve",
+                                "--config",
+                                str(path),
+                                "--server",
+                                args.server,
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            start_new_session=True,
+                        )
+                    )
                 for port in ports:
                     _wait_http(f"http://127.0.0.1:{port}/healthz")
                 time.sleep(1.0)  # let both instances see each other in the registry
@@ -229,8 +279,11 @@ class Run:
 
             def client(n: int) -> None:
                 rng = random.Random(n)
-                conn = http.client.HTTPConnection("127.0.0.1", ports[n % len(ports)], timeout=30) \
-                    if args.via == "http" else None
+                conn = (
+                    http.client.HTTPConnection("127.0.0.1", ports[n % len(ports)], timeout=30)
+                    if args.via == "http"
+                    else None
+                )
                 while (now := time.monotonic()) < stop_at:
                     pool = rng.choice(self.fleet.pools)
                     started = time.perf_counter()
@@ -240,9 +293,17 @@ class Run:
                         if conn is not None:
                             names, outcome = _post(conn, pool, n, args.named)
                         else:
-                            names = [vm.name for vm in services[n % len(services)].acquire(
-                                pool[1], pool[0], 1, "best-effort", requester=f"c{n}",
-                                claim_id=uuid.uuid4().hex if args.named else None)]
+                            names = [
+                                vm.name
+                                for vm in services[n % len(services)].acquire(
+                                    pool[1],
+                                    pool[0],
+                                    1,
+                                    "best-effort",
+                                    requester=f"c{n}",
+                                    claim_id=uuid.uuid4().hex if args.named else None,
+                                )
+                            ]
                     except (NoCapacity, ClaimContention) as exc:
                         outcome = exc.code
                     took = time.perf_counter() - started
@@ -261,14 +322,18 @@ class Run:
 
             def transactions() -> tuple[int, int]:
                 if services:
-                    return (sum(s.acquirer.claimer.batches for s in services),
-                            sum(s.acquirer.claimer.conflicts for s in services))
+                    return (
+                        sum(s.acquirer.claimer.batches for s in services),
+                        sum(s.acquirer.claimer.conflicts for s in services),
+                    )
                 scraped = [_scraped_claims(port) for port in ports]
                 return sum(t for t, _ in scraped), sum(c for _, c in scraped)
 
             at_warm = [(0, 0)]
-            marker = threading.Timer(max(0.0, warm_until - time.monotonic()),
-                                     lambda: at_warm.__setitem__(0, transactions()))
+            marker = threading.Timer(
+                max(0.0, warm_until - time.monotonic()),
+                lambda: at_warm.__setitem__(0, transactions()),
+            )
             marker.start()
             threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]
             for t in threads:
@@ -312,15 +377,25 @@ def _scraped_claims(port: int) -> tuple[int, int]:
         name, _, value = metric.partition(" ")
         if name in ("warmcache_claim_transactions_total", "warmcache_claim_conflicts_total"):
             found[name] = int(float(value))
-    return (found.get("warmcache_claim_transactions_total", 0),
-            found.get("warmcache_claim_conflicts_total", 0))
+    return (
+        found.get("warmcache_claim_transactions_total", 0),
+        found.get("warmcache_claim_conflicts_total", 0),
+    )
 
 
-def _post(conn: http.client.HTTPConnection, pool: tuple[str, str], n: int, named: bool
-          ) -> tuple[list[str], str]:
-    body = json.dumps({"flavor": pool[1], "az": pool[0], "count": 1, "mode": "best-effort",
-                       "requester": f"c{n}",
-                       **({"claim_id": uuid.uuid4().hex} if named else {})})
+def _post(
+    conn: http.client.HTTPConnection, pool: tuple[str, str], n: int, named: bool
+) -> tuple[list[str], str]:
+    body = json.dumps(
+        {
+            "flavor": pool[1],
+            "az": pool[0],
+            "count": 1,
+            "mode": "best-effort",
+            "requester": f"c{n}",
+            **({"claim_id": uuid.uuid4().hex} if named else {}),
+        }
+    )
     conn.request("POST", "/v1/acquire", body, {"Content-Type": "application/json"})
     reply = conn.getresponse()
     data = json.loads(reply.read())
@@ -330,11 +405,13 @@ def _post(conn: http.client.HTTPConnection, pool: tuple[str, str], n: int, named
 
 
 def line(result: dict[str, Any], args: argparse.Namespace, fleet: Fleet, batch: bool) -> str:
-    return (f"acquire_per_s={result['acquire_per_s']:.1f} p50_ms={result['p50_ms']:.2f} "
-            f"p99_ms={result['p99_ms']:.2f} duplicates={result['duplicates']} "
-            f"clients={args.clients} store={args.store} via={args.via} "
-            f"hypervisors={fleet.hypervisors} pooled={fleet.pooled} pools={len(fleet.pools)} "
-            f"batch={'on' if batch else 'off'}" + (" named=on" if args.named else ""))
+    return (
+        f"acquire_per_s={result['acquire_per_s']:.1f} p50_ms={result['p50_ms']:.2f} "
+        f"p99_ms={result['p99_ms']:.2f} duplicates={result['duplicates']} "
+        f"clients={args.clients} store={args.store} via={args.via} "
+        f"hypervisors={fleet.hypervisors} pooled={fleet.pooled} pools={len(fleet.pools)} "
+        f"batch={'on' if batch else 'off'}" + (" named=on" if args.named else "")
+    )
 
 
 def main() -> None:
@@ -346,19 +423,30 @@ def main() -> None:
     parser.add_argument("--via", choices=["http", "library"], default="library")
     parser.add_argument("--hypervisors", type=int, default=30)
     parser.add_argument("--pools", type=int, default=1, help="AZ x flavor pools (1-30)")
-    parser.add_argument("--pool-size", type=int, default=300,
-                        help="ready VMs kept, over all pools")
-    parser.add_argument("--no-batch", action="store_true",
-                        help="only the baseline: one claim per transaction")
-    parser.add_argument("--server", default="waitress",
-                        choices=["waitress", "gunicorn", "granian", "werkzeug"],
-                        help="--via http: the HTTP server of the instances")
-    parser.add_argument("--instances", type=int, default=2, choices=[1, 2],
-                        help="service instances (clients are spread over them)")
+    parser.add_argument("--pool-size", type=int, default=300, help="ready VMs kept, over all pools")
+    parser.add_argument(
+        "--no-batch", action="store_true", help="only the baseline: one claim per transaction"
+    )
+    parser.add_argument(
+        "--server",
+        default="waitress",
+        choices=["waitress", "gunicorn", "granian", "werkzeug"],
+        help="--via http: the HTTP server of the instances",
+    )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=2,
+        choices=[1, 2],
+        help="service instances (clients are spread over them)",
+    )
     parser.add_argument("--etcd-url", default="")
-    parser.add_argument("--named", action="store_true",
-                        help="every acquisition names its claim (claim_id): idempotent, one "
-                             "claim record more per transaction")
+    parser.add_argument(
+        "--named",
+        action="store_true",
+        help="every acquisition names its claim (claim_id): idempotent, one "
+        "claim record more per transaction",
+    )
     args = parser.parse_args()
     if not 1 <= args.pools <= 30:
         parser.error("--pools must be between 1 and 30")
@@ -382,13 +470,20 @@ def main() -> None:
         fleet.seed()
         setup = build(parse_config(config_for(0, store_cfg, 0, True, 1), environ={}))
         for az, flavor in fleet.pools:
-            setup.rules.put(az, flavor, {"max_instance_per_cycle": 1,
-                                         "total_instances": fleet.target[(az, flavor)]})
+            setup.rules.put(
+                az,
+                flavor,
+                {"max_instance_per_cycle": 1, "total_instances": fleet.target[(az, flavor)]},
+            )
         setup.close()
-        print(f"fleet: {fleet.hypervisors} hypervisors, {fleet.pooled} pooled VMs in "
-              f"{len(fleet.pools)} pools, seeded in {time.monotonic() - started:.1f} s")
-        print(f"store ceiling: {store_ceiling(store):.0f} compare-and-swap txn/s "
-              f"(one thread, {args.store} through warmcache's client)")
+        print(
+            f"fleet: {fleet.hypervisors} hypervisors, {fleet.pooled} pooled VMs in "
+            f"{len(fleet.pools)} pools, seeded in {time.monotonic() - started:.1f} s"
+        )
+        print(
+            f"store ceiling: {store_ceiling(store):.0f} compare-and-swap txn/s "
+            f"(one thread, {args.store} through warmcache's client)"
+        )
         fleet.start(store_cfg, store.range("zz")[1])
         run = Run(args, store_cfg, fleet, work)
         runs = [False] if args.no_batch else [False, True]
@@ -396,14 +491,18 @@ def main() -> None:
         for batch in runs:
             result = run.measure(batch)
             results[batch] = result
-            print(f"batch={'on' if batch else 'off'}: {result['acquisitions']} acquisitions, "
-                  f"misses {result['misses']}, store transactions "
-                  f"{result['transactions']}, conflicts {result['conflicts']}")
+            print(
+                f"batch={'on' if batch else 'off'}: {result['acquisitions']} acquisitions, "
+                f"misses {result['misses']}, store transactions "
+                f"{result['transactions']}, conflicts {result['conflicts']}"
+            )
             print("  " + line(result, args, fleet, batch))
         if len(results) == 2:
             on, off = results[True], results[False]
-            print(f"batch on / off: {on['acquire_per_s'] / off['acquire_per_s']:.2f}x "
-                  f"acquisitions/s, p99 {off['p99_ms']:.1f} -> {on['p99_ms']:.1f} ms")
+            print(
+                f"batch on / off: {on['acquire_per_s'] / off['acquire_per_s']:.2f}x "
+                f"acquisitions/s, p99 {off['p99_ms']:.1f} -> {on['p99_ms']:.1f} ms"
+            )
     finally:
         fleet.stop()
         store.close()

@@ -20,17 +20,41 @@ HERE = Path(__file__).resolve().parent
 SMALL = [
     ("failover (SQLite)", ["failover.py", "--store", "sqlite", "--ttl", "2", "--runs", "3"]),
     ("failover (etcd)", ["failover.py", "--store", "etcd", "--ttl", "2", "--runs", "3"]),
-    ("acquire (SQLite, in process)", ["acquire.py", "--store", "sqlite", "--clients", "8",
-                                      "--seconds", "5", "--via", "library"]),
-    ("acquire (etcd, HTTP)", ["acquire.py", "--store", "etcd", "--clients", "8",
-                              "--seconds", "5", "--via", "http"]),
-    ("acquire (SQLite, 9,000 hypervisors)", ["acquire.py", "--store", "sqlite", "--clients", "1",
-                                             "--seconds", "3", "--via", "library",
-                                             "--instances", "1", "--hypervisors", "9000",
-                                             "--pools", "9", "--pool-size", "30000"]),
+    (
+        "acquire (SQLite, in process)",
+        ["acquire.py", "--store", "sqlite", "--clients", "8", "--seconds", "5", "--via", "library"],
+    ),
+    (
+        "acquire (etcd, HTTP)",
+        ["acquire.py", "--store", "etcd", "--clients", "8", "--seconds", "5", "--via", "http"],
+    ),
+    (
+        "acquire (SQLite, 9,000 hypervisors)",
+        [
+            "acquire.py",
+            "--store",
+            "sqlite",
+            "--clients",
+            "1",
+            "--seconds",
+            "3",
+            "--via",
+            "library",
+            "--instances",
+            "1",
+            "--hypervisors",
+            "9000",
+            "--pools",
+            "9",
+            "--pool-size",
+            "30000",
+        ],
+    ),
     ("refill (simulated, mean 1 s)", ["refill.py", "--vms", "24", "--create-mean-s", "1"]),
-    ("fleet (1,000 hypervisors)", ["fleet.py", "--hypervisors", "1000", "--racks", "60",
-                                   "--vms", "300"]),
+    (
+        "fleet (1,000 hypervisors)",
+        ["fleet.py", "--hypervisors", "1000", "--racks", "60", "--vms", "300"],
+    ),
     ("replay (Azure, 30 min)", ["replay.py", "--bins", "6", "--budget", "60"]),
     ("real guests", ["realvm.py", "--sequential", "2", "--parallel", "4"]),
     ("chaos (one fault of each kind)", ["chaos.py", "--faults", "10"]),
@@ -49,8 +73,13 @@ def main() -> None:
             continue
         console.print(f"running {title}...")
         started = time.monotonic()
-        result = subprocess.run([sys.executable, str(HERE / args[0]), *args[1:]],
-                                capture_output=True, text=True, timeout=900, check=False)
+        result = subprocess.run(
+            [sys.executable, str(HERE / args[0]), *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
         took = time.monotonic() - started
         lines = result.stdout.strip().splitlines()
         if result.returncode != 0 or not lines:

@@ -35,8 +35,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--hypervisors", type=int, default=3)
     parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--kinds", default=",".join(FAULTS),
-                        help=f"comma-separated fault kinds (default all: {', '.join(FAULTS)})")
+    parser.add_argument(
+        "--kinds",
+        default=",".join(FAULTS),
+        help=f"comma-separated fault kinds (default all: {', '.join(FAULTS)})",
+    )
     args = parser.parse_args()
     kinds = tuple(k for k in args.kinds.split(",") if k)
     unknown = set(kinds) - set(FAULTS)
@@ -51,8 +54,11 @@ def main() -> None:
     started = time.monotonic()
     try:
         rig.start()
-        print(f"up in {time.monotonic() - started:.1f} s: {len(rig.net.hosts)} namespaces "
-              f"on {rig.net.subnet}.0/24 (work dir {work})", flush=True)
+        print(
+            f"up in {time.monotonic() - started:.1f} s: {len(rig.net.hosts)} namespaces "
+            f"on {rig.net.subnet}.0/24 (work dir {work})",
+            flush=True,
+        )
         report = rig.run(args.faults, clients=args.clients, kinds=kinds)
     finally:
         rig.close()

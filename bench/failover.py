@@ -63,8 +63,9 @@ def contend(spec: dict[str, str], node: str, ttl_s: float) -> None:
                     writer = election.writer(leadership)
                     while not leadership.lost.is_set():
                         seq += 1
-                        writer.put(f"{WORK}{node}", json.dumps(
-                            {"token": leadership.token, "seq": seq}))
+                        writer.put(
+                            f"{WORK}{node}", json.dumps({"token": leadership.token, "seq": seq})
+                        )
                         leadership.lost.wait(0.05)
                     continue
             election.wait_for_vacancy(stop, poll_s=watch_poll_s(ttl_s))
@@ -74,9 +75,19 @@ def contend(spec: dict[str, str], node: str, ttl_s: float) -> None:
 
 def spawn(spec: dict[str, str], node: str, ttl_s: float) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, __file__, "--contender", json.dumps(spec), "--node", node,
-         "--ttl", str(ttl_s)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            __file__,
+            "--contender",
+            json.dumps(spec),
+            "--node",
+            node,
+            "--ttl",
+            str(ttl_s),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 
@@ -85,8 +96,9 @@ def holder(store: CoordinationStore) -> tuple[str, int] | None:
     return (json.loads(kv.value)["node"], kv.create_revision) if kv else None
 
 
-def wait_holder(store: CoordinationStore, not_token: int | None, timeout_s: float
-                ) -> tuple[str, int]:
+def wait_holder(
+    store: CoordinationStore, not_token: int | None, timeout_s: float
+) -> tuple[str, int]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -99,8 +111,9 @@ def wait_holder(store: CoordinationStore, not_token: int | None, timeout_s: floa
     raise SystemExit(f"no new leader within {timeout_s} s")
 
 
-def stale_writes(store: CoordinationStore, dead_token: int, new_token: int, node: str,
-                 ttl_s: float) -> int:
+def stale_writes(
+    store: CoordinationStore, dead_token: int, new_token: int, node: str, ttl_s: float
+) -> int:
     """Writes carrying the dead leader's token that landed after the takeover."""
     accepted = 0
     ghost = Leadership(node, "gone", dead_token, 0.0)
@@ -161,8 +174,11 @@ def main() -> None:
             times.append(took)
             found = stale_writes(store, token, current[1], node, args.ttl)
             stale += found
-            print(f"run {run}: killed {node} (token {token}); {current[0]} leads after "
-                  f"{took:.3f} s; stale writes accepted: {found}", flush=True)
+            print(
+                f"run {run}: killed {node} (token {token}); {current[0]} leads after "
+                f"{took:.3f} s; stale writes accepted: {found}",
+                flush=True,
+            )
             replacement = f"c{args.contenders + run - 1}"
             procs[replacement] = spawn(spec, replacement, args.ttl)
     finally:
@@ -174,9 +190,11 @@ def main() -> None:
         if cluster is not None:
             cluster.stop()
     p50 = statistics.median(times)
-    print(f"store={args.store} ttl_s={args.ttl} runs={args.runs} "
-          f"contenders={args.contenders} min={min(times):.3f} "
-          f"p90={statistics.quantiles(times, n=10)[-1] if len(times) > 1 else times[0]:.3f}")
+    print(
+        f"store={args.store} ttl_s={args.ttl} runs={args.runs} "
+        f"contenders={args.contenders} min={min(times):.3f} "
+        f"p90={statistics.quantiles(times, n=10)[-1] if len(times) > 1 else times[0]:.3f}"
+    )
     print(f"failover_s p50={p50:.3f} max={max(times):.3f} stale_writes_accepted={stale}")
 
 

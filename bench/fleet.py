@@ -70,8 +70,13 @@ class CountingStore:
 class TimedSession(PlacementSession):
     """Times each placement: the pick plus the re-scoring it causes."""
 
-    def __init__(self, pipeline: PlacementPipeline, hosts: Sequence[HostFacts],
-                 request: PlacementRequest, times: list[float]) -> None:
+    def __init__(
+        self,
+        pipeline: PlacementPipeline,
+        hosts: Sequence[HostFacts],
+        request: PlacementRequest,
+        times: list[float],
+    ) -> None:
         super().__init__(pipeline, hosts, request)
         self._times = times
         self._pick_s = 0.0
@@ -116,22 +121,36 @@ def main() -> None:
     keys = Keys("fleet")
     started = time.monotonic()
     agents = sim_fleet(raw, keys.prefix, args.azs, racks_per_az, per_rack)
-    print(f"{len(agents)} simulated hypervisors in {args.azs} AZs x {racks_per_az} racks "
-          f"published in {time.monotonic() - started:.1f} s", flush=True)
+    print(
+        f"{len(agents)} simulated hypervisors in {args.azs} AZs x {racks_per_az} racks "
+        f"published in {time.monotonic() - started:.1f} s",
+        flush=True,
+    )
     catalog = FileFlavorCatalog(CONFIG_DIR / "flavors.toml")
     book = RuleBook(raw, keys, catalog)
     per_az = args.vms // args.azs
     for a in range(1, args.azs + 1):
-        book.put(f"az{a}", "small", {"max_instance_per_cycle": per_az,
-                                     "total_instances": per_az, "min_fault_domain": 3})
+        book.put(
+            f"az{a}",
+            "small",
+            {"max_instance_per_cycle": per_az, "total_instances": per_az, "min_fault_domain": 3},
+        )
     store = CountingStore(raw)
     hosts = HostView(store, keys.hosts_dir())
     hosts.refresh()
     pipeline = TimedPipeline(default_pipeline())
-    cycle = BuildCycle(store=store, keys=keys, flavors=lambda: {f.name: f for f in catalog.list()},
-                       hosts=hosts, agent_for=agents.__getitem__, events=LogEvents(),
-                       clock=SystemClock(), pipeline=pipeline, concurrency=args.concurrency,
-                       retries=1)
+    cycle = BuildCycle(
+        store=store,
+        keys=keys,
+        flavors=lambda: {f.name: f for f in catalog.list()},
+        hosts=hosts,
+        agent_for=agents.__getitem__,
+        events=LogEvents(),
+        clock=SystemClock(),
+        pipeline=pipeline,
+        concurrency=args.concurrency,
+        retries=1,
+    )
     election = LeaderElection(store, keys.leader(), "bench", ttl_s=600, clock=SystemClock())
     store.calls.clear()
     started = time.monotonic()
@@ -143,11 +162,15 @@ def main() -> None:
     ms = sorted(t * 1000 for t in pipeline.times)
     p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))] if ms else 0.0
     ops = sum(store.calls.values())
-    print(f"cycle: built {built} of {args.vms} VMs in {cycle_s:.1f} s; problems: "
-          f"{len(report.problems)}; store calls: {dict(store.calls)}")
-    print(f"fleet hypervisors={len(agents)} vms={built} cycle_s={cycle_s:.2f} "
-          f"place_p50_ms={statistics.median(ms) if ms else 0:.2f} place_p99_ms={p99:.2f} "
-          f"store_ops={ops} place_setup_s={pipeline.setup_s:.2f}")
+    print(
+        f"cycle: built {built} of {args.vms} VMs in {cycle_s:.1f} s; problems: "
+        f"{len(report.problems)}; store calls: {dict(store.calls)}"
+    )
+    print(
+        f"fleet hypervisors={len(agents)} vms={built} cycle_s={cycle_s:.2f} "
+        f"place_p50_ms={statistics.median(ms) if ms else 0:.2f} place_p99_ms={p99:.2f} "
+        f"store_ops={ops} place_setup_s={pipeline.setup_s:.2f}"
+    )
     raw.close()
 
 

@@ -55,12 +55,22 @@ def main() -> None:
     try:
         image = prepare(default_cache())
         config = work / "agent.toml"
-        config.write_text(agent_config_toml(image, hypervisor="bench", rack="r1", az="az1",
-                                            memory_mib=200 * max(args.parallel, 1)))
+        config.write_text(
+            agent_config_toml(
+                image,
+                hypervisor="bench",
+                rack="r1",
+                az="az1",
+                memory_mib=200 * max(args.parallel, 1),
+            )
+        )
         sock = work / "agent.sock"
-        agent = subprocess.Popen([sys.executable, "-m", "agent", "--socket", str(sock),
-                                  "--config", str(config)], cwd=work,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "agent", "--socket", str(sock), "--config", str(config)],
+            cwd=work,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while not sock.exists():
             if time.monotonic() > deadline:
@@ -79,8 +89,11 @@ def main() -> None:
         with ThreadPoolExecutor(max_workers=max(args.parallel, 1)) as pool:
             each = list(pool.map(lambda n: timed_create(client, n), names))
         parallel_s = time.monotonic() - started
-        print(f"{args.parallel} guests in parallel: all ready after {parallel_s:.2f} s "
-              f"(each {min(each):.2f}-{max(each):.2f} s)", flush=True)
+        print(
+            f"{args.parallel} guests in parallel: all ready after {parallel_s:.2f} s "
+            f"(each {min(each):.2f}-{max(each):.2f} s)",
+            flush=True,
+        )
         for name in names:
             client.delete(name)
     finally:
@@ -88,8 +101,10 @@ def main() -> None:
             os.kill(agent.pid, signal.SIGTERM)
             agent.wait(timeout=30)
         daemons.stop()
-    print(f"realvm define_to_ready_s p50={statistics.median(times):.2f} max={max(times):.2f} "
-          f"parallel_n={args.parallel} parallel_s={parallel_s:.2f}")
+    print(
+        f"realvm define_to_ready_s p50={statistics.median(times):.2f} max={max(times):.2f} "
+        f"parallel_n={args.parallel} parallel_s={parallel_s:.2f}"
+    )
 
 
 if __name__ == "__main__":

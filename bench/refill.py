@@ -37,8 +37,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
 
 def full(service: WarmCache, n: int) -> bool:
-    states = [item.record.state
-              for item in PoolRecords(service.store, service.keys).read("az1")[0]]
+    states = [item.record.state for item in PoolRecords(service.store, service.keys).read("az1")[0]]
     return states.count(InstanceState.READY) >= n
 
 
@@ -54,17 +53,24 @@ def fill(service: WarmCache, n: int, deadline_s: float) -> float:
 def simulated(n: int, mean_s: float, concurrency: int) -> float:
     work = Path(tempfile.mkdtemp(prefix="warmcache-refill-"))
     store = SqliteStore(work / "store.db")
-    agents = sim_fleet(store, "bench", 1, 3, 4,
-                       latency=lognormal_latency(mean_s, random.Random(1)))
+    agents = sim_fleet(store, "bench", 1, 3, 4, latency=lognormal_latency(mean_s, random.Random(1)))
     service = WarmCache(
-        config=ServiceConfig(node="bench", prefix="bench", build_concurrency=concurrency,
-                             leader_ttl_s=30),
-        store=store, catalog=FileFlavorCatalog(CONFIG_DIR / "flavors.toml"),
-        events=LogEvents(), alerts=LogAlerts(), agent_for=agents.__getitem__,
-        clock=SystemClock())
+        config=ServiceConfig(
+            node="bench", prefix="bench", build_concurrency=concurrency, leader_ttl_s=30
+        ),
+        store=store,
+        catalog=FileFlavorCatalog(CONFIG_DIR / "flavors.toml"),
+        events=LogEvents(),
+        alerts=LogAlerts(),
+        agent_for=agents.__getitem__,
+        clock=SystemClock(),
+    )
     try:
-        service.rules.put("az1", "small", {"max_instance_per_cycle": n, "total_instances": n,
-                                           "min_fault_domain": 3})
+        service.rules.put(
+            "az1",
+            "small",
+            {"max_instance_per_cycle": n, "total_instances": n, "min_fault_domain": 3},
+        )
         fill(service, n, 600)
         service.acquire("small", "az1", n, Mode.BEST_EFFORT, requester="drain")
         return fill(service, n, 3600)
@@ -76,21 +82,30 @@ def simulated(n: int, mean_s: float, concurrency: int) -> float:
 def real(n: int) -> float:
     from warmcache.quickstart import QuickstartStack, Topology
 
-    rules = (f"[rules.az1.tiny]\ntotal_instances = {n}\nmax_instance_per_cycle = {n}\n"
-             "min_fault_domain = 1\n")
+    rules = (
+        f"[rules.az1.tiny]\ntotal_instances = {n}\nmax_instance_per_cycle = {n}\n"
+        "min_fault_domain = 1\n"
+    )
     from warmcache.localetcd import free_port
 
-    stack = QuickstartStack(Path(tempfile.mkdtemp(prefix="warmcache-refill-real-")) / "qs",
-                            port=free_port(), instances=1, real_vms=True, rules_toml=rules,
-                            cycle_interval_s=1,
-                            topology=Topology(azs=("az1",), racks_per_az=1,
-                                              hypervisors_per_rack=1))
+    stack = QuickstartStack(
+        Path(tempfile.mkdtemp(prefix="warmcache-refill-real-")) / "qs",
+        port=free_port(),
+        instances=1,
+        real_vms=True,
+        rules_toml=rules,
+        cycle_interval_s=1,
+        topology=Topology(azs=("az1",), racks_per_az=1, hypervisors_per_rack=1),
+    )
     import httpx
 
     with stack:
         stack.wait_full(timeout_s=900)
-        reply = httpx.post(f"{stack.urls[0]}/v1/acquire", timeout=60, json={
-            "flavor": "tiny", "az": "az1", "count": n, "mode": "best-effort"})
+        reply = httpx.post(
+            f"{stack.urls[0]}/v1/acquire",
+            timeout=60,
+            json={"flavor": "tiny", "az": "az1", "count": n, "mode": "best-effort"},
+        )
         reply.raise_for_status()
         started = time.monotonic()
         stack.wait_full(timeout_s=900)
@@ -105,10 +120,14 @@ def main() -> None:
     parser.add_argument("--real-vms", action="store_true")
     args = parser.parse_args()
     sim_s = simulated(args.vms, args.create_mean_s, args.concurrency)
-    print(f"simulated: {args.vms} VMs refilled in {sim_s:.2f} s "
-          f"(create mean {args.create_mean_s} s, {args.concurrency} at a time per AZ)")
-    line = (f"refill vms={args.vms} create_mean_s={args.create_mean_s} "
-            f"concurrency={args.concurrency} simulated_s={sim_s:.2f}")
+    print(
+        f"simulated: {args.vms} VMs refilled in {sim_s:.2f} s "
+        f"(create mean {args.create_mean_s} s, {args.concurrency} at a time per AZ)"
+    )
+    line = (
+        f"refill vms={args.vms} create_mean_s={args.create_mean_s} "
+        f"concurrency={args.concurrency} simulated_s={sim_s:.2f}"
+    )
     if args.real_vms:
         real_s = real(args.vms)
         print(f"real guests: {args.vms} refilled in {real_s:.2f} s")

@@ -92,8 +92,10 @@ def read_bins(path: Path) -> dict[int, tuple[float, float]]:
             seconds, b = line.split()
             lower.setdefault(int(b), float(seconds))
     bins = sorted(lower)
-    return {b: (lower[b], lower[bins[i + 1]] if i + 1 < len(bins) else lower[b] * 1.5 + 1)
-            for i, b in enumerate(bins)}
+    return {
+        b: (lower[b], lower[bins[i + 1]] if i + 1 < len(bins) else lower[b] * 1.5 + 1)
+        for i, b in enumerate(bins)
+    }
 
 
 def lifetime(token: str, bins: dict[int, tuple[float, float]]) -> float:
@@ -101,11 +103,12 @@ def lifetime(token: str, bins: dict[int, tuple[float, float]]) -> float:
     return lo if token[0] == "C" else (lo + hi) / 2
 
 
-def read_requests(trace: Path, lifetimes: Path, bins: dict[int, tuple[float, float]],
-                  first_bin: int, n_bins: int) -> list[Request]:
+def read_requests(
+    trace: Path, lifetimes: Path, bins: dict[int, tuple[float, float]], first_bin: int, n_bins: int
+) -> list[Request]:
     out: list[Request] = []
-    arrivals = trace.read_text().split("\n")[first_bin:first_bin + n_bins]
-    lives = lifetimes.read_text().split("\n")[first_bin:first_bin + n_bins]
+    arrivals = trace.read_text().split("\n")[first_bin : first_bin + n_bins]
+    lives = lifetimes.read_text().split("\n")[first_bin : first_bin + n_bins]
     start = None
     for a_line, l_line in zip(arrivals, lives, strict=False):
         if not a_line.strip():
@@ -148,26 +151,48 @@ def cold(requests: list[Request], draw: random.Random, mean_s: float) -> Outcome
     return out
 
 
-def pooled(requests: list[Request], flavors: dict[str, tuple[int, float]],
-           targets: dict[str, int], early: bool, mean_s: float, seed: int) -> Outcome:
+def pooled(
+    requests: list[Request],
+    flavors: dict[str, tuple[int, float]],
+    targets: dict[str, int],
+    early: bool,
+    mean_s: float,
+    seed: int,
+) -> Outcome:
     """Requests against pools on warmcache's embedded stack, in simulated time."""
     work = Path(tempfile.mkdtemp(prefix="warmcache-replay-"))
     catalog = work / "flavors.toml"
-    catalog.write_text("".join(
-        f"[flavors.{f}]\nvcpus = {v}\nmemory_mib = {int(g * 1024)}\ndisk_gib = 10\n"
-        for f, (v, g) in flavors.items()))
+    catalog.write_text(
+        "".join(
+            f"[flavors.{f}]\nvcpus = {v}\nmemory_mib = {int(g * 1024)}\ndisk_gib = 10\n"
+            for f, (v, g) in flavors.items()
+        )
+    )
     clock = ManualClock(0.0)
     store = SqliteStore(work / "store.db", clock=clock)
-    agents = sim_fleet(store, "rp", 1, 6, 20, vcpus=1024, memory_mib=8 << 20,
-                       disk_gib=100_000)
-    service = WarmCache(config=ServiceConfig(node="replay", prefix="rp", low_water_ratio=0.0,
-                                             leader_ttl_s=86_400, max_acquire_count=100_000),
-                        store=store, catalog=FileFlavorCatalog(catalog), events=LogEvents(),
-                        alerts=LogAlerts(), agent_for=agents.__getitem__, clock=clock,
-                        rng=random.Random(seed))  # --seed makes the whole run repeatable
+    agents = sim_fleet(store, "rp", 1, 6, 20, vcpus=1024, memory_mib=8 << 20, disk_gib=100_000)
+    service = WarmCache(
+        config=ServiceConfig(
+            node="replay",
+            prefix="rp",
+            low_water_ratio=0.0,
+            leader_ttl_s=86_400,
+            max_acquire_count=100_000,
+        ),
+        store=store,
+        catalog=FileFlavorCatalog(catalog),
+        events=LogEvents(),
+        alerts=LogAlerts(),
+        agent_for=agents.__getitem__,
+        clock=clock,
+        rng=random.Random(seed),
+    )  # --seed makes the whole run repeatable
     for f, n in targets.items():
-        service.rules.put("az1", f, {"max_instance_per_cycle": max(n, 1), "total_instances": n,
-                                     "min_fault_domain": 1})
+        service.rules.put(
+            "az1",
+            f,
+            {"max_instance_per_cycle": max(n, 1), "total_instances": n, "min_fault_domain": 1},
+        )
     rules = {f: r for (_, f), r in service.rules.all().items()}
     flavor_models = {f.name: f for f in service.catalog.list()}
     mu = math.log(mean_s) - 0.125
@@ -193,16 +218,30 @@ def pooled(requests: list[Request], flavors: dict[str, tuple[int, float]],
             n = to_build(rules[f], state_counts(recs, f))
             if n == 0:
                 continue
-            plan = plan_az("az1", {f: rules[f]}, flavor_models, service.hosts.hosts(), recs,
-                           default_pipeline(draw), lambda _a, fl: f"{fl}-{next(seq)}")
+            plan = plan_az(
+                "az1",
+                {f: rules[f]},
+                flavor_models,
+                service.hosts.hosts(),
+                recs,
+                default_pipeline(draw),
+                lambda _a, fl: f"{fl}-{next(seq)}",
+            )
             for vm in plan.builds:
                 agents[vm.host.endpoint].create(VmSpec(vm.name, vm.flavor))
-                rec = PoolInstance(name=vm.name, az="az1", flavor=f, hypervisor=vm.host.hypervisor,
-                                   rack=vm.host.rack, state=InstanceState.BUILDING,
-                                   created_at=now)
+                rec = PoolInstance(
+                    name=vm.name,
+                    az="az1",
+                    flavor=f,
+                    hypervisor=vm.host.hypervisor,
+                    rack=vm.host.rack,
+                    state=InstanceState.BUILDING,
+                    created_at=now,
+                )
                 store.put(KEYS.pool("az1", vm.name), rec.model_dump_json())
-                heapq.heappush(events, (now + draw.lognormvariate(mu, 0.5), next(seq),
-                                        "ready", rec))
+                heapq.heappush(
+                    events, (now + draw.lognormvariate(mu, 0.5), next(seq), "ready", rec)
+                )
             service.hosts.catch_up()
 
     while events:
@@ -216,8 +255,10 @@ def pooled(requests: list[Request], flavors: dict[str, tuple[int, float]],
         elif kind == "ready":
             rec = item  # type: ignore[assignment]
             assert isinstance(rec, PoolInstance)
-            store.put(KEYS.pool("az1", rec.name),
-                      rec.with_state(InstanceState.READY, ready_at=now).model_dump_json())
+            store.put(
+                KEYS.pool("az1", rec.name),
+                rec.with_state(InstanceState.READY, ready_at=now).model_dump_json(),
+            )
             ready_now += 1
         elif kind == "end":
             vm = item
@@ -232,8 +273,9 @@ def pooled(requests: list[Request], flavors: dict[str, tuple[int, float]],
             if r.flavor in rules:
                 if count > 1:
                     out.multi += 1
-                for mode in ([Mode.RACK_AWARE, Mode.BEST_EFFORT] if count > 1
-                             else [Mode.BEST_EFFORT]):
+                for mode in (
+                    [Mode.RACK_AWARE, Mode.BEST_EFFORT] if count > 1 else [Mode.BEST_EFFORT]
+                ):
                     try:
                         got = service.acquire(r.flavor, "az1", count, mode, requester="replay")
                     except NoCapacity:
@@ -249,9 +291,13 @@ def pooled(requests: list[Request], flavors: dict[str, tuple[int, float]],
                     heapq.heappush(events, (now + life, next(seq), "end", vm))
             else:
                 out.times.append(max(draw.lognormvariate(mu, 0.5) for _ in r.lifetimes))
-            if early and r.flavor in rules and below_low_water(
-                    rules[r.flavor], state_counts(records(), r.flavor)[InstanceState.READY],
-                    0.5):
+            if (
+                early
+                and r.flavor in rules
+                and below_low_water(
+                    rules[r.flavor], state_counts(records(), r.flavor)[InstanceState.READY], 0.5
+                )
+            ):
                 cycle(now, r.flavor)
     service.close()
     store.close()
@@ -279,31 +325,44 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     flavors = read_flavors(args.flavor_map)
-    requests = read_requests(args.trace, args.lifetimes, read_bins(args.interval_map),
-                             args.first_bin, args.bins)
+    requests = read_requests(
+        args.trace, args.lifetimes, read_bins(args.interval_map), args.first_bin, args.bins
+    )
     demand = Counter()
     for r in requests:
         demand[r.flavor] += len(r.lifetimes)
     total = sum(demand.values())
     shaped = {f: max(1, round(args.budget * n / total)) for f, n in demand.items()}
     even = {f: max(1, args.budget // len(demand)) for f in demand}
-    print(f"{len(requests)} requests, {total} VMs, {len(demand)} flavors, "
-          f"{args.bins} bins of {BIN_S:.0f} s; pool budget {args.budget}", flush=True)
+    print(
+        f"{len(requests)} requests, {total} VMs, {len(demand)} flavors, "
+        f"{args.bins} bins of {BIN_S:.0f} s; pool budget {args.budget}",
+        flush=True,
+    )
     rows = [
-        summary("warmcache", pooled(requests, flavors, shaped, True, args.create_mean_s,
-                                    args.seed), len(requests)),
-        summary("static pool", pooled(requests, flavors, even, False, args.create_mean_s,
-                                      args.seed), len(requests)),
-        summary("cold", cold(requests, random.Random(args.seed), args.create_mean_s),
-                len(requests)),
+        summary(
+            "warmcache",
+            pooled(requests, flavors, shaped, True, args.create_mean_s, args.seed),
+            len(requests),
+        ),
+        summary(
+            "static pool",
+            pooled(requests, flavors, even, False, args.create_mean_s, args.seed),
+            len(requests),
+        ),
+        summary(
+            "cold", cold(requests, random.Random(args.seed), args.create_mean_s), len(requests)
+        ),
     ]
     header = ("policy", "served at once", "p50 s", "p99 s", "rack-aware ok", "idle/used")
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     for row in (header, *rows):
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
     w, s, c = rows
-    print(f"replay requests={len(requests)} warmcache_served={w[1]} static_served={s[1]} "
-          f"cold_p50_s={c[2]} warmcache_p50_s={w[2]} warmcache_idle_share={w[5]}")
+    print(
+        f"replay requests={len(requests)} warmcache_served={w[1]} static_served={s[1]} "
+        f"cold_p50_s={c[2]} warmcache_p50_s={w[2]} warmcache_idle_share={w[5]}"
+    )
 
 
 if __name__ == "__main__":

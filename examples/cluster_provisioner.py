@@ -22,14 +22,18 @@ from typing import Any
 from warmcache import Mode, NoCapacity, WarmCache
 
 
-def provision_cluster(cache: WarmCache, name: str, size: int, flavor: str,
-                      az: str) -> list[Any] | None:
+def provision_cluster(
+    cache: WarmCache, name: str, size: int, flavor: str, az: str
+) -> list[Any] | None:
     try:
-        vms = cache.acquire(flavor, az, size, Mode.RACK_AWARE,
-                            requester=f"cluster-provisioner/{name}")
+        vms = cache.acquire(
+            flavor, az, size, Mode.RACK_AWARE, requester=f"cluster-provisioner/{name}"
+        )
     except NoCapacity as exc:
-        print(f"{name}: no rack-aware set of {size} now ({exc.ready} ready on {exc.racks} "
-              f"racks); provisioning it cold instead")
+        print(
+            f"{name}: no rack-aware set of {size} now ({exc.ready} ready on {exc.racks} "
+            f"racks); provisioning it cold instead"
+        )
         return None
     for vm in vms:
         print(f"{name}: {vm.name} on rack {vm.rack}, hypervisor {vm.hypervisor}")
@@ -43,8 +47,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=3)
     parser.add_argument("--flavor", default="small")
     parser.add_argument("--az", default="az1")
-    parser.add_argument("--join", action="store_true",
-                        help="also take part in build cycles and health polling")
+    parser.add_argument(
+        "--join", action="store_true", help="also take part in build cycles and health polling"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("WARMCACHE_SERVICE__NODE", f"provisioner-{os.getpid()}")

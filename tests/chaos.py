@@ -56,9 +56,18 @@ from warmcache.model import InstanceState, PoolInstance
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 KEYS = Keys("warmcache")
 ETCD, SVC, HV = 11, 21, 31  # last octets: etcd members, instances, hypervisors
-FAULTS = ("partition_instance", "instance_loses_requests", "instance_loses_replies",
-          "partition_member", "partition_agent", "link_flap", "kill_instance",
-          "stop_instance", "kill_agent", "stop_agent")
+FAULTS = (
+    "partition_instance",
+    "instance_loses_requests",
+    "instance_loses_replies",
+    "partition_member",
+    "partition_agent",
+    "link_flap",
+    "kill_instance",
+    "stop_instance",
+    "kill_agent",
+    "stop_agent",
+)
 
 
 @dataclass
@@ -93,9 +102,11 @@ class Report:
     replies: Counter[str] = field(default_factory=Counter)
 
     def line(self) -> str:
-        return (f"chaos faults={len(self.faults)} acquisitions={self.acquisitions} "
-                f"duplicates={self.duplicates} lost={self.lost} "
-                f"stale_writes={self.stale_writes} unresolved_claims={self.unresolved_claims}")
+        return (
+            f"chaos faults={len(self.faults)} acquisitions={self.acquisitions} "
+            f"duplicates={self.duplicates} lost={self.lost} "
+            f"stale_writes={self.stale_writes} unresolved_claims={self.unresolved_claims}"
+        )
 
     @property
     def clean(self) -> bool:
@@ -103,8 +114,15 @@ class Report:
 
 
 class ChaosRig:
-    def __init__(self, work: Path, *, seed: int = 1, hypervisors: int = 3,
-                 instances: int = 2, members: int = 3) -> None:
+    def __init__(
+        self,
+        work: Path,
+        *,
+        seed: int = 1,
+        hypervisors: int = 3,
+        instances: int = 2,
+        members: int = 3,
+    ) -> None:
         self.work = work
         self.rng = random.Random(seed)
         self.tag = f"wcx{os.getpid() % 100000}"
@@ -149,19 +167,26 @@ class ChaosRig:
         self._load_rules()
         for i in range(self.n_hv):
             self._start_agent(i)
-        self._wait(lambda: len(self.store_range(KEYS.hosts_dir())) == self.n_hv, 60,
-                   "every agent to publish its facts")
+        self._wait(
+            lambda: len(self.store_range(KEYS.hosts_dir())) == self.n_hv,
+            60,
+            "every agent to publish its facts",
+        )
         for i in range(self.n_svc):
             self._start_instance(i)
-        self._wait(lambda: all(self._get(i, "/healthz")[0] == 200 for i in range(self.n_svc)),
-                   60, "the instances to answer")
+        self._wait(
+            lambda: all(self._get(i, "/healthz")[0] == 200 for i in range(self.n_svc)),
+            60,
+            "the instances to answer",
+        )
         self._wait(self._pool_full, 90, "the pool to fill")
 
     def _certs(self) -> None:
         self.ca = TestCA(self.work, "chaos")
         self.client_cert = self.ca.issue("instances", server=False)
-        self.proxy_certs = [self.ca.issue(f"hv{i}", server=True, ips=(self.ip(HV, i),))
-                            for i in range(self.n_hv)]
+        self.proxy_certs = [
+            self.ca.issue(f"hv{i}", server=True, ips=(self.ip(HV, i),)) for i in range(self.n_hv)
+        ]
 
     def _start_etcd(self) -> None:
         from warmcache.localetcd import etcd_binary
@@ -169,14 +194,33 @@ class ChaosRig:
         initial = ",".join(f"m{i}=http://{self.ip(ETCD, i)}:2380" for i in range(self.n_etcd))
         for i in range(self.n_etcd):
             ip = self.ip(ETCD, i)
-            self._spawn(f"etcd{i}", f"etcd{i}", [
-                etcd_binary(), "--name", f"m{i}", "--data-dir", str(self.work / f"etcd{i}"),
-                "--listen-client-urls", f"http://{ip}:2379",
-                "--advertise-client-urls", f"http://{ip}:2379",
-                "--listen-peer-urls", f"http://{ip}:2380",
-                "--initial-advertise-peer-urls", f"http://{ip}:2380",
-                "--initial-cluster", initial, "--initial-cluster-state", "new",
-                "--heartbeat-interval", "100", "--election-timeout", "1000"])
+            self._spawn(
+                f"etcd{i}",
+                f"etcd{i}",
+                [
+                    etcd_binary(),
+                    "--name",
+                    f"m{i}",
+                    "--data-dir",
+                    str(self.work / f"etcd{i}"),
+                    "--listen-client-urls",
+                    f"http://{ip}:2379",
+                    "--advertise-client-urls",
+                    f"http://{ip}:2379",
+                    "--listen-peer-urls",
+                    f"http://{ip}:2380",
+                    "--initial-advertise-peer-urls",
+                    f"http://{ip}:2380",
+                    "--initial-cluster",
+                    initial,
+                    "--initial-cluster-state",
+                    "new",
+                    "--heartbeat-interval",
+                    "100",
+                    "--election-timeout",
+                    "1000",
+                ],
+            )
         self._wait(self._etcd_healthy, 60, "etcd to form a cluster")
 
     def _etcd_healthy(self) -> bool:
@@ -193,7 +237,8 @@ class ChaosRig:
 
         assert self.store is not None
         RuleBook(self.store, KEYS, FileFlavorCatalog(CONFIG_DIR / "flavors.toml")).put(
-            "az1", "small", {"max_instance_per_cycle": 12, "total_instances": 12})
+            "az1", "small", {"max_instance_per_cycle": 12, "total_instances": 12}
+        )
 
     def _start_agent(self, i: int) -> None:
         adir = self.work / f"hv{i}"
@@ -207,17 +252,47 @@ class ChaosRig:
             "[capacity]\nvcpus = 16384\nmemory_mib = 67108864\ndisk_gib = 1000000\n"
             "[reserved]\nvcpus = 2\nmemory_mib = 4096\ndisk_gib = 50\n"
             f'[inventory]\nkind = "etcd"\nurl = "{self.etcd_urls}"\nttl_s = 2\n'
-            f'advertise = "https://{ip}:8443"\n')
+            f'advertise = "https://{ip}:8443"\n'
+        )
         sock = adir / "agent.sock"
-        self._spawn(f"agent{i}", f"hv{i}", [sys.executable, "-m", "agent", "--socket",
-                                             str(sock), "--config", str(adir / "agent.toml")])
+        self._spawn(
+            f"agent{i}",
+            f"hv{i}",
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "--socket",
+                str(sock),
+                "--config",
+                str(adir / "agent.toml"),
+            ],
+        )
         self._wait(sock.exists, 30, f"agent {i} to listen")
         cert = self.proxy_certs[i]
-        self._spawn(f"proxy{i}", f"hv{i}", [
-            sys.executable, "-m", "agent.proxy", "--listen", f"{ip}:8443", "--socket",
-            str(sock), "--cert", str(cert.cert), "--key", str(cert.key),
-            "--client-ca", str(self.ca.cert), "--allow", f"{self.net.subnet}.0/24",
-            "--idle-timeout", "10"])
+        self._spawn(
+            f"proxy{i}",
+            f"hv{i}",
+            [
+                sys.executable,
+                "-m",
+                "agent.proxy",
+                "--listen",
+                f"{ip}:8443",
+                "--socket",
+                str(sock),
+                "--cert",
+                str(cert.cert),
+                "--key",
+                str(cert.key),
+                "--client-ca",
+                str(self.ca.cert),
+                "--allow",
+                f"{self.net.subnet}.0/24",
+                "--idle-timeout",
+                "10",
+            ],
+        )
 
     def _start_instance(self, i: int) -> None:
         ip, port = self.instance_url(i)
@@ -231,23 +306,33 @@ class ChaosRig:
             f'[catalog]\npath = "{CONFIG_DIR / "flavors.toml"}"\n'
             '[events]\nkind = "log"\n'
             f'[agent_tls]\ncert = "{self.client_cert.cert}"\nkey = "{self.client_cert.key}"\n'
-            f'ca = "{self.ca.cert}"\n')
-        self._spawn(f"svc{i}", f"svc{i}", [sys.executable, "-m", "warmcache", "serve",
-                                            "--config", str(path)])
+            f'ca = "{self.ca.cert}"\n'
+        )
+        self._spawn(
+            f"svc{i}",
+            f"svc{i}",
+            [sys.executable, "-m", "warmcache", "serve", "--config", str(path)],
+        )
 
     def _spawn(self, name: str, host: str, argv: list[str]) -> None:
         proc = self.procs.get(name) or Proc(name, host, argv, self.work / f"{name}.log")
         log = open(proc.log, "ab")  # noqa: SIM115
-        proc.popen = subprocess.Popen(self.net.command(host, argv), stdout=log,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      start_new_session=True, cwd=self.work)
+        proc.popen = subprocess.Popen(
+            self.net.command(host, argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.work,
+        )
         log.close()
         proc.stopped = False
         self.procs[name] = proc
 
     def _pool_full(self) -> bool:
-        ready = [PoolInstance.model_validate_json(kv.value)
-                 for kv in self.store_range(KEYS.pool_dir())]
+        ready = [
+            PoolInstance.model_validate_json(kv.value) for kv in self.store_range(KEYS.pool_dir())
+        ]
         return sum(r.state is InstanceState.READY for r in ready) >= 12
 
     def store_range(self, prefix: str) -> list[Any]:
@@ -288,9 +373,20 @@ class ChaosRig:
             conn = http.client.HTTPConnection(ip, port, timeout=5)
             status, body = None, None
             try:
-                conn.request("POST", "/v1/acquire", json.dumps({
-                    "flavor": "small", "az": "az1", "count": count, "mode": mode,
-                    "requester": requester}), {"Content-Type": "application/json"})
+                conn.request(
+                    "POST",
+                    "/v1/acquire",
+                    json.dumps(
+                        {
+                            "flavor": "small",
+                            "az": "az1",
+                            "count": count,
+                            "mode": mode,
+                            "requester": requester,
+                        }
+                    ),
+                    {"Content-Type": "application/json"},
+                )
                 reply = conn.getresponse()
                 status, body = reply.status, json.loads(reply.read())
             except (OSError, ValueError) as exc:
@@ -303,11 +399,18 @@ class ChaosRig:
 
     # --- faults ---------------------------------------------------------------------
 
-    def run(self, faults: int, *, clients: int = 3, hold_s: tuple[float, float] = (1.5, 3.5),
-            kinds: tuple[str, ...] = FAULTS) -> Report:
+    def run(
+        self,
+        faults: int,
+        *,
+        clients: int = 3,
+        hold_s: tuple[float, float] = (1.5, 3.5),
+        kinds: tuple[str, ...] = FAULTS,
+    ) -> Report:
         report = Report()
-        self._clients = [threading.Thread(target=self._client, args=(n,), daemon=True)
-                         for n in range(clients)]
+        self._clients = [
+            threading.Thread(target=self._client, args=(n,), daemon=True) for n in range(clients)
+        ]
         for t in self._clients:
             t.start()
         schedule = [kinds[i % len(kinds)] for i in range(faults)]
@@ -347,9 +450,11 @@ class ChaosRig:
             self.net.drop(svc, incoming=from_etcd)
             return f"{kind} {svc}"
         if kind == "partition_member":
-            self.net.drop(member, outgoing=["tcp dport 2380", "tcp sport 2380",
-                                            "tcp sport 2379"],
-                          incoming=["tcp dport 2380", "tcp sport 2380", "tcp dport 2379"])
+            self.net.drop(
+                member,
+                outgoing=["tcp dport 2380", "tcp sport 2380", "tcp sport 2379"],
+                incoming=["tcp dport 2380", "tcp sport 2380", "tcp dport 2379"],
+            )
             return f"{kind} {member}"
         if kind == "partition_agent":
             self.net.drop(f"hv{agent}", outgoing=to_etcd, incoming=from_etcd)
@@ -359,8 +464,12 @@ class ChaosRig:
             self.net.link_down(host)
             self._down = host
             return f"{kind} {host}"
-        name = {"kill_instance": svc, "stop_instance": svc,
-                "kill_agent": f"agent{agent}", "stop_agent": f"agent{agent}"}[kind]
+        name = {
+            "kill_instance": svc,
+            "stop_instance": svc,
+            "kill_agent": f"agent{agent}",
+            "stop_agent": f"agent{agent}",
+        }[kind]
         proc = self.procs[name]
         assert proc.popen is not None
         if kind.startswith("kill"):
@@ -390,20 +499,30 @@ class ChaosRig:
         build cycles (the leader settles what the faults left), then a
         reconciliation on every agent."""
         self._heal_all()
-        self._wait(lambda: len(self.store_range(KEYS.hosts_dir())) == self.n_hv, 60,
-                   "every agent to heartbeat again")
-        self._wait(lambda: all(self._get(i, "/healthz")[0] == 200 for i in range(self.n_svc)),
-                   60, "the instances to answer again")
+        self._wait(
+            lambda: len(self.store_range(KEYS.hosts_dir())) == self.n_hv,
+            60,
+            "every agent to heartbeat again",
+        )
+        self._wait(
+            lambda: all(self._get(i, "/healthz")[0] == 200 for i in range(self.n_svc)),
+            60,
+            "the instances to answer again",
+        )
         for _ in range(2):
             since = time.time()
-            self._wait(lambda since=since: self._cycle_done_after(since), 90,
-                       "a complete build cycle after the faults")
+            self._wait(
+                lambda since=since: self._cycle_done_after(since),
+                90,
+                "a complete build cycle after the faults",
+            )
         self._wait(self._quiet, 90, "no VM being built")
         self.findings = {i: self._agent(i, {"op": "reconcile"}) for i in range(self.n_hv)}
 
     def _quiet(self) -> bool:
-        recs = [PoolInstance.model_validate_json(kv.value)
-                for kv in self.store_range(KEYS.pool_dir())]
+        recs = [
+            PoolInstance.model_validate_json(kv.value) for kv in self.store_range(KEYS.pool_dir())
+        ]
         return bool(recs) and not any(r.state is InstanceState.BUILDING for r in recs)
 
     def _cycle_done_after(self, since: float) -> bool:
@@ -415,16 +534,18 @@ class ChaosRig:
         if kv is None:
             return False
         last = json.loads(kv.value)
-        return bool(last["finished_at"] > since and not last["unsettled"]
-                    and not last["leadership_lost"])
+        return bool(
+            last["finished_at"] > since and not last["unsettled"] and not last["leadership_lost"]
+        )
 
     def _agent(self, i: int, request: dict[str, Any]) -> Any:
         ctx = ssl.create_default_context(cafile=str(self.ca.cert))
         ctx.load_cert_chain(str(self.client_cert.cert), str(self.client_cert.key))
         conn = http.client.HTTPSConnection(self.ip(HV, i), 8443, context=ctx, timeout=30)
         try:
-            conn.request("POST", "/v1/agent", json.dumps(request),
-                         {"Content-Type": "application/json"})
+            conn.request(
+                "POST", "/v1/agent", json.dumps(request), {"Content-Type": "application/json"}
+            )
             return json.loads(conn.getresponse().read())["result"]
         finally:
             conn.close()
@@ -433,17 +554,24 @@ class ChaosRig:
 
     def check(self, report: Report) -> Report:
         assert self.store is not None
-        acquired = {kv.key.rsplit("/", 1)[1]: PoolInstance.model_validate_json(kv.value)
-                    for kv in self.store_range("warmcache/acquired/")}
-        pooled = {kv.key.rsplit("/", 1)[1]: PoolInstance.model_validate_json(kv.value)
-                  for kv in self.store_range(KEYS.pool_dir())}
+        acquired = {
+            kv.key.rsplit("/", 1)[1]: PoolInstance.model_validate_json(kv.value)
+            for kv in self.store_range("warmcache/acquired/")
+        }
+        pooled = {
+            kv.key.rsplit("/", 1)[1]: PoolInstance.model_validate_json(kv.value)
+            for kv in self.store_range(KEYS.pool_dir())
+        }
         by_requester: dict[str, list[PoolInstance]] = {}
         for vm in acquired.values():
             by_requester.setdefault(vm.acquired_by or "?", []).append(vm)
         handed: Counter[str] = Counter()
         for reply in self.replies:
-            code = reply.body.get("error", "ok") if isinstance(reply.body, dict) else \
-                ("no reply" if reply.status is None else str(reply.status))
+            code = (
+                reply.body.get("error", "ok")
+                if isinstance(reply.body, dict)
+                else ("no reply" if reply.status is None else str(reply.status))
+            )
             report.replies[code if reply.status != 200 else "ok"] += 1
             held = by_requester.pop(reply.requester, [])
             if reply.status == 200:
@@ -452,8 +580,10 @@ class ChaosRig:
                 handed.update(names)
                 if sorted(names) != sorted(vm.name for vm in held):
                     report.unresolved_claims += 1
-                    report.notes.append(f"{reply.requester}: replied {names}, store holds "
-                                        f"{[vm.name for vm in held]}")
+                    report.notes.append(
+                        f"{reply.requester}: replied {names}, store holds "
+                        f"{[vm.name for vm in held]}"
+                    )
                 if not self._mode_holds(reply.mode, reply.body["vms"]):
                     report.duplicates += 1
                     report.notes.append(f"{reply.requester}: {reply.mode} broken")
@@ -462,8 +592,9 @@ class ChaosRig:
                 report.acquisitions += bool(held)
             elif held:  # told it failed, and yet claimed
                 report.unresolved_claims += 1
-                report.notes.append(f"{reply.requester}: {code}, yet holds "
-                                    f"{[vm.name for vm in held]}")
+                report.notes.append(
+                    f"{reply.requester}: {code}, yet holds {[vm.name for vm in held]}"
+                )
         for requester, vms in by_requester.items():  # nobody asked for these
             report.unresolved_claims += len(vms)
             report.notes.append(f"acquired by unknown {requester}: {[v.name for v in vms]}")
@@ -477,15 +608,15 @@ class ChaosRig:
         key = {"rack-aware": "rack", "hypervisor-aware": "hypervisor"}.get(mode)
         return key is None or len({vm[key] for vm in vms}) == len(vms)
 
-    def _lost(self, pooled: dict[str, PoolInstance], acquired: dict[str, PoolInstance],
-              report: Report) -> int:
+    def _lost(
+        self, pooled: dict[str, PoolInstance], acquired: dict[str, PoolInstance], report: Report
+    ) -> int:
         lost = 0
         for i in range(self.n_hv):
             hv = f"hv{i}"
             # what libvirt has, not what the books say (a killed test-driver
             # agent comes back with its books and none of its domains)
-            on_host = {s["name"] for s in self._agent(i, {"op": "list"})
-                       if s["state"] != "missing"}
+            on_host = {s["name"] for s in self._agent(i, {"op": "list"}) if s["state"] != "missing"}
             reported = {f["vm"] for f in self.findings[i]}
             records = {name for name, r in {**pooled, **acquired}.items() if r.hypervisor == hv}
             for name in (on_host - records) - reported:
@@ -511,8 +642,11 @@ class ChaosRig:
         stale = 0
         for change in changes:
             if change.key == KEYS.leader():
-                leader = change.revision if change.kind == "put" and leader is None else \
-                    (None if change.kind == "delete" else leader)
+                leader = (
+                    change.revision
+                    if change.kind == "put" and leader is None
+                    else (None if change.kind == "delete" else leader)
+                )
                 continue
             if not change.key.startswith(KEYS.pool_dir()):
                 continue
@@ -526,8 +660,10 @@ class ChaosRig:
             builder = before is None or (before == "building" and rec.state.value != "building")
             if builder and rec.fencing_token != leader:
                 stale += 1
-                report.notes.append(f"{rec.name} written at {change.revision} with token "
-                                    f"{rec.fencing_token}, leader {leader}")
+                report.notes.append(
+                    f"{rec.name} written at {change.revision} with token "
+                    f"{rec.fencing_token}, leader {leader}"
+                )
         return stale
 
     # --- teardown --------------------------------------------------------------------
@@ -550,4 +686,3 @@ class ChaosRig:
                 os.kill(proc.popen.pid, signal.SIGKILL)
                 proc.popen.wait()
         self.net.destroy()
-

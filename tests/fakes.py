@@ -17,10 +17,18 @@ class FakeAgent(SimAgent):
     """A simulated host (warmcache.sim) with hooks tests pull: transient
     unavailability, VMs that come up sick, a callback before each create."""
 
-    def __init__(self, az: str, rack: str, hypervisor: str, vcpus: int = 16,
-                 memory_mib: int = 65536, disk_gib: int = 2000) -> None:
-        super().__init__(az, rack, hypervisor, vcpus=vcpus, memory_mib=memory_mib,
-                         disk_gib=disk_gib)
+    def __init__(
+        self,
+        az: str,
+        rack: str,
+        hypervisor: str,
+        vcpus: int = 16,
+        memory_mib: int = 65536,
+        disk_gib: int = 2000,
+    ) -> None:
+        super().__init__(
+            az, rack, hypervisor, vcpus=vcpus, memory_mib=memory_mib, disk_gib=disk_gib
+        )
         self.unavailable_times = 0  # fail this many calls with AgentUnavailable
         self.unhealthy: set[str] = set()
         self.creating: set[str] = set()  # still booting, as libvirt reports it
@@ -77,8 +85,9 @@ class FakeAgent(SimAgent):
         return [self.status(n) for n in list(self.vms)]
 
 
-def fleet(azs: tuple[str, ...] = ("az1",), racks: int = 3, per_rack: int = 2,
-          **capacity: int) -> dict[str, FakeAgent]:
+def fleet(
+    azs: tuple[str, ...] = ("az1",), racks: int = 3, per_rack: int = 2, **capacity: int
+) -> dict[str, FakeAgent]:
     agents = {}
     for az in azs:
         for r in range(1, racks + 1):

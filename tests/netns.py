@@ -92,8 +92,18 @@ class Network:
         _run("ip", "link", "set", inside, "netns", namespace)
         _run("ip", "link", "set", link, "master", self.bridge)
         _run("ip", "link", "set", link, "up")
-        _run("ip", "netns", "exec", namespace, "ip", "addr", "add", f"{host.address}/24",
-             "dev", inside)
+        _run(
+            "ip",
+            "netns",
+            "exec",
+            namespace,
+            "ip",
+            "addr",
+            "add",
+            f"{host.address}/24",
+            "dev",
+            inside,
+        )
         _run("ip", "netns", "exec", namespace, "ip", "link", "set", inside, "up")
         return host
 
@@ -103,8 +113,9 @@ class Network:
 
     # --- faults --------------------------------------------------------------------
 
-    def drop(self, name: str, *, outgoing: Sequence[str] = (), incoming: Sequence[str] = ()
-             ) -> None:
+    def drop(
+        self, name: str, *, outgoing: Sequence[str] = (), incoming: Sequence[str] = ()
+    ) -> None:
         """Drop packets in host ``name``: ``outgoing`` and ``incoming`` are
         nftables match expressions (e.g. ``"tcp dport 2379"``)."""
         ns = self.hosts[name].namespace
@@ -112,16 +123,48 @@ class Network:
         for chain, hook, rules in (("out", "output", outgoing), ("in", "input", incoming)):
             if not rules:
                 continue
-            _run("ip", "netns", "exec", ns, "nft", "add", "chain", "inet", "chaos", chain,
-                 f"{{ type filter hook {hook} priority 0; policy accept; }}")
+            _run(
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "nft",
+                "add",
+                "chain",
+                "inet",
+                "chaos",
+                chain,
+                f"{{ type filter hook {hook} priority 0; policy accept; }}",
+            )
             for rule in rules:
-                _run("ip", "netns", "exec", ns, "nft", "add", "rule", "inet", "chaos", chain,
-                     *rule.split(), "drop")
+                _run(
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "nft",
+                    "add",
+                    "rule",
+                    "inet",
+                    "chaos",
+                    chain,
+                    *rule.split(),
+                    "drop",
+                )
 
     def heal(self, name: str) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
-            _run("ip", "netns", "exec", self.hosts[name].namespace, "nft", "delete", "table",
-                 "inet", "chaos")
+            _run(
+                "ip",
+                "netns",
+                "exec",
+                self.hosts[name].namespace,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "chaos",
+            )
 
     def link_down(self, name: str) -> None:
         _run("ip", "link", "set", self.hosts[name].link, "down")
@@ -146,8 +189,10 @@ class Network:
     def leftovers(self) -> Iterator[str]:
         """Namespaces or links of this run still present (should be none)."""
         out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        yield from (line.split()[0] for line in out.splitlines()
-                    if line.startswith(f"{self.tag}-"))
+        yield from (line.split()[0] for line in out.splitlines() if line.startswith(f"{self.tag}-"))
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-        yield from (line.split(":")[1].strip().split("@")[0] for line in links.splitlines()
-                    if line.split(":")[1].strip().startswith(self.tag))
+        yield from (
+            line.split(":")[1].strip().split("@")[0]
+            for line in links.splitlines()
+            if line.split(":")[1].strip().startswith(self.tag)
+        )

@@ -12,8 +12,9 @@ T = TypeVar("T")
 _between_polls = threading.Event()  # never set: its wait() spaces the polls
 
 
-def wait_for(what: str, predicate: Callable[[], T | None], timeout_s: float,
-             interval_s: float = 0.05) -> T:
+def wait_for(
+    what: str, predicate: Callable[[], T | None], timeout_s: float, interval_s: float = 0.05
+) -> T:
     """Poll ``predicate`` until it returns something truthy; fail after the deadline."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -23,4 +24,3 @@ def wait_for(what: str, predicate: Callable[[], T | None], timeout_s: float,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         _between_polls.wait(interval_s)
-

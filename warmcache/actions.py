@@ -55,14 +55,15 @@ def _drain_hypervisor(ctx: ServiceContext, target: HostTarget) -> dict[str, Any]
 
 
 def _purge_pool(ctx: ServiceContext, target: PoolTarget) -> dict[str, Any]:
-    return purge_pool(ctx.store, ctx.keys, ctx.hosts, ctx.agent_for, ctx.emit,
-                      target.az, target.flavor)
+    return purge_pool(
+        ctx.store, ctx.keys, ctx.hosts, ctx.agent_for, ctx.emit, target.az, target.flavor
+    )
 
 
 ACTIONS: dict[str, ChangeAction[Any]] = {
     "delete_rule": ChangeAction(PoolTarget, "delete a pool's build rule", _delete_rule),
-    "purge_pool": ChangeAction(PoolTarget, "destroy a pool's ready and reserved VMs",
-                               _purge_pool),
-    "drain_hypervisor": ChangeAction(HostTarget, "place nothing on a hypervisor and hand "
-                                     "out none of its VMs", _drain_hypervisor),
+    "purge_pool": ChangeAction(PoolTarget, "destroy a pool's ready and reserved VMs", _purge_pool),
+    "drain_hypervisor": ChangeAction(
+        HostTarget, "place nothing on a hypervisor and hand out none of its VMs", _drain_hypervisor
+    ),
 }

@@ -58,13 +58,19 @@ class Approvals:
         except ValidationError as exc:
             raise InvalidRequest.from_validation(f"invalid parameters for {action}", exc) from exc
         now = self._clock.now()
-        request = ChangeRequest(id=uuid.uuid4().hex[:12], action=action,
-                                params=checked.model_dump(), asked_by=by, asked_at=now,
-                                expires_at=now + self._ttl_s)
+        request = ChangeRequest(
+            id=uuid.uuid4().hex[:12],
+            action=action,
+            params=checked.model_dump(),
+            asked_by=by,
+            asked_at=now,
+            expires_at=now + self._ttl_s,
+        )
         key = self._keys.request(request.id)
         self._store.txn([Compare.absent(key)], [Put(key, request.model_dump_json())])
-        self._emit("request.created", id=request.id, action=action, params=request.params,
-                   asked_by=by)
+        self._emit(
+            "request.created", id=request.id, action=action, params=request.params, asked_by=by
+        )
         return request
 
     def get(self, request_id: str) -> ChangeRequest:
@@ -92,22 +98,24 @@ class Approvals:
             raise RequestConflict(request_id, "expired")
         if by == request.asked_by:
             self._emit("request.refused", id=request_id, by=by, reason="same identity")
-            raise ApprovalRefused(f"{by} asked for request {request_id}; a different "
-                                  "identity must approve it")
+            raise ApprovalRefused(
+                f"{by} asked for request {request_id}; a different identity must approve it"
+            )
         approved = request.model_copy(update={"state": "approved", "approved_by": by})
         key = self._keys.request(request_id)
         # Only one approval can win, even from two instances at once.
-        if not self._store.txn([Compare.mod_revision(key, kv.mod_revision)],
-                               [Put(key, approved.model_dump_json())]).succeeded:
+        if not self._store.txn(
+            [Compare.mod_revision(key, kv.mod_revision)], [Put(key, approved.model_dump_json())]
+        ).succeeded:
             raise RequestConflict(request_id, self.get(request_id).state)
         self._emit("request.approved", id=request_id, action=request.action, by=by)
         try:
             result = ACTIONS[request.action].execute(self._context, request.params)
             done = approved.model_copy(update={"state": "executed", "result": result})
         except Exception as exc:
-            done = approved.model_copy(update={"state": "failed",
-                                               "result": {"error": str(exc)}})
+            done = approved.model_copy(update={"state": "failed", "result": {"error": str(exc)}})
         self._store.put(key, done.model_dump_json())
-        self._emit(f"request.{done.state}", id=request_id, action=request.action,
-                   result=done.result)
+        self._emit(
+            f"request.{done.state}", id=request_id, action=request.action, result=done.result
+        )
         return done

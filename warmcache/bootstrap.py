@@ -35,6 +35,7 @@ from warmcache.ports import (
 if TYPE_CHECKING:
     from warmcache.service import WarmCache
 
+
 def _sqlite_store(cfg: StoreConfig, clock: Clock) -> CoordinationStore:
     from warmcache.adapters.sqlite_store import SqliteStore
 
@@ -104,10 +105,18 @@ def _smtp_alerts(cfg: AlertsConfig, clock: Clock) -> AlertSink:
 
     if not cfg.recipients:
         raise ConfigError(["alerts.recipients: smtp alerts need at least one recipient"])
-    return SmtpAlerts(cfg.smtp_host, cfg.smtp_port, cfg.sender, list(cfg.recipients),
-                      clock=clock, starttls=cfg.starttls, username=cfg.username,
-                      password=cfg.password, max_per_window=cfg.max_per_window,
-                      window_s=cfg.window_s)
+    return SmtpAlerts(
+        cfg.smtp_host,
+        cfg.smtp_port,
+        cfg.sender,
+        list(cfg.recipients),
+        clock=clock,
+        starttls=cfg.starttls,
+        username=cfg.username,
+        password=cfg.password,
+        max_per_window=cfg.max_per_window,
+        window_s=cfg.window_s,
+    )
 
 
 # kind -> factory of (section config, clock); each factory imports its
@@ -165,8 +174,11 @@ class AgentConnector:
         from warmcache.adapters.agent_client import AgentTls
 
         self._timeout_s = config.service.agent_timeout_s
-        self._tls = (AgentTls(config.agent_tls.cert, config.agent_tls.key, config.agent_tls.ca)
-                     if config.agent_tls else None)
+        self._tls = (
+            AgentTls(config.agent_tls.cert, config.agent_tls.key, config.agent_tls.ca)
+            if config.agent_tls
+            else None
+        )
         self._clients: dict[str, HostAgent] = {}
         self._lock = threading.Lock()
 
@@ -175,8 +187,9 @@ class AgentConnector:
 
         with self._lock:
             if endpoint not in self._clients:
-                self._clients[endpoint] = AgentClient(endpoint, timeout_s=self._timeout_s,
-                                                      tls=self._tls)
+                self._clients[endpoint] = AgentClient(
+                    endpoint, timeout_s=self._timeout_s, tls=self._tls
+                )
             return self._clients[endpoint]
 
     def close(self) -> None:
@@ -208,6 +221,12 @@ def build(config: Config | str | Path, *, clock: Clock | None = None) -> WarmCac
         events.close()
 
     return WarmCache(
-        config=config.service, store=store, catalog=catalog, events=events,
-        agent_for=agents, clock=clock, alerts=alerts, on_close=close,
+        config=config.service,
+        store=store,
+        catalog=catalog,
+        events=events,
+        agent_for=agents,
+        clock=clock,
+        alerts=alerts,
+        on_close=close,
     )

@@ -101,13 +101,28 @@ class _Target:
 
 @click.group(cls=_Commands)
 @click.version_option(package_name="warmcache")
-@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="WARMCACHE_URL",
-              help="The API of any instance (env WARMCACHE_URL).")
-@click.option("--token", default=None, envvar="WARMCACHE_TOKEN",
-              help="Bearer token (env WARMCACHE_TOKEN; prefer the variable: a flag shows "
-                   "in the process list).")
-@click.option("--timeout", "timeout_s", default=30.0, show_default=True,
-              type=click.FloatRange(0.1, 3600), help="Seconds per HTTP request.")
+@click.option(
+    "--url",
+    default=DEFAULT_URL,
+    show_default=True,
+    envvar="WARMCACHE_URL",
+    help="The API of any instance (env WARMCACHE_URL).",
+)
+@click.option(
+    "--token",
+    default=None,
+    envvar="WARMCACHE_TOKEN",
+    help="Bearer token (env WARMCACHE_TOKEN; prefer the variable: a flag shows "
+    "in the process list).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 3600),
+    help="Seconds per HTTP request.",
+)
 @click.pass_context
 def main(ctx: click.Context, url: str, token: str | None, timeout_s: float) -> None:
     """warmcache: pools of ready VMs, acquired rack-aware in milliseconds.
@@ -122,16 +137,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _url_option(fn: F) -> F:
     """The old per-command ``--url`` (hidden; the global one is the documented way)."""
+
     def keep(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
         if value:
             ctx.ensure_object(_Target).url = value
-    return click.option("--url", hidden=True, expose_value=False, callback=keep,
-                        is_eager=True)(fn)
+
+    return click.option("--url", hidden=True, expose_value=False, callback=keep, is_eager=True)(fn)
 
 
 def _output_option(default: str = "table") -> Callable[[F], F]:
-    return click.option("-o", "--output", type=click.Choice(["table", "json"]),
-                        default=default, show_default=True, help="Output format.")
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["table", "json"]),
+        default=default,
+        show_default=True,
+        help="Output format.",
+    )
 
 
 def _client() -> Client:
@@ -153,12 +175,21 @@ def _dump(models: Any) -> Any:
 
 
 @main.command()
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
-              help="Service TOML (see config/service.example.toml).")
-@click.option("--server", type=click.Choice(["waitress", "gunicorn", "granian", "werkzeug"]),
-              default="waitress", show_default=True,
-              help="HTTP server (the others are for bench/acquire.py's comparison; "
-                   "werkzeug is the development server).")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Service TOML (see config/service.example.toml).",
+)
+@click.option(
+    "--server",
+    type=click.Choice(["waitress", "gunicorn", "granian", "werkzeug"]),
+    default="waitress",
+    show_default=True,
+    help="HTTP server (the others are for bench/acquire.py's comparison; "
+    "werkzeug is the development server).",
+)
 def serve(config_path: str, server: str) -> None:
     """Run one service instance: HTTP API, leader election, build cycles."""
     from warmcache.web.server import serve as run_server
@@ -180,30 +211,73 @@ def _default_state_dir() -> str:
 
 
 @main.command()
-@click.option("--state-dir", default=_default_state_dir, show_default="user data dir",
-              type=click.Path(file_okay=False), help="Where configs, store and logs go.")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65534),
-              help="API port of the first instance; the others use the next ports.")
-@click.option("--instances", default=2, show_default=True, type=click.IntRange(1, 9),
-              help="Service instances (they elect a leader among themselves).")
-@click.option("--exit-after", type=click.FloatRange(min=0), default=None,
-              help="Stop everything after this many seconds (default: run until Ctrl-C).")
-@click.option("--config-dir", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Where flavors.toml and rules.toml are (default: the checkout's config/).")
-@click.option("--create-delay", default=0.2, show_default=True, type=click.FloatRange(0, 60),
-              help="Simulated seconds each VM takes to boot on test:///default.")
-@click.option("--real-vms", is_flag=True,
-              help="Boot real QEMU guests under libvirtd (root; one hypervisor, small pools).")
-def quickstart(state_dir: str, port: int, instances: int, exit_after: float | None,
-               config_dir: str | None, create_delay: float, real_vms: bool) -> None:
+@click.option(
+    "--state-dir",
+    default=_default_state_dir,
+    show_default="user data dir",
+    type=click.Path(file_okay=False),
+    help="Where configs, store and logs go.",
+)
+@click.option(
+    "--port",
+    default=8080,
+    show_default=True,
+    type=click.IntRange(1, 65534),
+    help="API port of the first instance; the others use the next ports.",
+)
+@click.option(
+    "--instances",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 9),
+    help="Service instances (they elect a leader among themselves).",
+)
+@click.option(
+    "--exit-after",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Stop everything after this many seconds (default: run until Ctrl-C).",
+)
+@click.option(
+    "--config-dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Where flavors.toml and rules.toml are (default: the checkout's config/).",
+)
+@click.option(
+    "--create-delay",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0, 60),
+    help="Simulated seconds each VM takes to boot on test:///default.",
+)
+@click.option(
+    "--real-vms",
+    is_flag=True,
+    help="Boot real QEMU guests under libvirtd (root; one hypervisor, small pools).",
+)
+def quickstart(
+    state_dir: str,
+    port: int,
+    instances: int,
+    exit_after: float | None,
+    config_dir: str | None,
+    create_delay: float,
+    real_vms: bool,
+) -> None:
     """Run the whole system on the embedded stack and fill the pools."""
     from warmcache.quickstart import CHECKOUT_CONFIG, QuickstartError, QuickstartStack, Topology
 
     stack = QuickstartStack(
-        Path(state_dir), port=port, instances=instances, create_delay_s=create_delay,
-        config_dir=Path(config_dir) if config_dir else CHECKOUT_CONFIG, real_vms=real_vms,
+        Path(state_dir),
+        port=port,
+        instances=instances,
+        create_delay_s=create_delay,
+        config_dir=Path(config_dir) if config_dir else CHECKOUT_CONFIG,
+        real_vms=real_vms,
         topology=Topology(azs=("az1",), racks_per_az=1, hypervisors_per_rack=1)
-        if real_vms else Topology(),
+        if real_vms
+        else Topology(),
     )
     started = time.monotonic()
     stopping = threading.Event()
@@ -227,16 +301,25 @@ def quickstart(state_dir: str, port: int, instances: int, exit_after: float | No
         console.print(_pools_table(stack.pools()))
         leader = httpx.get(f"{stack.urls[0]}/v1/leader", timeout=5).json()["leader"]
         console.print(f"leader of the last cycle: {leader['node'] if leader else 'none (idle)'}")
-        example = json.dumps({"flavor": "tiny", "az": "az1", "count": 2, "mode": "best-effort"}
-                             if real_vms else
-                             {"flavor": "small", "az": "az1", "count": 3, "mode": "rack-aware"})
-        console.print("\nAcquire 2 real guests:" if real_vms
-                      else "\nAcquire 3 VMs on 3 different racks:")
-        print(f"  curl -s -X POST {stack.urls[0]}/v1/acquire "
-              f"-H 'Content-Type: application/json' -d '{example}'")
+        example = json.dumps(
+            {"flavor": "tiny", "az": "az1", "count": 2, "mode": "best-effort"}
+            if real_vms
+            else {"flavor": "small", "az": "az1", "count": 3, "mode": "rack-aware"}
+        )
+        console.print(
+            "\nAcquire 2 real guests:" if real_vms else "\nAcquire 3 VMs on 3 different racks:"
+        )
+        print(
+            f"  curl -s -X POST {stack.urls[0]}/v1/acquire "
+            f"-H 'Content-Type: application/json' -d '{example}'"
+        )
         print(f"  curl -s {stack.urls[0]}/v1/pools")
-        console.print(f"\ndashboard: {stack.urls[0]}/   metrics: {stack.urls[0]}/metrics   "
-                      f"API: {stack.urls[0]}/v1/openapi.json", highlight=False, soft_wrap=True)
+        console.print(
+            f"\ndashboard: {stack.urls[0]}/   metrics: {stack.urls[0]}/metrics   "
+            f"API: {stack.urls[0]}/v1/openapi.json",
+            highlight=False,
+            soft_wrap=True,
+        )
         console.print(f"\nstate and logs: {state_dir}")
         if exit_after is None:
             console.print("running; Ctrl-C stops every process started here")
@@ -260,8 +343,13 @@ def quickstart(state_dir: str, port: int, instances: int, exit_after: float | No
 def _fill_with_progress(stack: Any) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    with Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[detail]}"), console=console) as progress:
+    with Progress(
+        TextColumn("{task.description:<14}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        console=console,
+    ) as progress:
         tasks: dict[str, Any] = {}
 
         def update(pools: list[dict[str, Any]]) -> None:
@@ -271,9 +359,10 @@ def _fill_with_progress(stack: Any) -> None:
                     tasks[key] = progress.add_task(key, total=p["target"], detail="")
                 racks = len(p["ready_by_rack"])
                 progress.update(
-                    tasks[key], completed=p["ready"] + p["reserved"],
+                    tasks[key],
+                    completed=p["ready"] + p["reserved"],
                     detail=f"building {p['building']}, reserved {p['reserved']}, "
-                           f"on {racks} rack(s)",
+                    f"on {racks} rack(s)",
                 )
 
         stack.wait_full(on_update=update)
@@ -284,9 +373,15 @@ def _pools_table(pools: list[dict[str, Any]]) -> Table:
     for col in ("az", "flavor", "target", "ready", "reserved", "building", "ready by rack"):
         table.add_column(col)
     for p in pools:
-        table.add_row(p["az"], p["flavor"], str(p["target"]), str(p["ready"]),
-                      str(p["reserved"]), str(p["building"]),
-                      ", ".join(f"{r}:{n}" for r, n in p["ready_by_rack"].items()))
+        table.add_row(
+            p["az"],
+            p["flavor"],
+            str(p["target"]),
+            str(p["ready"]),
+            str(p["reserved"]),
+            str(p["building"]),
+            ", ".join(f"{r}:{n}" for r, n in p["ready_by_rack"].items()),
+        )
     return table
 
 
@@ -308,8 +403,9 @@ def _vms_table(vms: list[dict[str, Any]], title: str) -> Table:
     for col in ("name", "rack", "hypervisor", "server id", "addresses"):
         table.add_column(col)
     for vm in vms:
-        table.add_row(vm["name"], vm["rack"], vm["hypervisor"], vm["server_id"],
-                      ", ".join(vm["addresses"]))
+        table.add_row(
+            vm["name"], vm["rack"], vm["hypervisor"], vm["server_id"], ", ".join(vm["addresses"])
+        )
     return table
 
 
@@ -317,21 +413,45 @@ def _vms_table(vms: list[dict[str, Any]], title: str) -> Table:
 @click.argument("flavor")
 @click.argument("az")
 @click.argument("count", type=click.IntRange(min=1))
-@click.option("--mode", type=click.Choice(["rack-aware", "hypervisor-aware", "best-effort"]),
-              default="rack-aware", show_default=True)
+@click.option(
+    "--mode",
+    type=click.Choice(["rack-aware", "hypervisor-aware", "best-effort"]),
+    default="rack-aware",
+    show_default=True,
+)
 @click.option("--use-reserve", is_flag=True, help="May take VMs held back by reserve_cap.")
 @click.option("--requester", default="cli", show_default=True)
-@click.option("--claim-id", default=None,
-              help="Name the claim (1-64 of A-Z a-z 0-9 _ -): running the command again "
-                   "with it returns the same VMs instead of claiming more.")
+@click.option(
+    "--claim-id",
+    default=None,
+    help="Name the claim (1-64 of A-Z a-z 0-9 _ -): running the command again "
+    "with it returns the same VMs instead of claiming more.",
+)
 @_output_option("json")
 @_url_option
-def acquire(flavor: str, az: str, count: int, mode: str, use_reserve: bool, requester: str,
-            claim_id: str | None, output: str) -> None:
+def acquire(
+    flavor: str,
+    az: str,
+    count: int,
+    mode: str,
+    use_reserve: bool,
+    requester: str,
+    claim_id: str | None,
+    output: str,
+) -> None:
     """Acquire COUNT VMs of FLAVOR in AZ, all or nothing (exit 3: no capacity)."""
     with _client() as wc:
-        vms = _dump(wc.acquire(flavor, az, count, mode, use_reserve=use_reserve,
-                               requester=requester, claim_id=claim_id))
+        vms = _dump(
+            wc.acquire(
+                flavor,
+                az,
+                count,
+                mode,
+                use_reserve=use_reserve,
+                requester=requester,
+                claim_id=claim_id,
+            )
+        )
     if output == "json":
         _print_json({"vms": vms})
     else:
@@ -354,8 +474,9 @@ def claims_get(claim_id: str, output: str) -> None:
     if output == "json":
         _print_json(found)
     else:
-        console.print(f"claim {found['claim_id']}: {found['state']} by {found['requester']}",
-                      highlight=False)
+        console.print(
+            f"claim {found['claim_id']}: {found['state']} by {found['requester']}", highlight=False
+        )
         console.print(_vms_table(found["vms"], "VMs"))
 
 
@@ -371,8 +492,10 @@ def leader(output: str) -> None:
     elif holder is None:
         console.print("no leader (between cycles)")
     else:
-        console.print(f"{holder['node']} since {holder['since']:.0f} (token {holder['token']})",
-                      highlight=False)
+        console.print(
+            f"{holder['node']} since {holder['since']:.0f} (token {holder['token']})",
+            highlight=False,
+        )
 
 
 # --- build rules ---------------------------------------------------------------------------
@@ -406,9 +529,16 @@ def rules_list(output: str) -> None:
         table.add_column(col)
     for item in found:
         r = item["rule"]
-        table.add_row(item["az"], item["flavor"], str(r["total_instances"]),
-                      str(r["max_instance_per_cycle"]), str(r["min_fault_domain"]),
-                      str(r["reserve_cap"]), r["group_hint"] or "", str(r["enabled"]))
+        table.add_row(
+            item["az"],
+            item["flavor"],
+            str(r["total_instances"]),
+            str(r["max_instance_per_cycle"]),
+            str(r["min_fault_domain"]),
+            str(r["reserve_cap"]),
+            r["group_hint"] or "",
+            str(r["enabled"]),
+        )
     console.print(table)
 
 
@@ -456,7 +586,7 @@ def rules_validate(source: str) -> None:
     from warmcache.rules import parse_rule, read_rules_file
 
     data = _read_rule_source(source)
-    found = ({("-", "-"): data} if isinstance(data, dict) else read_rules_file(str(data)))
+    found = {("-", "-"): data} if isinstance(data, dict) else read_rules_file(str(data))
     if not found:
         _fail(f"{source}: no rule found (want a JSON object or [rules.AZ.FLAVOR] tables)", 2)
     for (az, flavor), fields in found.items():
@@ -478,11 +608,15 @@ def explain(az: str, flavor: str, output: str) -> None:
         return
     console.print(f"{az}/{flavor}: {body['to_build']} to build on {body['hosts']} host(s)")
     for p in body["placements"]:
-        console.print(f"  {p['vm']}: {p['hypervisor']} ({p['rack']}) - {p['explanation']}",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"  {p['vm']}: {p['hypervisor']} ({p['rack']}) - {p['explanation']}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if body["problem"]:
-        console.print(f"[yellow]problem:[/yellow] {body['problem']}", highlight=False,
-                      soft_wrap=True)
+        console.print(
+            f"[yellow]problem:[/yellow] {body['problem']}", highlight=False, soft_wrap=True
+        )
 
 
 # --- maker-checker -------------------------------------------------------------------------
@@ -498,8 +632,14 @@ def _requests_table(found: list[dict[str, Any]]) -> Table:
     for col in ("id", "action", "params", "state", "asked by", "approved by"):
         table.add_column(col)
     for r in found:
-        table.add_row(r["id"], r["action"], " ".join(f"{k}={v}" for k, v in r["params"].items()),
-                      r["state"], r["asked_by"], r["approved_by"] or "")
+        table.add_row(
+            r["id"],
+            r["action"],
+            " ".join(f"{k}={v}" for k, v in r["params"].items()),
+            r["state"],
+            r["asked_by"],
+            r["approved_by"] or "",
+        )
     return table
 
 
@@ -573,8 +713,14 @@ def flavors_list(config_path: str) -> None:
     for col in ("name", "vCPUs", "memory MiB", "disk GiB", "image", "provider flavor"):
         table.add_column(col)
     for f in _catalog(config_path).list():
-        table.add_row(f.name, str(f.vcpus), str(f.memory_mib), str(f.disk_gib), f.image_id,
-                      f.provider_flavor_id)
+        table.add_row(
+            f.name,
+            str(f.vcpus),
+            str(f.memory_mib),
+            str(f.disk_gib),
+            f.image_id,
+            f.provider_flavor_id,
+        )
     console.print(table)
 
 
@@ -616,8 +762,13 @@ def dashboards() -> None:
 @dashboards.command("import")
 @click.option("--kibana", required=True, help="Kibana URL, e.g. https://kibana:5601")
 @click.option("--space", default="", help="Kibana space id (default space if empty).")
-@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False),
-              default=str(DASHBOARDS / "kibana.ndjson"), show_default=True)
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=str(DASHBOARDS / "kibana.ndjson"),
+    show_default=True,
+)
 def dashboards_import(kibana: str, space: str, path: str) -> None:
     """Import (overwrite) the saved objects into Kibana.
 
@@ -631,14 +782,20 @@ def dashboards_import(kibana: str, space: str, path: str) -> None:
     if os.environ.get("WARMCACHE_KIBANA_API_KEY"):
         headers["Authorization"] = f"ApiKey {os.environ['WARMCACHE_KIBANA_API_KEY']}"
     elif os.environ.get("WARMCACHE_KIBANA_USER"):
-        auth = (os.environ["WARMCACHE_KIBANA_USER"],
-                os.environ.get("WARMCACHE_KIBANA_PASSWORD", ""))
+        auth = (
+            os.environ["WARMCACHE_KIBANA_USER"],
+            os.environ.get("WARMCACHE_KIBANA_PASSWORD", ""),
+        )
     try:
         with open(path, "rb") as fh:
-            reply = httpx.post(f"{base}/api/saved_objects/_import",
-                               params={"overwrite": "true"}, headers=headers, auth=auth,
-                               files={"file": ("kibana.ndjson", fh, "application/ndjson")},
-                               timeout=60)
+            reply = httpx.post(
+                f"{base}/api/saved_objects/_import",
+                params={"overwrite": "true"},
+                headers=headers,
+                auth=auth,
+                files={"file": ("kibana.ndjson", fh, "application/ndjson")},
+                timeout=60,
+            )
     except httpx.HTTPError as exc:
         _fail(f"{kibana}: {exc}")
     try:

@@ -81,7 +81,11 @@ RETRIED = (ServerUnreachable, ClaimContention, StoreUnavailable, Overloaded)
 
 # An error code this version does not know: the nearest class by status.
 _BY_STATUS: dict[int, type[WarmCacheError]] = {
-    400: InvalidRequest, 401: Unauthorized, 404: NotFound, 503: StoreError}
+    400: InvalidRequest,
+    401: Unauthorized,
+    404: NotFound,
+    503: StoreError,
+}
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,9 @@ class _Wire:
     def fail(url: str, exc: httpx.HTTPError) -> ServerUnreachable:
         # No connection made: the request surely was not applied.
         sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
-        return ServerUnreachable(url, f"{type(exc).__name__}: {exc}" if str(exc)
-                                 else type(exc).__name__, sent)
+        return ServerUnreachable(
+            url, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, sent
+        )
 
     @staticmethod
     def parse(status: int, content: bytes, accept: tuple[int, ...] = ()) -> Any:
@@ -134,11 +139,28 @@ class _Wire:
             raise UnexpectedReply(status, json.dumps(body)[:200]) from None
 
     @staticmethod
-    def acquire(flavor: str, az: str, count: int, mode: Mode | str, use_reserve: bool,
-                requester: str, claim_id: str) -> Call:
-        return Call("POST", "/v1/acquire", json={
-            "flavor": flavor, "az": az, "count": count, "mode": Mode(mode).value,
-            "use_reserve": use_reserve, "requester": requester, "claim_id": claim_id})
+    def acquire(
+        flavor: str,
+        az: str,
+        count: int,
+        mode: Mode | str,
+        use_reserve: bool,
+        requester: str,
+        claim_id: str,
+    ) -> Call:
+        return Call(
+            "POST",
+            "/v1/acquire",
+            json={
+                "flavor": flavor,
+                "az": az,
+                "count": count,
+                "mode": Mode(mode).value,
+                "use_reserve": use_reserve,
+                "requester": requester,
+                "claim_id": claim_id,
+            },
+        )
 
     @staticmethod
     def rule_body(rule: BuildRule | Mapping[str, Any]) -> Any:
@@ -146,10 +168,12 @@ class _Wire:
 
 
 def _retrying(attempts: int, within_s: float) -> dict[str, Any]:
-    return {"retry": retry_if_exception_type(RETRIED),
-            "stop": stop_after_attempt(attempts) | stop_after_delay(within_s),
-            "wait": wait_exponential(multiplier=0.05, max=2.0) + wait_random(0, 0.05),
-            "reraise": True}
+    return {
+        "retry": retry_if_exception_type(RETRIED),
+        "stop": stop_after_attempt(attempts) | stop_after_delay(within_s),
+        "wait": wait_exponential(multiplier=0.05, max=2.0) + wait_random(0, 0.05),
+        "reraise": True,
+    }
 
 
 def _unknown(claim_id: str, last: WarmCacheError, then: WarmCacheError) -> ClaimOutcomeUnknown:
@@ -160,10 +184,17 @@ class Client:
     """The API over HTTP, blocking. ``http``: an ``httpx.Client`` of yours
     (its base URL and auth are used as they are; it is not closed here)."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8080", *, token: str | None = None,
-                 timeout_s: float = 30.0, http: httpx.Client | None = None,
-                 retry_attempts: int = 5, retry_within_s: float = 30.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8080",
+        *,
+        token: str | None = None,
+        timeout_s: float = 30.0,
+        http: httpx.Client | None = None,
+        retry_attempts: int = 5,
+        retry_within_s: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
         self._owns = http is None
@@ -174,8 +205,9 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, _t: type[BaseException] | None, _e: BaseException | None,
-                 _tb: TracebackType | None) -> None:
+    def __exit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -203,9 +235,17 @@ class Client:
     def pools(self) -> list[PoolSummary]:
         return self._get(PoolsReply, "/v1/pools").pools
 
-    def acquire(self, flavor: str, az: str, count: int, mode: Mode | str = Mode.RACK_AWARE, *,
-                use_reserve: bool = False, requester: str = "anonymous",
-                claim_id: str | None = None) -> list[Vm]:
+    def acquire(
+        self,
+        flavor: str,
+        az: str,
+        count: int,
+        mode: Mode | str = Mode.RACK_AWARE,
+        *,
+        use_reserve: bool = False,
+        requester: str = "anonymous",
+        claim_id: str | None = None,
+    ) -> list[Vm]:
         """All or nothing, idempotent under ``claim_id`` (a fresh one if not
         given). Raises ``NoCapacity`` (nothing claimed) like the library;
         ``ClaimOutcomeUnknown`` only if the outcome cannot be learned."""
@@ -253,8 +293,9 @@ class Client:
         return self._get(Explain, f"/v1/explain/{az}/{flavor}")
 
     def ask_change(self, action: str, params: Mapping[str, str]) -> ChangeRequest:
-        body = self._call(Call("POST", "/v1/requests",
-                               json={"action": action, "params": dict(params)}))
+        body = self._call(
+            Call("POST", "/v1/requests", json={"action": action, "params": dict(params)})
+        )
         return _Wire.model(ChangeReply, body).request
 
     def changes(self) -> list[ChangeRequest]:
@@ -271,21 +312,30 @@ class Client:
 class AsyncClient:
     """``Client`` for asyncio (httpx.AsyncClient): the same methods, awaited."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8080", *, token: str | None = None,
-                 timeout_s: float = 30.0, http: httpx.AsyncClient | None = None,
-                 retry_attempts: int = 5, retry_within_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8080",
+        *,
+        token: str | None = None,
+        timeout_s: float = 30.0,
+        http: httpx.AsyncClient | None = None,
+        retry_attempts: int = 5,
+        retry_within_s: float = 30.0,
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
         self._owns = http is None
-        self._http = http or httpx.AsyncClient(base_url=self.url, headers=headers,
-                                               timeout=timeout_s)
+        self._http = http or httpx.AsyncClient(
+            base_url=self.url, headers=headers, timeout=timeout_s
+        )
         self._retry = _retrying(retry_attempts, retry_within_s)
 
     async def __aenter__(self) -> AsyncClient:
         return self
 
-    async def __aexit__(self, _t: type[BaseException] | None, _e: BaseException | None,
-                        _tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -311,9 +361,17 @@ class AsyncClient:
     async def pools(self) -> list[PoolSummary]:
         return (await self._get(PoolsReply, "/v1/pools")).pools
 
-    async def acquire(self, flavor: str, az: str, count: int,
-                      mode: Mode | str = Mode.RACK_AWARE, *, use_reserve: bool = False,
-                      requester: str = "anonymous", claim_id: str | None = None) -> list[Vm]:
+    async def acquire(
+        self,
+        flavor: str,
+        az: str,
+        count: int,
+        mode: Mode | str = Mode.RACK_AWARE,
+        *,
+        use_reserve: bool = False,
+        requester: str = "anonymous",
+        claim_id: str | None = None,
+    ) -> list[Vm]:
         """As ``Client.acquire``."""
         claim_id = claim_id or uuid.uuid4().hex
         call = _Wire.acquire(flavor, az, count, mode, use_reserve, requester, claim_id)
@@ -349,18 +407,19 @@ class AsyncClient:
     async def get_rule(self, az: str, flavor: str) -> BuildRule:
         return (await self._get(RuleEntry, f"/v1/rules/{az}/{flavor}")).rule
 
-    async def put_rule(self, az: str, flavor: str,
-                       rule: BuildRule | Mapping[str, Any]) -> BuildRule:
-        body = await self._call(Call("PUT", f"/v1/rules/{az}/{flavor}",
-                                     json=_Wire.rule_body(rule)))
+    async def put_rule(
+        self, az: str, flavor: str, rule: BuildRule | Mapping[str, Any]
+    ) -> BuildRule:
+        body = await self._call(Call("PUT", f"/v1/rules/{az}/{flavor}", json=_Wire.rule_body(rule)))
         return _Wire.model(RuleEntry, body).rule
 
     async def explain(self, az: str, flavor: str) -> Explain:
         return await self._get(Explain, f"/v1/explain/{az}/{flavor}")
 
     async def ask_change(self, action: str, params: Mapping[str, str]) -> ChangeRequest:
-        body = await self._call(Call("POST", "/v1/requests",
-                                     json={"action": action, "params": dict(params)}))
+        body = await self._call(
+            Call("POST", "/v1/requests", json={"action": action, "params": dict(params)})
+        )
         return _Wire.model(ChangeReply, body).request
 
     async def changes(self) -> list[ChangeRequest]:

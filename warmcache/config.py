@@ -41,13 +41,16 @@ class ServiceConfig(_Section):
         default=900.0, gt=0, description="Seconds between build cycles (DESIGN §5)."
     )
     retry_interval_s: float = Field(
-        default=60.0, gt=0,
+        default=60.0,
+        gt=0,
         description="After a cycle that left a pool short (failed builds, a store or agent "
         "outage, lost leadership), the next cycle comes after this many seconds instead of "
         "cycle_interval_s.",
     )
     leader_ttl_s: float = Field(
-        default=10.0, ge=2.0, le=86400.0,
+        default=10.0,
+        ge=2.0,
+        le=86400.0,
         description="TTL of the leader session; failover takes about this long. "
         "Renewed every leader_ttl_s / 3.",
     )
@@ -55,7 +58,9 @@ class ServiceConfig(_Section):
         default=3600.0, gt=0, description="TTL of this instance's service registration."
     )
     low_water_ratio: float = Field(
-        default=0.5, ge=0.0, le=1.0,
+        default=0.5,
+        ge=0.0,
+        le=1.0,
         description="An acquisition that leaves fewer acquirable VMs than this share of "
         "the pool's total_instances triggers an early build cycle (0 disables).",
     )
@@ -73,66 +78,103 @@ class ServiceConfig(_Section):
         default=16, ge=1, le=1000, description="Claim attempts before claim_contention."
     )
     request_deadline_s: float = Field(
-        default=2.0, gt=0, le=3600,
+        default=2.0,
+        gt=0,
+        le=3600,
         description="How long an API request or an acquisition may wait for the store: "
         "past it, 503 store_unavailable (or claim_outcome_unknown when a claim may have "
-        "landed), within the deadline plus half a second.")
+        "landed), within the deadline plus half a second.",
+    )
     readiness_timeout_s: float = Field(
-        default=1.0, gt=0, le=60,
+        default=1.0,
+        gt=0,
+        le=60,
         description="GET /readyz: how long each dependency (store, catalog, event sink) "
-        "may take to answer.")
+        "may take to answer.",
+    )
     batch_claims: bool = Field(
         default=True,
         description="Group-commit concurrent acquisitions of this instance: one store "
         "transaction per batch, each claim still all-or-nothing on its own (false: one "
-        "transaction per acquisition).")
+        "transaction per acquisition).",
+    )
     max_batch_vms: int = Field(
-        default=512, ge=1, le=100_000,
+        default=512,
+        ge=1,
+        le=100_000,
         description="At most this many VMs in one batch of claims (keeps one store request "
-        "within etcd's --max-request-bytes; a larger single acquisition still goes alone).")
+        "within etcd's --max-request-bytes; a larger single acquisition still goes alone).",
+    )
     shares_refresh_s: float = Field(
-        default=5.0, gt=0,
+        default=5.0,
+        gt=0,
         description="Seconds between reads of the service registry that deal each pool "
-        "into disjoint shares over the live instances (fewer claim conflicts).")
+        "into disjoint shares over the live instances (fewer claim conflicts).",
+    )
     http_threads: int = Field(
-        default=16, ge=1, le=1024,
+        default=16,
+        ge=1,
+        le=1024,
         description="warmcache serve: worker threads of the HTTP server (requests beyond "
-        "them wait in the accept backlog).")
+        "them wait in the accept backlog).",
+    )
     http_max_body_bytes: int = Field(
-        default=1_048_576, ge=1024, le=64 * 1_048_576,
-        description="warmcache serve: largest request body accepted (larger: 413).")
+        default=1_048_576,
+        ge=1024,
+        le=64 * 1_048_576,
+        description="warmcache serve: largest request body accepted (larger: 413).",
+    )
     http_idle_timeout_s: float = Field(
-        default=30.0, gt=0, le=3600,
+        default=30.0,
+        gt=0,
+        le=3600,
         description="warmcache serve: a connection that sends nothing for this long (idle "
-        "keep-alive, or a request half sent) is closed.")
+        "keep-alive, or a request half sent) is closed.",
+    )
     http_queue: int = Field(
-        default=64, ge=0, le=100_000,
+        default=64,
+        ge=0,
+        le=100_000,
         description="warmcache serve: requests that may wait for a worker thread; beyond "
-        "them a request gets 503 overloaded at once.")
+        "them a request gets 503 overloaded at once.",
+    )
     http_connection_limit: int = Field(
-        default=1000, ge=1, le=100_000,
+        default=1000,
+        ge=1,
+        le=100_000,
         description="warmcache serve: open connections at most; beyond them new ones wait "
-        "in the listen backlog.")
+        "in the listen backlog.",
+    )
     run_health: bool = Field(
-        default=True, description="Take part in health polling (one poller at a time).")
+        default=True, description="Take part in health polling (one poller at a time)."
+    )
     health_interval_s: float = Field(
-        default=30.0, gt=0, description="Seconds between health polls of the pooled VMs.")
+        default=30.0, gt=0, description="Seconds between health polls of the pooled VMs."
+    )
     health_failures_to_purge: int = Field(
-        default=3, ge=1, le=100,
+        default=3,
+        ge=1,
+        le=100,
         description="Consecutive failed polls that purge a VM; after the first it is "
-        "already never handed out.")
+        "already never handed out.",
+    )
     claim_retention_s: float = Field(
-        default=86_400.0, gt=0, le=30 * 86_400,
+        default=86_400.0,
+        gt=0,
+        le=30 * 86_400,
         description="How long the record of a named claim (claim_id / Idempotency-Key) is "
         "kept at least: a repeat within it returns the same VMs (a day by default; one "
-        "record per named claim in the store).")
+        "record per named claim in the store).",
+    )
     claim_sweep_interval_s: float = Field(
-        default=3600.0, gt=0,
+        default=3600.0,
+        gt=0,
         description="The leader deletes claim records past claim_retention_s at most this "
-        "often (each sweep reads every claim record).")
+        "often (each sweep reads every claim record).",
+    )
     requests_ttl_s: float = Field(
-        default=3600.0, gt=0,
-        description="How long a maker-checker request waits for its approval.")
+        default=3600.0, gt=0, description="How long a maker-checker request waits for its approval."
+    )
     run_builds: bool = Field(
         default=True, description="Take part in leader election and build cycles."
     )
@@ -141,29 +183,40 @@ class ServiceConfig(_Section):
 class StoreConfig(_Section):
     kind: str = Field(default="sqlite", description="Backend: sqlite, etcd or consul.")
     path: str = Field(default="warmcache-store.db", description="sqlite: database file.")
-    url: str = Field(default="", description="etcd: member URLs, comma-separated; consul: "
-                     "agent URL (default CONSUL_HTTP_ADDR)")
+    url: str = Field(
+        default="",
+        description="etcd: member URLs, comma-separated; consul: "
+        "agent URL (default CONSUL_HTTP_ADDR)",
+    )
     token: str = Field(default="", description="consul: ACL token (default CONSUL_HTTP_TOKEN)")
     max_txn_ops: int = Field(
-        default=128, ge=8, le=1_000_000,
+        default=128,
+        ge=8,
+        le=1_000_000,
         description="etcd: the servers' --max-txn-ops (etcd's default 128). One acquisition "
         "is one transaction, so it claims at most max_txn_ops - 2 VMs; raise both together "
-        "for larger ones.")
+        "for larger ones.",
+    )
 
 
 class CatalogConfig(_Section):
     kind: str = Field(default="file", description="Backend: file or mongodb.")
     path: str = Field(default="flavors.toml", description="file: TOML flavor catalog.")
-    url: str = Field(default="", description="mongodb: connection string (with credentials, "
-                     "e.g. mongodb://user:pass@host/warmcache?authSource=admin)")
+    url: str = Field(
+        default="",
+        description="mongodb: connection string (with credentials, "
+        "e.g. mongodb://user:pass@host/warmcache?authSource=admin)",
+    )
 
 
 class EventsConfig(_Section):
     kind: str = Field(default="sqlite", description="Backend: sqlite, log or elasticsearch.")
     path: str = Field(default="warmcache-events.db", description="sqlite: database file.")
     url: str = Field(default="", description="elasticsearch: http://host:9200")
-    spool_dir: str = Field(default="warmcache-events-spool",
-                           description="elasticsearch: where events wait while it is down.")
+    spool_dir: str = Field(
+        default="warmcache-events-spool",
+        description="elasticsearch: where events wait while it is down.",
+    )
 
 
 class AgentTlsConfig(_Section):
@@ -173,21 +226,32 @@ class AgentTlsConfig(_Section):
 
 
 class TokenConfig(_Section):
-    name: str = Field(min_length=1, max_length=100,
-                      description="Identity: the requester of its acquisitions, and who "
-                      "asked or approved in maker-checker requests.")
-    role: str = Field(default="user", pattern="^(user|admin)$",
-                      description="user: read and acquire; admin: also change rules and "
-                      "ask for or approve destructive operations.")
-    token_sha256: str = Field(default="", pattern="^([0-9a-f]{64})?$",
-                              description="SHA-256 (hex) of the bearer token (preferred).")
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        description="Identity: the requester of its acquisitions, and who "
+        "asked or approved in maker-checker requests.",
+    )
+    role: str = Field(
+        default="user",
+        pattern="^(user|admin)$",
+        description="user: read and acquire; admin: also change rules and "
+        "ask for or approve destructive operations.",
+    )
+    token_sha256: str = Field(
+        default="",
+        pattern="^([0-9a-f]{64})?$",
+        description="SHA-256 (hex) of the bearer token (preferred).",
+    )
     token: str = Field(default="", description="The bearer token itself (tests, dev).")
 
 
 class AuthConfig(_Section):
     tokens: tuple[TokenConfig, ...] = Field(
-        default=(), description="Bearer tokens; none configured means no authentication "
-        "(the embedded quickstart only).")
+        default=(),
+        description="Bearer tokens; none configured means no authentication "
+        "(the embedded quickstart only).",
+    )
 
 
 class AlertsConfig(_Section):
@@ -211,7 +275,8 @@ class Config(_Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     agent_tls: AgentTlsConfig | None = Field(
-        default=None, description="Needed when agents advertise https:// (a proxy).")
+        default=None, description="Needed when agents advertise https:// (a proxy)."
+    )
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -219,7 +284,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         if section not in ("service", "store", "catalog", "events", "alerts"):
             continue
         try:

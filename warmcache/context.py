@@ -36,14 +36,31 @@ class ServiceContext:
     alerts: AlertSink
 
     @classmethod
-    def assemble(cls, config: ServiceConfig, store: CoordinationStore, catalog: FlavorCatalog,
-                 agent_for: Callable[[str], HostAgent], events: EventSink, alerts: AlertSink,
-                 clock: Clock) -> ServiceContext:
+    def assemble(
+        cls,
+        config: ServiceConfig,
+        store: CoordinationStore,
+        catalog: FlavorCatalog,
+        agent_for: Callable[[str], HostAgent],
+        events: EventSink,
+        alerts: AlertSink,
+        clock: Clock,
+    ) -> ServiceContext:
         """The context over these ports, with the key layout of
         ``config.prefix`` and the live host and drain views over it."""
         keys = Keys(config.prefix)
-        return cls(config, store, keys, clock, catalog, HostView(store, keys.hosts_dir()),
-                   DrainView(store, keys.drain()), agent_for, events, alerts)
+        return cls(
+            config,
+            store,
+            keys,
+            clock,
+            catalog,
+            HostView(store, keys.hosts_dir()),
+            DrainView(store, keys.drain()),
+            agent_for,
+            events,
+            alerts,
+        )
 
     def emit(self, type_: str, **fields: object) -> None:
         self.events.emit(Event(type_, self.clock.now(), fields))

@@ -311,8 +311,9 @@ class ClaimMismatch(WarmCacheError):
     def __init__(self, claim_id: str, differs: Iterable[str]) -> None:
         self.claim_id = claim_id
         self.differs = sorted(differs)
-        super().__init__(f"claim {claim_id!r} landed for another request "
-                         f"(differs in {', '.join(self.differs)})")
+        super().__init__(
+            f"claim {claim_id!r} landed for another request (differs in {', '.join(self.differs)})"
+        )
 
 
 class NoCapacity(WarmCacheError):

@@ -13,9 +13,15 @@ from warmcache.registration import ServiceRegistration
 from warmcache.scheduler import Scheduler
 
 
-def service_jobs(config: ServiceConfig, *, registration: ServiceRegistration,
-                 acquirer: Acquirer, health: HealthPoller, duty: LeaderDuty,
-                 cycle_wanted: threading.Event) -> Scheduler:
+def service_jobs(
+    config: ServiceConfig,
+    *,
+    registration: ServiceRegistration,
+    acquirer: Acquirer,
+    health: HealthPoller,
+    duty: LeaderDuty,
+    cycle_wanted: threading.Event,
+) -> Scheduler:
     """Always: the service registration and the live views (the host view
     first, the pool index last) with the pool shares; with ``run_health``
     the health poller; with ``run_builds`` the build cycles (woken early by
@@ -28,8 +34,11 @@ def service_jobs(config: ServiceConfig, *, registration: ServiceRegistration,
     if config.run_health:
         jobs.every("health-poller", health.job, retry_s=config.health_interval_s)
     if config.run_builds:
-        jobs.every("build-cycles", duty.cycle_job,
-                   retry_s=min(config.cycle_interval_s, config.retry_interval_s),
-                   wake=cycle_wanted)
+        jobs.every(
+            "build-cycles",
+            duty.cycle_job,
+            retry_s=min(config.cycle_interval_s, config.retry_interval_s),
+            wake=cycle_wanted,
+        )
         jobs.follow("leader-watch", duty.watch)
     return jobs

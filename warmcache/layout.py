@@ -116,8 +116,9 @@ class Stored(Generic[T]):
     record: T
 
 
-def _read(store: CoordinationStore, prefix: str,
-          parse: Callable[[str], T]) -> tuple[list[Stored[T]], int]:
+def _read(
+    store: CoordinationStore, prefix: str, parse: Callable[[str], T]
+) -> tuple[list[Stored[T]], int]:
     kvs, revision = store.range(prefix)
     return [_stored(kv, parse) for kv in kvs], revision
 
@@ -153,14 +154,15 @@ class PoolRecords:
         return _stored(kv, PoolInstance.model_validate_json) if kv else None
 
     def acquired(self, az: str | None = None) -> list[Stored[PoolInstance]]:
-        return _read(self._store, self._keys.acquired_dir(az),
-                     PoolInstance.model_validate_json)[0]
+        return _read(self._store, self._keys.acquired_dir(az), PoolInstance.model_validate_json)[0]
 
     def on_host(self, az: str, hypervisor: str) -> dict[str, str]:
         """Name -> state of every pooled and handed-out VM on one hypervisor."""
-        return {item.record.name: item.record.state.value
-                for item in [*self.read(az)[0], *self.acquired(az)]
-                if item.record.hypervisor == hypervisor}
+        return {
+            item.record.name: item.record.state.value
+            for item in [*self.read(az)[0], *self.acquired(az)]
+            if item.record.hypervisor == hypervisor
+        }
 
 
 class RuleRecords:
@@ -177,8 +179,7 @@ class RuleRecords:
 
     def all(self) -> dict[tuple[str, str], BuildRule]:
         out: dict[tuple[str, str], BuildRule] = {}
-        for item in _read(self._store, self._keys.rules_dir(),
-                          BuildRule.model_validate_json)[0]:
+        for item in _read(self._store, self._keys.rules_dir(), BuildRule.model_validate_json)[0]:
             az, flavor = Keys.tail(item.key, 2)
             out[(az, flavor)] = item.record
         return out
@@ -199,8 +200,10 @@ class HostRecords:
         self._keys = keys
 
     def facts(self) -> list[HostFacts]:
-        return [item.record for item in _read(self._store, self._keys.hosts_dir(),
-                                               HostFacts.model_validate_json)[0]]
+        return [
+            item.record
+            for item in _read(self._store, self._keys.hosts_dir(), HostFacts.model_validate_json)[0]
+        ]
 
     def drained(self) -> set[str]:
         kvs, _ = self._store.range(self._keys.drain())

@@ -101,8 +101,7 @@ class BuildRule(_Frozen):
     def _reserve_within_total(self) -> BuildRule:
         if self.reserve_cap > self.total_instances:
             raise ValueError(
-                f"reserve_cap ({self.reserve_cap}) exceeds total_instances "
-                f"({self.total_instances})"
+                f"reserve_cap ({self.reserve_cap}) exceeds total_instances ({self.total_instances})"
             )
         return self
 
@@ -170,9 +169,7 @@ class HostFacts(_Frozen):
             update={
                 "vcpus_free": self.vcpus_free - flavor.vcpus,
                 "memory_mib_free": self.memory_mib_free - flavor.memory_mib,
-                "disk_gib_free": self.disk_gib_free
-                - flavor.disk_gib
-                - sum(flavor.extra_disks_gib),
+                "disk_gib_free": self.disk_gib_free - flavor.disk_gib - sum(flavor.extra_disks_gib),
                 "vms": (*self.vms, vm),
                 "groups": (*self.groups, group) if group else self.groups,
                 "numa_free": _first_fit(self.numa_free, flavor.vcpus),
@@ -184,7 +181,7 @@ def _first_fit(free: tuple[int, ...], vcpus: int) -> tuple[int, ...]:
     """Per-node free CPUs after the agent pins ``vcpus`` on the first node with room."""
     for i, n in enumerate(free):
         if n >= vcpus:
-            return (*free[:i], n - vcpus, *free[i + 1:])
+            return (*free[:i], n - vcpus, *free[i + 1 :])
     return free
 
 

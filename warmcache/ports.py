@@ -319,8 +319,9 @@ class Pinning:
 class HypervisorDriver(Protocol):
     """Agent side: the hypervisor itself (libvirt)."""
 
-    def define_and_start(self, spec: VmSpec, pinning: Pinning | None,
-                         devices: Sequence[str] = ()) -> str:
+    def define_and_start(
+        self, spec: VmSpec, pinning: Pinning | None, devices: Sequence[str] = ()
+    ) -> str:
         """Create and boot the VM (with extra device XML); returns its server
         id (domain UUID)."""
         ...

@@ -114,8 +114,11 @@ class QuickstartStack:
         log = self.state_dir / "logs" / f"{name}.log"
         with open(log, "wb") as out:
             popen = subprocess.Popen(
-                [sys.executable, "-m", *args], stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                [sys.executable, "-m", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         proc = Proc(name, popen, log)
         self.procs.append(proc)
@@ -144,10 +147,13 @@ class QuickstartStack:
 
                 (adir / "agent.toml").write_text(
                     agent_config_toml(image, hypervisor=hv, rack=rack, az=az)
-                    + self._inventory_toml())
+                    + self._inventory_toml()
+                )
                 sock = adir / "agent.sock"
-                self._spawn(f"agent-{hv}", ["agent", "--socket", str(sock),
-                                            "--config", str(adir / "agent.toml")])
+                self._spawn(
+                    f"agent-{hv}",
+                    ["agent", "--socket", str(sock), "--config", str(adir / "agent.toml")],
+                )
                 sockets.append(str(sock))
                 continue
             (adir / "agent.toml").write_text(
@@ -158,20 +164,23 @@ class QuickstartStack:
                 # the test driver's built-in domain is not warmcache's business
                 'reconcile_ignore = ["test"]\n'
                 "[capacity]\nvcpus = 16\nmemory_mib = 65536\ndisk_gib = 2000\n"
-                "[reserved]\nvcpus = 2\nmemory_mib = 4096\ndisk_gib = 50\n"
-                + self._inventory_toml()
+                "[reserved]\nvcpus = 2\nmemory_mib = 4096\ndisk_gib = 50\n" + self._inventory_toml()
             )
             sock = adir / "agent.sock"
-            self._spawn(f"agent-{hv}", ["agent", "--socket", str(sock),
-                                        "--config", str(adir / "agent.toml")])
+            self._spawn(
+                f"agent-{hv}",
+                ["agent", "--socket", str(sock), "--config", str(adir / "agent.toml")],
+            )
             sockets.append(str(sock))
         return sockets
 
     def _inventory_toml(self) -> str:
-        where = (f'path = "{self.state_dir / "store.db"}"' if self.store_kind == "sqlite"
-                 else f'url = "{self.store_url}"')
-        return (f'[inventory]\nkind = "{self.store_kind}"\n{where}\n'
-                f"ttl_s = {self.leader_ttl_s}\n")
+        where = (
+            f'path = "{self.state_dir / "store.db"}"'
+            if self.store_kind == "sqlite"
+            else f'url = "{self.store_url}"'
+        )
+        return f'[inventory]\nkind = "{self.store_kind}"\n{where}\nttl_s = {self.leader_ttl_s}\n'
 
     def _service_config(self, index: int) -> Path:
         path = self.state_dir / f"instance-{index + 1}.toml"
@@ -183,8 +192,8 @@ class QuickstartStack:
             f"leader_ttl_s = {self.leader_ttl_s}\n"
             f"build_concurrency = {self.build_concurrency}\n"
             f"retry_interval_s = {self.retry_interval_s}\n"
-            + self._store_toml() +
-            '[catalog]\nkind = "file"\npath = "flavors.toml"\n'
+            + self._store_toml()
+            + '[catalog]\nkind = "file"\npath = "flavors.toml"\n'
             '[events]\nkind = "sqlite"\npath = "events.db"\n'
         )
         return path
@@ -196,8 +205,11 @@ class QuickstartStack:
 
     def store(self) -> CoordinationStore:
         """A client of the stack's coordination store (close it after use)."""
-        config = parse_config(tomllib.loads("\n".join(["[service]", self._store_toml()])),
-                              base=self.state_dir, environ={})
+        config = parse_config(
+            tomllib.loads("\n".join(["[service]", self._store_toml()])),
+            base=self.state_dir,
+            environ={},
+        )
         return build_store(config)
 
     def instance(self, node: str) -> Proc:
@@ -207,8 +219,9 @@ class QuickstartStack:
     def load_rules(self) -> int:
         store = self.store()
         try:
-            book = RuleBook(store, Keys("warmcache"),
-                            FileFlavorCatalog(self.state_dir / "flavors.toml"))
+            book = RuleBook(
+                store, Keys("warmcache"), FileFlavorCatalog(self.state_dir / "flavors.toml")
+            )
             rules = read_rules_file((self.state_dir / "rules.toml").read_text())
             for (az, flavor), fields in rules.items():
                 book.put(az, flavor, fields)
@@ -237,8 +250,7 @@ class QuickstartStack:
 
     def _all_healthy(self) -> bool:
         try:
-            return all(httpx.get(f"{u}/healthz", timeout=2).status_code == 200
-                       for u in self.urls)
+            return all(httpx.get(f"{u}/healthz", timeout=2).status_code == 200 for u in self.urls)
         except httpx.HTTPError:
             return False
 
@@ -266,7 +278,8 @@ class QuickstartStack:
         return bool(pools) and all(p["ready"] + p["reserved"] >= p["target"] for p in pools)
 
     def wait_full(
-        self, timeout_s: float = 120.0,
+        self,
+        timeout_s: float = 120.0,
         on_update: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout_s

@@ -24,22 +24,25 @@ class Readiness:
     def of_service(cls, ctx: ServiceContext) -> Readiness:
         """The service's dependencies: the store, the flavor catalog and the
         event sink, each asked with ``service.readiness_timeout_s``."""
-        return cls({
-            "store": lambda: ctx.store.get(ctx.keys.leader()),
-            "catalog": lambda: ctx.catalog.get("readiness-probe"),
-            "events": lambda: ctx.events.recent(1),
-        }, ctx.config.readiness_timeout_s)
+        return cls(
+            {
+                "store": lambda: ctx.store.get(ctx.keys.leader()),
+                "catalog": lambda: ctx.catalog.get("readiness-probe"),
+                "events": lambda: ctx.events.recent(1),
+            },
+            ctx.config.readiness_timeout_s,
+        )
 
     def __init__(self, checks: dict[str, Check], timeout_s: float) -> None:
         self._checks = checks
         self._timeout_s = timeout_s
-        self._pool = ThreadPoolExecutor(max_workers=len(checks) * 2,
-                                        thread_name_prefix="readyz")
+        self._pool = ThreadPoolExecutor(max_workers=len(checks) * 2, thread_name_prefix="readyz")
 
     def check(self) -> dict[str, dict[str, Any]]:
         started = time.monotonic()
-        futures = {name: self._pool.submit(self._timed, check)
-                   for name, check in self._checks.items()}
+        futures = {
+            name: self._pool.submit(self._timed, check) for name, check in self._checks.items()
+        }
         out: dict[str, dict[str, Any]] = {}
         for name, future in futures.items():
             left = max(0.0, self._timeout_s - (time.monotonic() - started))

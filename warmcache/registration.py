@@ -27,9 +27,9 @@ class ServiceRegistration:
 
     def beat(self) -> float:
         cfg = self._config
-        self._store.register_service(SERVICE_NAME, cfg.node,
-                                     f"http://{cfg.listen_host}:{cfg.listen_port}",
-                                     cfg.service_ttl_s)
+        self._store.register_service(
+            SERVICE_NAME, cfg.node, f"http://{cfg.listen_host}:{cfg.listen_port}", cfg.service_ttl_s
+        )
         return self.interval_s
 
     def withdraw(self) -> None:

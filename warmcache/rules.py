@@ -59,8 +59,9 @@ class RuleView(PrefixView[BuildRule]):
     def __init__(self, store: CoordinationStore, keys: Keys) -> None:
         self._rules: dict[tuple[str, str], BuildRule] = {}
         self._azs: Counter[str] = Counter()
-        super().__init__(store, keys.rules_dir(),
-                         lambda _k, value: BuildRule.model_validate_json(value))
+        super().__init__(
+            store, keys.rules_dir(), lambda _k, value: BuildRule.model_validate_json(value)
+        )
 
     def get(self, az: str, flavor: str) -> BuildRule | None:
         return self._rules.get((az, flavor))

@@ -47,8 +47,14 @@ class Scheduler:
         """Set once ``stop`` is called: what a follower waits on."""
         return self._stop
 
-    def every(self, name: str, run: Callable[[], float], *, retry_s: float,
-              wake: threading.Event | None = None) -> Job:
+    def every(
+        self,
+        name: str,
+        run: Callable[[], float],
+        *,
+        retry_s: float,
+        wake: threading.Event | None = None,
+    ) -> Job:
         job = Job(name, run, retry_s, wake or threading.Event())
         self._jobs.append(job)
         return job

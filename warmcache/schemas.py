@@ -72,9 +72,11 @@ class AcquireRequest(_Request):
     use_reserve: StrictBool = False
     requester: StrictStr = Field(default="anonymous", min_length=1, max_length=200)
     claim_id: StrictStr | None = Field(
-        default=None, pattern=CLAIM_ID_PATTERN,
+        default=None,
+        pattern=CLAIM_ID_PATTERN,
         description="the caller's name for this claim: a repeat with the same id returns "
-                    "the same VMs (the Idempotency-Key header means the same)")
+        "the same VMs (the Idempotency-Key header means the same)",
+    )
 
 
 class Vm(_Reply):
@@ -93,10 +95,18 @@ class Vm(_Reply):
 
     @classmethod
     def of(cls, vm: PoolInstance) -> Vm:
-        return cls(name=vm.name, az=vm.az, flavor=vm.flavor, rack=vm.rack,
-                   hypervisor=vm.hypervisor, server_id=vm.server_id,
-                   addresses=list(vm.addresses), ready_at=vm.ready_at,
-                   acquired_at=vm.acquired_at, claim_id=vm.claim_id)
+        return cls(
+            name=vm.name,
+            az=vm.az,
+            flavor=vm.flavor,
+            rack=vm.rack,
+            hypervisor=vm.hypervisor,
+            server_id=vm.server_id,
+            addresses=list(vm.addresses),
+            ready_at=vm.ready_at,
+            acquired_at=vm.acquired_at,
+            claim_id=vm.claim_id,
+        )
 
 
 class AcquireReply(_Reply):
@@ -165,8 +175,9 @@ class Explain(_Reply):
 def _ask(action: str, spec: ChangeAction[Any]) -> type[_Request]:
     name = "".join(part.title() for part in action.split("_")) + "Ask"
     tag: Any = Literal.__getitem__(action)
-    model: type[_Request] = create_model(name, __base__=_Request, __doc__=spec.summary,
-                                         action=(tag, ...), params=(spec.params, ...))
+    model: type[_Request] = create_model(
+        name, __base__=_Request, __doc__=spec.summary, action=(tag, ...), params=(spec.params, ...)
+    )
     return model
 
 
@@ -178,8 +189,10 @@ class _AskShape(_Request):
 if TYPE_CHECKING:
     _AnyAsk = _AskShape
 else:  # one body per entry of the registry, told apart by ``action``
-    _AnyAsk = Annotated[Union[tuple(_ask(a, spec) for a, spec in ACTIONS.items())],  # noqa: UP007
-                        Field(discriminator="action")]
+    _AnyAsk = Annotated[
+        Union[tuple(_ask(a, spec) for a, spec in ACTIONS.items())],  # noqa: UP007
+        Field(discriminator="action"),
+    ]
 
 
 class ChangeAsk(RootModel[_AnyAsk]):

@@ -49,11 +49,19 @@ __all__ = ["SERVICE_NAME", "WarmCache"]
 
 
 class WarmCache:
-    def __init__(self, *, config: ServiceConfig, store: CoordinationStore,
-                 catalog: FlavorCatalog, events: EventSink, alerts: AlertSink,
-                 agent_for: Callable[[str], HostAgent], clock: Clock,
-                 rng: random.Random | None = None,
-                 on_close: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: ServiceConfig,
+        store: CoordinationStore,
+        catalog: FlavorCatalog,
+        events: EventSink,
+        alerts: AlertSink,
+        agent_for: Callable[[str], HostAgent],
+        clock: Clock,
+        rng: random.Random | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.catalog = catalog
@@ -63,26 +71,38 @@ class WarmCache:
         self.alerts = alerts
         self.agent_for = agent_for
         self.clock = clock
-        ctx = ServiceContext.assemble(config, store, catalog, agent_for, self.events, alerts,
-                                      clock)
+        ctx = ServiceContext.assemble(config, store, catalog, agent_for, self.events, alerts, clock)
         self.keys, self.hosts, self.drains = ctx.keys, ctx.hosts, ctx.drains
         self.rules = RuleBook(store, self.keys, catalog)
         rng = rng or random.Random()
         self._on_close = on_close
         self._cycle_wanted = threading.Event()
         self.acquirer = Acquirer(ctx, trigger_cycle=self.trigger_cycle, rng=rng)
-        self.duty = LeaderDuty(ctx, claims=self.acquirer.claimer.log, pools=self.pools,
-                               trigger=self.trigger_cycle, rng=rng)
+        self.duty = LeaderDuty(
+            ctx,
+            claims=self.acquirer.claimer.log,
+            pools=self.pools,
+            trigger=self.trigger_cycle,
+            rng=rng,
+        )
         self.election = self.duty.election
         self.approvals = Approvals(ctx, ttl_s=config.requests_ttl_s)
         self.health = HealthPoller(ctx)
         self.registration = ServiceRegistration(store, config)
-        self.metrics.watch_pools(self.pools, self.hosts.count, lambda: (
-            self.acquirer.claimer.batches, self.acquirer.claimer.conflicts))
+        self.metrics.watch_pools(
+            self.pools,
+            self.hosts.count,
+            lambda: (self.acquirer.claimer.batches, self.acquirer.claimer.conflicts),
+        )
         self._readiness = Readiness.of_service(ctx)
-        self.scheduler = service_jobs(config, registration=self.registration,
-                                      acquirer=self.acquirer, health=self.health,
-                                      duty=self.duty, cycle_wanted=self._cycle_wanted)
+        self.scheduler = service_jobs(
+            config,
+            registration=self.registration,
+            acquirer=self.acquirer,
+            health=self.health,
+            duty=self.duty,
+            cycle_wanted=self._cycle_wanted,
+        )
 
     @classmethod
     def from_config(cls, config: Config | str | Path) -> WarmCache:
@@ -116,8 +136,9 @@ class WarmCache:
     def __enter__(self) -> WarmCache:
         return self.start()
 
-    def __exit__(self, _t: type[BaseException] | None, _e: BaseException | None,
-                 _tb: TracebackType | None) -> None:
+    def __exit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
         self.close()
 
     # --- operations ------------------------------------------------------------------
@@ -158,14 +179,23 @@ class WarmCache:
         """Every pool's counts, from the pool index (O(pools x racks))."""
         return self.acquirer.pools()
 
-    def acquire(self, flavor: str, az: str, count: int, mode: Mode | str, *,
-                use_reserve: bool = False, requester: str = "anonymous",
-                claim_id: str | None = None) -> list[PoolInstance]:
+    def acquire(
+        self,
+        flavor: str,
+        az: str,
+        count: int,
+        mode: Mode | str,
+        *,
+        use_reserve: bool = False,
+        requester: str = "anonymous",
+        claim_id: str | None = None,
+    ) -> list[PoolInstance]:
         """Claim ``count`` ready VMs satisfying ``mode``, all or nothing,
         idempotent under ``claim_id`` when given
         (``warmcache.acquire.acquirer.Acquirer.acquire``; thread-safe)."""
-        return self.acquirer.acquire(flavor, az, count, mode, use_reserve=use_reserve,
-                                     requester=requester, claim_id=claim_id)
+        return self.acquirer.acquire(
+            flavor, az, count, mode, use_reserve=use_reserve, requester=requester, claim_id=claim_id
+        )
 
     def claim(self, claim_id: str) -> ClaimRecord:
         """A named claim that landed, with its VMs; ``UnknownClaim`` if none did."""

@@ -19,8 +19,7 @@ from warmcache.model import Flavor, HostFacts
 from warmcache.ports import CoordinationStore, Put, VmSpec, VmStatus
 
 
-def lognormal_latency(mean_s: float, rng: random.Random, sigma: float = 0.5
-                      ) -> Callable[[], float]:
+def lognormal_latency(mean_s: float, rng: random.Random, sigma: float = 0.5) -> Callable[[], float]:
     """Create latencies with the given mean (a right-skewed, always-positive
     shape, as VM boot times are)."""
     import math
@@ -30,14 +29,30 @@ def lognormal_latency(mean_s: float, rng: random.Random, sigma: float = 0.5
 
 
 class SimAgent:
-    def __init__(self, az: str, rack: str, hypervisor: str, *, vcpus: int = 64,
-                 memory_mib: int = 262_144, disk_gib: int = 4000,
-                 latency: Callable[[], float] = lambda: 0.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self._base = HostFacts(hypervisor=hypervisor, rack=rack, az=az, vcpus_total=vcpus,
-                               vcpus_free=vcpus, memory_mib_total=memory_mib,
-                               memory_mib_free=memory_mib, disk_gib_total=disk_gib,
-                               disk_gib_free=disk_gib, endpoint=f"sim:{hypervisor}")
+    def __init__(
+        self,
+        az: str,
+        rack: str,
+        hypervisor: str,
+        *,
+        vcpus: int = 64,
+        memory_mib: int = 262_144,
+        disk_gib: int = 4000,
+        latency: Callable[[], float] = lambda: 0.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._base = HostFacts(
+            hypervisor=hypervisor,
+            rack=rack,
+            az=az,
+            vcpus_total=vcpus,
+            vcpus_free=vcpus,
+            memory_mib_total=memory_mib,
+            memory_mib_free=memory_mib,
+            disk_gib_total=disk_gib,
+            disk_gib_free=disk_gib,
+            endpoint=f"sim:{hypervisor}",
+        )
         self.vms: dict[str, tuple[Flavor, str | None]] = {}
         self._used = [0, 0, 0]
         self._latency = latency
@@ -52,13 +67,15 @@ class SimAgent:
 
     def facts(self) -> HostFacts:
         with self._lock:
-            return self._base.model_copy(update={
-                "vcpus_free": self._base.vcpus_total - self._used[0],
-                "memory_mib_free": self._base.memory_mib_total - self._used[1],
-                "disk_gib_free": self._base.disk_gib_total - self._used[2],
-                "vms": tuple(self.vms),
-                "groups": tuple(g for _, g in self.vms.values() if g),
-            })
+            return self._base.model_copy(
+                update={
+                    "vcpus_free": self._base.vcpus_total - self._used[0],
+                    "memory_mib_free": self._base.memory_mib_total - self._used[1],
+                    "disk_gib_free": self._base.disk_gib_total - self._used[2],
+                    "vms": tuple(self.vms),
+                    "groups": tuple(g for _, g in self.vms.values() if g),
+                }
+            )
 
     def publish_op(self) -> Put:
         f = self.facts()
@@ -78,8 +95,11 @@ class SimAgent:
         with self._lock:
             if spec.name in self.vms:
                 raise AgentVmExists(self.endpoint, spec.name)
-            totals = (self._base.vcpus_total, self._base.memory_mib_total,
-                      self._base.disk_gib_total)
+            totals = (
+                self._base.vcpus_total,
+                self._base.memory_mib_total,
+                self._base.disk_gib_total,
+            )
             if any(u + n > t for u, n, t in zip(self._used, need, totals, strict=True)):
                 raise InsufficientHostCapacity(self.endpoint, spec.name)
             self.vms[spec.name] = (spec.flavor, spec.group)
@@ -111,18 +131,23 @@ class SimAgent:
         pass  # nothing held: the simulated host lives in this process
 
 
-def sim_fleet(store: CoordinationStore, prefix: str, azs: int, racks_per_az: int,
-              hosts_per_rack: int, **agent_args: object) -> dict[str, SimAgent]:
+def sim_fleet(
+    store: CoordinationStore,
+    prefix: str,
+    azs: int,
+    racks_per_az: int,
+    hosts_per_rack: int,
+    **agent_args: object,
+) -> dict[str, SimAgent]:
     """A fleet of simulated hypervisors, their facts published in batches."""
     agents: dict[str, SimAgent] = {}
     for a in range(1, azs + 1):
         for r in range(1, racks_per_az + 1):
             for h in range(1, hosts_per_rack + 1):
-                agent = SimAgent(f"az{a}", f"az{a}-r{r}", f"az{a}-r{r}-h{h}",
-                                 **agent_args)  # type: ignore[arg-type]
+                agent = SimAgent(f"az{a}", f"az{a}-r{r}", f"az{a}-r{r}-h{h}", **agent_args)  # type: ignore[arg-type]
                 agent.store, agent.prefix = store, prefix
                 agents[agent.endpoint] = agent
     ops = [agent.publish_op() for agent in agents.values()]
     for i in range(0, len(ops), 500):
-        store.txn([], ops[i:i + 500])
+        store.txn([], ops[i : i + 500])
     return agents

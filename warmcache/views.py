@@ -37,8 +37,9 @@ class PrefixView(Generic[T]):
     """``key -> (parsed value, mod revision)`` for every key under ``prefix``;
     ``parse`` raises ``ValueError`` for values to ignore (logged)."""
 
-    def __init__(self, store: CoordinationStore, prefix: str,
-                 parse: Callable[[str, str], T | None]) -> None:
+    def __init__(
+        self, store: CoordinationStore, prefix: str, parse: Callable[[str, str], T | None]
+    ) -> None:
         self._store = store
         self.prefix = prefix
         self._parse = parse
@@ -111,9 +112,13 @@ class PrefixView(Generic[T]):
         for start in range(0, len(changes), APPLY_CHUNK):
             if start:
                 time.sleep(0)  # let a waiting thread run
-            chunk = changes[start:start + APPLY_CHUNK]
-            parsed = [self._safe_parse(c.key, c.value) if c.kind == "put" and c.value is not None
-                      else None for c in chunk]
+            chunk = changes[start : start + APPLY_CHUNK]
+            parsed = [
+                self._safe_parse(c.key, c.value)
+                if c.kind == "put" and c.value is not None
+                else None
+                for c in chunk
+            ]
             with self._lock:
                 last = self._revision or 0
                 for change, value in zip(chunk, parsed, strict=True):

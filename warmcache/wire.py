@@ -67,8 +67,14 @@ class AttachNvmeRequest(_Req):
     pci: str = Field(pattern=r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 
 
-AnyRequest = (CreateRequest | NamedRequest | PlainRequest | AttachDiskRequest
-              | DetachDiskRequest | AttachNvmeRequest)
+AnyRequest = (
+    CreateRequest
+    | NamedRequest
+    | PlainRequest
+    | AttachDiskRequest
+    | DetachDiskRequest
+    | AttachNvmeRequest
+)
 AgentRequest = Annotated[AnyRequest, Field(discriminator="op")]
 REQUEST_ADAPTER: TypeAdapter[AnyRequest] = TypeAdapter(AgentRequest)
 

@@ -36,8 +36,13 @@ def agent(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HostAgent]
     from agent.operations import HostAgentService
     from warmcache.adapters.agent_client import AgentClient
 
-    config = AgentConfig(hypervisor="h1", rack="r1", az="az1", state_dir=str(tmp_path),
-                         capacity=Resources(vcpus=16, memory_mib=65536, disk_gib=1000))
+    config = AgentConfig(
+        hypervisor="h1",
+        rack="r1",
+        az="az1",
+        state_dir=str(tmp_path),
+        capacity=Resources(vcpus=16, memory_mib=65536, disk_gib=1000),
+    )
     path = str(tmp_path / "agent.sock")
     server = AgentServer(path, HostAgentService(config, LibvirtDriver("test:///default")))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})

@@ -43,8 +43,14 @@ def sink(request: pytest.FixtureRequest) -> Iterator[tuple[AlertSink, Delivered]
         caplog: pytest.LogCaptureFixture = request.getfixturevalue("caplog")
         caplog.set_level(logging.WARNING, "warmcache.alerts")
         log_sink = LogAlerts()
-        yield log_sink, lambda: [tuple(r.getMessage().split("\n", 1))  # type: ignore[misc]
-                                 for r in caplog.records if r.name == "warmcache.alerts"]
+        yield (
+            log_sink,
+            lambda: [
+                tuple(r.getMessage().split("\n", 1))  # type: ignore[misc]
+                for r in caplog.records
+                if r.name == "warmcache.alerts"
+            ],
+        )
         log_sink.close()
         return
     controller_module = pytest.importorskip("aiosmtpd.controller")
@@ -53,8 +59,14 @@ def sink(request: pytest.FixtureRequest) -> Iterator[tuple[AlertSink, Delivered]
     inbox, port = _Inbox(), free_port()
     controller = controller_module.Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
-    smtp = SmtpAlerts("127.0.0.1", port, "w@example.test", ["sre@example.test"],
-                      clock=ManualClock(), max_per_window=100)
+    smtp = SmtpAlerts(
+        "127.0.0.1",
+        port,
+        "w@example.test",
+        ["sre@example.test"],
+        clock=ManualClock(),
+        max_per_window=100,
+    )
     try:
         yield smtp, lambda: [(str(m["Subject"]), _text(m)) for m in inbox.mails]
     finally:
@@ -66,13 +78,17 @@ def test_an_alert_arrives_with_its_subject_and_body(
     sink: tuple[AlertSink, Delivered],
 ) -> None:
     alerts, delivered = sink
-    alerts.alert("warmcache purged vm-1", "vm-1 (small, az1, h1) failed 3 health polls\n"
-                 "it was destroyed — record removed")
+    alerts.alert(
+        "warmcache purged vm-1",
+        "vm-1 (small, az1, h1) failed 3 health polls\nit was destroyed — record removed",
+    )
     alerts.alert("warmcache cycle 7: built 2 VM(s), ok", "built: az1/small: 2")
     alerts.close()
     assert delivered() == [
-        ("warmcache purged vm-1",
-         "vm-1 (small, az1, h1) failed 3 health polls\nit was destroyed — record removed"),
+        (
+            "warmcache purged vm-1",
+            "vm-1 (small, az1, h1) failed 3 health polls\nit was destroyed — record removed",
+        ),
         ("warmcache cycle 7: built 2 VM(s), ok", "built: az1/small: 2"),
     ]
     assert alerts.dropped == 0

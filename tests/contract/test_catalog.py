@@ -77,8 +77,19 @@ def test_flavors_cli(tmp_path: Path) -> None:
     config = tmp_path / "service.toml"
     config.write_text('[catalog]\nkind = "file"\npath = "flavors.toml"\n')
     runner = CliRunner()
-    result = runner.invoke(main, ["flavors", "set", "tiny", "vcpus=1", "memory_mib=128",
-                                  "disk_gib=1", "--config", str(config)])
+    result = runner.invoke(
+        main,
+        [
+            "flavors",
+            "set",
+            "tiny",
+            "vcpus=1",
+            "memory_mib=128",
+            "disk_gib=1",
+            "--config",
+            str(config),
+        ],
+    )
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["flavors", "list", "--config", str(config)])
     assert result.exit_code == 0 and "tiny" in result.output

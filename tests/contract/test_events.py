@@ -39,16 +39,18 @@ class Sink:
 def _elasticsearch(tmp_path: Path) -> Iterator[Sink]:
     url = os.environ.get("WARMCACHE_TEST_ELASTICSEARCH")
     if not url:
-        unavailable("elasticsearch",
-                    "no server: set WARMCACHE_TEST_ELASTICSEARCH=http://127.0.0.1:9200")
+        unavailable(
+            "elasticsearch", "no server: set WARMCACHE_TEST_ELASTICSEARCH=http://127.0.0.1:9200"
+        )
     from elasticsearch import Elasticsearch
 
     from warmcache.adapters.elasticsearch_events import ElasticsearchEvents
 
     client = Elasticsearch(url, request_timeout=10)
     stream = f"wctest-events-{uuid.uuid4().hex[:12]}"  # matches no other template
-    sink = ElasticsearchEvents(url, tmp_path / "spool", client=client, flush_s=0.05,
-                               data_stream=stream)
+    sink = ElasticsearchEvents(
+        url, tmp_path / "spool", client=client, flush_s=0.05, data_stream=stream
+    )
 
     def settle() -> None:
         assert sink.flush(30) and not sink.spooled_files()
@@ -61,8 +63,9 @@ def _elasticsearch(tmp_path: Path) -> Iterator[Sink]:
     client.close()
 
 
-@pytest.fixture(params=["sqlite", "log",
-                        pytest.param("elasticsearch", marks=pytest.mark.elasticsearch)])
+@pytest.fixture(
+    params=["sqlite", "log", pytest.param("elasticsearch", marks=pytest.mark.elasticsearch)]
+)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sink]:
     if request.param == "elasticsearch":
         yield from _elasticsearch(tmp_path)
@@ -74,12 +77,27 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sink]:
 
 def test_recent_returns_what_was_emitted_newest_first(backend: Sink) -> None:
     sink = backend.sink
-    backend.emitted(*(Event(kind, 1000.0 + i, {"n": i}) for i, kind in enumerate((
-        "vm.build_started", "acquisition", "vm.build_finished", "acquisition.failed",
-        "leader.elected"))))
+    backend.emitted(
+        *(
+            Event(kind, 1000.0 + i, {"n": i})
+            for i, kind in enumerate(
+                (
+                    "vm.build_started",
+                    "acquisition",
+                    "vm.build_finished",
+                    "acquisition.failed",
+                    "leader.elected",
+                )
+            )
+        )
+    )
     assert [e.type for e in sink.recent(10)] == [
-        "leader.elected", "acquisition.failed", "vm.build_finished", "acquisition",
-        "vm.build_started"]
+        "leader.elected",
+        "acquisition.failed",
+        "vm.build_finished",
+        "acquisition",
+        "vm.build_started",
+    ]
     assert [e.fields["n"] for e in sink.recent(10, "vm.build_")] == [2, 0]
     assert [e.type for e in sink.recent(1, "acquisition")] == ["acquisition.failed"]
     assert sink.recent(10, "nothing.") == []

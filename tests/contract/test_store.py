@@ -47,8 +47,9 @@ class Backend:
     def now(self) -> float:
         return self.clock.now() if self.clock is not None else time.monotonic()
 
-    def eventually(self, predicate: Callable[[], bool], timeout_s: float,
-                   interval_s: float = 0.05) -> bool:
+    def eventually(
+        self, predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05
+    ) -> bool:
         if self.clock is not None:
             return predicate()
         try:
@@ -58,10 +59,16 @@ class Backend:
         return True
 
 
-@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd),
-                        pytest.param("consul", marks=pytest.mark.consul)])
-def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
-            ) -> Iterator[Backend]:
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("etcd", marks=pytest.mark.etcd),
+        pytest.param("consul", marks=pytest.mark.consul),
+    ]
+)
+def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
+) -> Iterator[Backend]:
     if request.param == "sqlite":
         s = SqliteStore(tmp_path / "store.db", clock=clock, poll_interval_s=0.005)
         yield Backend(s, clock, 5.0)
@@ -85,8 +92,9 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
         unavailable("consul", "no Consul server: set WARMCACHE_TEST_CONSUL=http://127.0.0.1:8500")
     from warmcache.adapters.consul_store import ConsulStore
 
-    yield Backend(ConsulStore(url, namespace=namespace), None, 10.0, exact_history=False,
-                  failure_branch=False)
+    yield Backend(
+        ConsulStore(url, namespace=namespace), None, 10.0, exact_history=False, failure_branch=False
+    )
 
 
 @pytest.fixture
@@ -252,8 +260,11 @@ def test_changes_deliver_every_change_in_order(backend: Backend) -> None:
     store.txn([], [Put("w/b", "1"), Put("w/c", "1")])
     changes = store.changes("w/", start, timeout_s=0)
     assert [(c.key, c.kind, c.value) for c in changes] == [
-        ("w/a", "put", "1"), ("w/a", "put", "2"), ("w/a", "delete", None),
-        ("w/b", "put", "1"), ("w/c", "put", "1"),
+        ("w/a", "put", "1"),
+        ("w/a", "put", "2"),
+        ("w/a", "delete", None),
+        ("w/b", "put", "1"),
+        ("w/c", "put", "1"),
     ]
     assert [c.revision for c in changes] == sorted(c.revision for c in changes)
     assert store.changes("w/", changes[-1].revision, timeout_s=0) == []
@@ -286,7 +297,8 @@ def test_services_expire_with_their_ttl(backend: Backend) -> None:
     assert store.services("warmcache")[0].address == "http://a"
     backend.let_pass(ttl + 0.2)
     assert backend.eventually(
-        lambda: [s.node for s in store.services("warmcache")] == ["wc-1"], timeout_s=4 * ttl)
+        lambda: [s.node for s in store.services("warmcache")] == ["wc-1"], timeout_s=4 * ttl
+    )
     assert [s.node for s in store.services("warmcache")] == ["wc-1"]
     store.register_service("warmcache", "wc-1", "http://a2", ttl * 20)  # re-registered
     assert [s.address for s in store.services("warmcache")] == ["http://a2"]
@@ -302,8 +314,10 @@ def test_concurrent_cas_increments_lose_no_update(store: CoordinationStore) -> N
         while done < times:
             kv = store.get("counter")
             assert kv is not None
-            ok = store.txn([Compare.mod_revision("counter", kv.mod_revision)],
-                           [Put("counter", str(int(kv.value) + 1))]).succeeded
+            ok = store.txn(
+                [Compare.mod_revision("counter", kv.mod_revision)],
+                [Put("counter", str(int(kv.value) + 1))],
+            ).succeeded
             done += ok
 
     threads = [threading.Thread(target=bump, args=(50,)) for _ in range(8)]
@@ -320,8 +334,10 @@ def _bump_in_process(path: str, times: int) -> None:
     while done < times:
         kv = store.get("counter")
         assert kv is not None
-        done += store.txn([Compare.mod_revision("counter", kv.mod_revision)],
-                          [Put("counter", str(int(kv.value) + 1))]).succeeded
+        done += store.txn(
+            [Compare.mod_revision("counter", kv.mod_revision)],
+            [Put("counter", str(int(kv.value) + 1))],
+        ).succeeded
     store.close()
 
 
@@ -360,11 +376,16 @@ def test_txns_decide_each_transaction_on_its_own(store: CoordinationStore) -> No
     x, y = store.get("b/x"), store.get("b/y")
     assert x is not None and y is not None
     store.put("b/y", "2")  # y's compare below is now stale
-    results = store.txns([
-        Txn([Compare.mod_revision("b/x", x.mod_revision)], [Put("b/x", "mine"), Put("b/x2", "m")]),
-        Txn([Compare.mod_revision("b/y", y.mod_revision)], [Put("b/y", "mine")]),
-        Txn([Compare.absent("b/z")], [Put("b/z", "mine"), Delete("b/x3")]),
-    ])
+    results = store.txns(
+        [
+            Txn(
+                [Compare.mod_revision("b/x", x.mod_revision)],
+                [Put("b/x", "mine"), Put("b/x2", "m")],
+            ),
+            Txn([Compare.mod_revision("b/y", y.mod_revision)], [Put("b/y", "mine")]),
+            Txn([Compare.absent("b/z")], [Put("b/z", "mine"), Delete("b/x3")]),
+        ]
+    )
     assert [r.succeeded for r in results] == [True, False, True]
     assert results[1].current["b/y"] is not None and results[1].current["b/y"].value == "2"
     values = {kv.key: kv.value for kv in store.range("b/")[0]}
@@ -381,14 +402,16 @@ def test_txns_refuse_writes_to_one_key_from_two_transactions(store: Coordination
 def test_a_large_batch_is_one_batch(backend: Backend) -> None:
     """More transactions than one etcd request level holds (128)."""
     store = backend.store
-    results = store.txns([Txn([Compare.absent(f"b/{i}")], [Put(f"b/{i}", str(i))])
-                          for i in range(300)])
+    results = store.txns(
+        [Txn([Compare.absent(f"b/{i}")], [Put(f"b/{i}", str(i))]) for i in range(300)]
+    )
     assert all(r.succeeded for r in results) and len(results) == 300
     assert len(store.range("b/")[0]) == 300
 
 
-def test_the_largest_transaction_the_store_takes_is_all_or_nothing(store: CoordinationStore
-                                                                   ) -> None:
+def test_the_largest_transaction_the_store_takes_is_all_or_nothing(
+    store: CoordinationStore,
+) -> None:
     """An acquisition as large as one transaction can be (etcd: 126 VMs
     under --max-txn-ops=128, compared and moved; without a limit: 300): one
     stale compare fails it all; one key more is refused before anything is
@@ -399,8 +422,9 @@ def test_the_largest_transaction_the_store_takes_is_all_or_nothing(store: Coordi
 
     def claim(upto: int) -> tuple[list[Compare], list[Put | Delete]]:
         compares = [Compare.mod_revision(kv.key, kv.mod_revision) for kv in kvs[:upto]]
-        ops: list[Put | Delete] = [op for kv in kvs[:upto] for op in (
-            Delete(kv.key), Put("a/" + kv.key[2:], "mine"))]
+        ops: list[Put | Delete] = [
+            op for kv in kvs[:upto] for op in (Delete(kv.key), Put("a/" + kv.key[2:], "mine"))
+        ]
         return compares, ops
 
     if store.txn_limit is not None:
@@ -437,8 +461,9 @@ def test_a_watch_stream_delivers_every_change_once_in_order(backend: Backend) ->
         store.delete("w/a")
         got = _drain(stream, 6 if backend.exact_history else 1)
         if backend.exact_history:
-            assert [(c.kind, c.value) for c in got] == \
-                [("put", str(i)) for i in range(5)] + [("delete", None)]
+            assert [(c.kind, c.value) for c in got] == [("put", str(i)) for i in range(5)] + [
+                ("delete", None)
+            ]
         assert [c.revision for c in got] == sorted(c.revision for c in got)
         assert stream.get(0.1) == []
     finally:
@@ -483,8 +508,9 @@ def test_a_closed_stream_returns_at_once(store: CoordinationStore) -> None:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
-def compactable(request: pytest.FixtureRequest, tmp_path: Path
-                ) -> Iterator[tuple[CoordinationStore, Callable[[int], None]]]:
+def compactable(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[CoordinationStore, Callable[[int], None]]]:
     """A store and a way to compact its history. etcd's compaction is
     cluster-wide, so it gets an etcd of its own."""
     if request.param == "sqlite":
@@ -504,8 +530,11 @@ def compactable(request: pytest.FixtureRequest, tmp_path: Path
     url = cluster.urls[0]
 
     def compact(revision: int) -> None:
-        httpx.post(f"{url}/v3/kv/compaction", json={"revision": str(revision),
-                                                    "physical": True}, timeout=10)
+        httpx.post(
+            f"{url}/v3/kv/compaction",
+            json={"revision": str(revision), "physical": True},
+            timeout=10,
+        )
 
     try:
         yield EtcdStore(url), compact
@@ -514,7 +543,7 @@ def compactable(request: pytest.FixtureRequest, tmp_path: Path
 
 
 def test_a_watch_from_a_compacted_revision_says_so(
-    compactable: tuple[CoordinationStore, Callable[[int], None]]
+    compactable: tuple[CoordinationStore, Callable[[int], None]],
 ) -> None:
     store, compact = compactable
     start = store.put("w/k", "0")
@@ -547,8 +576,12 @@ def test_sqlite_driver_errors_become_store_errors(tmp_path: Path, clock: ManualC
         store.put("a", "1")
         other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
         other.execute("ALTER TABLE kv RENAME TO kv_gone")
-        for call in (lambda: store.get("a"), lambda: store.range(""),
-                     lambda: store.put("b", "2"), lambda: store.txn([], [Put("c", "3")])):
+        for call in (
+            lambda: store.get("a"),
+            lambda: store.range(""),
+            lambda: store.put("b", "2"),
+            lambda: store.txn([], [Put("c", "3")]),
+        ):
             with pytest.raises(StoreError) as err:
                 call()
             assert "no such table" in str(err.value)

@@ -16,8 +16,9 @@ from warmcache.web import create_app
 
 @pytest.fixture
 def url(service: WarmCache) -> Iterator[str]:
-    service.rules.put("az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6,
-                                       "min_fault_domain": 3})
+    service.rules.put(
+        "az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6, "min_fault_domain": 3}
+    )
     service.run_cycle()
     with served(create_app(service)) as url:
         yield url
@@ -31,12 +32,13 @@ def test_async_client_speaks_the_same_wire(url: str) -> None:
             [pool] = await wc.pools()
             assert isinstance(pool, PoolSummary) and pool.ready == 6
             # two concurrent acquisitions of one claim id: one claim
-            a, b = await asyncio.gather(wc.acquire("small", "az1", 2, "best-effort",
-                                                   claim_id="async-1"),
-                                        wc.acquire("small", "az1", 2, "best-effort",
-                                                   claim_id="async-1"))
-            assert all(isinstance(vm, Vm) for vm in a) and \
-                {vm.name for vm in a} == {vm.name for vm in b}
+            a, b = await asyncio.gather(
+                wc.acquire("small", "az1", 2, "best-effort", claim_id="async-1"),
+                wc.acquire("small", "az1", 2, "best-effort", claim_id="async-1"),
+            )
+            assert all(isinstance(vm, Vm) for vm in a) and {vm.name for vm in a} == {
+                vm.name for vm in b
+            }
             claim = await wc.claim("async-1")
             assert {vm.name for vm in claim.vms} == {vm.name for vm in a}
             with pytest.raises(NoCapacity) as err:

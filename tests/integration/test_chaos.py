@@ -13,8 +13,13 @@ from tests.chaos import FAULTS, ChaosRig
 from tests.conftest import unavailable
 from tests.netns import available
 
-pytestmark = [pytest.mark.netns, pytest.mark.etcd, pytest.mark.libvirt,
-              pytest.mark.integration, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.etcd,
+    pytest.mark.libvirt,
+    pytest.mark.integration,
+    pytest.mark.slow,
+]
 
 
 def test_one_of_every_fault_leaves_nothing_wrong(tmp_path: Path) -> None:

@@ -22,11 +22,18 @@ ADMIN, USER = "cli-admin-token", "cli-user-token"
 
 @pytest.fixture
 def url(service: WarmCache) -> Iterator[str]:
-    service.rules.put("az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6,
-                                       "min_fault_domain": 3})
+    service.rules.put(
+        "az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6, "min_fault_domain": 3}
+    )
     service.run_cycle()
-    auth = Authenticator(AuthConfig(tokens=(TokenConfig(name="ops", role="admin", token=ADMIN),
-                                            TokenConfig(name="app", role="user", token=USER))))
+    auth = Authenticator(
+        AuthConfig(
+            tokens=(
+                TokenConfig(name="ops", role="admin", token=ADMIN),
+                TokenConfig(name="app", role="user", token=USER),
+            )
+        )
+    )
     with served(create_app(service, auth)) as url:
         yield url
 
@@ -53,8 +60,7 @@ def test_exit_codes_per_error_family(url: str) -> None:
     assert code == 1 and "claim_mismatch" in err  # any other error
     code, _, err = run(url, "pools", token=None)
     assert code == 6 and "unauthorized" in err
-    code, _, err = run(url, "requests", "ask", "delete_rule", "az=az1", "flavor=small",
-                       token=USER)
+    code, _, err = run(url, "requests", "ask", "delete_rule", "az=az1", "flavor=small", token=USER)
     assert code == 6 and "forbidden" in err
     code, _, err = run("http://127.0.0.1:9", "pools")
     assert code == 5 and "server_unreachable" in err

@@ -33,13 +33,29 @@ def seed(store: Any, prefix: str) -> set[str]:
     for r in range(RACKS):
         for h in range(PER_RACK):
             hv = f"r{r}-h{h}"
-            facts = HostFacts(hypervisor=hv, rack=f"r{r}", az="az1", vcpus_total=64,
-                              vcpus_free=0, memory_mib_total=1, memory_mib_free=0,
-                              disk_gib_total=1, disk_gib_free=0, endpoint=f"unix:/nowhere/{hv}")
+            facts = HostFacts(
+                hypervisor=hv,
+                rack=f"r{r}",
+                az="az1",
+                vcpus_total=64,
+                vcpus_free=0,
+                memory_mib_total=1,
+                memory_mib_free=0,
+                disk_gib_total=1,
+                disk_gib_free=0,
+                endpoint=f"unix:/nowhere/{hv}",
+            )
             store.put(Keys(prefix).host("az1", hv), facts.model_dump_json())
             for i in range(VMS_PER_HOST):
-                vm = PoolInstance(name=f"{hv}-vm{i}", az="az1", flavor="small", rack=f"r{r}",
-                                  hypervisor=hv, state=InstanceState.READY, created_at=0)
+                vm = PoolInstance(
+                    name=f"{hv}-vm{i}",
+                    az="az1",
+                    flavor="small",
+                    rack=f"r{r}",
+                    hypervisor=hv,
+                    state=InstanceState.READY,
+                    created_at=0,
+                )
                 store.put(Keys(prefix).pool("az1", vm.name), vm.model_dump_json())
                 names.add(vm.name)
     return names
@@ -56,23 +72,36 @@ def test_64_acquirers_over_2_instances(store_config: dict[str, str], tmp_path: P
     prefix = f"conc-{uuid.uuid4().hex[:8]}"
     instances = []
     for i in range(2):
-        config = parse_config({
-            "service": {"node": f"wc-{i}", "prefix": prefix, "run_builds": False,
-                        "run_health": False, "acquire_attempts": 50,
-                        "low_water_ratio": 0.0, "shares_refresh_s": 0.2},
-            "store": store_config,
-            "catalog": {"path": str(CONFIG_DIR / "flavors.toml")},
-            "events": {"kind": "log"},
-        }, environ={})
+        config = parse_config(
+            {
+                "service": {
+                    "node": f"wc-{i}",
+                    "prefix": prefix,
+                    "run_builds": False,
+                    "run_health": False,
+                    "acquire_attempts": 50,
+                    "low_water_ratio": 0.0,
+                    "shares_refresh_s": 0.2,
+                },
+                "store": store_config,
+                "catalog": {"path": str(CONFIG_DIR / "flavors.toml")},
+                "events": {"kind": "log"},
+            },
+            environ={},
+        )
         instances.append(build(config))
     pooled = seed(instances[0].store, prefix)
-    instances[0].rules.put("az1", "small", {"max_instance_per_cycle": 1,
-                                            "total_instances": len(pooled)})
+    instances[0].rules.put(
+        "az1", "small", {"max_instance_per_cycle": 1, "total_instances": len(pooled)}
+    )
     try:
         for service in instances:
             service.start()
-        wait_for("both instances to share the pool",
-                 lambda: all(len(s.acquirer.index.instances) == 2 for s in instances), 10)
+        wait_for(
+            "both instances to share the pool",
+            lambda: all(len(s.acquirer.index.instances) == 2 for s in instances),
+            10,
+        )
         results: list[tuple[Mode, int, list[PoolInstance]]] = []
         outcomes: Counter[str] = Counter()
         lock = threading.Lock()
@@ -88,8 +117,7 @@ def test_64_acquirers_over_2_instances(store_config: dict[str, str], tmp_path: P
                 # one request in ten asks for more distinct racks than exist
                 count = RACKS + 1 if rng.random() < 0.1 else rng.randint(1, 3)
                 try:
-                    got = service.acquire("small", "az1", count, mode,
-                                          requester=f"client-{n}")
+                    got = service.acquire("small", "az1", count, mode, requester=f"client-{n}")
                 except NoCapacity:
                     with lock:
                         outcomes["no_capacity"] += 1
@@ -127,8 +155,10 @@ def test_64_acquirers_over_2_instances(store_config: dict[str, str], tmp_path: P
         assert len(handed) + len(left) == len(pooled)
         assert outcomes["ok"] > 20 and len(left) < 10, outcomes
         batched = sum(s.acquirer.claimer.batches for s in instances)
-        print(f"outcomes {dict(outcomes)}, handed {len(handed)}, left {len(left)}, "
-              f"transactions {batched}")
+        print(
+            f"outcomes {dict(outcomes)}, handed {len(handed)}, left {len(left)}, "
+            f"transactions {batched}"
+        )
     finally:
         for service in instances:
             service.close()

@@ -29,8 +29,12 @@ from warmcache.model import InstanceState, PoolInstance
 from warmcache.ports import CoordinationStore
 from warmcache.quickstart import QuickstartStack, Topology
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.libvirt,
-              pytest.mark.usefixtures("libvirt_available")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.libvirt,
+    pytest.mark.usefixtures("libvirt_available"),
+]
 
 TTL_S = 2.0
 TARGET = 12
@@ -59,9 +63,15 @@ def etcd_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Etc
 @pytest.fixture
 def stack(tmp_path: Path, etcd_cluster: EtcdCluster | None) -> Iterator[QuickstartStack]:
     qs = QuickstartStack(
-        tmp_path / "qs", port=free_port_pair(), topology=Topology(azs=("az1",)),
-        create_delay_s=0.6, build_concurrency=2, cycle_interval_s=3600, retry_interval_s=2,
-        leader_ttl_s=TTL_S, rules_toml=RULES,
+        tmp_path / "qs",
+        port=free_port_pair(),
+        topology=Topology(azs=("az1",)),
+        create_delay_s=0.6,
+        build_concurrency=2,
+        cycle_interval_s=3600,
+        retry_interval_s=2,
+        leader_ttl_s=TTL_S,
+        rules_toml=RULES,
         store_kind="etcd" if etcd_cluster else "sqlite",
         store_url=",".join(etcd_cluster.urls) if etcd_cluster else "",
     )
@@ -121,8 +131,7 @@ class View:
 
 
 def stores() -> list[Any]:
-    return [pytest.param(0, id="sqlite"),
-            pytest.param(1, id="etcd", marks=pytest.mark.etcd)]
+    return [pytest.param(0, id="sqlite"), pytest.param(1, id="etcd", marks=pytest.mark.etcd)]
 
 
 @pytest.mark.parametrize("etcd_cluster", stores(), indirect=True)
@@ -133,8 +142,11 @@ def test_sigkill_of_the_leader_mid_cycle(stack: QuickstartStack) -> None:
     killed_at = time.monotonic()
     os.kill(victim.popen.pid, signal.SIGKILL)
     victim.popen.wait()
-    successor = wait_for("a new leader", lambda: (h := view.leader()) and
-                         h["node"] != holder["node"] and h, TTL_S + 10)
+    successor = wait_for(
+        "a new leader",
+        lambda: (h := view.leader()) and h["node"] != holder["node"] and h,
+        TTL_S + 10,
+    )
     failover_s = time.monotonic() - killed_at
     # TTL, plus one watch poll (TTL / 4) and the start of a cycle.
     assert failover_s <= TTL_S + 1.5, f"failover took {failover_s:.2f} s"
@@ -152,12 +164,18 @@ def test_sigstop_past_the_ttl_then_sigcont(stack: QuickstartStack) -> None:
     paused = stack.instance(holder["node"])
     os.kill(paused.popen.pid, signal.SIGSTOP)
     try:
-        successor = wait_for("a new leader", lambda: (h := view.leader()) and
-                             h["node"] != holder["node"] and h, TTL_S + 10)
+        successor = wait_for(
+            "a new leader",
+            lambda: (h := view.leader()) and h["node"] != holder["node"] and h,
+            TTL_S + 10,
+        )
     finally:
         os.kill(paused.popen.pid, signal.SIGCONT)
-    wait_for("the paused leader to notice and step down",
-             lambda: any(e["token"] == holder["token"] for e in view.events("leader.lost")), 20)
+    wait_for(
+        "the paused leader to notice and step down",
+        lambda: any(e["token"] == holder["token"] for e in view.events("leader.lost")),
+        20,
+    )
     wait_for("the pool to fill again", view.full, 60)
     # §12.4: nothing carrying the stale token was written after the successor
     # took the lock (its token is the revision at which it did).
@@ -177,8 +195,11 @@ def test_losing_an_etcd_member_mid_cycle_loses_nothing(
     view = View(stack)
     wait_for("a leader mid-cycle", view.mid_cycle, 30)
     raft_leader = etcd_cluster.leader()
-    victim = raft_leader if which == "raft-leader" else next(
-        m for m in etcd_cluster.members if m is not raft_leader)
+    victim = (
+        raft_leader
+        if which == "raft-leader"
+        else next(m for m in etcd_cluster.members if m is not raft_leader)
+    )
     victim.kill()
     wait_for("the pool to fill", view.full, 90)
     view.assert_every_vm_tracked()

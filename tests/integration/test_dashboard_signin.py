@@ -26,8 +26,7 @@ TOKEN = "dashboard-viewer-token"
 def url(service: WarmCache) -> Iterator[str]:
     service.rules.put("az1", "small", {"max_instance_per_cycle": 3, "total_instances": 3})
     service.run_cycle()
-    auth = Authenticator(AuthConfig(tokens=(TokenConfig(name="viewer", role="user",
-                                                        token=TOKEN),)))
+    auth = Authenticator(AuthConfig(tokens=(TokenConfig(name="viewer", role="user", token=TOKEN),)))
     with served(create_app(service, auth)) as url:
         yield url
 
@@ -36,16 +35,24 @@ def url(service: WarmCache) -> Iterator[str]:
 def browser(tmp_path: Path) -> Iterator[object]:
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if chromium is None or driver is None:
-        unavailable("browser", "no chromium or chromedriver (apt-get install chromium "
-                               "chromium-driver)")
+        unavailable(
+            "browser", "no chromium or chromedriver (apt-get install chromium chromium-driver)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         options.add_argument(flag)
     # The local driver by path: selenium never downloads one.
     chrome = webdriver.Chrome(service=Service(executable_path=driver), options=options)

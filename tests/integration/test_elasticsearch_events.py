@@ -22,8 +22,10 @@ pytest.importorskip("elasticsearch")
 
 
 def events(n: int, start: int = 0) -> list[Event]:
-    return [Event("acquisition", 1_700_000_000 + i, {"az": "az1", "count": i})
-            for i in range(start, start + n)]
+    return [
+        Event("acquisition", 1_700_000_000 + i, {"az": "az1", "count": i})
+        for i in range(start, start + n)
+    ]
 
 
 class FlakyElasticsearch:
@@ -52,21 +54,24 @@ class FlakyElasticsearch:
 
 
 def test_a_down_server_spools_events_to_disk(tmp_path: Path) -> None:
-    sink = ElasticsearchEvents(f"http://127.0.0.1:{free_port()}", tmp_path / "spool",
-                               flush_s=0.05, retry_s=60)
+    sink = ElasticsearchEvents(
+        f"http://127.0.0.1:{free_port()}", tmp_path / "spool", flush_s=0.05, retry_s=60
+    )
     for e in events(5):
         sink.emit(e)  # returns at once whatever Elasticsearch does
     sink.close(timeout_s=60)
-    spooled = [json.loads(line) for f in sink.spooled_files()
-               for line in f.read_text().splitlines()]
+    spooled = [
+        json.loads(line) for f in sink.spooled_files() for line in f.read_text().splitlines()
+    ]
     assert [d["count"] for d in spooled] == [0, 1, 2, 3, 4]
     assert spooled[0]["@timestamp"] == 1_700_000_000_000 and spooled[0]["type"] == "acquisition"
 
 
 def test_spooled_events_are_replayed_when_it_returns(tmp_path: Path) -> None:
     client = FlakyElasticsearch(down=2)
-    sink = ElasticsearchEvents("unused", tmp_path / "spool", client=client, flush_s=0.05,
-                               retry_s=0.05)
+    sink = ElasticsearchEvents(
+        "unused", tmp_path / "spool", client=client, flush_s=0.05, retry_s=0.05
+    )
     for e in events(3):
         sink.emit(e)
     wait_for("a first spooled batch", sink.spooled_files, 10)
@@ -81,8 +86,15 @@ def test_spooled_events_are_replayed_when_it_returns(tmp_path: Path) -> None:
 
 def test_the_spool_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> None:
     client = FlakyElasticsearch(down=10**6)
-    sink = ElasticsearchEvents("unused", tmp_path / "spool", client=client, batch=1,
-                               flush_s=0.01, retry_s=60, max_spool_bytes=400)
+    sink = ElasticsearchEvents(
+        "unused",
+        tmp_path / "spool",
+        client=client,
+        batch=1,
+        flush_s=0.01,
+        retry_s=60,
+        max_spool_bytes=400,
+    )
     for e in events(20):
         sink.emit(e)
     sink.close(timeout_s=30)
@@ -95,13 +107,19 @@ def test_the_spool_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> None:
 def test_against_a_live_elasticsearch(tmp_path: Path) -> None:
     url = os.environ.get("WARMCACHE_TEST_ELASTICSEARCH")
     if not url:
-        unavailable("elasticsearch",
-                    "no server: set WARMCACHE_TEST_ELASTICSEARCH=http://127.0.0.1:9200")
+        unavailable(
+            "elasticsearch", "no server: set WARMCACHE_TEST_ELASTICSEARCH=http://127.0.0.1:9200"
+        )
     sink = ElasticsearchEvents(url, tmp_path / "spool", flush_s=0.1)
     marker = f"live-{os.getpid()}"
     sink.emit(Event("acquisition", 1_700_000_000, {"requester": marker, "count": 1}))
     try:
-        wait_for("the event to be searchable", lambda: any(
-            e.fields.get("requester") == marker for e in sink.recent(50, "acquisition")), 30)
+        wait_for(
+            "the event to be searchable",
+            lambda: any(
+                e.fields.get("requester") == marker for e in sink.recent(50, "acquisition")
+            ),
+            30,
+        )
     finally:
         sink.close()

@@ -41,23 +41,49 @@ def stack(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
     except EtcdUnavailable as exc:
         unavailable("etcd", str(exc))
     prefix = f"out-{uuid.uuid4().hex[:6]}"
-    service = build(parse_config({
-        "service": {"node": "wc-out", "prefix": prefix, "run_builds": False,
-                    "run_health": False, "request_deadline_s": DEADLINE_S,
-                    "readiness_timeout_s": 0.5},
-        "store": {"kind": "etcd", "url": cluster.urls[0]},
-        "catalog": {"path": str(CONFIG_DIR / "flavors.toml")},
-        "events": {"kind": "log"},
-    }, environ={}))
+    service = build(
+        parse_config(
+            {
+                "service": {
+                    "node": "wc-out",
+                    "prefix": prefix,
+                    "run_builds": False,
+                    "run_health": False,
+                    "request_deadline_s": DEADLINE_S,
+                    "readiness_timeout_s": 0.5,
+                },
+                "store": {"kind": "etcd", "url": cluster.urls[0]},
+                "catalog": {"path": str(CONFIG_DIR / "flavors.toml")},
+                "events": {"kind": "log"},
+            },
+            environ={},
+        )
+    )
     store = service.store
     for r in range(3):
-        facts = HostFacts(hypervisor=f"h{r}", rack=f"r{r}", az="az1", vcpus_total=8,
-                          vcpus_free=0, memory_mib_total=1, memory_mib_free=0,
-                          disk_gib_total=1, disk_gib_free=0, endpoint="unix:/nowhere")
+        facts = HostFacts(
+            hypervisor=f"h{r}",
+            rack=f"r{r}",
+            az="az1",
+            vcpus_total=8,
+            vcpus_free=0,
+            memory_mib_total=1,
+            memory_mib_free=0,
+            disk_gib_total=1,
+            disk_gib_free=0,
+            endpoint="unix:/nowhere",
+        )
         store.put(Keys(prefix).host("az1", f"h{r}"), facts.model_dump_json())
         for i in range(4):
-            vm = PoolInstance(name=f"vm-{r}-{i}", az="az1", flavor="small", rack=f"r{r}",
-                              hypervisor=f"h{r}", state=InstanceState.READY, created_at=0)
+            vm = PoolInstance(
+                name=f"vm-{r}-{i}",
+                az="az1",
+                flavor="small",
+                rack=f"r{r}",
+                hypervisor=f"h{r}",
+                state=InstanceState.READY,
+                created_at=0,
+            )
             store.put(Keys(prefix).pool("az1", vm.name), vm.model_dump_json())
     service.rules.put("az1", "small", {"max_instance_per_cycle": 1, "total_instances": 12})
     service.start()
@@ -76,8 +102,7 @@ BODY = {"flavor": "small", "az": "az1", "count": 1, "mode": "best-effort"}
 
 
 @pytest.mark.parametrize("how", ["killed", "frozen"])
-def test_with_the_store_down_every_answer_comes_fast(stack: tuple[Any, Any], how: str
-                                                     ) -> None:
+def test_with_the_store_down_every_answer_comes_fast(stack: tuple[Any, Any], how: str) -> None:
     service, cluster = stack
     client = create_app(service).test_client()
     assert client.post("/v1/acquire", json=BODY).status_code == 200  # while etcd is up
@@ -93,8 +118,9 @@ def test_with_the_store_down_every_answer_comes_fast(stack: tuple[Any, Any], how
     took = time.monotonic() - started
     assert reply.status_code == 503, reply.get_json()
     # refused: surely nothing landed; frozen: the claim may have left
-    expected = {"store_unavailable"} if how == "killed" else {"store_unavailable",
-                                                             "claim_outcome_unknown"}
+    expected = (
+        {"store_unavailable"} if how == "killed" else {"store_unavailable", "claim_outcome_unknown"}
+    )
     assert reply.get_json()["error"] in expected
     assert took < DEADLINE_S + 0.5 + 0.5, took  # the deadline, the settle margin, slack
 

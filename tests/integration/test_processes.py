@@ -15,8 +15,11 @@ from tests.integration.test_quickstart import free_port_pair
 from warmcache.layout import Keys
 from warmcache.quickstart import QuickstartStack, Topology
 
-pytestmark = [pytest.mark.integration, pytest.mark.libvirt,
-              pytest.mark.usefixtures("libvirt_available")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.libvirt,
+    pytest.mark.usefixtures("libvirt_available"),
+]
 
 RULES = """
 [rules.az1.small]
@@ -28,9 +31,14 @@ min_fault_domain = 3
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[QuickstartStack]:
-    qs = QuickstartStack(tmp_path / "qs", port=free_port_pair(),
-                         topology=Topology(azs=("az1",)), create_delay_s=0.0,
-                         cycle_interval_s=3600, rules_toml=RULES)
+    qs = QuickstartStack(
+        tmp_path / "qs",
+        port=free_port_pair(),
+        topology=Topology(azs=("az1",)),
+        create_delay_s=0.0,
+        cycle_interval_s=3600,
+        rules_toml=RULES,
+    )
     with qs:
         qs.wait_full(timeout_s=60)
         yield qs
@@ -48,9 +56,10 @@ def test_32_http_clients_over_two_processes(stack: QuickstartStack) -> None:
             barrier.wait()
             for _ in range(6):
                 mode = rng.choice(["rack-aware", "hypervisor-aware", "best-effort"])
-                reply = http.post("/v1/acquire", json={
-                    "flavor": "small", "az": "az1", "count": rng.randint(1, 3),
-                    "mode": mode})
+                reply = http.post(
+                    "/v1/acquire",
+                    json={"flavor": "small", "az": "az1", "count": rng.randint(1, 3), "mode": mode},
+                )
                 assert reply.status_code in (200, 409, 503), reply.text
                 if reply.status_code == 200:
                     with lock:

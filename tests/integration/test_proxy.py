@@ -64,8 +64,13 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     ca = TestCA(tmp_path, "fleet")
     server_cert = ca.issue("proxy", server=True)
     client = ca.issue("wc-1", server=False)
-    config = AgentConfig(hypervisor="h1", rack="r1", az="az1", state_dir=str(tmp_path),
-                         capacity=Resources(vcpus=8, memory_mib=16384, disk_gib=100))
+    config = AgentConfig(
+        hypervisor="h1",
+        rack="r1",
+        az="az1",
+        state_dir=str(tmp_path),
+        capacity=Resources(vcpus=8, memory_mib=16384, disk_gib=100),
+    )
     agent = HostAgentService(config, LibvirtDriver("test:///default"))
     seen: list[Any] = []
     handle = agent.handle
@@ -78,12 +83,10 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     sock = str(tmp_path / "agent.sock")
     agent_server = AgentServer(sock, agent)
     context = server_context(str(server_cert.cert), str(server_cert.key), str(ca.cert))
-    proxy = ProxyServer(("127.0.0.1", 0), sock, context,
-                        [ipaddress.ip_network("127.0.0.0/8")])
+    proxy = ProxyServer(("127.0.0.1", 0), sock, context, [ipaddress.ip_network("127.0.0.0/8")])
     threads = [serve(agent_server), serve(proxy)]
     try:
-        yield Rig(f"https://127.0.0.1:{proxy.server_address[1]}", ca, client, agent, seen,
-                  proxy)
+        yield Rig(f"https://127.0.0.1:{proxy.server_address[1]}", ca, client, agent, seen, proxy)
     finally:
         for s in (proxy, agent_server):
             s.shutdown()
@@ -93,8 +96,9 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 
 def test_a_good_client_certificate_reaches_the_agent(rig: Rig) -> None:
-    client = AgentClient(rig.url, tls=AgentTls(str(rig.client.cert), str(rig.client.key),
-                                               str(rig.ca.cert)))
+    client = AgentClient(
+        rig.url, tls=AgentTls(str(rig.client.cert), str(rig.client.key), str(rig.ca.cert))
+    )
     name = f"vm-{uuid.uuid4().hex[:8]}"
     status = client.create(VmSpec(name, SMALL))
     assert status.healthy and client.status(name).state == "running"
@@ -116,8 +120,7 @@ def test_a_certificate_from_another_ca_fails_the_handshake(rig: Rig, tmp_path: P
     rogue = TestCA(tmp_path, "rogue").issue("intruder", server=False)
     with pytest.raises(httpx.TransportError):  # TLS 1.3: refused at the first read
         httpx.post(f"{rig.url}/v1/agent", json={"op": "facts"}, verify=rig.tls(rogue))
-    client = AgentClient(rig.url, tls=AgentTls(str(rogue.cert), str(rogue.key),
-                                               str(rig.ca.cert)))
+    client = AgentClient(rig.url, tls=AgentTls(str(rogue.cert), str(rogue.key), str(rig.ca.cert)))
     with pytest.raises(AgentUnavailable):
         client.facts()
     client.close()
@@ -126,26 +129,38 @@ def test_a_certificate_from_another_ca_fails_the_handshake(rig: Rig, tmp_path: P
 
 def test_an_address_outside_the_allow_list_gets_403(rig: Rig) -> None:
     rig.proxy.allow = [ipaddress.ip_network("10.0.0.0/8")]
-    reply = httpx.post(f"{rig.url}/v1/agent", json={"op": "facts"},
-                       verify=rig.tls(rig.client))
+    reply = httpx.post(f"{rig.url}/v1/agent", json={"op": "facts"}, verify=rig.tls(rig.client))
     assert reply.status_code == 403 and reply.json()["error"] == "forbidden"
     assert rig.seen == []
 
 
-@pytest.mark.parametrize("body", [
-    {"op": "reboot"},
-    {"op": "facts", "extra": 1},
-    {"op": "delete", "name": 42},
-    {"op": "delete", "name": "../../etc"},
-    {"op": "create", "vm": {"name": "ok", "flavor": {"name": "s", "vcpus": "2",
-                                                      "memory_mib": 512, "disk_gib": 1}}},
-    {"op": "create", "vm": {"name": "ok", "flavor": {"name": "s", "vcpus": 0,
-                                                      "memory_mib": 512, "disk_gib": 1}}},
-    {"op": "attach_disk", "name": "ok", "target": "sda", "size_gib": 1},
-    {"op": "attach_disk", "name": "ok", "target": "vdb", "size_gib": 0},
-    {"op": "attach_nvme", "name": "ok", "pci": "3b:00.0; rm -rf /"},
-    [1, 2],
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"op": "reboot"},
+        {"op": "facts", "extra": 1},
+        {"op": "delete", "name": 42},
+        {"op": "delete", "name": "../../etc"},
+        {
+            "op": "create",
+            "vm": {
+                "name": "ok",
+                "flavor": {"name": "s", "vcpus": "2", "memory_mib": 512, "disk_gib": 1},
+            },
+        },
+        {
+            "op": "create",
+            "vm": {
+                "name": "ok",
+                "flavor": {"name": "s", "vcpus": 0, "memory_mib": 512, "disk_gib": 1},
+            },
+        },
+        {"op": "attach_disk", "name": "ok", "target": "sda", "size_gib": 1},
+        {"op": "attach_disk", "name": "ok", "target": "vdb", "size_gib": 0},
+        {"op": "attach_nvme", "name": "ok", "pci": "3b:00.0; rm -rf /"},
+        [1, 2],
+    ],
+)
 def test_malformed_bodies_get_400_and_the_agent_sees_nothing(rig: Rig, body: Any) -> None:
     reply = httpx.post(f"{rig.url}/v1/agent", json=body, verify=rig.tls(rig.client))
     assert reply.status_code == 400 and reply.json()["error"] == "invalid_request"
@@ -154,8 +169,11 @@ def test_malformed_bodies_get_400_and_the_agent_sees_nothing(rig: Rig, body: Any
 
 def test_agent_errors_map_to_http_statuses(rig: Rig) -> None:
     big = {"name": "big", "vcpus": 2, "memory_mib": 1_000_000, "disk_gib": 1}
-    reply = httpx.post(f"{rig.url}/v1/agent", verify=rig.tls(rig.client),
-                       json={"op": "create", "vm": {"name": "huge", "flavor": big}})
+    reply = httpx.post(
+        f"{rig.url}/v1/agent",
+        verify=rig.tls(rig.client),
+        json={"op": "create", "vm": {"name": "huge", "flavor": big}},
+    )
     assert reply.status_code == 409 and reply.json()["error"] == "insufficient_capacity"
     reply = httpx.get(f"{rig.url}/healthz", verify=rig.tls(rig.client))
     assert reply.status_code == 200 and reply.json()["result"]["healthy"]
@@ -167,14 +185,20 @@ def test_the_leader_builds_through_the_proxy(rig: Rig, tmp_path: Path) -> None:
     from warmcache.config import parse_config
 
     config_dir = Path(__file__).resolve().parents[2] / "config"
-    config = parse_config({
-        "service": {"prefix": "wc"},
-        "store": {"path": str(tmp_path / "store.db")},
-        "events": {"path": str(tmp_path / "events.db")},
-        "catalog": {"path": str(config_dir / "flavors.toml")},
-        "agent_tls": {"cert": str(rig.client.cert), "key": str(rig.client.key),
-                      "ca": str(rig.ca.cert)},
-    }, environ={})
+    config = parse_config(
+        {
+            "service": {"prefix": "wc"},
+            "store": {"path": str(tmp_path / "store.db")},
+            "events": {"path": str(tmp_path / "events.db")},
+            "catalog": {"path": str(config_dir / "flavors.toml")},
+            "agent_tls": {
+                "cert": str(rig.client.cert),
+                "key": str(rig.client.key),
+                "ca": str(rig.ca.cert),
+            },
+        },
+        environ={},
+    )
     store = SqliteStore(tmp_path / "store.db")
     facts = rig.agent.facts().model_copy(update={"endpoint": rig.url})  # advertised
     store.put(Keys("wc").host("az1", "h1"), facts.model_dump_json())
@@ -195,8 +219,10 @@ def raw(rig: Rig, data: bytes, timeout_s: float = 10) -> bytes:
     """Send raw bytes over TLS with the good client certificate; read all."""
     host, port = rig.url.removeprefix("https://").split(":")
     ctx = rig.tls(rig.client)
-    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock, \
-            ctx.wrap_socket(sock, server_hostname=host) as tls:
+    with (
+        socket.create_connection((host, int(port)), timeout=timeout_s) as sock,
+        ctx.wrap_socket(sock, server_hostname=host) as tls,
+    ):
         with contextlib.suppress(OSError):
             tls.sendall(data)
         out = b""
@@ -212,8 +238,13 @@ def replies(data: bytes) -> list[tuple[int, Any]]:
     while data:
         head, _, rest = data.partition(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
-        length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length")))
+        length = int(
+            next(
+                line.split(b":", 1)[1]
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+        )
         out.append((status, json.loads(rest[:length])))
         data = rest[length:]
     return out
@@ -222,13 +253,16 @@ def replies(data: bytes) -> list[tuple[int, Any]]:
 FACTS = b'{"op": "facts"}'
 
 
-@pytest.mark.parametrize("headers", [
-    b"Content-Length: abc\r\n", b"Content-Length: 1e3\r\n",
-    b"Content-Length: 15\r\nContent-Length: 16\r\n",
-    b"Content-Length: 15\r\nTransfer-Encoding: chunked\r\n",
-])
-def test_a_bad_content_length_is_a_400_and_nothing_is_forwarded(rig: Rig, headers: bytes
-                                                                 ) -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"Content-Length: abc\r\n",
+        b"Content-Length: 1e3\r\n",
+        b"Content-Length: 15\r\nContent-Length: 16\r\n",
+        b"Content-Length: 15\r\nTransfer-Encoding: chunked\r\n",
+    ],
+)
+def test_a_bad_content_length_is_a_400_and_nothing_is_forwarded(rig: Rig, headers: bytes) -> None:
     """`abc` and `1e3` closed the connection without a reply; of two
     conflicting lengths the first was used and the request forwarded."""
     out = raw(rig, b"POST /v1/agent HTTP/1.1\r\nHost: h\r\n" + headers + b"\r\n" + FACTS)
@@ -241,8 +275,13 @@ def test_a_refused_body_is_never_read_as_the_next_request(rig: Rig) -> None:
     """After a 404 on a keep-alive connection, the unread body (here a
     complete request for the agent) was parsed as the next request."""
     smuggled = b"POST /v1/agent HTTP/1.1\r\nHost: h\r\nContent-Length: 15\r\n\r\n" + FACTS
-    out = raw(rig, b"POST /nowhere HTTP/1.1\r\nHost: h\r\nContent-Length: "
-              + str(len(smuggled)).encode() + b"\r\n\r\n" + smuggled)
+    out = raw(
+        rig,
+        b"POST /nowhere HTTP/1.1\r\nHost: h\r\nContent-Length: "
+        + str(len(smuggled)).encode()
+        + b"\r\n\r\n"
+        + smuggled,
+    )
     assert [status for status, _ in replies(out)] == [404]
     assert rig.seen == []
 
@@ -267,16 +306,22 @@ def test_idle_and_half_sent_connections_are_closed(tmp_path: Path) -> None:
     ca = TestCA(tmp_path, "fleet")
     cert, client = ca.issue("proxy", server=True), ca.issue("wc", server=False)
     context = server_context(str(cert.cert), str(cert.key), str(ca.cert))
-    proxy = ProxyServer(("127.0.0.1", 0), str(tmp_path / "none.sock"), context,
-                        [ipaddress.ip_network("127.0.0.0/8")],
-                        limits=ServerLimits(idle_timeout_s=0.5))
+    proxy = ProxyServer(
+        ("127.0.0.1", 0),
+        str(tmp_path / "none.sock"),
+        context,
+        [ipaddress.ip_network("127.0.0.0/8")],
+        limits=ServerLimits(idle_timeout_s=0.5),
+    )
     thread = serve(proxy)
     try:
         ctx = ssl.create_default_context(cafile=str(ca.cert))
         ctx.load_cert_chain(str(client.cert), str(client.key))
         for opening in (b"", b"POST /v1/agent HTTP/1.1\r\nHost: h\r\nContent-Le"):
-            with socket.create_connection(proxy.server_address, timeout=10) as sock, \
-                    ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+            with (
+                socket.create_connection(proxy.server_address, timeout=10) as sock,
+                ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls,
+            ):
                 tls.sendall(opening) if opening else None
                 started = time.monotonic()
                 assert tls.recv(1024) == b""  # closed by the proxy, not our timeout
@@ -287,11 +332,14 @@ def test_idle_and_half_sent_connections_are_closed(tmp_path: Path) -> None:
         thread.join()
 
 
-def test_a_client_that_goes_away_costs_one_log_line(rig: Rig,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_a_client_that_goes_away_costs_one_log_line(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
     host, port = rig.url.removeprefix("https://").split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as sock, \
-            rig.tls(rig.client).wrap_socket(sock, server_hostname=host) as tls:
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as sock,
+        rig.tls(rig.client).wrap_socket(sock, server_hostname=host) as tls,
+    ):
         tls.sendall(b"POST /v1/agent HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n{")
     # (gone, half way through its body)
     out = raw(rig, b"GET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
@@ -305,19 +353,27 @@ def test_beyond_its_workers_and_queue_the_proxy_answers_busy(tmp_path: Path) -> 
     ca = TestCA(tmp_path, "fleet")
     cert, client = ca.issue("proxy", server=True), ca.issue("wc", server=False)
     context = server_context(str(cert.cert), str(cert.key), str(ca.cert))
-    proxy = ProxyServer(("127.0.0.1", 0), str(tmp_path / "none.sock"), context,
-                        [ipaddress.ip_network("127.0.0.0/8")],
-                        limits=ServerLimits(workers=1, queue=0, idle_timeout_s=20))
+    proxy = ProxyServer(
+        ("127.0.0.1", 0),
+        str(tmp_path / "none.sock"),
+        context,
+        [ipaddress.ip_network("127.0.0.0/8")],
+        limits=ServerLimits(workers=1, queue=0, idle_timeout_s=20),
+    )
     thread = serve(proxy)
     ctx = ssl.create_default_context(cafile=str(ca.cert))
     ctx.load_cert_chain(str(client.cert), str(client.key))
     try:
-        with socket.create_connection(proxy.server_address, timeout=10) as held_sock, \
-                ctx.wrap_socket(held_sock, server_hostname="127.0.0.1") as held:
+        with (
+            socket.create_connection(proxy.server_address, timeout=10) as held_sock,
+            ctx.wrap_socket(held_sock, server_hostname="127.0.0.1") as held,
+        ):
             held.sendall(b"POST /v1/agent HTTP/1.1\r\nHost: h\r\n")  # holds the one worker
             wait_for("the worker to be taken", lambda: proxy.serving == 1, 5)
-            with socket.create_connection(proxy.server_address, timeout=10) as sock, \
-                    ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+            with (
+                socket.create_connection(proxy.server_address, timeout=10) as sock,
+                ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls,
+            ):
                 tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
                 out = b""
                 with contextlib.suppress(OSError):

@@ -16,8 +16,11 @@ import pytest
 from warmcache.layout import Keys
 from warmcache.quickstart import QuickstartStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.libvirt,
-              pytest.mark.usefixtures("libvirt_available")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.libvirt,
+    pytest.mark.usefixtures("libvirt_available"),
+]
 
 
 def free_port_pair() -> int:
@@ -36,8 +39,12 @@ def free_port_pair() -> int:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuickstartStack]:
-    qs = QuickstartStack(tmp_path_factory.mktemp("qs"), port=free_port_pair(),
-                         create_delay_s=0.05, cycle_interval_s=2.0)
+    qs = QuickstartStack(
+        tmp_path_factory.mktemp("qs"),
+        port=free_port_pair(),
+        create_delay_s=0.05,
+        cycle_interval_s=2.0,
+    )
     with qs:
         qs.wait_full(timeout_s=120)
         yield qs
@@ -77,8 +84,12 @@ def test_both_instances_serve_and_a_leader_was_elected(stack: QuickstartStack) -
     import sqlite3
 
     events = sqlite3.connect(stack.state_dir / "events.db")
-    leaders = {row[0] for row in events.execute(
-        "SELECT json_extract(fields, '$.node') FROM events WHERE type = 'leader.elected'")}
+    leaders = {
+        row[0]
+        for row in events.execute(
+            "SELECT json_extract(fields, '$.node') FROM events WHERE type = 'leader.elected'"
+        )
+    }
     events.close()
     assert leaders and leaders <= {"wc-1", "wc-2"}
 
@@ -156,13 +167,30 @@ def test_the_embedding_example_gets_rack_aware_sets(stack: QuickstartStack) -> N
 
     example = Path(__file__).resolve().parents[2] / "examples" / "cluster_provisioner.py"
     result = subprocess.run(
-        [sys.executable, str(example), "--config", str(stack.state_dir / "instance-1.toml"),
-         "--clusters", "2", "--size", "3", "--az", "az2"],
-        capture_output=True, text=True, timeout=60, check=True)
+        [
+            sys.executable,
+            str(example),
+            "--config",
+            str(stack.state_dir / "instance-1.toml"),
+            "--clusters",
+            "2",
+            "--size",
+            "3",
+            "--az",
+            "az2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     lines = [line for line in result.stdout.splitlines() if line.startswith("es-")]
     for cluster in ("es-1", "es-2"):
-        racks = {line.split("rack ")[1].split(",")[0] for line in lines
-                 if line.startswith(f"{cluster}:") and " on rack " in line}
+        racks = {
+            line.split("rack ")[1].split(",")[0]
+            for line in lines
+            if line.startswith(f"{cluster}:") and " on rack " in line
+        }
         assert len(racks) == 3, result.stdout
 
 
@@ -178,11 +206,20 @@ def test_the_dashboard_in_a_real_browser(stack: QuickstartStack, tmp_path: Path)
     if chromium is None:
         unavailable("browser", "no chromium (apt-get install chromium)")
     url = f"{stack.urls[0]}/"
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True,
-                         timeout=90, check=True).stdout
+    flags = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [*flags, "--dump-dom", url], capture_output=True, text=True, timeout=90, check=True
+    ).stdout
     assert "<h1>warmcache</h1>" in dom
     for pool in ("az1/small", "az1/medium", "az1/large", "az2/small", "az2/medium"):
         assert f'data-pool="{pool}"' in dom
@@ -190,6 +227,10 @@ def test_the_dashboard_in_a_real_browser(stack: QuickstartStack, tmp_path: Path)
     artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     shot = artifacts / "dashboard.png"
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1280,1000", url],
-                   capture_output=True, timeout=90, check=True)
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1280,1000", url],
+        capture_output=True,
+        timeout=90,
+        check=True,
+    )
     assert shot.stat().st_size > 10_000

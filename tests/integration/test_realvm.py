@@ -59,16 +59,26 @@ class AgentProcess:
         self.state_dir = state_dir
         self.socket = state_dir / "agent.sock"
         self.config = state_dir / "agent.toml"
-        self.config.write_text(agent_config_toml(image, hypervisor="real1", rack="r1",
-                                                 az="az1"))
+        self.config.write_text(agent_config_toml(image, hypervisor="real1", rack="r1", az="az1"))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentClient:
         log = open(self.state_dir / "agent.log", "ab")  # noqa: SIM115
         self.socket.unlink(missing_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent", "--socket",
-                                      str(self.socket), "--config", str(self.config)],
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "--socket",
+                str(self.socket),
+                "--config",
+                str(self.config),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         wait_for("the agent socket", self.socket.exists, 60)
         return AgentClient(f"unix:{self.socket}", timeout_s=180)
@@ -97,8 +107,10 @@ def agent(tmp_path: Path, real_host: Any) -> Iterator[AgentProcess]:
 
         conn = libvirt.open("qemu:///system")
         for dom in conn.listAllDomains():
-            if dom.name().startswith("rv-") and dom.name() in (tmp_path / "lockfile.json"
-                                                               ).read_text():
+            if (
+                dom.name().startswith("rv-")
+                and dom.name() in (tmp_path / "lockfile.json").read_text()
+            ):
                 if dom.isActive():
                     dom.destroy()
                 dom.undefine()
@@ -121,8 +133,16 @@ def test_a_real_guest_boots_answers_takes_a_disk_and_goes(agent: AgentProcess) -
     # PING/PONG over virtio-serial, probe after probe (each lands right after
     # the previous one disconnected, while the guest re-opens its port)
     assert all(client.status(vm).healthy for _ in range(5))
-    out = client.call({"op": "attach_disk", "name": vm, "target": "vdb", "size_gib": 1,
-                       "format": "qcow2", "preallocation": "metadata"})
+    out = client.call(
+        {
+            "op": "attach_disk",
+            "name": vm,
+            "target": "vdb",
+            "size_gib": 1,
+            "format": "qcow2",
+            "preallocation": "metadata",
+        }
+    )
     assert Path(out["path"]).exists()
     wait_for("the guest to see vdb", lambda: "WARMCACHE-DISK vdb" in agent.console(vm), 10)
     client.call({"op": "detach_disk", "name": vm, "target": "vdb"})
@@ -141,12 +161,16 @@ def test_an_agent_killed_mid_create_agrees_with_libvirt_after_restart(
     vm = f"rv-{uuid.uuid4().hex[:8]}"
     outcome: list[Any] = []
     creating = threading.Thread(
-        target=lambda: outcome.append(_try(lambda: client.create(VmSpec(vm, TINY)))))
+        target=lambda: outcome.append(_try(lambda: client.create(VmSpec(vm, TINY))))
+    )
     creating.start()
     conn = libvirt.open("qemu:///system")
     try:
-        wait_for("libvirt to have the domain", lambda: vm in [d.name() for d in
-                                                             conn.listAllDomains()], 60)
+        wait_for(
+            "libvirt to have the domain",
+            lambda: vm in [d.name() for d in conn.listAllDomains()],
+            60,
+        )
         agent.kill()  # mid-create: defined and booting, never reported back
         creating.join()
         assert isinstance(outcome[0], AgentError)
@@ -180,10 +204,14 @@ def test_a_real_agent_refuses_a_guest_it_did_not_create(agent: AgentProcess) -> 
     conn = libvirt.open("qemu:///system")
     dom = conn.defineXML(
         f"<domain type='qemu'><name>{other}</name><memory unit='MiB'>64</memory>"
-        "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>")
+        "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>"
+    )
     try:
-        for request in ({"op": "delete", "name": other}, {"op": "status", "name": other},
-                        {"op": "attach_disk", "name": other, "target": "vdb", "size_gib": 1}):
+        for request in (
+            {"op": "delete", "name": other},
+            {"op": "status", "name": other},
+            {"op": "attach_disk", "name": other, "target": "vdb", "size_gib": 1},
+        ):
             with pytest.raises(AgentVmNotFound):
                 client.call(request)
         with pytest.raises(AgentVmExists):

@@ -11,23 +11,46 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "replay.py"
 
 
 def test_replay_runs_on_a_small_synthetic_trace(tmp_path: Path) -> None:
-    (tmp_path / "arrivals.txt").write_text(
-        "1000 a,a,|,b,|,a,b,b,|\n1300 b,|,a,a,a,|\n1600 b,b,|\n")
+    (tmp_path / "arrivals.txt").write_text("1000 a,a,|,b,|,a,b,b,|\n1300 b,|,a,a,a,|\n1600 b,b,|\n")
     (tmp_path / "lives.txt").write_text(
-        "1000 U1,U2,|,U0,|,U1,C3,U1,|\n1300 U2,|,U0,U1,U1,|\n1600 U3,U3,|\n")
+        "1000 U1,U2,|,U0,|,U1,C3,U1,|\n1300 U2,|,U0,U1,U1,|\n1600 U3,U3,|\n"
+    )
     (tmp_path / "intervals.txt").write_text("0 0\n300 1\n600 2\n900 3\n1200 3\n")
     (tmp_path / "flavors.txt").write_text("1,0.75 a\n2,4 b\n")
     result = subprocess.run(
-        [sys.executable, str(BENCH), "--trace", str(tmp_path / "arrivals.txt"),
-         "--lifetimes", str(tmp_path / "lives.txt"),
-         "--interval-map", str(tmp_path / "intervals.txt"),
-         "--flavor-map", str(tmp_path / "flavors.txt"), "--bins", "3", "--budget", "6",
-         "--create-mean-s", "5"],
-        capture_output=True, text=True, timeout=120, check=True)
+        [
+            sys.executable,
+            str(BENCH),
+            "--trace",
+            str(tmp_path / "arrivals.txt"),
+            "--lifetimes",
+            str(tmp_path / "lives.txt"),
+            "--interval-map",
+            str(tmp_path / "intervals.txt"),
+            "--flavor-map",
+            str(tmp_path / "flavors.txt"),
+            "--bins",
+            "3",
+            "--budget",
+            "6",
+            "--create-mean-s",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     last = result.stdout.strip().splitlines()[-1]
     # 5 batches, two of them mixing flavors: 7 requests
     assert last.startswith("replay requests=7 warmcache_served="), result.stdout
     fields = dict(item.split("=") for item in last.split()[1:])
-    assert set(fields) == {"requests", "warmcache_served", "static_served", "cold_p50_s",
-                           "warmcache_p50_s", "warmcache_idle_share"}
+    assert set(fields) == {
+        "requests",
+        "warmcache_served",
+        "static_served",
+        "cold_p50_s",
+        "warmcache_p50_s",
+        "warmcache_idle_share",
+    }
     assert "cold " in result.stdout and "0.0%" in result.stdout  # cold serves nothing at once

@@ -38,8 +38,9 @@ def settings() -> dict[str, object]:
 
 
 @pytest.fixture
-def instance(tmp_path: Path, settings: dict[str, object]
-             ) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+def instance(
+    tmp_path: Path, settings: dict[str, object]
+) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     port = free_port()
     config = tmp_path / "service.toml"
     extra = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
@@ -51,15 +52,18 @@ run_builds = false
 run_health = false
 {extra}
 [store]
-path = "{tmp_path / 'store.db'}"
+path = "{tmp_path / "store.db"}"
 [catalog]
-path = "{CONFIG_DIR / 'flavors.toml'}"
+path = "{CONFIG_DIR / "flavors.toml"}"
 [events]
 kind = "log"
 """)
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "warmcache", "serve", "--config", str(config)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "warmcache", "serve", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     log.close()
 
     def answers() -> bool:
@@ -83,7 +87,7 @@ kind = "log"
 
 
 def test_keep_alive_and_a_request_size_limit(
-    instance: tuple[subprocess.Popen[bytes], int, Path]
+    instance: tuple[subprocess.Popen[bytes], int, Path],
 ) -> None:
     _, port, _ = instance
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -95,8 +99,15 @@ def test_keep_alive_and_a_request_size_limit(
     second = conn.getresponse()
     assert second.status == 200 and second.read()
     assert conn.sock is sock  # the same connection served both
-    big = json.dumps({"flavor": "small", "az": "az1", "count": 1, "mode": "best-effort",
-                      "requester": "x" * 10_000})
+    big = json.dumps(
+        {
+            "flavor": "small",
+            "az": "az1",
+            "count": 1,
+            "mode": "best-effort",
+            "requester": "x" * 10_000,
+        }
+    )
     conn.request("POST", "/v1/acquire", big, {"Content-Type": "application/json"})
     refused = conn.getresponse()
     assert refused.status == 413  # by waitress, before the app: still the API's shape
@@ -109,13 +120,16 @@ def test_keep_alive_and_a_request_size_limit(
 
 
 def test_a_chunked_body_over_the_limit_is_refused(
-    instance: tuple[subprocess.Popen[bytes], int, Path]
+    instance: tuple[subprocess.Popen[bytes], int, Path],
 ) -> None:
     _, port, _ = instance
     chunk = b"7d0\r\n" + b" " * 2000 + b"\r\n"
-    reply = raw_exchange(port, b"POST /v1/acquire HTTP/1.1\r\nHost: x\r\n"
-                               b"Content-Type: application/json\r\n"
-                               b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 5)
+    reply = raw_exchange(
+        port,
+        b"POST /v1/acquire HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 5,
+    )
     head, _, body = reply.partition(b"\r\n\r\n")  # 10 kB, no Content-Length
     assert head.startswith(b"HTTP/1.1 413") and json.loads(body)["error"] == "body_too_large"
 
@@ -133,19 +147,22 @@ def raw_exchange(port: int, data: bytes, timeout_s: float = 10) -> bytes:
 
 
 def test_a_malformed_chunk_is_a_typed_400(
-    instance: tuple[subprocess.Popen[bytes], int, Path]
+    instance: tuple[subprocess.Popen[bytes], int, Path],
 ) -> None:
     _, port, _ = instance
-    reply = raw_exchange(port, b"POST /v1/acquire HTTP/1.1\r\nHost: x\r\n"
-                               b"Content-Type: application/json\r\n"
-                               b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
+    reply = raw_exchange(
+        port,
+        b"POST /v1/acquire HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    )
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400") and json.loads(body)["error"] == "invalid_request"
 
 
 @pytest.mark.parametrize("settings", [{"http_idle_timeout_s": 1.0}])
 def test_idle_and_half_sent_connections_are_closed(
-    instance: tuple[subprocess.Popen[bytes], int, Path]
+    instance: tuple[subprocess.Popen[bytes], int, Path],
 ) -> None:
     _, port, _ = instance
     for opening in (b"", b"POST /v1/acquire HTTP/1.1\r\nHost: x\r\nContent-Le"):
@@ -156,10 +173,11 @@ def test_idle_and_half_sent_connections_are_closed(
         assert time.monotonic() - started < 15
 
 
-@pytest.mark.parametrize("settings", [{"http_threads": 1, "http_queue": 0,
-                                       "request_deadline_s": 60.0}])  # held long enough
+@pytest.mark.parametrize(
+    "settings", [{"http_threads": 1, "http_queue": 0, "request_deadline_s": 60.0}]
+)  # held long enough
 def test_a_request_beyond_the_threads_and_queue_is_refused_at_once(
-    instance: tuple[subprocess.Popen[bytes], int, Path]
+    instance: tuple[subprocess.Popen[bytes], int, Path],
 ) -> None:
     """The one worker is held by a rule write waiting for SQLite's write
     lock (held here); the next request is 503 overloaded at once."""
@@ -192,8 +210,11 @@ def _overloaded(port: int, timeout_s: float = 2.0) -> bool:
         conn.request("GET", "/v1/pools")
         reply = conn.getresponse()
         body = json.loads(reply.read())
-        return reply.status == 503 and body["error"] == "overloaded" and \
-            reply.getheader("Retry-After") == "1"
+        return (
+            reply.status == 503
+            and body["error"] == "overloaded"
+            and reply.getheader("Retry-After") == "1"
+        )
     except TimeoutError:
         return False
     finally:
@@ -201,13 +222,16 @@ def _overloaded(port: int, timeout_s: float = 2.0) -> bool:
 
 
 def test_sigterm_stops_the_instance_and_deregisters_it(
-    instance: tuple[subprocess.Popen[bytes], int, Path]
+    instance: tuple[subprocess.Popen[bytes], int, Path],
 ) -> None:
     proc, _, tmp_path = instance
     store = SqliteStore(tmp_path / "store.db")
     try:
-        wait_for("the instance to register",
-                 lambda: [s.node for s in store.services("warmcache")] == ["serve-test"], 10)
+        wait_for(
+            "the instance to register",
+            lambda: [s.node for s in store.services("warmcache")] == ["serve-test"],
+            10,
+        )
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert store.services("warmcache") == []

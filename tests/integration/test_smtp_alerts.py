@@ -39,14 +39,23 @@ def smtp() -> Iterator[tuple[Inbox, int]]:
 def test_alerts_are_mailed_and_rate_limited(smtp: tuple[Inbox, int]) -> None:
     inbox, port = smtp
     clock = ManualClock()
-    alerts = SmtpAlerts("127.0.0.1", port, "warmcache@example.test", ["sre@example.test"],
-                        clock=clock, max_per_window=2, window_s=60)
+    alerts = SmtpAlerts(
+        "127.0.0.1",
+        port,
+        "warmcache@example.test",
+        ["sre@example.test"],
+        clock=clock,
+        max_per_window=2,
+        window_s=60,
+    )
     try:
         for i in range(4):
             alerts.alert(f"warmcache purged vm-{i}", f"vm-{i} failed its health polls")
         wait_for("two mails", lambda: len(inbox.mails) == 2, 10)
-        assert [m["Subject"] for m in inbox.mails] == ["warmcache purged vm-0",
-                                                       "warmcache purged vm-1"]
+        assert [m["Subject"] for m in inbox.mails] == [
+            "warmcache purged vm-0",
+            "warmcache purged vm-1",
+        ]
         assert inbox.mails[0]["To"] == "sre@example.test"
         clock.advance(61)  # a new window: the suppressed ones are summarised
         alerts.alert("warmcache cycle 9: built 3 VM(s), ok", "built: az1/small: 3")
@@ -58,8 +67,7 @@ def test_alerts_are_mailed_and_rate_limited(smtp: tuple[Inbox, int]) -> None:
 
 
 def test_a_dead_mail_server_never_blocks_the_caller() -> None:
-    alerts = SmtpAlerts("127.0.0.1", free_port(), "w@x", ["y@x"], clock=ManualClock(),
-                        timeout_s=1)
+    alerts = SmtpAlerts("127.0.0.1", free_port(), "w@x", ["y@x"], clock=ManualClock(), timeout_s=1)
     for i in range(5):
         alerts.alert(f"s{i}", "b")  # returns at once; failures are logged
     alerts.close(timeout_s=30)
@@ -69,8 +77,15 @@ def test_a_dead_mail_server_never_blocks_the_caller() -> None:
 def test_a_mail_refused_while_the_server_is_down_is_sent_when_it_is_back() -> None:
     aiosmtpd = pytest.importorskip("aiosmtpd.controller")
     inbox, port = Inbox(), free_port()
-    alerts = SmtpAlerts("127.0.0.1", port, "w@example.test", ["sre@example.test"],
-                        clock=ManualClock(), timeout_s=1, retry_s=0.05)
+    alerts = SmtpAlerts(
+        "127.0.0.1",
+        port,
+        "w@example.test",
+        ["sre@example.test"],
+        clock=ManualClock(),
+        timeout_s=1,
+        retry_s=0.05,
+    )
     controller = aiosmtpd.Controller(inbox, hostname="127.0.0.1", port=port)
     try:
         alerts.alert("warmcache purged vm-1", "sent while the server was down")
@@ -92,12 +107,22 @@ def test_config_wires_smtp_alerts(smtp: tuple[Inbox, int], tmp_path: Any) -> Non
 
     inbox, port = smtp
     config_dir = Path(__file__).resolve().parents[2] / "config"
-    service = build(parse_config({
-        "store": {"path": str(tmp_path / "s.db")}, "events": {"kind": "log"},
-        "catalog": {"path": str(config_dir / "flavors.toml")},
-        "alerts": {"kind": "smtp", "smtp_host": "127.0.0.1", "smtp_port": port,
-                   "recipients": ["sre@example.test"]},
-    }, environ={}))
+    service = build(
+        parse_config(
+            {
+                "store": {"path": str(tmp_path / "s.db")},
+                "events": {"kind": "log"},
+                "catalog": {"path": str(config_dir / "flavors.toml")},
+                "alerts": {
+                    "kind": "smtp",
+                    "smtp_host": "127.0.0.1",
+                    "smtp_port": port,
+                    "recipients": ["sre@example.test"],
+                },
+            },
+            environ={},
+        )
+    )
     try:
         assert isinstance(service.alerts, SmtpAlerts)
         service.alerts.alert("warmcache reconcile: 1 finding(s)", "rogue domain")
@@ -124,12 +149,21 @@ def test_the_service_mails_its_cycle_report(smtp: tuple[Inbox, int], tmp_path: A
         agent.attach(store, "wc")
     alerts = SmtpAlerts("127.0.0.1", port, "w@example.test", ["sre@example.test"], clock=clock)
     catalog = FileFlavorCatalog(Path(__file__).resolve().parents[2] / "config" / "flavors.toml")
-    service = WarmCache(config=ServiceConfig(prefix="wc"), store=store, catalog=catalog,
-                        events=LogEvents(), agent_for=agents.__getitem__, clock=clock,
-                        alerts=alerts)
+    service = WarmCache(
+        config=ServiceConfig(prefix="wc"),
+        store=store,
+        catalog=catalog,
+        events=LogEvents(),
+        agent_for=agents.__getitem__,
+        clock=clock,
+        alerts=alerts,
+    )
     try:
-        service.rules.put("az1", "small", {"max_instance_per_cycle": 3, "total_instances": 3,
-                                           "min_fault_domain": 3})
+        service.rules.put(
+            "az1",
+            "small",
+            {"max_instance_per_cycle": 3, "total_instances": 3, "min_fault_domain": 3},
+        )
         service.run_cycle()
         wait_for("the cycle report", lambda: inbox.mails, 10)
         assert "built 3 VM(s)" in inbox.mails[0]["Subject"]

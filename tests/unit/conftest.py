@@ -28,17 +28,23 @@ def agents(sqlite_store: SqliteStore) -> dict[str, FakeAgent]:
 
 
 @pytest.fixture
-def make_service(tmp_path: Path, sqlite_store: SqliteStore, clock: ManualClock,
-                 agents: dict[str, FakeAgent]) -> Iterator[Callable[..., WarmCache]]:
+def make_service(
+    tmp_path: Path, sqlite_store: SqliteStore, clock: ManualClock, agents: dict[str, FakeAgent]
+) -> Iterator[Callable[..., WarmCache]]:
     made: list[WarmCache] = []
     events = SqliteEvents(tmp_path / "events.db")
 
     def make(alerts: Any = None, **config: Any) -> WarmCache:
         settings = {"node": "wc-test", "prefix": "wc", "build_concurrency": 4, **config}
         svc = WarmCache(
-            config=ServiceConfig(**settings), store=sqlite_store, alerts=alerts or LogAlerts(),
+            config=ServiceConfig(**settings),
+            store=sqlite_store,
+            alerts=alerts or LogAlerts(),
             catalog=FileFlavorCatalog(CONFIG_DIR / "flavors.toml"),
-            events=events, agent_for=agents.__getitem__, clock=clock, rng=random.Random(7),
+            events=events,
+            agent_for=agents.__getitem__,
+            clock=clock,
+            rng=random.Random(7),
         )
         made.append(svc)
         return svc

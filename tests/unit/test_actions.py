@@ -13,8 +13,11 @@ from warmcache.schemas import ChangeAsk
 
 def test_the_body_schema_offers_every_action_with_its_params() -> None:
     schema = ChangeAsk.model_json_schema()
-    asks = {d["properties"]["action"]["const"]: d for d in schema["$defs"].values()
-            if "action" in d.get("properties", {})}
+    asks = {
+        d["properties"]["action"]["const"]: d
+        for d in schema["$defs"].values()
+        if "action" in d.get("properties", {})
+    }
     assert set(asks) == set(ACTIONS)
     for action, spec in ACTIONS.items():
         params = asks[action]["properties"]["params"]["$ref"].rsplit("/", 1)[-1]
@@ -29,11 +32,14 @@ def test_the_cli_offers_every_action() -> None:
     assert list(action.type.choices) == list(ACTIONS)
 
 
-@pytest.mark.parametrize("body", [
-    {"action": "purge_pool", "params": {"hypervisor": "h1"}},
-    {"action": "reboot_fleet", "params": {}},
-    {"action": "drain_hypervisor", "params": {"hypervisor": "../etc"}},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"action": "purge_pool", "params": {"hypervisor": "h1"}},
+        {"action": "reboot_fleet", "params": {}},
+        {"action": "drain_hypervisor", "params": {"hypervisor": "../etc"}},
+    ],
+)
 def test_a_body_off_the_registry_is_refused(body: dict[str, object]) -> None:
     from pydantic import ValidationError
 

@@ -28,9 +28,14 @@ SMALL = Flavor(name="small", vcpus=2, memory_mib=2048, disk_gib=10)
 
 
 def config(tmp_path: Path, vcpus: int = 16) -> AgentConfig:
-    return AgentConfig(hypervisor="h1", rack="r1", az="az1", state_dir=str(tmp_path),
-                       capacity=Resources(vcpus=vcpus, memory_mib=65536, disk_gib=1000),
-                       reserved=Resources(vcpus=2, memory_mib=4096, disk_gib=50))
+    return AgentConfig(
+        hypervisor="h1",
+        rack="r1",
+        az="az1",
+        state_dir=str(tmp_path),
+        capacity=Resources(vcpus=vcpus, memory_mib=65536, disk_gib=1000),
+        reserved=Resources(vcpus=2, memory_mib=4096, disk_gib=50),
+    )
 
 
 @pytest.fixture
@@ -173,8 +178,11 @@ def test_pinning_reaches_the_domain_and_the_lockfile(tmp_path: Path) -> None:
     assert [p.get("cpuset") for p in dom.iter("vcpupin")] == [str(c) for c in range(8, 16)]
     assert dom.find("cputune/emulatorpin").get("cpuset") == "8-15"  # type: ignore[union-attr]
     assert dom.find("numatune/memory").get("nodeset") == "1"  # type: ignore[union-attr]
-    for vcpus, code in ((3, "invalid_request"), (10, "invalid_request"),
-                        (6, "insufficient_capacity")):
+    for vcpus, code in (
+        (3, "invalid_request"),
+        (10, "invalid_request"),
+        (6, "insufficient_capacity"),
+    ):
         odd = Flavor(name="odd", vcpus=vcpus, memory_mib=512, disk_gib=1)
         with pytest.raises(AgentFault) as err:
             host.create(VmSpec(name(), odd))
@@ -199,21 +207,26 @@ def test_the_agent_never_touches_a_domain_it_does_not_manage(tmp_path: Path) -> 
     conn = libvirt.open("test:///default")
     try:
         assert conn.lookupByName("test").isActive()
-        requests = [{"op": "delete", "name": "test"}, {"op": "status", "name": "test"},
-                    {"op": "attach_disk", "name": "test", "target": "vdb", "size_gib": 1},
-                    {"op": "detach_disk", "name": "test", "target": "vdb"},
-                    {"op": "attach_nvme", "name": "test", "pci": "0000:01:00.0"}]
+        requests = [
+            {"op": "delete", "name": "test"},
+            {"op": "status", "name": "test"},
+            {"op": "attach_disk", "name": "test", "target": "vdb", "size_gib": 1},
+            {"op": "detach_disk", "name": "test", "target": "vdb"},
+            {"op": "attach_nvme", "name": "test", "pci": "0000:01:00.0"},
+        ]
         for request in requests:
             reply = handle_line(agent, json.dumps(request).encode())
-            assert reply == {"ok": False, "error": "not_found",
-                             "detail": "no VM test managed by this agent"}, request
+            assert reply == {
+                "ok": False,
+                "error": "not_found",
+                "detail": "no VM test managed by this agent",
+            }, request
         create = {"op": "create", "vm": {"name": "test", "flavor": SMALL.model_dump()}}
         assert handle_line(agent, json.dumps(create).encode())["error"] == "already_exists"
         assert conn.lookupByName("test").isActive()  # untouched
         agent.create(VmSpec("ignored", SMALL))  # (an operator's later choice to ignore it)
         agent.config = cfg
-        assert handle_line(agent, b'{"op": "delete", "name": "ignored"}')["error"] == \
-            "not_found"
+        assert handle_line(agent, b'{"op": "delete", "name": "ignored"}')["error"] == "not_found"
         assert conn.lookupByName("ignored").isActive()
         assert "test" not in agent.facts().vms
         assert any(f.vm == "test" and f.kind == "unmanaged_domain" for f in agent.reconcile())
@@ -225,8 +238,7 @@ def test_the_agent_never_touches_a_domain_it_does_not_manage(tmp_path: Path) -> 
         conn.close()
 
 
-def test_idle_connections_cost_no_threads_past_the_bound_and_are_closed(tmp_path: Path
-                                                                         ) -> None:
+def test_idle_connections_cost_no_threads_past_the_bound_and_are_closed(tmp_path: Path) -> None:
     """200 idle connections made 202 threads on an agent. Now: 4 workers and
     a queue of 4; connections beyond get `busy` at once, idle and half-sent
     ones are closed after the idle timeout, and the agent still answers."""
@@ -236,8 +248,9 @@ def test_idle_connections_cost_no_threads_past_the_bound_and_are_closed(tmp_path
     from agent.config import ServerLimits
     from agent.libvirt_driver import LibvirtDriver
 
-    cfg = config(tmp_path).model_copy(update={"server": ServerLimits(
-        workers=4, queue=4, idle_timeout_s=0.5)})
+    cfg = config(tmp_path).model_copy(
+        update={"server": ServerLimits(workers=4, queue=4, idle_timeout_s=0.5)}
+    )
     path = str(tmp_path / "agent.sock")
     server = AgentServer(path, HostAgentService(cfg, LibvirtDriver("test:///default")))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
@@ -258,8 +271,11 @@ def test_idle_connections_cost_no_threads_past_the_bound_and_are_closed(tmp_path
         assert threading.active_count() - before <= 4 + 2
         s = idle[-1]
         s.settimeout(5)
-        assert json.loads(s.recv(4096)) == {"ok": False, "error": "busy",
-                                           "detail": "every worker of this agent is busy: retry"}
+        assert json.loads(s.recv(4096)) == {
+            "ok": False,
+            "error": "busy",
+            "detail": "every worker of this agent is busy: retry",
+        }
         started = time.monotonic()
         for s in idle[:8]:  # the ones that got a worker: closed after 0.5 s, not held
             s.settimeout(10)

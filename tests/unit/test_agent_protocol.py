@@ -33,14 +33,22 @@ RESERVED = Resources(vcpus=2, memory_mib=4096, disk_gib=50)
 def agent_in(state_dir: Path, pin: bool = True) -> HostAgentService:
     from agent.libvirt_driver import LibvirtDriver
 
-    cfg = AgentConfig(hypervisor="h1", rack="r1", az="az1", state_dir=str(state_dir),
-                      capacity=CAPACITY, reserved=RESERVED, pin_cpus=pin)
+    cfg = AgentConfig(
+        hypervisor="h1",
+        rack="r1",
+        az="az1",
+        state_dir=str(state_dir),
+        capacity=CAPACITY,
+        reserved=RESERVED,
+        pin_cpus=pin,
+    )
     return HostAgentService(cfg, LibvirtDriver("test:///default"))
 
 
 def books(agent: HostAgentService) -> list[tuple[Any, ...]]:
-    return sorted((a.name, a.vcpus, a.memory_mib, a.disk_gib, a.disks, a.cpus)
-                  for a in agent.lockfile.all())
+    return sorted(
+        (a.name, a.vcpus, a.memory_mib, a.disk_gib, a.disks, a.cpus) for a in agent.lockfile.all()
+    )
 
 
 def create(name: str, **flavor: Any) -> dict[str, Any]:
@@ -53,9 +61,17 @@ def test_negative_sizes_are_refused_at_every_door(tmp_path: Path) -> None:
     schema and the catalog, and gave the host 101,871 GiB free of 1,950."""
     agent = agent_in(tmp_path)
     before, free = books(agent), agent.facts().disk_gib_free
-    for bad in ({"extra_disks_gib": [-100000]}, {"disk_gib": -5}, {"vcpus": -2},
-                {"memory_mib": 0}, {"extra_disks_gib": [1] * 25}, {"disk_gib": 10**9},
-                {"vcpus": "2"}, {"vcpus": True}, {"disk_gib": 2.0}):
+    for bad in (
+        {"extra_disks_gib": [-100000]},
+        {"disk_gib": -5},
+        {"vcpus": -2},
+        {"memory_mib": 0},
+        {"extra_disks_gib": [1] * 25},
+        {"disk_gib": 10**9},
+        {"vcpus": "2"},
+        {"vcpus": True},
+        {"disk_gib": 2.0},
+    ):
         request = json.dumps(create("vm-bad", **bad)).encode()
         reply = handle_line(agent, request)
         assert reply["ok"] is False and reply["error"] == "invalid_request", bad
@@ -66,8 +82,9 @@ def test_negative_sizes_are_refused_at_every_door(tmp_path: Path) -> None:
     attach = {"op": "attach_disk", "name": "vm-bad", "target": "vdb", "size_gib": -1}
     assert handle_line(agent, json.dumps(attach).encode())["error"] == "invalid_request"
     catalog = tmp_path / "flavors.toml"
-    catalog.write_text('[flavors.big]\nvcpus = 2\nmemory_mib = 1024\ndisk_gib = 10\n'
-                       'extra_disks_gib = [-100000]\n')
+    catalog.write_text(
+        "[flavors.big]\nvcpus = 2\nmemory_mib = 1024\ndisk_gib = 10\nextra_disks_gib = [-100000]\n"
+    )
     with pytest.raises(ConfigError, match="extra_disks_gib"):
         FileFlavorCatalog(catalog)
     with pytest.raises(ValidationError):
@@ -78,10 +95,18 @@ def test_negative_sizes_are_refused_at_every_door(tmp_path: Path) -> None:
 
 # --- the protocol, fuzzed -----------------------------------------------------------
 
-names = st.one_of(st.sampled_from(["vm-a", "vm-b", "vm-c"]),
-                  st.sampled_from(["test", "../etc", ""]))  # weighted to names that exist
-sizes = st.one_of(st.integers(-(10**6), -1), st.integers(0, 64), st.just(10**30),
-                  st.floats(allow_nan=False), st.text(max_size=3), st.booleans(), st.none())
+names = st.one_of(
+    st.sampled_from(["vm-a", "vm-b", "vm-c"]), st.sampled_from(["test", "../etc", ""])
+)  # weighted to names that exist
+sizes = st.one_of(
+    st.integers(-(10**6), -1),
+    st.integers(0, 64),
+    st.just(10**30),
+    st.floats(allow_nan=False),
+    st.text(max_size=3),
+    st.booleans(),
+    st.none(),
+)
 
 
 def mostly(valid: st.SearchStrategy[Any], bad: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -90,43 +115,78 @@ def mostly(valid: st.SearchStrategy[Any], bad: st.SearchStrategy[Any]) -> st.Sea
     return st.one_of(valid, valid, valid, valid, bad)
 
 
-bad_disks = st.one_of(st.lists(st.integers(max_value=-1), min_size=1, max_size=3),
-                      st.lists(st.integers(-(10**6), 10**6), min_size=4, max_size=30),
-                      st.lists(sizes, max_size=5), sizes)
+bad_disks = st.one_of(
+    st.lists(st.integers(max_value=-1), min_size=1, max_size=3),
+    st.lists(st.integers(-(10**6), 10**6), min_size=4, max_size=30),
+    st.lists(sizes, max_size=5),
+    sizes,
+)
 flavors = st.fixed_dictionaries(
-    {"name": st.just("f"),
-     "vcpus": mostly(st.sampled_from([2, 4, 8]), sizes),
-     "memory_mib": mostly(st.sampled_from([64, 1024, 8192]), sizes),
-     "disk_gib": mostly(st.sampled_from([1, 100, 900]), sizes),
-     "extra_disks_gib": st.one_of(st.lists(st.sampled_from([1, 50, 600]), max_size=3),
-                                  bad_disks)},
-    optional={"image_id": st.text(max_size=4), "surprise": st.integers()})
+    {
+        "name": st.just("f"),
+        "vcpus": mostly(st.sampled_from([2, 4, 8]), sizes),
+        "memory_mib": mostly(st.sampled_from([64, 1024, 8192]), sizes),
+        "disk_gib": mostly(st.sampled_from([1, 100, 900]), sizes),
+        "extra_disks_gib": st.one_of(
+            st.lists(st.sampled_from([1, 50, 600]), max_size=3), bad_disks
+        ),
+    },
+    optional={"image_id": st.text(max_size=4), "surprise": st.integers()},
+)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
-                                                                 max_size=3), max_leaves=10)
-creates = st.builds(lambda n, f: {"op": "create", "vm": {"name": n, "flavor": f}},
-                    names, flavors)
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+creates = st.builds(lambda n, f: {"op": "create", "vm": {"name": n, "flavor": f}}, names, flavors)
 requests = st.one_of(
-    creates, creates, creates,
+    creates,
+    creates,
+    creates,
     st.builds(lambda op, n: {"op": op, "name": n}, st.sampled_from(["delete", "status"]), names),
-    st.builds(lambda n, t, g: {"op": "attach_disk", "name": n, "target": t, "size_gib": g},
-              names, st.sampled_from(["vdb", "vdc", "vdz", "sda"]),
-              mostly(st.sampled_from([1, 500, 2000]), sizes)),
-    st.builds(lambda n, t: {"op": "detach_disk", "name": n, "target": t}, names,
-              st.sampled_from(["vdb", "vdc"])),
-    st.sampled_from([{"op": "list"}, {"op": "facts"}, {"op": "health"}, {"op": "reboot"},
-                     {"op": "facts", "extra": 1}, {}]),
+    st.builds(
+        lambda n, t, g: {"op": "attach_disk", "name": n, "target": t, "size_gib": g},
+        names,
+        st.sampled_from(["vdb", "vdc", "vdz", "sda"]),
+        mostly(st.sampled_from([1, 500, 2000]), sizes),
+    ),
+    st.builds(
+        lambda n, t: {"op": "detach_disk", "name": n, "target": t},
+        names,
+        st.sampled_from(["vdb", "vdc"]),
+    ),
+    st.sampled_from(
+        [
+            {"op": "list"},
+            {"op": "facts"},
+            {"op": "health"},
+            {"op": "reboot"},
+            {"op": "facts", "extra": 1},
+            {},
+        ]
+    ),
     st.dictionaries(st.text(max_size=5), json_values, max_size=4),
 )
 encoded = requests.map(lambda r: json.dumps(r).encode())
-lines = st.one_of(encoded, encoded, encoded, encoded, encoded,  # mostly well-formed JSON
-                  st.binary(max_size=40), st.just(b"[" * 5000 + b"]" * 5000),
-                  st.just(b'{"op": "status", "name": 1' + b"0" * 5000 + b"}"))
+lines = st.one_of(
+    encoded,
+    encoded,
+    encoded,
+    encoded,
+    encoded,  # mostly well-formed JSON
+    st.binary(max_size=40),
+    st.just(b"[" * 5000 + b"]" * 5000),
+    st.just(b'{"op": "status", "name": 1' + b"0" * 5000 + b"}"),
+)
 
 
-REPORTED = [json.dumps(create("vm-a", extra_disks_gib=[-100000])).encode(),
-            json.dumps(create("vm-b", disk_gib=60_000)).encode(), b'{"op": "facts"}']
+REPORTED = [
+    json.dumps(create("vm-a", extra_disks_gib=[-100000])).encode(),
+    json.dumps(create("vm-b", disk_gib=60_000)).encode(),
+    b'{"op": "facts"}',
+]
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

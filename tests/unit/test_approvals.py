@@ -21,14 +21,19 @@ ALICE, BOB, CAROL = "alice-token", "bob-token", "carol-token"
 
 @pytest.fixture
 def client(service: WarmCache) -> FlaskClient:
-    service.rules.put("az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6,
-                                       "min_fault_domain": 3})
+    service.rules.put(
+        "az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6, "min_fault_domain": 3}
+    )
     service.run_cycle()
-    auth = Authenticator(AuthConfig(tokens=(
-        TokenConfig(name="alice", role="admin", token=ALICE),
-        TokenConfig(name="bob", role="admin", token=BOB),
-        TokenConfig(name="carol", role="user", token=CAROL),
-    )))
+    auth = Authenticator(
+        AuthConfig(
+            tokens=(
+                TokenConfig(name="alice", role="admin", token=ALICE),
+                TokenConfig(name="bob", role="admin", token=BOB),
+                TokenConfig(name="carol", role="user", token=CAROL),
+            )
+        )
+    )
     app: Flask = create_app(service, auth)
     return app.test_client()
 
@@ -38,8 +43,9 @@ def as_(token: str) -> dict[str, str]:
 
 
 def ask(client: FlaskClient, token: str, action: str, **params: Any) -> Any:
-    return client.post("/v1/requests", headers=as_(token),
-                       json={"action": action, "params": params})
+    return client.post(
+        "/v1/requests", headers=as_(token), json={"action": action, "params": params}
+    )
 
 
 def pooled(service: WarmCache) -> list[PoolInstance]:
@@ -47,8 +53,9 @@ def pooled(service: WarmCache) -> list[PoolInstance]:
     return [PoolInstance.model_validate_json(kv.value) for kv in kvs]
 
 
-def test_purge_needs_a_second_admin(client: FlaskClient, service: WarmCache,
-                                    agents: dict[str, FakeAgent]) -> None:
+def test_purge_needs_a_second_admin(
+    client: FlaskClient, service: WarmCache, agents: dict[str, FakeAgent]
+) -> None:
     reply = ask(client, ALICE, "purge_pool", az="az1", flavor="small")
     assert reply.status_code == 202
     rid = reply.get_json()["request"]["id"]
@@ -63,8 +70,7 @@ def test_purge_needs_a_second_admin(client: FlaskClient, service: WarmCache,
     again = client.post(f"/v1/requests/{rid}/approve", headers=as_(BOB))
     assert again.status_code == 409 and again.get_json()["error"] == "request_conflict"
     steps = [e.type for e in reversed(service.events.recent(type_prefix="request."))]
-    assert steps == ["request.created", "request.refused", "request.approved",
-                     "request.executed"]
+    assert steps == ["request.created", "request.refused", "request.approved", "request.executed"]
 
 
 def test_requests_expire(client: FlaskClient, service: WarmCache) -> None:
@@ -88,21 +94,26 @@ def test_delete_rule_and_drain_take_effect_on_approval(
     assert not on_host & {vm.name for vm in got}  # a drained host's VMs are not handed out
     service.rules.put("az1", "small", {"max_instance_per_cycle": 6, "total_instances": 12})
     service.run_cycle()
-    assert not any(vm.hypervisor == target for vm in pooled(service)
-                   if vm.name not in on_host)  # and nothing new is built there
+    assert not any(
+        vm.hypervisor == target for vm in pooled(service) if vm.name not in on_host
+    )  # and nothing new is built there
     rid = ask(client, BOB, "delete_rule", az="az1", flavor="small").get_json()["request"]["id"]
     assert client.post(f"/v1/requests/{rid}/approve", headers=as_(ALICE)).status_code == 200
     assert service.rules.get("az1", "small") is None
 
 
-@pytest.mark.parametrize("body", [
-    {"action": "format_disks", "params": {}},
-    {"action": "purge_pool", "params": {"az": "az1"}},
-    {"action": "drain_hypervisor", "params": {"hypervisor": "../x"}},
-    {"action": "purge_pool", "params": {"az": "az1", "flavor": "small", "now": "yes"}},
-])
-def test_bad_requests_are_refused_and_change_nothing(client: FlaskClient, service: WarmCache,
-                                                     body: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"action": "format_disks", "params": {}},
+        {"action": "purge_pool", "params": {"az": "az1"}},
+        {"action": "drain_hypervisor", "params": {"hypervisor": "../x"}},
+        {"action": "purge_pool", "params": {"az": "az1", "flavor": "small", "now": "yes"}},
+    ],
+)
+def test_bad_requests_are_refused_and_change_nothing(
+    client: FlaskClient, service: WarmCache, body: dict[str, Any]
+) -> None:
     reply = client.post("/v1/requests", headers=as_(ALICE), json=body)
     assert reply.status_code == 400 and reply.get_json()["error"] == "invalid_request"
     assert client.get("/v1/requests", headers=as_(ALICE)).get_json()["requests"] == []

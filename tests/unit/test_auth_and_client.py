@@ -22,14 +22,22 @@ USER, ADMIN = "user-secret", "admin-secret"
 
 @pytest.fixture
 def app(service: WarmCache) -> Flask:
-    service.rules.put("az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6,
-                                       "min_fault_domain": 3})
+    service.rules.put(
+        "az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6, "min_fault_domain": 3}
+    )
     service.run_cycle()
-    auth = Authenticator(AuthConfig(tokens=(
-        TokenConfig(name="es-provisioner", role="user", token=USER),
-        TokenConfig(name="sre-alice", role="admin",
-                    token_sha256=hashlib.sha256(ADMIN.encode()).hexdigest()),
-    )))
+    auth = Authenticator(
+        AuthConfig(
+            tokens=(
+                TokenConfig(name="es-provisioner", role="user", token=USER),
+                TokenConfig(
+                    name="sre-alice",
+                    role="admin",
+                    token_sha256=hashlib.sha256(ADMIN.encode()).hexdigest(),
+                ),
+            )
+        )
+    )
     return create_app(service, auth)
 
 
@@ -54,9 +62,17 @@ def test_roles_and_the_requester_come_from_the_token(app: Flask, service: WarmCa
     assert reply.status_code == 403 and reply.get_json()["error"] == "forbidden"
     assert client.get("/v1/rules/az1/medium", headers=bearer(USER)).status_code == 404
     assert client.put("/v1/rules/az1/medium", json=rule, headers=bearer(ADMIN)).status_code == 200
-    reply = client.post("/v1/acquire", headers=bearer(USER), json={
-        "flavor": "small", "az": "az1", "count": 1, "mode": "best-effort",
-        "requester": "someone-else"})
+    reply = client.post(
+        "/v1/acquire",
+        headers=bearer(USER),
+        json={
+            "flavor": "small",
+            "az": "az1",
+            "count": 1,
+            "mode": "best-effort",
+            "requester": "someone-else",
+        },
+    )
     assert reply.status_code == 200
     [event] = service.events.recent(type_prefix="acquisition")
     assert event.fields["requester"] == "es-provisioner"
@@ -65,8 +81,11 @@ def test_roles_and_the_requester_come_from_the_token(app: Flask, service: WarmCa
 def test_the_openapi_document_covers_every_route(app: Flask) -> None:
     doc = app.test_client().get("/v1/openapi.json").get_json()
     assert doc["openapi"].startswith("3.1")
-    routes = {re.sub(r"<(\w+)>", r"{\1}", r.rule) for r in app.url_map.iter_rules()
-              if r.rule.startswith(("/v1", "/healthz", "/metrics"))}
+    routes = {
+        re.sub(r"<(\w+)>", r"{\1}", r.rule)
+        for r in app.url_map.iter_rules()
+        if r.rule.startswith(("/v1", "/healthz", "/metrics"))
+    }
     assert routes <= set(doc["paths"])
     body = doc["components"]["schemas"]["AcquireRequest"]
     assert set(body["required"]) == {"flavor", "az", "count", "mode"}
@@ -76,8 +95,7 @@ def test_the_openapi_document_covers_every_route(app: Flask) -> None:
 @pytest.fixture
 def client(app: Flask) -> Iterator[Client]:
     transport = httpx.WSGITransport(app=app)
-    http = httpx.Client(transport=transport, base_url="http://warmcache",
-                        headers=bearer(USER))
+    http = httpx.Client(transport=transport, base_url="http://warmcache", headers=bearer(USER))
     yield Client("http://warmcache", http=http)
     http.close()
 

@@ -34,8 +34,9 @@ def pool_names(store: SqliteStore) -> set[str]:
     return {kv.key.rsplit("/", 1)[1] for kv in kvs}
 
 
-def test_claimed_vms_leave_the_pool_in_one_step(sqlite_store: SqliteStore, clock: ManualClock
-                                                ) -> None:
+def test_claimed_vms_leave_the_pool_in_one_step(
+    sqlite_store: SqliteStore, clock: ManualClock
+) -> None:
     seed(sqlite_store, racks=3, per_rack=2)
     got = Rig(sqlite_store, clock).claim(3)
     assert len(pool_names(sqlite_store)) == 3 and acquired_names(sqlite_store) == set(got)
@@ -78,10 +79,11 @@ def test_vms_on_silent_or_drained_hosts_or_failing_health_are_never_claimed(
     rig = Rig(sqlite_store, clock)
     sqlite_store.delete(KEYS.hosts_dir() + "az1/r0-h0")  # its heartbeat is gone
     sqlite_store.put(KEYS.drain("r1-h0"), "{}")
-    sick = PoolInstance.model_validate_json(sqlite_store.get(KEYS.pool("az1", "small-r2-0"))
-                                            .value)  # type: ignore[union-attr]
-    sqlite_store.put(KEYS.pool("az1", sick.name),
-                     sick.model_copy(update={"health_failures": 1}).model_dump_json())
+    sick = PoolInstance.model_validate_json(sqlite_store.get(KEYS.pool("az1", "small-r2-0")).value)  # type: ignore[union-attr]
+    sqlite_store.put(
+        KEYS.pool("az1", sick.name),
+        sick.model_copy(update={"health_failures": 1}).model_dump_json(),
+    )
     got = set(rig.claim(3, Mode.BEST_EFFORT))
     assert got == {"small-r0-1", "small-r1-1", "small-r2-1"}
     with pytest.raises(NoCapacity):
@@ -163,8 +165,12 @@ def test_a_batch_commits_in_one_transaction_and_one_bad_request_fails_alone(
         seed(store, racks=4, per_rack=3)
         rig = Rig(store, clock)
         rig.sync()
-        requests = [rig.request(3), rig.request(5), rig.request(2, Mode.HYPERVISOR_AWARE),
-                    rig.request(4, Mode.BEST_EFFORT)]
+        requests = [
+            rig.request(3),
+            rig.request(5),
+            rig.request(2, Mode.HYPERVISOR_AWARE),
+            rig.request(4, Mode.BEST_EFFORT),
+        ]
         rig.claimer.claim_batch(requests)
         assert store.batches == [3]  # one transaction for the three that could be served
         assert isinstance(requests[1].outcome, NoCapacity)
@@ -231,8 +237,9 @@ class UnansweredClaims(SqliteStore):
 
 @pytest.mark.parametrize("how", ["applied", "pending"])
 @pytest.mark.parametrize("size", [1, 3])
-def test_an_unanswered_batch_strands_no_vm(tmp_path: Path, clock: ManualClock, how: str,
-                                           size: int) -> None:
+def test_an_unanswered_batch_strands_no_vm(
+    tmp_path: Path, clock: ManualClock, how: str, size: int
+) -> None:
     """§12.1/§12.3 across a store timeout: whatever the store did with the
     unanswered batch, each caller gets exactly the VMs that left the pool
     for it, and none stays in `acquired` without an owner."""
@@ -249,16 +256,20 @@ def test_an_unanswered_batch_strands_no_vm(tmp_path: Path, clock: ManualClock, h
         assert len(got) == len(set(got)) == 2 * size
         assert acquired_names(store) == set(got)
         assert not set(got) & pool_names(store)
-        claims = Counter(PoolInstance.model_validate_json(kv.value).claim_id
-                         for kv in store.range(KEYS.acquired_dir())[0])
-        assert sorted(claims.values()) == [2] * size and set(claims) == \
-            {r.claim_id for r in requests}
+        claims = Counter(
+            PoolInstance.model_validate_json(kv.value).claim_id
+            for kv in store.range(KEYS.acquired_dir())[0]
+        )
+        assert sorted(claims.values()) == [2] * size and set(claims) == {
+            r.claim_id for r in requests
+        }
     finally:
         store.close()
 
 
-def test_an_unanswered_batch_where_one_claim_lost_a_conflict(tmp_path: Path,
-                                                             clock: ManualClock) -> None:
+def test_an_unanswered_batch_where_one_claim_lost_a_conflict(
+    tmp_path: Path, clock: ManualClock
+) -> None:
     """Nested transactions: in one lost reply, one claim landed and another
     failed its compare. The settle tells them apart: the first is returned,
     the second runs again."""
@@ -283,8 +294,9 @@ def test_an_unanswered_batch_where_one_claim_lost_a_conflict(tmp_path: Path,
         store.close()
 
 
-def test_an_unanswered_batch_with_the_store_gone_says_so(tmp_path: Path,
-                                                         clock: ManualClock) -> None:
+def test_an_unanswered_batch_with_the_store_gone_says_so(
+    tmp_path: Path, clock: ManualClock
+) -> None:
     store = UnansweredClaims(tmp_path / "s.db", clock=clock, how="down")
     try:
         seed(store, racks=3, per_rack=2)
@@ -303,8 +315,7 @@ def test_an_unanswered_batch_with_the_store_gone_says_so(tmp_path: Path,
 # --- a batch's outcome is that of the requests run one after the other --------------
 
 spots = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2)), min_size=0, max_size=14)
-asks = st.lists(st.tuples(st.integers(1, 4), st.sampled_from(list(Mode))), min_size=1,
-                max_size=5)
+asks = st.lists(st.tuples(st.integers(1, 4), st.sampled_from(list(Mode))), min_size=1, max_size=5)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -317,11 +328,19 @@ def test_a_batch_equals_some_sequential_order_of_its_requests(
         try:
             vms = {}
             for i, (r, h) in enumerate(layout):
-                vm = PoolInstance(name=f"vm{i}", az="az1", flavor="small", rack=f"r{r}",
-                                  hypervisor=f"r{r}-h{h}", state=InstanceState.READY,
-                                  created_at=0)
-                store.put(KEYS.hosts_dir() + f"az1/{vm.hypervisor}",
-                          host(vm.hypervisor, vm.rack).model_dump_json())
+                vm = PoolInstance(
+                    name=f"vm{i}",
+                    az="az1",
+                    flavor="small",
+                    rack=f"r{r}",
+                    hypervisor=f"r{r}-h{h}",
+                    state=InstanceState.READY,
+                    created_at=0,
+                )
+                store.put(
+                    KEYS.hosts_dir() + f"az1/{vm.hypervisor}",
+                    host(vm.hypervisor, vm.rack).model_dump_json(),
+                )
                 store.put(KEYS.pool("az1", vm.name), vm.model_dump_json())
                 vms[vm.name] = vm
             rig = Rig(store, seed_=rng_seed)
@@ -333,14 +352,21 @@ def test_a_batch_equals_some_sequential_order_of_its_requests(
     outcomes: list[set[str] | None] = []
     for req in requests:
         assert req.outcome is not None
-        outcomes.append(None if isinstance(req.outcome, NoCapacity)
-                        else {vm.name for vm in req.result().vms})
-    assert any(_sequential(order, requests, outcomes, vms)
-               for order in itertools.permutations(range(len(requests))))
+        outcomes.append(
+            None if isinstance(req.outcome, NoCapacity) else {vm.name for vm in req.result().vms}
+        )
+    assert any(
+        _sequential(order, requests, outcomes, vms)
+        for order in itertools.permutations(range(len(requests)))
+    )
 
 
-def _sequential(order: Sequence[int], requests: list[ClaimRequest],
-                outcomes: list[set[str] | None], vms: dict[str, PoolInstance]) -> bool:
+def _sequential(
+    order: Sequence[int],
+    requests: list[ClaimRequest],
+    outcomes: list[set[str] | None],
+    vms: dict[str, PoolInstance],
+) -> bool:
     left = dict(vms)
     for i in order:
         request, got = requests[i], outcomes[i]
@@ -353,8 +379,9 @@ def _sequential(order: Sequence[int], requests: list[ClaimRequest],
         chosen = [left[n] for n in got]
         if request.mode is Mode.RACK_AWARE and len({v.rack for v in chosen}) < len(chosen):
             return False
-        if request.mode is Mode.HYPERVISOR_AWARE and \
-                len({v.hypervisor for v in chosen}) < len(chosen):
+        if request.mode is Mode.HYPERVISOR_AWARE and len({v.hypervisor for v in chosen}) < len(
+            chosen
+        ):
             return False
         for n in got:
             del left[n]
@@ -375,8 +402,11 @@ def test_a_fenced_claim_is_never_applied_late(tmp_path: Path, clock: ManualClock
         late = store.apply_late()
         assert late == [False]
         assert acquired_names(store) == {vm.name for vm in first}
-        assert all(isinstance(op, Put) or op.key.startswith(KEYS.pool_dir())
-                   for t in store.held for op in t.success)
+        assert all(
+            isinstance(op, Put) or op.key.startswith(KEYS.pool_dir())
+            for t in store.held
+            for op in t.success
+        )
     finally:
         store.close()
 

@@ -51,20 +51,23 @@ def ready(service: WarmCache) -> int:
 
 
 def test_a_repeat_returns_the_same_vms_and_claims_nothing_more(
-        filled: WarmCache, sqlite_store: SqliteStore) -> None:
+    filled: WarmCache, sqlite_store: SqliteStore
+) -> None:
     first = filled.acquire("small", "az1", 2, "best-effort", claim_id="job-1")
     again = filled.acquire("small", "az1", 2, "best-effort", claim_id="job-1")
     assert [vm.name for vm in again] == [vm.name for vm in first]
     assert ready(filled) == 4 and len(acquired(sqlite_store)) == 2
     record = filled.claim("job-1")
-    assert record.requester == "anonymous" and {vm.name for vm in record.vms} == \
-        {vm.name for vm in first}
+    assert record.requester == "anonymous" and {vm.name for vm in record.vms} == {
+        vm.name for vm in first
+    }
     kinds = [e.type for e in filled.events.recent(10, "acquisition")]
     assert kinds.count("acquisition") == 1 and kinds.count("acquisition.replayed") == 1
 
 
 def test_the_same_id_with_another_request_is_a_mismatch_and_claims_nothing(
-        filled: WarmCache, sqlite_store: SqliteStore) -> None:
+    filled: WarmCache, sqlite_store: SqliteStore
+) -> None:
     filled.acquire("small", "az1", 2, "best-effort", claim_id="job-2")
     with pytest.raises(ClaimMismatch) as err:
         filled.acquire("small", "az1", 3, "best-effort", claim_id="job-2")
@@ -100,7 +103,8 @@ def test_bad_claim_ids_are_refused(filled: WarmCache) -> None:
 
 @pytest.mark.parametrize("batch", [True, False])
 def test_concurrent_duplicates_of_one_id_make_one_claim(
-        make_service: Callable[..., WarmCache], sqlite_store: SqliteStore, batch: bool) -> None:
+    make_service: Callable[..., WarmCache], sqlite_store: SqliteStore, batch: bool
+) -> None:
     # two instances on one store, four threads each, one claim id
     one = make_service(node="wc-1", batch_claims=batch)
     two = make_service(node="wc-2", batch_claims=batch)
@@ -131,7 +135,8 @@ def test_concurrent_duplicates_of_one_id_make_one_claim(
 
 
 def test_records_are_swept_after_their_retention(
-        make_service: Callable[..., WarmCache], clock: ManualClock) -> None:
+    make_service: Callable[..., WarmCache], clock: ManualClock
+) -> None:
     svc = make_service(claim_retention_s=600, claim_sweep_interval_s=60)
     svc.rules.put("az1", "small", RULE)
     svc.run_cycle()
@@ -181,25 +186,23 @@ def over_http(filled: WarmCache) -> Iterator[tuple[Client, LosingTransport]]:
 
 
 def test_a_reply_lost_after_the_claim_landed_is_retried_to_the_same_vms(
-        filled: WarmCache, sqlite_store: SqliteStore,
-        over_http: tuple[Client, LosingTransport]) -> None:
+    filled: WarmCache, sqlite_store: SqliteStore, over_http: tuple[Client, LosingTransport]
+) -> None:
     client, transport = over_http
     transport.lose = 2
     vms = client.acquire("small", "az1", 3, "rack-aware", claim_id="es-cluster-7")
     assert transport.acquires == 3  # landed, lost; replayed, lost; replayed
     held = acquired(sqlite_store)
     assert {vm.name for vm in held} == {vm.name for vm in vms}  # nothing stranded
-    assert all(vm.state == InstanceState.ACQUIRED and vm.claim_id == "es-cluster-7"
-               for vm in held)
+    assert all(vm.state == InstanceState.ACQUIRED and vm.claim_id == "es-cluster-7" for vm in held)
     assert ready(filled) == 3
     claim = client.claim("es-cluster-7")
-    assert claim.state == "acquired" and {vm.name for vm in claim.vms} == \
-        {vm.name for vm in vms}
+    assert claim.state == "acquired" and {vm.name for vm in claim.vms} == {vm.name for vm in vms}
 
 
 def test_a_client_without_an_id_still_retries_safely(
-        filled: WarmCache, sqlite_store: SqliteStore,
-        over_http: tuple[Client, LosingTransport]) -> None:
+    filled: WarmCache, sqlite_store: SqliteStore, over_http: tuple[Client, LosingTransport]
+) -> None:
     client, transport = over_http
     transport.lose = 1
     vms = client.acquire("small", "az1", 2, "best-effort")
@@ -208,7 +211,8 @@ def test_a_client_without_an_id_still_retries_safely(
 
 
 def test_the_outcome_is_unknown_only_when_it_cannot_be_learned(
-        filled: WarmCache, over_http: tuple[Client, LosingTransport]) -> None:
+    filled: WarmCache, over_http: tuple[Client, LosingTransport]
+) -> None:
     client, transport = over_http
     transport.lose = 99  # every acquisition lands, every reply is lost
     real = transport.handle_request
@@ -239,8 +243,9 @@ def test_http_claims_and_the_idempotency_key_header(filled: WarmCache) -> None:
     assert first.status_code == 200 and first.get_json()["claim_id"] == "hdr-1"
     again = web.post("/v1/acquire", json={**body, "claim_id": "hdr-1"})
     assert again.get_json()["vms"] == first.get_json()["vms"]
-    clash = web.post("/v1/acquire", json={**body, "claim_id": "hdr-1"},
-                     headers={"Idempotency-Key": "hdr-2"})
+    clash = web.post(
+        "/v1/acquire", json={**body, "claim_id": "hdr-1"}, headers={"Idempotency-Key": "hdr-2"}
+    )
     assert clash.status_code == 400
     other = web.post("/v1/acquire", json={**body, "count": 1, "claim_id": "hdr-1"})
     assert other.status_code == 409 and other.get_json()["error"] == "claim_mismatch"

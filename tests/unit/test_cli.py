@@ -17,15 +17,19 @@ def test_serve_with_a_bad_config_says_what_is_wrong(tmp_path: Path) -> None:
 
 def test_quickstart_refuses_a_foreign_state_dir(tmp_path: Path) -> None:
     (tmp_path / "precious.txt").write_text("keep me")
-    result = CliRunner().invoke(main, ["quickstart", "--state-dir", str(tmp_path),
-                                       "--exit-after", "0"])
+    result = CliRunner().invoke(
+        main, ["quickstart", "--state-dir", str(tmp_path), "--exit-after", "0"]
+    )
     assert result.exit_code == 1
     assert "not empty" in result.output
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
 def test_operator_commands_report_an_unreachable_service() -> None:
-    for args in (["--url", "http://127.0.0.1:1", "pools"], ["pools", "--url", "http://127.0.0.1:1"]):
+    for args in (
+        ["--url", "http://127.0.0.1:1", "pools"],
+        ["pools", "--url", "http://127.0.0.1:1"],
+    ):
         result = CliRunner().invoke(main, args)
         # unavailable (5), said on stderr, no traceback
         assert result.exit_code == 5, result.output
@@ -41,6 +45,9 @@ def test_rules_validate_offline(tmp_path: Path) -> None:
     bad.write_text('{"max_instance_per_cycle": 1, "total_instances": 1, "reserve_cap": 3}')
     result = CliRunner().invoke(main, ["rules", "validate", str(bad)])
     assert result.exit_code == 2 and "reserve_cap" in result.stderr
-    result = CliRunner().invoke(main, ["rules", "validate", "-"],
-                                input='{"max_instance_per_cycle": 1, "total_instances": 2}')
+    result = CliRunner().invoke(
+        main,
+        ["rules", "validate", "-"],
+        input='{"max_instance_per_cycle": 1, "total_instances": 2}',
+    )
     assert result.exit_code == 0

@@ -16,15 +16,17 @@ def verbs(payload: list[dict]) -> list[tuple[str, str, int | None]]:  # type: ig
 
 
 def test_a_claim_fuses_each_compare_with_its_writes() -> None:
-    payload = txn_payload("ns/", [Compare.mod_revision("pool/a", 7)],
-                          [Delete("pool/a"), Put("acquired/a", "{}")])
+    payload = txn_payload(
+        "ns/", [Compare.mod_revision("pool/a", 7)], [Delete("pool/a"), Put("acquired/a", "{}")]
+    )
     assert verbs(payload) == [("delete-cas", "ns/pool/a", 7), ("set", "ns/acquired/a", None)]
     assert base64.b64decode(payload[1]["KV"]["Value"]) == b"{}"
 
 
 def test_fence_and_absent_checks_stay_separate_guards() -> None:
-    payload = txn_payload("", [Compare.create_revision("leader", 42), Compare.absent("pool/b")],
-                          [Put("pool/b", "x")])
+    payload = txn_payload(
+        "", [Compare.create_revision("leader", 42), Compare.absent("pool/b")], [Put("pool/b", "x")]
+    )
     assert verbs(payload) == [("check-index", "leader", 42), ("cas", "pool/b", 0)]
 
 
@@ -133,4 +135,4 @@ def test_driver_errors_become_the_ports_errors_most_specific_first() -> None:
     with pytest.raises(SessionExpired):
         unknown.renew_session("s-1")
     with pytest.raises(SessionExpired):
-        store(ClientError("500 invalid session \"s-1\""))[0].renew_session("s-1")
+        store(ClientError('500 invalid session "s-1"'))[0].renew_session("s-1")

@@ -21,8 +21,9 @@ def records(service: WarmCache, az: str = "az1") -> list[PoolInstance]:
 
 
 def rule(service: WarmCache, flavor: str = "small", az: str = "az1", **kw: object) -> None:
-    service.rules.put(az, flavor, {"max_instance_per_cycle": 6, "total_instances": 6,
-                                   "min_fault_domain": 3, **kw})
+    service.rules.put(
+        az, flavor, {"max_instance_per_cycle": 6, "total_instances": 6, "min_fault_domain": 3, **kw}
+    )
 
 
 def test_a_cycle_fills_to_the_per_cycle_cap_then_to_the_target(service: WarmCache) -> None:
@@ -50,8 +51,9 @@ def test_disabled_rule_builds_nothing(service: WarmCache) -> None:
     assert records(service) == []
 
 
-def test_user_data_and_group_reach_the_agent(service: WarmCache,
-                                             agents: dict[str, FakeAgent]) -> None:
+def test_user_data_and_group_reach_the_agent(
+    service: WarmCache, agents: dict[str, FakeAgent]
+) -> None:
     seen: list[VmSpec] = []
     for agent in agents.values():
         agent.before_create = seen.append
@@ -62,8 +64,9 @@ def test_user_data_and_group_reach_the_agent(service: WarmCache,
     assert max(per_hv.values()) == 1  # group_hint: one per hypervisor
 
 
-def test_transient_agent_errors_are_retried(service: WarmCache,
-                                            agents: dict[str, FakeAgent]) -> None:
+def test_transient_agent_errors_are_retried(
+    service: WarmCache, agents: dict[str, FakeAgent]
+) -> None:
     flaky = next(iter(agents.values()))
 
     def once(spec: VmSpec) -> None:
@@ -94,8 +97,7 @@ def test_a_vm_failing_its_first_health_probe_is_destroyed_and_forgotten(
     assert len(failed) == 6 and all(e.fields["cleaned_up"] for e in failed)
 
 
-def steal_leadership_at(service: WarmCache, agents: dict[str, FakeAgent], nth: int
-                        ) -> list[str]:
+def steal_leadership_at(service: WarmCache, agents: dict[str, FakeAgent], nth: int) -> list[str]:
     """Another node takes the lock while the nth create is running: our
     session expires and the leader key is recreated with a new token."""
     created: list[str] = []
@@ -130,8 +132,9 @@ def test_leadership_lost_mid_cycle_loses_no_vm(
     assert [e.type for e in service.events.recent(type_prefix="leader.lost")] == ["leader.lost"]
 
 
-def test_a_lost_leader_starts_no_new_vm(make_service: Callable[..., WarmCache],
-                                        agents: dict[str, FakeAgent]) -> None:
+def test_a_lost_leader_starts_no_new_vm(
+    make_service: Callable[..., WarmCache], agents: dict[str, FakeAgent]
+) -> None:
     service = make_service(build_concurrency=1)
     rule(service, total_instances=6)
     created = steal_leadership_at(service, agents, 2)
@@ -180,8 +183,11 @@ def test_a_lost_leader_stops_retrying_an_unavailable_agent(
         attempts.append(spec.name)
         if len(attempts) == 1:
             service.clock.advance(5.0)  # type: ignore[attr-defined]  # the session expires
-            wait_for("the renewer to notice", lambda: service.events.recent(
-                type_prefix="leader.lost"), 10)
+            wait_for(
+                "the renewer to notice",
+                lambda: service.events.recent(type_prefix="leader.lost"),
+                10,
+            )
             for agent in agents.values():
                 agent.unavailable_times = 100
 
@@ -212,14 +218,22 @@ def test_pools_summary_counts_by_state_and_rack(service: WarmCache, flavor: str)
     assert sum(pool.ready_by_rack.values()) == 5
 
 
-def orphan(service: WarmCache, agents: dict[str, FakeAgent], name: str, on_agent: bool,
-           token: int = 1) -> None:
+def orphan(
+    service: WarmCache, agents: dict[str, FakeAgent], name: str, on_agent: bool, token: int = 1
+) -> None:
     """A `building` record left by an earlier leader (token 1)."""
     agent = next(iter(agents.values()))
     facts = agent.facts()
-    rec = PoolInstance(name=name, az="az1", flavor="small", hypervisor=facts.hypervisor,
-                       rack=facts.rack, state=InstanceState.BUILDING, created_at=0,
-                       fencing_token=token)
+    rec = PoolInstance(
+        name=name,
+        az="az1",
+        flavor="small",
+        hypervisor=facts.hypervisor,
+        rack=facts.rack,
+        state=InstanceState.BUILDING,
+        created_at=0,
+        fencing_token=token,
+    )
     service.store.put(service.keys.pool("az1", name), rec.model_dump_json())
     if on_agent:
         flavor = service.catalog.get("small")
@@ -297,8 +311,9 @@ def test_group_hint_keeps_a_group_off_a_hypervisor_that_has_one(service: WarmCac
     # the spread preferences alone would happily put it beside one of them.
     rule(service, group_hint="db", total_instances=6)
     service.run_cycle()
-    service.rules.put("az1", "medium", {"max_instance_per_cycle": 1, "total_instances": 1,
-                                        "group_hint": "db"})
+    service.rules.put(
+        "az1", "medium", {"max_instance_per_cycle": 1, "total_instances": 1, "group_hint": "db"}
+    )
     report = service.run_cycle()
     assert report is not None and report.built[("az1", "medium")] == 0
     assert [r for r in records(service) if r.flavor == "medium"] == []

@@ -53,17 +53,25 @@ def test_the_dashboard_references_resolve() -> None:
 
 
 def test_every_grafana_metric_is_exported(service: WarmCache) -> None:
-    service.rules.put("az1", "small", {"max_instance_per_cycle": 3, "total_instances": 3,
-                                       "min_fault_domain": 3})
+    service.rules.put(
+        "az1", "small", {"max_instance_per_cycle": 3, "total_instances": 3, "min_fault_domain": 3}
+    )
     service.run_cycle()
     service.acquire("small", "az1", 1, Mode.BEST_EFFORT)
     scraped = create_app(service).test_client().get("/metrics").get_data(as_text=True)
-    exported = {line.split("{")[0].split(" ")[0] for line in scraped.splitlines()
-                if line and not line.startswith("#")}
+    exported = {
+        line.split("{")[0].split(" ")[0]
+        for line in scraped.splitlines()
+        if line and not line.startswith("#")
+    }
     exported |= {line.split()[2] for line in scraped.splitlines() if line.startswith("# TYPE")}
     grafana = json.loads((DASHBOARDS / "grafana.json").read_text())
-    used = {name for panel in grafana["panels"] for target in panel["targets"]
-            for name in re.findall(r"warmcache_[a-z_]+", target["expr"])}
+    used = {
+        name
+        for panel in grafana["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"warmcache_[a-z_]+", target["expr"])
+    }
     assert used and used <= exported, used - exported
 
 
@@ -91,8 +99,17 @@ def test_import_speaks_the_saved_objects_api() -> None:
     thread.start()
     try:
         result = CliRunner().invoke(
-            main, ["dashboards", "import", "--kibana", f"http://127.0.0.1:{server.server_port}",
-                   "--space", "ops"], env={"WARMCACHE_KIBANA_API_KEY": "k3y"})
+            main,
+            [
+                "dashboards",
+                "import",
+                "--kibana",
+                f"http://127.0.0.1:{server.server_port}",
+                "--space",
+                "ops",
+            ],
+            env={"WARMCACHE_KIBANA_API_KEY": "k3y"},
+        )
     finally:
         server.shutdown()
         server.server_close()

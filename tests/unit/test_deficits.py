@@ -28,8 +28,9 @@ def test_disabled_rule_builds_nothing_and_never_triggers() -> None:
 
 
 @given(st.integers(1, 50), st.integers(0, 100), st.integers(0, 100), st.integers(0, 100))
-def test_deficit_never_overshoots_the_target(cap: int, total: int, ready: int, building: int
-                                             ) -> None:
+def test_deficit_never_overshoots_the_target(
+    cap: int, total: int, ready: int, building: int
+) -> None:
     r = BuildRule(max_instance_per_cycle=cap, total_instances=total)
     n = to_build(r, Counter({S.READY: ready, S.BUILDING: building}))
     assert 0 <= n <= cap

@@ -51,9 +51,14 @@ class RecordingDriver:
 def make_host(tmp_path: Path, driver: Any = None, memory_mib: int = 16384) -> HostAgentService:
     from agent.libvirt_driver import LibvirtDriver
 
-    cfg = AgentConfig(hypervisor="h1", rack="r1", az="az1", state_dir=str(tmp_path),
-                      capacity=Resources(vcpus=8, memory_mib=memory_mib, disk_gib=100),
-                      reserved=Resources(vcpus=2, memory_mib=1024, disk_gib=10))
+    cfg = AgentConfig(
+        hypervisor="h1",
+        rack="r1",
+        az="az1",
+        state_dir=str(tmp_path),
+        capacity=Resources(vcpus=8, memory_mib=memory_mib, disk_gib=100),
+        reserved=Resources(vcpus=2, memory_mib=1024, disk_gib=10),
+    )
     host = HostAgentService(cfg, driver or LibvirtDriver("test:///default"))
     if isinstance(driver, RecordingDriver):
         driver.host = host
@@ -80,14 +85,28 @@ def test_user_data_reaches_the_vm_through_a_nocloud_seed(tmp_path: Path) -> None
 
 
 @pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) missing")
-@pytest.mark.parametrize("fmt,prealloc", [("qcow2", "off"), ("qcow2", "metadata"),
-                                          ("qcow2", "falloc"), ("raw", "off"),
-                                          ("raw", "falloc")])
-def test_images_are_made_by_qemu_img(tmp_path: Path, fmt: disks.Format,
-                                     prealloc: disks.Preallocation) -> None:
+@pytest.mark.parametrize(
+    "fmt,prealloc",
+    [
+        ("qcow2", "off"),
+        ("qcow2", "metadata"),
+        ("qcow2", "falloc"),
+        ("raw", "off"),
+        ("raw", "falloc"),
+    ],
+)
+def test_images_are_made_by_qemu_img(
+    tmp_path: Path, fmt: disks.Format, prealloc: disks.Preallocation
+) -> None:
     path = disks.create_image(tmp_path / f"d.{fmt}", 1, fmt, prealloc)
-    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(path)],
-                                     capture_output=True, text=True, check=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert info["format"] == fmt and info["virtual-size"] == 1 << 30
 
 
@@ -145,8 +164,12 @@ def test_nvme_passthrough_xml_and_its_attach_buffer(tmp_path: Path) -> None:
     dev = ET.fromstring(driver.attached[-1])
     assert (dev.tag, dev.get("type"), dev.get("managed")) == ("hostdev", "pci", "yes")
     addr = dev.find("source/address")
-    assert addr is not None and (addr.get("domain"), addr.get("bus"), addr.get("slot"),
-                                 addr.get("function")) == ("0x0000", "0x3b", "0x00", "0x0")
+    assert addr is not None and (
+        addr.get("domain"),
+        addr.get("bus"),
+        addr.get("slot"),
+        addr.get("function"),
+    ) == ("0x0000", "0x3b", "0x00", "0x0")
 
 
 def test_no_room_for_the_attach_buffer_is_refused(tmp_path: Path) -> None:

@@ -34,9 +34,7 @@ def test_one_leader_at_a_time_and_the_key_says_who(
     assert lead_b is not None and lead_b.token > lead_a.token
 
 
-def test_a_stale_leaders_writes_are_rejected(
-    sqlite_store: SqliteStore, clock: ManualClock
-) -> None:
+def test_a_stale_leaders_writes_are_rejected(sqlite_store: SqliteStore, clock: ManualClock) -> None:
     a, b = election(sqlite_store, clock, "a"), election(sqlite_store, clock, "b")
     lead_a = a.try_acquire()
     assert lead_a is not None
@@ -79,8 +77,7 @@ def test_failed_caller_compare_is_not_leadership_loss(
     assert not result.succeeded and not lead.lost.is_set()
 
 
-def test_lead_releases_when_the_block_ends(sqlite_store: SqliteStore, clock: ManualClock
-                                           ) -> None:
+def test_lead_releases_when_the_block_ends(sqlite_store: SqliteStore, clock: ManualClock) -> None:
     a, b = election(sqlite_store, clock, "a"), election(sqlite_store, clock, "b")
     with a.lead() as lead:
         assert lead is not None
@@ -99,6 +96,7 @@ def test_vacancy_watch_reports_the_token_that_went_away(
     assert b.wait_for_vacancy(stop) is None  # nobody leads
     lead = a.try_acquire()
     assert lead is not None
+
     # a's session expires while b watches (the timer gives b time to start).
     def expire() -> None:
         clock.advance(6)

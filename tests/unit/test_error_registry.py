@@ -43,8 +43,9 @@ EXAMPLES: list[e.WarmCacheError] = [
     e.ApprovalRefused("the asker cannot approve"),
     e.RequestConflict("abc123", "expired"),
     e.ClaimMismatch("job-42", ["count", "flavor"]),
-    e.NoCapacity(flavor="small", az="az1", mode="rack-aware", wanted=4, ready=3, racks=3,
-                 hypervisors=6),
+    e.NoCapacity(
+        flavor="small", az="az1", mode="rack-aware", wanted=4, ready=3, racks=3, hypervisors=6
+    ),
     e.ClaimContention(8),
     e.Overloaded("every worker busy"),
     e.LeadershipLost("wc/leader", 17),
@@ -112,7 +113,8 @@ def raising(service: WarmCache) -> Iterator[tuple[Client, list[e.WarmCacheError]
 
 @pytest.mark.parametrize("error", EXAMPLES, ids=lambda x: f"{type(x).__name__}")
 def test_every_error_round_trips_library_http_client(
-        raising: tuple[Client, list[e.WarmCacheError]], error: e.WarmCacheError) -> None:
+    raising: tuple[Client, list[e.WarmCacheError]], error: e.WarmCacheError
+) -> None:
     client, planted = raising
     planted.append(error)
     with pytest.raises(e.WarmCacheError) as got:
@@ -122,10 +124,12 @@ def test_every_error_round_trips_library_http_client(
     assert str(got.value) == str(error)
 
 
-def test_the_http_status_is_the_class_s(raising: tuple[Client, list[e.WarmCacheError]],
-                                         service: WarmCache) -> None:
+def test_the_http_status_is_the_class_s(
+    raising: tuple[Client, list[e.WarmCacheError]], service: WarmCache
+) -> None:
     app = create_app(service)
     for error in EXAMPLES:
+
         def pools(error: e.WarmCacheError = error) -> list[PoolSummary]:
             raise error
 
@@ -163,8 +167,11 @@ def test_exported_members() -> None:
     exported = set(warmcache.__all__)
     for name in exported:
         assert hasattr(warmcache, name), name
-    public = {name for name, value in vars(warmcache).items()
-              if not name.startswith("_") and not isinstance(value, type(warmcache))}
+    public = {
+        name
+        for name, value in vars(warmcache).items()
+        if not name.startswith("_") and not isinstance(value, type(warmcache))
+    }
     assert public == exported - {"__version__"}
     # every error a caller can catch is importable from the package
     assert {cls.__name__ for cls in e.CODES.values()} <= exported

@@ -9,8 +9,11 @@ def test_public_names_are_exported() -> None:
     for name in exported:
         assert hasattr(warmcache, name), name
     # Every public non-module name at the top level is intended (listed).
-    public = {name for name in dir(warmcache) if not name.startswith("_")
-              and not isinstance(getattr(warmcache, name), types.ModuleType)}
+    public = {
+        name
+        for name in dir(warmcache)
+        if not name.startswith("_") and not isinstance(getattr(warmcache, name), types.ModuleType)
+    }
     assert public <= exported
 
 

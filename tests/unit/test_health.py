@@ -21,8 +21,9 @@ def alerts() -> RecordingAlerts:
 @pytest.fixture
 def pool(make_service: Callable[..., WarmCache], alerts: RecordingAlerts) -> WarmCache:
     service = make_service(alerts=alerts, health_failures_to_purge=2)
-    service.rules.put("az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6,
-                                       "min_fault_domain": 3})
+    service.rules.put(
+        "az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6, "min_fault_domain": 3}
+    )
     service.run_cycle()
     return service
 
@@ -39,8 +40,9 @@ def sicken(agents: dict[str, FakeAgent], name: str) -> FakeAgent:
     return host
 
 
-def test_a_vm_caught_unhealthy_is_never_handed_out(pool: WarmCache,
-                                                   agents: dict[str, FakeAgent]) -> None:
+def test_a_vm_caught_unhealthy_is_never_handed_out(
+    pool: WarmCache, agents: dict[str, FakeAgent]
+) -> None:
     sick = sorted(records(pool))[0]
     sicken(agents, sick)
     report = pool.health.poll()
@@ -82,8 +84,7 @@ def test_a_purge_the_agent_refused_is_finished_by_a_later_poll(
     assert sick not in records(pool) and sick not in host.vms
 
 
-def test_a_vm_that_answers_again_is_back(pool: WarmCache,
-                                         agents: dict[str, FakeAgent]) -> None:
+def test_a_vm_that_answers_again_is_back(pool: WarmCache, agents: dict[str, FakeAgent]) -> None:
     sick = sorted(records(pool))[0]
     host = sicken(agents, sick)
     pool.health.poll()

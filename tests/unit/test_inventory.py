@@ -13,9 +13,18 @@ KEYS = Keys("wc")
 
 
 def facts(hv: str = "h1", free: int = 8) -> HostFacts:
-    return HostFacts(hypervisor=hv, rack="r1", az="az1", vcpus_total=8, vcpus_free=free,
-                     memory_mib_total=1024, memory_mib_free=1024, disk_gib_total=10,
-                     disk_gib_free=10, endpoint=f"unix:/run/{hv}.sock")
+    return HostFacts(
+        hypervisor=hv,
+        rack="r1",
+        az="az1",
+        vcpus_total=8,
+        vcpus_free=free,
+        memory_mib_total=1024,
+        memory_mib_free=1024,
+        disk_gib_total=10,
+        disk_gib_free=10,
+        endpoint=f"unix:/run/{hv}.sock",
+    )
 
 
 def test_a_dead_agent_leaves_the_view_within_one_ttl(

@@ -42,8 +42,9 @@ def test_key_layout() -> None:
 
 
 def _vm(name: str, hv: str, state: InstanceState = InstanceState.READY) -> PoolInstance:
-    return PoolInstance(name=name, az="az1", flavor="small", hypervisor=hv, rack="r1",
-                        state=state, created_at=1.0)
+    return PoolInstance(
+        name=name, az="az1", flavor="small", hypervisor=hv, rack="r1", state=state, created_at=1.0
+    )
 
 
 def test_pool_records_read_what_was_written_with_revisions(sqlite_store: SqliteStore) -> None:
@@ -51,8 +52,9 @@ def test_pool_records_read_what_was_written_with_revisions(sqlite_store: SqliteS
     records = PoolRecords(sqlite_store, keys)
     sqlite_store.put(keys.pool("az1", "a"), _vm("a", "h1").model_dump_json())
     sqlite_store.put(keys.pool("az1", "b"), _vm("b", "h2").model_dump_json())
-    sqlite_store.put(keys.acquired("az1", "c"),
-                     _vm("c", "h1", InstanceState.ACQUIRED).model_dump_json())
+    sqlite_store.put(
+        keys.acquired("az1", "c"), _vm("c", "h1", InstanceState.ACQUIRED).model_dump_json()
+    )
     items, revision = records.read("az1")
     assert [i.record.name for i in items] == ["a", "b"]
     assert all(0 < i.mod_revision <= revision for i in items)
@@ -70,9 +72,17 @@ def test_rule_and_host_records(sqlite_store: SqliteStore) -> None:
     rules = RuleRecords(sqlite_store, keys)
     assert rules.get("az1", "small") == rule and rules.get("az1", "large") is None
     assert rules.by_az() == {"az1": {"small": rule}, "az2": {"large": rule}}
-    facts = HostFacts(hypervisor="h1", rack="r1", az="az1", vcpus_total=8, vcpus_free=8,
-                      memory_mib_total=8192, memory_mib_free=8192, disk_gib_total=100,
-                      disk_gib_free=100)
+    facts = HostFacts(
+        hypervisor="h1",
+        rack="r1",
+        az="az1",
+        vcpus_total=8,
+        vcpus_free=8,
+        memory_mib_total=8192,
+        memory_mib_free=8192,
+        disk_gib_total=100,
+        disk_gib_free=100,
+    )
     sqlite_store.put(keys.host("az1", "h1"), facts.model_dump_json())
     sqlite_store.put(keys.drain("h1"), "{}")
     hosts = HostRecords(sqlite_store, keys)

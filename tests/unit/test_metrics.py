@@ -23,8 +23,9 @@ def samples(service: WarmCache) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 
 
 def test_metrics_follow_what_the_service_does(service: WarmCache) -> None:
-    service.rules.put("az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6,
-                                       "min_fault_domain": 3})
+    service.rules.put(
+        "az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6, "min_fault_domain": 3}
+    )
     service.run_cycle()
     service.acquire("small", "az1", 1, Mode.BEST_EFFORT)
     with pytest.raises(NoCapacity):
@@ -52,8 +53,7 @@ def test_metrics_need_no_token(service: WarmCache) -> None:
     from warmcache.config import AuthConfig, TokenConfig
     from warmcache.web.auth import Authenticator
 
-    app = create_app(service, Authenticator(AuthConfig(tokens=(
-        TokenConfig(name="x", token="t"),))))
+    app = create_app(service, Authenticator(AuthConfig(tokens=(TokenConfig(name="x", token="t"),))))
     reply = app.test_client().get("/metrics")
     assert reply.status_code == 200 and b"warmcache_pool_vms" in reply.data
 

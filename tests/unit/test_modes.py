@@ -14,8 +14,15 @@ from warmcache.model import InstanceState, Mode, PoolInstance
 
 
 def vm(i: int, rack: int, hv: int) -> PoolInstance:
-    return PoolInstance(name=f"vm{i}", az="az1", flavor="small", rack=f"r{rack}",
-                        hypervisor=f"r{rack}-h{hv}", state=InstanceState.READY, created_at=0)
+    return PoolInstance(
+        name=f"vm{i}",
+        az="az1",
+        flavor="small",
+        rack=f"r{rack}",
+        hypervisor=f"r{rack}-h{hv}",
+        state=InstanceState.READY,
+        created_at=0,
+    )
 
 
 def stock_of(pool: list[PoolInstance]) -> Stock:
@@ -61,7 +68,8 @@ def test_rack_aware_takes_from_the_best_stocked_racks() -> None:
     pool = [vm(0, 1, 0), vm(1, 1, 1), vm(2, 1, 2), vm(3, 2, 0), vm(4, 3, 0)]
     stock = stock_of(pool)
     racks = Counter(
-        n for seed in range(50)
+        n
+        for seed in range(50)
         for n in SELECTORS[Mode.RACK_AWARE].select(stock, 1, random.Random(seed)) or []
     )
     assert set(racks) <= {"vm0", "vm1", "vm2"} and sum(racks.values()) == 50
@@ -69,8 +77,10 @@ def test_rack_aware_takes_from_the_best_stocked_racks() -> None:
 
 def test_ties_are_broken_at_random() -> None:
     stock = stock_of([vm(i, i, 0) for i in range(6)])  # six racks of one VM
-    picks = {tuple(SELECTORS[Mode.RACK_AWARE].select(stock, 1, random.Random(s)) or [])
-             for s in range(40)}
+    picks = {
+        tuple(SELECTORS[Mode.RACK_AWARE].select(stock, 1, random.Random(s)) or [])
+        for s in range(40)
+    }
     assert len(picks) > 3
 
 
@@ -80,8 +90,7 @@ ops = st.lists(st.tuples(st.sampled_from("abcdefg"), st.booleans()), max_size=20
 
 
 @given(ops, st.integers(1, 8), st.integers(0, 2**32))
-def test_ranking_agrees_with_a_counter(steps: list[tuple[str, bool]], k: int, seed: int
-                                       ) -> None:
+def test_ranking_agrees_with_a_counter(steps: list[tuple[str, bool]], k: int, seed: int) -> None:
     ranking: Ranking[str] = Ranking()
     model: Counter[str] = Counter()
     for group, up in steps:
@@ -97,12 +106,16 @@ def test_ranking_agrees_with_a_counter(steps: list[tuple[str, bool]], k: int, se
     top = ranking.top(k, random.Random(seed))
     assert len(top) == min(k, len(model)) and len(set(top)) == len(top)
     sizes = sorted(model.values(), reverse=True)
-    assert sorted((model[g] for g in top), reverse=True) == sizes[:len(top)]
+    assert sorted((model[g] for g in top), reverse=True) == sizes[: len(top)]
     assert [n for n, _ in ranking.descending()] == sorted(set(model.values()), reverse=True)
 
 
-@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 5), st.integers(0, 3),
-                          st.booleans()), max_size=120))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 40), st.integers(0, 5), st.integers(0, 3), st.booleans()),
+        max_size=120,
+    )
+)
 def test_a_stock_agrees_with_its_members(steps: list[tuple[int, int, int, bool]]) -> None:
     stock = Stock()
     model: dict[str, tuple[str, str]] = {}

@@ -10,13 +10,15 @@ from agent.numa import NumaRejected, Pin, Topology, free_per_node, place, plan
 
 topologies = st.builds(
     lambda sizes, reserve: Topology(
-        tuple(tuple(range(sum(sizes[:i]), sum(sizes[:i + 1]))) for i in range(len(sizes))),
-        min(reserve, sum(sizes))),
+        tuple(tuple(range(sum(sizes[:i]), sum(sizes[: i + 1]))) for i in range(len(sizes))),
+        min(reserve, sum(sizes)),
+    ),
     st.lists(st.integers(1, 16), min_size=1, max_size=4),
     st.integers(0, 6),
 )
-mixes = st.dictionaries(st.from_regex(r"vm[0-9]{1,3}", fullmatch=True),
-                        st.integers(1, 20), max_size=12)
+mixes = st.dictionaries(
+    st.from_regex(r"vm[0-9]{1,3}", fullmatch=True), st.integers(1, 20), max_size=12
+)
 
 
 def assert_valid(topology: Topology, pins: dict[str, Pin], vms: dict[str, int]) -> None:
@@ -54,7 +56,8 @@ def test_vms_added_one_by_one_never_break_a_rule(topology: Topology, sizes: list
             assert exc.code in ("invalid_request", "insufficient_capacity")
     assert_valid(topology, pins, vms)
     assert sum(free_per_node(topology, pins.values())) == (
-        topology.usable() - sum(len(p.cpus) for p in pins.values()))
+        topology.usable() - sum(len(p.cpus) for p in pins.values())
+    )
 
 
 def test_the_three_rules_and_their_codes() -> None:
@@ -76,4 +79,7 @@ def test_the_three_rules_and_their_codes() -> None:
 def test_descending_order_packs_what_first_come_would_not() -> None:
     host = Topology.uniform(2, 4)
     assert plan(host, {"small1": 2, "small2": 2, "big": 4}) == {
-        "big": Pin(0, (0, 1, 2, 3)), "small1": Pin(1, (4, 5)), "small2": Pin(1, (6, 7))}
+        "big": Pin(0, (0, 1, 2, 3)),
+        "small1": Pin(1, (4, 5)),
+        "small2": Pin(1, (6, 7)),
+    }

@@ -27,11 +27,11 @@ TOKEN = "fuzz-admin"
 
 @pytest.fixture
 def app(service: WarmCache) -> Flask:
-    service.rules.put("az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6,
-                                       "min_fault_domain": 3})
+    service.rules.put(
+        "az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6, "min_fault_domain": 3}
+    )
     service.run_cycle()
-    auth = Authenticator(AuthConfig(tokens=(TokenConfig(name="fuzz", role="admin",
-                                                        token=TOKEN),)))
+    auth = Authenticator(AuthConfig(tokens=(TokenConfig(name="fuzz", role="admin", token=TOKEN),)))
     return create_app(service, auth)
 
 
@@ -41,8 +41,9 @@ def test_the_document_is_valid_and_every_ref_resolves(app: Flask) -> None:
 
     def refs(node: object) -> list[str]:
         if isinstance(node, dict):
-            return [v for k, v in node.items() if k == "$ref"] + \
-                [r for v in node.values() for r in refs(v)]
+            return [v for k, v in node.items() if k == "$ref"] + [
+                r for v in node.values() for r in refs(v)
+            ]
         return [r for v in node for r in refs(v)] if isinstance(node, list) else []
 
     schemas = doc["components"]["schemas"]
@@ -77,10 +78,16 @@ def test_schemathesis_finds_no_server_error_and_no_reply_off_its_schema(app: Fla
     assert len(operations) == 15
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
             @given(case=operation.as_strategy(generation_mode=mode))
             @hypothesis.seed(1)
-            @settings(max_examples=EXAMPLES_PER_MODE, deadline=None, database=None,
-                      derandomize=True, suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=EXAMPLES_PER_MODE,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                suppress_health_check=list(HealthCheck),
+            )
             def run(case: schemathesis.Case[Any]) -> None:
                 nonlocal cases
                 cases += 1

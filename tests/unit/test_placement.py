@@ -17,10 +17,20 @@ SMALL = Flavor(name="small", vcpus=2, memory_mib=2048, disk_gib=10)
 
 
 def host(rack: int, hv: int, vcpus: int = 8, **kw: object) -> HostFacts:
-    return HostFacts.model_validate({
-        "hypervisor": f"r{rack}-h{hv}", "rack": f"r{rack}", "az": "az1",
-        "vcpus_total": 8, "vcpus_free": vcpus, "memory_mib_total": 65536,
-        "memory_mib_free": 65536, "disk_gib_total": 500, "disk_gib_free": 500, **kw})
+    return HostFacts.model_validate(
+        {
+            "hypervisor": f"r{rack}-h{hv}",
+            "rack": f"r{rack}",
+            "az": "az1",
+            "vcpus_total": 8,
+            "vcpus_free": vcpus,
+            "memory_mib_total": 65536,
+            "memory_mib_free": 65536,
+            "disk_gib_total": 500,
+            "disk_gib_free": 500,
+            **kw,
+        }
+    )
 
 
 def names() -> Callable[[str, str], str]:
@@ -29,13 +39,21 @@ def names() -> Callable[[str, str], str]:
 
 
 def test_pipeline_explains_how_many_hosts_each_validator_removed() -> None:
-    hosts = [host(1, 1, vcpus=1), host(1, 2, healthy=False), host(2, 1, draining=True),
-             host(2, 2, groups=("db",)), host(3, 1)]
-    decision = default_pipeline(random.Random(1)).choose(
-        hosts, PlacementRequest(SMALL, group="db"))
+    hosts = [
+        host(1, 1, vcpus=1),
+        host(1, 2, healthy=False),
+        host(2, 1, draining=True),
+        host(2, 2, groups=("db",)),
+        host(3, 1),
+    ]
+    decision = default_pipeline(random.Random(1)).choose(hosts, PlacementRequest(SMALL, group="db"))
     assert decision.host is not None and decision.host.hypervisor == "r3-h1"
-    assert decision.removed == {"host_healthy": 2, "has_capacity": 1, "numa_fit": 0,
-                                "group_anti_affinity": 1}
+    assert decision.removed == {
+        "host_healthy": 2,
+        "has_capacity": 1,
+        "numa_fit": 0,
+        "group_anti_affinity": 1,
+    }
     assert "has_capacity removed 1" in decision.explain()
 
 
@@ -47,8 +65,7 @@ def test_no_host_left_is_a_decision_without_a_host() -> None:
 def test_plan_spreads_a_cycle_over_racks_then_hypervisors() -> None:
     hosts = [host(r, h) for r in (1, 2, 3) for h in (1, 2)]
     rule = BuildRule(max_instance_per_cycle=6, total_instances=6, min_fault_domain=3)
-    plan = plan_az("az1", {"small": rule}, {"small": SMALL}, hosts, [], default_pipeline(),
-                   names())
+    plan = plan_az("az1", {"small": rule}, {"small": SMALL}, hosts, [], default_pipeline(), names())
     assert len(plan.builds) == 6 and not plan.problems
     assert len({b.host.hypervisor for b in plan.builds}) == 6
 
@@ -56,8 +73,7 @@ def test_plan_spreads_a_cycle_over_racks_then_hypervisors() -> None:
 def test_plan_never_counts_free_capacity_twice() -> None:
     hosts = [host(1, 1, vcpus=4), host(2, 1, vcpus=2)]
     rule = BuildRule(max_instance_per_cycle=10, total_instances=10)
-    plan = plan_az("az1", {"small": rule}, {"small": SMALL}, hosts, [], default_pipeline(),
-                   names())
+    plan = plan_az("az1", {"small": rule}, {"small": SMALL}, hosts, [], default_pipeline(), names())
     assert len(plan.builds) == 3
     assert "placed 3 of 10" in plan.problems["small"]
 
@@ -65,16 +81,14 @@ def test_plan_never_counts_free_capacity_twice() -> None:
 def test_group_hint_keeps_one_vm_of_a_group_per_hypervisor() -> None:
     hosts = [host(1, 1), host(2, 1)]
     rule = BuildRule(max_instance_per_cycle=4, total_instances=4, group_hint="db")
-    plan = plan_az("az1", {"small": rule}, {"small": SMALL}, hosts, [], default_pipeline(),
-                   names())
+    plan = plan_az("az1", {"small": rule}, {"small": SMALL}, hosts, [], default_pipeline(), names())
     assert sorted(b.host.hypervisor for b in plan.builds) == ["r1-h1", "r2-h1"]
 
 
 def test_min_fault_domain_unmet_builds_nothing_and_says_why() -> None:
     hosts = [host(1, 1), host(1, 2), host(2, 1, vcpus=0)]
     rule = BuildRule(max_instance_per_cycle=4, total_instances=4, min_fault_domain=2)
-    plan = plan_az("az1", {"small": rule}, {"small": SMALL}, hosts, [], default_pipeline(),
-                   names())
+    plan = plan_az("az1", {"small": rule}, {"small": SMALL}, hosts, [], default_pipeline(), names())
     assert plan.builds == []
     assert "min_fault_domain=2 not met" in plan.problems["small"]
 
@@ -87,8 +101,11 @@ def test_unknown_flavor_in_a_rule_is_reported() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    racks=st.integers(1, 6), per_rack=st.integers(1, 5), seed=st.integers(0, 10_000),
-    vms=st.integers(1, 40), group=st.sampled_from([None, "db"]),
+    racks=st.integers(1, 6),
+    per_rack=st.integers(1, 5),
+    seed=st.integers(0, 10_000),
+    vms=st.integers(1, 40),
+    group=st.sampled_from([None, "db"]),
 )
 def test_a_session_decides_as_a_full_evaluation_would(
     racks: int, per_rack: int, seed: int, vms: int, group: str | None
@@ -97,9 +114,17 @@ def test_a_session_decides_as_a_full_evaluation_would(
     before every placement, exactly what evaluating every host afresh sees:
     the same hosts removed by each validator, the same best candidates."""
     rng = random.Random(seed)
-    hosts = [host(r, h, vcpus=rng.choice([0, 2, 4, 8]), healthy=rng.random() > 0.1,
-                  groups=("db",) if rng.random() < 0.2 else ())
-             for r in range(racks) for h in range(per_rack)]
+    hosts = [
+        host(
+            r,
+            h,
+            vcpus=rng.choice([0, 2, 4, 8]),
+            healthy=rng.random() > 0.1,
+            groups=("db",) if rng.random() < 0.2 else (),
+        )
+        for r in range(racks)
+        for h in range(per_rack)
+    ]
     per_rack_n: Counter[str] = Counter()
     per_hv: Counter[str] = Counter()
     request = PlacementRequest(SMALL, group, per_rack_n, per_hv)

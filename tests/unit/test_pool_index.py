@@ -26,8 +26,14 @@ HOSTS = [(f"r{r}", f"r{r}-h{h}") for r in range(3) for h in range(2)]
 STATES = [InstanceState.READY, InstanceState.RESERVED, InstanceState.BUILDING]
 
 step = st.one_of(
-    st.tuples(st.just("put"), st.integers(0, 11), st.integers(0, len(HOSTS) - 1),
-              st.sampled_from(STATES), st.integers(0, 1), st.sampled_from(["small", "large"])),
+    st.tuples(
+        st.just("put"),
+        st.integers(0, 11),
+        st.integers(0, len(HOSTS) - 1),
+        st.sampled_from(STATES),
+        st.integers(0, 1),
+        st.sampled_from(["small", "large"]),
+    ),
     st.tuples(st.just("delete"), st.integers(0, 11)),
     st.tuples(st.just("host"), st.integers(0, len(HOSTS) - 1), st.booleans()),
     st.tuples(st.just("drain"), st.integers(0, len(HOSTS) - 1), st.booleans()),
@@ -65,8 +71,13 @@ def expected(store: SqliteStore, pool: tuple[str, str], use_reserve: bool) -> se
     out = set()
     for kv in store.range(KEYS.pool_dir())[0]:
         vm = PoolInstance.model_validate_json(kv.value)
-        if ((vm.az, vm.flavor) == pool and vm.state in states and not vm.health_failures
-                and vm.hypervisor in live and vm.hypervisor not in drained):
+        if (
+            (vm.az, vm.flavor) == pool
+            and vm.state in states
+            and not vm.health_failures
+            and vm.hypervisor in live
+            and vm.hypervisor not in drained
+        ):
             out.add(kv.key)
     return out
 
@@ -96,9 +107,16 @@ def _run(store: SqliteStore, steps: list[tuple[Any, ...]], shared: bool) -> None
             if f"vm{i}" in handed:
                 continue  # the builder never reuses a name
             rack, hv = HOSTS[h]
-            vm = PoolInstance(name=f"vm{i}", az="az1", flavor=flavor, rack=rack,
-                              hypervisor=hv, state=state, health_failures=failures,
-                              created_at=0)
+            vm = PoolInstance(
+                name=f"vm{i}",
+                az="az1",
+                flavor=flavor,
+                rack=rack,
+                hypervisor=hv,
+                state=state,
+                health_failures=failures,
+                created_at=0,
+            )
             store.put(KEYS.pool("az1", vm.name), vm.model_dump_json())
         elif op == "delete":
             store.delete(KEYS.pool("az1", f"vm{args[0]}"))
@@ -132,14 +150,16 @@ def _run(store: SqliteStore, steps: list[tuple[Any, ...]], shared: bool) -> None
                 mine = {k for k in want if shares.mine(k.rsplit("/", 1)[1])}
                 assert rig.index.acquirable(pool, use_reserve, mine=True) == mine
         assert rig.index.in_flight(pool) == 0
-    records = [PoolInstance.model_validate_json(kv.value)
-               for kv in store.range(KEYS.pool_dir())[0]]
+    records = [PoolInstance.model_validate_json(kv.value) for kv in store.range(KEYS.pool_dir())[0]]
     rule = BuildRule(max_instance_per_cycle=1, total_instances=5)
     for summary in rig.index.summary({("az1", "small"): rule, ("az1", "large"): rule}):
         mine_ = [r for r in records if (r.az, r.flavor) == (summary.az, summary.flavor)]
         counts = Counter(r.state for r in mine_)
         assert (summary.ready, summary.reserved, summary.building) == (
-            counts[InstanceState.READY], counts[InstanceState.RESERVED],
-            counts[InstanceState.BUILDING])
-        assert summary.ready_by_rack == dict(sorted(Counter(
-            r.rack for r in mine_ if r.state is InstanceState.READY).items()))
+            counts[InstanceState.READY],
+            counts[InstanceState.RESERVED],
+            counts[InstanceState.BUILDING],
+        )
+        assert summary.ready_by_rack == dict(
+            sorted(Counter(r.rack for r in mine_ if r.state is InstanceState.READY).items())
+        )

@@ -29,12 +29,18 @@ def kinds(findings: list) -> set[tuple[str, str]]:  # type: ignore[type-arg]
 
 
 def test_every_disagreement_is_named() -> None:
-    found = reconcile(domains=["ok", "rogue", "lost-record", "test"],
-                      lockfile=["ok", "lost-record", "ghost"],
-                      records={"ok": "ready", "gone": "acquired"}, ignore=["test"])
-    assert kinds(found) == {("unmanaged_domain", "rogue"), ("lockfile_without_vm", "ghost"),
-                            ("record_without_vm", "gone"),
-                            ("vm_without_record", "lost-record")}
+    found = reconcile(
+        domains=["ok", "rogue", "lost-record", "test"],
+        lockfile=["ok", "lost-record", "ghost"],
+        records={"ok": "ready", "gone": "acquired"},
+        ignore=["test"],
+    )
+    assert kinds(found) == {
+        ("unmanaged_domain", "rogue"),
+        ("lockfile_without_vm", "ghost"),
+        ("record_without_vm", "gone"),
+        ("vm_without_record", "lost-record"),
+    }
     assert reconcile(["a"], ["a"], {"a": "ready"}) == []
 
 
@@ -49,16 +55,25 @@ def test_the_agent_reports_and_deletes_nothing(tmp_path: Path) -> None:
 
     driver = LibvirtDriver("test:///default")
     published: list[list] = []  # type: ignore[type-arg]
-    cfg = AgentConfig(hypervisor="h1", rack="r1", az="az1", state_dir=str(tmp_path),
-                      capacity=Resources(vcpus=8, memory_mib=8192, disk_gib=100))
+    cfg = AgentConfig(
+        hypervisor="h1",
+        rack="r1",
+        az="az1",
+        state_dir=str(tmp_path),
+        capacity=Resources(vcpus=8, memory_mib=8192, disk_gib=100),
+    )
     mine, rogue = f"vm-{uuid.uuid4().hex[:6]}", f"rogue-{uuid.uuid4().hex[:6]}"
-    host = HostAgentService(cfg, driver, records=lambda: {"elsewhere": "ready"},
-                            on_findings=published.append)
+    host = HostAgentService(
+        cfg, driver, records=lambda: {"elsewhere": "ready"}, on_findings=published.append
+    )
     host.create(VmSpec(mine, SMALL))
     driver.define_and_start(VmSpec(rogue, SMALL), None)  # made outside warmcache
     found = kinds(host.reconcile())
-    assert {("unmanaged_domain", rogue), ("record_without_vm", "elsewhere"),
-            ("vm_without_record", mine)} <= found
+    assert {
+        ("unmanaged_domain", rogue),
+        ("record_without_vm", "elsewhere"),
+        ("vm_without_record", mine),
+    } <= found
     assert published and len(published[-1]) == len(found)
     assert rogue in driver.domains() and mine in driver.domains()  # nothing deleted
 
@@ -77,8 +92,11 @@ def test_the_agent_reports_and_deletes_nothing(tmp_path: Path) -> None:
 
 
 def test_the_leader_turns_new_findings_into_events_once(service: WarmCache) -> None:
-    doc = {"hypervisor": "az1-r1-h1", "at": 0, "findings": [
-        {"kind": "unmanaged_domain", "vm": "rogue", "detail": "made by hand"}]}
+    doc = {
+        "hypervisor": "az1-r1-h1",
+        "at": 0,
+        "findings": [{"kind": "unmanaged_domain", "vm": "rogue", "detail": "made by hand"}],
+    }
     service.store.put(KEYS.findings("az1", "az1-r1-h1"), json.dumps(doc))
     service.rules.put("az1", "small", {"max_instance_per_cycle": 1, "total_instances": 0})
     service.run_cycle()

@@ -25,8 +25,12 @@ def claims(store: SqliteStore, n: int) -> list[Txn]:
     for i in range(n):
         kv = store.get(f"p/{i}")
         assert kv is not None
-        out.append(Txn([Compare.mod_revision(kv.key, kv.mod_revision)],
-                       [Put(kv.key, "claimed"), Put(f"a/{i}", "mine")]))
+        out.append(
+            Txn(
+                [Compare.mod_revision(kv.key, kv.mod_revision)],
+                [Put(kv.key, "claimed"), Put(f"a/{i}", "mine")],
+            )
+        )
     return out
 
 
@@ -64,7 +68,7 @@ def test_groups_fit_the_store_limit(sqlite_store: SqliteStore) -> None:
 
 
 def test_a_failure_the_reply_cannot_explain_is_retried_one_by_one(
-    sqlite_store: SqliteStore
+    sqlite_store: SqliteStore,
 ) -> None:
     for i in range(3):
         sqlite_store.put(f"p/{i}", "ready")
@@ -79,11 +83,13 @@ def test_a_failure_the_reply_cannot_explain_is_retried_one_by_one(
     assert [r.succeeded for r in results] == [True, False, True]
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(st.integers(0, 9), max_size=10), st.integers(3, 40))
-def test_merged_equals_native_batches(sqlite_store: SqliteStore, stale: list[int],
-                                      max_ops: int) -> None:
+def test_merged_equals_native_batches(
+    sqlite_store: SqliteStore, stale: list[int], max_ops: int
+) -> None:
     """Whatever is stale and however the batch is cut, the merged path
     decides each transaction as one native batch would."""
     sqlite_store.txn([], [Put(f"p/{i}", "ready") for i in range(10)])
@@ -105,7 +111,11 @@ def test_consul_state_diff_sees_changes_and_deletions() -> None:
     before = {"w/a": 5, "w/gone": 6, "w/same": 3}
     now = {"w/a": kv("w/a", 9), "w/same": kv("w/same", 3), "w/new": kv("w/new", 8)}
     changes = diff_states(before, now, after_revision=7, index=10)
-    assert changes == [Change(8, "w/new", "put", "v8"), Change(9, "w/a", "put", "v9"),
-                       Change(10, "w/gone", "delete", None)]
+    assert changes == [
+        Change(8, "w/new", "put", "v8"),
+        Change(9, "w/a", "put", "v9"),
+        Change(10, "w/gone", "delete", None),
+    ]
     assert diff_states(None, now, after_revision=8, index=10) == [
-        Change(9, "w/a", "put", "v9")]  # the first read: what is past the position
+        Change(9, "w/a", "put", "v9")
+    ]  # the first read: what is past the position

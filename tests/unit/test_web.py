@@ -15,8 +15,9 @@ from warmcache.web import create_app
 @pytest.fixture
 def client(service: WarmCache) -> Iterator[FlaskClient]:
     for az in ("az1", "az2"):
-        service.rules.put(az, "small", {"max_instance_per_cycle": 6, "total_instances": 6,
-                                        "min_fault_domain": 3})
+        service.rules.put(
+            az, "small", {"max_instance_per_cycle": 6, "total_instances": 6, "min_fault_domain": 3}
+        )
     service.rules.put("az1", "medium", {"max_instance_per_cycle": 2, "total_instances": 2})
     service.run_cycle()
     yield create_app(service).test_client()
@@ -30,19 +31,27 @@ def pools(client: FlaskClient) -> list[dict[str, Any]]:
 
 
 def acquire(client: FlaskClient, **body: Any) -> Any:
-    return client.post("/v1/acquire", json={"flavor": "small", "az": "az1", "count": 3,
-                                            "mode": "rack-aware", **body})
+    return client.post(
+        "/v1/acquire",
+        json={"flavor": "small", "az": "az1", "count": 3, "mode": "rack-aware", **body},
+    )
 
 
 def test_pools_shape(client: FlaskClient) -> None:
     small = next(p for p in pools(client) if (p["az"], p["flavor"]) == ("az1", "small"))
-    assert set(small) >= {"az", "flavor", "target", "ready", "reserved", "building",
-                          "ready_by_rack"}
+    assert set(small) >= {
+        "az",
+        "flavor",
+        "target",
+        "ready",
+        "reserved",
+        "building",
+        "ready_by_rack",
+    }
     assert small["ready"] == 6 and len(small["ready_by_rack"]) == 3
 
 
-@pytest.mark.parametrize("mode,key", [("rack-aware", "rack"),
-                                      ("hypervisor-aware", "hypervisor")])
+@pytest.mark.parametrize("mode,key", [("rack-aware", "rack"), ("hypervisor-aware", "hypervisor")])
 def test_acquire_returns_vms_spread_as_asked(client: FlaskClient, mode: str, key: str) -> None:
     reply = acquire(client, mode=mode)
     assert reply.status_code == 200
@@ -64,19 +73,23 @@ def test_unsatisfiable_request_is_409_and_changes_nothing(client: FlaskClient) -
     assert pools(client) == before
 
 
-@pytest.mark.parametrize("body", [
-    {"count": 0},
-    {"count": -2},
-    {"count": "3"},
-    {"count": 2.5},
-    {"count": True},
-    {"mode": "nearby"},
-    {"flavor": 7},
-    {"surprise": 1},
-    {"count": 1001},
-])
-def test_malformed_input_is_400_and_changes_nothing(client: FlaskClient, body: dict[str, Any]
-                                                    ) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"count": 0},
+        {"count": -2},
+        {"count": "3"},
+        {"count": 2.5},
+        {"count": True},
+        {"mode": "nearby"},
+        {"flavor": 7},
+        {"surprise": 1},
+        {"count": 1001},
+    ],
+)
+def test_malformed_input_is_400_and_changes_nothing(
+    client: FlaskClient, body: dict[str, Any]
+) -> None:
     before = pools(client)
     reply = acquire(client, **body)
     assert reply.status_code == 400, reply.get_json()
@@ -111,10 +124,13 @@ def test_hostile_bodies_get_a_typed_4xx_and_change_nothing(
     assert (pools(client), client.get("/v1/rules").get_json()) == before
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x", None])
-def test_a_body_that_is_not_declared_json_is_refused(client: FlaskClient,
-                                                     content_type: str | None) -> None:
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None],
+)
+def test_a_body_that_is_not_declared_json_is_refused(
+    client: FlaskClient, content_type: str | None
+) -> None:
     """A web page can POST text/plain or a form cross-site without a
     preflight; with authentication off that acquired VMs."""
     body = b'{"flavor": "small", "az": "az1", "count": 1, "mode": "best-effort"}'
@@ -139,13 +155,17 @@ def test_missing_fields_are_named(client: FlaskClient) -> None:
     assert missing == {"az", "count", "mode"}
 
 
-@pytest.mark.parametrize("body,code", [
-    ({"flavor": "xxl"}, "unknown_flavor"),
-    ({"az": "az9"}, "unknown_az"),
-    ({"flavor": "large"}, "unknown_pool"),
-])
-def test_unknown_flavor_az_or_pool_is_404(client: FlaskClient, body: dict[str, Any], code: str
-                                          ) -> None:
+@pytest.mark.parametrize(
+    "body,code",
+    [
+        ({"flavor": "xxl"}, "unknown_flavor"),
+        ({"az": "az9"}, "unknown_az"),
+        ({"flavor": "large"}, "unknown_pool"),
+    ],
+)
+def test_unknown_flavor_az_or_pool_is_404(
+    client: FlaskClient, body: dict[str, Any], code: str
+) -> None:
     reply = acquire(client, **body)
     assert reply.status_code == 404 and reply.get_json()["error"] == code
 
@@ -184,8 +204,11 @@ def test_draining_a_pool_below_its_low_water_mark_triggers_a_cycle(
 
 def test_rules_read_and_write(client: FlaskClient) -> None:
     listed = client.get("/v1/rules").get_json()["rules"]
-    assert {(r["az"], r["flavor"]) for r in listed} == {("az1", "small"), ("az2", "small"),
-                                                       ("az1", "medium")}
+    assert {(r["az"], r["flavor"]) for r in listed} == {
+        ("az1", "small"),
+        ("az2", "small"),
+        ("az1", "medium"),
+    }
     rule = {"max_instance_per_cycle": 2, "total_instances": 4, "group_hint": "db"}
     reply = client.put("/v1/rules/az2/large", json=rule)
     assert reply.status_code == 200 and reply.get_json()["rule"]["group_hint"] == "db"
@@ -193,14 +216,18 @@ def test_rules_read_and_write(client: FlaskClient) -> None:
     assert got["rule"]["total_instances"] == 4 and got["rule"]["min_fault_domain"] == 1
 
 
-@pytest.mark.parametrize("bad", [
-    {"max_instance_per_cycle": 2, "total_instances": 4, "reserve_cap": 5},
-    {"max_instance_per_cycle": "2", "total_instances": 4},
-    {"total_instances": 4},
-    {"max_instance_per_cycle": 2, "total_instances": 4, "colour": "blue"},
-])
-def test_an_invalid_rule_is_refused_and_the_old_one_stays(client: FlaskClient,
-                                                          bad: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_instance_per_cycle": 2, "total_instances": 4, "reserve_cap": 5},
+        {"max_instance_per_cycle": "2", "total_instances": 4},
+        {"total_instances": 4},
+        {"max_instance_per_cycle": 2, "total_instances": 4, "colour": "blue"},
+    ],
+)
+def test_an_invalid_rule_is_refused_and_the_old_one_stays(
+    client: FlaskClient, bad: dict[str, Any]
+) -> None:
     before = client.get("/v1/rules/az1/small").get_json()
     reply = client.put("/v1/rules/az1/small", json=bad)
     assert reply.status_code == 400 and reply.get_json()["error"] == "invalid_rule"
@@ -210,8 +237,9 @@ def test_an_invalid_rule_is_refused_and_the_old_one_stays(client: FlaskClient,
 
 def test_rules_for_unknown_things(client: FlaskClient) -> None:
     assert client.get("/v1/rules/az1/large").get_json()["error"] == "unknown_rule"
-    reply = client.put("/v1/rules/az1/xxl", json={"max_instance_per_cycle": 1,
-                                                  "total_instances": 1})
+    reply = client.put(
+        "/v1/rules/az1/xxl", json={"max_instance_per_cycle": 1, "total_instances": 1}
+    )
     assert reply.status_code == 404 and reply.get_json()["error"] == "unknown_flavor"
     assert reply.get_json()["detail"]["flavor"] == "xxl"
     reply = client.put("/v1/rules/az1/small", data=b"{", content_type="application/json")
@@ -219,14 +247,17 @@ def test_rules_for_unknown_things(client: FlaskClient) -> None:
 
 
 def test_explain_dry_runs_placement(client: FlaskClient, service: WarmCache) -> None:
-    service.rules.put("az2", "medium", {"max_instance_per_cycle": 6, "total_instances": 6,
-                                        "min_fault_domain": 3})
+    service.rules.put(
+        "az2", "medium", {"max_instance_per_cycle": 6, "total_instances": 6, "min_fault_domain": 3}
+    )
     body = client.get("/v1/explain/az2/medium").get_json()
     assert body["to_build"] == 6 and body["hosts"] == 6 and body["problem"] is None
     assert len({p["rack"] for p in body["placements"]}) == 3
     assert all("has_capacity removed 0" in p["explanation"] for p in body["placements"])
-    assert next(p for p in pools(client) if p["flavor"] == "medium" and p["az"] == "az2"
-                )["building"] == 0  # nothing was built
+    assert (
+        next(p for p in pools(client) if p["flavor"] == "medium" and p["az"] == "az2")["building"]
+        == 0
+    )  # nothing was built
     assert client.get("/v1/explain/az9/medium").status_code == 404
 
 
@@ -250,8 +281,9 @@ def test_a_store_that_will_not_take_a_write_is_a_bounded_503(
 
     service = make_service(request_deadline_s=0.3)
     for az in ("az1", "az2"):
-        service.rules.put(az, "small", {"max_instance_per_cycle": 6, "total_instances": 6,
-                                        "min_fault_domain": 3})
+        service.rules.put(
+            az, "small", {"max_instance_per_cycle": 6, "total_instances": 6, "min_fault_domain": 3}
+        )
     service.run_cycle()
     client = create_app(service).test_client()
     before = pools(client)

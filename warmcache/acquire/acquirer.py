@@ -44,8 +44,13 @@ CLAIM_ID = re.compile(CLAIM_ID_PATTERN.strip("^$"))
 
 
 class Acquirer:
-    def __init__(self, ctx: ServiceContext, *, trigger_cycle: Callable[[], None],
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        *,
+        trigger_cycle: Callable[[], None],
+        rng: random.Random | None = None,
+    ) -> None:
         config, store, keys, hosts, drains = ctx.config, ctx.store, ctx.keys, ctx.hosts, ctx.drains
         clock = ctx.clock
         self._config = config
@@ -56,16 +61,25 @@ class Acquirer:
         self.drains = drains
         self.rules = RuleView(store, keys)
         self.index = PoolIndex(store, keys, hosts=hosts, drains=drains, node=config.node)
-        self.claimer = Claimer(store, keys, self.index, clock, attempts=config.acquire_attempts,
-                               batch=config.batch_claims, max_batch_vms=config.max_batch_vms,
-                               rng=rng, retention_s=config.claim_retention_s)
+        self.claimer = Claimer(
+            store,
+            keys,
+            self.index,
+            clock,
+            attempts=config.acquire_attempts,
+            batch=config.batch_claims,
+            max_batch_vms=config.max_batch_vms,
+            rng=rng,
+            retention_s=config.claim_retention_s,
+        )
         self._store = store
         # One acquisition is one transaction: no more VMs than the store can
         # compare in one, less the claim record a named claim also compares
         # (etcd: 125 with its default --max-txn-ops).
         limit = store.txn_limit
-        self.max_count = min(config.max_acquire_count,
-                             limit - 1 if limit else config.max_acquire_count)
+        self.max_count = min(
+            config.max_acquire_count, limit - 1 if limit else config.max_acquire_count
+        )
 
     @property
     def views(self) -> list[PrefixView[Any]]:
@@ -87,9 +101,17 @@ class Acquirer:
                 log.warning("service registry: %s", exc)
             stop.wait(self._config.shares_refresh_s)
 
-    def acquire(self, flavor: str, az: str, count: int, mode: Mode | str, *,
-                use_reserve: bool = False, requester: str = "anonymous",
-                claim_id: str | None = None) -> list[PoolInstance]:
+    def acquire(
+        self,
+        flavor: str,
+        az: str,
+        count: int,
+        mode: Mode | str,
+        *,
+        use_reserve: bool = False,
+        requester: str = "anonymous",
+        claim_id: str | None = None,
+    ) -> list[PoolInstance]:
         """Claim ``count`` ready VMs satisfying ``mode``, all or nothing.
 
         ``claim_id`` names the claim (idempotent: a repeat after it landed
@@ -113,19 +135,38 @@ class Acquirer:
             with deadline.within(self._config.request_deadline_s):
                 self._catch_up()
                 rule = self._rule(flavor, az)
-                request = ClaimRequest(flavor=flavor, az=az, count=count, mode=mode,
-                                       use_reserve=use_reserve, requester=requester,
-                                       deadline=deadline.current())
+                request = ClaimRequest(
+                    flavor=flavor,
+                    az=az,
+                    count=count,
+                    mode=mode,
+                    use_reserve=use_reserve,
+                    requester=requester,
+                    deadline=deadline.current(),
+                )
                 if claim_id is not None:
                     request.claim_id, request.named = claim_id, True
                 claimed = self.claimer.claim(request)
         except WarmCacheError as exc:
-            self._emit("acquisition.failed", requester=requester, flavor=flavor, az=az,
-                       count=count, mode=mode.value, error=exc.code)
+            self._emit(
+                "acquisition.failed",
+                requester=requester,
+                flavor=flavor,
+                az=az,
+                count=count,
+                mode=mode.value,
+                error=exc.code,
+            )
             raise
         if claimed.replayed:
-            self._emit("acquisition.replayed", requester=requester, flavor=flavor, az=az,
-                       count=count, claim_id=request.claim_id)
+            self._emit(
+                "acquisition.replayed",
+                requester=requester,
+                flavor=flavor,
+                az=az,
+                count=count,
+                claim_id=request.claim_id,
+            )
         else:
             self._record(request, claimed, rule, started)
         return claimed.vms
@@ -137,13 +178,21 @@ class Acquirer:
         with deadline.within(self._config.request_deadline_s):
             return self.claimer.log.get(claim_id)
 
-    def _record(self, request: ClaimRequest, claimed: Claimed, rule: BuildRule,
-                started: float) -> None:
+    def _record(
+        self, request: ClaimRequest, claimed: Claimed, rule: BuildRule, started: float
+    ) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
-        self._emit("acquisition", requester=request.requester, flavor=request.flavor,
-                   az=request.az, count=request.count, mode=request.mode.value,
-                   latency_ms=round(latency_ms, 3), attempts=claimed.attempts,
-                   vms=[vm.name for vm in claimed.vms])
+        self._emit(
+            "acquisition",
+            requester=request.requester,
+            flavor=request.flavor,
+            az=request.az,
+            count=request.count,
+            mode=request.mode.value,
+            latency_ms=round(latency_ms, 3),
+            attempts=claimed.attempts,
+            vms=[vm.name for vm in claimed.vms],
+        )
         if below_low_water(rule, claimed.remaining, self._config.low_water_ratio):
             self._trigger()
 
@@ -159,8 +208,11 @@ class Acquirer:
         if isinstance(count, bool) or not isinstance(count, int):
             raise InvalidRequest("count must be an integer")
         if not 1 <= count <= self.max_count:
-            why = "" if self.max_count == self._config.max_acquire_count else \
-                " (the most one store transaction can claim at once)"
+            why = (
+                ""
+                if self.max_count == self._config.max_acquire_count
+                else " (the most one store transaction can claim at once)"
+            )
             raise InvalidRequest(f"count must be between 1 and {self.max_count}{why}, got {count}")
         try:
             return Mode(mode)

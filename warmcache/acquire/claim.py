@@ -224,8 +224,9 @@ class Claimer:
                 continue
             with self._rng_lock:
                 rng = random.Random(self._rng.random())
-            chosen = self._index.select(request.pool, request.count, request.mode,
-                                        request.use_reserve, rng)
+            chosen = self._index.select(
+                request.pool, request.count, request.mode, request.use_reserve, rng
+            )
             request.waiting = False
             if chosen is not None:
                 request.chosen = chosen
@@ -239,21 +240,37 @@ class Claimer:
             elif not self._replay_recorded(request):
                 ready, racks, hypervisors = self._index.stock(request.pool, request.use_reserve)
                 request.outcome = NoCapacity(
-                    flavor=request.flavor, az=request.az, mode=request.mode.value,
-                    wanted=request.count, ready=ready, racks=racks, hypervisors=hypervisors)
+                    flavor=request.flavor,
+                    az=request.az,
+                    mode=request.mode.value,
+                    wanted=request.count,
+                    ready=ready,
+                    racks=racks,
+                    hypervisors=hypervisors,
+                )
         if not selected:
             return later
         self.batches += 1
         now = self._clock.now()
-        acquired = {r.claim_id: [vm.with_state(InstanceState.ACQUIRED, acquired_by=r.requester,
-                                               acquired_at=now, claim_id=r.claim_id)
-                                 for vm, _ in r.chosen] for r in selected}
+        acquired = {
+            r.claim_id: [
+                vm.with_state(
+                    InstanceState.ACQUIRED,
+                    acquired_by=r.requester,
+                    acquired_at=now,
+                    claim_id=r.claim_id,
+                )
+                for vm, _ in r.chosen
+            ]
+            for r in selected
+        }
         # The batch answers by its most impatient caller's deadline.
         due = min((r.deadline for r in selected if r.deadline is not None), default=None)
         try:
             with deadline.until(due):
-                results = self._store.txns([self._txn(r, acquired[r.claim_id], now)
-                                            for r in selected])
+                results = self._store.txns(
+                    [self._txn(r, acquired[r.claim_id], now) for r in selected]
+                )
         except StoreUnavailable as exc:
             settled = self._unavailable(selected, exc)
         except StoreError as exc:
@@ -272,8 +289,11 @@ class Claimer:
                 request.outcome = Claimed(acquired[request.claim_id], request.attempts, ready)
             else:
                 claim_key = self.log.key(request.claim_id)
-                self._index.release(keys, {k: v for k, v in result.current.items()
-                                           if k != claim_key}, result.revision)
+                self._index.release(
+                    keys,
+                    {k: v for k, v in result.current.items() if k != claim_key},
+                    result.revision,
+                )
                 if request.outcome is not None:
                     continue  # decided by the settle: outcome unknown
                 landed = result.current.get(claim_key) if request.named else None
@@ -289,8 +309,9 @@ class Claimer:
         return later
 
     @staticmethod
-    def _unavailable(selected: list[ClaimRequest], exc: StoreUnavailable
-                     ) -> list[tuple[ClaimRequest, TxnResult]]:
+    def _unavailable(
+        selected: list[ClaimRequest], exc: StoreUnavailable
+    ) -> list[tuple[ClaimRequest, TxnResult]]:
         """The batch surely did not land: each request whose own deadline
         has passed gets the error; the others select again."""
         now = time.monotonic()
@@ -301,19 +322,31 @@ class Claimer:
 
     def _txn(self, request: ClaimRequest, acquired: list[PoolInstance], now: float) -> Txn:
         az = request.az
-        compares = [Compare.mod_revision(self._keys.pool(az, vm.name), rev)
-                    for vm, rev in request.chosen]
+        compares = [
+            Compare.mod_revision(self._keys.pool(az, vm.name), rev) for vm, rev in request.chosen
+        ]
         # Handed-out VMs leave the pool directory (so the pool holds only
         # what may still be acquired) for the acquired log.
         ops: list[Put | Delete] = [
-            op for vm in acquired for op in (Delete(self._keys.pool(az, vm.name)),
-                                             Put(self._keys.acquired(az, vm.name),
-                                                 vm.model_dump_json()))]
+            op
+            for vm in acquired
+            for op in (
+                Delete(self._keys.pool(az, vm.name)),
+                Put(self._keys.acquired(az, vm.name), vm.model_dump_json()),
+            )
+        ]
         if request.named:
             record = ClaimRecord(
-                claim_id=request.claim_id, requester=request.requester, flavor=request.flavor,
-                az=az, count=request.count, mode=request.mode, acquired_at=now,
-                expires_at=now + self._retention_s, vms=acquired)
+                claim_id=request.claim_id,
+                requester=request.requester,
+                flavor=request.flavor,
+                az=az,
+                count=request.count,
+                mode=request.mode,
+                acquired_at=now,
+                expires_at=now + self._retention_s,
+                vms=acquired,
+            )
             key = self.log.key(request.claim_id)
             compares.append(Compare.absent(key))
             ops.append(Put(key, record.model_dump_json()))
@@ -321,8 +354,9 @@ class Claimer:
 
     def _replay(self, request: ClaimRequest, record: ClaimRecord) -> None:
         """A named claim that had landed: its VMs again, or ``ClaimMismatch``."""
-        differs = record.differs(request.flavor, request.az, request.count, request.mode,
-                                 request.requester)
+        differs = record.differs(
+            request.flavor, request.az, request.count, request.mode, request.requester
+        )
         if differs:
             request.outcome = ClaimMismatch(request.claim_id, differs)
         else:
@@ -344,8 +378,12 @@ class Claimer:
         self._replay(request, ClaimLog.parse(kv))
         return True
 
-    def _settle(self, selected: list[ClaimRequest], acquired: dict[str, list[PoolInstance]],
-                cause: StoreError) -> list[tuple[ClaimRequest, TxnResult]]:
+    def _settle(
+        self,
+        selected: list[ClaimRequest],
+        acquired: dict[str, list[PoolInstance]],
+        cause: StoreError,
+    ) -> list[tuple[ClaimRequest, TxnResult]]:
         """Did each unanswered claim land? Decided for good (see the module
         doc); a claim whose fate the store cannot tell gets
         ``ClaimOutcomeUnknown`` (and the failed result, so its VMs are
@@ -356,8 +394,9 @@ class Claimer:
         for request in selected:
             first, revision = request.chosen[0]
             key = self._keys.pool(request.az, first.name)
-            fences.append(Txn([Compare.mod_revision(key, revision)],
-                              [Put(key, first.model_dump_json())]))
+            fences.append(
+                Txn([Compare.mod_revision(key, revision)], [Put(key, first.model_dump_json())])
+            )
         out: list[tuple[ClaimRequest, TxnResult]] = []
         try:
             fenced = self._store.txns(fences)
@@ -365,25 +404,36 @@ class Claimer:
             for request in selected:
                 out.append((request, TxnResult(False, 0)))
                 request.outcome = ClaimOutcomeUnknown(
-                    request.claim_id, [vm.name for vm, _ in request.chosen], f"{cause}; then {exc}")
+                    request.claim_id, [vm.name for vm, _ in request.chosen], f"{cause}; then {exc}"
+                )
             return out
         for request, fence in zip(selected, fenced, strict=True):
             first, _ = request.chosen[0]
             if fence.succeeded:  # it had not landed, and now it never can
                 key = self._keys.pool(request.az, first.name)
-                out.append((request, TxnResult(False, fence.revision, {key: KeyValue(
-                    key, first.model_dump_json(), 0, fence.revision)})))
+                out.append(
+                    (
+                        request,
+                        TxnResult(
+                            False,
+                            fence.revision,
+                            {key: KeyValue(key, first.model_dump_json(), 0, fence.revision)},
+                        ),
+                    )
+                )
                 continue
             try:
                 landed = all(self._holds_claim(request, vm) for vm in acquired[request.claim_id])
             except StoreError as exc:
                 out.append((request, TxnResult(False, 0)))
                 request.outcome = ClaimOutcomeUnknown(
-                    request.claim_id, [vm.name for vm, _ in request.chosen], f"{cause}; then {exc}")
+                    request.claim_id, [vm.name for vm, _ in request.chosen], f"{cause}; then {exc}"
+                )
                 continue
             # Not landed: someone else's change won the first VM.
-            out.append((request, TxnResult(landed, fence.revision,
-                                           {} if landed else fence.current)))
+            out.append(
+                (request, TxnResult(landed, fence.revision, {} if landed else fence.current))
+            )
         return out
 
     def _holds_claim(self, request: ClaimRequest, vm: PoolInstance) -> bool:

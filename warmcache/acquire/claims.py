@@ -41,8 +41,7 @@ class ClaimRecord(BaseModel):
 
     def differs(self, flavor: str, az: str, count: int, mode: Mode, requester: str) -> list[str]:
         """What of a request is not what this claim was made for."""
-        asked = {"flavor": flavor, "az": az, "count": count, "mode": mode,
-                 "requester": requester}
+        asked = {"flavor": flavor, "az": az, "count": count, "mode": mode, "requester": requester}
         return [name for name, value in asked.items() if getattr(self, name) != value]
 
 
@@ -74,7 +73,8 @@ class ClaimLog:
         old = old[:limit]
         if not old:
             return 0
-        txns = [Txn([Compare.mod_revision(kv.key, kv.mod_revision)], [Delete(kv.key)])
-                for kv in old]
+        txns = [
+            Txn([Compare.mod_revision(kv.key, kv.mod_revision)], [Delete(kv.key)]) for kv in old
+        ]
         results = self._store.txns(txns)
         return sum(1 for r in results if r.succeeded)

@@ -45,10 +45,12 @@ READY, WITH_RESERVE, READY_MINE, WITH_RESERVE_MINE = range(4)
 
 
 class PoolIndex(PrefixView[PoolInstance]):
-    def __init__(self, store: CoordinationStore, keys: Keys, *, hosts: HostView,
-                 drains: DrainView, node: str) -> None:
-        super().__init__(store, keys.pool_dir(),
-                         lambda _k, value: PoolInstance.model_validate_json(value))
+    def __init__(
+        self, store: CoordinationStore, keys: Keys, *, hosts: HostView, drains: DrainView, node: str
+    ) -> None:
+        super().__init__(
+            store, keys.pool_dir(), lambda _k, value: PoolInstance.model_validate_json(value)
+        )
         self._live: set[str] = set()
         self._drained: set[str] = set()
         self._on_hv: dict[str, set[str]] = {}
@@ -97,8 +99,13 @@ class PoolIndex(PrefixView[PoolInstance]):
         self._place(key, new)
 
     def _slots(self, key: str, rec: PoolInstance | None) -> int:
-        if (rec is None or key in self._inflight or rec.health_failures
-                or rec.hypervisor not in self._live or rec.hypervisor in self._drained):
+        if (
+            rec is None
+            or key in self._inflight
+            or rec.health_failures
+            or rec.hypervisor not in self._live
+            or rec.hypervisor in self._drained
+        ):
             return 0
         if rec.state is InstanceState.READY:
             slots = 1 << READY | 1 << WITH_RESERVE
@@ -174,8 +181,9 @@ class PoolIndex(PrefixView[PoolInstance]):
 
     # --- what acquisitions ask ----------------------------------------------------------
 
-    def select(self, pool: Pool, count: int, mode: Mode, use_reserve: bool,
-               rng: random.Random) -> list[tuple[PoolInstance, int]] | None:
+    def select(
+        self, pool: Pool, count: int, mode: Mode, use_reserve: bool, rng: random.Random
+    ) -> list[tuple[PoolInstance, int]] | None:
         """``count`` acquirable VMs of ``pool`` satisfying ``mode``, from this
         instance's share if it can, else from the whole pool; marked in flight
         (``claimed`` or ``release`` them). ``None``: the pool cannot."""
@@ -185,8 +193,7 @@ class PoolIndex(PrefixView[PoolInstance]):
                 return None
             tier = WITH_RESERVE if use_reserve else READY
             selector = SELECTORS[mode]
-            chosen = selector.select(stocks[tier + 2], count, rng) \
-                if self._shares.active else None
+            chosen = selector.select(stocks[tier + 2], count, rng) if self._shares.active else None
             if chosen is None:
                 chosen = selector.select(stocks[tier], count, rng)
             if chosen is None:
@@ -231,8 +238,12 @@ class PoolIndex(PrefixView[PoolInstance]):
                 self._end_flight(key)
             self._settled.notify_all()
 
-    def release(self, keys: Iterable[str], current: Mapping[str, KeyValue | None] | None = None,
-                revision: int = 0) -> None:
+    def release(
+        self,
+        keys: Iterable[str],
+        current: Mapping[str, KeyValue | None] | None = None,
+        revision: int = 0,
+    ) -> None:
         """A claim did not land: its VMs are acquirable again, as ``current``
         (the state the store reported at ``revision``) says."""
         with self._lock:
@@ -261,10 +272,16 @@ class PoolIndex(PrefixView[PoolInstance]):
                 states = self._states.get(pool, Counter())
                 rule = rules.get(pool)
                 racks = self._ready_by_rack.get(pool, Counter())
-                out.append(PoolSummary(
-                    az=pool[0], flavor=pool[1], target=rule.total_instances if rule else 0,
-                    ready=states[InstanceState.READY], reserved=states[InstanceState.RESERVED],
-                    building=states[InstanceState.BUILDING],
-                    enabled=rule.enabled if rule else False,
-                    ready_by_rack={r: n for r, n in sorted(racks.items()) if n > 0}))
+                out.append(
+                    PoolSummary(
+                        az=pool[0],
+                        flavor=pool[1],
+                        target=rule.total_instances if rule else 0,
+                        ready=states[InstanceState.READY],
+                        reserved=states[InstanceState.RESERVED],
+                        building=states[InstanceState.BUILDING],
+                        enabled=rule.enabled if rule else False,
+                        ready_by_rack={r: n for r, n in sorted(racks.items()) if n > 0},
+                    )
+                )
             return out

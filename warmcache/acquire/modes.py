@@ -38,8 +38,9 @@ class DistinctHypervisors:
     def select(self, stock: Stock, count: int, rng: random.Random) -> list[str] | None:
         if len(stock.hypervisors) < count:
             return None
-        return [stock.on_hypervisor(hv).sample(1, rng)[0]
-                for hv in stock.hypervisors.top(count, rng)]
+        return [
+            stock.on_hypervisor(hv).sample(1, rng)[0] for hv in stock.hypervisors.top(count, rng)
+        ]
 
 
 class BestEffort:
@@ -62,8 +63,9 @@ class BestEffort:
                     take[hv] += 1
                     left -= 1
             depth += 1
-        return [name for hv, k in take.items() if k
-                for name in stock.on_hypervisor(hv).sample(k, rng)]
+        return [
+            name for hv, k in take.items() if k for name in stock.on_hypervisor(hv).sample(k, rng)
+        ]
 
 
 SELECTORS: dict[Mode, Selector] = {

@@ -42,21 +42,20 @@ class AgentClient:
     """``unix:PATH`` (the agent's socket, on the same host) or
     ``https://host:port`` (its ``warmcache-proxy``, with ``tls``)."""
 
-    def __init__(self, endpoint: str, timeout_s: float = 60.0,
-                 tls: AgentTls | None = None) -> None:
+    def __init__(self, endpoint: str, timeout_s: float = 60.0, tls: AgentTls | None = None) -> None:
         self._endpoint = endpoint
         self._timeout_s = timeout_s
         self._http: httpx.Client | None = None
         if endpoint.startswith("unix:"):
-            self._path = endpoint[len("unix:"):]
+            self._path = endpoint[len("unix:") :]
         elif endpoint.startswith("https://"):
             if tls is None:
                 raise ValueError(f"{endpoint}: an https agent endpoint needs [agent_tls]")
-            self._http = httpx.Client(base_url=endpoint, verify=tls.context(),
-                                      timeout=timeout_s)
+            self._http = httpx.Client(base_url=endpoint, verify=tls.context(), timeout=timeout_s)
         else:
-            raise ValueError(f"unsupported agent endpoint {endpoint!r} "
-                             "(want unix:PATH or https://HOST:PORT)")
+            raise ValueError(
+                f"unsupported agent endpoint {endpoint!r} (want unix:PATH or https://HOST:PORT)"
+            )
 
     @property
     def endpoint(self) -> str:
@@ -103,8 +102,9 @@ class AgentClient:
             return reply.get("result")
         # A typed error per code (AgentUnavailable ones are transient: the
         # cycle retries them; AgentRejected ones are not).
-        raise agent_error(self._endpoint, str(reply.get("error", AgentCode.INTERNAL_ERROR)),
-                          reply.get("detail"))
+        raise agent_error(
+            self._endpoint, str(reply.get("error", AgentCode.INTERNAL_ERROR)), reply.get("detail")
+        )
 
     def facts(self) -> HostFacts:
         return HostFacts.model_validate(self.call({"op": "facts"}))

@@ -32,9 +32,16 @@ T = TypeVar("T")
 
 
 class Batcher(Generic[T]):
-    def __init__(self, write: Callable[[list[T]], None], *, name: str,
-                 max_queue: int = 10_000, batch: int = 500, flush_s: float = 0.2,
-                 retry_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        write: Callable[[list[T]], None],
+        *,
+        name: str,
+        max_queue: int = 10_000,
+        batch: int = 500,
+        flush_s: float = 0.2,
+        retry_s: float = 1.0,
+    ) -> None:
         self._write = write
         self._queue: queue.Queue[T] = queue.Queue(maxsize=max_queue)
         self._batch = batch
@@ -96,13 +103,21 @@ class Batcher(Generic[T]):
                     break
                 except Exception as exc:
                     if self._stop.is_set():
-                        log.warning("%s: %d item(s) dropped at close: %s",
-                                    self._thread.name, len(items), exc)
+                        log.warning(
+                            "%s: %d item(s) dropped at close: %s",
+                            self._thread.name,
+                            len(items),
+                            exc,
+                        )
                         with self._idle:
                             self.dropped += len(items)
                         break
-                    log.warning("%s: write failed (%s); retrying %d item(s)",
-                                self._thread.name, exc, len(items))
+                    log.warning(
+                        "%s: write failed (%s); retrying %d item(s)",
+                        self._thread.name,
+                        exc,
+                        len(items),
+                    )
                     self._stop.wait(self._retry_s)
             with self._idle:
                 self._pending -= len(items)

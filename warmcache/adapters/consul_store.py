@@ -81,9 +81,12 @@ MAX_TXN_OPS = 64
 MIN_SESSION_TTL_S = 10
 
 
-def txn_payload(namespace: str, compares: Sequence[Compare], ops: Sequence[Op],
-                current_values: Mapping[str, KeyValue | None] | None = None
-                ) -> list[dict[str, Any]]:
+def txn_payload(
+    namespace: str,
+    compares: Sequence[Compare],
+    ops: Sequence[Op],
+    current_values: Mapping[str, KeyValue | None] | None = None,
+) -> list[dict[str, Any]]:
     """Translate a port transaction into Consul txn operations (pure).
 
     ``current_values`` must hold the current entry of every key with a
@@ -123,9 +126,11 @@ def txn_payload(namespace: str, compares: Sequence[Compare], ops: Sequence[Op],
             entry["Verb"] = "delete"
         payload.append({"KV": entry})
     guards = [
-        {"KV": {"Verb": "check-index", "Key": namespace + key, "Index": index}} if index
+        {"KV": {"Verb": "check-index", "Key": namespace + key, "Index": index}}
+        if index
         else {"KV": {"Verb": "check-not-exists", "Key": namespace + key}}
-        for key, index in checks.items() if key not in fused
+        for key, index in checks.items()
+        if key not in fused
     ]
     payload = guards + payload
     if len(payload) > MAX_TXN_OPS:
@@ -160,9 +165,12 @@ class ConsulStore:
             raise StoreError("py-consul is not installed: pip install 'warmcache[consul]'")
         if client is None:
             parsed = urlparse(url or "http://127.0.0.1:8500")
-            client = consul.Consul(host=parsed.hostname or "127.0.0.1",
-                                   port=parsed.port or 8500, scheme=parsed.scheme or "http",
-                                   token=token or None)
+            client = consul.Consul(
+                host=parsed.hostname or "127.0.0.1",
+                port=parsed.port or 8500,
+                scheme=parsed.scheme or "http",
+                token=token or None,
+            )
         self._c = client
         self._read = ReadRetry(sleep)
         self._ns = namespace
@@ -207,8 +215,13 @@ class ConsulStore:
     def _kv(self, item: dict[str, Any]) -> KeyValue:
         raw = item.get("Value")
         value = raw.decode() if isinstance(raw, bytes) else (raw or "")
-        return KeyValue(item["Key"][len(self._ns):], value, int(item["CreateIndex"]),
-                        int(item["ModifyIndex"]), item.get("Session"))
+        return KeyValue(
+            item["Key"][len(self._ns) :],
+            value,
+            int(item["CreateIndex"]),
+            int(item["ModifyIndex"]),
+            item.get("Session"),
+        )
 
     # --- KV ----------------------------------------------------------------------------
 
@@ -217,8 +230,9 @@ class ConsulStore:
         return self._kv(item) if item else None
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
-        index, items = self._read(lambda: self._call(
-            lambda: self._c.kv.get(self._ns + prefix, recurse=True), "range"))
+        index, items = self._read(
+            lambda: self._call(lambda: self._c.kv.get(self._ns + prefix, recurse=True), "range")
+        )
         kvs = sorted((self._kv(i) for i in items or []), key=lambda kv: kv.key)
         return kvs, int(index)
 
@@ -252,8 +266,9 @@ class ConsulStore:
             if isinstance(exc.__cause__, ClientError) and str(exc.__cause__).startswith("409"):
                 return self._failed(compares)
             raise
-        indexes = [int(r["KV"]["ModifyIndex"]) for r in (reply or {}).get("Results") or []
-                   if r.get("KV")]
+        indexes = [
+            int(r["KV"]["ModifyIndex"]) for r in (reply or {}).get("Results") or [] if r.get("KV")
+        ]
         return TxnResult(True, max(indexes) if indexes else self._revision())
 
     # 64 operations: a key compared and deleted fuses into one delete-cas,
@@ -263,9 +278,15 @@ class ConsulStore:
     def txns(self, batch: Sequence[Txn]) -> list[TxnResult]:
         """Consul has no nested transactions: merged plain transactions,
         retried without those whose compares failed (``merged_txns``)."""
-        return merged_txns(self.txn, batch, MAX_TXN_OPS,
-                           lambda t: len(txn_payload(self._ns, [], t.success))
-                           + len({c.key for c in t.compares} - t.keys()))
+        return merged_txns(
+            self.txn,
+            batch,
+            MAX_TXN_OPS,
+            lambda t: (
+                len(txn_payload(self._ns, [], t.success))
+                + len({c.key for c in t.compares} - t.keys())
+            ),
+        )
 
     def _failed(self, compares: Sequence[Compare]) -> TxnResult:
         # Consul reports which operation failed, not the state: read it (not
@@ -284,8 +305,11 @@ class ConsulStore:
 
     def create_session(self, ttl_s: float, node: str) -> str:
         ttl = max(MIN_SESSION_TTL_S, math.ceil(ttl_s))
-        session: str = self._call(lambda: self._c.session.create(
-            name=f"warmcache-{node}", ttl=ttl, lock_delay=0, behavior="delete"))
+        session: str = self._call(
+            lambda: self._c.session.create(
+                name=f"warmcache-{node}", ttl=ttl, lock_delay=0, behavior="delete"
+            )
+        )
         return session
 
     def renew_session(self, session_id: str) -> None:
@@ -304,18 +328,21 @@ class ConsulStore:
         with self._lock:
             before = self._snapshots.get(snap_key)
         index, now = self._blocking_read(
-            prefix, after_revision if before is not None and timeout_s > 0 else None, timeout_s)
+            prefix, after_revision if before is not None and timeout_s > 0 else None, timeout_s
+        )
         with self._lock:
             self._snapshots[snap_key] = {k: kv.mod_revision for k, kv in now.items()}
         return diff_states(before, now, after_revision, index)
 
-    def _blocking_read(self, prefix: str, index: int | None, timeout_s: float
-                       ) -> tuple[int, dict[str, KeyValue]]:
+    def _blocking_read(
+        self, prefix: str, index: int | None, timeout_s: float
+    ) -> tuple[int, dict[str, KeyValue]]:
         """A blocking query: returns when the prefix changes past ``index``
         or after ``timeout_s`` (Consul rounds the wait up to a second)."""
         wait = f"{max(1, math.ceil(timeout_s))}s"
-        got, items = self._call(lambda: self._c.kv.get(
-            self._ns + prefix, recurse=True, index=index, wait=wait))
+        got, items = self._call(
+            lambda: self._c.kv.get(self._ns + prefix, recurse=True, index=index, wait=wait)
+        )
         return int(got), {kv.key: kv for kv in (self._kv(i) for i in items or [])}
 
     def watch(self, prefix: str, after_revision: int) -> ChangeStream:
@@ -326,23 +353,30 @@ class ConsulStore:
     def register_service(self, name: str, node: str, address: str, ttl_s: float) -> None:
         service_id = f"{name}-{node}"
         ttl = f"{max(1, math.ceil(ttl_s))}s"
-        self._call(lambda: self._c.agent.service.register(
-            name, service_id=service_id, address=address,
-            check={"ttl": ttl, "DeregisterCriticalServiceAfter": "1m"}))
+        self._call(
+            lambda: self._c.agent.service.register(
+                name,
+                service_id=service_id,
+                address=address,
+                check={"ttl": ttl, "DeregisterCriticalServiceAfter": "1m"},
+            )
+        )
         self._call(lambda: self._c.agent.check.ttl_pass(f"service:{service_id}"))
 
     def deregister_service(self, name: str, node: str) -> None:
         self._call(lambda: self._c.agent.service.deregister(f"{name}-{node}"))
 
     def services(self, name: str) -> list[ServiceEntry]:
-        _, entries = self._read(lambda: self._call(
-            lambda: self._c.health.service(name, passing=True), "services"))
+        _, entries = self._read(
+            lambda: self._call(lambda: self._c.health.service(name, passing=True), "services")
+        )
         now = time.time()
         out = []
         for entry in entries or []:
             service = entry["Service"]
-            node = service["ID"][len(name) + 1:] if service["ID"].startswith(name) else \
-                service["ID"]
+            node = (
+                service["ID"][len(name) + 1 :] if service["ID"].startswith(name) else service["ID"]
+            )
             out.append(ServiceEntry(name, node, service.get("Address", ""), now, now))
         return sorted(out, key=lambda s: s.node)
 
@@ -350,16 +384,22 @@ class ConsulStore:
         """The client belongs to whoever made it; nothing to release here."""
 
 
-
-def diff_states(before: dict[str, int] | None, now: dict[str, KeyValue],
-                after_revision: int, index: int) -> list[Change]:
+def diff_states(
+    before: dict[str, int] | None, now: dict[str, KeyValue], after_revision: int, index: int
+) -> list[Change]:
     """Changes between two states of a prefix (Consul keeps state, not
     history): keys modified past ``after_revision``, and keys gone since
     ``before`` (dated at the query's ``index``). Pure."""
-    out = [Change(kv.mod_revision, k, "put", kv.value)
-           for k, kv in now.items() if kv.mod_revision > after_revision]
-    out += [Change(index, k, "delete", None)
-            for k in (before or {}) if k not in now and index > after_revision]
+    out = [
+        Change(kv.mod_revision, k, "put", kv.value)
+        for k, kv in now.items()
+        if kv.mod_revision > after_revision
+    ]
+    out += [
+        Change(index, k, "delete", None)
+        for k in (before or {})
+        if k not in now and index > after_revision
+    ]
     return sorted(out, key=lambda c: (c.revision, c.key))
 
 

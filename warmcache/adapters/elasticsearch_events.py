@@ -74,10 +74,19 @@ def event_document(event: Event) -> dict[str, Any]:
 
 
 class ElasticsearchEvents:
-    def __init__(self, url: str, spool_dir: str | Path, *, client: Any = None,
-                 max_queue: int = 10_000, batch: int = 500, flush_s: float = 1.0,
-                 max_spool_bytes: int = 64 << 20, retry_s: float = 5.0,
-                 data_stream: str = DATA_STREAM) -> None:
+    def __init__(
+        self,
+        url: str,
+        spool_dir: str | Path,
+        *,
+        client: Any = None,
+        max_queue: int = 10_000,
+        batch: int = 500,
+        flush_s: float = 1.0,
+        max_spool_bytes: int = 64 << 20,
+        retry_s: float = 5.0,
+        data_stream: str = DATA_STREAM,
+    ) -> None:
         if client is None:
             from elasticsearch import Elasticsearch
 
@@ -92,7 +101,8 @@ class ElasticsearchEvents:
         self._template_ready = False
         self._spool_dropped = 0
         self._batcher: Batcher[dict[str, Any]] = Batcher(
-            self._write, name="es-events", max_queue=max_queue, batch=batch, flush_s=flush_s)
+            self._write, name="es-events", max_queue=max_queue, batch=batch, flush_s=flush_s
+        )
 
     @property
     def dropped(self) -> int:
@@ -107,8 +117,9 @@ class ElasticsearchEvents:
     def recent(self, limit: int = 100, type_prefix: str = "") -> list[Event]:
         query = {"prefix": {"type": type_prefix}} if type_prefix else {"match_all": {}}
         try:
-            reply = self._client.search(index=self.data_stream, size=limit, query=query,
-                                        sort=[{"@timestamp": "desc"}])
+            reply = self._client.search(
+                index=self.data_stream, size=limit, query=query, sort=[{"@timestamp": "desc"}]
+            )
         except Exception as exc:
             log.warning("events search failed: %s", exc)
             return []
@@ -124,8 +135,12 @@ class ElasticsearchEvents:
     def _ensure_template(self) -> None:
         if not self._template_ready:
             self._client.indices.put_index_template(
-                name=self.data_stream, index_patterns=[f"{self.data_stream}*"], data_stream={},
-                template={"mappings": MAPPINGS}, priority=200)
+                name=self.data_stream,
+                index_patterns=[f"{self.data_stream}*"],
+                data_stream={},
+                template={"mappings": MAPPINGS},
+                priority=200,
+            )
             self._template_ready = True
 
     def _send(self, docs: list[dict[str, Any]]) -> None:
@@ -136,8 +151,11 @@ class ElasticsearchEvents:
         reply = self._client.bulk(operations=operations)
         if reply.get("errors"):
             failed = [i for i in reply["items"] if i.get("create", {}).get("error")]
-            log.warning("%d event(s) rejected by Elasticsearch: %s", len(failed),
-                        failed[0]["create"]["error"] if failed else "")
+            log.warning(
+                "%d event(s) rejected by Elasticsearch: %s",
+                len(failed),
+                failed[0]["create"]["error"] if failed else "",
+            )
 
     def _write(self, docs: list[dict[str, Any]]) -> None:
         """The batcher's writer (called at least every ``flush_s``): send or
@@ -146,11 +164,13 @@ class ElasticsearchEvents:
             try:
                 self._send(docs)
             except Exception as exc:
-                log.warning("Elasticsearch unavailable (%s); spooling %d event(s)",
-                            type(exc).__name__, len(docs))
+                log.warning(
+                    "Elasticsearch unavailable (%s); spooling %d event(s)",
+                    type(exc).__name__,
+                    len(docs),
+                )
                 self._spool_batch(docs)
-        if (time.monotonic() >= self._next_replay and self.spooled_files()
-                and not self._replay()):
+        if time.monotonic() >= self._next_replay and self.spooled_files() and not self._replay():
             self._next_replay = time.monotonic() + self._retry_s
 
     # --- the spool ---------------------------------------------------------------------

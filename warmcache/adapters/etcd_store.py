@@ -111,8 +111,11 @@ class EtcdStore:
     def _make_client(self, index: int) -> Any:
         parsed = urlparse(self._urls[index])
         client = etcd3gw.Etcd3Client(
-            host=parsed.hostname or "127.0.0.1", port=parsed.port or 2379,
-            protocol=parsed.scheme or "http", timeout=self._timeout_s, api_path="/v3/",
+            host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or 2379,
+            protocol=parsed.scheme or "http",
+            timeout=self._timeout_s,
+            api_path="/v3/",
         )
         _settle_environment(client.session, self._urls[index])
         return client
@@ -184,11 +187,14 @@ class EtcdStore:
         return base64.b64encode(self._key(key)).decode()
 
     def _kv(self, raw: dict[str, Any]) -> KeyValue:
-        key = _unb64(raw["key"])[len(self._ns):]
+        key = _unb64(raw["key"])[len(self._ns) :]
         lease = raw.get("lease")
         return KeyValue(
-            key, _unb64(raw.get("value")), int(raw.get("create_revision", 0)),
-            int(raw.get("mod_revision", 0)), str(lease) if lease and lease != "0" else None,
+            key,
+            _unb64(raw.get("value")),
+            int(raw.get("create_revision", 0)),
+            int(raw.get("mod_revision", 0)),
+            str(lease) if lease and lease != "0" else None,
         )
 
     # --- KV ------------------------------------------------------------------------------
@@ -200,9 +206,12 @@ class EtcdStore:
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         start = self._key(prefix)
-        body = {"key": base64.b64encode(start).decode(),
-                "range_end": base64.b64encode(_range_end(start)).decode(),
-                "sort_order": "ASCEND", "sort_target": "KEY"}
+        body = {
+            "key": base64.b64encode(start).decode(),
+            "range_end": base64.b64encode(_range_end(start)).decode(),
+            "sort_order": "ASCEND",
+            "sort_target": "KEY",
+        }
         reply = self._read(lambda: self._post("kv/range", body))
         kvs = [self._kv(raw) for raw in reply.get("kvs") or []]
         return kvs, int(reply["header"]["revision"])
@@ -227,8 +236,7 @@ class EtcdStore:
         return {"request_delete_range": {"key": self._k(op.key)}}
 
     def _compare(self, c: Compare) -> dict[str, Any]:
-        out: dict[str, Any] = {"key": self._k(c.key),
-                               "result": "EQUAL"}
+        out: dict[str, Any] = {"key": self._k(c.key), "result": "EQUAL"}
         if c.target == "create":
             out.update(target="CREATE", create_revision=str(c.expected))
         elif c.target == "mod":
@@ -265,8 +273,10 @@ class EtcdStore:
         start = 0
         while start < len(plans):
             end, costliest = start, 0
-            while end < len(plans) and (end - start + 1) + max(costliest, plans[end].cost) \
-                    <= self._max_ops:
+            while (
+                end < len(plans)
+                and (end - start + 1) + max(costliest, plans[end].cost) <= self._max_ops
+            ):
                 costliest = max(costliest, plans[end].cost)
                 end += 1
             if end == start:  # too costly to nest: on its own, as a plain transaction
@@ -278,8 +288,10 @@ class EtcdStore:
             reply = self._post("kv/txn", {"success": [{"request_txn": p.body} for p in group]})
             revision = int(reply["header"]["revision"])
             responses = reply.get("responses") or []
-            results += [p.result(r.get("response_txn") or {}, revision)
-                        for p, r in zip(group, responses, strict=True)]
+            results += [
+                p.result(r.get("response_txn") or {}, revision)
+                for p, r in zip(group, responses, strict=True)
+            ]
             start = end
         return results
 
@@ -304,30 +316,42 @@ class EtcdStore:
 
     def changes(self, prefix: str, after_revision: int, timeout_s: float) -> list[Change]:
         start = self._key(prefix)
-        body = {"create_request": {
-            "key": base64.b64encode(start).decode(),
-            "range_end": base64.b64encode(_range_end(start)).decode(),
-            "start_revision": str(after_revision + 1),
-        }}
+        body = {
+            "create_request": {
+                "key": base64.b64encode(start).decode(),
+                "range_end": base64.b64encode(_range_end(start)).decode(),
+                "start_revision": str(after_revision + 1),
+            }
+        }
         if timeout_s <= 0:
             # Not waiting: ask first whether anything under the prefix changed
             # at all (one small range request), and watch only if so.
-            probe = self._read(lambda: self._post("kv/range", {
-                "key": body["create_request"]["key"],
-                "range_end": body["create_request"]["range_end"],
-                "count_only": True, "min_mod_revision": str(after_revision + 1)}))
+            probe = self._read(
+                lambda: self._post(
+                    "kv/range",
+                    {
+                        "key": body["create_request"]["key"],
+                        "range_end": body["create_request"]["range_end"],
+                        "count_only": True,
+                        "min_mod_revision": str(after_revision + 1),
+                    },
+                )
+            )
             # Deletions leave no key to count: they are found by the watch
             # below unless the prefix's revision says nothing happened.
-            if int(probe.get("count", 0)) == 0 and int(
-                    probe["header"]["revision"]) <= after_revision:
+            if (
+                int(probe.get("count", 0)) == 0
+                and int(probe["header"]["revision"]) <= after_revision
+            ):
                 return []
         # A history read is a watch from a start revision: give the gateway a
         # moment to replay what already happened.
         wait = max(timeout_s, 0.2)
         url = self._client.get_url("watch")
         try:
-            with self._client.session.post(url, json=body, stream=True,
-                                           timeout=(self._timeout_s, wait)) as reply:
+            with self._client.session.post(
+                url, json=body, stream=True, timeout=(self._timeout_s, wait)
+            ) as reply:
                 for line in reply.iter_lines():
                     if not line:
                         continue
@@ -373,9 +397,15 @@ class EtcdStore:
         out = []
         for kv in kvs:
             info = json.loads(kv.value)
-            out.append(ServiceEntry(name, kv.key.rsplit("/", 1)[1], info["address"],
-                                    info["registered_at"],
-                                    info["registered_at"] + info["ttl_s"]))
+            out.append(
+                ServiceEntry(
+                    name,
+                    kv.key.rsplit("/", 1)[1],
+                    info["address"],
+                    info["registered_at"],
+                    info["registered_at"] + info["ttl_s"],
+                )
+            )
         return out
 
     def close(self) -> None:
@@ -402,14 +432,17 @@ def _wrapped(ops: list[dict[str, Any]], m: int) -> list[dict[str, Any]]:
     (which always take their success branch: order and effect unchanged)."""
     if not m:
         return ops
-    return [{"request_txn": {"success": ops[i:i + m]}} for i in range(0, len(ops), m)]
+    return [{"request_txn": {"success": ops[i : i + m]}} for i in range(0, len(ops), m)]
 
 
 def _unwrapped(responses: list[dict[str, Any]], m: int) -> list[dict[str, Any]]:
     if not m:
         return responses
-    return [inner for wrapper in responses
-            for inner in (wrapper.get("response_txn") or {}).get("responses") or []]
+    return [
+        inner
+        for wrapper in responses
+        for inner in (wrapper.get("response_txn") or {}).get("responses") or []
+    ]
 
 
 class _TxnPlan:
@@ -421,12 +454,19 @@ class _TxnPlan:
     runs the caller's failure ops and reads every compared key, so a failed
     transaction reports the state that made it fail."""
 
-    def __init__(self, store: EtcdStore, compares: Sequence[Compare], success: Sequence[Op],
-                 failure: Sequence[Op], limit: int) -> None:
+    def __init__(
+        self,
+        store: EtcdStore,
+        compares: Sequence[Compare],
+        success: Sequence[Op],
+        failure: Sequence[Op],
+        limit: int,
+    ) -> None:
         self._store = store
         self._keys = list(dict.fromkeys(c.key for c in compares))
-        fail_ops = [store._op(op) for op in failure] + \
-            [{"request_range": {"key": store._k(k)}} for k in self._keys]
+        fail_ops = [store._op(op) for op in failure] + [
+            {"request_range": {"key": store._k(k)}} for k in self._keys
+        ]
         self._failure_n = len(failure)
         width = max(len(compares), len(fail_ops))
         if width > limit:
@@ -434,13 +474,16 @@ class _TxnPlan:
         self._m = _fit(len(success), width, limit)
         body_success = _wrapped([store._op(op) for op in success], self._m)
         self.cost = max(width, len(body_success)) + self._m
-        self.body: dict[str, Any] = {"compare": [store._compare(c) for c in compares],
-                                     "success": body_success, "failure": fail_ops}
+        self.body: dict[str, Any] = {
+            "compare": [store._compare(c) for c in compares],
+            "success": body_success,
+            "failure": fail_ops,
+        }
 
     def result(self, reply: dict[str, Any], revision: int) -> TxnResult:
         if reply.get("succeeded"):  # the gateway omits it when false
             return TxnResult(True, revision)
-        leaves = (reply.get("responses") or [])[self._failure_n:]
+        leaves = (reply.get("responses") or [])[self._failure_n :]
         current: dict[str, KeyValue | None] = {}
         for key, resp in zip(self._keys, leaves, strict=False):
             kvs = (resp.get("response_range") or {}).get("kvs") or []
@@ -460,8 +503,9 @@ class EtcdWatchStream:
     without a reset (a partition) is noticed.
     """
 
-    def __init__(self, store: EtcdStore, prefix: str, after_revision: int,
-                 idle_s: float = 30.0) -> None:
+    def __init__(
+        self, store: EtcdStore, prefix: str, after_revision: int, idle_s: float = 30.0
+    ) -> None:
         self._store = store
         self._prefix = prefix
         self.position = after_revision
@@ -471,8 +515,7 @@ class EtcdWatchStream:
         self._closed = False
         self._response: Any = None
         self.connects = 0  # connections made (tests: a reconnect happened)
-        self._thread = threading.Thread(target=self._run, name=f"etcd-watch {prefix}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"etcd-watch {prefix}", daemon=True)
         self._thread.start()
 
     def get(self, timeout_s: float) -> list[Change]:
@@ -530,17 +573,23 @@ class EtcdWatchStream:
     def _stream_once(self) -> bool:
         """One connection; True when the stream is finished for good."""
         start = self._store._key(self._prefix)
-        body: dict[str, Any] = {"create_request": {
-            "key": base64.b64encode(start).decode(),
-            "range_end": base64.b64encode(_range_end(start)).decode(),
-            "start_revision": str(self.position + 1),
-            "progress_notify": True,
-        }}
+        body: dict[str, Any] = {
+            "create_request": {
+                "key": base64.b64encode(start).decode(),
+                "range_end": base64.b64encode(_range_end(start)).decode(),
+                "start_revision": str(self.position + 1),
+                "progress_notify": True,
+            }
+        }
         session = requests.Session()
         _settle_environment(session, self._store._urls[self._store._current])
         try:
-            response = session.post(self._store._client.get_url("watch"), json=body,
-                                    stream=True, timeout=(self._store._timeout_s, self._idle_s))
+            response = session.post(
+                self._store._client.get_url("watch"),
+                json=body,
+                stream=True,
+                timeout=(self._store._timeout_s, self._idle_s),
+            )
             with self._cond:
                 if self._closed:
                     _abort(response)

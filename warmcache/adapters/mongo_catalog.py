@@ -23,9 +23,15 @@ T = TypeVar("T")
 
 
 class MongoFlavorCatalog:
-    def __init__(self, url: str = "", *, database: str = "warmcache",
-                 collection: str = "flavors", client: Any = None,
-                 timeout_ms: int = 5000) -> None:
+    def __init__(
+        self,
+        url: str = "",
+        *,
+        database: str = "warmcache",
+        collection: str = "flavors",
+        client: Any = None,
+        timeout_ms: int = 5000,
+    ) -> None:
         import pymongo
 
         self._errors = pymongo.errors.PyMongoError
@@ -48,8 +54,9 @@ class MongoFlavorCatalog:
     def _flavor(doc: dict[str, Any]) -> Flavor | None:
         doc = {k: v for k, v in doc.items() if k != "_id"}
         try:
-            return Flavor.model_validate({**doc, "extra_disks_gib": tuple(
-                doc.get("extra_disks_gib", ()))})
+            return Flavor.model_validate(
+                {**doc, "extra_disks_gib": tuple(doc.get("extra_disks_gib", ()))}
+            )
         except ValidationError:
             return None  # a malformed document is not a flavor; `list` skips it
 

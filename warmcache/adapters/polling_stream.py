@@ -25,8 +25,7 @@ class PollingChangeStream:
         deadline = time.monotonic() + timeout_s
         while not self._closed.is_set():
             left = deadline - time.monotonic()
-            changes = self._store.changes(self._prefix, self.position,
-                                          max(0.0, min(left, SLICE_S)))
+            changes = self._store.changes(self._prefix, self.position, max(0.0, min(left, SLICE_S)))
             if changes:
                 self.position = max(self.position, changes[-1].revision)
                 return changes

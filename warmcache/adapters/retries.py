@@ -35,8 +35,9 @@ def _transient(exc: BaseException) -> bool:
 
 
 class ReadRetry:
-    def __init__(self, sleep: Callable[[float], None] = time.sleep,
-                 attempts: int = READ_ATTEMPTS) -> None:
+    def __init__(
+        self, sleep: Callable[[float], None] = time.sleep, attempts: int = READ_ATTEMPTS
+    ) -> None:
         self._retrying = Retrying(
             # an expired session is an answer, not a transient failure
             retry=retry_if_exception(_transient),

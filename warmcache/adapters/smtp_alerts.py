@@ -60,7 +60,8 @@ class SmtpAlerts:
         # One mail per write: a failed write is retried whole, and a retried
         # batch of several would send its first mails twice.
         self._outbox: Batcher[tuple[str, str]] = Batcher(
-            self._send, name="smtp-alerts", max_queue=queue_size, batch=1, retry_s=retry_s)
+            self._send, name="smtp-alerts", max_queue=queue_size, batch=1, retry_s=retry_s
+        )
 
     def alert(self, subject: str, body: str) -> None:
         """Queue a mail (or count it as suppressed past the rate limit)."""
@@ -72,8 +73,10 @@ class SmtpAlerts:
                 return
             self._sent_at.append(now)
             if self._suppressed:
-                body += (f"\n\n({self._suppressed} more alert(s) were suppressed by the rate "
-                         f"limit of {self._max} per {self._window_s:.0f} s; see the events.)\n")
+                body += (
+                    f"\n\n({self._suppressed} more alert(s) were suppressed by the rate "
+                    f"limit of {self._max} per {self._window_s:.0f} s; see the events.)\n"
+                )
                 self._suppressed = 0
         self._outbox.put((subject, body))
 

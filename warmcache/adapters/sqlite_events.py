@@ -34,8 +34,9 @@ CREATE INDEX IF NOT EXISTS events_type_at ON events (type, at);
 
 
 class SqliteEvents:
-    def __init__(self, path: str | Path, busy_timeout_s: float = 5.0,
-                 max_queue: int = 10_000) -> None:
+    def __init__(
+        self, path: str | Path, busy_timeout_s: float = 5.0, max_queue: int = 10_000
+    ) -> None:
         self.path = str(path)
         # Two connections: the batcher's thread writes (and may wait for the
         # file's lock); readers never queue behind it (WAL).
@@ -44,12 +45,14 @@ class SqliteEvents:
         self._writer.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._conn = self._connect(busy_timeout_s)
-        self._batcher: Batcher[Event] = Batcher(self._write, name="sqlite-events",
-                                                max_queue=max_queue, retry_s=0.1)
+        self._batcher: Batcher[Event] = Batcher(
+            self._write, name="sqlite-events", max_queue=max_queue, retry_s=0.1
+        )
 
     def _connect(self, busy_timeout_s: float) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
-                               check_same_thread=False)
+        return sqlite3.connect(
+            self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
 
     @property
     def dropped(self) -> int:
@@ -67,8 +70,7 @@ class SqliteEvents:
         rows = [(e.at, e.type, json.dumps(dict(e.fields), default=str)) for e in events]
         self._writer.execute("BEGIN IMMEDIATE")
         try:
-            self._writer.executemany(
-                "INSERT INTO events (at, type, fields) VALUES (?, ?, ?)", rows)
+            self._writer.executemany("INSERT INTO events (at, type, fields) VALUES (?, ?, ?)", rows)
             self._writer.execute("COMMIT")
         except BaseException:
             self._writer.execute("ROLLBACK")

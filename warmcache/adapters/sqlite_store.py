@@ -98,7 +98,6 @@ def _prefix_bounds(prefix: str) -> tuple[str, str]:
     return prefix, prefix + "\U0010ffff"
 
 
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -120,6 +119,7 @@ def _translated(method: F) -> F:
             raise StoreError(f"sqlite store {self.path}: {exc}") from exc
 
     return call  # type: ignore[return-value]
+
 
 class SqliteStore:
     """Coordination store in one SQLite file (see the module docstring)."""
@@ -186,7 +186,9 @@ class SqliteStore:
             if self._closed:
                 raise StoreError("store is closed")
             conn = sqlite3.connect(
-                self.path, timeout=self._busy_timeout_s, isolation_level=None,
+                self.path,
+                timeout=self._busy_timeout_s,
+                isolation_level=None,
                 check_same_thread=False,
             )
             conn.execute("PRAGMA journal_mode=WAL")
@@ -232,8 +234,8 @@ class SqliteStore:
         with self._all_lock:
             if self._checkpointer is None and not self._closed:
                 self._checkpointer = threading.Thread(
-                    target=self._checkpoint_loop, name=f"sqlite-checkpoint {self.path}",
-                    daemon=True)
+                    target=self._checkpoint_loop, name=f"sqlite-checkpoint {self.path}", daemon=True
+                )
                 self._checkpointer.start()
 
     def _checkpoint_loop(self) -> None:
@@ -241,8 +243,9 @@ class SqliteStore:
         connection of its own (PASSIVE: it never waits for, nor blocks,
         readers and writers; each process sharing the file runs one, and a
         busy one simply tries again next time)."""
-        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None,
-                               check_same_thread=False)
+        conn = sqlite3.connect(
+            self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
         try:
             while not self._stopping.wait(CHECKPOINT_EVERY_S):
                 try:
@@ -267,8 +270,9 @@ class SqliteStore:
                 if "locked" not in str(exc):
                     raise StoreError(f"sqlite store {self.path}: {exc}") from exc
                 if time.monotonic() > give_up:  # the write lock never came: nothing written
-                    raise StoreUnavailable(f"sqlite store {self.path}",
-                                           "its write lock is held by another writer") from exc
+                    raise StoreUnavailable(
+                        f"sqlite store {self.path}", "its write lock is held by another writer"
+                    ) from exc
                 self._sleep(pause * random.uniform(0.5, 1.5))
                 pause = min(pause * 2, 0.002)
             except sqlite3.Error as exc:
@@ -301,9 +305,11 @@ class SqliteStore:
         return int(conn.execute("SELECT revision FROM meta WHERE id = 1").fetchone()[0])
 
     def _bump(self, conn: sqlite3.Connection) -> int:
-        revision = int(conn.execute(
-            "UPDATE meta SET revision = revision + 1 WHERE id = 1 RETURNING revision"
-        ).fetchone()[0])
+        revision = int(
+            conn.execute(
+                "UPDATE meta SET revision = revision + 1 WHERE id = 1 RETURNING revision"
+            ).fetchone()[0]
+        )
         if revision % 1000 == 0:
             self._compact(conn, revision)
         return revision
@@ -343,8 +349,11 @@ class SqliteStore:
                     self._apply_delete(conn, revision, op.key)
             return
         for op in ops:
-            if isinstance(op, Put) and op.session is not None and \
-                    not self._session_alive(conn, op.session):
+            if (
+                isinstance(op, Put)
+                and op.session is not None
+                and not self._session_alive(conn, op.session)
+            ):
                 raise SessionExpired(op.session)
         gone = [op.key for op in ops if isinstance(op, Delete)]
         existing = set(self._get_many(conn, gone)) if gone else set()
@@ -356,20 +365,28 @@ class SqliteStore:
                 "INSERT INTO kv (key, value, create_rev, mod_rev, session) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
                 "mod_rev = excluded.mod_rev, session = excluded.session",
-                [(op.key, op.value, revision, revision, op.session) for op in puts])
+                [(op.key, op.value, revision, revision, op.session) for op in puts],
+            )
         conn.executemany(
             "INSERT INTO changes (revision, key, kind, value) VALUES (?, ?, ?, ?)",
-            [(revision, op.key, "put", op.value) if isinstance(op, Put)
-             else (revision, op.key, "delete", None)
-             for op in ops if isinstance(op, Put) or op.key in existing])
+            [
+                (revision, op.key, "put", op.value)
+                if isinstance(op, Put)
+                else (revision, op.key, "delete", None)
+                for op in ops
+                if isinstance(op, Put) or op.key in existing
+            ],
+        )
 
     def _get_many(self, conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, KeyValue]:
         out: dict[str, KeyValue] = {}
         for i in range(0, len(keys), 500):  # within SQLite's bound-parameter limit
-            chunk = keys[i:i + 500]
+            chunk = keys[i : i + 500]
             for row in conn.execute(
-                    "SELECT key, value, create_rev, mod_rev, session FROM kv WHERE key IN "
-                    f"({','.join('?' * len(chunk))})", chunk):
+                "SELECT key, value, create_rev, mod_rev, session FROM kv WHERE key IN "
+                f"({','.join('?' * len(chunk))})",
+                chunk,
+            ):
                 out[row[0]] = self._row(row)
         return out
 
@@ -393,8 +410,7 @@ class SqliteStore:
     def _reap(self, conn: sqlite3.Connection) -> None:
         now = self._clock.now()
         expired = [
-            r[0]
-            for r in conn.execute("SELECT id FROM sessions WHERE expires_at <= ?", (now,))
+            r[0] for r in conn.execute("SELECT id FROM sessions WHERE expires_at <= ?", (now,))
         ]
         for session in expired:
             self._end_session(conn, session)
@@ -511,19 +527,24 @@ class SqliteStore:
         transactions whose compares hold are applied at one revision."""
         check_disjoint(batch)
         with self._write() as conn:
-            found = self._get_many(conn, list(dict.fromkeys(
-                c.key for txn in batch for c in txn.compares)))
+            found = self._get_many(
+                conn, list(dict.fromkeys(c.key for txn in batch for c in txn.compares))
+            )
             currents = [{c.key: found.get(c.key) for c in txn.compares} for txn in batch]
-            oks = [all(c.holds(cur[c.key]) for c in txn.compares)
-                   for txn, cur in zip(batch, currents, strict=True)]
+            oks = [
+                all(c.holds(cur[c.key]) for c in txn.compares)
+                for txn, cur in zip(batch, currents, strict=True)
+            ]
             ops = [op for ok, txn in zip(oks, batch, strict=True) if ok for op in txn.success]
             if ops:
                 revision = self._bump(conn)
                 self._apply_ops(conn, revision, ops)
             else:
                 revision = self._revision(conn)
-        return [TxnResult(ok, revision, {} if ok else cur)
-                for ok, cur in zip(oks, currents, strict=True)]
+        return [
+            TxnResult(ok, revision, {} if ok else cur)
+            for ok, cur in zip(oks, currents, strict=True)
+        ]
 
     @_translated
     def compact(self, revision: int) -> None:
@@ -531,8 +552,7 @@ class SqliteStore:
         compaction does): a watch from before it gets ``WatchCompacted``."""
         with self._write() as conn:
             conn.execute("DELETE FROM changes WHERE revision <= ?", (revision,))
-            conn.execute("UPDATE meta SET compacted = MAX(compacted, ?) WHERE id = 1",
-                         (revision,))
+            conn.execute("UPDATE meta SET compacted = MAX(compacted, ?) WHERE id = 1", (revision,))
 
     # --- change feed -------------------------------------------------------------------
 
@@ -552,7 +572,8 @@ class SqliteStore:
             conn.execute("BEGIN")  # one snapshot: the rows and the revision agree
             try:
                 revision, compacted = conn.execute(
-                    "SELECT revision, compacted FROM meta WHERE id = 1").fetchone()
+                    "SELECT revision, compacted FROM meta WHERE id = 1"
+                ).fetchone()
                 if after_revision < compacted:
                     raise WatchCompacted(after_revision, int(compacted))
                 quiet_from, quiet_to = self._quiet.get(prefix, (0, -1))
@@ -570,8 +591,9 @@ class SqliteStore:
                 conn.execute("COMMIT")
             # Nothing under the prefix in (its last change or the query's
             # start, the snapshot's revision]: true of the history for good.
-            last = int(rows[-1][0]) if rows else \
-                (quiet_from if start == quiet_to else after_revision)
+            last = (
+                int(rows[-1][0]) if rows else (quiet_from if start == quiet_to else after_revision)
+            )
             self._quiet[prefix] = (last, int(revision))
             if rows or time.monotonic() >= deadline:
                 return [Change(int(r[0]), r[1], r[2], r[3]) for r in rows]
@@ -602,10 +624,13 @@ class SqliteStore:
 
     @_translated
     def services(self, name: str) -> list[ServiceEntry]:
-        rows = self._read_conn().execute(
-            "SELECT name, node, address, registered_at, expires_at FROM services "
-            "WHERE name = ? AND expires_at > ? ORDER BY node",
-            (name, self._clock.now()),
-        ).fetchall()
+        rows = (
+            self._read_conn()
+            .execute(
+                "SELECT name, node, address, registered_at, expires_at FROM services "
+                "WHERE name = ? AND expires_at > ? ORDER BY node",
+                (name, self._clock.now()),
+            )
+            .fetchall()
+        )
         return [ServiceEntry(r[0], r[1], r[2], float(r[3]), float(r[4])) for r in rows]
-

@@ -24,8 +24,9 @@ def check_disjoint(batch: Sequence[Txn]) -> None:
         seen |= keys
 
 
-def merged_txns(txn: TxnFn, batch: Sequence[Txn], max_ops: int,
-                ops_of: Callable[[Txn], int]) -> list[TxnResult]:
+def merged_txns(
+    txn: TxnFn, batch: Sequence[Txn], max_ops: int, ops_of: Callable[[Txn], int]
+) -> list[TxnResult]:
     """``ops_of``: how many store operations one transaction needs (groups
     are packed up to ``max_ops``; a transaction larger than that is sent on
     its own and the store reports what it thinks of it)."""
@@ -42,8 +43,10 @@ def merged_txns(txn: TxnFn, batch: Sequence[Txn], max_ops: int,
                 break
             group.append(i)
             used += need
-        reply = txn([c for i in group for c in batch[i].compares],
-                    [op for i in group for op in batch[i].success])
+        reply = txn(
+            [c for i in group for c in batch[i].compares],
+            [op for i in group for op in batch[i].success],
+        )
         if reply.succeeded:
             for i in group:
                 results[i] = TxnResult(True, reply.revision)

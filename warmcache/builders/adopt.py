@@ -59,8 +59,13 @@ def adopt_orphans(
             status = agent.status(rec.name)
         except AgentVmNotFound:
             writer.txn([Compare.mod_revision(key, kv.mod_revision)], [Delete(key)])
-            emit("vm.build_forgotten", name=rec.name, az=az, flavor=rec.flavor,
-                       reason="the agent never created it")
+            emit(
+                "vm.build_forgotten",
+                name=rec.name,
+                az=az,
+                flavor=rec.flavor,
+                reason="the agent never created it",
+            )
             continue
         except AgentError as exc:
             leave(rec, f"agent: {exc}")
@@ -75,20 +80,38 @@ def adopt_orphans(
                 leave(rec, f"unhealthy, delete failed: {exc}")
                 continue
             writer.txn([Compare.mod_revision(key, kv.mod_revision)], [Delete(key)])
-            emit("vm.build_failed", name=rec.name, az=az, flavor=rec.flavor,
-                       hypervisor=rec.hypervisor, error=f"adopted unhealthy: {status.state}",
-                       cleaned_up=True)
+            emit(
+                "vm.build_failed",
+                name=rec.name,
+                az=az,
+                flavor=rec.flavor,
+                hypervisor=rec.hypervisor,
+                error=f"adopted unhealthy: {status.state}",
+                cleaned_up=True,
+            )
             continue
         rule = rules.get(rec.flavor)
         hold = rule is not None and reserved[rec.flavor] < rule.reserve_cap
         reserved[rec.flavor] += hold
         state = InstanceState.RESERVED if hold else InstanceState.READY
-        done = rec.with_state(state, ready_at=clock.now(), server_id=status.server_id,
-                              addresses=status.addresses, fencing_token=token)
-        if writer.txn([Compare.mod_revision(key, kv.mod_revision)],
-                      [Put(key, done.model_dump_json())]).succeeded:
-            emit("vm.build_adopted", name=rec.name, az=az, flavor=rec.flavor,
-                       state=state.value, from_token=rec.fencing_token)
+        done = rec.with_state(
+            state,
+            ready_at=clock.now(),
+            server_id=status.server_id,
+            addresses=status.addresses,
+            fencing_token=token,
+        )
+        if writer.txn(
+            [Compare.mod_revision(key, kv.mod_revision)], [Put(key, done.model_dump_json())]
+        ).succeeded:
+            emit(
+                "vm.build_adopted",
+                name=rec.name,
+                az=az,
+                flavor=rec.flavor,
+                state=state.value,
+                from_token=rec.fencing_token,
+            )
             out.append(done)
         else:
             leave(rec, "its record changed meanwhile")

@@ -101,8 +101,11 @@ class CycleReport:
         """An email-ready subject and plain-text body for this cycle."""
         built = sum(self.built.values())
         trouble = len(self.failed) + len(self.problems)
-        status = "LEADERSHIP LOST" if self.leadership_lost else (
-            f"{trouble} problem(s)" if trouble else "ok")
+        status = (
+            "LEADERSHIP LOST"
+            if self.leadership_lost
+            else (f"{trouble} problem(s)" if trouble else "ok")
+        )
         subject = f"warmcache cycle {self.token}: built {built} VM(s), {status}"
         lines = [subject, "", f"duration: {self.finished_at - self.started_at:.1f} s", ""]
         if self.built:
@@ -160,9 +163,12 @@ class BuildCycle:
         date from the change feed) and the agent serving each."""
         self._hosts.catch_up()
         drained = HostRecords(self._store, self._keys).drained()
-        facts = {h.hypervisor: (h.model_copy(update={"draining": True})
-                                if h.hypervisor in drained else h)
-                 for h in self._hosts.hosts()}
+        facts = {
+            h.hypervisor: (
+                h.model_copy(update={"draining": True}) if h.hypervisor in drained else h
+            )
+            for h in self._hosts.hosts()
+        }
         agents = {hv: self._agent_for(h.endpoint) for hv, h in facts.items() if h.endpoint}
         return {hv: h for hv, h in facts.items() if hv in agents}, agents
 
@@ -173,8 +179,15 @@ class BuildCycle:
         hosts = [h for h in facts.values() if h.az == az]
         records = self._records.by_az().get(az, [])
         counter = iter(range(1, 1_000_000))
-        plan = plan_az(az, {flavor: rule}, self._flavors(), hosts, records, self._pipeline,
-                       lambda _az, _f: f"next-{next(counter)}")
+        plan = plan_az(
+            az,
+            {flavor: rule},
+            self._flavors(),
+            hosts,
+            records,
+            self._pipeline,
+            lambda _az, _f: f"next-{next(counter)}",
+        )
         return {
             "az": az,
             "flavor": flavor,
@@ -182,9 +195,14 @@ class BuildCycle:
             "to_build": plan.deficits.get(flavor, 0),
             "problem": plan.problems.get(flavor),
             "placements": [
-                {"vm": vm.name, "hypervisor": vm.host.hypervisor, "rack": vm.host.rack,
-                 "removed": vm.decision.removed, "tied": vm.decision.tied,
-                 "explanation": vm.decision.explain()}
+                {
+                    "vm": vm.name,
+                    "hypervisor": vm.host.hypervisor,
+                    "rack": vm.host.rack,
+                    "removed": vm.decision.removed,
+                    "tied": vm.decision.tied,
+                    "explanation": vm.decision.explain(),
+                }
                 for vm in plan.builds
             ],
         }
@@ -212,17 +230,34 @@ class BuildCycle:
                     report.problems.append(f"{az}: store failed, AZ skipped: {exc}")
 
         def build_az(az: str) -> None:
-            current = adopt_orphans(self._store, self._keys, self._by_hypervisor, self._emit,
-                                    self._clock, az, records.get(az, []), rules[az], writer,
-                                    report)
-            plan = plan_az(az, rules[az], flavors, hosts_by_az.get(az, []),
-                           current, self._pipeline, self._new_name)
+            current = adopt_orphans(
+                self._store,
+                self._keys,
+                self._by_hypervisor,
+                self._emit,
+                self._clock,
+                az,
+                records.get(az, []),
+                rules[az],
+                writer,
+                report,
+            )
+            plan = plan_az(
+                az,
+                rules[az],
+                flavors,
+                hosts_by_az.get(az, []),
+                current,
+                self._pipeline,
+                self._new_name,
+            )
             with self._lock:
                 report.problems += [f"{az}/{f}: {why}" for f, why in plan.problems.items()]
             reserved = Counter(r.flavor for r in current if r.state == InstanceState.RESERVED)
             with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
-                for _ in pool.map(lambda vm: self._build(vm, writer, reserved, report),
-                                  plan.builds):
+                for _ in pool.map(
+                    lambda vm: self._build(vm, writer, reserved, report), plan.builds
+                ):
                     pass
 
         with ThreadPoolExecutor(max_workers=max(1, len(rules))) as azs:
@@ -244,9 +279,15 @@ class BuildCycle:
         az, flavor = vm.host.az, vm.flavor.name
         key = self._keys.pool(az, vm.name)
         record = PoolInstance(
-            name=vm.name, az=az, flavor=flavor, hypervisor=vm.host.hypervisor,
-            rack=vm.host.rack, state=InstanceState.BUILDING, group=vm.rule.group_hint,
-            created_at=self._clock.now(), fencing_token=writer.leadership.token,
+            name=vm.name,
+            az=az,
+            flavor=flavor,
+            hypervisor=vm.host.hypervisor,
+            rack=vm.host.rack,
+            state=InstanceState.BUILDING,
+            group=vm.rule.group_hint,
+            created_at=self._clock.now(),
+            fencing_token=writer.leadership.token,
         )
         started = self._clock.now()
         try:
@@ -257,20 +298,34 @@ class BuildCycle:
                     report.failed.append(f"{vm.name}: a record of that name exists")
                 return
             revision = result.revision
-            self._emit("vm.build_started", name=vm.name, az=az, flavor=flavor,
-                       hypervisor=vm.host.hypervisor, rack=vm.host.rack,
-                       placement=vm.decision.explain())
+            self._emit(
+                "vm.build_started",
+                name=vm.name,
+                az=az,
+                flavor=flavor,
+                hypervisor=vm.host.hypervisor,
+                rack=vm.host.rack,
+                placement=vm.decision.explain(),
+            )
             agent = self._by_hypervisor[vm.host.hypervisor]
-            status = self._create(agent, VmSpec(vm.name, vm.flavor, vm.rule.user_data,
-                                                vm.rule.group_hint), writer.leadership.lost)
+            status = self._create(
+                agent,
+                VmSpec(vm.name, vm.flavor, vm.rule.user_data, vm.rule.group_hint),
+                writer.leadership.lost,
+            )
             if not status.healthy:
                 status = agent.status(vm.name)
             if not status.healthy:
                 raise VmUnhealthy(agent.endpoint, vm.name, status.state)
         except LeadershipLost:
             report.leadership_lost = True
-            self._emit("vm.build_abandoned", name=vm.name, az=az, flavor=flavor,
-                       reason="leadership lost before the VM was started")
+            self._emit(
+                "vm.build_abandoned",
+                name=vm.name,
+                az=az,
+                flavor=flavor,
+                reason="leadership lost before the VM was started",
+            )
             return
         except StoreError as exc:
             # Only the record write talks to the store here: no VM was started.
@@ -287,11 +342,16 @@ class BuildCycle:
             if hold:
                 reserved[flavor] += 1
         state = InstanceState.RESERVED if hold else InstanceState.READY
-        done = record.with_state(state, ready_at=self._clock.now(), server_id=status.server_id,
-                                 addresses=status.addresses)
+        done = record.with_state(
+            state,
+            ready_at=self._clock.now(),
+            server_id=status.server_id,
+            addresses=status.addresses,
+        )
         try:
-            ok = writer.txn([Compare.mod_revision(key, revision)],
-                            [Put(key, done.model_dump_json())]).succeeded
+            ok = writer.txn(
+                [Compare.mod_revision(key, revision)], [Put(key, done.model_dump_json())]
+            ).succeeded
         except LeadershipLost:
             # The VM runs and its record says building: the next leader sees it.
             report.leadership_lost = True
@@ -306,9 +366,16 @@ class BuildCycle:
             return
         with self._lock:
             report.built[(az, flavor)] += 1
-        self._emit("vm.build_finished", name=vm.name, az=az, flavor=flavor, state=state.value,
-                   hypervisor=vm.host.hypervisor, rack=vm.host.rack,
-                   duration_s=round(self._clock.now() - started, 3))
+        self._emit(
+            "vm.build_finished",
+            name=vm.name,
+            az=az,
+            flavor=flavor,
+            state=state.value,
+            hypervisor=vm.host.hypervisor,
+            rack=vm.host.rack,
+            duration_s=round(self._clock.now() - started, 3),
+        )
 
     def _create(self, agent: HostAgent, spec: VmSpec, lost: threading.Event) -> VmStatus:
         for attempt in Retrying(
@@ -329,8 +396,14 @@ class BuildCycle:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _fail(
-        self, vm: PlannedVm, key: str, revision: int, record: PoolInstance,
-        writer: FencedWriter, report: CycleReport, why: str
+        self,
+        vm: PlannedVm,
+        key: str,
+        revision: int,
+        record: PoolInstance,
+        writer: FencedWriter,
+        report: CycleReport,
+        why: str,
     ) -> None:
         """Destroy a failed build and forget it, the way a purge does: the
         record is first marked ``purging`` through the fence, so a leader
@@ -342,16 +415,27 @@ class BuildCycle:
             cleaned = purge_vm(writer.txn, key, revision, record, agent)
         except LeadershipLost:
             report.leadership_lost = True
-            self._emit("vm.build_abandoned", name=vm.name, az=vm.host.az, flavor=vm.flavor.name,
-                       reason=f"leadership lost after: {why}; the next leader settles it")
+            self._emit(
+                "vm.build_abandoned",
+                name=vm.name,
+                az=vm.host.az,
+                flavor=vm.flavor.name,
+                reason=f"leadership lost after: {why}; the next leader settles it",
+            )
             return
         except StoreError:
             cleaned = False  # the record still says building: adoption settles it
         with self._lock:
             report.failed.append(f"{vm.name}: {why}")
-        self._emit("vm.build_failed", name=vm.name, az=vm.host.az, flavor=vm.flavor.name,
-                   hypervisor=vm.host.hypervisor, error=why, cleaned_up=cleaned)
+        self._emit(
+            "vm.build_failed",
+            name=vm.name,
+            az=vm.host.az,
+            flavor=vm.flavor.name,
+            hypervisor=vm.host.hypervisor,
+            error=why,
+            cleaned_up=cleaned,
+        )
 
     def _emit(self, type_: str, **fields: object) -> None:
         self._events.emit(Event(type_, self._clock.now(), fields))
-

@@ -18,7 +18,8 @@ def to_build(rule: BuildRule, counts: Counter[InstanceState]) -> int:
     if not rule.enabled:
         return 0
     pooled = (
-        counts[InstanceState.READY] + counts[InstanceState.RESERVED]
+        counts[InstanceState.READY]
+        + counts[InstanceState.RESERVED]
         + counts[InstanceState.BUILDING]
     )
     return max(0, min(rule.max_instance_per_cycle, rule.total_instances - pooled))

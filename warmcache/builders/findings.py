@@ -12,8 +12,13 @@ from warmcache.leader.election import FencedWriter
 from warmcache.ports import AlertSink, CoordinationStore
 
 
-def report_findings(store: CoordinationStore, keys: Keys, writer: FencedWriter,
-                    emit: Callable[..., None], alerts: AlertSink) -> int:
+def report_findings(
+    store: CoordinationStore,
+    keys: Keys,
+    writer: FencedWriter,
+    emit: Callable[..., None],
+    alerts: AlertSink,
+) -> int:
     """Emit ``reconcile.finding`` events for findings not reported yet;
     returns how many were new."""
     mark_key = keys.findings_reported()
@@ -27,11 +32,14 @@ def report_findings(store: CoordinationStore, keys: Keys, writer: FencedWriter,
         doc = json.loads(kv.value)
         for finding in doc.get("findings", []):
             emit("reconcile.finding", hypervisor=doc.get("hypervisor"), **finding)
-            lines.append(f"  {doc.get('hypervisor')}: {finding['kind']} {finding['vm']}: "
-                         f"{finding['detail']}")
+            lines.append(
+                f"  {doc.get('hypervisor')}: {finding['kind']} {finding['vm']}: {finding['detail']}"
+            )
     if lines:
-        alerts.alert(f"warmcache reconcile: {len(lines)} finding(s)",
-                     "Reported, not repaired: an operator decides.\n\n" + "\n".join(lines))
+        alerts.alert(
+            f"warmcache reconcile: {len(lines)} finding(s)",
+            "Reported, not repaired: an operator decides.\n\n" + "\n".join(lines),
+        )
     if revision > seen:
         writer.put(mark_key, str(revision))
     return len(lines)

@@ -70,8 +70,13 @@ class HealthPoller:
         self._clock = ctx.clock
         self._limit = config.health_failures_to_purge
         self.interval_s = config.health_interval_s
-        self.election = LeaderElection(ctx.store, ctx.keys.health_lock(), config.node,
-                                       ttl_s=config.leader_ttl_s, clock=ctx.clock)
+        self.election = LeaderElection(
+            ctx.store,
+            ctx.keys.health_lock(),
+            config.node,
+            ttl_s=config.leader_ttl_s,
+            clock=ctx.clock,
+        )
         self._lost_reported: set[str] = set()
 
     def job(self) -> float:
@@ -123,44 +128,78 @@ class HealthPoller:
                 report.checked += 1
                 self._judge(item, statuses.get(rec.name), agent, writer, report)
 
-    def _judge(self, item: Stored[PoolInstance], status: VmStatus | None,
-               agent: HostAgent, writer: FencedWriter, report: PollReport) -> None:
+    def _judge(
+        self,
+        item: Stored[PoolInstance],
+        status: VmStatus | None,
+        agent: HostAgent,
+        writer: FencedWriter,
+        report: PollReport,
+    ) -> None:
         rec = item.record
         healthy = status is not None and status.healthy
         if healthy:
             if rec.health_failures:
                 self._write(writer, item, rec.model_copy(update={"health_failures": 0}))
                 report.recovered.append(rec.name)
-                self._emit("health.recovered", name=rec.name, az=rec.az,
-                           hypervisor=rec.hypervisor)
+                self._emit("health.recovered", name=rec.name, az=rec.az, hypervisor=rec.hypervisor)
             return
         failures = rec.health_failures + 1
         why = "missing on its host" if status is None else f"state {status.state}, no answer"
         report.failed.append(rec.name)
         if failures < self._limit:
             if self._write(writer, item, rec.model_copy(update={"health_failures": failures})):
-                self._emit("health.failed", name=rec.name, az=rec.az, hypervisor=rec.hypervisor,
-                           failures=failures, reason=why)
+                self._emit(
+                    "health.failed",
+                    name=rec.name,
+                    az=rec.az,
+                    hypervisor=rec.hypervisor,
+                    failures=failures,
+                    reason=why,
+                )
             return
-        self._purge(item, agent, writer, report,
-                    f"failed {self._limit} health poll(s) in a row ({why})")
+        self._purge(
+            item, agent, writer, report, f"failed {self._limit} health poll(s) in a row ({why})"
+        )
 
-    def _purge(self, item: Stored[PoolInstance], agent: HostAgent, writer: FencedWriter,
-               report: PollReport, why: str) -> None:
+    def _purge(
+        self,
+        item: Stored[PoolInstance],
+        agent: HostAgent,
+        writer: FencedWriter,
+        report: PollReport,
+        why: str,
+    ) -> None:
         rec = item.record
-        if not purge_vm(writer.txn, item.key, item.mod_revision, rec, agent,
-                        health_failures=rec.health_failures + 1):
+        if not purge_vm(
+            writer.txn,
+            item.key,
+            item.mod_revision,
+            rec,
+            agent,
+            health_failures=rec.health_failures + 1,
+        ):
             return
         report.purged.append(rec.name)
-        self._emit("vm.purged", name=rec.name, az=rec.az, flavor=rec.flavor,
-                   hypervisor=rec.hypervisor, reason=why)
-        self._alerts.alert(f"warmcache purged {rec.name}",
-                           f"{rec.name} ({rec.flavor}, {rec.az}, {rec.hypervisor}) {why}; "
-                           "it was destroyed and its record removed.")
+        self._emit(
+            "vm.purged",
+            name=rec.name,
+            az=rec.az,
+            flavor=rec.flavor,
+            hypervisor=rec.hypervisor,
+            reason=why,
+        )
+        self._alerts.alert(
+            f"warmcache purged {rec.name}",
+            f"{rec.name} ({rec.flavor}, {rec.az}, {rec.hypervisor}) {why}; "
+            "it was destroyed and its record removed.",
+        )
 
     def _write(self, writer: FencedWriter, item: Stored[PoolInstance], rec: PoolInstance) -> bool:
-        return writer.txn([Compare.mod_revision(item.key, item.mod_revision)],
-                          [Put(item.key, rec.model_dump_json())]).succeeded
+        return writer.txn(
+            [Compare.mod_revision(item.key, item.mod_revision)],
+            [Put(item.key, rec.model_dump_json())],
+        ).succeeded
 
     def _emit(self, type_: str, **fields: object) -> None:
         self._events.emit(Event(type_, self._clock.now(), fields))

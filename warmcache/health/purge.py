@@ -23,19 +23,20 @@ log = logging.getLogger(__name__)
 Txn = Callable[[Sequence[Compare], Sequence[Op]], TxnResult]
 
 
-def purge_vm(txn: Txn, key: str, revision: int, rec: PoolInstance, agent: HostAgent | None,
-             **update: object) -> bool:
+def purge_vm(
+    txn: Txn, key: str, revision: int, rec: PoolInstance, agent: HostAgent | None, **update: object
+) -> bool:
     """True when the VM is gone and its record removed. ``revision``: the
     record's modify revision as the caller read it. ``txn``: the store's, or
     a fenced writer's when the caller holds a lock (``LeadershipLost`` then
     leaves everything as it was)."""
     purging = rec.with_state(InstanceState.PURGING, **update)
-    if not txn([Compare.mod_revision(key, revision)],
-               [Put(key, purging.model_dump_json())]).succeeded:
+    if not txn(
+        [Compare.mod_revision(key, revision)], [Put(key, purging.model_dump_json())]
+    ).succeeded:
         return False  # acquired or changed meanwhile: not ours to purge
     if agent is None:
-        log.warning("purge of %s: its agent is not heartbeating (record kept as purging)",
-                    rec.name)
+        log.warning("purge of %s: its agent is not heartbeating (record kept as purging)", rec.name)
         return False
     try:
         agent.delete(rec.name)
@@ -70,8 +71,14 @@ def purge_pool(
         agent = agent_for(host.endpoint) if host and host.endpoint else None
         if purge_vm(store.txn, item.key, item.mod_revision, rec, agent):
             purged.append(rec.name)
-            emit("vm.purged", name=rec.name, az=az, flavor=flavor, hypervisor=rec.hypervisor,
-                 reason="pool purge (approved)")
+            emit(
+                "vm.purged",
+                name=rec.name,
+                az=az,
+                flavor=flavor,
+                hypervisor=rec.hypervisor,
+                reason="pool purge (approved)",
+            )
         else:
             kept.append(rec.name)
     return {"purged": len(purged), "not_purged": kept}

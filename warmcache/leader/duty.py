@@ -25,21 +25,34 @@ log = logging.getLogger(__name__)
 
 
 class LeaderDuty:
-    def __init__(self, ctx: ServiceContext, *, claims: ClaimLog,
-                 pools: Callable[[], list[PoolSummary]], trigger: Callable[[], None],
-                 rng: random.Random) -> None:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        *,
+        claims: ClaimLog,
+        pools: Callable[[], list[PoolSummary]],
+        trigger: Callable[[], None],
+        rng: random.Random,
+    ) -> None:
         config = ctx.config
         self._config = config
         self._store = ctx.store
         self._keys = ctx.keys
-        self.election = LeaderElection(ctx.store, ctx.keys.leader(), config.node,
-                                       ttl_s=config.leader_ttl_s, clock=ctx.clock)
+        self.election = LeaderElection(
+            ctx.store, ctx.keys.leader(), config.node, ttl_s=config.leader_ttl_s, clock=ctx.clock
+        )
         self.cycle = BuildCycle(
-            store=ctx.store, keys=ctx.keys,
-            flavors=lambda: {f.name: f for f in ctx.catalog.list()}, hosts=ctx.hosts,
-            agent_for=ctx.agent_for, events=ctx.events, clock=ctx.clock,
-            pipeline=default_pipeline(rng), concurrency=config.build_concurrency,
-            retries=config.build_retries)
+            store=ctx.store,
+            keys=ctx.keys,
+            flavors=lambda: {f.name: f for f in ctx.catalog.list()},
+            hosts=ctx.hosts,
+            agent_for=ctx.agent_for,
+            events=ctx.events,
+            clock=ctx.clock,
+            pipeline=default_pipeline(rng),
+            concurrency=config.build_concurrency,
+            retries=config.build_retries,
+        )
         self._claims = claims
         self._pools = pools
         self._alerts = ctx.alerts
@@ -66,14 +79,25 @@ class LeaderDuty:
             self._sweep_claims()
             with contextlib.suppress(StoreError):
                 for pool in self._pools():  # pool sizes over time, for Kibana
-                    self._emit("pool.state", az=pool.az, flavor=pool.flavor, target=pool.target,
-                               ready=pool.ready, reserved=pool.reserved, building=pool.building)
+                    self._emit(
+                        "pool.state",
+                        az=pool.az,
+                        flavor=pool.flavor,
+                        target=pool.target,
+                        ready=pool.ready,
+                        reserved=pool.reserved,
+                        building=pool.building,
+                    )
             if not leadership.lost.is_set():
                 # Marks the cycle complete: standbys that see the lock go
                 # away without this record take over at once.
                 with contextlib.suppress(LeadershipLost):
-                    writer.put(self._keys.last_cycle(), json.dumps(
-                        {"node": node, **report.summary(), "finished_at": report.finished_at}))
+                    writer.put(
+                        self._keys.last_cycle(),
+                        json.dumps(
+                            {"node": node, **report.summary(), "finished_at": report.finished_at}
+                        ),
+                    )
             if not leadership.lost.is_set():
                 self._emit("leader.released", node=node, token=leadership.token)
             if report.built or report.failed or report.problems:
@@ -124,8 +148,7 @@ class LeaderDuty:
                 last = self._store.get(self._keys.last_cycle())
                 if last is None or json.loads(last.value).get("token") != token:
                     self._trigger()  # first: nothing may delay the takeover
-                    self._emit("leader.takeover", node=self._config.node,
-                               abandoned_token=token)
+                    self._emit("leader.takeover", node=self._config.node, abandoned_token=token)
             except WarmCacheError as exc:
                 log.warning("leader watch: %s", exc)
                 stop.wait(poll_s)

@@ -105,8 +105,9 @@ class PlacementSession:
     doc). After placing a VM, the caller updates the request's counters and
     calls ``placed`` with the host's new facts."""
 
-    def __init__(self, pipeline: PlacementPipeline, hosts: Sequence[HostFacts],
-                 request: PlacementRequest) -> None:
+    def __init__(
+        self, pipeline: PlacementPipeline, hosts: Sequence[HostFacts], request: PlacementRequest
+    ) -> None:
         self._pipeline = pipeline
         self._request = request
         self._considered = len(hosts)

@@ -29,8 +29,16 @@ from warmcache.web.dashboard import dashboard
 # classes, so they carry the same stable codes (DESIGN §12.6: a typed 4xx).
 HTTP_ERRORS: dict[int, type[WarmCacheError]] = {
     cls.http_status: cls
-    for cls in (InvalidRequest, NotFound, MethodNotAllowed, BodyTooLarge,
-                UnsupportedMediaType, HeadersTooLarge, InternalError, Overloaded)
+    for cls in (
+        InvalidRequest,
+        NotFound,
+        MethodNotAllowed,
+        BodyTooLarge,
+        UnsupportedMediaType,
+        HeadersTooLarge,
+        InternalError,
+        Overloaded,
+    )
 }
 HTTP_CODES = {status: cls.code for status, cls in HTTP_ERRORS.items()}
 

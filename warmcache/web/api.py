@@ -48,8 +48,9 @@ def _authenticate() -> None:
         return  # the dashboard signs its browsers in itself (warmcache.web.dashboard)
     auth: Authenticator = current_app.extensions["warmcache.auth"]
     identity = auth.identify(request.headers.get("Authorization"))
-    identity.require("user" if request.method in ("GET", "HEAD") or
-                     request.path == "/v1/acquire" else "admin")
+    identity.require(
+        "user" if request.method in ("GET", "HEAD") or request.path == "/v1/acquire" else "admin"
+    )
     g.identity = identity
 
 
@@ -65,7 +66,8 @@ def _json_object() -> dict[str, Any]:
     sense of, nesting too deep and numbers too long included."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType(
-            f"Content-Type must be application/json, got {request.mimetype or 'none'}")
+            f"Content-Type must be application/json, got {request.mimetype or 'none'}"
+        )
     raw = request.get_data(cache=False)
     try:
         data = json.loads(raw)
@@ -89,7 +91,8 @@ def _body(model: type[BaseModel]) -> Any:
 def _reply(model: BaseModel, status: int = 200) -> Any:
     """A reply body from its schema model (what /v1/openapi.json documents)."""
     return current_app.response_class(
-        model.model_dump_json(), status=status, mimetype="application/json")
+        model.model_dump_json(), status=status, mimetype="application/json"
+    )
 
 
 @api.get("/healthz")
@@ -107,8 +110,7 @@ def readyz() -> Any:
     the body says which and how fast."""
     checks = _service().readiness()
     ready = all(c["ok"] for c in checks.values())
-    return _reply(Ready.model_validate({"ready": ready, "checks": checks}),
-                  200 if ready else 503)
+    return _reply(Ready.model_validate({"ready": ready, "checks": checks}), 200 if ready else 503)
 
 
 @api.get("/v1/pools")
@@ -124,11 +126,18 @@ def acquire() -> Any:
     auth: Authenticator = current_app.extensions["warmcache.auth"]
     # With authentication on, the requester is who the token says, not the body.
     requester = g.identity.name if auth.enabled else body.requester
-    vms = _service().acquire(body.flavor, body.az, body.count, body.mode,
-                             use_reserve=body.use_reserve, requester=requester,
-                             claim_id=claim_id)
-    return _reply(AcquireReply(claim_id=claim_id or vms[0].claim_id or "",
-                               vms=[Vm.of(vm) for vm in vms]))
+    vms = _service().acquire(
+        body.flavor,
+        body.az,
+        body.count,
+        body.mode,
+        use_reserve=body.use_reserve,
+        requester=requester,
+        claim_id=claim_id,
+    )
+    return _reply(
+        AcquireReply(claim_id=claim_id or vms[0].claim_id or "", vms=[Vm.of(vm) for vm in vms])
+    )
 
 
 def _claim_id(in_body: str | None, header: str | None) -> str | None:
@@ -148,8 +157,14 @@ def claim(claim_id: str) -> Any:
     auth: Authenticator = current_app.extensions["warmcache.auth"]
     if auth.enabled and g.identity.role != "admin" and record.requester != g.identity.name:
         raise UnknownClaim(claim_id)  # not yours: as if it did not exist
-    return _reply(Claim(claim_id=record.claim_id, requester=record.requester,
-                        acquired_at=record.acquired_at, vms=[Vm.of(vm) for vm in record.vms]))
+    return _reply(
+        Claim(
+            claim_id=record.claim_id,
+            requester=record.requester,
+            acquired_at=record.acquired_at,
+            vms=[Vm.of(vm) for vm in record.vms],
+        )
+    )
 
 
 def _rule_json(az: str, flavor: str, rule: BuildRule) -> RuleEntry:
@@ -212,8 +227,9 @@ def approve_change(request_id: str) -> Any:
 
 @api.get("/metrics")
 def metrics() -> Any:
-    return current_app.response_class(_service().metrics.render(),
-                                      mimetype="text/plain; version=0.0.4")
+    return current_app.response_class(
+        _service().metrics.render(), mimetype="text/plain; version=0.0.4"
+    )
 
 
 @api.get("/v1/openapi.json")

@@ -35,9 +35,12 @@ ANONYMOUS = Identity("anonymous", "admin")  # only when authentication is off
 class Authenticator:
     def __init__(self, config: AuthConfig) -> None:
         self._tokens = [
-            (t.token_sha256 or hashlib.sha256(t.token.encode()).hexdigest(),
-             Identity(t.name, t.role))
-            for t in config.tokens if t.token_sha256 or t.token
+            (
+                t.token_sha256 or hashlib.sha256(t.token.encode()).hexdigest(),
+                Identity(t.name, t.role),
+            )
+            for t in config.tokens
+            if t.token_sha256 or t.token
         ]
 
     @property

@@ -60,8 +60,9 @@ def signin() -> Any:
     except Unauthorized:
         return render_template("signin.html", error="unknown token"), 401
     reply = redirect(url_for("dashboard.index"), 303)
-    reply.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure,
-                     max_age=12 * 3600)
+    reply.set_cookie(
+        COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure, max_age=12 * 3600
+    )
     return reply
 
 

@@ -58,48 +58,122 @@ READ = (400, 401, 403, 404, 503)  # 400: a malformed request line or query
 WRITE = (400, 401, 403, 404, 405, 413, 415, 503)
 
 OPERATIONS = [
-    Operation("/healthz", "get", "liveness: the process answers (asks nothing of the store)",
-              {200: Health}, secured=False),
-    Operation("/readyz", "get", "readiness: store, catalog and event sink, each with its own "
-              "timeout (200 when all answer, else 503; the body says which)",
-              {200: Ready, 503: Ready}, secured=False),
+    Operation(
+        "/healthz",
+        "get",
+        "liveness: the process answers (asks nothing of the store)",
+        {200: Health},
+        secured=False,
+    ),
+    Operation(
+        "/readyz",
+        "get",
+        "readiness: store, catalog and event sink, each with its own "
+        "timeout (200 when all answer, else 503; the body says which)",
+        {200: Ready, 503: Ready},
+        secured=False,
+    ),
     Operation("/v1/openapi.json", "get", "this document", {200: None}, secured=False),
     Operation("/metrics", "get", "Prometheus metrics", {200: None}, secured=False, text=True),
-    Operation("/v1/pools", "get", "every pool: target, ready, reserved, building, spread",
-              {200: PoolsReply}, errors=READ),
-    Operation("/v1/acquire", "post", "claim VMs, all or nothing; idempotent under claim_id",
-              {200: AcquireReply}, body=AcquireRequest, errors=(*WRITE, 409),
-              headers=(("Idempotency-Key", CLAIM_ID_PATTERN,
-                        "the same as claim_id in the body (they must agree)"),)),
-    Operation("/v1/claims/{claim_id}", "get", "a claim that landed under claim_id",
-              {200: Claim}, errors=READ, params=(("claim_id", CLAIM_ID_PATTERN),)),
-    Operation("/v1/leader", "get", "who holds the build lock now (null between cycles)",
-              {200: LeaderReply}, errors=READ),
+    Operation(
+        "/v1/pools",
+        "get",
+        "every pool: target, ready, reserved, building, spread",
+        {200: PoolsReply},
+        errors=READ,
+    ),
+    Operation(
+        "/v1/acquire",
+        "post",
+        "claim VMs, all or nothing; idempotent under claim_id",
+        {200: AcquireReply},
+        body=AcquireRequest,
+        errors=(*WRITE, 409),
+        headers=(
+            (
+                "Idempotency-Key",
+                CLAIM_ID_PATTERN,
+                "the same as claim_id in the body (they must agree)",
+            ),
+        ),
+    ),
+    Operation(
+        "/v1/claims/{claim_id}",
+        "get",
+        "a claim that landed under claim_id",
+        {200: Claim},
+        errors=READ,
+        params=(("claim_id", CLAIM_ID_PATTERN),),
+    ),
+    Operation(
+        "/v1/leader",
+        "get",
+        "who holds the build lock now (null between cycles)",
+        {200: LeaderReply},
+        errors=READ,
+    ),
     Operation("/v1/rules", "get", "every build rule", {200: RulesReply}, errors=READ),
-    Operation("/v1/rules/{az}/{flavor}", "get", "one build rule", {200: RuleEntry},
-              errors=READ, params=(("az", NAME), ("flavor", NAME))),
-    Operation("/v1/rules/{az}/{flavor}", "put", "validate and store a rule (admin); an "
-              "invalid rule is refused and the old one stays", {200: RuleEntry},
-              body=BuildRule, errors=WRITE, params=(("az", NAME), ("flavor", NAME))),
-    Operation("/v1/explain/{az}/{flavor}", "get", "where the next cycle would build, and "
-              "why (nothing is built)", {200: Explain}, errors=READ,
-              params=(("az", NAME), ("flavor", NAME))),
-    Operation("/v1/requests", "get", "maker-checker requests", {200: ChangesReply},
-              errors=READ),
-    Operation("/v1/requests", "post", "ask for a destructive change (admin; runs once "
-              "another admin approves)", {202: ChangeReply}, body=ChangeAsk, errors=WRITE),
-    Operation("/v1/requests/{request_id}", "get", "one request", {200: ChangeReply},
-              errors=READ, params=(("request_id", NAME),)),
-    Operation("/v1/requests/{request_id}/approve", "post", "approve (another admin) and run",
-              {200: ChangeReply}, errors=(*WRITE, 409, 502),
-              params=(("request_id", NAME),)),
+    Operation(
+        "/v1/rules/{az}/{flavor}",
+        "get",
+        "one build rule",
+        {200: RuleEntry},
+        errors=READ,
+        params=(("az", NAME), ("flavor", NAME)),
+    ),
+    Operation(
+        "/v1/rules/{az}/{flavor}",
+        "put",
+        "validate and store a rule (admin); an invalid rule is refused and the old one stays",
+        {200: RuleEntry},
+        body=BuildRule,
+        errors=WRITE,
+        params=(("az", NAME), ("flavor", NAME)),
+    ),
+    Operation(
+        "/v1/explain/{az}/{flavor}",
+        "get",
+        "where the next cycle would build, and why (nothing is built)",
+        {200: Explain},
+        errors=READ,
+        params=(("az", NAME), ("flavor", NAME)),
+    ),
+    Operation("/v1/requests", "get", "maker-checker requests", {200: ChangesReply}, errors=READ),
+    Operation(
+        "/v1/requests",
+        "post",
+        "ask for a destructive change (admin; runs once another admin approves)",
+        {202: ChangeReply},
+        body=ChangeAsk,
+        errors=WRITE,
+    ),
+    Operation(
+        "/v1/requests/{request_id}",
+        "get",
+        "one request",
+        {200: ChangeReply},
+        errors=READ,
+        params=(("request_id", NAME),),
+    ),
+    Operation(
+        "/v1/requests/{request_id}/approve",
+        "post",
+        "approve (another admin) and run",
+        {200: ChangeReply},
+        errors=(*WRITE, 409, 502),
+        params=(("request_id", NAME),),
+    ),
 ]
 
 
 def _codes(status: int) -> str:
-    codes = sorted(code for code, cls in CODES.items()
-                   if cls.http_status == status and not code.startswith("agent_")
-                   and code not in ("server_unreachable", "unexpected_reply"))
+    codes = sorted(
+        code
+        for code, cls in CODES.items()
+        if cls.http_status == status
+        and not code.startswith("agent_")
+        and code not in ("server_unreachable", "unexpected_reply")
+    )
     return ", ".join(codes) or "error"
 
 
@@ -131,16 +205,27 @@ def _operation(op: Operation, refs: dict[str, dict[str, Any]]) -> dict[str, Any]
             reply.update(_json(refs[model.__name__]))
         responses[str(status)] = reply
     for status in op.errors:
-        responses[str(status)] = {"description": _codes(status),
-                                  **_json(refs[ErrorBody.__name__])}
-    out: dict[str, Any] = {"summary": op.summary, "operationId": _op_id(op),
-                           "responses": responses}
-    parameters = [{"name": name, "in": "path", "required": True,
-                   "schema": {"type": "string", "pattern": pattern}}
-                  for name, pattern in op.params]
-    parameters += [{"name": name, "in": "header", "required": False, "description": text,
-                    "schema": {"type": "string", "pattern": pattern}}
-                   for name, pattern, text in op.headers]
+        responses[str(status)] = {"description": _codes(status), **_json(refs[ErrorBody.__name__])}
+    out: dict[str, Any] = {"summary": op.summary, "operationId": _op_id(op), "responses": responses}
+    parameters = [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "pattern": pattern},
+        }
+        for name, pattern in op.params
+    ]
+    parameters += [
+        {
+            "name": name,
+            "in": "header",
+            "required": False,
+            "description": text,
+            "schema": {"type": "string", "pattern": pattern},
+        }
+        for name, pattern, text in op.headers
+    ]
     if parameters:
         out["parameters"] = parameters
     if op.body is not None:
@@ -165,10 +250,15 @@ def document(version: str, max_count: int | None = None) -> dict[str, Any]:
         paths.setdefault(op.path, {})[op.method] = _operation(op, refs)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "warmcache", "version": version,
-                 "description": "Pools of ready VMs, acquired rack-aware in milliseconds. "
-                                "Every error body is {error: <stable code>, detail}."},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-                       "schemas": schemas},
+        "info": {
+            "title": "warmcache",
+            "version": version,
+            "description": "Pools of ready VMs, acquired rack-aware in milliseconds. "
+            "Every error body is {error: <stable code>, detail}.",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas,
+        },
         "paths": paths,
     }

@@ -48,7 +48,8 @@ def _service_app(config: Config) -> tuple[Any, Any]:
     auth = Authenticator(config.auth)
     if not auth.enabled:
         logging.getLogger("warmcache").warning(
-            "no [[auth.tokens]] configured: the API is open to anyone who can reach it")
+            "no [[auth.tokens]] configured: the API is open to anyone who can reach it"
+        )
     return service, create_app(service, auth)
 
 
@@ -76,8 +77,13 @@ def _waitress(config: Config, config_path: str) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     service.start()
-    log.info("%s serving on http://%s:%d (waitress, %d threads)", cfg.node, cfg.listen_host,
-             cfg.listen_port, cfg.http_threads)
+    log.info(
+        "%s serving on http://%s:%d (waitress, %d threads)",
+        cfg.node,
+        cfg.listen_host,
+        cfg.listen_port,
+        cfg.http_threads,
+    )
     try:
         server.run()
     finally:
@@ -115,9 +121,12 @@ def _gunicorn(config: Config, config_path: str) -> None:
     class _App(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             for key, value in {
-                "bind": f"{cfg.listen_host}:{cfg.listen_port}", "workers": 1,
-                "worker_class": "gthread", "threads": cfg.http_threads,
-                "keepalive": int(cfg.http_idle_timeout_s), "limit_request_line": 8190,
+                "bind": f"{cfg.listen_host}:{cfg.listen_port}",
+                "workers": 1,
+                "worker_class": "gthread",
+                "threads": cfg.http_threads,
+                "keepalive": int(cfg.http_idle_timeout_s),
+                "limit_request_line": 8190,
             }.items():
                 self.cfg.set(key, value)
 
@@ -136,9 +145,15 @@ def _granian(config: Config, config_path: str) -> None:
 
     cfg = config.service
     os.environ[CONFIG_ENV] = os.path.abspath(config_path)
-    Granian("warmcache.web.server:app_factory", address=cfg.listen_host, port=cfg.listen_port,
-            interface=Interfaces.WSGI, workers=1, blocking_threads=cfg.http_threads,
-            factory=True).serve()
+    Granian(
+        "warmcache.web.server:app_factory",
+        address=cfg.listen_host,
+        port=cfg.listen_port,
+        interface=Interfaces.WSGI,
+        workers=1,
+        blocking_threads=cfg.http_threads,
+        factory=True,
+    ).serve()
 
 
 SERVERS: dict[str, Callable[[Config, str], None]] = {
@@ -157,7 +172,10 @@ def serve(config_path: str, server: str = "waitress") -> None:
     if server != "waitress":
         # gunicorn and granian run the app in a child process: a SIGKILL or
         # SIGSTOP of this process leaves that child serving (and leading).
-        log.warning("--server %s is for benchmark comparisons, not for production: the "
-                    "instance runs in a child process of this one", server)
+        log.warning(
+            "--server %s is for benchmark comparisons, not for production: the "
+            "instance runs in a child process of this one",
+            server,
+        )
     sys.stdout.flush()
     SERVERS[server](config, config_path)

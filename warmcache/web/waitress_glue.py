@@ -38,8 +38,10 @@ from warmcache.errors import Overloaded as OverloadedError
 log = logging.getLogger(__name__)
 
 # waitress's own refusals get the API's stable codes (warmcache.errors).
-CODES = {cls.http_status: cls.code for cls in (
-    InvalidRequest, BodyTooLarge, HeadersTooLarge, InternalError, OverloadedError)}
+CODES = {
+    cls.http_status: cls.code
+    for cls in (InvalidRequest, BodyTooLarge, HeadersTooLarge, InternalError, OverloadedError)
+}
 
 
 class Overloaded(Error):  # type: ignore[misc]
@@ -50,8 +52,12 @@ class Overloaded(Error):  # type: ignore[misc]
 class _JsonErrorTask(ErrorTask):  # type: ignore[misc]
     def execute(self) -> None:
         error = self.request.error
-        body = json.dumps({"error": CODES.get(error.code, "invalid_request"),
-                           "detail": f"{error.reason}: {error.body}"}).encode()
+        body = json.dumps(
+            {
+                "error": CODES.get(error.code, "invalid_request"),
+                "detail": f"{error.reason}: {error.body}",
+            }
+        ).encode()
         self.status = f"{error.code} {error.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
         if error.code == 503:
@@ -136,7 +142,8 @@ class _BoundedDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
             return
         self.refused += 1
         channel.requests[0].error = Overloaded(
-            "every worker thread is busy and the queue is full; retry")
+            "every worker thread is busy and the queue is full; retry"
+        )
         self._refusals.put(channel)
 
     def _refuse(self) -> None:
@@ -152,12 +159,18 @@ def create_server(app: Any, cfg: ServiceConfig) -> Any:
     dispatcher = _BoundedDispatcher(cfg.http_queue)
     dispatcher.set_thread_count(cfg.http_threads)  # waitress does it only for its own
     server = _create_server(
-        app, host=cfg.listen_host, port=cfg.listen_port, threads=cfg.http_threads,
+        app,
+        host=cfg.listen_host,
+        port=cfg.listen_port,
+        threads=cfg.http_threads,
         max_request_body_size=cfg.http_max_body_bytes,
         channel_timeout=cfg.http_idle_timeout_s,
         # how often idle connections are looked for: a fraction of the timeout
         cleanup_interval=max(0.1, min(30.0, cfg.http_idle_timeout_s / 4)),
         connection_limit=cfg.http_connection_limit,
-        ident="warmcache", clear_untrusted_proxy_headers=True, _dispatcher=dispatcher)
+        ident="warmcache",
+        clear_untrusted_proxy_headers=True,
+        _dispatcher=dispatcher,
+    )
     server.channel_class = _JsonChannel
     return server
