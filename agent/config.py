@@ -34,6 +34,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent.numa import Topology
+from warmcache.config import PATH_OPTIONS, StoreConnection
 from warmcache.errors import ConfigError
 from warmcache.model import NAME_PATTERN
 
@@ -69,16 +70,12 @@ class ServerLimits(BaseModel):
     )
 
 
-class InventoryConfig(BaseModel):
-    """Where the agent publishes its heartbeat (the service's coordination
-    store; same kinds and fields as the service's ``[store]``)."""
+class InventoryConfig(StoreConnection):
+    """Where the agent publishes its heartbeat: the service's coordination
+    store, with the options of the service's ``[store]`` (kind, path, url,
+    TLS, credentials and their ``*_file`` forms)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: str = "sqlite"
     path: str = ""
-    url: str = ""
-    token: str = ""
     prefix: str = "warmcache"
     ttl_s: float = Field(default=10.0, ge=2.0, le=3600.0)
     advertise: str = Field(
@@ -171,8 +168,14 @@ def load_agent_config(path: str | Path) -> AgentConfig:
             if isinstance(guest.get(field), str):
                 guest[field] = str((path.parent / guest[field]).resolve())
     inventory = data.get("inventory")
-    if isinstance(inventory, dict) and inventory.get("path"):
-        inventory["path"] = str((path.parent / inventory["path"]).resolve())
+    if isinstance(inventory, dict):
+        for option, value in list(inventory.items()):
+            if (
+                isinstance(value, str)
+                and value
+                and (option in PATH_OPTIONS or option.endswith("_file"))
+            ):
+                inventory[option] = str((path.parent / value).resolve())
     try:
         return AgentConfig.model_validate(data)
     except ValidationError as exc:

@@ -259,10 +259,13 @@ def _inventory_store(config: AgentConfig) -> CoordinationStore | None:
     if inv is None:
         log.warning("no [inventory] in the config: this host will not be placed on")
         return None
-    from warmcache.bootstrap import build_store
-    from warmcache.config import parse_config
+    from warmcache.bootstrap import STORES
+    from warmcache.clock import SystemClock
+    from warmcache.config import StoreConfig, StoreConnection
 
-    store_cfg = {"kind": inv.kind, "url": inv.url, "token": inv.token}
-    if inv.path:
-        store_cfg["path"] = inv.path
-    return build_store(parse_config({"store": store_cfg}, environ={}))
+    # The secrets were read already: the *_file options are not passed again.
+    shared = {o for o in StoreConnection.model_fields if not o.endswith("_file")}
+    store = StoreConfig(**inv.model_dump(include=shared))
+    if store.kind not in STORES:
+        raise ConfigError([f"inventory.kind: unknown {store.kind!r} (valid: {', '.join(STORES)})"])
+    return STORES[store.kind](store, SystemClock())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from warmcache.clock import SystemClock
 from warmcache.config import (
@@ -43,9 +43,18 @@ def _sqlite_store(cfg: StoreConfig, clock: Clock) -> CoordinationStore:
 
 
 def _etcd_store(cfg: StoreConfig, clock: Clock) -> CoordinationStore:
-    from warmcache.adapters.etcd_store import EtcdStore
+    from warmcache.adapters.etcd_store import EtcdSecurity, EtcdStore
 
-    return EtcdStore(cfg.url or "http://127.0.0.1:2379", max_txn_ops=cfg.max_txn_ops)
+    security = EtcdSecurity(
+        ca=cfg.ca,
+        cert=cfg.cert,
+        key=cfg.key,
+        username=cfg.username,
+        password=cfg.password.get_secret_value(),
+    )
+    return EtcdStore(
+        cfg.url or "http://127.0.0.1:2379", max_txn_ops=cfg.max_txn_ops, security=security
+    )
 
 
 def _consul_store(cfg: StoreConfig, clock: Clock) -> CoordinationStore:
@@ -57,7 +66,8 @@ def _consul_store(cfg: StoreConfig, clock: Clock) -> CoordinationStore:
     url = cfg.url or os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500")
     if "://" not in url:
         url = f"http://{url}"
-    return ConsulStore(url, token=cfg.token or os.environ.get("CONSUL_HTTP_TOKEN", ""))
+    token = cfg.token.get_secret_value() or os.environ.get("CONSUL_HTTP_TOKEN", "")
+    return ConsulStore(url, token=token, ca=cfg.ca, cert=cfg.cert, key=cfg.key)
 
 
 def _file_catalog(cfg: CatalogConfig, clock: Clock) -> FlavorCatalog:
@@ -71,7 +81,24 @@ def _mongo_catalog(cfg: CatalogConfig, clock: Clock) -> FlavorCatalog:
 
     if not cfg.url:
         raise ConfigError(["catalog.url: the MongoDB connection string is required"])
-    return MongoFlavorCatalog(cfg.url)
+    return MongoFlavorCatalog(cfg.url, **mongo_options(cfg))
+
+
+def mongo_options(cfg: CatalogConfig) -> dict[str, Any]:
+    """pymongo's options for the catalog's credentials and TLS."""
+    options: dict[str, Any] = {}
+    if cfg.username:
+        options["username"] = cfg.username
+        options["password"] = cfg.password.get_secret_value()
+    if cfg.auth_source:
+        options["authSource"] = cfg.auth_source
+    if cfg.tls or cfg.ca or cfg.cert_key:
+        options["tls"] = True
+    if cfg.ca:
+        options["tlsCAFile"] = cfg.ca
+    if cfg.cert_key:
+        options["tlsCertificateKeyFile"] = cfg.cert_key
+    return options
 
 
 def _sqlite_events(cfg: EventsConfig, clock: Clock) -> EventSink:
@@ -85,7 +112,19 @@ def _elasticsearch_events(cfg: EventsConfig, clock: Clock) -> EventSink:
 
     if not cfg.url:
         raise ConfigError(["events.url: the Elasticsearch URL is required"])
-    return ElasticsearchEvents(cfg.url, cfg.spool_dir)
+    return ElasticsearchEvents(cfg.url, cfg.spool_dir, client_options=elasticsearch_options(cfg))
+
+
+def elasticsearch_options(cfg: EventsConfig) -> dict[str, object]:
+    """The Elasticsearch client's options for the sink's credentials and TLS."""
+    options: dict[str, object] = {}
+    if cfg.ca:
+        options["ca_certs"] = cfg.ca
+    if cfg.api_key.get_secret_value():
+        options["api_key"] = cfg.api_key.get_secret_value()
+    elif cfg.username:
+        options["basic_auth"] = (cfg.username, cfg.password.get_secret_value())
+    return options
 
 
 def _log_events(cfg: EventsConfig, clock: Clock) -> EventSink:
@@ -112,8 +151,10 @@ def _smtp_alerts(cfg: AlertsConfig, clock: Clock) -> AlertSink:
         list(cfg.recipients),
         clock=clock,
         starttls=cfg.starttls,
+        tls=cfg.tls,
+        ca=cfg.ca,
         username=cfg.username,
-        password=cfg.password,
+        password=cfg.password.get_secret_value(),
         max_per_window=cfg.max_per_window,
         window_s=cfg.window_s,
     )

@@ -1,32 +1,88 @@
-"""Service configuration: one TOML file plus ``WARMCACHE_`` environment overrides.
+"""Service configuration: one TOML file, the environment, and secret files.
 
 Parsed once, in the composition root, into frozen pydantic models whose field
-names carry their unit. An override names a section and a key separated by a
-double underscore, e.g. ``WARMCACHE_STORE__KIND=etcd`` or
-``WARMCACHE_SERVICE__LISTEN_PORT=9090``; its value is read as JSON when it
-parses as JSON (numbers, booleans, lists) and as a plain string otherwise,
-like Flask's ``from_prefixed_env``. Relative paths are relative to the file.
+names carry their unit. Every option of every section can be set from the
+environment as ``WARMCACHE_<SECTION>__<OPTION>`` (pydantic-settings), with the
+type of the file's option: ``WARMCACHE_STORE__KIND=etcd``,
+``WARMCACHE_SERVICE__LISTEN_PORT=9090``, ``WARMCACHE_ALERTS__RECIPIENTS='["ops@x"]'``
+(lists and tables as JSON; a string option takes its value as it is, so
+``WARMCACHE_ALERTS__PASSWORD=123456`` is the password "123456"). The
+environment wins over the file.
+
+Secrets (passwords, tokens, API keys) are ``SecretStr``: never in a log, a
+``repr`` or an error. Each can also come from a file: its ``<option>_file``
+option (``password_file = "/run/secrets/smtp"``), or a file named
+``<section>__<option>`` in the secrets directory (``WARMCACHE_SECRETS_DIR``,
+else systemd's ``$CREDENTIALS_DIRECTORY`` from ``LoadCredential=``). Relative
+paths are relative to the config file.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NestedSecretsSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 from warmcache.errors import ConfigError
 
 ENV_PREFIX = "WARMCACHE_"
+SECRETS_DIR_ENV = "WARMCACHE_SECRETS_DIR"
+Secret = SecretStr
+NO_SECRET = SecretStr("")
+# Options holding a path, resolved against the config file's directory.
+PATH_OPTIONS = frozenset({"path", "spool_dir", "ca", "cert", "key", "cert_key"})
+
+
+def _read_secret(option: str, path: str) -> str:
+    try:
+        return Path(path).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise ValueError(f"{option}: cannot read {path}: {exc.strerror}") from None
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        """``<secret>_file``: the secret is that file's contents (one trailing
+        newline dropped); giving both is an error."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for option in cls.model_fields:
+            if option.endswith("_file") and out.get(option):
+                secret = option.removesuffix("_file")
+                given = out.get(secret)
+                if isinstance(given, SecretStr):
+                    given = given.get_secret_value()
+                if given and not isinstance(given, _FromSecretsDir):
+                    raise ValueError(f"{secret} and {option}: give one of them")
+                out[secret] = _read_secret(option, out[option])
+        return out
 
 
 class ServiceConfig(_Section):
@@ -180,15 +236,36 @@ class ServiceConfig(_Section):
     )
 
 
-class StoreConfig(_Section):
+class StoreConnection(_Section):
+    """How to reach the coordination store: the service's ``[store]`` and the
+    agent's ``[inventory]`` share these options."""
+
     kind: str = Field(default="sqlite", description="Backend: sqlite, etcd or consul.")
     path: str = Field(default="warmcache-store.db", description="sqlite: database file.")
     url: str = Field(
         default="",
-        description="etcd: member URLs, comma-separated; consul: "
+        description="etcd: member URLs, comma-separated (https:// for TLS); consul: "
         "agent URL (default CONSUL_HTTP_ADDR)",
     )
-    token: str = Field(default="", description="consul: ACL token (default CONSUL_HTTP_TOKEN)")
+    token: Secret = Field(
+        default=NO_SECRET, description="consul: ACL token (default CONSUL_HTTP_TOKEN)"
+    )
+    token_file: str = Field(default="", description="consul: read the ACL token from this file")
+    username: str = Field(default="", description="etcd: user (etcd's authentication)")
+    password: Secret = Field(default=NO_SECRET, description="etcd: the user's password")
+    password_file: str = Field(default="", description="etcd: read the password from this file")
+    ca: str = Field(default="", description="etcd, consul: CA bundle (PEM) to verify the server")
+    cert: str = Field(default="", description="etcd, consul: client certificate (PEM)")
+    key: str = Field(default="", description="etcd, consul: the client certificate's key (PEM)")
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> StoreConnection:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("cert and key: give both or neither")
+        return self
+
+
+class StoreConfig(StoreConnection):
     max_txn_ops: int = Field(
         default=128,
         ge=8,
@@ -204,19 +281,46 @@ class CatalogConfig(_Section):
     path: str = Field(default="flavors.toml", description="file: TOML flavor catalog.")
     url: str = Field(
         default="",
-        description="mongodb: connection string (with credentials, "
-        "e.g. mongodb://user:pass@host/warmcache?authSource=admin)",
+        description="mongodb: connection string without credentials, e.g. "
+        "mongodb://host1,host2/warmcache?replicaSet=rs0 (the database is the path's)",
+    )
+    username: str = Field(default="", description="mongodb: user")
+    password: Secret = Field(default=NO_SECRET, description="mongodb: the user's password")
+    password_file: str = Field(default="", description="mongodb: read the password from this file")
+    auth_source: str = Field(default="", description="mongodb: authSource (default: the database)")
+    tls: bool = Field(default=False, description="mongodb: connect over TLS")
+    ca: str = Field(default="", description="mongodb: CA bundle (PEM); implies tls")
+    cert_key: str = Field(
+        default="",
+        description="mongodb: client certificate and key in one PEM (tlsCertificateKeyFile); "
+        "implies tls",
     )
 
 
 class EventsConfig(_Section):
     kind: str = Field(default="sqlite", description="Backend: sqlite, log or elasticsearch.")
     path: str = Field(default="warmcache-events.db", description="sqlite: database file.")
-    url: str = Field(default="", description="elasticsearch: http://host:9200")
+    url: str = Field(default="", description="elasticsearch: http(s)://host:9200")
     spool_dir: str = Field(
         default="warmcache-events-spool",
         description="elasticsearch: where events wait while it is down.",
     )
+    ca: str = Field(default="", description="elasticsearch: CA bundle (PEM) to verify it")
+    api_key: Secret = Field(
+        default=NO_SECRET, description="elasticsearch: API key (the encoded id:key form)"
+    )
+    api_key_file: str = Field(default="", description="elasticsearch: read the API key from a file")
+    username: str = Field(default="", description="elasticsearch: basic-auth user")
+    password: Secret = Field(default=NO_SECRET, description="elasticsearch: its password")
+    password_file: str = Field(
+        default="", description="elasticsearch: read the password from a file"
+    )
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> EventsConfig:
+        if self.api_key.get_secret_value() and self.username:
+            raise ValueError("api_key and username: give one way to authenticate")
+        return self
 
 
 class AgentTlsConfig(_Section):
@@ -243,7 +347,8 @@ class TokenConfig(_Section):
         pattern="^([0-9a-f]{64})?$",
         description="SHA-256 (hex) of the bearer token (preferred).",
     )
-    token: str = Field(default="", description="The bearer token itself (tests, dev).")
+    token: Secret = Field(default=NO_SECRET, description="The bearer token itself (tests, dev).")
+    token_file: str = Field(default="", description="Read the bearer token from this file.")
 
 
 class AuthConfig(_Section):
@@ -259,15 +364,37 @@ class AlertsConfig(_Section):
     smtp_host: str = Field(default="localhost", description="smtp: server host")
     smtp_port: int = Field(default=25, ge=1, le=65535, description="smtp: server port")
     starttls: bool = Field(default=False, description="smtp: upgrade with STARTTLS")
+    tls: bool = Field(default=False, description="smtp: TLS from the first byte (SMTPS, 465)")
+    ca: str = Field(default="", description="smtp: CA bundle (PEM) to verify the server's TLS")
     username: str = Field(default="", description="smtp: login (empty: none)")
-    password: str = Field(default="", description="smtp: password")
+    password: Secret = Field(default=NO_SECRET, description="smtp: password")
+    password_file: str = Field(default="", description="smtp: read the password from this file")
     sender: str = Field(default="warmcache@localhost", description="smtp: From address")
     recipients: tuple[str, ...] = Field(default=(), description="smtp: To addresses")
     max_per_window: int = Field(default=10, ge=1, description="Mails per window at most.")
     window_s: float = Field(default=600.0, gt=0, description="Rate-limit window, seconds.")
 
+    @model_validator(mode="after")
+    def _one_tls_mode(self) -> AlertsConfig:
+        if self.tls and self.starttls:
+            raise ValueError("tls and starttls: SMTPS or STARTTLS, not both")
+        return self
 
-class Config(_Section):
+
+class Config(BaseSettings):
+    """The whole configuration (see the module docstring for the sources)."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        hide_input_in_errors=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        secrets_nested_delimiter="__",
+        secrets_prefix="",
+    )
+
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
@@ -278,50 +405,112 @@ class Config(_Section):
         default=None, description="Needed when agents advertise https:// (a proxy)."
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: the environment, then the file, then the secrets directory.
+        return (
+            _Environment(settings_cls),
+            init_settings,
+            _SecretsDirectory(file_secret_settings),
+        )
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
-            continue
-        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
-        if section not in ("service", "store", "catalog", "events", "alerts"):
-            continue
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out.setdefault(section, {})[key] = value
-    return out
+    @model_validator(mode="before")
+    @classmethod
+    def _relative_to_the_file(cls, data: Any) -> Any:
+        base = _parsing.get()[1]
+        if not isinstance(data, dict) or base is None:
+            return data
+        out = dict(data)
+        for name, section in data.items():
+            if isinstance(section, dict):
+                out[name] = {
+                    option: str((base / value).resolve())
+                    if isinstance(value, str)
+                    and value
+                    and (option in PATH_OPTIONS or option.endswith("_file"))
+                    else value
+                    for option, value in section.items()
+                }
+        return out
 
 
-def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    for section in ("store", "catalog", "events"):
-        sect = data.get(section)
-        for field in ("path", "spool_dir"):
-            if isinstance(sect, dict) and isinstance(sect.get(field), str):
-                sect[field] = str((base / sect[field]).resolve())
-    tls = data.get("agent_tls")
-    if isinstance(tls, dict):
-        for field in ("cert", "key", "ca"):
-            if isinstance(tls.get(field), str):
-                tls[field] = str((base / tls[field]).resolve())
+# What parse_config reads the environment from, and the file's directory.
+_parsing: ContextVar[tuple[Mapping[str, str] | None, Path | None]] = ContextVar(
+    "warmcache_config_parsing", default=(None, None)
+)
+
+
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source over the mapping parse_config was
+    given (``environ={}`` in tests and the quickstart: the caller's
+    environment does not leak in)."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        environ = _parsing.get()[0]
+        if environ is None:
+            return super()._load_env_vars()
+        return parse_env_vars(
+            environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+
+
+class _FromSecretsDir(str):
+    """A value read from the secrets directory: the lowest source, so an
+    ``<option>_file`` given anywhere else replaces it without a conflict."""
+
+
+class _SecretsDirectory(NestedSecretsSettingsSource):
+    def __call__(self) -> dict[str, Any]:
+        return _tagged(super().__call__())
+
+
+def _tagged(values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: _tagged(v) if isinstance(v, dict) else _FromSecretsDir(v) if isinstance(v, str) else v
+        for k, v in values.items()
+    }
+
+
+@contextmanager
+def _reading(environ: Mapping[str, str] | None, base: Path | None) -> Iterator[None]:
+    token = _parsing.set((environ, base))
+    try:
+        yield
+    finally:
+        _parsing.reset(token)
+
+
+def secrets_dir(environ: Mapping[str, str]) -> Path | None:
+    """``WARMCACHE_SECRETS_DIR``, else systemd's ``$CREDENTIALS_DIRECTORY``."""
+    given = environ.get(SECRETS_DIR_ENV) or environ.get("CREDENTIALS_DIRECTORY")
+    return Path(given) if given else None
 
 
 def parse_config(
     data: Mapping[str, Any], *, base: Path | None = None, environ: Mapping[str, str] | None = None
 ) -> Config:
-    """Validate a config mapping (file contents) with environment overrides."""
-    merged: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    for section, values in _env_overrides(os.environ if environ is None else environ).items():
-        merged.setdefault(section, {}).update(values)
-    _resolve_paths(merged, base or Path.cwd())
+    """Validate a config mapping (file contents) with the environment
+    (``os.environ`` unless ``environ`` is given) and the secrets directory.
+    Every problem is reported at once, none with the value that caused it."""
+    env = os.environ if environ is None else environ
+    where = secrets_dir(env)
     try:
-        return Config.model_validate(merged)
+        with _reading(environ, base or Path.cwd()):
+            return Config(_secrets_dir=where, **dict(data))  # type: ignore[call-arg]
     except ValidationError as exc:
-        raise ConfigError(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        ) from exc
+        raise ConfigError(_problem(err) for err in exc.errors()) from exc
+
+
+def _problem(err: Any) -> str:
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}" if where else str(err["msg"])
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:

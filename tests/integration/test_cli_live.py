@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
+from pydantic import SecretStr
 
 from tests.live import served
 from warmcache.cli import main
@@ -29,8 +30,8 @@ def url(service: WarmCache) -> Iterator[str]:
     auth = Authenticator(
         AuthConfig(
             tokens=(
-                TokenConfig(name="ops", role="admin", token=ADMIN),
-                TokenConfig(name="app", role="user", token=USER),
+                TokenConfig(name="ops", role="admin", token=SecretStr(ADMIN)),
+                TokenConfig(name="app", role="user", token=SecretStr(USER)),
             )
         )
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from tests.conftest import unavailable
 from tests.live import served
@@ -26,7 +27,9 @@ TOKEN = "dashboard-viewer-token"
 def url(service: WarmCache) -> Iterator[str]:
     service.rules.put("az1", "small", {"max_instance_per_cycle": 3, "total_instances": 3})
     service.run_cycle()
-    auth = Authenticator(AuthConfig(tokens=(TokenConfig(name="viewer", role="user", token=TOKEN),)))
+    auth = Authenticator(
+        AuthConfig(tokens=(TokenConfig(name="viewer", role="user", token=SecretStr(TOKEN)),))
+    )
     with served(create_app(service, auth)) as url:
         yield url
 

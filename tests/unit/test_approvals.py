@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from pydantic import SecretStr
 
 from tests.fakes import FakeAgent
 from warmcache.config import AuthConfig, TokenConfig
@@ -28,9 +29,9 @@ def client(service: WarmCache) -> FlaskClient:
     auth = Authenticator(
         AuthConfig(
             tokens=(
-                TokenConfig(name="alice", role="admin", token=ALICE),
-                TokenConfig(name="bob", role="admin", token=BOB),
-                TokenConfig(name="carol", role="user", token=CAROL),
+                TokenConfig(name="alice", role="admin", token=SecretStr(ALICE)),
+                TokenConfig(name="bob", role="admin", token=SecretStr(BOB)),
+                TokenConfig(name="carol", role="user", token=SecretStr(CAROL)),
             )
         )
     )

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from flask import Flask
+from pydantic import SecretStr
 
 from warmcache import Client, InvalidRequest, NoCapacity, PoolSummary, UnknownFlavor, Vm
 from warmcache.config import AuthConfig, TokenConfig
@@ -29,7 +30,7 @@ def app(service: WarmCache) -> Flask:
     auth = Authenticator(
         AuthConfig(
             tokens=(
-                TokenConfig(name="es-provisioner", role="user", token=USER),
+                TokenConfig(name="es-provisioner", role="user", token=SecretStr(USER)),
                 TokenConfig(
                     name="sre-alice",
                     role="admin",

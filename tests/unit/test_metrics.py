@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from warmcache.adapters.sqlite_events import LogEvents
 from warmcache.errors import NoCapacity
@@ -53,7 +54,9 @@ def test_metrics_need_no_token(service: WarmCache) -> None:
     from warmcache.config import AuthConfig, TokenConfig
     from warmcache.web.auth import Authenticator
 
-    app = create_app(service, Authenticator(AuthConfig(tokens=(TokenConfig(name="x", token="t"),))))
+    app = create_app(
+        service, Authenticator(AuthConfig(tokens=(TokenConfig(name="x", token=SecretStr("t")),)))
+    )
     reply = app.test_client().get("/metrics")
     assert reply.status_code == 200 and b"warmcache_pool_vms" in reply.data
 

@@ -13,6 +13,7 @@ import schemathesis
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from openapi_spec_validator import validate
+from pydantic import SecretStr
 from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 
@@ -31,7 +32,9 @@ def app(service: WarmCache) -> Flask:
         "az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6, "min_fault_domain": 3}
     )
     service.run_cycle()
-    auth = Authenticator(AuthConfig(tokens=(TokenConfig(name="fuzz", role="admin", token=TOKEN),)))
+    auth = Authenticator(
+        AuthConfig(tokens=(TokenConfig(name="fuzz", role="admin", token=SecretStr(TOKEN)),))
+    )
     return create_app(service, auth)
 
 

@@ -160,6 +160,9 @@ class ConsulStore:
         namespace: str = "",
         client: Any = None,
         sleep: Callable[[float], None] = time.sleep,
+        ca: str = "",
+        cert: str = "",
+        key: str = "",
     ) -> None:
         if consul is None:
             raise StoreError("py-consul is not installed: pip install 'warmcache[consul]'")
@@ -170,6 +173,8 @@ class ConsulStore:
                 port=parsed.port or 8500,
                 scheme=parsed.scheme or "http",
                 token=token or None,
+                verify=ca or True,  # https: the given CA bundle, else the system's
+                cert=(cert, key) if cert else None,
             )
         self._c = client
         self._read = ReadRetry(sleep)

@@ -86,11 +86,14 @@ class ElasticsearchEvents:
         max_spool_bytes: int = 64 << 20,
         retry_s: float = 5.0,
         data_stream: str = DATA_STREAM,
+        client_options: dict[str, Any] | None = None,
     ) -> None:
+        """``client_options`` go to ``elasticsearch.Elasticsearch`` as they are
+        (``ca_certs``, ``api_key``, ``basic_auth``...)."""
         if client is None:
             from elasticsearch import Elasticsearch
 
-            client = Elasticsearch(url, request_timeout=10)
+            client = Elasticsearch(url, request_timeout=10, **(client_options or {}))
         self._client = client
         self.data_stream = data_stream  # and its index template, matching f"{it}*"
         self._spool = Path(spool_dir)

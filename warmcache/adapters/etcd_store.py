@@ -8,6 +8,12 @@ a start revision. Gateway quirks handled here: int64 fields come back as
 strings, fields at their default are omitted (a failed txn has no
 ``succeeded``), and bytes are base64.
 
+TLS: ``https://`` member URLs, verified against ``ca`` (else the system's
+CAs), with a client certificate (``cert``/``key``) for servers started with
+``--client-cert-auth``. Authentication: with ``username``, the store signs in
+(``/v3/auth/authenticate``) and sends the token on every request, signing in
+again once when etcd says the token expired (``--auth-token-ttl``).
+
 Every key is put under ``namespace`` (so tests and tenants can share one
 cluster); keys handed back are relative to it again. A client passed in is
 never closed by this adapter.
@@ -24,6 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -61,6 +68,30 @@ class _Retryable(Exception):
     """A request that surely did not apply: safe to send again."""
 
 
+class _TokenExpired(Exception):
+    """etcd refused the auth token (expired, or etcd restarted): sign in again."""
+
+
+@dataclass(frozen=True)
+class EtcdSecurity:
+    """TLS and authentication for every connection to the members."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    def session(self, url: str) -> requests.Session:
+        session = requests.Session()
+        if self.ca:
+            session.verify = self.ca
+        if self.cert:
+            session.cert = (self.cert, self.key)
+        _settle_environment(session, url)
+        return session
+
+
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
@@ -89,6 +120,7 @@ class EtcdStore:
         sleep: Callable[[float], None] = time.sleep,
         failover_s: float = 10.0,
         max_txn_ops: int = MAX_TXN_OPS,
+        security: EtcdSecurity | None = None,
     ) -> None:
         if etcd3gw is None:
             raise StoreError("etcd3gw is not installed: pip install 'warmcache[etcd]'")
@@ -105,20 +137,49 @@ class EtcdStore:
         self._sleep = sleep
         self._max_ops = max_txn_ops
         self._read = ReadRetry(sleep)
+        self._security = security or EtcdSecurity()
+        self._auth_lock = threading.Lock()
+        self._auth_token = ""
 
     # --- transport -------------------------------------------------------------------
 
     def _make_client(self, index: int) -> Any:
         parsed = urlparse(self._urls[index])
-        client = etcd3gw.Etcd3Client(
+        return etcd3gw.Etcd3Client(
             host=parsed.hostname or "127.0.0.1",
             port=parsed.port or 2379,
             protocol=parsed.scheme or "http",
             timeout=self._timeout_s,
             api_path="/v3/",
+            session=self._security.session(self._urls[index]),
         )
-        _settle_environment(client.session, self._urls[index])
-        return client
+
+    def _headers(self) -> dict[str, str]:
+        """The auth token header (signing in first if there is none yet)."""
+        if not self._security.username:
+            return {}
+        with self._auth_lock:
+            if not self._auth_token:
+                self._auth_token = self._authenticate()
+            return {"Authorization": self._auth_token}
+
+    def _authenticate(self) -> str:
+        client = self._client
+        client.timeout = (self._connect_s, self._timeout_s)
+        body = {"name": self._security.username, "password": self._security.password}
+        try:
+            reply = client.post(client.get_url("auth/authenticate"), json=body)
+        except etcd_exc.ConnectionFailedError as exc:
+            raise StoreUnavailable("etcd", f"sign-in: {exc.detail_text or exc}") from exc
+        except etcd_exc.Etcd3Exception as exc:
+            detail = (exc.detail_text or str(exc)).strip()
+            raise StoreError(f"etcd sign-in as {self._security.username!r}: {detail}") from exc
+        return str(reply["token"])
+
+    def _token_expired(self, sent: dict[str, str]) -> None:
+        with self._auth_lock:
+            if self._auth_token == sent.get("Authorization"):
+                self._auth_token = ""
 
     @property
     def _client(self) -> Any:
@@ -140,8 +201,15 @@ class EtcdStore:
         while True:
             # the request's deadline (warmcache.deadline) bounds each try
             timeout = deadline.remaining(self._timeout_s, "etcd")
+            headers = self._headers()
             try:
-                return self._post_once(path, body, timeout)
+                try:
+                    return self._post_once(path, body, timeout, headers)
+                except _TokenExpired:  # once: a fresh token, then the request again
+                    self._token_expired(headers)
+                    return self._post_once(path, body, timeout, self._headers())
+            except _TokenExpired as exc:
+                raise StoreError(f"etcd {path}: the auth token was refused twice") from exc
             except _Retryable as exc:
                 at = deadline.current()
                 if time.monotonic() > give_up or (at is not None and time.monotonic() >= at):
@@ -154,12 +222,14 @@ class EtcdStore:
         if len(self._urls) > 1:
             self._current = (self._current + 1) % len(self._urls)
 
-    def _post_once(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    def _post_once(
+        self, path: str, body: dict[str, Any], timeout_s: float, headers: dict[str, str]
+    ) -> dict[str, Any]:
         client = self._client
         # Clients are per thread (see _client), so the timeout is this call's.
         client.timeout = (min(timeout_s, self._connect_s), timeout_s)
         try:
-            reply: dict[str, Any] = client.post(client.get_url(path), json=body)
+            reply: dict[str, Any] = client.post(client.get_url(path), json=body, headers=headers)
             return reply
         except etcd_exc.ConnectionFailedError as exc:
             detail = exc.detail_text or str(exc)
@@ -177,6 +247,8 @@ class EtcdStore:
                 raise SessionExpired(str(body.get("lease") or body.get("ID"))) from exc
             if "no leader" in detail:
                 raise _Retryable(detail) from exc
+            if "invalid auth token" in detail:
+                raise _TokenExpired(detail) from exc
             raise StoreError(f"etcd {path}: {detail.strip()}") from exc
 
     def _key(self, key: str) -> bytes:
@@ -581,12 +653,14 @@ class EtcdWatchStream:
                 "progress_notify": True,
             }
         }
-        session = requests.Session()
-        _settle_environment(session, self._store._urls[self._store._current])
+        store = self._store
+        session = store._security.session(store._urls[store._current])
+        headers = store._headers()
         try:
             response = session.post(
-                self._store._client.get_url("watch"),
+                store._client.get_url("watch"),
                 json=body,
+                headers=headers,
                 stream=True,
                 timeout=(self._store._timeout_s, self._idle_s),
             )
@@ -602,6 +676,8 @@ class EtcdWatchStream:
                     continue
                 message = json.loads(line)
                 if "error" in message:
+                    if "invalid auth token" in str(message["error"]):
+                        store._token_expired(headers)  # the next connection signs in again
                     raise requests.exceptions.ConnectionError(str(message["error"]))
                 result = message.get("result") or {}
                 if result.get("compact_revision") and result.get("canceled"):

@@ -31,12 +31,18 @@ class MongoFlavorCatalog:
         collection: str = "flavors",
         client: Any = None,
         timeout_ms: int = 5000,
+        **client_options: Any,
     ) -> None:
+        """``client_options`` go to ``pymongo.MongoClient`` as they are
+        (``username``, ``password``, ``authSource``, ``tls``, ``tlsCAFile``,
+        ``tlsCertificateKeyFile``...)."""
         import pymongo
 
         self._errors = pymongo.errors.PyMongoError
         self._owns = client is None
-        self._client = client or pymongo.MongoClient(url, serverSelectionTimeoutMS=timeout_ms)
+        self._client = client or pymongo.MongoClient(
+            url, serverSelectionTimeoutMS=timeout_ms, **client_options
+        )
         self._flavors = self._client[database][collection]
         try:
             self._call(lambda: self._flavors.create_index("name", unique=True))

@@ -34,6 +34,8 @@ class SmtpAlerts:
         *,
         clock: Clock,
         starttls: bool = False,
+        tls: bool = False,
+        ca: str = "",
         username: str = "",
         password: str = "",
         max_per_window: int = 10,
@@ -49,6 +51,8 @@ class SmtpAlerts:
         self._sender, self._recipients = sender, list(recipients)
         self._clock = clock
         self._starttls = starttls
+        self._tls = tls
+        self._ca = ca
         self._username, self._password = username, password
         self._max = max_per_window
         self._window_s = window_s
@@ -95,12 +99,23 @@ class SmtpAlerts:
             message["To"] = ", ".join(self._recipients)
             message["Subject"] = subject
             message.set_content(body)
-            with self._smtp(self._host, self._port, timeout=self._timeout_s) as smtp:
+            with self._connect() as smtp:
                 if self._starttls:
-                    smtp.starttls(context=ssl.create_default_context())
+                    smtp.starttls(context=self._context())
                 if self._username:
                     smtp.login(self._username, self._password)
                 smtp.send_message(message)
+
+    def _context(self) -> ssl.SSLContext:
+        """The server's certificate verified (against ``ca`` when given)."""
+        return ssl.create_default_context(cafile=self._ca or None)
+
+    def _connect(self) -> smtplib.SMTP:
+        if self._tls:  # SMTPS: TLS from the first byte
+            return smtplib.SMTP_SSL(
+                self._host, self._port, timeout=self._timeout_s, context=self._context()
+            )
+        return self._smtp(self._host, self._port, timeout=self._timeout_s)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Send what is queued (up to ``timeout_s``; one attempt each once a

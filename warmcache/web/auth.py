@@ -36,7 +36,7 @@ class Authenticator:
     def __init__(self, config: AuthConfig) -> None:
         self._tokens = [
             (
-                t.token_sha256 or hashlib.sha256(t.token.encode()).hexdigest(),
+                t.token_sha256 or hashlib.sha256(t.token.get_secret_value().encode()).hexdigest(),
                 Identity(t.name, t.role),
             )
             for t in config.tokens
