@@ -42,10 +42,21 @@ class TestCA:
         self.cert = directory / f"{name}-ca.pem"
         self.cert.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, cn: str, *, server: bool, ips: tuple[str, ...] = ("127.0.0.1",)) -> Issued:
+    def issue(
+        self,
+        cn: str,
+        *,
+        server: bool,
+        ips: tuple[str, ...] = ("127.0.0.1",),
+        also_client: bool = False,
+    ) -> Issued:
+        """``also_client``: a server certificate usable as a client's too
+        (etcd's own gateway dials its gRPC server with it)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        usage = [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+        if also_client:
+            usage.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
@@ -54,7 +65,7 @@ class TestCA:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
         )
         if server:
             builder = builder.add_extension(

@@ -115,9 +115,9 @@ def _elasticsearch_events(cfg: EventsConfig, clock: Clock) -> EventSink:
     return ElasticsearchEvents(cfg.url, cfg.spool_dir, client_options=elasticsearch_options(cfg))
 
 
-def elasticsearch_options(cfg: EventsConfig) -> dict[str, object]:
+def elasticsearch_options(cfg: EventsConfig) -> dict[str, Any]:
     """The Elasticsearch client's options for the sink's credentials and TLS."""
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {}
     if cfg.ca:
         options["ca_certs"] = cfg.ca
     if cfg.api_key.get_secret_value():

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,19 @@ def etcd_binary() -> str:
     return path
 
 
+@dataclass(frozen=True)
+class ClientTls:
+    """TLS on the client URLs: the member's certificate, the CA it trusts for
+    client certificates (``--client-cert-auth``), and a client certificate the
+    launcher's own health probes present."""
+
+    cert: str
+    key: str
+    ca: str
+    probe_cert: str
+    probe_key: str
+
+
 @dataclass
 class EtcdMember:
     name: str
@@ -40,10 +54,26 @@ class EtcdMember:
     client_port: int = field(default_factory=free_port)
     peer_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    tls: ClientTls | None = None
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
+
+    def _tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            "--cert-file",
+            self.tls.cert,
+            "--key-file",
+            self.tls.key,
+            "--trusted-ca-file",
+            self.tls.ca,
+            "--client-cert-auth",
+        ]
 
     @property
     def peer_url(self) -> str:
@@ -74,6 +104,8 @@ class EtcdMember:
                 "50",
                 "--election-timeout",
                 "500",
+                *self._tls_args(),
+                *self.extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -84,7 +116,13 @@ class EtcdMember:
 
     def healthy(self) -> bool:
         try:
-            return bool(httpx.get(f"{self.url}/health", timeout=1).json().get("health") == "true")
+            if self.tls is None:
+                reply = httpx.get(f"{self.url}/health", timeout=1)
+            else:
+                context = ssl.create_default_context(cafile=self.tls.ca)
+                context.load_cert_chain(self.tls.probe_cert, self.tls.probe_key)
+                reply = httpx.get(f"{self.url}/health", timeout=1, verify=context)
+            return bool(reply.json().get("health") == "true")
         except (httpx.HTTPError, ValueError):
             return False
 
@@ -105,9 +143,19 @@ class EtcdMember:
 class EtcdCluster:
     """``size`` members on loopback; ``urls`` lists their client URLs."""
 
-    def __init__(self, base_dir: Path, size: int = 1) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        size: int = 1,
+        *,
+        tls: ClientTls | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         base_dir.mkdir(parents=True, exist_ok=True)
-        self.members = [EtcdMember(f"m{i}", base_dir / f"m{i}.data") for i in range(size)]
+        self.members = [
+            EtcdMember(f"m{i}", base_dir / f"m{i}.data", tls=tls, extra_args=extra_args)
+            for i in range(size)
+        ]
 
     @property
     def urls(self) -> list[str]:

@@ -140,6 +140,7 @@ class EtcdStore:
         self._security = security or EtcdSecurity()
         self._auth_lock = threading.Lock()
         self._auth_token = ""
+        self.sign_ins = 0  # how often it signed in (tests: a token was renewed)
 
     # --- transport -------------------------------------------------------------------
 
@@ -174,6 +175,7 @@ class EtcdStore:
         except etcd_exc.Etcd3Exception as exc:
             detail = (exc.detail_text or str(exc)).strip()
             raise StoreError(f"etcd sign-in as {self._security.username!r}: {detail}") from exc
+        self.sign_ins += 1
         return str(reply["token"])
 
     def _token_expired(self, sent: dict[str, str]) -> None:
