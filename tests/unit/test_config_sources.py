@@ -155,3 +155,15 @@ def test_secrets_never_show_in_repr_errors_or_logs(
         service.close()
     assert caplog.records  # the failed send was logged...
     assert all(SECRET not in r.getMessage() and SECRET not in str(r.args) for r in caplog.records)
+
+
+def test_the_readme_documents_every_option() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    reference = readme[readme.index("## Configuration reference") :]
+    reference = reference[: reference.index("\n## ", 5)]
+    missing = [
+        f"{section}.{option}"
+        for section, option in CASES
+        if f"`{section}.{option}`" not in reference and f"`{option}`" not in reference
+    ]
+    assert missing == []
