@@ -146,6 +146,8 @@ class WarmCache:
     def trigger_cycle(self) -> None:
         """Ask for a build cycle now instead of at the next interval."""
         self._cycle_wanted.set()
+        if self.config.run_builds:
+            self.scheduler.wake("build-cycles")
 
     @property
     def cycle_pending(self) -> bool:
