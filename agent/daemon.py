@@ -30,6 +30,7 @@ from agent.reconcile import Finding
 from warmcache.agent_codes import AgentCode
 from warmcache.errors import ConfigError, InvalidRequest, StoreError
 from warmcache.layout import Keys, PoolRecords
+from warmcache.logs import log_options, setup_logging
 from warmcache.ports import CoordinationStore
 from warmcache.wire import MAX_LINE_BYTES, REQUEST_ADAPTER, error, ok
 
@@ -130,15 +131,22 @@ class AgentServer(BoundedServer):
     help="Agent TOML: hypervisor, rack, az, capacity, reserved, state_dir, inventory.",
 )
 @click.option("--libvirt-uri", default=None, help="Overrides libvirt_uri from the config.")
+@log_options
 @click.pass_context
 def main(
-    ctx: click.Context, socket_path: str | None, config_path: str | None, libvirt_uri: str | None
+    ctx: click.Context,
+    socket_path: str | None,
+    config_path: str | None,
+    libvirt_uri: str | None,
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Run the warmcache host agent (or one of its commands)."""
     if ctx.invoked_subcommand is not None:
         return
     if not socket_path or not config_path:
         raise click.UsageError("the agent needs --socket and --config")
+    setup_logging(log_level, log_format)
     run_daemon(socket_path, config_path, libvirt_uri)
 
 
@@ -159,7 +167,6 @@ def reconcile_command(socket_path: str) -> None:
 
 
 def run_daemon(socket_path: str, config_path: str, libvirt_uri: str | None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         config = load_agent_config(config_path)
         if libvirt_uri:

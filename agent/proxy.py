@@ -36,6 +36,7 @@ from agent.bounded import BoundedServer
 from agent.config import ServerLimits
 from warmcache.agent_codes import AgentCode
 from warmcache.errors import InvalidRequest
+from warmcache.logs import log_options, setup_logging
 from warmcache.wire import MAX_LINE_BYTES, REQUEST_ADAPTER, error
 
 log = logging.getLogger("warmcache.proxy")
@@ -347,6 +348,7 @@ def parse_allow(cidrs: Sequence[str]) -> list[Network]:
     type=click.FloatRange(0.1, 3600),
     help="Seconds a connection may send nothing (idle, or half a request).",
 )
+@log_options
 def main(
     listen: str,
     socket_path: str,
@@ -357,9 +359,11 @@ def main(
     workers: int,
     queue_size: int,
     idle_timeout: float,
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Serve the host agent over mTLS HTTPS with an IP allow-list."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(log_level, log_format)
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         click.echo(f"warmcache-proxy: --listen wants HOST:PORT, got {listen!r}", err=True)

@@ -16,7 +16,6 @@ family failed (``EXIT_CODES``, a contract scripts rely on):
 from __future__ import annotations
 
 import json
-import logging
 import signal
 import sys
 import threading
@@ -48,6 +47,7 @@ from warmcache.errors import (
     Unauthorized,
     WarmCacheError,
 )
+from warmcache.logs import log_options, setup_logging
 
 console = Console()
 errors = Console(stderr=True)
@@ -191,11 +191,12 @@ def _dump(models: Any) -> Any:
     help="HTTP server (the others are for bench/acquire.py's comparison; "
     "werkzeug is the development server).",
 )
-def serve(config_path: str, server: str) -> None:
+@log_options
+def serve(config_path: str, server: str, log_level: str, log_format: str) -> None:
     """Run one service instance: HTTP API, leader election, build cycles."""
     from warmcache.web.server import serve as run_server
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(log_level, log_format)
     try:
         run_server(config_path, server)
     except WarmCacheError as exc:

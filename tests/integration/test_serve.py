@@ -63,6 +63,7 @@ kind = "log"
         [sys.executable, "-m", "warmcache", "serve", "--config", str(config)],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env={**os.environ, "WARMCACHE_LOG_FORMAT": "json"},  # every line below is JSON
     )
     log.close()
 
@@ -237,3 +238,5 @@ def test_sigterm_stops_the_instance_and_deregisters_it(
         assert store.services("warmcache") == []
     finally:
         store.close()
+    lines = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()]
+    assert lines and all({"time", "level", "logger", "message"} <= set(r) for r in lines)

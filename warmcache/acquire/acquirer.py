@@ -17,6 +17,7 @@ import random
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from warmcache.acquire.index import PoolIndex
 from warmcache.builders.deficits import below_low_water
 from warmcache.context import ServiceContext
 from warmcache.errors import InvalidRequest, UnknownAZ, UnknownFlavor, UnknownPool, WarmCacheError
+from warmcache.logs import log_context
 from warmcache.model import (
     SERVICE_NAME,
     BuildRule,
@@ -131,6 +133,25 @@ class Acquirer:
         mode = self._check(count, mode)
         if claim_id is not None and not CLAIM_ID.fullmatch(claim_id):
             raise InvalidRequest(f"claim_id must be 1-64 of A-Z a-z 0-9 _ -, got {claim_id!r}")
+        # Every log line of this claim carries its id (the caller's, or a fresh one).
+        request_id = claim_id or uuid.uuid4().hex
+        with log_context(claim=request_id):
+            return self._acquire(
+                flavor, az, count, mode, use_reserve, requester, claim_id, request_id, started
+            )
+
+    def _acquire(
+        self,
+        flavor: str,
+        az: str,
+        count: int,
+        mode: Mode,
+        use_reserve: bool,
+        requester: str,
+        claim_id: str | None,
+        request_id: str,
+        started: float,
+    ) -> list[PoolInstance]:
         try:
             with deadline.within(self._config.request_deadline_s):
                 self._catch_up()
@@ -143,11 +164,20 @@ class Acquirer:
                     use_reserve=use_reserve,
                     requester=requester,
                     deadline=deadline.current(),
+                    claim_id=request_id,
+                    named=claim_id is not None,
                 )
-                if claim_id is not None:
-                    request.claim_id, request.named = claim_id, True
                 claimed = self.claimer.claim(request)
         except WarmCacheError as exc:
+            log.info(
+                "acquisition of %d %s in %s (%s) failed: %s: %s",
+                count,
+                flavor,
+                az,
+                mode.value,
+                exc.code,
+                exc,
+            )
             self._emit(
                 "acquisition.failed",
                 requester=requester,

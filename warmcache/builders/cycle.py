@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from tenacity import (
     Retrying,
+    before_sleep_log,
     retry_if_exception_type,
     stop_after_attempt,
     stop_when_event_set,
@@ -51,6 +52,7 @@ from warmcache.health.purge import purge_vm
 from warmcache.inventory import HostView
 from warmcache.layout import HostRecords, Keys, PoolRecords, RuleRecords
 from warmcache.leader.election import FencedWriter
+from warmcache.logs import in_context
 from warmcache.model import BuildRule, Flavor, HostFacts, InstanceState, PoolInstance
 from warmcache.placement.pipeline import PlacementPipeline
 from warmcache.ports import (
@@ -255,13 +257,12 @@ class BuildCycle:
                 report.problems += [f"{az}/{f}: {why}" for f, why in plan.problems.items()]
             reserved = Counter(r.flavor for r in current if r.state == InstanceState.RESERVED)
             with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
-                for _ in pool.map(
-                    lambda vm: self._build(vm, writer, reserved, report), plan.builds
-                ):
+                build = in_context(lambda vm: self._build(vm, writer, reserved, report))
+                for _ in pool.map(build, plan.builds):
                     pass
 
         with ThreadPoolExecutor(max_workers=max(1, len(rules))) as azs:
-            list(azs.map(run_az, sorted(rules)))
+            list(azs.map(in_context(run_az), sorted(rules)))
         report.leadership_lost = lost.is_set()
         report.finished_at = self._clock.now()
         self._emit("cycle.summary", **report.summary())
@@ -295,7 +296,7 @@ class BuildCycle:
             if not result.succeeded:
                 # Not ours: neither the record nor a VM of that name is touched.
                 with self._lock:
-                    report.failed.append(f"{vm.name}: a record of that name exists")
+                    self._failed(report, f"{vm.name}: a record of that name exists")
                 return
             revision = result.revision
             self._emit(
@@ -332,7 +333,7 @@ class BuildCycle:
             # If the record landed anyway, the next cycle's adoption finds no
             # VM on the agent and forgets it.
             with self._lock:
-                report.failed.append(f"{vm.name}: not started, store failed: {exc}")
+                self._failed(report, f"{vm.name}: not started, store failed: {exc}")
             return
         except AgentError as exc:
             self._fail(vm, key, revision, record, writer, report, str(exc))
@@ -359,10 +360,11 @@ class BuildCycle:
         except StoreError as exc:
             # Same: the record still says building; the next cycle adopts it.
             with self._lock:
-                report.failed.append(f"{vm.name}: built, record not updated: {exc}")
+                self._failed(report, f"{vm.name}: built, record not updated: {exc}")
             return
         if not ok:
-            report.failed.append(f"{vm.name}: record changed while building")
+            with self._lock:
+                self._failed(report, f"{vm.name}: record changed while building")
             return
         with self._lock:
             report.built[(az, flavor)] += 1
@@ -384,6 +386,7 @@ class BuildCycle:
             stop=stop_after_attempt(self._retries) | stop_when_event_set(lost),
             wait=wait_exponential(multiplier=self._retry_wait_s, max=5.0),
             reraise=True,
+            before_sleep=before_sleep_log(log, logging.WARNING),
         ):
             with attempt:
                 try:
@@ -426,7 +429,7 @@ class BuildCycle:
         except StoreError:
             cleaned = False  # the record still says building: adoption settles it
         with self._lock:
-            report.failed.append(f"{vm.name}: {why}")
+            self._failed(report, f"{vm.name}: {why}")
         self._emit(
             "vm.build_failed",
             name=vm.name,
@@ -437,5 +440,24 @@ class BuildCycle:
             cleaned_up=cleaned,
         )
 
+    @staticmethod
+    def _failed(report: CycleReport, why: str) -> None:
+        """A VM this cycle did not build (the caller holds the report's lock)."""
+        report.failed.append(why)
+        log.warning("build failed: %s", why)
+
     def _emit(self, type_: str, **fields: object) -> None:
+        """An event, and the same as a log line (tagged with the cycle token)."""
         self._events.emit(Event(type_, self._clock.now(), fields))
+        level = (
+            logging.WARNING
+            if type_ in ("vm.build_failed", "vm.build_abandoned")
+            else (logging.INFO)
+        )
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "%s %s",
+                type_,
+                " ".join(f"{k}={v}" for k, v in fields.items() if k != "placement"),
+            )

@@ -18,6 +18,7 @@ from warmcache.builders.findings import report_findings
 from warmcache.context import ServiceContext
 from warmcache.errors import LeadershipLost, StoreError, WarmCacheError
 from warmcache.leader.election import LeaderElection, Leadership, watch_poll_s
+from warmcache.logs import log_context
 from warmcache.model import PoolSummary
 from warmcache.placement.pipeline import default_pipeline
 
@@ -65,45 +66,50 @@ class LeaderDuty:
 
     def run_cycle(self) -> CycleReport | None:
         """Run one build cycle if this instance wins the leader lock."""
-        node = self._config.node
         with self.election.lead(on_lost=self._leadership_lost) as leadership:
             if leadership is None:
                 return None
-            self._own_tokens.add(leadership.token)
-            self._emit("leader.elected", node=node, token=leadership.token)
-            writer = self.election.writer(leadership)
-            report = self.cycle.run(writer)
-            self.last_cycle = report
-            with contextlib.suppress(LeadershipLost, StoreError):
-                report_findings(self._store, self._keys, writer, self._emit, self._alerts)
-            self._sweep_claims()
-            with contextlib.suppress(StoreError):
-                for pool in self._pools():  # pool sizes over time, for Kibana
-                    self._emit(
-                        "pool.state",
-                        az=pool.az,
-                        flavor=pool.flavor,
-                        target=pool.target,
-                        ready=pool.ready,
-                        reserved=pool.reserved,
-                        building=pool.building,
-                    )
-            if not leadership.lost.is_set():
-                # Marks the cycle complete: standbys that see the lock go
-                # away without this record take over at once.
-                with contextlib.suppress(LeadershipLost):
-                    writer.put(
-                        self._keys.last_cycle(),
-                        json.dumps(
-                            {"node": node, **report.summary(), "finished_at": report.finished_at}
-                        ),
-                    )
-            if not leadership.lost.is_set():
-                self._emit("leader.released", node=node, token=leadership.token)
-            if report.built or report.failed or report.problems:
-                subject, body = report.render()
-                self._alerts.alert(subject, body)
-            return report
+            with log_context(cycle=leadership.token):
+                return self._lead_cycle(leadership)
+
+    def _lead_cycle(self, leadership: Leadership) -> CycleReport:
+        """The cycle and what follows it; every log line says the cycle's token."""
+        node = self._config.node
+        self._own_tokens.add(leadership.token)
+        self._emit("leader.elected", node=node, token=leadership.token)
+        writer = self.election.writer(leadership)
+        report = self.cycle.run(writer)
+        self.last_cycle = report
+        with contextlib.suppress(LeadershipLost, StoreError):
+            report_findings(self._store, self._keys, writer, self._emit, self._alerts)
+        self._sweep_claims()
+        with contextlib.suppress(StoreError):
+            for pool in self._pools():  # pool sizes over time, for Kibana
+                self._emit(
+                    "pool.state",
+                    az=pool.az,
+                    flavor=pool.flavor,
+                    target=pool.target,
+                    ready=pool.ready,
+                    reserved=pool.reserved,
+                    building=pool.building,
+                )
+        if not leadership.lost.is_set():
+            # Marks the cycle complete: standbys that see the lock go
+            # away without this record take over at once.
+            with contextlib.suppress(LeadershipLost):
+                writer.put(
+                    self._keys.last_cycle(),
+                    json.dumps(
+                        {"node": node, **report.summary(), "finished_at": report.finished_at}
+                    ),
+                )
+        if not leadership.lost.is_set():
+            self._emit("leader.released", node=node, token=leadership.token)
+        if report.built or report.failed or report.problems:
+            subject, body = report.render()
+            self._alerts.alert(subject, body)
+        return report
 
     def cycle_job(self) -> float:
         """One scheduled cycle; an unclean one is retried sooner."""
