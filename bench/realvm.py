@@ -27,11 +27,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from agent.guest import agent_config_toml, default_cache, prepare
-from agent.libvirtd import Libvirtd
 from warmcache.adapters.agent_client import AgentClient
 from warmcache.model import Flavor
 from warmcache.ports import VmSpec
+from warmcache_agent.guest import agent_config_toml, default_cache, prepare
+from warmcache_agent.libvirtd import Libvirtd
 
 TINY = Flavor(name="tiny", vcpus=1, memory_mib=128, disk_gib=1)
 
@@ -66,7 +66,15 @@ def main() -> None:
         )
         sock = work / "agent.sock"
         agent = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--socket", str(sock), "--config", str(config)],
+            [
+                sys.executable,
+                "-m",
+                "warmcache_agent",
+                "--socket",
+                str(sock),
+                "--config",
+                str(config),
+            ],
             cwd=work,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -261,7 +261,7 @@ class ChaosRig:
             [
                 sys.executable,
                 "-m",
-                "agent",
+                "warmcache_agent",
                 "--socket",
                 str(sock),
                 "--config",
@@ -276,7 +276,7 @@ class ChaosRig:
             [
                 sys.executable,
                 "-m",
-                "agent.proxy",
+                "warmcache_agent.proxy",
                 "--listen",
                 f"{ip}:8443",
                 "--socket",

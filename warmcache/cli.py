@@ -48,6 +48,7 @@ from warmcache.errors import (
     WarmCacheError,
 )
 from warmcache.logs import log_options, setup_logging
+from warmcache.resources import dashboards_dir
 
 console = Console()
 errors = Console(stderr=True)
@@ -268,14 +269,14 @@ def quickstart(
     real_vms: bool,
 ) -> None:
     """Run the whole system on the embedded stack and fill the pools."""
-    from warmcache.quickstart import CHECKOUT_CONFIG, QuickstartError, QuickstartStack, Topology
+    from warmcache.quickstart import EXAMPLE_CONFIG, QuickstartError, QuickstartStack, Topology
 
     stack = QuickstartStack(
         Path(state_dir),
         port=port,
         instances=instances,
         create_delay_s=create_delay,
-        config_dir=Path(config_dir) if config_dir else CHECKOUT_CONFIG,
+        config_dir=Path(config_dir) if config_dir else EXAMPLE_CONFIG,
         real_vms=real_vms,
         topology=Topology(azs=("az1",), racks_per_az=1, hypervisors_per_rack=1)
         if real_vms
@@ -753,7 +754,7 @@ def flavors_set(name: str, fields: tuple[str, ...], config_path: str) -> None:
 
 # --- Kibana dashboards -----------------------------------------------------------------------
 
-DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
+DASHBOARDS = dashboards_dir()  # shipped in the package (warmcache/data/dashboards)
 
 
 @main.group("config")
@@ -799,7 +800,7 @@ def dashboards() -> None:
 
 
 @dashboards.command("import")
-@click.option("--kibana", required=True, help="Kibana URL, e.g. https://kibana:5601")
+@click.option("--kibana", help="Kibana URL, e.g. https://kibana:5601 (not with --dry-run).")
 @click.option("--space", default="", help="Kibana space id (default space if empty).")
 @click.option(
     "--file",
@@ -808,12 +809,40 @@ def dashboards() -> None:
     default=str(DASHBOARDS / "kibana.ndjson"),
     show_default=True,
 )
-def dashboards_import(kibana: str, space: str, path: str) -> None:
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check the file and list what would be imported; Kibana is not contacted.",
+)
+def dashboards_import(kibana: str | None, space: str, path: str, dry_run: bool) -> None:
     """Import (overwrite) the saved objects into Kibana.
 
     Credentials: WARMCACHE_KIBANA_API_KEY (an API key), or
     WARMCACHE_KIBANA_USER and WARMCACHE_KIBANA_PASSWORD."""
     import os
+    from collections import Counter
+
+    objects = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            saved = json.loads(line)
+        except ValueError as exc:
+            _fail(f"{path}:{number}: not JSON: {exc}")
+        if not isinstance(saved, dict) or not {"type", "id", "attributes"} <= saved.keys():
+            if isinstance(saved, dict) and "exportedCount" in saved:
+                continue  # the export's summary line
+            _fail(f"{path}:{number}: not a saved object (type, id, attributes)")
+        objects.append(saved)
+    if dry_run:
+        kinds = Counter(o["type"] for o in objects)
+        listed = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        where = kibana or "Kibana"
+        console.print(f"would import {len(objects)} saved object(s) into {where}: {listed}")
+        return
+    if not kibana:
+        raise click.UsageError("--kibana is required (or --dry-run)")
 
     base = kibana.rstrip("/") + (f"/s/{space}" if space else "")
     headers = {"kbn-xsrf": "true"}

@@ -33,10 +33,11 @@ from warmcache.bootstrap import build_store
 from warmcache.config import parse_config
 from warmcache.layout import HostRecords, Keys
 from warmcache.ports import CoordinationStore
+from warmcache.resources import config_dir
 from warmcache.rules import RuleBook, read_rules_file
 
 MARKER = ".warmcache-quickstart"
-CHECKOUT_CONFIG = Path(__file__).resolve().parent.parent / "config"
+EXAMPLE_CONFIG = config_dir()  # the shipped example configs (warmcache/data/config)
 
 
 class QuickstartError(Exception):
@@ -72,7 +73,7 @@ class QuickstartStack:
     port: int = 8080
     instances: int = 2
     topology: Topology = field(default_factory=Topology)
-    config_dir: Path = CHECKOUT_CONFIG
+    config_dir: Path = EXAMPLE_CONFIG
     create_delay_s: float = 0.2
     cycle_interval_s: float = 5.0
     leader_ttl_s: float = 5.0
@@ -126,8 +127,8 @@ class QuickstartStack:
 
     def _real_vm_host(self) -> Any:
         """libvirtd up (started here if needed) and the guest image ready."""
-        from agent.guest import GuestImageError, default_cache, prepare
-        from agent.libvirtd import Libvirtd, LibvirtdUnavailable
+        from warmcache_agent.guest import GuestImageError, default_cache, prepare
+        from warmcache_agent.libvirtd import Libvirtd, LibvirtdUnavailable
 
         self._libvirtd = Libvirtd(self.state_dir / "libvirtd")
         try:
@@ -143,7 +144,7 @@ class QuickstartStack:
             adir = self.state_dir / "agents" / hv
             adir.mkdir(parents=True, exist_ok=True)
             if image is not None:
-                from agent.guest import agent_config_toml
+                from warmcache_agent.guest import agent_config_toml
 
                 (adir / "agent.toml").write_text(
                     agent_config_toml(image, hypervisor=hv, rack=rack, az=az)
@@ -152,7 +153,13 @@ class QuickstartStack:
                 sock = adir / "agent.sock"
                 self._spawn(
                     f"agent-{hv}",
-                    ["agent", "--socket", str(sock), "--config", str(adir / "agent.toml")],
+                    [
+                        "warmcache_agent",
+                        "--socket",
+                        str(sock),
+                        "--config",
+                        str(adir / "agent.toml"),
+                    ],
                 )
                 sockets.append(str(sock))
                 continue
@@ -169,7 +176,7 @@ class QuickstartStack:
             sock = adir / "agent.sock"
             self._spawn(
                 f"agent-{hv}",
-                ["agent", "--socket", str(sock), "--config", str(adir / "agent.toml")],
+                ["warmcache_agent", "--socket", str(sock), "--config", str(adir / "agent.toml")],
             )
             sockets.append(str(sock))
         return sockets

@@ -30,11 +30,11 @@ def agent(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HostAgent]
         sim.close()
         return
     request.getfixturevalue("libvirt_available")
-    from agent.config import AgentConfig, Resources
-    from agent.daemon import AgentServer
-    from agent.libvirt_driver import LibvirtDriver
-    from agent.operations import HostAgentService
     from warmcache.adapters.agent_client import AgentClient
+    from warmcache_agent.config import AgentConfig, Resources
+    from warmcache_agent.daemon import AgentServer
+    from warmcache_agent.libvirt_driver import LibvirtDriver
+    from warmcache_agent.operations import HostAgentService
 
     config = AgentConfig(
         hypervisor="h1",

@@ -18,10 +18,6 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.config import AgentConfig, Resources
-from agent.daemon import AgentServer
-from agent.operations import HostAgentService
-from agent.proxy import ProxyServer, server_context
 from tests.certs import Issued, TestCA
 from tests.polling import wait_for
 from warmcache.adapters.agent_client import AgentClient, AgentTls
@@ -29,6 +25,10 @@ from warmcache.errors import AgentRejected, AgentUnavailable
 from warmcache.layout import Keys
 from warmcache.model import Flavor
 from warmcache.ports import VmSpec
+from warmcache_agent.config import AgentConfig, Resources
+from warmcache_agent.daemon import AgentServer
+from warmcache_agent.operations import HostAgentService
+from warmcache_agent.proxy import ProxyServer, server_context
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.usefixtures("libvirt_available")]
 
@@ -59,7 +59,7 @@ def serve(server: Any) -> threading.Thread:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    from agent.libvirt_driver import LibvirtDriver
+    from warmcache_agent.libvirt_driver import LibvirtDriver
 
     ca = TestCA(tmp_path, "fleet")
     server_cert = ca.issue("proxy", server=True)
@@ -301,7 +301,7 @@ def test_a_wrong_method_is_405_with_allow(rig: Rig) -> None:
 def test_idle_and_half_sent_connections_are_closed(tmp_path: Path) -> None:
     """A proxy of its own with a 0.5 s idle timeout: a connection that sends
     nothing, or half a request, is closed by the proxy."""
-    from agent.config import ServerLimits
+    from warmcache_agent.config import ServerLimits
 
     ca = TestCA(tmp_path, "fleet")
     cert, client = ca.issue("proxy", server=True), ca.issue("wc", server=False)
@@ -348,7 +348,7 @@ def test_a_client_that_goes_away_costs_one_log_line(
 
 
 def test_beyond_its_workers_and_queue_the_proxy_answers_busy(tmp_path: Path) -> None:
-    from agent.config import ServerLimits
+    from warmcache_agent.config import ServerLimits
 
     ca = TestCA(tmp_path, "fleet")
     cert, client = ca.issue("proxy", server=True), ca.issue("wc", server=False)

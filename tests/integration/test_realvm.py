@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from agent.guest import agent_config_toml
 from tests.conftest import unavailable
 from tests.polling import wait_for
 from warmcache.adapters.agent_client import AgentClient
 from warmcache.errors import AgentError, AgentVmExists, AgentVmNotFound
 from warmcache.model import Flavor
 from warmcache.ports import VmSpec
+from warmcache_agent.guest import agent_config_toml
 
 pytestmark = [pytest.mark.realvm, pytest.mark.slow, pytest.mark.integration]
 
@@ -40,8 +40,8 @@ def real_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     except ImportError:
         unavailable("realvm", "libvirt-python is not installed")
 
-    from agent.guest import GuestImageError, default_cache, prepare
-    from agent.libvirtd import Libvirtd, LibvirtdUnavailable
+    from warmcache_agent.guest import GuestImageError, default_cache, prepare
+    from warmcache_agent.libvirtd import Libvirtd, LibvirtdUnavailable
 
     daemons = Libvirtd(tmp_path_factory.mktemp("libvirtd"))
     try:
@@ -69,7 +69,7 @@ class AgentProcess:
             [
                 sys.executable,
                 "-m",
-                "agent",
+                "warmcache_agent",
                 "--socket",
                 str(self.socket),
                 "--config",

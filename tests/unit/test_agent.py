@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, Resources
-from agent.daemon import AgentServer, handle_line
-from agent.lockfile import Allocation, Lockfile
-from agent.operations import AgentFault, HostAgentService
 from tests.polling import wait_for
 from warmcache.adapters.agent_client import AgentClient
 from warmcache.errors import AgentRejected, AgentUnavailable, InsufficientHostCapacity
 from warmcache.model import Flavor
 from warmcache.ports import VmSpec
+from warmcache_agent.config import AgentConfig, Resources
+from warmcache_agent.daemon import AgentServer, handle_line
+from warmcache_agent.lockfile import Allocation, Lockfile
+from warmcache_agent.operations import AgentFault, HostAgentService
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.usefixtures("libvirt_available")]
 
@@ -40,7 +40,7 @@ def config(tmp_path: Path, vcpus: int = 16) -> AgentConfig:
 
 @pytest.fixture
 def host(tmp_path: Path) -> HostAgentService:
-    from agent.libvirt_driver import LibvirtDriver
+    from warmcache_agent.libvirt_driver import LibvirtDriver
 
     return HostAgentService(config(tmp_path), LibvirtDriver("test:///default"))
 
@@ -101,7 +101,7 @@ def test_50_concurrent_creates_never_overcommit(host: HostAgentService) -> None:
 
 
 def test_restart_drops_creates_that_never_reached_libvirt(tmp_path: Path) -> None:
-    from agent.libvirt_driver import LibvirtDriver
+    from warmcache_agent.libvirt_driver import LibvirtDriver
 
     lock = Lockfile(tmp_path / "lockfile.json", Resources(vcpus=14, memory_mib=1, disk_gib=1))
     lock._vms["ghost"] = Allocation("ghost", "small", 2, 0, 0, None, "creating")
@@ -161,7 +161,7 @@ def test_unreachable_agent_is_transient(tmp_path: Path) -> None:
 def test_pinning_reaches_the_domain_and_the_lockfile(tmp_path: Path) -> None:
     import xml.etree.ElementTree as ET
 
-    from agent.libvirt_driver import LibvirtDriver
+    from warmcache_agent.libvirt_driver import LibvirtDriver
 
     cfg = config(tmp_path).model_copy(update={"numa_nodes": 2})  # 2 x 8 CPUs
     driver = LibvirtDriver("test:///default")
@@ -199,7 +199,7 @@ def test_the_agent_never_touches_a_domain_it_does_not_manage(tmp_path: Path) -> 
     same for a domain named in reconcile_ignore even if the agent has it."""
     import libvirt
 
-    from agent.libvirt_driver import LibvirtDriver
+    from warmcache_agent.libvirt_driver import LibvirtDriver
 
     driver = LibvirtDriver("test:///default")
     cfg = config(tmp_path).model_copy(update={"reconcile_ignore": ("ignored",)})
@@ -245,8 +245,8 @@ def test_idle_connections_cost_no_threads_past_the_bound_and_are_closed(tmp_path
     import socket as socket_
     import time
 
-    from agent.config import ServerLimits
-    from agent.libvirt_driver import LibvirtDriver
+    from warmcache_agent.config import ServerLimits
+    from warmcache_agent.libvirt_driver import LibvirtDriver
 
     cfg = config(tmp_path).model_copy(
         update={"server": ServerLimits(workers=4, queue=4, idle_timeout_s=0.5)}

@@ -16,13 +16,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agent.config import AgentConfig, Resources
-from agent.daemon import handle_line
-from agent.operations import HostAgentService
 from warmcache.adapters.file_catalog import FileFlavorCatalog
 from warmcache.errors import ConfigError
 from warmcache.model import BuildRule, Flavor
 from warmcache.wire import AGENT_ERROR_CODES, REQUEST_ADAPTER
+from warmcache_agent.config import AgentConfig, Resources
+from warmcache_agent.daemon import handle_line
+from warmcache_agent.operations import HostAgentService
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.usefixtures("libvirt_available")]
 
@@ -31,7 +31,7 @@ RESERVED = Resources(vcpus=2, memory_mib=4096, disk_gib=50)
 
 
 def agent_in(state_dir: Path, pin: bool = True) -> HostAgentService:
-    from agent.libvirt_driver import LibvirtDriver
+    from warmcache_agent.libvirt_driver import LibvirtDriver
 
     cfg = AgentConfig(
         hypervisor="h1",

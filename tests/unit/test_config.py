@@ -8,7 +8,7 @@ from warmcache.bootstrap import build, check_kinds
 from warmcache.config import load_config, parse_config
 from warmcache.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+CONFIG_DIR = (Path(__file__).resolve().parents[2] / "config").resolve()  # warmcache/data/config
 
 
 def test_example_service_config_parses() -> None:
@@ -72,7 +72,7 @@ def test_build_assembles_a_working_service(tmp_path: Path) -> None:
 
 
 def test_the_production_examples_parse() -> None:
-    from agent.config import load_agent_config
+    from warmcache_agent.config import load_agent_config
 
     config = load_config(CONFIG_DIR / "production.example.toml", environ={})
     check_kinds(config)

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from agent import cloudinit, disks
-from agent.config import AgentConfig, Resources
-from agent.operations import AgentFault, HostAgentService
 from warmcache.model import Flavor
 from warmcache.ports import VmSpec
+from warmcache_agent import cloudinit, disks
+from warmcache_agent.config import AgentConfig, Resources
+from warmcache_agent.operations import AgentFault, HostAgentService
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.usefixtures("libvirt_available")]
 
@@ -28,7 +28,7 @@ class RecordingDriver:
     """libvirt's test driver cannot hot-plug; record what would be plugged."""
 
     def __init__(self, host: Any = None) -> None:
-        from agent.libvirt_driver import LibvirtDriver
+        from warmcache_agent.libvirt_driver import LibvirtDriver
 
         self.inner = LibvirtDriver("test:///default")
         self.attached: list[str] = []
@@ -49,7 +49,7 @@ class RecordingDriver:
 
 
 def make_host(tmp_path: Path, driver: Any = None, memory_mib: int = 16384) -> HostAgentService:
-    from agent.libvirt_driver import LibvirtDriver
+    from warmcache_agent.libvirt_driver import LibvirtDriver
 
     cfg = AgentConfig(
         hypervisor="h1",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from agent.inventory import InventoryPublisher
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.clock import ManualClock
 from warmcache.inventory import HostView
 from warmcache.layout import Keys
 from warmcache.model import HostFacts
+from warmcache_agent.inventory import InventoryPublisher
 
 KEYS = Keys("wc")
 

@@ -124,9 +124,9 @@ def test_the_lines_of_an_acquisition_carry_its_claim_id(
 
 @pytest.mark.parametrize("command", ["serve", "agent", "proxy"])
 def test_every_process_takes_the_log_options(command: str) -> None:
-    from agent.daemon import main as agent_main
-    from agent.proxy import main as proxy_main
     from warmcache.cli import main
+    from warmcache_agent.daemon import main as agent_main
+    from warmcache_agent.proxy import main as proxy_main
 
     cli: Any = {"serve": main, "agent": agent_main, "proxy": proxy_main}[command]
     args = ["serve", "--help"] if command == "serve" else ["--help"]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.numa import NumaRejected, Pin, Topology, free_per_node, place, plan
+from warmcache_agent.numa import NumaRejected, Pin, Topology, free_per_node, place, plan
 
 topologies = st.builds(
     lambda sizes, reserve: Topology(

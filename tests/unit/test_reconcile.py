@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agent.config import AgentConfig, Resources
-from agent.daemon import AgentServer, main
-from agent.operations import HostAgentService
-from agent.reconcile import reconcile
 from warmcache.layout import Keys
 from warmcache.model import Flavor
 from warmcache.ports import VmSpec
 from warmcache.service import WarmCache
+from warmcache_agent.config import AgentConfig, Resources
+from warmcache_agent.daemon import AgentServer, main
+from warmcache_agent.operations import HostAgentService
+from warmcache_agent.reconcile import reconcile
 
 SMALL = Flavor(name="small", vcpus=2, memory_mib=2048, disk_gib=10)
 
@@ -51,7 +51,7 @@ def test_without_the_store_only_libvirt_and_the_lockfile_are_compared() -> None:
 @pytest.mark.libvirt
 @pytest.mark.usefixtures("libvirt_available")
 def test_the_agent_reports_and_deletes_nothing(tmp_path: Path) -> None:
-    from agent.libvirt_driver import LibvirtDriver
+    from warmcache_agent.libvirt_driver import LibvirtDriver
 
     driver = LibvirtDriver("test:///default")
     published: list[list] = []  # type: ignore[type-arg]

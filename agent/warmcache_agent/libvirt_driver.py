@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from agent.config import GuestBootConfig
-from agent.guest import HEALTH_CHANNEL, READY
 from warmcache.ports import Pinning, VmSpec
+from warmcache_agent.config import GuestBootConfig
+from warmcache_agent.guest import HEALTH_CHANNEL, READY
 
 try:
     import libvirt

@@ -14,11 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent import cloudinit, disks, numa
-from agent.config import AgentConfig, Resources
-from agent.libvirt_driver import HypervisorFailure
-from agent.lockfile import Allocation, AlreadyAllocated, CapacityExceeded, Lockfile
-from agent.reconcile import Finding, reconcile
 from warmcache.agent_codes import AgentCode
 from warmcache.errors import WarmCacheError
 from warmcache.model import HostFacts
@@ -31,6 +26,11 @@ from warmcache.wire import (
     DetachDiskRequest,
     NamedRequest,
 )
+from warmcache_agent import cloudinit, disks, numa
+from warmcache_agent.config import AgentConfig, Resources
+from warmcache_agent.libvirt_driver import HypervisorFailure
+from warmcache_agent.lockfile import Allocation, AlreadyAllocated, CapacityExceeded, Lockfile
+from warmcache_agent.reconcile import Finding, reconcile
 
 log = logging.getLogger(__name__)
 

@@ -21,18 +21,18 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from agent.bounded import BoundedServer
-from agent.config import AgentConfig, load_agent_config
-from agent.inventory import InventoryPublisher
-from agent.libvirt_driver import HypervisorFailure, LibvirtDriver
-from agent.operations import AgentFault, HostAgentService
-from agent.reconcile import Finding
 from warmcache.agent_codes import AgentCode
 from warmcache.errors import ConfigError, InvalidRequest, StoreError
 from warmcache.layout import Keys, PoolRecords
 from warmcache.logs import log_options, setup_logging
 from warmcache.ports import CoordinationStore
 from warmcache.wire import MAX_LINE_BYTES, REQUEST_ADAPTER, error, ok
+from warmcache_agent.bounded import BoundedServer
+from warmcache_agent.config import AgentConfig, load_agent_config
+from warmcache_agent.inventory import InventoryPublisher
+from warmcache_agent.libvirt_driver import HypervisorFailure, LibvirtDriver
+from warmcache_agent.operations import AgentFault, HostAgentService
+from warmcache_agent.reconcile import Finding
 
 log = logging.getLogger("warmcache.agent")
 

@@ -32,12 +32,12 @@ import click
 import h11
 from pydantic import ValidationError
 
-from agent.bounded import BoundedServer
-from agent.config import ServerLimits
 from warmcache.agent_codes import AgentCode
 from warmcache.errors import InvalidRequest
 from warmcache.logs import log_options, setup_logging
 from warmcache.wire import MAX_LINE_BYTES, REQUEST_ADAPTER, error
+from warmcache_agent.bounded import BoundedServer
+from warmcache_agent.config import ServerLimits
 
 log = logging.getLogger("warmcache.proxy")
 
@@ -393,5 +393,5 @@ def main(
         server.server_close()
 
 
-if __name__ == "__main__":  # python -m agent.proxy, as warmcache-proxy
+if __name__ == "__main__":  # python -m warmcache_agent.proxy, as warmcache-proxy
     main()

@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from agent.config import Resources
 from warmcache.ports import Pinning
+from warmcache_agent.config import Resources
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent.numa import Topology
 from warmcache.config import PATH_OPTIONS, StoreConnection
 from warmcache.errors import ConfigError
 from warmcache.model import NAME_PATTERN
+from warmcache_agent.numa import Topology
 
 
 class Resources(BaseModel):

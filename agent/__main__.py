@@ -1,3 +1,0 @@
-from agent.daemon import main
-
-main()

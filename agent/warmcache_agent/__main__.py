@@ -1,0 +1,3 @@
+from warmcache_agent.daemon import main
+
+main()
