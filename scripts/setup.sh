@@ -14,7 +14,7 @@ need=(libvirt-dev libvirt-daemon pkg-config gcc qemu-utils)
 # namespaces with nftables for partition tests
 [ "$mode" = test ] && need+=(etcd-server etcd-client libvirt-clients libvirt-daemon-driver-qemu
                              qemu-system-x86 busybox-static chromium chromium-driver iproute2
-                             nftables)
+                             nftables systemd)
 
 py_include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$py_include/Python.h" ] || need+=(python3-dev)
