@@ -10,11 +10,12 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 need=(libvirt-dev libvirt-daemon pkg-config gcc qemu-utils)
 # tests also boot real QEMU guests under libvirtd (software emulation here),
-# render the dashboard in a real headless browser, and put hosts in network
-# namespaces with nftables for partition tests
+# render the dashboard in a real headless browser, put hosts in network
+# namespaces with nftables for partition tests, check the systemd units with
+# systemd-analyze and the Prometheus alert rules with promtool (prometheus)
 [ "$mode" = test ] && need+=(etcd-server etcd-client libvirt-clients libvirt-daemon-driver-qemu
                              qemu-system-x86 busybox-static chromium chromium-driver iproute2
-                             nftables systemd)
+                             nftables systemd prometheus)
 
 py_include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$py_include/Python.h" ] || need+=(python3-dev)

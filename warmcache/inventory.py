@@ -10,6 +10,7 @@ the whole fleet per cycle or per VM, and a host is found by a dict lookup.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 from warmcache.model import HostFacts
@@ -23,6 +24,7 @@ PresenceListener = Callable[[str, bool], None]
 class HostView(PrefixView[HostFacts]):
     def __init__(self, store: CoordinationStore, hosts_dir: str) -> None:
         self._by_hv: dict[str, HostFacts] = {}
+        self._per_az: Counter[str] = Counter()  # kept with _by_hv: O(1) per change
         self._listeners: list[PresenceListener] = []
         super().__init__(store, hosts_dir, lambda _key, value: HostFacts.model_validate_json(value))
 
@@ -36,6 +38,11 @@ class HostView(PrefixView[HostFacts]):
     def count(self) -> int:
         return len(self._by_hv)
 
+    def count_by_az(self) -> dict[str, int]:
+        """Heartbeating hosts per AZ (O(AZs), whatever the fleet's size)."""
+        with self._lock:
+            return {az: n for az, n in self._per_az.items() if n}
+
     def subscribe(self, listener: PresenceListener) -> None:
         """``listener`` hears of every host present now, then of every
         arrival and departure (from the thread that applies the change)."""
@@ -46,13 +53,17 @@ class HostView(PrefixView[HostFacts]):
 
     def _changed(self, key: str, old: HostFacts | None, new: HostFacts | None) -> None:
         if old is not None and (new is None or new.hypervisor != old.hypervisor):
-            del self._by_hv[old.hypervisor]
+            gone = self._by_hv.pop(old.hypervisor)
+            self._per_az[gone.az] -= 1
             for listener in self._listeners:
                 listener(old.hypervisor, False)
         if new is not None:
-            arrived = new.hypervisor not in self._by_hv
+            previous = self._by_hv.get(new.hypervisor)
+            if previous is not None:
+                self._per_az[previous.az] -= 1
             self._by_hv[new.hypervisor] = new
-            if arrived:
+            self._per_az[new.az] += 1
+            if previous is None:
                 for listener in self._listeners:
                     listener(new.hypervisor, True)
 

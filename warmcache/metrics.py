@@ -11,6 +11,7 @@ one process (tests, embedding) never collide.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -20,16 +21,25 @@ from warmcache.model import PoolSummary
 from warmcache.ports import Event, EventSink
 
 
+@dataclass(frozen=True)
+class Readings:
+    """What the service is asked at scrape time (each cheap: the pool index,
+    the host view's per-AZ counts, one store read for the last cycle)."""
+
+    pools: Callable[[], list[PoolSummary]]
+    hosts_by_az: Callable[[], dict[str, int]]
+    claims: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (transactions, conflicts)
+    last_cycle_finished_at: Callable[[], float | None] = lambda: None
+    low_water_ratio: float = 0.5
+    cycle_interval_s: float = 900.0
+
+
 class _PoolCollector(Collector):
-    def __init__(
-        self,
-        pools: Callable[[], list[PoolSummary]],
-        hosts: Callable[[], int],
-        claims: Callable[[], tuple[int, int]],
-    ) -> None:
-        self._pools = pools
-        self._hosts = hosts
-        self._claims = claims
+    """Every instance exports the whole pool (the same numbers): dashboards
+    and alerts take ``max`` over instances, never ``sum``."""
+
+    def __init__(self, readings: Readings) -> None:
+        self._r = readings
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         vms = GaugeMetricFamily(
@@ -40,20 +50,44 @@ class _PoolCollector(Collector):
         target = GaugeMetricFamily(
             "warmcache_pool_target_vms", "Target pool size (rule)", labels=["az", "flavor"]
         )
-        for p in self._pools():
+        low_water = GaugeMetricFamily(
+            "warmcache_pool_low_water_vms",
+            "Acquirable VMs below which an acquisition triggers an early cycle",
+            labels=["az", "flavor"],
+        )
+        pools = self._r.pools()
+        for p in pools:
             for state in ("ready", "reserved", "building"):
                 vms.add_metric([p.az, p.flavor, state], getattr(p, state))
             target.add_metric([p.az, p.flavor], p.target)
+            low_water.add_metric([p.az, p.flavor], p.target * self._r.low_water_ratio)
         yield vms
         yield target
-        yield GaugeMetricFamily(
+        yield low_water
+        heartbeating = GaugeMetricFamily(
             "warmcache_agents_heartbeating",
-            "Hypervisors whose agent heartbeat is live",
-            value=self._hosts(),
+            "Hypervisors whose agent heartbeat is live, per AZ (0 for an AZ with pools)",
+            labels=["az"],
+        )
+        by_az = {p.az: 0 for p in pools} | self._r.hosts_by_az()
+        for az, count in sorted(by_az.items()):
+            heartbeating.add_metric([az], count)
+        yield heartbeating
+        finished_at = self._r.last_cycle_finished_at()
+        if finished_at is not None:
+            yield GaugeMetricFamily(
+                "warmcache_last_cycle_finished_timestamp_seconds",
+                "When the last complete build cycle (any leader) finished",
+                value=finished_at,
+            )
+        yield GaugeMetricFamily(
+            "warmcache_cycle_interval_seconds",
+            "service.cycle_interval_s: build cycles come at least this often",
+            value=self._r.cycle_interval_s,
         )
         # Acquisitions per transaction is how well group commit batches;
         # conflicts, how often instances reached for the same VM.
-        transactions, conflicts = self._claims()
+        transactions, conflicts = self._r.claims()
         yield CounterMetricFamily(
             "warmcache_claim_transactions",
             "Store transactions sent for claims (one per batch)",
@@ -113,14 +147,9 @@ class MetricsEvents:
         )
         events_dropped.set_function(lambda: float(inner.dropped))
 
-    def watch_pools(
-        self,
-        pools: Callable[[], list[PoolSummary]],
-        hosts: Callable[[], int],
-        claims: Callable[[], tuple[int, int]] = lambda: (0, 0),
-    ) -> None:
-        """``claims``: (transactions sent, conflicts lost) of the claimer."""
-        self.registry.register(_PoolCollector(pools, hosts, claims))
+    def watch_pools(self, readings: Readings) -> None:
+        """Export what ``readings`` reads at every scrape."""
+        self.registry.register(_PoolCollector(readings))
 
     def emit(self, event: Event) -> None:
         self._inner.emit(event)

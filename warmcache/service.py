@@ -31,7 +31,7 @@ from warmcache.errors import UnknownRule
 from warmcache.health.poller import HealthPoller
 from warmcache.jobs import service_jobs
 from warmcache.leader.duty import LeaderDuty
-from warmcache.metrics import MetricsEvents
+from warmcache.metrics import MetricsEvents, Readings
 from warmcache.model import SERVICE_NAME, Mode, PoolInstance, PoolSummary
 from warmcache.ports import (
     AlertSink,
@@ -90,9 +90,14 @@ class WarmCache:
         self.health = HealthPoller(ctx)
         self.registration = ServiceRegistration(store, config)
         self.metrics.watch_pools(
-            self.pools,
-            self.hosts.count,
-            lambda: (self.acquirer.claimer.batches, self.acquirer.claimer.conflicts),
+            Readings(
+                pools=self.pools,
+                hosts_by_az=self.hosts.count_by_az,
+                claims=lambda: (self.acquirer.claimer.batches, self.acquirer.claimer.conflicts),
+                last_cycle_finished_at=self.duty.last_completed_at,
+                low_water_ratio=config.low_water_ratio,
+                cycle_interval_s=config.cycle_interval_s,
+            )
         )
         self._readiness = Readiness.of_service(ctx)
         self.scheduler = service_jobs(

@@ -8,6 +8,7 @@ is installed."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -31,9 +32,27 @@ def run(args: list[str], cwd: Path, timeout_s: float = 600) -> str:
 
 
 def test_the_wheel_runs_outside_the_checkout(tmp_path: Path) -> None:
+    # Built from a copy, so the checkout gets no build/ or *.egg-info.
+    source = tmp_path / "source"
+    shutil.copytree(
+        CHECKOUT,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            ".*_cache",
+            "test-artifacts",
+            ".state",
+        ),
+    )
     dist = tmp_path / "dist"
     run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(CHECKOUT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(source)],
         cwd=tmp_path,
     )
     [wheel] = dist.glob("warmcache-*.whl")

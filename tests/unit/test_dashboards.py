@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from warmcache.adapters.elasticsearch_events import MAPPINGS
@@ -65,14 +68,77 @@ def test_every_grafana_metric_is_exported(service: WarmCache) -> None:
         if line and not line.startswith("#")
     }
     exported |= {line.split()[2] for line in scraped.splitlines() if line.startswith("# TYPE")}
-    grafana = json.loads((DASHBOARDS / "grafana.json").read_text())
     used = {
         name
-        for panel in grafana["panels"]
-        for target in panel["targets"]
-        for name in re.findall(r"warmcache_[a-z_]+", target["expr"])
+        for expr in grafana_exprs() + alert_exprs()
+        for name in re.findall(r"warmcache_[a-z_]+", expr)
     }
     assert used and used <= exported, used - exported
+
+
+def grafana_exprs() -> list[str]:
+    grafana = json.loads((DASHBOARDS / "grafana.json").read_text())
+    return [target["expr"] for panel in grafana["panels"] for target in panel["targets"]]
+
+
+def alert_exprs() -> list[str]:
+    import yaml  # PyYAML, which schemathesis brings
+
+    rules = yaml.safe_load((DASHBOARDS / "prometheus-alerts.yml").read_text())
+    return [" ".join(rule["expr"].split()) for group in rules["groups"] for rule in group["rules"]]
+
+
+# Gauges every instance exports whole (the same numbers): summed over
+# instances they would be multiplied by the number of instances.
+WHOLE_POOL = (
+    "warmcache_pool_vms",
+    "warmcache_pool_target_vms",
+    "warmcache_pool_low_water_vms",
+    "warmcache_agents_heartbeating",
+    "warmcache_last_cycle_finished_timestamp_seconds",
+)
+
+
+def test_no_panel_or_alert_sums_what_every_instance_exports_whole() -> None:
+    for expr in grafana_exprs() + alert_exprs():
+        for name in WHOLE_POOL:
+            assert not re.search(rf"sum\b[^()]*(\([^()]*\))?\s*\(\s*{name}", expr), expr
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if not found:
+        pytest.skip("no promtool (apt-get install prometheus)")
+    return found
+
+
+def test_the_alert_rules_are_valid_and_fire_when_they_should() -> None:
+    tool = promtool()
+    for args in (
+        ["check", "rules", "prometheus-alerts.yml"],
+        ["test", "rules", "prometheus-alerts.test.yml"],
+    ):
+        done = subprocess.run(
+            [tool, *args], cwd=DASHBOARDS, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_grafana_query_is_valid_promql(tmp_path: Path) -> None:
+    rules = "groups:\n  - name: grafana\n    rules:\n" + "".join(
+        f"      - record: warmcache:grafana_{i}\n        expr: {json.dumps(expr)}\n"
+        for i, expr in enumerate(grafana_exprs())
+    )
+    (tmp_path / "grafana-rules.yml").write_text(rules)
+    done = subprocess.run(
+        [promtool(), "check", "rules", "grafana-rules.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_import_speaks_the_saved_objects_api() -> None:

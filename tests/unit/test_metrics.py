@@ -44,7 +44,12 @@ def test_metrics_follow_what_the_service_does(service: WarmCache) -> None:
     assert m[("warmcache_acquire_seconds_count", ())] == 1
     assert m[("warmcache_leader", ())] == 0  # released after the cycle
     assert m[("warmcache_leadership_events_total", (("event", "elected"),))] == 1
-    assert m[("warmcache_agents_heartbeating", ())] == 12
+    heartbeating = {k[1]: v for k, v in m.items() if k[0] == "warmcache_agents_heartbeating"}
+    assert sum(heartbeating.values()) == 12 and heartbeating[(("az", "az1"),)] > 0
+    assert m[("warmcache_pool_low_water_vms", pool)] == 3  # 6 x low_water_ratio 0.5
+    last = m[("warmcache_last_cycle_finished_timestamp_seconds", ())]
+    assert last == service.last_cycle.finished_at  # type: ignore[union-attr]
+    assert m[("warmcache_cycle_interval_seconds", ())] == service.config.cycle_interval_s
     # one claim transaction: the failed acquisition never reached the store
     assert m[("warmcache_claim_transactions_total", ())] == 1
     assert m[("warmcache_claim_conflicts_total", ())] == 0

@@ -12,6 +12,7 @@ import random
 import threading
 from collections.abc import Callable
 
+from warmcache import deadline
 from warmcache.acquire.claims import ClaimLog
 from warmcache.builders.cycle import BuildCycle, CycleReport
 from warmcache.builders.findings import report_findings
@@ -110,6 +111,21 @@ class LeaderDuty:
             subject, body = report.render()
             self._alerts.alert(subject, body)
         return report
+
+    def last_completed_at(self) -> float | None:
+        """When the last complete cycle (any leader's) finished, from its
+        record in the store; ``None`` if none did or the store does not answer."""
+        try:
+            with deadline.within(1.0):
+                stored = self._store.get(self._keys.last_cycle())
+        except StoreError:
+            return None
+        if stored is None:
+            return None
+        try:
+            return float(json.loads(stored.value)["finished_at"])
+        except (ValueError, KeyError, TypeError):
+            return None
 
     def cycle_job(self) -> float:
         """One scheduled cycle; an unclean one is retried sooner."""
