@@ -55,8 +55,15 @@ class _PoolCollector(Collector):
             "Acquirable VMs below which an acquisition triggers an early cycle",
             labels=["az", "flavor"],
         )
+        per_rack = GaugeMetricFamily(
+            "warmcache_pool_rack_ready_vms",
+            "Ready VMs per pool and rack (what rack-aware acquisitions draw on)",
+            labels=["az", "flavor", "rack"],
+        )
         pools = self._r.pools()
         for p in pools:
+            for rack, ready in sorted(p.ready_by_rack.items()):
+                per_rack.add_metric([p.az, p.flavor, rack], ready)
             for state in ("ready", "reserved", "building"):
                 vms.add_metric([p.az, p.flavor, state], getattr(p, state))
             target.add_metric([p.az, p.flavor], p.target)
@@ -64,6 +71,7 @@ class _PoolCollector(Collector):
         yield vms
         yield target
         yield low_water
+        yield per_rack
         heartbeating = GaugeMetricFamily(
             "warmcache_agents_heartbeating",
             "Hypervisors whose agent heartbeat is live, per AZ (0 for an AZ with pools)",

@@ -47,6 +47,8 @@ def test_metrics_follow_what_the_service_does(service: WarmCache) -> None:
     heartbeating = {k[1]: v for k, v in m.items() if k[0] == "warmcache_agents_heartbeating"}
     assert sum(heartbeating.values()) == 12 and heartbeating[(("az", "az1"),)] > 0
     assert m[("warmcache_pool_low_water_vms", pool)] == 3  # 6 x low_water_ratio 0.5
+    racks = [v for k, v in m.items() if k[0] == "warmcache_pool_rack_ready_vms"]
+    assert len(racks) == 3 and sum(racks) == 5  # min_fault_domain 3: on 3 racks
     last = m[("warmcache_last_cycle_finished_timestamp_seconds", ())]
     assert last == service.last_cycle.finished_at  # type: ignore[union-attr]
     assert m[("warmcache_cycle_interval_seconds", ())] == service.config.cycle_interval_s
