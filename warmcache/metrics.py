@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -19,6 +20,9 @@ from prometheus_client.registry import Collector
 
 from warmcache.model import PoolSummary
 from warmcache.ports import Event, EventSink
+
+if TYPE_CHECKING:
+    from warmcache.service import WarmCache
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,20 @@ class MetricsEvents:
     def watch_pools(self, readings: Readings) -> None:
         """Export what ``readings`` reads at every scrape."""
         self.registry.register(_PoolCollector(readings))
+
+    def watch_service(self, service: WarmCache) -> None:
+        """Export the pools, hosts, claims and cycles of ``service``."""
+        claimer = service.acquirer.claimer
+        self.watch_pools(
+            Readings(
+                pools=service.pools,
+                hosts_by_az=service.hosts.count_by_az,
+                claims=lambda: (claimer.batches, claimer.conflicts),
+                last_cycle_finished_at=service.duty.last_completed_at,
+                low_water_ratio=service.config.low_water_ratio,
+                cycle_interval_s=service.config.cycle_interval_s,
+            )
+        )
 
     def emit(self, event: Event) -> None:
         self._inner.emit(event)

@@ -27,11 +27,10 @@ from warmcache.approvals import Approvals
 from warmcache.builders.cycle import CycleReport
 from warmcache.config import Config, ServiceConfig
 from warmcache.context import ServiceContext
-from warmcache.errors import UnknownRule
 from warmcache.health.poller import HealthPoller
 from warmcache.jobs import service_jobs
 from warmcache.leader.duty import LeaderDuty
-from warmcache.metrics import MetricsEvents, Readings
+from warmcache.metrics import MetricsEvents
 from warmcache.model import SERVICE_NAME, Mode, PoolInstance, PoolSummary
 from warmcache.ports import (
     AlertSink,
@@ -89,16 +88,7 @@ class WarmCache:
         self.approvals = Approvals(ctx, ttl_s=config.requests_ttl_s)
         self.health = HealthPoller(ctx)
         self.registration = ServiceRegistration(store, config)
-        self.metrics.watch_pools(
-            Readings(
-                pools=self.pools,
-                hosts_by_az=self.hosts.count_by_az,
-                claims=lambda: (self.acquirer.claimer.batches, self.acquirer.claimer.conflicts),
-                last_cycle_finished_at=self.duty.last_completed_at,
-                low_water_ratio=config.low_water_ratio,
-                cycle_interval_s=config.cycle_interval_s,
-            )
-        )
+        self.metrics.watch_service(self)
         self._readiness = Readiness.of_service(ctx)
         self.scheduler = service_jobs(
             config,
@@ -169,10 +159,7 @@ class WarmCache:
 
     def explain(self, az: str, flavor: str) -> dict[str, object]:
         """Dry-run placement for one pool (``warmcache explain``)."""
-        rule = self.rules.get(az, flavor)
-        if rule is None:
-            raise UnknownRule(az, flavor)
-        return self.duty.cycle.dry_run(az, flavor, rule)
+        return self.duty.explain(az, flavor, self.rules.get(az, flavor))
 
     def readiness(self) -> dict[str, dict[str, Any]]:
         """The store, the flavor catalog and the event sink, each asked with

@@ -17,10 +17,10 @@ from warmcache.acquire.claims import ClaimLog
 from warmcache.builders.cycle import BuildCycle, CycleReport
 from warmcache.builders.findings import report_findings
 from warmcache.context import ServiceContext
-from warmcache.errors import LeadershipLost, StoreError, WarmCacheError
+from warmcache.errors import LeadershipLost, StoreError, UnknownRule, WarmCacheError
 from warmcache.leader.election import LeaderElection, Leadership, watch_poll_s
 from warmcache.logs import log_context
-from warmcache.model import PoolSummary
+from warmcache.model import BuildRule, PoolSummary
 from warmcache.placement.pipeline import default_pipeline
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,12 @@ class LeaderDuty:
             subject, body = report.render()
             self._alerts.alert(subject, body)
         return report
+
+    def explain(self, az: str, flavor: str, rule: BuildRule | None) -> dict[str, object]:
+        """What a cycle would build for one pool now (``warmcache explain``)."""
+        if rule is None:
+            raise UnknownRule(az, flavor)
+        return self.cycle.dry_run(az, flavor, rule)
 
     def last_completed_at(self) -> float | None:
         """When the last complete cycle (any leader's) finished, from its
