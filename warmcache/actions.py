@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from warmcache.context import ServiceContext
 from warmcache.health.purge import purge_pool
 from warmcache.model import NAME_PATTERN
+from warmcache.networks import AddressPool, NetworkBook
 
 
 class _Params(BaseModel):
@@ -29,6 +30,15 @@ class PoolTarget(_Params):
 
 class HostTarget(_Params):
     hypervisor: StrictStr = Field(pattern=NAME_PATTERN)
+
+
+class NetworkTarget(_Params):
+    az: StrictStr = Field(pattern=NAME_PATTERN)
+    name: StrictStr = Field(pattern=NAME_PATTERN)
+
+
+class NetworkUpdate(NetworkTarget):
+    pool: AddressPool
 
 
 P = TypeVar("P", bound=_Params)
@@ -56,8 +66,27 @@ def _drain_hypervisor(ctx: ServiceContext, target: HostTarget) -> dict[str, Any]
 
 def _purge_pool(ctx: ServiceContext, target: PoolTarget) -> dict[str, Any]:
     return purge_pool(
-        ctx.store, ctx.keys, ctx.hosts, ctx.agent_for, ctx.emit, target.az, target.flavor
+        ctx.store,
+        ctx.keys,
+        ctx.hosts,
+        ctx.agent_for,
+        ctx.emit,
+        target.az,
+        target.flavor,
+        ctx.addresses,
     )
+
+
+def _update_network(ctx: ServiceContext, change: NetworkUpdate) -> dict[str, Any]:
+    NetworkBook(ctx.store, ctx.keys).replace(change.az, change.name, change.pool)
+    ctx.emit("network.updated", az=change.az, name=change.name)
+    return {"updated": True, "size": change.pool.size()}
+
+
+def _delete_network(ctx: ServiceContext, target: NetworkTarget) -> dict[str, Any]:
+    deleted = NetworkBook(ctx.store, ctx.keys).delete(target.az, target.name)
+    ctx.emit("network.deleted", az=target.az, name=target.name)
+    return {"deleted": deleted}
 
 
 ACTIONS: dict[str, ChangeAction[Any]] = {
@@ -65,5 +94,11 @@ ACTIONS: dict[str, ChangeAction[Any]] = {
     "purge_pool": ChangeAction(PoolTarget, "destroy a pool's ready and reserved VMs", _purge_pool),
     "drain_hypervisor": ChangeAction(
         HostTarget, "place nothing on a hypervisor and hand out none of its VMs", _drain_hypervisor
+    ),
+    "update_network": ChangeAction(
+        NetworkUpdate, "change an address pool (held addresses stay held)", _update_network
+    ),
+    "delete_network": ChangeAction(
+        NetworkTarget, "delete an address pool (its VMs keep their addresses)", _delete_network
     ),
 }

@@ -231,6 +231,13 @@ class ServiceConfig(_Section):
     requests_ttl_s: float = Field(
         default=3600.0, gt=0, description="How long a maker-checker request waits for its approval."
     )
+    address_quarantine_s: float = Field(
+        default=600.0,
+        ge=0,
+        le=30 * 86_400,
+        description="A purged or failed VM's address is handed out again only this long "
+        "after its VM's record went (ARP caches, DNS records and firewall rules forget it).",
+    )
     run_builds: bool = Field(
         default=True, description="Take part in leader election and build cycles."
     )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from warmcache.config import ServiceConfig
 from warmcache.inventory import DrainView, HostView
 from warmcache.layout import Keys
+from warmcache.networks import AddressRelease
 from warmcache.ports import (
     AlertSink,
     Clock,
@@ -34,6 +35,7 @@ class ServiceContext:
     agent_for: Callable[[str], HostAgent]
     events: EventSink  # the metrics-feeding sink: every event also counts in /metrics
     alerts: AlertSink
+    addresses: AddressRelease  # how a removed VM's addresses go into quarantine
 
     @classmethod
     def assemble(
@@ -49,6 +51,7 @@ class ServiceContext:
         """The context over these ports, with the key layout of
         ``config.prefix`` and the live host and drain views over it."""
         keys = Keys(config.prefix)
+        release = AddressRelease(keys, clock, config.address_quarantine_s)
         return cls(
             config,
             store,
@@ -60,6 +63,7 @@ class ServiceContext:
             agent_for,
             events,
             alerts,
+            release,
         )
 
     def emit(self, type_: str, **fields: object) -> None:

@@ -24,11 +24,13 @@ the CLI all use it::
     │   ├── UnknownRule                unknown_rule
     │   ├── UnknownRequest             unknown_request
     │   ├── UnknownPool                unknown_pool
-    │   └── UnknownClaim               unknown_claim
+    │   ├── UnknownClaim               unknown_claim
+    │   └── UnknownNetwork             unknown_network
     ├── Unauthorized                   unauthorized            401
     ├── Forbidden                      forbidden               403
     ├── ApprovalRefused                approval_refused        403
     ├── RequestConflict                request_conflict        409
+    ├── NetworkExists                  network_exists          409  (changes: maker-checker)
     ├── ClaimMismatch                  claim_mismatch          409  (same claim_id, other request)
     ├── NoCapacity                     no_capacity             409  (nothing claimed)
     ├── ClaimContention                claim_contention        503  (nothing claimed: retry)
@@ -227,6 +229,16 @@ class UnknownRule(NotFound):
         super().__init__(f"no build rule for {flavor!r} in {az!r}")
 
 
+class UnknownNetwork(NotFound):
+    code = "unknown_network"
+    fields = ("az", "name")
+
+    def __init__(self, az: str, name: str) -> None:
+        self.az = az
+        self.name = name
+        super().__init__(f"no address pool {name!r} in {az!r}")
+
+
 class UnknownRequest(NotFound):
     code = "unknown_request"
     fields = ("request_id",)
@@ -298,6 +310,22 @@ class RequestConflict(WarmCacheError):
         self.request_id = request_id
         self.state = state
         super().__init__(f"change request {request_id} is {state}, not pending")
+
+
+class NetworkExists(WarmCacheError):
+    """An address pool of that name exists: changing it is maker-checker
+    (``POST /v1/requests`` with ``update_network``); nothing was changed."""
+
+    code = "network_exists"
+    http_status = 409
+    fields = ("az", "name")
+
+    def __init__(self, az: str, name: str) -> None:
+        self.az = az
+        self.name = name
+        super().__init__(
+            f"address pool {name!r} exists in {az!r}: ask for update_network (maker-checker)"
+        )
 
 
 class ClaimMismatch(WarmCacheError):

@@ -96,6 +96,21 @@ class Keys:
         """The store revision up to which the leader reported findings."""
         return f"{self.prefix}/findings-reported"
 
+    # --- address pools (warmcache.networks) --------------------------------------
+
+    def networks_dir(self, az: str | None = None) -> str:
+        return f"{self.prefix}/networks/{az}/" if az else f"{self.prefix}/networks/"
+
+    def network(self, az: str, name: str) -> str:
+        return f"{self.prefix}/networks/{az}/{name}"
+
+    def addresses_dir(self, az: str) -> str:
+        return f"{self.prefix}/addresses/{az}/"
+
+    def address(self, az: str, address: str) -> str:
+        """One key per address in use: created only if absent."""
+        return f"{self.prefix}/addresses/{az}/{address}"
+
     @staticmethod
     def tail(key: str, depth: int) -> list[str]:
         """The last ``depth`` path segments of ``key``."""

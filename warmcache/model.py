@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import ipaddress
+import json
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 
 # Names end up in store keys, libvirt domain names and file names: keep them
 # to a conservative alphabet so no key can escape its prefix.
@@ -106,6 +108,49 @@ class BuildRule(_Frozen):
         return self
 
 
+class StaticNetwork(_Frozen):
+    """What a VM's first boot configures (NoCloud network-config v2)."""
+
+    address: StrictStr  # 10.20.0.7
+    prefix: int = Field(ge=1, le=128)  # 22
+    gateway: StrictStr
+    dns: tuple[StrictStr, ...] = Field(default=(), max_length=8)
+
+    @model_validator(mode="after")
+    def _addresses(self) -> StaticNetwork:
+        ip = ipaddress.ip_address(self.address)
+        if self.prefix > ip.max_prefixlen:
+            raise ValueError(f"prefix /{self.prefix} is too long for {ip}")
+        if ipaddress.ip_address(self.gateway).version != ip.version:
+            raise ValueError(f"gateway {self.gateway} is not of {ip}'s IP version")
+        for server in self.dns:
+            ipaddress.ip_address(server)
+        return self
+
+    @property
+    def gateway_on_link(self) -> bool:
+        """The gateway is outside the VM's subnet (a pool's other CIDR): the
+        route to it says it is on the link."""
+        network = ipaddress.ip_network(f"{self.address}/{self.prefix}", strict=False)
+        return ipaddress.ip_address(self.gateway) not in network
+
+    def network_config(self) -> str:
+        """cloud-init network-config version 2: the first Ethernet interface,
+        static (JSON is YAML, so no YAML writer is needed)."""
+        default = "::/0" if ":" in self.address else "0.0.0.0/0"
+        ethernet: dict[str, object] = {
+            "match": {"name": "e*"},
+            "addresses": [f"{self.address}/{self.prefix}"],
+            "routes": [
+                {"to": default, "via": self.gateway}
+                | ({"on-link": True} if self.gateway_on_link else {})
+            ],
+        }
+        if self.dns:
+            ethernet["nameservers"] = {"addresses": list(self.dns)}
+        return json.dumps({"version": 2, "ethernets": {"primary": ethernet}}, indent=2) + "\n"
+
+
 class PoolInstance(_Frozen):
     """A pooled VM's record, stored at ``<prefix>/pool/<az>/<name>``."""
 
@@ -120,6 +165,7 @@ class PoolInstance(_Frozen):
     created_at: float
     ready_at: float | None = None
     addresses: tuple[str, ...] = ()
+    network: str | None = None  # the address pool its addresses came from
     fencing_token: int = 0
     # consecutive failed health polls; a VM with any is never handed out
     health_failures: int = 0

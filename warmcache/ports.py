@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from warmcache.model import Flavor, HostFacts
+from warmcache.model import Flavor, HostFacts, StaticNetwork
 
 
 class Clock(Protocol):
@@ -278,6 +278,7 @@ class VmSpec:
     flavor: Flavor
     user_data: str = ""
     group: str | None = None
+    network: StaticNetwork | None = None  # its address, from the AZ's pool
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from pydantic import (
 
 from warmcache.actions import ACTIONS, ChangeAction
 from warmcache.model import BuildRule, Mode, PoolInstance, PoolSummary
+from warmcache.networks import AddressPool
 
 # A caller's name for its claim (Stripe's idempotency key): what a retry sends again.
 CLAIM_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -139,6 +140,18 @@ class RuleEntry(_Reply):
 
 class RulesReply(_Reply):
     rules: list[RuleEntry]
+
+
+class NetworkEntry(_Reply):
+    az: str
+    name: str
+    pool: AddressPool
+    size: int = Field(description="addresses it may hand out (gateway and exclusions taken off)")
+    held: int = Field(description="addresses held now (VMs, and quarantined)")
+
+
+class NetworksReply(_Reply):
+    networks: list[NetworkEntry]
 
 
 class Leader(_Reply):

@@ -32,6 +32,7 @@ from warmcache.jobs import service_jobs
 from warmcache.leader.duty import LeaderDuty
 from warmcache.metrics import MetricsEvents
 from warmcache.model import SERVICE_NAME, Mode, PoolInstance, PoolSummary
+from warmcache.networks import NetworkBook
 from warmcache.ports import (
     AlertSink,
     Clock,
@@ -73,6 +74,7 @@ class WarmCache:
         ctx = ServiceContext.assemble(config, store, catalog, agent_for, self.events, alerts, clock)
         self.keys, self.hosts, self.drains = ctx.keys, ctx.hosts, ctx.drains
         self.rules = RuleBook(store, self.keys, catalog)
+        self.networks = NetworkBook(store, self.keys)
         rng = rng or random.Random()
         self._on_close = on_close
         self._cycle_wanted = threading.Event()

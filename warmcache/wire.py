@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from warmcache.agent_codes import AgentCode
-from warmcache.model import MAX_USER_DATA, NAME_PATTERN, DiskGiB, Flavor
+from warmcache.model import MAX_USER_DATA, NAME_PATTERN, DiskGiB, Flavor, StaticNetwork
 
 AGENT_ERROR_CODES = tuple(AgentCode)
 
@@ -30,6 +30,7 @@ class VmRequestSpec(_Req):
     flavor: Flavor
     user_data: str = Field(default="", max_length=MAX_USER_DATA)
     group: str | None = Field(default=None, pattern=NAME_PATTERN)
+    network: StaticNetwork | None = None
 
 
 class CreateRequest(_Req):

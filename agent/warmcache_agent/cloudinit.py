@@ -23,15 +23,19 @@ def meta_data(vm: str) -> bytes:
     return f"instance-id: {vm}\nlocal-hostname: {vm}\n".encode()
 
 
-def write_seed(path: Path, vm: str, user_data_b64: str) -> Path:
-    """Write the NoCloud seed ISO for ``vm`` at ``path`` (atomically)."""
+def write_seed(path: Path, vm: str, user_data_b64: str, network_config: str | None = None) -> Path:
+    """Write the NoCloud seed ISO for ``vm`` at ``path`` (atomically);
+    ``network_config`` (cloud-init network-config v2) gives it its address."""
     user_data = base64.b64decode(user_data_b64) if user_data_b64 else b""
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=LABEL)
-    for iso_name, name, data in (
+    files = [
         ("/USERDATA.;1", "user-data", user_data),
         ("/METADATA.;1", "meta-data", meta_data(vm)),
-    ):
+    ]
+    if network_config is not None:
+        files.append(("/NETWORK.;1", "network-config", network_config.encode()))
+    for iso_name, name, data in files:
         iso.add_fp(io.BytesIO(data), len(data), iso_name, rr_name=name, joliet_path=f"/{name}")
     tmp = path.with_suffix(".tmp")
     iso.write(str(tmp))
@@ -46,9 +50,12 @@ def read_seed(path: Path) -> dict[str, bytes]:
     iso.open(str(path))
     try:
         out = {}
-        for name in ("user-data", "meta-data"):
+        for name in ("user-data", "meta-data", "network-config"):
             buf = io.BytesIO()
-            iso.get_file_from_iso_fp(buf, joliet_path=f"/{name}")
+            try:
+                iso.get_file_from_iso_fp(buf, joliet_path=f"/{name}")
+            except pycdlib.pycdlibexception.PyCdlibInvalidInput:
+                continue  # no network-config: the guest keeps DHCP
             out[name] = buf.getvalue()
         out["label"] = iso.pvd.volume_identifier.strip()
         return out

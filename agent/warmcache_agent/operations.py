@@ -98,9 +98,8 @@ class HostAgentService:
         if isinstance(request, AttachNvmeRequest):
             return self.attach_nvme(request.name, request.pci)
         if isinstance(request, CreateRequest):
-            spec = VmSpec(
-                request.vm.name, request.vm.flavor, request.vm.user_data, request.vm.group
-            )
+            vm = request.vm
+            spec = VmSpec(vm.name, vm.flavor, vm.user_data, vm.group, vm.network)
             return self.create(spec)
         if isinstance(request, NamedRequest):
             if request.op == "delete":
@@ -176,7 +175,10 @@ class HostAgentService:
             raise AgentFault(AgentCode.INVALID_REQUEST, str(exc)) from exc
         try:
             seed = cloudinit.write_seed(
-                self._dir("seeds") / f"{spec.name}.iso", spec.name, spec.user_data
+                self._dir("seeds") / f"{spec.name}.iso",
+                spec.name,
+                spec.user_data,
+                spec.network.network_config() if spec.network else None,
             )
             server_id = self._driver.define_and_start(
                 spec, alloc.pinning, [cloudinit.seed_xml(seed)]

@@ -38,6 +38,8 @@ EXAMPLES: list[e.WarmCacheError] = [
     e.UnknownRequest("abc123"),
     e.UnknownPool("small", "az2"),
     e.UnknownClaim("job-42"),
+    e.UnknownNetwork("az1", "vrf-a"),
+    e.NetworkExists("az1", "vrf-a"),
     e.Unauthorized("no token"),
     e.Forbidden("es-provisioner", "admin"),
     e.ApprovalRefused("the asker cannot approve"),

@@ -15,7 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from openapi_spec_validator import validate
 from pydantic import SecretStr
 from schemathesis import GenerationMode
+from schemathesis.checks import CheckFunction
 from schemathesis.core.result import Ok
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from warmcache.config import AuthConfig, TokenConfig
 from warmcache.service import WarmCache
@@ -61,6 +63,16 @@ def test_the_document_is_valid_and_every_ref_resolves(app: Flask) -> None:
     assert schemas["AcquireRequest"]["properties"]["count"]["maximum"] == 1000
 
 
+# Operations whose bodies have rules a JSON Schema cannot say (a gateway
+# inside one of the pool's CIDRs, no overlap with the AZ's other pools): a
+# schema-valid body may still be a typed 400, so "valid data is accepted" is
+# not asked of them; every other check is.
+SEMANTIC: dict[str, list[CheckFunction]] = {
+    "PUT /v1/networks/{az}/{name}": [positive_data_acceptance],
+    "POST /v1/requests": [positive_data_acceptance],
+}
+
+
 def agree(case: schemathesis.Case[Any]) -> None:
     """The one rule a schema cannot say: a claim_id in the body and the
     Idempotency-Key header must be the same id (both given and different is
@@ -78,7 +90,7 @@ def test_schemathesis_finds_no_server_error_and_no_reply_off_its_schema(app: Fla
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), result.err()
         operations.append(result.ok())
-    assert len(operations) == 15
+    assert len(operations) == 18
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
@@ -95,7 +107,10 @@ def test_schemathesis_finds_no_server_error_and_no_reply_off_its_schema(app: Fla
                 nonlocal cases
                 cases += 1
                 agree(case)
-                case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"})
+                case.call_and_validate(
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                    excluded_checks=SEMANTIC.get(case.operation.label, []),
+                )
 
             try:
                 run()

@@ -116,6 +116,8 @@ class AgentClient:
             "user_data": spec.user_data,
             "group": spec.group,
         }
+        if spec.network is not None:
+            vm["network"] = spec.network.model_dump(mode="json")
         return _status(self.call({"op": "create", "vm": vm}))
 
     def delete(self, name: str) -> None:

@@ -53,7 +53,15 @@ from warmcache.inventory import HostView
 from warmcache.layout import HostRecords, Keys, PoolRecords, RuleRecords
 from warmcache.leader.election import FencedWriter
 from warmcache.logs import in_context
-from warmcache.model import BuildRule, Flavor, HostFacts, InstanceState, PoolInstance
+from warmcache.model import (
+    BuildRule,
+    Flavor,
+    HostFacts,
+    InstanceState,
+    PoolInstance,
+    StaticNetwork,
+)
+from warmcache.networks import AddressRelease, Allocator, Held, NetworkBook
 from warmcache.placement.pipeline import PlacementPipeline
 from warmcache.ports import (
     Clock,
@@ -68,6 +76,7 @@ from warmcache.ports import (
 )
 
 log = logging.getLogger(__name__)
+ADDRESS_TRIES = 8  # addresses tried for one VM when others hold them meanwhile
 
 
 @dataclass
@@ -139,6 +148,7 @@ class BuildCycle:
         retries: int,
         retry_wait_s: float = 0.2,
         new_name: Callable[[str, str], str] = default_vm_name,
+        release: AddressRelease | None = None,
     ) -> None:
         if concurrency < 1 or retries < 1:
             raise ValueError("concurrency and retries must be at least 1")
@@ -155,6 +165,7 @@ class BuildCycle:
         self._retries = retries
         self._retry_wait_s = retry_wait_s
         self._new_name = new_name
+        self._release = release
         self._by_hypervisor: dict[str, HostAgent] = {}
         self._lock = threading.Lock()
 
@@ -256,8 +267,10 @@ class BuildCycle:
             with self._lock:
                 report.problems += [f"{az}/{f}: {why}" for f, why in plan.problems.items()]
             reserved = Counter(r.flavor for r in current if r.state == InstanceState.RESERVED)
+            book = NetworkBook(self._store, self._keys)
+            addresses = Allocator(book.in_az(az), book.held(az)) if plan.builds else None
             with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
-                build = in_context(lambda vm: self._build(vm, writer, reserved, report))
+                build = in_context(lambda vm: self._build(vm, writer, reserved, report, addresses))
                 for _ in pool.map(build, plan.builds):
                     pass
 
@@ -274,31 +287,22 @@ class BuildCycle:
         writer: FencedWriter,
         reserved: Counter[str],
         report: CycleReport,
+        addresses: Allocator | None = None,
     ) -> None:
         if writer.leadership.lost.is_set():
             return
         az, flavor = vm.host.az, vm.flavor.name
         key = self._keys.pool(az, vm.name)
-        record = PoolInstance(
-            name=vm.name,
-            az=az,
-            flavor=flavor,
-            hypervisor=vm.host.hypervisor,
-            rack=vm.host.rack,
-            state=InstanceState.BUILDING,
-            group=vm.rule.group_hint,
-            created_at=self._clock.now(),
-            fencing_token=writer.leadership.token,
-        )
         started = self._clock.now()
         try:
-            result = writer.txn([Compare.absent(key)], [Put(key, record.model_dump_json())])
-            if not result.succeeded:
-                # Not ours: neither the record nor a VM of that name is touched.
+            recorded = self._record_building(vm, key, writer, addresses)
+            if isinstance(recorded, str):  # not ours, or no address: nothing was touched
                 with self._lock:
-                    self._failed(report, f"{vm.name}: a record of that name exists")
+                    self._failed(report, f"{vm.name}: {recorded}")
+                    if recorded.startswith("no_address"):
+                        report.problems.append(f"{az}/{flavor}: {recorded}")
                 return
-            revision = result.revision
+            record, network, revision = recorded
             self._emit(
                 "vm.build_started",
                 name=vm.name,
@@ -311,7 +315,7 @@ class BuildCycle:
             agent = self._by_hypervisor[vm.host.hypervisor]
             status = self._create(
                 agent,
-                VmSpec(vm.name, vm.flavor, vm.rule.user_data, vm.rule.group_hint),
+                VmSpec(vm.name, vm.flavor, vm.rule.user_data, vm.rule.group_hint, network),
                 writer.leadership.lost,
             )
             if not status.healthy:
@@ -347,7 +351,7 @@ class BuildCycle:
             state,
             ready_at=self._clock.now(),
             server_id=status.server_id,
-            addresses=status.addresses,
+            addresses=record.addresses or status.addresses,
         )
         try:
             ok = writer.txn(
@@ -378,6 +382,45 @@ class BuildCycle:
             rack=vm.host.rack,
             duration_s=round(self._clock.now() - started, 3),
         )
+
+    def _record_building(
+        self, vm: PlannedVm, key: str, writer: FencedWriter, addresses: Allocator | None
+    ) -> tuple[PoolInstance, StaticNetwork | None, int] | str:
+        """Record the VM as ``building`` and, with its AZ's address pools, hold
+        its address in the same fenced transaction (the address key created
+        only if absent). An address someone else holds costs another try;
+        the reason as a string when nothing was written."""
+        for _ in range(ADDRESS_TRIES):
+            taken = addresses.next(vm.host.rack) if addresses else None
+            if addresses and taken is None:
+                return f"no_address: no free address for rack {vm.host.rack} in {vm.host.az}"
+            network = taken[1] if taken else None
+            record = PoolInstance(
+                name=vm.name,
+                az=vm.host.az,
+                flavor=vm.flavor.name,
+                hypervisor=vm.host.hypervisor,
+                rack=vm.host.rack,
+                state=InstanceState.BUILDING,
+                group=vm.rule.group_hint,
+                created_at=self._clock.now(),
+                fencing_token=writer.leadership.token,
+                addresses=(network.address,) if network else (),
+                network=taken[0] if taken else None,
+            )
+            compares, ops = [Compare.absent(key)], [Put(key, record.model_dump_json())]
+            if taken and network:
+                held = Held(vm=vm.name, network=taken[0], since=self._clock.now())
+                address_key = self._keys.address(vm.host.az, network.address)
+                compares.append(Compare.absent(address_key))
+                ops.append(Put(address_key, held.model_dump_json()))
+            result = writer.txn(compares, ops)
+            if result.succeeded:
+                return record, network, result.revision
+            if self._store.get(key) is not None or network is None:
+                return "a record of that name exists"
+            addresses.taken(network.address)  # type: ignore[union-attr]  # held by another writer
+        return f"no_address: {ADDRESS_TRIES} addresses in a row were taken meanwhile"
 
     def _create(self, agent: HostAgent, spec: VmSpec, lost: threading.Event) -> VmStatus:
         for attempt in Retrying(
@@ -415,7 +458,7 @@ class BuildCycle:
         stays tracked as ``purging`` and the health poller finishes it."""
         agent = self._by_hypervisor.get(vm.host.hypervisor)
         try:
-            cleaned = purge_vm(writer.txn, key, revision, record, agent)
+            cleaned = purge_vm(writer.txn, key, revision, record, agent, self._release)
         except LeadershipLost:
             report.leadership_lost = True
             self._emit(

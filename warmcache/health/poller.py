@@ -69,6 +69,7 @@ class HealthPoller:
         self._alerts = ctx.alerts
         self._clock = ctx.clock
         self._limit = config.health_failures_to_purge
+        self._release = ctx.addresses
         self.interval_s = config.health_interval_s
         self.election = LeaderElection(
             ctx.store,
@@ -177,6 +178,7 @@ class HealthPoller:
             item.mod_revision,
             rec,
             agent,
+            self._release,
             health_failures=rec.health_failures + 1,
         ):
             return

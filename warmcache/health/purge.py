@@ -16,6 +16,7 @@ from warmcache.errors import AgentError, AgentVmNotFound
 from warmcache.inventory import HostView
 from warmcache.layout import Keys, PoolRecords
 from warmcache.model import InstanceState, PoolInstance
+from warmcache.networks import AddressRelease
 from warmcache.ports import Compare, CoordinationStore, Delete, HostAgent, Op, Put, TxnResult
 
 log = logging.getLogger(__name__)
@@ -24,12 +25,20 @@ Txn = Callable[[Sequence[Compare], Sequence[Op]], TxnResult]
 
 
 def purge_vm(
-    txn: Txn, key: str, revision: int, rec: PoolInstance, agent: HostAgent | None, **update: object
+    txn: Txn,
+    key: str,
+    revision: int,
+    rec: PoolInstance,
+    agent: HostAgent | None,
+    release: AddressRelease | None = None,
+    **update: object,
 ) -> bool:
     """True when the VM is gone and its record removed. ``revision``: the
     record's modify revision as the caller read it. ``txn``: the store's, or
     a fenced writer's when the caller holds a lock (``LeadershipLost`` then
-    leaves everything as it was)."""
+    leaves everything as it was). ``release``: the VM's addresses go into
+    quarantine in the transaction that removes its record (not before: a VM
+    that could not be destroyed keeps them)."""
     purging = rec.with_state(InstanceState.PURGING, **update)
     if not txn(
         [Compare.mod_revision(key, revision)], [Put(key, purging.model_dump_json())]
@@ -45,7 +54,7 @@ def purge_vm(
     except AgentError as exc:
         log.warning("purge of %s: %s (record kept as purging)", rec.name, exc)
         return False
-    txn([], [Delete(key)])
+    txn([], [Delete(key), *(release.ops(rec) if release else [])])
     return True
 
 
@@ -57,6 +66,7 @@ def purge_pool(
     emit: Callable[..., None],
     az: str,
     flavor: str,
+    release: AddressRelease | None = None,
 ) -> dict[str, Any]:
     """Purge every ready and reserved VM of one pool (an approved
     ``purge_pool`` change); a VM acquired meanwhile is left to its holder,
@@ -69,7 +79,7 @@ def purge_pool(
             continue
         host = hosts.get(rec.hypervisor)
         agent = agent_for(host.endpoint) if host and host.endpoint else None
-        if purge_vm(store.txn, item.key, item.mod_revision, rec, agent):
+        if purge_vm(store.txn, item.key, item.mod_revision, rec, agent, release):
             purged.append(rec.name)
             emit(
                 "vm.purged",

@@ -21,6 +21,7 @@ from warmcache.errors import LeadershipLost, StoreError, UnknownRule, WarmCacheE
 from warmcache.leader.election import LeaderElection, Leadership, watch_poll_s
 from warmcache.logs import log_context
 from warmcache.model import BuildRule, PoolSummary
+from warmcache.networks import settle_addresses
 from warmcache.placement.pipeline import default_pipeline
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class LeaderDuty:
             pipeline=default_pipeline(rng),
             concurrency=config.build_concurrency,
             retries=config.build_retries,
+            release=ctx.addresses,
         )
         self._claims = claims
         self._pools = pools
@@ -64,6 +66,7 @@ class LeaderDuty:
         self.last_cycle: CycleReport | None = None
         self._own_tokens: set[int] = set()
         self._claims_swept_at = float("-inf")
+        self._addresses_reported: set[tuple[str, str]] = set()
 
     def run_cycle(self) -> CycleReport | None:
         """Run one build cycle if this instance wins the leader lock."""
@@ -83,6 +86,15 @@ class LeaderDuty:
         self.last_cycle = report
         with contextlib.suppress(LeadershipLost, StoreError):
             report_findings(self._store, self._keys, writer, self._emit, self._alerts)
+        with contextlib.suppress(LeadershipLost, StoreError):
+            settle_addresses(
+                self._store,
+                self._keys,
+                writer.txn,
+                self._clock.now(),
+                self._emit,
+                self._addresses_reported,
+            )
         self._sweep_claims()
         with contextlib.suppress(StoreError):
             for pool in self._pools():  # pool sizes over time, for Kibana

@@ -10,8 +10,15 @@ from typing import Any
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 
-from warmcache.errors import InvalidRequest, UnknownClaim, UnknownRule, UnsupportedMediaType
+from warmcache.errors import (
+    InvalidRequest,
+    UnknownClaim,
+    UnknownNetwork,
+    UnknownRule,
+    UnsupportedMediaType,
+)
 from warmcache.model import BuildRule
+from warmcache.networks import AddressPool
 from warmcache.schemas import (
     AcquireReply,
     AcquireRequest,
@@ -23,6 +30,8 @@ from warmcache.schemas import (
     Explain,
     Health,
     LeaderReply,
+    NetworkEntry,
+    NetworksReply,
     PoolsReply,
     Ready,
     RuleEntry,
@@ -191,6 +200,40 @@ def put_rule(az: str, flavor: str) -> Any:
     body = _json_object()
     rule = _service().rules.put(az, flavor, body)
     return _reply(_rule_json(az, flavor, rule))
+
+
+def _network_entry(az: str, name: str, pool: AddressPool, held: int) -> NetworkEntry:
+    return NetworkEntry(az=az, name=name, pool=pool, size=pool.size(), held=held)
+
+
+@api.get("/v1/networks")
+def networks() -> Any:
+    book = _service().networks
+    held = {az: len(book.held(az)) for az in {az for az, _ in book.all()}}
+    return _reply(
+        NetworksReply(
+            networks=[
+                _network_entry(az, name, pool, held[az]) for (az, name), pool in book.all().items()
+            ]
+        )
+    )
+
+
+@api.get("/v1/networks/<az>/<name>")
+def get_network(az: str, name: str) -> Any:
+    book = _service().networks
+    pool = book.get(az, name)
+    if pool is None:
+        raise UnknownNetwork(az, name)
+    held = sum(1 for h in book.held(az).values() if h.network == name)
+    return _reply(_network_entry(az, name, pool, held))
+
+
+@api.put("/v1/networks/<az>/<name>")
+def put_network(az: str, name: str) -> Any:
+    """Create (validated, refused if it overlaps); a change is maker-checker."""
+    pool = _service().networks.create(az, name, _json_object())
+    return _reply(_network_entry(az, name, pool, 0), 201)
 
 
 @api.get("/v1/explain/<az>/<flavor>")

@@ -17,6 +17,7 @@ from pydantic.json_schema import models_json_schema
 
 from warmcache.errors import CODES
 from warmcache.model import NAME_PATTERN, BuildRule
+from warmcache.networks import AddressPool
 from warmcache.schemas import (
     CLAIM_ID_PATTERN,
     AcquireReply,
@@ -29,6 +30,8 @@ from warmcache.schemas import (
     Explain,
     Health,
     LeaderReply,
+    NetworkEntry,
+    NetworksReply,
     PoolsReply,
     Ready,
     RuleEntry,
@@ -129,6 +132,26 @@ OPERATIONS = [
         body=BuildRule,
         errors=WRITE,
         params=(("az", NAME), ("flavor", NAME)),
+    ),
+    Operation("/v1/networks", "get", "every address pool", {200: NetworksReply}, errors=READ),
+    Operation(
+        "/v1/networks/{az}/{name}",
+        "get",
+        "one address pool, with how many addresses it holds",
+        {200: NetworkEntry},
+        errors=READ,
+        params=(("az", NAME), ("name", NAME)),
+    ),
+    Operation(
+        "/v1/networks/{az}/{name}",
+        "put",
+        "create an address pool (admin): validated (a gateway inside a CIDR, no overlap with "
+        "another pool of the AZ); an existing one is changed by maker-checker "
+        "(update_network), so this is a 409 network_exists then",
+        {201: NetworkEntry},
+        body=AddressPool,
+        errors=(*WRITE, 409),
+        params=(("az", NAME), ("name", NAME)),
     ),
     Operation(
         "/v1/explain/{az}/{flavor}",
