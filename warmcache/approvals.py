@@ -24,7 +24,7 @@ class ChangeRequest(BaseModel):
 
     id: str
     action: str
-    params: dict[str, str]
+    params: dict[str, Any]
     asked_by: str
     asked_at: float
     expires_at: float
@@ -61,7 +61,7 @@ class Approvals:
         request = ChangeRequest(
             id=uuid.uuid4().hex[:12],
             action=action,
-            params=checked.model_dump(),
+            params=checked.model_dump(mode="json"),
             asked_by=by,
             asked_at=now,
             expires_at=now + self._ttl_s,

@@ -66,6 +66,8 @@ from warmcache.schemas import (
     Health,
     Leader,
     LeaderReply,
+    NetworkEntry,
+    NetworksReply,
     PoolsReply,
     Ready,
     RuleEntry,
@@ -292,7 +294,19 @@ class Client:
     def explain(self, az: str, flavor: str) -> Explain:
         return self._get(Explain, f"/v1/explain/{az}/{flavor}")
 
-    def ask_change(self, action: str, params: Mapping[str, str]) -> ChangeRequest:
+    def networks(self) -> list[NetworkEntry]:
+        return self._get(NetworksReply, "/v1/networks").networks
+
+    def get_network(self, az: str, name: str) -> NetworkEntry:
+        return self._get(NetworkEntry, f"/v1/networks/{az}/{name}")
+
+    def create_network(self, az: str, name: str, pool: Mapping[str, Any]) -> NetworkEntry:
+        """A new address pool; ``NetworkExists`` if there is one (a change is
+        ``ask_change("update_network", ...)``)."""
+        body = self._call(Call("PUT", f"/v1/networks/{az}/{name}", json=dict(pool)))
+        return _Wire.model(NetworkEntry, body)
+
+    def ask_change(self, action: str, params: Mapping[str, Any]) -> ChangeRequest:
         body = self._call(
             Call("POST", "/v1/requests", json={"action": action, "params": dict(params)})
         )
@@ -416,7 +430,17 @@ class AsyncClient:
     async def explain(self, az: str, flavor: str) -> Explain:
         return await self._get(Explain, f"/v1/explain/{az}/{flavor}")
 
-    async def ask_change(self, action: str, params: Mapping[str, str]) -> ChangeRequest:
+    async def networks(self) -> list[NetworkEntry]:
+        return (await self._get(NetworksReply, "/v1/networks")).networks
+
+    async def get_network(self, az: str, name: str) -> NetworkEntry:
+        return await self._get(NetworkEntry, f"/v1/networks/{az}/{name}")
+
+    async def create_network(self, az: str, name: str, pool: Mapping[str, Any]) -> NetworkEntry:
+        body = await self._call(Call("PUT", f"/v1/networks/{az}/{name}", json=dict(pool)))
+        return _Wire.model(NetworkEntry, body)
+
+    async def ask_change(self, action: str, params: Mapping[str, Any]) -> ChangeRequest:
         body = await self._call(
             Call("POST", "/v1/requests", json={"action": action, "params": dict(params)})
         )

@@ -32,6 +32,7 @@ from warmcache.adapters.file_catalog import FileFlavorCatalog
 from warmcache.bootstrap import build_store
 from warmcache.config import parse_config
 from warmcache.layout import HostRecords, Keys
+from warmcache.networks import NetworkBook
 from warmcache.ports import CoordinationStore
 from warmcache.resources import config_dir
 from warmcache.rules import RuleBook, read_rules_file
@@ -110,6 +111,9 @@ class QuickstartStack:
             shutil.copy(src, d / name)
         if self.rules_toml is not None:
             (d / "rules.toml").write_text(self.rules_toml)
+        networks = self.config_dir / "networks.toml"
+        if networks.exists():
+            shutil.copy(networks, d / "networks.toml")
 
     def _spawn(self, name: str, args: list[str]) -> Proc:
         log = self.state_dir / "logs" / f"{name}.log"
@@ -232,6 +236,13 @@ class QuickstartStack:
             rules = read_rules_file((self.state_dir / "rules.toml").read_text())
             for (az, flavor), fields in rules.items():
                 book.put(az, flavor, fields)
+            networks = self.state_dir / "networks.toml"
+            if networks.exists():
+                pools = NetworkBook(store, Keys("warmcache"))
+                for az, named in tomllib.loads(networks.read_text())["networks"].items():
+                    for name, pool in named.items():
+                        if pools.get(az, name) is None:
+                            pools.create(az, name, pool)
             return len(rules)
         finally:
             store.close()

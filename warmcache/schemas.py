@@ -217,14 +217,14 @@ class ChangeAsk(RootModel[_AnyAsk]):
         return self.root.action
 
     @property
-    def params(self) -> dict[str, str]:
+    def params(self) -> dict[str, Any]:
         return self.root.params.model_dump()
 
 
 class ChangeRequest(_Reply):
     id: str
     action: str
-    params: dict[str, str]
+    params: dict[str, Any]
     asked_by: str
     asked_at: float
     expires_at: float

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -18,7 +19,7 @@ from warmcache.service import WarmCache
 from warmcache.web import create_app
 from warmcache.web.auth import Authenticator
 
-ADMIN, USER = "cli-admin-token", "cli-user-token"
+ADMIN, ADMIN2, USER = "cli-admin-token", "cli-checker-token", "cli-user-token"
 
 
 @pytest.fixture
@@ -31,6 +32,7 @@ def url(service: WarmCache) -> Iterator[str]:
         AuthConfig(
             tokens=(
                 TokenConfig(name="ops", role="admin", token=SecretStr(ADMIN)),
+                TokenConfig(name="ops2", role="admin", token=SecretStr(ADMIN2)),
                 TokenConfig(name="app", role="user", token=SecretStr(USER)),
             )
         )
@@ -85,6 +87,31 @@ def test_read_commands_print_tables_or_json(url: str) -> None:
         json.loads(out)
     code, out, _ = run(url, "rules", "get", "az1", "small")
     assert json.loads(out)["total_instances"] == 6
+
+
+def test_networks_created_listed_and_changed_by_maker_checker(url: str, tmp_path: Path) -> None:
+    pool = {"cidrs": ["10.20.0.0/26"], "gateway": "10.20.0.1", "dns": ["10.0.0.53"]}
+    source = tmp_path / "vrf-a.json"
+    source.write_text(json.dumps(pool))
+    code, out, _ = run(url, "networks", "set", "az1", "vrf-a", str(source))
+    assert code == 0 and json.loads(out)["size"] == 61
+    code, out, _ = run(url, "networks", "list")
+    assert code == 0 and "vrf-a" in out and "10.20.0.0/26" in out
+    source.write_text(json.dumps({**pool, "dns": ["10.0.0.54"]}))
+    code, out, _ = run(url, "networks", "set", "az1", "vrf-a", str(source))
+    assert code == 0 and "change asked for as request" in out
+    request_id = out.split("request ")[1].split(";")[0].strip()
+    code, out, _ = run(url, "networks", "get", "az1", "vrf-a")
+    assert json.loads(out)["dns"] == ["10.0.0.53"]  # not before the approval
+    code, _, err = run(url, "requests", "approve", request_id)  # the maker cannot
+    assert code == 6 and "approval_refused" in err
+    code, _, _ = run(url, "requests", "approve", request_id, token=ADMIN2)
+    assert code == 0
+    code, out, _ = run(url, "networks", "get", "az1", "vrf-a")
+    assert json.loads(out)["dns"] == ["10.0.0.54"]
+    source.write_text(json.dumps({**pool, "gateway": "10.99.0.1"}))
+    code, _, err = run(url, "networks", "set", "az1", "vrf-b", str(source))
+    assert code == 2 and "invalid_request" in err and "in none of the cidrs" in err
 
 
 def test_a_server_that_is_not_warmcache_gets_a_clean_message() -> None:

@@ -101,6 +101,9 @@ def test_rack_aware_acquire_409_and_400_over_http(stack: QuickstartStack) -> Non
     assert reply.status_code == 200, reply.text
     vms = reply.json()["vms"]
     assert len(vms) == 3 and len({vm["rack"] for vm in vms}) == 3
+    # each with its own address from az1's pool (config/networks.toml)
+    addresses = [vm["addresses"][0] for vm in vms]
+    assert len(set(addresses)) == 3 and all(a.startswith("10.101.") for a in addresses)
     before = pooled(stack)
     assert not {vm["name"] for vm in vms} & set(before)  # handed out: no longer pooled
     reply = httpx.post(f"{url}/v1/acquire", json={**body, "count": 4})

@@ -84,6 +84,42 @@ def test_user_data_reaches_the_vm_through_a_nocloud_seed(tmp_path: Path) -> None
     assert not seed.exists()
 
 
+def test_the_address_reaches_the_vm_as_network_config(tmp_path: Path) -> None:
+    """Through the agent's wire, as the leader sends it: the seed carries a
+    network-config (v2, static) with the VM's address; without one, none."""
+    from warmcache_agent.daemon import handle_line
+
+    def send(host: HostAgentService, request: dict[str, Any]) -> dict[str, Any]:
+        return handle_line(host, json.dumps(request).encode())
+
+    host = make_host(tmp_path)
+    with_address, without = vm(), vm()
+    network = {"address": "10.20.0.7", "prefix": 22, "gateway": "10.20.0.1", "dns": ["10.0.0.53"]}
+    flavor = SMALL.model_dump(mode="json")
+    send(host, {"op": "create", "vm": {"name": with_address, "flavor": flavor, "network": network}})
+    send(host, {"op": "create", "vm": {"name": without, "flavor": flavor}})
+    files = cloudinit.read_seed(tmp_path / "seeds" / f"{with_address}.iso")
+    config = json.loads(files["network-config"])
+    assert config["version"] == 2
+    assert config["ethernets"]["primary"]["addresses"] == ["10.20.0.7/22"]
+    assert config["ethernets"]["primary"]["routes"] == [{"to": "0.0.0.0/0", "via": "10.20.0.1"}]
+    assert "network-config" not in cloudinit.read_seed(tmp_path / "seeds" / f"{without}.iso")
+    bad = send(
+        host,
+        {
+            "op": "create",
+            "vm": {
+                "name": vm(),
+                "flavor": flavor,
+                "network": {**network, "address": "10.20.0.7\n- x"},
+            },
+        },
+    )
+    assert bad["ok"] is False and bad["error"] == "invalid_request"
+    for name in (with_address, without):
+        host.delete(name)
+
+
 @pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) missing")
 @pytest.mark.parametrize(
     "fmt,prealloc",
