@@ -341,6 +341,11 @@ class HypervisorDriver(Protocol):
         """The guest's own readiness answer (not just the hypervisor's state)."""
         ...
 
+    def guest_addresses(self, name: str) -> tuple[str, ...]:
+        """The addresses the guest reports having (``address/prefix``; none
+        where there is no guest to ask)."""
+        ...
+
     def destroy(self, name: str) -> None:
         """Stop and undefine; a missing domain is not an error."""
         ...

@@ -10,14 +10,19 @@ The initramfs ``/init``:
   markers on the console;
 * prints ``WARMCACHE-READY`` on the serial console (the agent's readiness
   signal, read from the console log file);
-* answers ``PING`` with ``PONG`` on the virtio-serial port named
-  ``org.warmcache.health`` (the agent's health probe);
+* configures the static address of the seed's ``network-config`` (the
+  first address, its default route) on ``eth0`` (virtio-net), as
+  cloud-init would, and prints ``WARMCACHE-ADDRESS <address/prefix>``;
+* answers ``PING`` with ``PONG <its addresses>`` on the virtio-serial port
+  named ``org.warmcache.health`` (the agent's health probe, which so learns
+  the addresses the guest really has);
 * prints ``WARMCACHE-DISK <dev>`` when a disk is hot-plugged.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 import subprocess
@@ -28,7 +33,7 @@ READY = "WARMCACHE-READY"
 HEALTH_CHANNEL = "org.warmcache.health"
 # What the guest needs; their dependencies are read from each module's
 # own modinfo (``depends=``) and loaded first.
-WANTED = ("virtio_pci", "virtio_console", "virtio_blk", "isofs")
+WANTED = ("virtio_pci", "virtio_console", "virtio_blk", "isofs", "virtio_net")
 
 INIT = """#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -41,6 +46,12 @@ done
 mkdir -p /seed
 for d in /dev/vd?; do
   if mount -t iso9660 -o ro "$d" /seed 2>/dev/null; then
+    if [ -f /seed/network-config ]; then
+      addr=$(grep -o '[0-9a-fA-F.:]*[0-9a-fA-F]/[0-9]*' /seed/network-config | head -n 1)
+      gw=$(sed -n 's/.*"via": "\\([^"]*\\)".*/\\1/p' /seed/network-config | head -n 1)
+      ip link set eth0 up && ip addr add "$addr" dev eth0 && echo "WARMCACHE-ADDRESS $addr"
+      [ -n "$gw" ] && ip route add default via "$gw" dev eth0
+    fi
     if [ -f /seed/user-data ]; then
       echo WARMCACHE-USERDATA-BEGIN; cat /seed/user-data; echo WARMCACHE-USERDATA-END
       sh /seed/user-data
@@ -48,6 +59,10 @@ for d in /dev/vd?; do
     break
   fi
 done
+addresses() {  # this guest's addresses, address/prefix, link-local ones left out
+  ip addr show dev eth0 2>/dev/null | sed -n 's/.*inet6* \\([0-9a-fA-F.:]*\\/[0-9]*\\).*/\\1/p' \\
+    | grep -v '^fe80' | tr '\\n' ' '
+}
 seen="$(ls /sys/block)"
 echo WARMCACHE-READY
 port=""
@@ -62,7 +77,9 @@ if [ -n "$port" ]; then
   echo "WARMCACHE-HEALTH-PORT $port"
   (while true; do
      exec 3<>"$port"
-     while read -r line <&3; do echo PONG >&3; done
+     while read -r line <&3; do
+       echo "PONG $(addresses)" >&3
+     done
      exec 3<&-
      sleep 0.1
    done) &
@@ -143,10 +160,20 @@ def load_order(modules_dir: Path, wanted: tuple[str, ...]) -> list[tuple[str, Pa
     return order
 
 
+def image_version() -> str:
+    """What the initramfs is made of: a cached one of another version is rebuilt."""
+    return hashlib.sha256((INIT + " ".join(WANTED)).encode()).hexdigest()[:16]
+
+
 def prepare(cache: Path) -> GuestImage:
-    """Kernel and initramfs in ``cache`` (made once, then reused)."""
-    kernel, initrd = cache / "vmlinuz", cache / "initrd.gz"
-    if kernel.exists() and initrd.exists():
+    """Kernel and initramfs in ``cache`` (made once per ``image_version``, then reused)."""
+    kernel, initrd, version = cache / "vmlinuz", cache / "initrd.gz", cache / "version"
+    if (
+        kernel.exists()
+        and initrd.exists()
+        and version.exists()
+        and version.read_text().strip() == image_version()
+    ):
         return GuestImage(kernel, initrd)
     busybox = shutil.which("busybox")
     if busybox is None:
@@ -182,6 +209,7 @@ def prepare(cache: Path) -> GuestImage:
     initrd.with_suffix(".tmp").write_bytes(gzip.compress(archive.stdout))
     initrd.with_suffix(".tmp").replace(initrd)
     shutil.copy(next((work / "x" / "boot").glob("vmlinuz-*")), kernel)
+    version.write_text(image_version() + "\n")
     shutil.rmtree(work, ignore_errors=True)
     return GuestImage(kernel, initrd)
 

@@ -103,7 +103,12 @@ class LibvirtDriver:
                 "<on_poweroff>destroy</on_poweroff><on_crash>destroy</on_crash>"
             )
             log = escape(str(self.console_log(spec.name)))
-            extra = (
+            # A VM with an address gets a NIC (user-mode: it needs no host
+            # network; the guest configures the address the seed gives it).
+            nic = (
+                "<interface type='user'><model type='virtio'/></interface>" if spec.network else ""
+            )
+            extra = nic + (
                 f"<serial type='file'><source path='{log}'/><target port='0'/></serial>"
                 f"<channel type='unix'><source mode='bind' "
                 f"path='{escape(str(self.health_socket(spec.name)))}'/>"
@@ -144,6 +149,12 @@ class LibvirtDriver:
             time.sleep(0.05)
         raise HypervisorFailure(f"{name} not ready after {timeout_s:.0f} s")
 
+    def guest_addresses(self, name: str) -> tuple[str, ...]:
+        """The addresses the guest says it has (``address/prefix``), from its
+        health answer; test domains have no guest: none."""
+        reply = self._ping(name) if self.real_guests else None
+        return tuple(reply.split()[1:]) if reply else ()
+
     def probe(self, name: str, attempts: int = 3, timeout_s: float = 1.0) -> bool:
         """Real guests answer PING on their health channel; test domains
         have no guest, so their running state is all there is.
@@ -153,6 +164,10 @@ class LibvirtDriver:
         connection each, tell a busy moment from a dead guest."""
         if not self.real_guests:
             return self.state(name) == "running"
+        return self._ping(name, attempts, timeout_s) is not None
+
+    def _ping(self, name: str, attempts: int = 3, timeout_s: float = 1.0) -> str | None:
+        """The guest's ``PONG ...`` line, or None if it does not answer."""
         for attempt in range(attempts):
             if attempt:
                 time.sleep(0.2)
@@ -161,11 +176,17 @@ class LibvirtDriver:
                     sock.settimeout(timeout_s)
                     sock.connect(str(self.health_socket(name)))
                     sock.sendall(b"PING\n")
-                    if sock.recv(16).startswith(b"PONG"):
-                        return True
+                    reply = b""
+                    while not reply.endswith(b"\n") and len(reply) < 4096:
+                        chunk = sock.recv(4096)
+                        if not chunk:
+                            break
+                        reply += chunk
+                    if reply.startswith(b"PONG"):
+                        return reply.decode(errors="replace").strip()
             except OSError:
                 continue
-        return False
+        return None
 
     def define_and_start(
         self, spec: VmSpec, pinning: Pinning | None = None, devices: Sequence[str] = ()

@@ -332,12 +332,18 @@ class HostAgentService:
                 healthy = self._driver.probe(name)
             except HypervisorFailure:
                 healthy = False
+        addresses: tuple[str, ...] = ()
+        if healthy:
+            try:
+                addresses = self._driver.guest_addresses(name)
+            except HypervisorFailure:
+                addresses = ()
         return {
             "name": name,
             "state": state,
             "healthy": healthy,
             "server_id": alloc.server_id,
-            "addresses": [],
+            "addresses": list(addresses),  # what the guest itself reports
         }
 
     def reconcile(self) -> list[Finding]:

@@ -23,7 +23,7 @@ from tests.conftest import unavailable
 from tests.polling import wait_for
 from warmcache.adapters.agent_client import AgentClient
 from warmcache.errors import AgentError, AgentVmExists, AgentVmNotFound
-from warmcache.model import Flavor
+from warmcache.model import Flavor, StaticNetwork
 from warmcache.ports import VmSpec
 from warmcache_agent.guest import agent_config_toml
 
@@ -150,6 +150,25 @@ def test_a_real_guest_boots_answers_takes_a_disk_and_goes(agent: AgentProcess) -
     with pytest.raises(AgentError):
         client.status(vm)
     print(f"define-to-ready {boot_s:.2f} s")
+
+
+def test_a_real_guest_configures_the_address_of_its_seed(agent: AgentProcess) -> None:
+    """The leader's allocation as the guest sees it: the seed's
+    network-config is applied on its virtio NIC, and the guest's own health
+    answer reports it back through the agent."""
+    client = agent.start()
+    vm = f"rv-{uuid.uuid4().hex[:8]}"
+    network = StaticNetwork(address="10.77.0.5", prefix=24, gateway="10.77.0.1", dns=("10.77.0.2",))
+    status = client.create(VmSpec(vm, TINY, network=network))
+    try:
+        assert status.healthy, status
+        assert "WARMCACHE-ADDRESS 10.77.0.5/24" in agent.console(vm)
+        reported = wait_for(
+            "the guest to report its address", lambda: client.status(vm).addresses, 10
+        )
+        assert reported == ("10.77.0.5/24",)
+    finally:
+        client.delete(vm)
 
 
 def test_an_agent_killed_mid_create_agrees_with_libvirt_after_restart(
