@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from warmcache.agent_versions import AgentVersions, DesiredAgent
 from warmcache.context import ServiceContext
 from warmcache.health.purge import purge_pool
 from warmcache.model import NAME_PATTERN
@@ -89,6 +90,17 @@ def _delete_network(ctx: ServiceContext, target: NetworkTarget) -> dict[str, Any
     return {"deleted": deleted}
 
 
+class AgentBuild(DesiredAgent, _Params):
+    pass
+
+
+def _set_agent_version(ctx: ServiceContext, build: AgentBuild) -> dict[str, Any]:
+    desired = DesiredAgent.model_validate(build.model_dump())
+    AgentVersions(ctx.store, ctx.keys, ctx.hosts).set_desired(desired)
+    ctx.emit("agents.desired", version=desired.version, sha256=desired.sha256)
+    return {"desired": desired.version}
+
+
 ACTIONS: dict[str, ChangeAction[Any]] = {
     "delete_rule": ChangeAction(PoolTarget, "delete a pool's build rule", _delete_rule),
     "purge_pool": ChangeAction(PoolTarget, "destroy a pool's ready and reserved VMs", _purge_pool),
@@ -97,6 +109,9 @@ ACTIONS: dict[str, ChangeAction[Any]] = {
     ),
     "update_network": ChangeAction(
         NetworkUpdate, "change an address pool (held addresses stay held)", _update_network
+    ),
+    "set_agent_version": ChangeAction(
+        AgentBuild, "set the agent build every hypervisor should run", _set_agent_version
     ),
     "delete_network": ChangeAction(
         NetworkTarget, "delete an address pool (its VMs keep their addresses)", _delete_network

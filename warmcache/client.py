@@ -58,6 +58,7 @@ from warmcache.errors import (
 from warmcache.model import BuildRule, Mode, PoolSummary
 from warmcache.schemas import (
     AcquireReply,
+    AgentsReply,
     ChangeReply,
     ChangeRequest,
     ChangesReply,
@@ -297,6 +298,9 @@ class Client:
     def networks(self) -> list[NetworkEntry]:
         return self._get(NetworksReply, "/v1/networks").networks
 
+    def agents(self) -> AgentsReply:
+        return self._get(AgentsReply, "/v1/agents")
+
     def get_network(self, az: str, name: str) -> NetworkEntry:
         return self._get(NetworkEntry, f"/v1/networks/{az}/{name}")
 
@@ -432,6 +436,9 @@ class AsyncClient:
 
     async def networks(self) -> list[NetworkEntry]:
         return (await self._get(NetworksReply, "/v1/networks")).networks
+
+    async def agents(self) -> AgentsReply:
+        return await self._get(AgentsReply, "/v1/agents")
 
     async def get_network(self, az: str, name: str) -> NetworkEntry:
         return await self._get(NetworkEntry, f"/v1/networks/{az}/{name}")

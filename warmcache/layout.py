@@ -96,6 +96,10 @@ class Keys:
         """The store revision up to which the leader reported findings."""
         return f"{self.prefix}/findings-reported"
 
+    def agents_desired(self) -> str:
+        """The agent build the fleet should run (warmcache.agent_versions)."""
+        return f"{self.prefix}/agents/desired"
+
     # --- address pools (warmcache.networks) --------------------------------------
 
     def networks_dir(self, az: str | None = None) -> str:

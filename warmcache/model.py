@@ -195,6 +195,8 @@ class HostFacts(_Frozen):
     groups: tuple[str, ...] = ()
     endpoint: str = ""  # how the service reaches this host's agent (unix:PATH, https://...)
     numa_free: tuple[int, ...] = ()  # free CPUs per NUMA node; () when the agent does not pin
+    agent_version: str = ""  # the agent's package version
+    agent_sha256: str = ""  # sha256 of its installed code (warmcache_agent.identity)
 
     def numa_fits(self, vcpus: int) -> bool:
         """The agent's pinning rules: an even count that fits on one node."""

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from warmcache.actions import ACTIONS, ChangeAction
+from warmcache.agent_versions import AgentEntry, DesiredAgent
 from warmcache.model import BuildRule, Mode, PoolInstance, PoolSummary
 from warmcache.networks import AddressPool
 
@@ -152,6 +153,11 @@ class NetworkEntry(_Reply):
 
 class NetworksReply(_Reply):
     networks: list[NetworkEntry]
+
+
+class AgentsReply(_Reply):
+    desired: DesiredAgent | None
+    agents: list[AgentEntry]
 
 
 class Leader(_Reply):

@@ -23,6 +23,7 @@ from typing import Any
 
 from warmcache.acquire.acquirer import Acquirer
 from warmcache.acquire.claims import ClaimRecord
+from warmcache.agent_versions import AgentVersions
 from warmcache.approvals import Approvals
 from warmcache.builders.cycle import CycleReport
 from warmcache.config import Config, ServiceConfig
@@ -75,6 +76,7 @@ class WarmCache:
         self.keys, self.hosts, self.drains = ctx.keys, ctx.hosts, ctx.drains
         self.rules = RuleBook(store, self.keys, catalog)
         self.networks = NetworkBook(store, self.keys)
+        self.agent_versions = AgentVersions(store, self.keys, self.hosts)
         rng = rng or random.Random()
         self._on_close = on_close
         self._cycle_wanted = threading.Event()

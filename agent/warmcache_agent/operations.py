@@ -26,7 +26,7 @@ from warmcache.wire import (
     DetachDiskRequest,
     NamedRequest,
 )
-from warmcache_agent import cloudinit, disks, numa
+from warmcache_agent import cloudinit, disks, identity, numa
 from warmcache_agent.config import AgentConfig, Resources
 from warmcache_agent.libvirt_driver import HypervisorFailure
 from warmcache_agent.lockfile import Allocation, AlreadyAllocated, CapacityExceeded, Lockfile
@@ -132,6 +132,8 @@ class HostAgentService:
             vms=tuple(a.name for a in allocs),
             groups=tuple(a.group for a in allocs if a.group),
             endpoint=self.endpoint,
+            agent_version=identity.agent_version(),
+            agent_sha256=identity.installed_sha256(),
             numa_free=(
                 numa.free_per_node(self._topology, [a.pinning for a in allocs if a.pinning])
                 if self._topology

@@ -114,6 +114,22 @@ def test_networks_created_listed_and_changed_by_maker_checker(url: str, tmp_path
     assert code == 2 and "invalid_request" in err and "in none of the cidrs" in err
 
 
+def test_agents_and_the_desired_build(url: str) -> None:
+    code, out, _ = run(url, "agents", "-o", "json")
+    reply = json.loads(out)
+    assert code == 0 and reply["desired"] is None and reply["agents"]
+    sha = "ab" * 32
+    code, out, _ = run(url, "agents", "desired", "0.2.0", sha, "/srv/a.whl", "cd" * 32)
+    assert code == 0 and "asked as request" in out
+    request_id = out.split("request ")[1].strip()
+    code, _, _ = run(url, "requests", "approve", request_id, token=ADMIN2)
+    assert code == 0
+    code, out, _ = run(url, "agents")
+    assert code == 0 and "desired: 0.2.0 abababababab" in out and "NO" in out
+    code, _, err = run(url, "agents", "desired", "0.2.0", "not-a-sha", "/srv/a.whl", sha)
+    assert code == 2 and "invalid_request" in err
+
+
 def test_a_server_that_is_not_warmcache_gets_a_clean_message() -> None:
     class NotJson:
         def __call__(self, environ: object, start: object) -> list[bytes]:

@@ -22,6 +22,7 @@ from warmcache.networks import AddressPool
 from warmcache.schemas import (
     AcquireReply,
     AcquireRequest,
+    AgentsReply,
     ChangeAsk,
     ChangeReply,
     ChangeRequest,
@@ -204,6 +205,12 @@ def put_rule(az: str, flavor: str) -> Any:
 
 def _network_entry(az: str, name: str, pool: AddressPool, held: int) -> NetworkEntry:
     return NetworkEntry(az=az, name=name, pool=pool, size=pool.size(), held=held)
+
+
+@api.get("/v1/agents")
+def agents() -> Any:
+    versions = _service().agent_versions
+    return _reply(AgentsReply(desired=versions.desired(), agents=versions.fleet()))
 
 
 @api.get("/v1/networks")

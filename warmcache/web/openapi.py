@@ -22,6 +22,7 @@ from warmcache.schemas import (
     CLAIM_ID_PATTERN,
     AcquireReply,
     AcquireRequest,
+    AgentsReply,
     ChangeAsk,
     ChangeReply,
     ChangesReply,
@@ -134,6 +135,14 @@ OPERATIONS = [
         params=(("az", NAME), ("flavor", NAME)),
     ),
     Operation("/v1/networks", "get", "every address pool", {200: NetworksReply}, errors=READ),
+    Operation(
+        "/v1/agents",
+        "get",
+        "every heartbeating agent's version and code sha256, and whether it runs the desired "
+        "build (set by maker-checker: set_agent_version)",
+        {200: AgentsReply},
+        errors=READ,
+    ),
     Operation(
         "/v1/networks/{az}/{name}",
         "get",
