@@ -1,6 +1,7 @@
 """A leader cycle over a large simulated fleet: how does placement scale?
 
     .venv/bin/python bench/fleet.py [--hypervisors 10000] [--racks 500] [--azs 3] [--vms 3000]
+        [--networks]
 
 Simulated hypervisors (``warmcache.sim``, behind the host-agent port, no
 create latency: this measures warmcache, not boot times) publish their facts
@@ -10,6 +11,10 @@ per VM (pick the best host plus re-score what that placement changed,
 p50/p99), the one-off evaluation of every host per AZ and flavor
 (``place_setup_s``), and the store operations the cycle made (every call
 through the port, by kind).
+
+With ``--networks`` every AZ has an address pool (a /16) and each VM built
+also gets its address in the fenced build transaction (a line before the
+last says how many are held, and that they are distinct).
 
 Last line: ``fleet hypervisors=<H> vms=<V> cycle_s=<x> place_p50_ms=<y>
 place_p99_ms=<z> store_ops=<n> place_setup_s=<s>``.
@@ -35,6 +40,7 @@ from warmcache.inventory import HostView
 from warmcache.layout import Keys
 from warmcache.leader.election import LeaderElection
 from warmcache.model import HostFacts
+from warmcache.networks import NetworkBook
 from warmcache.placement.pipeline import (
     Decision,
     PlacementPipeline,
@@ -113,6 +119,11 @@ def main() -> None:
     parser.add_argument("--azs", type=int, default=3)
     parser.add_argument("--vms", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--networks",
+        action="store_true",
+        help="an address pool per AZ (a /16): every VM built also gets its address",
+    )
     args = parser.parse_args()
     racks_per_az = max(1, args.racks // args.azs)
     per_rack = max(1, args.hypervisors // (racks_per_az * args.azs))
@@ -135,6 +146,12 @@ def main() -> None:
             "small",
             {"max_instance_per_cycle": per_az, "total_instances": per_az, "min_fault_domain": 3},
         )
+    if args.networks:
+        pools = NetworkBook(raw, keys)
+        for a in range(1, args.azs + 1):
+            pools.create(
+                f"az{a}", "default", {"cidrs": [f"10.{a}.0.0/16"], "gateway": f"10.{a}.0.1"}
+            )
     store = CountingStore(raw)
     hosts = HostView(store, keys.hosts_dir())
     hosts.refresh()
@@ -162,6 +179,10 @@ def main() -> None:
     ms = sorted(t * 1000 for t in pipeline.times)
     p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))] if ms else 0.0
     ops = sum(store.calls.values())
+    if args.networks:
+        held = [NetworkBook(raw, keys).held(f"az{a}") for a in range(1, args.azs + 1)]
+        addresses = [a for az in held for a in az]
+        print(f"addresses: {len(addresses)} held for {built} VMs, {len(set(addresses))} distinct")
     print(
         f"cycle: built {built} of {args.vms} VMs in {cycle_s:.1f} s; problems: "
         f"{len(report.problems)}; store calls: {dict(store.calls)}"
