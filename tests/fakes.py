@@ -33,6 +33,7 @@ class FakeAgent(SimAgent):
         self.unhealthy: set[str] = set()
         self.creating: set[str] = set()  # still booting, as libvirt reports it
         self.before_create: Callable[[VmSpec], None] | None = None
+        self.guest_addresses: dict[str, tuple[str, ...]] = {}  # what a guest reports having
         self.calls: list[str] = []
 
     def _maybe_down(self) -> None:
@@ -79,7 +80,13 @@ class FakeAgent(SimAgent):
         if name in self.creating:
             return VmStatus(name, "creating", False, f"uuid-{name}")
         healthy = name not in self.unhealthy
-        return VmStatus(name, "running" if healthy else "crashed", healthy, f"uuid-{name}")
+        return VmStatus(
+            name,
+            "running" if healthy else "crashed",
+            healthy,
+            f"uuid-{name}",
+            self.guest_addresses.get(name, ()),
+        )
 
     def list(self) -> list[VmStatus]:
         return [self.status(n) for n in list(self.vms)]

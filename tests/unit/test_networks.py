@@ -231,3 +231,24 @@ def test_a_leaked_address_and_an_unheld_one_are_reported_once_and_left_alone(
     assert [(e.fields["address"], e.fields["vm"]) for e in unheld] == [(vm.addresses[0], vm.name)]
     assert service.store.get(ghost) is not None  # nothing is freed silently
     assert {r.state for r in records(service)} == {InstanceState.READY}
+
+
+def test_a_guest_without_its_address_is_not_handed_out(
+    service: WarmCache, agents: dict[str, FakeAgent]
+) -> None:
+    """The guest's own report (real guests answer with their addresses) must
+    include the address on its record; a VM whose guest has another one
+    fails its health check and is never acquired."""
+    service.networks.create("az1", "vrf-a", POOL)
+    rule(service, 2)
+    service.run_cycle()
+    good, bad = records(service)
+    for vm, has in ((good, f"{good.addresses[0]}/26"), (bad, "192.168.7.7/24")):
+        next(
+            a for a in agents.values() if a.current_facts().hypervisor == vm.hypervisor
+        ).guest_addresses[vm.name] = (has,)
+    service.health.poll()
+    failed = {e.fields["name"]: e.fields["reason"] for e in service.events.recent(10, "health.")}
+    assert set(failed) == {bad.name} and "192.168.7.7/24" in failed[bad.name]
+    [vm] = service.acquire("small", "az1", 1, Mode.BEST_EFFORT)
+    assert vm.name == good.name
