@@ -9,6 +9,8 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.fakes import FakeAgent, fleet
 from warmcache.adapters.sqlite_store import SqliteStore
@@ -252,3 +254,26 @@ def test_a_guest_without_its_address_is_not_handed_out(
     assert set(failed) == {bad.name} and "192.168.7.7/24" in failed[bad.name]
     [vm] = service.acquire("small", "az1", 1, Mode.BEST_EFFORT)
     assert vm.name == good.name
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    prefix=st.integers(22, 32),
+    gateway_at=st.integers(0, 2**10),
+    excluded=st.lists(st.tuples(st.integers(0, 2**10), st.integers(0, 40)), max_size=4),
+    v6=st.booleans(),
+)
+def test_the_size_of_a_pool_is_what_it_can_hand_out(
+    prefix: int, gateway_at: int, excluded: list[tuple[int, int]], v6: bool
+) -> None:
+    if v6:
+        network = ipaddress.ip_network(f"fd00::/{prefix + 96}")
+    else:
+        network = ipaddress.ip_network(f"10.20.0.0/{prefix}")
+    span = network.num_addresses
+    at = network.network_address
+    ranges = [f"{at + s % span}-{at + min(span - 1, s % span + n)}" for s, n in excluded]
+    pool = AddressPool(
+        cidrs=(str(network),), gateway=str(at + gateway_at % span), excluded=tuple(ranges)
+    )
+    assert pool.size() == sum(1 for _ in pool.candidates())
