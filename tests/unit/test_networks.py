@@ -277,3 +277,22 @@ def test_the_size_of_a_pool_is_what_it_can_hand_out(
         cidrs=(str(network),), gateway=str(at + gateway_at % span), excluded=tuple(ranges)
     )
     assert pool.size() == sum(1 for _ in pool.candidates())
+
+
+def test_a_racks_own_pool_serves_its_vms_and_the_azs_pool_the_others(
+    service: WarmCache,
+) -> None:
+    service.networks.create("az1", "az-wide", POOL)
+    service.networks.create(
+        "az1", "r1-vrf", {"cidrs": ["10.30.0.0/28"], "gateway": "10.30.0.1", "rack": "az1-r1"}
+    )
+    service.rules.put(
+        "az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6, "min_fault_domain": 3}
+    )
+    service.run_cycle()
+    built = records(service)
+    assert {r.rack for r in built} == {"az1-r1", "az1-r2", "az1-r3"}
+    for r in built:
+        expected = ("10.30.0.0/28", "r1-vrf") if r.rack == "az1-r1" else ("10.20.0.0/26", "az-wide")
+        assert ipaddress.ip_address(r.addresses[0]) in ipaddress.ip_network(expected[0])
+        assert r.network == expected[1]
