@@ -617,11 +617,14 @@ def agents(ctx: click.Context, output: str) -> None:
         else "agents (no desired build set)"
     )
     table = Table(title=title)
-    for col in ("hypervisor", "az", "rack", "version", "sha256", "matches"):
+    for col in ("hypervisor", "az", "rack", "version", "sha256", "matches", "update"):
         table.add_column(col)
     for a in reply["agents"]:
         matches = "" if a["matches"] is None else ("yes" if a["matches"] else "NO")
-        table.add_row(a["hypervisor"], a["az"], a["rack"], a["version"], a["sha256"][:12], matches)
+        update = "updating" if a["updating"] else (a["last_update"] or "")
+        table.add_row(
+            a["hypervisor"], a["az"], a["rack"], a["version"], a["sha256"][:12], matches, update
+        )
     console.print(table)
 
 

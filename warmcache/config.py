@@ -238,6 +238,19 @@ class ServiceConfig(_Section):
         description="A purged or failed VM's address is handed out again only this long "
         "after its VM's record went (ARP caches, DNS records and firewall rules forget it).",
     )
+    agent_update_parallel: int = Field(
+        default=2,
+        ge=0,
+        le=1000,
+        description="Agents updating to the desired build at once (never two in one rack; "
+        "0 stops rollouts).",
+    )
+    agent_update_timeout_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="An agent that has not reported the desired build this long after its "
+        "update slot was granted loses the slot and is not tried again for that build.",
+    )
     run_builds: bool = Field(
         default=True, description="Take part in leader election and build cycles."
     )

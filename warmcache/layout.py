@@ -100,6 +100,16 @@ class Keys:
         """The agent build the fleet should run (warmcache.agent_versions)."""
         return f"{self.prefix}/agents/desired"
 
+    def agents_updating(self, hypervisor: str | None = None) -> str:
+        """An update slot the leader granted to one agent (a few at a time)."""
+        base = f"{self.prefix}/agents/updating/"
+        return base + hypervisor if hypervisor else base
+
+    def agents_status(self, hypervisor: str | None = None) -> str:
+        """How an agent's last update went (timed out, failed, rolled back)."""
+        base = f"{self.prefix}/agents/status/"
+        return base + hypervisor if hypervisor else base
+
     # --- address pools (warmcache.networks) --------------------------------------
 
     def networks_dir(self, az: str | None = None) -> str:

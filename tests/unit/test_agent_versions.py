@@ -4,14 +4,19 @@ who matches."""
 
 from __future__ import annotations
 
+import json
+import random
 import shutil
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from tests.fakes import FakeAgent
 from warmcache.agent_versions import DesiredAgent
+from warmcache.layout import Keys
 from warmcache.service import WarmCache
 from warmcache.web import create_app
 from warmcache_agent import identity
@@ -77,3 +82,66 @@ def test_a_malformed_build_is_refused_when_asked(bad: dict[str, str]) -> None:
     build = {"version": "0.2.0", "sha256": SHA, "artifact": "/a.whl", "artifact_sha256": SHA}
     with pytest.raises(ValidationError):
         DesiredAgent.model_validate({**build, **bad})
+
+
+def desire(service: WarmCache) -> DesiredAgent:
+    build = DesiredAgent(
+        version="0.2.0", sha256=SHA, artifact="/srv/a.whl", artifact_sha256="cd" * 32
+    )
+    service.agent_versions.set_desired(build)
+    return build
+
+
+def slots(service: WarmCache) -> dict[str, str]:
+    """hypervisor -> rack of every granted update slot."""
+    return {
+        Keys.name(kv.key): json.loads(kv.value)["rack"]
+        for kv in service.store.range(service.keys.agents_updating())[0]
+    }
+
+
+def report_build(service: WarmCache, agents: dict[str, FakeAgent], hv: str) -> None:
+    agent = next(a for a in agents.values() if a.current_facts().hypervisor == hv)
+    facts = agent.current_facts().model_copy(update={"agent_version": "0.2.0", "agent_sha256": SHA})
+    service.store.put(service.keys.host(facts.az, hv), facts.model_dump_json())
+    service.hosts.catch_up()
+
+
+def test_a_rollout_goes_a_few_agents_at_a_time_never_two_in_a_rack(
+    make_service: Any, agents: dict[str, FakeAgent]
+) -> None:
+    service = make_service(agent_update_parallel=3)
+    service.run_cycle()
+    assert slots(service) == {}  # no desired build: nothing to roll out
+    desire(service)
+    updated: set[str] = set()
+    rng = random.Random(3)
+    for _ in range(20):  # one agent reports the build per cycle
+        service.run_cycle()
+        granted = slots(service)
+        assert len(granted) <= 3 and len(set(granted.values())) == len(granted)  # a rack each
+        assert not set(granted) & updated  # never an agent that matches
+        if not granted:
+            break
+        done = rng.choice(sorted(granted))
+        report_build(service, agents, done)
+        updated.add(done)
+    assert len(updated) == len(agents)  # the whole fleet, 12 agents in 6 racks
+    kinds = Counter(e.type for e in service.events.recent(100, "agent.update_"))
+    assert kinds["agent.update_granted"] == len(agents) == kinds["agent.update_done"]
+
+
+def test_an_agent_that_takes_too_long_loses_its_slot_and_is_not_retried(
+    make_service: Any, clock: Any
+) -> None:
+    service = make_service(agent_update_parallel=1, agent_update_timeout_s=60)
+    desire(service)
+    service.run_cycle()
+    [first] = slots(service)
+    clock.advance(61)
+    service.run_cycle()
+    [second] = slots(service)
+    assert second != first
+    fleet = {a.hypervisor: a for a in service.agent_versions.fleet()}
+    assert fleet[first].last_update == "timed_out" and fleet[second].updating
+    assert not fleet[first].updating

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from warmcache import deadline
 from warmcache.acquire.claims import ClaimLog
+from warmcache.agent_versions import pace_rollout
 from warmcache.builders.cycle import BuildCycle, CycleReport
 from warmcache.builders.findings import report_findings
 from warmcache.context import ServiceContext
@@ -57,6 +58,7 @@ class LeaderDuty:
             retries=config.build_retries,
             release=ctx.addresses,
         )
+        self._hosts = ctx.hosts
         self._claims = claims
         self._pools = pools
         self._alerts = ctx.alerts
@@ -86,6 +88,17 @@ class LeaderDuty:
         self.last_cycle = report
         with contextlib.suppress(LeadershipLost, StoreError):
             report_findings(self._store, self._keys, writer, self._emit, self._alerts)
+        with contextlib.suppress(LeadershipLost, StoreError):
+            pace_rollout(
+                self._store,
+                self._keys,
+                writer.txn,
+                self._hosts.hosts(),
+                self._clock.now(),
+                self._config.agent_update_parallel,
+                self._config.agent_update_timeout_s,
+                self._emit,
+            )
         with contextlib.suppress(LeadershipLost, StoreError):
             settle_addresses(
                 self._store,
