@@ -1,0 +1,127 @@
+"""The mechanics of an agent update, each step refusing what it cannot
+vouch for: fetch the desired build's artifact (a path, ``file://`` or
+``https://`` URL the operator controls; bounded in size), verify its sha256
+before anything is installed, and install it beside the running build (a
+directory of its own under the agent's state, ``pip install --no-deps
+--target``), never over it: the environment the agent runs from now stays
+as it is, so going back is running the previous directory again.
+
+What is not here yet (issue 15): the agent acting on the update slot the
+leader grants, restarting into the new directory and rolling back when it
+does not heartbeat in time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+from warmcache_agent.identity import code_sha256
+
+MAX_ARTIFACT_BYTES = 256 << 20
+
+
+class UpdateRefused(Exception):
+    """The build was not installed: the reason says why (nothing was changed)."""
+
+
+def fetch(artifact: str, sha256: str, into: Path, *, timeout_s: float = 60.0) -> Path:
+    """The artifact, verified, at ``into/<sha256>/<its file name>`` (pip
+    wants a wheel's own name); ``UpdateRefused`` (and nothing left behind)
+    when it is not a wheel, cannot be read, is too large or its sha256 is not
+    ``sha256``."""
+    name = Path(urlparse(artifact).path).name
+    if not name.endswith(".whl"):
+        raise UpdateRefused(f"{artifact}: not a wheel (*.whl)")
+    into.mkdir(parents=True, exist_ok=True)
+    final = into / sha256 / name
+    partial = into / f".{uuid.uuid4().hex}.part"
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(partial, "wb") as out:
+            for chunk in _chunks(artifact, timeout_s):
+                size += len(chunk)
+                if size > MAX_ARTIFACT_BYTES:
+                    raise UpdateRefused(f"{artifact}: larger than {MAX_ARTIFACT_BYTES} bytes")
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise UpdateRefused(
+                f"{artifact}: checksum mismatch (sha256 {digest.hexdigest()}, want {sha256})"
+            )
+        final.parent.mkdir(exist_ok=True)
+        partial.replace(final)
+        return final
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _chunks(artifact: str, timeout_s: float) -> Iterator[bytes]:
+    parsed = urlparse(artifact)
+    if parsed.scheme in ("", "file"):
+        path = Path(parsed.path if parsed.scheme == "file" else artifact)
+        try:
+            with open(path, "rb") as src:
+                yield from iter(lambda: src.read(1 << 20), b"")
+        except OSError as exc:
+            raise UpdateRefused(f"{artifact}: {exc.strerror}") from exc
+        return
+    if parsed.scheme != "https":
+        raise UpdateRefused(f"{artifact}: only paths, file:// and https:// are fetched")
+    try:
+        with httpx.stream("GET", artifact, timeout=timeout_s, follow_redirects=False) as reply:
+            if reply.status_code != 200:
+                raise UpdateRefused(f"{artifact}: HTTP {reply.status_code}")
+            yield from reply.iter_bytes(1 << 20)
+    except httpx.HTTPError as exc:
+        raise UpdateRefused(f"{artifact}: {exc}") from exc
+
+
+def install(wheel: Path, versions: Path, *, python: str = sys.executable) -> tuple[Path, str]:
+    """Install ``wheel`` into a directory of its own under ``versions``
+    (``pip install --no-deps --target``: the running environment is not
+    touched); returns that directory and the sha256 of the agent code in it
+    (what the agent will report once it runs from there)."""
+    versions.mkdir(parents=True, exist_ok=True)
+    target = versions / wheel.name.removesuffix(".whl")
+    staging = versions / f".{uuid.uuid4().hex}.staging"
+    try:
+        done = subprocess.run(
+            [
+                python,
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--no-compile",
+                "--disable-pip-version-check",
+                "--quiet",
+                "--target",
+                str(staging),
+                str(wheel),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+            env={**os.environ, "PIP_NO_INPUT": "1"},
+        )
+        if done.returncode != 0:
+            raise UpdateRefused(f"{wheel.name}: pip install failed: {done.stderr.strip()[-500:]}")
+        package = staging / "warmcache_agent"
+        if not (package / "daemon.py").exists():
+            raise UpdateRefused(f"{wheel.name}: no warmcache_agent package in it")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.replace(target)
+        return target, code_sha256(target / "warmcache_agent")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
