@@ -49,6 +49,9 @@ for d in /dev/vd?; do
     if [ -f /seed/network-config ]; then
       addr=$(grep -o '[0-9a-fA-F.:]*[0-9a-fA-F]/[0-9]*' /seed/network-config | head -n 1)
       gw=$(sed -n 's/.*"via": "\\([^"]*\\)".*/\\1/p' /seed/network-config | head -n 1)
+      # static, as the config says: no address from router advertisements
+      echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_ra 2>/dev/null
+      echo 0 > /proc/sys/net/ipv6/conf/eth0/autoconf 2>/dev/null
       ip link set eth0 up && ip addr add "$addr" dev eth0 && echo "WARMCACHE-ADDRESS $addr"
       [ -n "$gw" ] && ip route add default via "$gw" dev eth0
     fi
