@@ -1,0 +1,183 @@
+"""The agent's launcher: a process that runs the agent as its child from the
+build it should run, and goes back to the previous build when a new one
+does not come up.
+
+Builds live under ``<state_dir>/versions/`` (``warmcache_agent.updater``
+installs them there, beside the base environment, which is build zero).
+``current`` names the build in use (none: the base environment);
+``trying`` a new one to start. A child started from ``trying`` must say it
+is up within ``ready_timeout_s`` (``notify_ready()``, through a pipe the
+launcher hands it: no polling); then ``trying`` becomes ``current``.
+Otherwise (not ready in time, or it exits first) it is stopped, the reason
+is written to ``failed`` and the child is started from ``current`` again.
+A child that exits with ``RESTART`` (75) asks to be started again (after an
+update was installed); any other exit ends the launcher with the child's
+code. VMs are libvirtd's: none stops when the agent does, and the lockfile
+is on disk.
+
+Not wired in yet (issue 15): the agent does not call ``notify_ready`` or
+exit with ``RESTART`` on its update slot, and the units still start the
+agent directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+RESTART = 75  # the child's "start me again" (EX_TEMPFAIL)
+READY_FD = "WARMCACHE_READY_FD"
+
+
+def notify_ready() -> None:
+    """Called by the agent once it is up (its host facts published): tells
+    a launcher waiting on a new build to keep it (nothing without one)."""
+    fd = os.environ.pop(READY_FD, None)
+    if fd is not None:
+        try:
+            os.write(int(fd), b"ready\n")
+            os.close(int(fd))
+        except OSError:
+            pass  # the launcher gave up on us already
+
+
+class Builds:
+    """The ``versions/`` directory's pointers: ``current``, ``trying``, ``failed``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir / "versions"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _read(self, name: str) -> str | None:
+        path = self.dir / name
+        return path.read_text().strip() or None if path.exists() else None
+
+    def _write(self, name: str, value: str) -> None:
+        tmp = self.dir / f".{name}.tmp"
+        tmp.write_text(value + "\n")
+        tmp.replace(self.dir / name)
+
+    @property
+    def current(self) -> str | None:
+        return self._read("current")
+
+    @property
+    def trying(self) -> str | None:
+        return self._read("trying")
+
+    @property
+    def failed(self) -> dict[str, object] | None:
+        text = self._read("failed")
+        return json.loads(text) if text else None
+
+    def try_next(self, build: Path) -> None:
+        """The updater's last step: start ``build`` at the next restart."""
+        self._write("trying", str(build))
+
+    def keep(self) -> None:
+        self._write("current", self.trying or "")
+        (self.dir / "trying").unlink(missing_ok=True)
+
+    def refuse(self, why: str) -> None:
+        self._write("failed", json.dumps({"build": self.trying, "why": why, "at": time.time()}))
+        (self.dir / "trying").unlink(missing_ok=True)
+
+
+class Launcher:
+    def __init__(self, state_dir: Path, args: list[str], ready_timeout_s: float = 60.0) -> None:
+        self.builds = Builds(state_dir)
+        self._args = args
+        self._ready_timeout_s = ready_timeout_s
+        self.child: subprocess.Popen[bytes] | None = None
+
+    def _start(self, build: str | None, ready_fd: int | None = None) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        env.pop(READY_FD, None)
+        if build:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (build, env.get("PYTHONPATH")) if p)
+        fds: tuple[int, ...] = ()
+        if ready_fd is not None:
+            env[READY_FD] = str(ready_fd)
+            fds = (ready_fd,)
+        return subprocess.Popen(
+            [sys.executable, "-m", "warmcache_agent", *self._args], env=env, pass_fds=fds
+        )
+
+    def _try(self, build: str) -> subprocess.Popen[bytes]:
+        """Start ``build``; keep it if it says it is up in time, else go back."""
+        read, write = os.pipe()
+        child = self._start(build, write)
+        os.close(write)  # the child holds the only write end: EOF when it exits
+        try:
+            ready, _, _ = select.select([read], [], [], self._ready_timeout_s)
+            said = os.read(read, 64) if ready else b""
+        finally:
+            os.close(read)
+        if said.startswith(b"ready"):
+            self.builds.keep()
+            return child
+        code = child.poll()
+        why = (
+            f"exited with {code} before it was ready"
+            if code is not None
+            else f"not ready within {self._ready_timeout_s:.0f} s"
+        )
+        _stop(child)
+        self.builds.refuse(why)
+        return self._start(self.builds.current)
+
+    def run(self) -> int:
+        def forward(signum: int, _frame: FrameType | None) -> None:
+            if self.child is not None and self.child.poll() is None:
+                self.child.send_signal(signum)
+
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        previous = {signum: signal.signal(signum, forward) for signum in signals}
+        try:
+            while True:
+                trying = self.builds.trying
+                self.child = self._try(trying) if trying else self._start(self.builds.current)
+                code = self.child.wait()
+                if code != RESTART:
+                    return code
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _stop(child: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if "--" not in argv:
+        sys.exit(
+            "usage: python -m warmcache_agent.launcher --state-dir DIR "
+            "[--ready-timeout S] -- AGENT ARGS"
+        )
+    split = argv.index("--")
+    own = dict(zip(argv[:split:2], argv[1:split:2], strict=False))
+    if "--state-dir" not in own:
+        sys.exit("warmcache_agent.launcher: --state-dir is required")
+    launcher = Launcher(
+        Path(own["--state-dir"]), argv[split + 1 :], float(own.get("--ready-timeout", "60"))
+    )
+    sys.exit(launcher.run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The agent's launcher keeps a new build only when it says it is up in
+time, and goes back to the build it had otherwise (fake builds: a
+``warmcache_agent`` package of a few lines in a directory of its own)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from warmcache_agent.launcher import RESTART, Launcher
+
+# A build's agent: appends its name to the log; says it is ready unless told
+# not to; then exits with the code it was built with.
+FAKE = """import os, sys, time
+name, ready, code = {name!r}, {ready!r}, {code!r}
+with open({log!r}, "a") as f:
+    f.write(name + "\\n")
+fd = os.environ.get("WARMCACHE_READY_FD")
+if ready is True and fd:
+    os.write(int(fd), b"ready\\n")
+if ready == "hang":
+    time.sleep(3600)  # the fake build that never comes up (the launcher stops it)
+sys.exit(code() if callable(code) else code)
+"""
+
+
+def build(root: Path, name: str, log: Path, *, ready: object = True, code: int = 0) -> Path:
+    package = root / name / "warmcache_agent"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(
+        FAKE.format(name=name, ready=ready, code=code, log=str(log))
+    )
+    return root / name
+
+
+def ran(log: Path) -> list[str]:
+    return log.read_text().split()
+
+
+def test_a_new_build_that_comes_up_is_kept(tmp_path: Path) -> None:
+    log = tmp_path / "ran"
+    launcher = Launcher(tmp_path / "state", ["--socket", "x"], ready_timeout_s=30)
+    old, new = build(tmp_path, "old", log), build(tmp_path, "new", log)
+    launcher.builds._write("current", str(old))
+    launcher.builds.try_next(new)
+    assert launcher.run() == 0
+    assert ran(log) == ["new"] and launcher.builds.current == str(new)
+    assert launcher.builds.trying is None and launcher.builds.failed is None
+
+
+def test_a_new_build_that_exits_or_hangs_is_refused_and_the_old_one_runs(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "ran"
+    launcher = Launcher(tmp_path / "state", [], ready_timeout_s=0.5)
+    old = build(tmp_path, "old", log)
+    launcher.builds._write("current", str(old))
+    launcher.builds.try_next(build(tmp_path, "crashes", log, ready=False, code=3))
+    assert launcher.run() == 0
+    assert ran(log) == ["crashes", "old"] and launcher.builds.current == str(old)
+    failed = launcher.builds.failed
+    assert failed is not None and "exited with 3 before it was ready" in str(failed["why"])
+    launcher.builds.try_next(build(tmp_path, "hangs", log, ready="hang"))
+    assert launcher.run() == 0
+    assert ran(log)[-2:] == ["hangs", "old"] and launcher.builds.current == str(old)
+    assert "not ready within" in str(
+        json.loads((launcher.builds.dir / "failed").read_text())["why"]
+    )
+
+
+def test_a_child_asking_for_a_restart_is_started_again(tmp_path: Path) -> None:
+    log = tmp_path / "ran"
+    launcher = Launcher(tmp_path / "state", [], ready_timeout_s=30)
+    first = build(tmp_path, "first", log, code=RESTART)
+    launcher.builds._write("current", str(first))
+    second = build(tmp_path, "second", log)
+    # the first run asks for a restart after its update put 'second' to try
+    (first / "warmcache_agent" / "__main__.py").write_text(
+        (first / "warmcache_agent" / "__main__.py")
+        .read_text()
+        .replace(
+            "sys.exit(",
+            f"open({str(launcher.builds.dir / 'trying')!r}, 'w').write({str(second)!r}); sys.exit(",
+            1,
+        )
+    )
+    assert launcher.run() == 0
+    assert ran(log) == ["first", "second"] and launcher.builds.current == str(second)
