@@ -43,8 +43,9 @@ def check_config(config: Config, timeout_s: float = 5.0) -> list[Check]:
         ),
         _run(f"alerts {config.alerts.kind}", lambda: _alerts(config.alerts, timeout_s)),
     ]
-    if config.agent_tls is not None:
-        checks.append(_run("agent_tls", lambda: _agent_tls(config.agent_tls)))  # type: ignore[arg-type]
+    tls = config.agent_tls
+    if tls is not None:
+        checks.append(_run("agent_tls", lambda: _agent_tls(tls)))
     return checks
 
 

@@ -237,9 +237,6 @@ class Allocator:
         self._cursors: dict[str, Iterator[Address]] = {}
         self._lock = threading.Lock()  # the AZ's build threads share it
 
-    def __bool__(self) -> bool:
-        return bool(self._pools)
-
     def pool_for(self, rack: str) -> str | None:
         scoped = sorted(n for n, p in self._pools.items() if p.rack == rack)
         whole = sorted(n for n, p in self._pools.items() if p.rack is None)

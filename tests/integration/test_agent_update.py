@@ -7,60 +7,20 @@ nothing behind."""
 from __future__ import annotations
 
 import hashlib
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.wheels import build_wheel
 from warmcache_agent import identity
 from warmcache_agent.updater import UpdateRefused, fetch, install
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("agent-build")
-    source = work / "source"
-    shutil.copytree(
-        CHECKOUT,
-        source,
-        symlinks=True,
-        ignore=shutil.ignore_patterns(
-            ".git",
-            ".venv",
-            "build",
-            "dist",
-            "*.egg-info",
-            "__pycache__",
-            ".*_cache",
-            "test-artifacts",
-            ".state",
-        ),
-    )
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "-q",
-            "-w",
-            str(work / "dist"),
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    [built] = (work / "dist").glob("warmcache-*.whl")
-    return built
+    return build_wheel(tmp_path_factory.mktemp("agent-build"))
 
 
 def sha256(path: Path) -> str:

@@ -8,7 +8,6 @@ is installed."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.wheels import CHECKOUT, build_wheel
 from warmcache.localetcd import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.libvirt]
-CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def run(args: list[str], cwd: Path, timeout_s: float = 600) -> str:
@@ -32,30 +31,7 @@ def run(args: list[str], cwd: Path, timeout_s: float = 600) -> str:
 
 
 def test_the_wheel_runs_outside_the_checkout(tmp_path: Path) -> None:
-    # Built from a copy, so the checkout gets no build/ or *.egg-info.
-    source = tmp_path / "source"
-    shutil.copytree(
-        CHECKOUT,
-        source,
-        symlinks=True,
-        ignore=shutil.ignore_patterns(
-            ".git",
-            ".venv",
-            "build",
-            "dist",
-            "*.egg-info",
-            "__pycache__",
-            ".*_cache",
-            "test-artifacts",
-            ".state",
-        ),
-    )
-    dist = tmp_path / "dist"
-    run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(source)],
-        cwd=tmp_path,
-    )
-    [wheel] = dist.glob("warmcache-*.whl")
+    wheel = build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     for shipped in (
         "warmcache/data/config/service.example.toml",

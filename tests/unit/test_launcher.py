@@ -11,7 +11,7 @@ from warmcache_agent.launcher import RESTART, Launcher
 
 # A build's agent: appends its name to the log; says it is ready unless told
 # not to; then exits with the code it was built with.
-FAKE = """import os, sys, time
+FAKE = """import os, signal, sys
 name, ready, code = {name!r}, {ready!r}, {code!r}
 with open({log!r}, "a") as f:
     f.write(name + "\\n")
@@ -19,7 +19,7 @@ fd = os.environ.get("WARMCACHE_READY_FD")
 if ready is True and fd:
     os.write(int(fd), b"ready\\n")
 if ready == "hang":
-    time.sleep(3600)  # the fake build that never comes up (the launcher stops it)
+    signal.pause()  # the fake build that never comes up (the launcher stops it)
 sys.exit(code() if callable(code) else code)
 """
 

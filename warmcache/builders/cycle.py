@@ -268,7 +268,8 @@ class BuildCycle:
                 report.problems += [f"{az}/{f}: {why}" for f, why in plan.problems.items()]
             reserved = Counter(r.flavor for r in current if r.state == InstanceState.RESERVED)
             book = NetworkBook(self._store, self._keys)
-            addresses = Allocator(book.in_az(az), book.held(az)) if plan.builds else None
+            pools = book.in_az(az) if plan.builds else {}
+            addresses = Allocator(pools, book.held(az)) if pools else None
             with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
                 build = in_context(lambda vm: self._build(vm, writer, reserved, report, addresses))
                 for _ in pool.map(build, plan.builds):
@@ -417,9 +418,9 @@ class BuildCycle:
             result = writer.txn(compares, ops)
             if result.succeeded:
                 return record, network, result.revision
-            if self._store.get(key) is not None or network is None:
+            if addresses is None or network is None or self._store.get(key) is not None:
                 return "a record of that name exists"
-            addresses.taken(network.address)  # type: ignore[union-attr]  # held by another writer
+            addresses.taken(network.address)  # held by another writer: try the next
         return f"no_address: {ADDRESS_TRIES} addresses in a row were taken meanwhile"
 
     def _create(self, agent: HostAgent, spec: VmSpec, lost: threading.Event) -> VmStatus:

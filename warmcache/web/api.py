@@ -216,11 +216,12 @@ def agents() -> Any:
 @api.get("/v1/networks")
 def networks() -> Any:
     book = _service().networks
-    held = {az: len(book.held(az)) for az in {az for az, _ in book.all()}}
+    pools = book.all()
+    held = {az: len(book.held(az)) for az in {az for az, _ in pools}}
     return _reply(
         NetworksReply(
             networks=[
-                _network_entry(az, name, pool, held[az]) for (az, name), pool in book.all().items()
+                _network_entry(az, name, pool, held[az]) for (az, name), pool in pools.items()
             ]
         )
     )
