@@ -6,12 +6,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 
 
-def build_wheel(work: Path) -> Path:
+def build_wheel(work: Path, tweak: Callable[[Path], None] | None = None) -> Path:
+    """The wheel, built from a copy of the tree (``tweak`` edits the copy
+    first: another build of the package)."""
     source = work / "source"
     shutil.copytree(
         CHECKOUT,
@@ -29,6 +32,8 @@ def build_wheel(work: Path) -> Path:
             ".state",
         ),
     )
+    if tweak is not None:
+        tweak(source)
     done = subprocess.run(
         [
             sys.executable,

@@ -1,9 +1,10 @@
 """Which agents run which build, against the build the fleet should run
-(PPeC's agent syncer, its first half): every agent publishes its version
-and the sha256 of its installed code in its host facts; the desired build
-(version, sha256 of its artifact, where to fetch it) is set in the store by
-maker-checker (``set_agent_version``); ``warmcache agents`` and
-``GET /v1/agents`` list every heartbeating agent and whether it matches."""
+(PPeC's agent syncer; the agent's half is ``warmcache_agent.syncer``):
+every agent publishes its version and the sha256 of its installed code in
+its host facts; the desired build (version, sha256 of its artifact, where
+to fetch it) is set in the store by maker-checker (``set_agent_version``);
+``warmcache agents`` and ``GET /v1/agents`` list every heartbeating agent
+and whether it matches; ``pace_rollout`` grants update slots."""
 
 from __future__ import annotations
 
@@ -135,7 +136,8 @@ def pace_rollout(
     now run the desired build (done) or took longer than ``timeout_s`` (not
     tried again for that build), then grant slots to agents that do not
     match, up to ``parallel`` at once and never two in one rack. Returns
-    the hypervisors granted a slot now."""
+    the hypervisors granted a slot now. An agent that reports its update
+    ``failed`` or ``rolled_back`` frees its slot too (an event says why)."""
     found = store.get(keys.agents_desired())
     desired = DesiredAgent.model_validate_json(found.value) if found else None
     by_hv = {h.hypervisor: h for h in hosts}
@@ -154,11 +156,13 @@ def pace_rollout(
             or slot.sha256 != desired.sha256
             or (host is not None and host.agent_sha256 == desired.sha256)
         )
+        told = statuses.get(hv)
+        refused = told is not None and told.sha256 == slot.sha256 and told.state != "timed_out"
         late = now - slot.granted_at > timeout_s
-        if not (done or late):
+        if not (done or refused or late):
             continue
         ops: list[Op] = [Delete(kv.key)]
-        if late and not done and desired is not None:
+        if late and not (done or refused) and desired is not None:
             late_status = UpdateStatus(
                 sha256=desired.sha256,
                 state="timed_out",
@@ -169,7 +173,12 @@ def pace_rollout(
             statuses[hv] = late_status
         if txn([Compare.mod_revision(kv.key, kv.mod_revision)], ops).succeeded:
             del slots[hv]
-            emit("agent.update_done" if done else "agent.update_timed_out", hypervisor=hv)
+            if done:
+                emit("agent.update_done", hypervisor=hv)
+            elif refused and told is not None:
+                emit(f"agent.update_{told.state}", hypervisor=hv, why=told.why)
+            else:
+                emit("agent.update_timed_out", hypervisor=hv)
     if desired is None or parallel <= 0:
         return []
     busy_racks = {slot.rack for _, slot in slots.values()}

@@ -31,6 +31,23 @@ log = logging.getLogger(__name__)
 Handler = Callable[[socket.socket, Any], None]
 
 
+def once(stop: Callable[[], None]) -> Callable[..., None]:
+    """``stop`` as a signal handler that runs once. A second SIGTERM comes
+    while the first is being handled (systemd signals the whole unit, and
+    the launcher forwards it to its child too); Python runs the handler
+    again in the same thread, inside the first one's ``Event.set`` or
+    ``Thread.start``, whose locks are not re-entrant: the agent hung there."""
+    done: list[bool] = []
+
+    def handler(*_signal: object) -> None:
+        if done:
+            return
+        done.append(True)
+        stop()
+
+    return handler
+
+
 class BoundedServer:
     def __init__(
         self,
@@ -124,7 +141,9 @@ class BoundedServer:
         self._stop.set()
         self._stopped.wait()
 
-    def server_close(self) -> None:
+    def server_close(self, wait: bool = False) -> None:
+        """Close the listener; ``wait``: let the requests being served finish
+        first (those still queued are dropped either way)."""
         self._refusals.put(None)
-        self._pool.shutdown(wait=False, cancel_futures=True)
         self.socket.close()
+        self._pool.shutdown(wait=wait, cancel_futures=True)

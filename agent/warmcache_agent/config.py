@@ -24,6 +24,7 @@ disk_gib = 50
 kind = "etcd"                 # sqlite | etcd | consul, as the service's [store]
 url = "http://10.0.0.5:2379"
 ttl_s = 10
+update_check_s = 60           # looks for an update slot this often
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ class InventoryConfig(StoreConnection):
     path: str = ""
     prefix: str = "warmcache"
     ttl_s: float = Field(default=10.0, ge=2.0, le=3600.0)
+    update_check_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="how often the agent looks for an update slot (one small read)",
+    )
     advertise: str = Field(
         default="",
         description="endpoint the service should call; default unix:<the agent's socket>",

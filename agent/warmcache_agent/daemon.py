@@ -3,6 +3,12 @@
 One JSON request line and one JSON reply line per connection (see
 ``warmcache.wire``). The socket is created mode 0660 (owner and group only).
 SIGTERM and SIGINT stop the daemon cleanly and remove the socket.
+
+Run by ``warmcache_agent.launcher`` (as the units do), the agent updates
+itself when the leader grants it a slot (``warmcache_agent.syncer``): it
+stops serving, lets requests in flight finish, hands its heartbeat session
+to its next self and exits ``RESTART``; the launcher starts the new build
+and keeps it once it has published its host facts (``notify_ready``).
 """
 
 from __future__ import annotations
@@ -27,12 +33,15 @@ from warmcache.layout import Keys, PoolRecords
 from warmcache.logs import log_options, setup_logging
 from warmcache.ports import CoordinationStore
 from warmcache.wire import MAX_LINE_BYTES, REQUEST_ADAPTER, error, ok
-from warmcache_agent.bounded import BoundedServer
+from warmcache_agent.bounded import BoundedServer, once
 from warmcache_agent.config import AgentConfig, load_agent_config
+from warmcache_agent.identity import installed_sha256
 from warmcache_agent.inventory import InventoryPublisher
+from warmcache_agent.launcher import RESTART, STATE_ENV, Builds, notify_ready
 from warmcache_agent.libvirt_driver import HypervisorFailure, LibvirtDriver
 from warmcache_agent.operations import AgentFault, HostAgentService
 from warmcache_agent.reconcile import Finding
+from warmcache_agent.syncer import AgentSyncer
 
 log = logging.getLogger("warmcache.agent")
 
@@ -166,6 +175,25 @@ def reconcile_command(socket_path: str) -> None:
     sys.exit(1 if findings else 0)
 
 
+@main.command("build-id")
+@click.argument("wheel", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--artifact", default="", help="Where agents will fetch it (default: WHEEL).")
+def build_id_command(wheel: Path, artifact: str) -> None:
+    """Print what identifies an agent build: its version, the sha256 of its
+    agent code (what agents running it report) and of the wheel itself, as
+    the `warmcache agents desired` command that asks for it."""
+    from warmcache_agent.updater import UpdateRefused, describe
+
+    try:
+        version, code, file_sha = describe(wheel)
+    except UpdateRefused as exc:
+        click.echo(f"warmcache-agent build-id: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"version          {version}\ncode sha256      {code}\nartifact sha256  {file_sha}")
+    where = artifact or str(wheel.resolve())
+    click.echo(f"warmcache agents desired {version} {code} {where} {file_sha}")
+
+
 def run_daemon(socket_path: str, config_path: str, libvirt_uri: str | None) -> None:
     try:
         config = load_agent_config(config_path)
@@ -181,25 +209,53 @@ def run_daemon(socket_path: str, config_path: str, libvirt_uri: str | None) -> N
     store = _inventory_store(config)
     publisher = None
     stop = threading.Event()
-    if store is not None and config.inventory is not None:
-        publisher = InventoryPublisher(
-            store, config.inventory.prefix, service.facts, config.inventory.ttl_s
-        )
-        service.on_change = publisher.changed
-        service.records = lambda: records_on_host(store, config)
-        service.on_findings = lambda found: publish_findings(store, config, found)
-        threading.Thread(target=publisher.run, args=(stop,), name="inventory", daemon=True).start()
-    threading.Thread(
-        target=_reconcile_loop, args=(service, stop), name="reconcile", daemon=True
-    ).start()
+    restarting = threading.Event()
     server = AgentServer(socket_path, service)
 
-    def _stop(_sig: int, _frame: object) -> None:
+    @once
+    def _stop() -> None:
         stop.set()
         if publisher is not None:
             publisher.changed()  # wake the heartbeat loop so it sees stop
         threading.Thread(target=server.shutdown, daemon=True).start()
 
+    def _restart() -> None:
+        restarting.set()
+        _stop()
+
+    handover = Path(config.state_dir) / "run" / "inventory-session"
+    if store is not None and config.inventory is not None:
+        publisher = InventoryPublisher(
+            store, config.inventory.prefix, service.facts, config.inventory.ttl_s
+        )
+        publisher.on_published = notify_ready  # up once its facts are out
+        if handover.exists():
+            publisher.adopt(handover.read_text().strip())
+            handover.unlink()
+        service.on_change = publisher.changed
+        service.records = lambda: records_on_host(store, config)
+        service.on_findings = lambda found: publish_findings(store, config, found)
+        threading.Thread(target=publisher.run, args=(stop,), name="inventory", daemon=True).start()
+        launched = os.environ.get(STATE_ENV)
+        syncer = AgentSyncer(
+            store,
+            Keys(config.inventory.prefix),
+            config.hypervisor,
+            installed_sha256(),
+            Builds(Path(launched)) if launched else None,
+            _restart,
+        )
+        threading.Thread(
+            target=syncer.run,
+            args=(stop, config.inventory.update_check_s),
+            name="syncer",
+            daemon=True,
+        ).start()
+    else:
+        notify_ready()  # no heartbeat to wait for: up once it listens
+    threading.Thread(
+        target=_reconcile_loop, args=(service, stop), name="reconcile", daemon=True
+    ).start()
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     log.info(
@@ -208,11 +264,18 @@ def run_daemon(socket_path: str, config_path: str, libvirt_uri: str | None) -> N
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
-        server.server_close()
+        server.server_close(wait=restarting.is_set())  # an update lets requests finish
         if publisher is not None:
-            publisher.withdraw()
+            if restarting.is_set() and (session := publisher.handover()):
+                handover.parent.mkdir(parents=True, exist_ok=True)
+                handover.write_text(session + "\n")
+            else:
+                publisher.withdraw()
         Path(socket_path).unlink(missing_ok=True)
         driver.close()
+    if restarting.is_set():
+        log.info("agent %s restarting into its new build", config.hypervisor)
+        sys.exit(RESTART)
 
 
 def _reconcile_loop(service: HostAgentService, stop: threading.Event) -> None:

@@ -5,6 +5,10 @@ service should call) are put at ``<prefix>/hosts/<az>/<hypervisor>`` bound
 to a session with a TTL, renewed every TTL / 3 and re-published at once
 when they change (a VM created or deleted). If the agent dies, the session
 expires and the key goes with it: the host leaves placement within one TTL.
+
+An agent restarting into a new build hands its session over to its next
+self (``handover``, ``adopt``) rather than ending it: the host's key stays
+put across the restart instead of leaving placement and coming back.
 """
 
 from __future__ import annotations
@@ -33,6 +37,13 @@ class InventoryPublisher:
         self._ttl_s = ttl_s
         self._dirty = threading.Event()
         self._session: str | None = None
+        self.on_published: Callable[[], None] = lambda: None
+
+    def adopt(self, session: str) -> None:
+        """Publish under ``session`` (handed over by the previous agent
+        process); a session that expired meanwhile is replaced at once."""
+        self._session = session
+        self._dirty.set()
 
     def changed(self) -> None:
         """The facts changed: publish them now rather than at the next beat."""
@@ -52,16 +63,21 @@ class InventoryPublisher:
             self._session = self._store.create_session(self._ttl_s, "agent")
         try:
             self._publish()
-        except SessionExpired:
-            self._session = None
-            self._dirty.set()
+        except SessionExpired:  # (an adopted one that expired): a new one at once
+            self._session = self._store.create_session(self._ttl_s, "agent")
+            self._publish()
 
     def _publish(self) -> None:
         self._dirty.clear()
         facts = self._facts()
         key = self._keys.host(facts.az, facts.hypervisor)
         assert self._session is not None
-        self._store.put(key, facts.model_dump_json(), session=self._session)
+        try:
+            self._store.put(key, facts.model_dump_json(), session=self._session)
+        except StoreError:
+            self._dirty.set()  # not published: the next beat tries again
+            raise
+        self.on_published()
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -72,6 +88,12 @@ class InventoryPublisher:
             self._dirty.wait(self._ttl_s / 3)
             if stop.is_set():
                 break
+
+    def handover(self) -> str | None:
+        """Restarting: the session for the next process to ``adopt`` (the
+        host's key stays while its TTL runs)."""
+        session, self._session = self._session, None
+        return session
 
     def withdraw(self) -> None:
         """Graceful stop: end the session, which removes the host at once."""

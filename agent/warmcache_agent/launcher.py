@@ -15,9 +15,9 @@ update was installed); any other exit ends the launcher with the child's
 code. VMs are libvirtd's: none stops when the agent does, and the lockfile
 is on disk.
 
-Not wired in yet (issue 15): the agent does not call ``notify_ready`` or
-exit with ``RESTART`` on its update slot, and the units still start the
-agent directly.
+The agent knows it runs under a launcher (and so may update itself) by
+``WARMCACHE_LAUNCHER_STATE``, the state directory the launcher hands it;
+``warmcache_agent.syncer`` does the updating.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from types import FrameType
 
 RESTART = 75  # the child's "start me again" (EX_TEMPFAIL)
 READY_FD = "WARMCACHE_READY_FD"
+STATE_ENV = "WARMCACHE_LAUNCHER_STATE"
 
 
 def notify_ready() -> None:
@@ -52,7 +54,7 @@ class Builds:
     """The ``versions/`` directory's pointers: ``current``, ``trying``, ``failed``."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.dir = state_dir / "versions"
+        self.dir = state_dir.resolve() / "versions"
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def _read(self, name: str) -> str | None:
@@ -89,6 +91,26 @@ class Builds:
         self._write("failed", json.dumps({"build": self.trying, "why": why, "at": time.time()}))
         (self.dir / "trying").unlink(missing_ok=True)
 
+    def reported(self) -> None:
+        """The agent told the store about ``failed``: keep it as the last
+        one reported, so it is told once."""
+        path = self.dir / "failed"
+        if path.exists():
+            path.replace(self.dir / "failed.reported")
+
+    def prune(self, keep: set[str]) -> None:
+        """Remove installed builds other than ``keep`` and the pointers' own."""
+        wanted = {
+            str(Path(p).resolve()) for p in keep | {self.current or "", self.trying or ""} if p
+        }
+        for build in self.dir.iterdir():
+            if (
+                build.is_dir()
+                and not build.name.startswith(".")
+                and str(build.resolve()) not in wanted
+            ):
+                shutil.rmtree(build, ignore_errors=True)
+
 
 class Launcher:
     def __init__(self, state_dir: Path, args: list[str], ready_timeout_s: float = 60.0) -> None:
@@ -96,10 +118,12 @@ class Launcher:
         self._args = args
         self._ready_timeout_s = ready_timeout_s
         self.child: subprocess.Popen[bytes] | None = None
+        self.stopping = False  # SIGTERM or SIGINT came: no new start
 
     def _start(self, build: str | None, ready_fd: int | None = None) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         env.pop(READY_FD, None)
+        env[STATE_ENV] = str(self.builds.dir.parent)
         if build:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (build, env.get("PYTHONPATH")) if p)
         fds: tuple[int, ...] = ()
@@ -107,13 +131,17 @@ class Launcher:
             env[READY_FD] = str(ready_fd)
             fds = (ready_fd,)
         return subprocess.Popen(
-            [sys.executable, "-m", "warmcache_agent", *self._args], env=env, pass_fds=fds
+            # -P: the working directory is not on the path (a checkout there
+            # would shadow the build's own warmcache package)
+            [sys.executable, "-P", "-m", "warmcache_agent", *self._args],
+            env=env,
+            pass_fds=fds,
         )
 
     def _try(self, build: str) -> subprocess.Popen[bytes]:
         """Start ``build``; keep it if it says it is up in time, else go back."""
         read, write = os.pipe()
-        child = self._start(build, write)
+        child = self.child = self._start(build, write)
         os.close(write)  # the child holds the only write end: EOF when it exits
         try:
             ready, _, _ = select.select([read], [], [], self._ready_timeout_s)
@@ -123,6 +151,8 @@ class Launcher:
         if said.startswith(b"ready"):
             self.builds.keep()
             return child
+        if self.stopping:  # told to stop while it was starting: not the build's fault
+            return child
         code = child.poll()
         why = (
             f"exited with {code} before it was ready"
@@ -131,10 +161,13 @@ class Launcher:
         )
         _stop(child)
         self.builds.refuse(why)
-        return self._start(self.builds.current)
+        self.child = self._start(self.builds.current)
+        return self.child
 
     def run(self) -> int:
         def forward(signum: int, _frame: FrameType | None) -> None:
+            if signum != signal.SIGHUP:
+                self.stopping = True
             if self.child is not None and self.child.poll() is None:
                 self.child.send_signal(signum)
 
@@ -145,7 +178,7 @@ class Launcher:
                 trying = self.builds.trying
                 self.child = self._try(trying) if trying else self._start(self.builds.current)
                 code = self.child.wait()
-                if code != RESTART:
+                if code != RESTART or self.stopping:
                     return code
         finally:
             for signum, handler in previous.items():
@@ -176,7 +209,11 @@ def main() -> None:
     launcher = Launcher(
         Path(own["--state-dir"]), argv[split + 1 :], float(own.get("--ready-timeout", "60"))
     )
-    sys.exit(launcher.run())
+    code = launcher.run()
+    if code < 0:  # the child died of a signal: so does the launcher (systemd sees a clean stop)
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from warmcache.agent_codes import AgentCode
 from warmcache.errors import InvalidRequest
 from warmcache.logs import log_options, setup_logging
 from warmcache.wire import MAX_LINE_BYTES, REQUEST_ADAPTER, error
-from warmcache_agent.bounded import BoundedServer
+from warmcache_agent.bounded import BoundedServer, once
 from warmcache_agent.config import ServerLimits
 
 log = logging.getLogger("warmcache.proxy")
@@ -381,7 +381,8 @@ def main(
         limits=ServerLimits(workers=workers, queue=queue_size, idle_timeout_s=idle_timeout),
     )
 
-    def _stop(_sig: int, _frame: object) -> None:
+    @once
+    def _stop() -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, _stop)

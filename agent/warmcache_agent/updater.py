@@ -6,9 +6,9 @@ directory of its own under the agent's state, ``pip install --no-deps
 --target``), never over it: the environment the agent runs from now stays
 as it is, so going back is running the previous directory again.
 
-What is not here yet (issue 15): the agent acting on the update slot the
-leader grants, restarting into the new directory and rolling back when it
-does not heartbeat in time.
+``warmcache_agent.syncer`` runs these when the leader grants an update
+slot; ``warmcache_agent.launcher`` restarts into the new directory and
+rolls back when it does not come up in time.
 """
 
 from __future__ import annotations
@@ -86,6 +86,27 @@ def _chunks(artifact: str, timeout_s: float) -> Iterator[bytes]:
         raise UpdateRefused(f"{artifact}: {exc}") from exc
 
 
+def describe(wheel: Path) -> tuple[str, str, str]:
+    """What to set as the desired build for ``wheel``: its version, the
+    sha256 of the agent code in it (what agents running it report) and the
+    sha256 of the file itself. ``UpdateRefused`` if it is not an agent wheel."""
+    import tempfile
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(wheel) as archive, tempfile.TemporaryDirectory() as tmp:
+            members = [m for m in archive.namelist() if m.startswith("warmcache_agent/")]
+            if "warmcache_agent/daemon.py" not in members:
+                raise UpdateRefused(f"{wheel}: no warmcache_agent package in it")
+            archive.extractall(tmp, members)
+            code = code_sha256(Path(tmp) / "warmcache_agent")
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise UpdateRefused(f"{wheel}: {exc}") from exc
+    parts = wheel.name.split("-")
+    version = parts[1] if len(parts) >= 5 else "?"
+    return version, code, hashlib.sha256(wheel.read_bytes()).hexdigest()
+
+
 def install(wheel: Path, versions: Path, *, python: str = sys.executable) -> tuple[Path, str]:
     """Install ``wheel`` into a directory of its own under ``versions``
     (``pip install --no-deps --target``: the running environment is not
@@ -103,6 +124,7 @@ def install(wheel: Path, versions: Path, *, python: str = sys.executable) -> tup
                 "install",
                 "--no-deps",
                 "--no-compile",
+                "--no-cache-dir",
                 "--disable-pip-version-check",
                 "--quiet",
                 "--target",

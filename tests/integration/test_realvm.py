@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import unavailable
 from tests.polling import wait_for
 from warmcache.adapters.agent_client import AgentClient
 from warmcache.errors import AgentError, AgentVmExists, AgentVmNotFound
@@ -30,28 +29,6 @@ from warmcache_agent.guest import agent_config_toml
 pytestmark = [pytest.mark.realvm, pytest.mark.slow, pytest.mark.integration]
 
 TINY = Flavor(name="tiny", vcpus=1, memory_mib=128, disk_gib=1)
-
-
-@pytest.fixture(scope="session")
-def real_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """libvirtd running (started here if needed, stopped by PID) and a guest image."""
-    try:
-        import libvirt  # noqa: F401
-    except ImportError:
-        unavailable("realvm", "libvirt-python is not installed")
-
-    from warmcache_agent.guest import GuestImageError, default_cache, prepare
-    from warmcache_agent.libvirtd import Libvirtd, LibvirtdUnavailable
-
-    daemons = Libvirtd(tmp_path_factory.mktemp("libvirtd"))
-    try:
-        daemons.ensure()
-        image = prepare(default_cache())
-    except (LibvirtdUnavailable, GuestImageError, subprocess.CalledProcessError) as exc:
-        daemons.stop()
-        unavailable("realvm", f"real guests cannot run here: {exc}")
-    yield image
-    daemons.stop()
 
 
 class AgentProcess:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import threading
 import uuid
 from collections import Counter
@@ -296,3 +297,21 @@ def test_idle_connections_cost_no_threads_past_the_bound_and_are_closed(tmp_path
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def test_a_stop_handler_runs_once_even_when_signalled_inside_itself() -> None:
+    """A second SIGTERM lands while the first handler runs (systemd signals
+    the whole unit, the launcher forwards it): it must not run the stop
+    again inside itself, where Event.set's lock is already held."""
+    from warmcache_agent.bounded import once
+
+    calls: list[int] = []
+
+    @once
+    def stop() -> None:
+        calls.append(1)
+        handler(signal.SIGTERM, None)  # the second signal, mid-stop
+
+    handler = stop
+    handler(signal.SIGTERM, None)
+    assert calls == [1]

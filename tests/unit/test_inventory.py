@@ -80,3 +80,35 @@ def test_the_view_follows_changes_and_survives_compaction(tmp_path: object) -> N
     view.catch_up()
     assert [h.hypervisor for h in view.hosts()] == ["h1"]
     store.close()
+
+
+def test_a_restarting_agent_hands_its_session_to_its_next_self(
+    sqlite_store: SqliteStore, clock: ManualClock
+) -> None:
+    """An agent restarting into a new build: the host's key is never gone
+    from the view, and the new process publishes its new facts under the
+    old session; a session that expired during the restart is replaced."""
+    view = HostView(sqlite_store, KEYS.hosts_dir())
+    old = InventoryPublisher(sqlite_store, "wc", lambda: facts(), ttl_s=5)
+    old.beat()
+    session = old.handover()
+    assert session is not None
+    view.catch_up()
+    assert view.get("h1") is not None  # not withdrawn
+    published: list[int] = []
+    new = InventoryPublisher(sqlite_store, "wc", lambda: facts(free=3), ttl_s=5)
+    new.on_published = lambda: published.append(1)
+    new.adopt(session)
+    new.beat()
+    assert published == [1]
+    clock.advance(3)
+    new.beat()  # renews the adopted session
+    clock.advance(3)  # past the first TTL: the adopted session is still alive
+    view.catch_up()
+    assert view.get("h1").vcpus_free == 3  # type: ignore[union-attr]
+    late = InventoryPublisher(sqlite_store, "wc", lambda: facts(free=1), ttl_s=5)
+    late.adopt(new.handover() or "")
+    clock.advance(6)  # the handed-over session expired before it was adopted
+    late.beat()
+    view.catch_up()
+    assert view.get("h1").vcpus_free == 1  # type: ignore[union-attr]

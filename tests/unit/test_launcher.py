@@ -5,9 +5,13 @@ time, and goes back to the build it had otherwise (fake builds: a
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
-from warmcache_agent.launcher import RESTART, Launcher
+from tests.polling import wait_for
+from warmcache_agent.launcher import RESTART, Builds, Launcher
 
 # A build's agent: appends its name to the log; says it is ready unless told
 # not to; then exits with the code it was built with.
@@ -87,3 +91,25 @@ def test_a_child_asking_for_a_restart_is_started_again(tmp_path: Path) -> None:
     )
     assert launcher.run() == 0
     assert ran(log) == ["first", "second"] and launcher.builds.current == str(second)
+
+
+def test_a_stop_while_a_new_build_starts_is_not_held_against_it(tmp_path: Path) -> None:
+    """SIGTERM (systemd stopping the unit) while the launcher waits for a new
+    build to come up: the launcher stops its child and exits, and neither
+    refuses the build nor starts the previous one."""
+    log = tmp_path / "ran"
+    state = tmp_path / "state"
+    builds = Builds(state)
+    builds._write("current", str(build(tmp_path, "old", log)))
+    builds.try_next(build(tmp_path, "slow", log, ready="hang"))
+    command = ["-m", "warmcache_agent.launcher", "--state-dir", str(state), "--ready-timeout", "60"]
+    launcher = subprocess.Popen([sys.executable, *command, "--"])
+    try:
+        wait_for("the new build to start", lambda: log.exists() and ran(log) == ["slow"], 30)
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=30) == -signal.SIGTERM  # the child's end, passed on
+    finally:
+        launcher.kill()
+        launcher.wait()
+    assert ran(log) == ["slow"]  # the old build was not started on the way out
+    assert builds.failed is None and builds.trying is not None  # tried again next start
