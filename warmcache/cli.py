@@ -373,7 +373,8 @@ def _fill_with_progress(stack: Any) -> None:
 
 def _pools_table(pools: list[dict[str, Any]]) -> Table:
     table = Table(title="pools")
-    for col in ("az", "flavor", "target", "ready", "reserved", "building", "ready by rack"):
+    columns = ("az", "flavor", "target", "ready", "reserved", "building", "stale", "ready by rack")
+    for col in columns:
         table.add_column(col)
     for p in pools:
         table.add_row(
@@ -383,6 +384,7 @@ def _pools_table(pools: list[dict[str, Any]]) -> Table:
             str(p["ready"]),
             str(p["reserved"]),
             str(p["building"]),
+            str(p.get("stale", 0)),
             ", ".join(f"{r}:{n}" for r, n in p["ready_by_rack"].items()),
         )
     return table
@@ -395,7 +397,7 @@ def _pools_table(pools: list[dict[str, Any]]) -> Table:
 @_output_option()
 @_url_option
 def pools(output: str) -> None:
-    """Show every pool: target, ready, reserved, building, spread."""
+    """Show every pool: target, ready, reserved, building, stale (being replaced), spread."""
     with _client() as wc:
         found = _dump(wc.pools())
     _print_json(found) if output == "json" else console.print(_pools_table(found))

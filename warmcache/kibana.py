@@ -233,6 +233,17 @@ LENSES = (
         chart="line",
     ),
     Lens(
+        "wc-rollover",
+        "warmcache: rollover progress (stale VMs left per pool, after each cycle)",
+        'type : "pool.rollout"',
+        (
+            TIME,
+            Column("pool", "terms", "flavor", "Flavor", {"size": 20}),
+            Column("stale", "max", "stale_left", "Stale VMs left"),
+        ),
+        chart="line",
+    ),
+    Lens(
         "wc-built-per-rack",
         "warmcache: VMs built per rack and hypervisor",
         'type : "vm.build_finished"',

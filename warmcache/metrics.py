@@ -64,8 +64,14 @@ class _PoolCollector(Collector):
             "Ready VMs per pool and rack (what rack-aware acquisitions draw on)",
             labels=["az", "flavor", "rack"],
         )
+        stale = GaugeMetricFamily(
+            "warmcache_pool_stale_vms",
+            "Ready or reserved VMs of an older generation, being rolled over",
+            labels=["az", "flavor"],
+        )
         pools = self._r.pools()
         for p in pools:
+            stale.add_metric([p.az, p.flavor], p.stale)
             for rack, ready in sorted(p.ready_by_rack.items()):
                 per_rack.add_metric([p.az, p.flavor, rack], ready)
             for state in ("ready", "reserved", "building"):
@@ -76,6 +82,7 @@ class _PoolCollector(Collector):
         yield target
         yield low_water
         yield per_rack
+        yield stale
         heartbeating = GaugeMetricFamily(
             "warmcache_agents_heartbeating",
             "Hypervisors whose agent heartbeat is live, per AZ (0 for an AZ with pools)",

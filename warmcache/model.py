@@ -13,7 +13,7 @@ import enum
 import ipaddress
 import json
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 
@@ -38,6 +38,8 @@ class InstanceState(enum.StrEnum):
 
 # States that count towards a pool's size (DESIGN.md §5 to_build arithmetic).
 POOLED_STATES = frozenset({InstanceState.BUILDING, InstanceState.READY, InstanceState.RESERVED})
+# States of a built VM waiting in its pool (what a rollover replaces).
+HELD_STATES = frozenset({InstanceState.READY, InstanceState.RESERVED})
 
 
 class Mode(enum.StrEnum):
@@ -88,6 +90,18 @@ class BuildRule(_Frozen):
     total_instances: Count
     group_hint: str | None = Field(default=None, pattern=NAME_PATTERN)
     enabled: bool = True
+    # Rolling replacement (a new generation, or max_age_s): VMs replaced per
+    # cycle, new ones built first; the ready count stays at or above
+    # total_instances - this. Default: a quarter of max_instance_per_cycle.
+    replace_per_cycle: int | None = Field(default=None, ge=1, le=10_000)
+    # Stale VMs (an older generation) are handed out only when current ones
+    # cannot satisfy a request ("fallback"), or never.
+    stale_handout: Literal["fallback", "never"] = "fallback"
+    max_age_s: int | None = Field(default=None, ge=60, le=10 * 365 * 86400)
+
+    @property
+    def replace_rate(self) -> int:
+        return self.replace_per_cycle or max(1, self.max_instance_per_cycle // 4)
 
     @field_validator("user_data")
     @classmethod
@@ -106,6 +120,26 @@ class BuildRule(_Frozen):
                 f"reserve_cap ({self.reserve_cap}) exceeds total_instances ({self.total_instances})"
             )
         return self
+
+
+def pool_generation(flavor: Flavor, rule: BuildRule) -> str:
+    """What a pool's VMs are built from, as a short digest: the flavor's
+    image and provider flavor, its sizes and extra disks, the rule's
+    ``user_data`` and ``group_hint``. Any change makes the VMs built before
+    it stale (rolled over by the leader, ``replace_per_cycle`` at a time)."""
+    import hashlib
+
+    what = {
+        "image_id": flavor.image_id,
+        "provider_flavor_id": flavor.provider_flavor_id,
+        "vcpus": flavor.vcpus,
+        "memory_mib": flavor.memory_mib,
+        "disk_gib": flavor.disk_gib,
+        "extra_disks_gib": list(flavor.extra_disks_gib),
+        "user_data": rule.user_data,
+        "group_hint": rule.group_hint,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class StaticNetwork(_Frozen):
@@ -172,6 +206,16 @@ class PoolInstance(_Frozen):
     acquired_by: str | None = None
     acquired_at: float | None = None
     claim_id: str | None = None  # the claim that handed it out
+    # pool_generation() it was built with ("": before generations existed,
+    # never stale by generation); stale: the leader found its pool's
+    # generation changed since (handed out only as the rule allows)
+    generation: str = ""
+    stale: bool = False
+
+    def aged(self, rule: BuildRule, now: float) -> bool:
+        """Older than the rule's ``max_age_s`` (counted from when it was ready)."""
+        born = self.ready_at if self.ready_at is not None else self.created_at
+        return rule.max_age_s is not None and now - born > rule.max_age_s
 
     def with_state(self, state: InstanceState, **changes: object) -> PoolInstance:
         return self.model_copy(update={"state": state, **changes})
@@ -242,6 +286,7 @@ class PoolSummary(_Frozen):
     building: int
     enabled: bool
     ready_by_rack: dict[str, int]
+    stale: int = 0  # ready or reserved VMs of an older generation, being replaced
 
 
 # The name every instance registers under in the store's service registry.

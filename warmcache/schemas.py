@@ -94,6 +94,12 @@ class Vm(_Reply):
     ready_at: float | None = None
     acquired_at: float | None = None
     claim_id: str | None = None
+    generation: str = Field(default="", description="the pool generation it was built with")
+    stale: bool = Field(
+        default=False,
+        description="built from an older generation: handed out because current VMs could not "
+        "satisfy the request",
+    )
 
     @classmethod
     def of(cls, vm: PoolInstance) -> Vm:
@@ -108,6 +114,8 @@ class Vm(_Reply):
             ready_at=vm.ready_at,
             acquired_at=vm.acquired_at,
             claim_id=vm.claim_id,
+            generation=vm.generation,
+            stale=vm.stale,
         )
 
 
@@ -184,6 +192,9 @@ class Explain(_Reply):
     flavor: str
     hosts: int
     to_build: int
+    to_replace: int = Field(
+        default=0, description="ready VMs a rollover replaces (stale, or past max_age_s)"
+    )
     problem: str | None = None
     placements: list[Placement]
 

@@ -162,6 +162,7 @@ class Acquirer:
                     count=count,
                     mode=mode,
                     use_reserve=use_reserve,
+                    allow_stale=rule.stale_handout != "never",
                     requester=requester,
                     deadline=deadline.current(),
                     claim_id=request_id,

@@ -84,6 +84,7 @@ class ClaimRequest:
     count: int
     mode: Mode
     use_reserve: bool = False
+    allow_stale: bool = True  # the rule's stale_handout: stale VMs when current ones cannot
     requester: str = "anonymous"
     claim_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     named: bool = False  # the caller chose claim_id: record the claim (idempotent repeats)
@@ -225,7 +226,12 @@ class Claimer:
             with self._rng_lock:
                 rng = random.Random(self._rng.random())
             chosen = self._index.select(
-                request.pool, request.count, request.mode, request.use_reserve, rng
+                request.pool,
+                request.count,
+                request.mode,
+                request.use_reserve,
+                rng,
+                request.allow_stale,
             )
             request.waiting = False
             if chosen is not None:
@@ -238,7 +244,9 @@ class Claimer:
                 request.waits += 1
                 later.append(request)
             elif not self._replay_recorded(request):
-                ready, racks, hypervisors = self._index.stock(request.pool, request.use_reserve)
+                ready, racks, hypervisors = self._index.stock(
+                    request.pool, request.use_reserve, request.allow_stale
+                )
                 request.outcome = NoCapacity(
                     flavor=request.flavor,
                     az=request.az,

@@ -34,14 +34,24 @@ from warmcache.acquire.shares import Shares
 from warmcache.acquire.stock import Stock
 from warmcache.inventory import DrainView, HostView
 from warmcache.layout import Keys
-from warmcache.model import BuildRule, InstanceState, Mode, PoolInstance, PoolSummary
+from warmcache.model import (
+    HELD_STATES,
+    BuildRule,
+    InstanceState,
+    Mode,
+    PoolInstance,
+    PoolSummary,
+)
 from warmcache.ports import CoordinationStore, KeyValue
 from warmcache.views import PrefixView
 
 Pool = tuple[str, str]  # (az, flavor)
 
-# Stock slots per pool: tier (ready only, or ready + reserved) x share.
+# Stock slots per pool: tier (ready only, or ready + reserved) x share x
+# generation (current only, or any: stale VMs too, for rules that allow them).
 READY, WITH_RESERVE, READY_MINE, WITH_RESERVE_MINE = range(4)
+ANY = 4  # added to a slot: the same stock with stale VMs in it
+SLOTS = 8
 
 
 class PoolIndex(PrefixView[PoolInstance]):
@@ -63,6 +73,7 @@ class PoolIndex(PrefixView[PoolInstance]):
         self._mine: dict[str, bool] = {}
         self._states: dict[Pool, Counter[InstanceState]] = {}
         self._ready_by_rack: dict[Pool, Counter[str]] = {}
+        self._stale: Counter[Pool] = Counter()  # ready or reserved VMs marked stale
         hosts.subscribe(self._host_presence)
         drains.subscribe(self._drain_presence)
 
@@ -72,6 +83,8 @@ class PoolIndex(PrefixView[PoolInstance]):
         if old is not None:
             pool = (old.az, old.flavor)
             self._states[pool][old.state] -= 1
+            if old.stale and old.state in HELD_STATES:
+                self._stale[pool] -= 1
             if old.state is InstanceState.READY:
                 self._ready_by_rack[pool][old.rack] -= 1
             on_hv = self._on_hv.get(old.hypervisor)
@@ -85,6 +98,8 @@ class PoolIndex(PrefixView[PoolInstance]):
             if states is None:
                 states = self._states[pool] = Counter()
             states[new.state] += 1
+            if new.stale and new.state in HELD_STATES:
+                self._stale[pool] += 1
             if new.state is InstanceState.READY:
                 racks = self._ready_by_rack.get(pool)
                 if racks is None:
@@ -115,7 +130,7 @@ class PoolIndex(PrefixView[PoolInstance]):
             return 0
         if self._shares.active and self._is_mine(key, rec):
             slots |= slots << 2
-        return slots
+        return slots << ANY if rec.stale else slots | slots << ANY
 
     def _is_mine(self, key: str, rec: PoolInstance) -> bool:
         mine = self._mine.get(key)
@@ -133,7 +148,7 @@ class PoolIndex(PrefixView[PoolInstance]):
         if before is not None:
             pool, rack, hv, old_slots = before
             stocks = self._stocks[pool]
-            for slot in range(4):
+            for slot in range(SLOTS):
                 if old_slots >> slot & 1:
                     stocks[slot].remove(key, rack, hv)
             del self._placed[key]
@@ -141,8 +156,8 @@ class PoolIndex(PrefixView[PoolInstance]):
             pool, rack, hv, _ = where
             found = self._stocks.get(pool)
             if found is None:  # not setdefault: its default would be built every time
-                found = self._stocks[pool] = [Stock() for _ in range(4)]
-            for slot in range(4):
+                found = self._stocks[pool] = [Stock() for _ in range(SLOTS)]
+            for slot in range(SLOTS):
                 if slots >> slot & 1:
                     found[slot].add(key, rack, hv)
             self._placed[key] = where
@@ -182,20 +197,35 @@ class PoolIndex(PrefixView[PoolInstance]):
     # --- what acquisitions ask ----------------------------------------------------------
 
     def select(
-        self, pool: Pool, count: int, mode: Mode, use_reserve: bool, rng: random.Random
+        self,
+        pool: Pool,
+        count: int,
+        mode: Mode,
+        use_reserve: bool,
+        rng: random.Random,
+        allow_stale: bool = True,
     ) -> list[tuple[PoolInstance, int]] | None:
         """``count`` acquirable VMs of ``pool`` satisfying ``mode``, from this
-        instance's share if it can, else from the whole pool; marked in flight
-        (``claimed`` or ``release`` them). ``None``: the pool cannot."""
+        instance's share if it can, else from the whole pool; of the pool's
+        current generation if they can, else (``allow_stale``) stale ones
+        too. Marked in flight (``claimed`` or ``release`` them). ``None``:
+        the pool cannot."""
         with self._lock:
             stocks = self._stocks.get(pool)
             if stocks is None:
                 return None
             tier = WITH_RESERVE if use_reserve else READY
             selector = SELECTORS[mode]
-            chosen = selector.select(stocks[tier + 2], count, rng) if self._shares.active else None
-            if chosen is None:
-                chosen = selector.select(stocks[tier], count, rng)
+            shared = self._shares.active
+            chosen = None
+            for generation in (0, ANY) if allow_stale and self._stale[pool] else (0,):
+                base = tier + generation
+                if shared:
+                    chosen = selector.select(stocks[base + 2], count, rng)
+                if chosen is None:
+                    chosen = selector.select(stocks[base], count, rng)
+                if chosen is not None:
+                    break
             if chosen is None:
                 return None
             out = [self._items[key] for key in chosen]
@@ -205,20 +235,29 @@ class PoolIndex(PrefixView[PoolInstance]):
                 self._place(key, rec)
             return out
 
-    def stock(self, pool: Pool, use_reserve: bool) -> tuple[int, int, int]:
+    def stock(
+        self, pool: Pool, use_reserve: bool, allow_stale: bool = True
+    ) -> tuple[int, int, int]:
         """(acquirable VMs, racks, hypervisors) of ``pool`` now."""
         with self._lock:
             stocks = self._stocks.get(pool)
             if stocks is None:
                 return 0, 0, 0
-            s = stocks[WITH_RESERVE if use_reserve else READY]
+            s = stocks[(WITH_RESERVE if use_reserve else READY) + (ANY if allow_stale else 0)]
             return len(s), len(s.racks), len(s.hypervisors)
 
-    def acquirable(self, pool: Pool, use_reserve: bool, *, mine: bool = False) -> set[str]:
-        """The keys of ``pool``'s acquirable VMs (O(pool): tests, debugging)."""
+    def acquirable(
+        self, pool: Pool, use_reserve: bool, *, mine: bool = False, stale: bool = False
+    ) -> set[str]:
+        """The keys of ``pool``'s acquirable VMs, stale ones too with ``stale``
+        (O(pool): tests, debugging)."""
         with self._lock:
             stocks = self._stocks.get(pool)
-            slot = (WITH_RESERVE if use_reserve else READY) + (2 if mine else 0)
+            slot = (
+                (WITH_RESERVE if use_reserve else READY)
+                + (2 if mine else 0)
+                + (ANY if stale else 0)
+            )
             return stocks[slot].members() if stocks else set()
 
     def in_flight(self, pool: Pool) -> int:
@@ -282,6 +321,7 @@ class PoolIndex(PrefixView[PoolInstance]):
                         building=states[InstanceState.BUILDING],
                         enabled=rule.enabled if rule else False,
                         ready_by_rack={r: n for r, n in sorted(racks.items()) if n > 0},
+                        stale=self._stale[pool],
                     )
                 )
             return out

@@ -63,6 +63,12 @@ MAPPINGS: dict[str, Any] = {
         "placement": {"type": "text"},
         "vms": {"type": "keyword"},
         "built": {"type": "object", "enabled": False},
+        "replaced": {"type": "object", "enabled": False},  # cycle.summary: pool -> VMs
+        "replaced_vms": {"type": "integer"},
+        "stale": {"type": "integer"},
+        "stale_left": {"type": "integer"},
+        "aged_left": {"type": "integer"},
+        "generation": {"type": "keyword"},
         "problems": {"type": "text"},
         "failed": {"type": "text"},
     },

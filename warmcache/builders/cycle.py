@@ -40,6 +40,13 @@ from tenacity import (
 
 from warmcache.builders.adopt import adopt_orphans
 from warmcache.builders.plan import PlannedVm, plan_az
+from warmcache.builders.rollover import (
+    held_count,
+    retirable,
+    stale_mark,
+    surge,
+    to_retire,
+)
 from warmcache.errors import (
     AgentError,
     AgentUnavailable,
@@ -54,12 +61,14 @@ from warmcache.layout import HostRecords, Keys, PoolRecords, RuleRecords
 from warmcache.leader.election import FencedWriter
 from warmcache.logs import in_context
 from warmcache.model import (
+    HELD_STATES,
     BuildRule,
     Flavor,
     HostFacts,
     InstanceState,
     PoolInstance,
     StaticNetwork,
+    pool_generation,
 )
 from warmcache.networks import AddressRelease, Allocator, Held, NetworkBook
 from warmcache.placement.pipeline import PlacementPipeline
@@ -85,6 +94,7 @@ class CycleReport:
     started_at: float
     finished_at: float = 0.0
     built: Counter[tuple[str, str]] = field(default_factory=Counter)  # (az, flavor)
+    replaced: Counter[tuple[str, str]] = field(default_factory=Counter)  # rolled over
     failed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     # An earlier leader's builds that could not be settled yet (its agent is
@@ -102,6 +112,9 @@ class CycleReport:
             "token": self.token,
             "duration_s": round(self.finished_at - self.started_at, 3),
             "built": {f"{az}/{flavor}": n for (az, flavor), n in sorted(self.built.items())},
+            "replaced": {
+                f"{az}/{flavor}": n for (az, flavor), n in sorted(self.replaced.items()) if n
+            },
             "failed": self.failed,
             "problems": self.problems,
             "unsettled": self.unsettled,
@@ -192,6 +205,8 @@ class BuildCycle:
         hosts = [h for h in facts.values() if h.az == az]
         records = self._records.by_az().get(az, [])
         counter = iter(range(1, 1_000_000))
+        now = self._clock.now()
+        retiring = len(retirable(records, flavor, rule, now))
         plan = plan_az(
             az,
             {flavor: rule},
@@ -200,12 +215,14 @@ class BuildCycle:
             records,
             self._pipeline,
             lambda _az, _f: f"next-{next(counter)}",
+            {flavor: surge(rule, retiring)},
         )
         return {
             "az": az,
             "flavor": flavor,
             "hosts": len(hosts),
             "to_build": plan.deficits.get(flavor, 0),
+            "to_replace": retiring,
             "problem": plan.problems.get(flavor),
             "placements": [
                 {
@@ -255,6 +272,16 @@ class BuildCycle:
                 writer,
                 report,
             )
+            generations = {
+                f: pool_generation(flavors[f], rule)
+                for f, rule in rules[az].items()
+                if f in flavors
+            }
+            current = self._mark_generations(az, current, generations, writer)
+            now = self._clock.now()
+            retiring = {
+                f: retirable(current, f, rule, now) for f, rule in rules[az].items() if f in flavors
+            }
             plan = plan_az(
                 az,
                 rules[az],
@@ -263,6 +290,7 @@ class BuildCycle:
                 current,
                 self._pipeline,
                 self._new_name,
+                {f: surge(rules[az][f], len(vms)) for f, vms in retiring.items()},
             )
             with self._lock:
                 report.problems += [f"{az}/{f}: {why}" for f, why in plan.problems.items()]
@@ -271,9 +299,13 @@ class BuildCycle:
             pools = book.in_az(az) if plan.builds else {}
             addresses = Allocator(pools, book.held(az)) if pools else None
             with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
-                build = in_context(lambda vm: self._build(vm, writer, reserved, report, addresses))
+                build = in_context(
+                    lambda vm: self._build(vm, writer, reserved, report, addresses, generations)
+                )
                 for _ in pool.map(build, plan.builds):
                     pass
+            if any(retiring.values()):
+                self._retire(az, rules[az], retiring, writer, report)
 
         with ThreadPoolExecutor(max_workers=max(1, len(rules))) as azs:
             list(azs.map(in_context(run_az), sorted(rules)))
@@ -289,6 +321,7 @@ class BuildCycle:
         reserved: Counter[str],
         report: CycleReport,
         addresses: Allocator | None = None,
+        generations: Mapping[str, str] | None = None,
     ) -> None:
         if writer.leadership.lost.is_set():
             return
@@ -296,7 +329,8 @@ class BuildCycle:
         key = self._keys.pool(az, vm.name)
         started = self._clock.now()
         try:
-            recorded = self._record_building(vm, key, writer, addresses)
+            generation = (generations or {}).get(flavor, "")
+            recorded = self._record_building(vm, key, writer, addresses, generation)
             if isinstance(recorded, str):  # not ours, or no address: nothing was touched
                 with self._lock:
                     self._failed(report, f"{vm.name}: {recorded}")
@@ -385,7 +419,12 @@ class BuildCycle:
         )
 
     def _record_building(
-        self, vm: PlannedVm, key: str, writer: FencedWriter, addresses: Allocator | None
+        self,
+        vm: PlannedVm,
+        key: str,
+        writer: FencedWriter,
+        addresses: Allocator | None,
+        generation: str = "",
     ) -> tuple[PoolInstance, StaticNetwork | None, int] | str:
         """Record the VM as ``building`` and, with its AZ's address pools, hold
         its address in the same fenced transaction (the address key created
@@ -408,6 +447,7 @@ class BuildCycle:
                 fencing_token=writer.leadership.token,
                 addresses=(network.address,) if network else (),
                 network=taken[0] if taken else None,
+                generation=generation,
             )
             compares, ops = [Compare.absent(key)], [Put(key, record.model_dump_json())]
             if taken and network:
@@ -422,6 +462,109 @@ class BuildCycle:
                 return "a record of that name exists"
             addresses.taken(network.address)  # held by another writer: try the next
         return f"no_address: {ADDRESS_TRIES} addresses in a row were taken meanwhile"
+
+    # --- rolling replacement (builders/rollover.py) ------------------------------------
+
+    def _mark_generations(
+        self,
+        az: str,
+        records: list[PoolInstance],
+        generations: Mapping[str, str],
+        writer: FencedWriter,
+    ) -> list[PoolInstance]:
+        """Mark (or unmark) ``stale`` the AZ's pooled VMs whose generation is
+        not their pool's; the records as they now are. A record changed
+        meanwhile (acquired) keeps what it says."""
+        marks = {
+            r.name: mark
+            for r in records
+            if r.flavor in generations
+            and (mark := stale_mark(r, generations[r.flavor])) is not None
+        }
+        if not marks:
+            return records
+        stored = {item.record.name: item for item in self._records.read(az)[0]}
+        out, newly = [], Counter[str]()
+        for rec in records:
+            mark = marks.get(rec.name)
+            item = stored.get(rec.name)
+            if mark is None or item is None or item.record != rec:
+                out.append(rec)
+                continue
+            marked = rec.model_copy(update={"stale": mark})
+            if writer.txn(
+                [Compare.mod_revision(item.key, item.mod_revision)],
+                [Put(item.key, marked.model_dump_json())],
+            ).succeeded:
+                out.append(marked)
+                if mark:
+                    newly[rec.flavor] += 1
+            else:
+                out.append(rec)
+        for flavor, n in sorted(newly.items()):
+            self._emit(
+                "pool.generation_changed",
+                az=az,
+                flavor=flavor,
+                generation=generations[flavor],
+                stale=n,
+            )
+        return out
+
+    def _retire(
+        self,
+        az: str,
+        rules: Mapping[str, BuildRule],
+        retiring: Mapping[str, list[tuple[PoolInstance, str]]],
+        writer: FencedWriter,
+        report: CycleReport,
+    ) -> None:
+        """After the cycle's builds: purge up to ``replace_per_cycle`` of each
+        pool's stale or aged VMs, as the ready floor allows (read again now:
+        the builds and acquisitions of this cycle count)."""
+        items = self._records.read(az)[0]
+        stored = {item.record.name: item for item in items}
+        now_records = [item.record for item in items]
+        for flavor, candidates in sorted(retiring.items()):
+            rule = rules[flavor]
+            live = [
+                (stored[rec.name], why)
+                for rec, why in candidates
+                if rec.name in stored and stored[rec.name].record.state in HELD_STATES
+            ]
+            n = to_retire(rule, held_count(now_records, flavor), len(live))
+            done: set[str] = set()
+            for item, why in live[:n]:
+                rec = item.record
+                agent = self._by_hypervisor.get(rec.hypervisor)
+                if purge_vm(writer.txn, item.key, item.mod_revision, rec, agent, self._release):
+                    done.add(rec.name)
+                    self._emit(
+                        "vm.replaced",
+                        name=rec.name,
+                        az=az,
+                        flavor=flavor,
+                        hypervisor=rec.hypervisor,
+                        reason=why,
+                        generation=rec.generation,
+                    )
+                else:
+                    with self._lock:
+                        report.problems.append(
+                            f"{az}/{flavor}: {rec.name} ({why}) not replaced: acquired "
+                            "meanwhile, or its agent could not destroy it"
+                        )
+            left = [why for item, why in live if item.record.name not in done]
+            with self._lock:
+                report.replaced[(az, flavor)] += len(done)
+            self._emit(
+                "pool.rollout",
+                az=az,
+                flavor=flavor,
+                replaced_vms=len(done),
+                stale_left=left.count("stale"),
+                aged_left=left.count("max_age"),
+            )
 
     def _create(self, agent: HostAgent, spec: VmSpec, lost: threading.Event) -> VmStatus:
         for attempt in Retrying(

@@ -12,9 +12,10 @@ def state_counts(records: Iterable[PoolInstance], flavor: str) -> Counter[Instan
     return Counter(r.state for r in records if r.flavor == flavor)
 
 
-def to_build(rule: BuildRule, counts: Counter[InstanceState]) -> int:
-    """``min(max_instance_per_cycle, total - (ready + reserved + building))``,
-    never negative; zero for a disabled rule."""
+def to_build(rule: BuildRule, counts: Counter[InstanceState], surge: int = 0) -> int:
+    """``min(max_instance_per_cycle, total + surge - (ready + reserved +
+    building))``, never negative; zero for a disabled rule. ``surge``: VMs
+    built ahead of the ones a rollover replaces (``rollover.surge``)."""
     if not rule.enabled:
         return 0
     pooled = (
@@ -22,7 +23,7 @@ def to_build(rule: BuildRule, counts: Counter[InstanceState]) -> int:
         + counts[InstanceState.RESERVED]
         + counts[InstanceState.BUILDING]
     )
-    return max(0, min(rule.max_instance_per_cycle, rule.total_instances - pooled))
+    return max(0, min(rule.max_instance_per_cycle, rule.total_instances + surge - pooled))
 
 
 def racks_required(rule: BuildRule, building: int) -> int:

@@ -43,7 +43,10 @@ def plan_az(
     records: Sequence[PoolInstance],
     pipeline: PlacementPipeline,
     new_name: Callable[[str, str], str],
+    surges: Mapping[str, int] | None = None,
 ) -> Plan:
+    """``surges``: flavor -> VMs to build beyond its target (a rollover's
+    replacements, built before the VMs they replace are retired)."""
     plan = Plan(az)
     live = {h.hypervisor: h for h in hosts}
     for flavor_name in sorted(rules):
@@ -52,7 +55,9 @@ def plan_az(
         if flavor is None:
             plan.problems[flavor_name] = "flavor is not in the catalog"
             continue
-        wanted = to_build(rule, state_counts(records, flavor_name))
+        wanted = to_build(
+            rule, state_counts(records, flavor_name), (surges or {}).get(flavor_name, 0)
+        )
         plan.deficits[flavor_name] = wanted
         if wanted == 0:
             continue
