@@ -643,6 +643,14 @@ class EtcdWatchStream:
                 self._store._next_member()
                 self._store._sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
+            except Exception:
+                # close() aborts the response under the reader's feet, and
+                # urllib3 then fails in ways of its own (AttributeError on a
+                # released socket): expected once closed, a bug otherwise
+                with self._cond:
+                    if self._closed:
+                        return
+                raise
 
     def _stream_once(self) -> bool:
         """One connection; True when the stream is finished for good."""
