@@ -35,6 +35,7 @@ class FakeAgent(SimAgent):
         self.before_create: Callable[[VmSpec], None] | None = None
         self.guest_addresses: dict[str, tuple[str, ...]] = {}  # what a guest reports having
         self.calls: list[str] = []
+        self.wont_resume: set[str] = set()  # VMs whose resume fails
 
     def _maybe_down(self) -> None:
         with self._lock:
@@ -80,13 +81,24 @@ class FakeAgent(SimAgent):
         if name in self.creating:
             return VmStatus(name, "creating", False, f"uuid-{name}")
         healthy = name not in self.unhealthy
+        kept = self.standbys.get(name, "running")
         return VmStatus(
             name,
-            "running" if healthy else "crashed",
+            (kept if healthy else "crashed"),
             healthy,
             f"uuid-{name}",
-            self.guest_addresses.get(name, ()),
+            self.guest_addresses.get(name, ()) if kept == "running" else (),
+            kept,
         )
+
+    def standby(self, name: str, state: str) -> VmStatus:
+        self.calls.append(f"standby {name} {state}")
+        self._maybe_down()
+        if state == "running" and name in self.wont_resume:
+            from warmcache.errors import HypervisorError
+
+            raise HypervisorError(self.endpoint, f"{name}: restore failed (test)")
+        return super().standby(name, state)
 
     def list(self) -> list[VmStatus]:
         return [self.status(n) for n in list(self.vms)]

@@ -288,6 +288,7 @@ class VmStatus:
     healthy: bool
     server_id: str = ""
     addresses: tuple[str, ...] = ()
+    standby: str = "running"  # running | paused | saved: the state it is kept in
 
 
 class HostAgent(Protocol):
@@ -303,6 +304,10 @@ class HostAgent(Protocol):
     def delete(self, name: str) -> None: ...
 
     def status(self, name: str) -> VmStatus: ...
+
+    def standby(self, name: str, state: str) -> VmStatus:
+        """Pause, save or resume the VM (``running``, ``paused``, ``saved``)."""
+        ...
 
     def list(self) -> list[VmStatus]: ...
 
@@ -347,8 +352,16 @@ class HypervisorDriver(Protocol):
         ...
 
     def destroy(self, name: str) -> None:
-        """Stop and undefine; a missing domain is not an error."""
+        """Stop and undefine (a saved image too); a missing domain is not an error."""
         ...
+
+    def standby(self, name: str, state: str) -> None:
+        """Put the VM into ``state``: ``paused`` (suspended: memory kept, no
+        CPU), ``saved`` (managed save: memory written to disk, the domain
+        stopped) or ``running`` (resumed, or restored from its saved image)."""
+        ...
+
+    def has_saved_image(self, name: str) -> bool: ...
 
     def state(self, name: str) -> str: ...
 

@@ -55,6 +55,7 @@ class SimAgent:
         )
         self.vms: dict[str, tuple[Flavor, str | None]] = {}
         self._used = [0, 0, 0]
+        self.standbys: dict[str, str] = {}  # VMs not running: paused or saved
         self._latency = latency
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -113,6 +114,7 @@ class SimAgent:
             found = self.vms.pop(name, None)
             if found is None:
                 raise AgentVmNotFound(self.endpoint, name)
+            self.standbys.pop(name, None)
             self._used = [u - n for u, n in zip(self._used, self._needs(found[0]), strict=True)]
         self._publish()
 
@@ -120,12 +122,22 @@ class SimAgent:
         with self._lock:
             if name not in self.vms:
                 raise AgentVmNotFound(self.endpoint, name)
-        return VmStatus(name, "running", True, f"sim-{name}")
+            kept = self.standbys.get(name, "running")
+        return VmStatus(name, kept, True, f"sim-{name}", standby=kept)
+
+    def standby(self, name: str, state: str) -> VmStatus:
+        """Simulated: the state is recorded, no capacity changes hands."""
+        with self._lock:
+            if name not in self.vms:
+                raise AgentVmNotFound(self.endpoint, name)
+            self.standbys[name] = state
+        self._sleep(self._latency() / 10 if state == "running" else 0.0)
+        return self.status(name)
 
     def list(self) -> list[VmStatus]:
         with self._lock:
             names = list(self.vms)
-        return [VmStatus(n, "running", True, f"sim-{n}") for n in names]
+        return [self.status(n) for n in names]
 
     def close(self) -> None:
         pass  # nothing held: the simulated host lives in this process

@@ -68,6 +68,12 @@ class AttachNvmeRequest(_Req):
     pci: str = Field(pattern=r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 
 
+class StandbyRequest(_Req):
+    op: Literal["standby"]
+    name: str = Field(pattern=NAME_PATTERN)
+    state: Literal["running", "paused", "saved"]
+
+
 AnyRequest = (
     CreateRequest
     | NamedRequest
@@ -75,6 +81,7 @@ AnyRequest = (
     | AttachDiskRequest
     | DetachDiskRequest
     | AttachNvmeRequest
+    | StandbyRequest
 )
 AgentRequest = Annotated[AnyRequest, Field(discriminator="op")]
 REQUEST_ADAPTER: TypeAdapter[AnyRequest] = TypeAdapter(AgentRequest)
@@ -88,6 +95,7 @@ class VmStatusWire(BaseModel):
     healthy: bool
     server_id: str = ""
     addresses: tuple[str, ...] = ()
+    standby: str = "running"
 
 
 def ok(result: Any) -> dict[str, Any]:

@@ -210,12 +210,39 @@ class LibvirtDriver:
             try:
                 if dom.isActive():
                     dom.destroy()
-                dom.undefine()
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
             except libvirt.libvirtError as exc:
                 raise HypervisorFailure(str(exc)) from exc
             if self.real_guests:
                 self.console_log(name).unlink(missing_ok=True)
                 self.health_socket(name).unlink(missing_ok=True)
+
+    def standby(self, name: str, state: str) -> None:
+        """suspend / managedSave (restored running) / resume or restore."""
+        with self._lock:
+            try:
+                dom = self._conn.lookupByName(name)
+                current = _STATES.get(dom.state()[0], "unknown")
+                if state == "paused" and current == "running":
+                    dom.suspend()
+                elif state == "saved" and current in ("running", "paused"):
+                    dom.managedSave(libvirt.VIR_DOMAIN_SAVE_RUNNING)
+                elif state == "running" and current == "paused":
+                    dom.resume()
+                elif state == "running" and current == "shutoff":
+                    if not dom.hasManagedSaveImage(0):
+                        raise HypervisorFailure(f"{name} is stopped and has no saved image")
+                    dom.create()  # restores the managed save image
+                elif state != current and not (state == "saved" and current == "shutoff"):
+                    raise HypervisorFailure(f"{name} is {current}: cannot go {state}")
+            except libvirt.libvirtError as exc:
+                raise HypervisorFailure(str(exc)) from exc
+
+    def has_saved_image(self, name: str) -> bool:
+        try:
+            return bool(self._conn.lookupByName(name).hasManagedSaveImage(0))
+        except libvirt.libvirtError as exc:
+            raise HypervisorFailure(str(exc)) from exc
 
     def attach(self, name: str, device_xml: str) -> None:
         """Hot-plug a device into the running VM and its persistent config."""

@@ -40,10 +40,33 @@ class Allocation:
     numa_node: int | None = None
     cpus: tuple[int, ...] = ()
     disks: tuple[tuple[str, int], ...] = ()  # extra disks: (target, GiB)
+    standby: str = "running"  # running | paused | saved
 
     @property
     def pinning(self) -> Pinning | None:
         return Pinning(self.numa_node, self.cpus) if self.numa_node is not None else None
+
+    def holds(self) -> Resources:
+        """What this VM holds on the host in its standby state. Paused: all
+        of it (memory kept, CPUs booked for an instant resume). Saved: its
+        disks and its saved image (as large as its memory), no memory and
+        no CPU, unless pinned: pinned CPU ids stay its own, so that a
+        restore needs no re-pinning."""
+        disk = self.disk_gib + sum(g for _, g in self.disks)
+        if self.standby != "saved":
+            return Resources.model_construct(
+                vcpus=self.vcpus, memory_mib=self.memory_mib, disk_gib=disk
+            )
+        return Resources.model_construct(
+            vcpus=self.vcpus if self.numa_node is not None else 0,
+            memory_mib=0,
+            disk_gib=disk + saved_image_gib(self.memory_mib),
+        )
+
+
+def saved_image_gib(memory_mib: int) -> int:
+    """Disk booked for a saved VM's memory image (at most its memory)."""
+    return -(-memory_mib // 1024)
 
 
 class CapacityExceeded(Exception):
@@ -92,13 +115,35 @@ class Lockfile:
             }
 
     def _allocated(self) -> Resources:
-        vms, holds = self._vms.values(), self._holds.values()
+        held = [a.holds() for a in self._vms.values()] + list(self._holds.values())
         return Resources.model_construct(
-            vcpus=sum(a.vcpus for a in vms) + sum(h.vcpus for h in holds),
-            memory_mib=sum(a.memory_mib for a in vms) + sum(h.memory_mib for h in holds),
-            disk_gib=sum(a.disk_gib + sum(g for _, g in a.disks) for a in vms)
-            + sum(h.disk_gib for h in holds),
+            vcpus=sum(h.vcpus for h in held),
+            memory_mib=sum(h.memory_mib for h in held),
+            disk_gib=sum(h.disk_gib for h in held),
         )
+
+    def set_standby(self, name: str, standby: str) -> Allocation:
+        """Book ``name`` in its new standby state: atomic, and refused
+        (``CapacityExceeded``) if the host has no room for what it takes
+        back (a saved VM restored needs its memory again)."""
+        with self._lock:
+            current = self._vms[name]
+            after = replace(current, standby=standby)
+            free, before, wants = self._free(), current.holds(), after.holds()
+            more = Resources.model_construct(
+                vcpus=max(0, wants.vcpus - before.vcpus),
+                memory_mib=max(0, wants.memory_mib - before.memory_mib),
+                disk_gib=max(0, wants.disk_gib - before.disk_gib),
+            )
+            if (
+                more.vcpus > free.vcpus
+                or more.memory_mib > free.memory_mib
+                or more.disk_gib > free.disk_gib
+            ):
+                raise CapacityExceeded(name, free, more)
+            self._vms[name] = after
+            self._persist()
+            return after
 
     def free(self) -> Resources:
         with self._lock:

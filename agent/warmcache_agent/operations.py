@@ -25,6 +25,7 @@ from warmcache.wire import (
     CreateRequest,
     DetachDiskRequest,
     NamedRequest,
+    StandbyRequest,
 )
 from warmcache_agent import cloudinit, disks, identity, numa
 from warmcache_agent.config import AgentConfig, Resources
@@ -97,6 +98,8 @@ class HostAgentService:
             return self.detach_disk(request.name, request.target)
         if isinstance(request, AttachNvmeRequest):
             return self.attach_nvme(request.name, request.pci)
+        if isinstance(request, StandbyRequest):
+            return self.standby(request.name, request.state)
         if isinstance(request, CreateRequest):
             vm = request.vm
             spec = VmSpec(vm.name, vm.flavor, vm.user_data, vm.group, vm.network)
@@ -320,14 +323,55 @@ class HostAgentService:
             raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
         return {"name": name, "pci": pci, "attached": True}
 
+    def standby(self, name: str, state: str) -> dict[str, Any]:
+        """Pause, save or resume a VM; the lockfile books what it holds in
+        each state (``Allocation.holds``). Going back to running, the room
+        it takes back is booked first (``insufficient_capacity`` if the
+        host has none); going to sleep, libvirt first, then the books."""
+        alloc = self._owned(name)
+        if alloc.state == "creating":
+            raise AgentFault(AgentCode.INVALID_REQUEST, f"{name} is still being created")
+        if state == alloc.standby and self.status(name)["healthy"]:
+            return self.status(name)
+        waking = alloc.standby == "saved"
+        try:
+            if waking:
+                self.lockfile.set_standby(name, state)
+            try:
+                self._driver.standby(name, state)
+            except HypervisorFailure:
+                if waking:
+                    self.lockfile.set_standby(name, alloc.standby)
+                raise
+            if not waking:
+                self.lockfile.set_standby(name, state)
+        except CapacityExceeded as exc:
+            raise AgentFault(AgentCode.INSUFFICIENT_CAPACITY, str(exc)) from exc
+        except HypervisorFailure as exc:
+            raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
+        self.on_change()
+        return self.status(name)
+
     def status(self, name: str) -> dict[str, Any]:
         alloc = self._owned(name)
         try:
             state = self._driver.state(name)
+            if alloc.standby == "saved" and state == "shutoff":
+                state = "saved" if self._driver.has_saved_image(name) else "shutoff"
         except HypervisorFailure as exc:
             raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
         if alloc.state == "creating":
             state = "creating"  # not ready until the create call returns
+        if alloc.standby != "running":
+            # asleep as it should be: healthy (a saved VM: its image exists)
+            return {
+                "name": name,
+                "state": state,
+                "healthy": state == alloc.standby,
+                "server_id": alloc.server_id,
+                "addresses": [],
+                "standby": alloc.standby,
+            }
         healthy = state in _HEALTHY_STATES
         if healthy:
             try:
@@ -346,6 +390,7 @@ class HostAgentService:
             "healthy": healthy,
             "server_id": alloc.server_id,
             "addresses": list(addresses),  # what the guest itself reports
+            "standby": "running",
         }
 
     def reconcile(self) -> list[Finding]:

@@ -126,10 +126,15 @@ class AgentClient:
     def status(self, name: str) -> VmStatus:
         return _status(self.call({"op": "status", "name": name}))
 
+    def standby(self, name: str, state: str) -> VmStatus:
+        return _status(self.call({"op": "standby", "name": name, "state": state}))
+
     def list(self) -> list[VmStatus]:
         return [_status(item) for item in self.call({"op": "list"})]
 
 
 def _status(raw: Any) -> VmStatus:
     wire = VmStatusWire.model_validate(raw)
-    return VmStatus(wire.name, wire.state, wire.healthy, wire.server_id, wire.addresses)
+    return VmStatus(
+        wire.name, wire.state, wire.healthy, wire.server_id, wire.addresses, wire.standby
+    )
