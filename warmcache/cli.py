@@ -42,6 +42,7 @@ from warmcache.errors import (
     NoCapacity,
     NotFound,
     Overloaded,
+    ResumeFailed,
     ServerUnreachable,
     StoreError,
     Unauthorized,
@@ -58,7 +59,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_CODES: list[tuple[tuple[type[WarmCacheError], ...], int]] = [
     ((NoCapacity,), 3),
     ((NotFound,), 4),
-    ((StoreError, ClaimContention, Overloaded, ServerUnreachable, LeadershipLost), 5),
+    ((StoreError, ClaimContention, ResumeFailed, Overloaded, ServerUnreachable, LeadershipLost), 5),
     ((Unauthorized, Forbidden, ApprovalRefused), 6),
     ((InvalidRequest,), 2),
 ]

@@ -34,6 +34,7 @@ the CLI all use it::
     ├── ClaimMismatch                  claim_mismatch          409  (same claim_id, other request)
     ├── NoCapacity                     no_capacity             409  (nothing claimed)
     ├── ClaimContention                claim_contention        503  (nothing claimed: retry)
+    ├── ResumeFailed                   resume_failed           503  (paused/saved VMs did not wake)
     ├── Overloaded                     overloaded              503  (every worker busy: retry)
     ├── LeadershipLost                 leadership_lost         503
     ├── StoreError                     store_error             503
@@ -392,6 +393,25 @@ class ClaimContention(WarmCacheError):
     def __init__(self, attempts: int) -> None:
         self.attempts = attempts
         super().__init__(f"claim lost to concurrent acquirers {attempts} times; retry")
+
+
+class ResumeFailed(WarmCacheError):
+    """The VMs chosen were kept paused or saved and some did not come back
+    (resume refused, or unhealthy after it), twice: those were purged, every
+    other VM the request held went back to its pool; nothing was claimed."""
+
+    code = "resume_failed"
+    http_status = 503
+    fields = ("flavor", "az", "failed")
+
+    def __init__(self, flavor: str, az: str, failed: list[str]) -> None:
+        self.flavor = flavor
+        self.az = az
+        self.failed = failed
+        super().__init__(
+            f"{len(failed)} {flavor} VM(s) in {az} did not resume ({', '.join(failed)}); "
+            "nothing claimed: retry"
+        )
 
 
 class Overloaded(WarmCacheError):

@@ -34,10 +34,15 @@ class InstanceState(enum.StrEnum):
     ACQUIRED = "acquired"
     PURGING = "purging"
     PURGED = "purged"
+    # the leader is pausing, saving or waking it (rule ``standby``): held by
+    # the leader, never acquirable, settled by the next cycle if left
+    PARKING = "parking"
 
 
 # States that count towards a pool's size (DESIGN.md §5 to_build arithmetic).
-POOLED_STATES = frozenset({InstanceState.BUILDING, InstanceState.READY, InstanceState.RESERVED})
+POOLED_STATES = frozenset(
+    {InstanceState.BUILDING, InstanceState.READY, InstanceState.RESERVED, InstanceState.PARKING}
+)
 # States of a built VM waiting in its pool (what a rollover replaces).
 HELD_STATES = frozenset({InstanceState.READY, InstanceState.RESERVED})
 
@@ -98,6 +103,10 @@ class BuildRule(_Frozen):
     # cannot satisfy a request ("fallback"), or never.
     stale_handout: Literal["fallback", "never"] = "fallback"
     max_age_s: int | None = Field(default=None, ge=60, le=10 * 365 * 86400)
+    # How a pooled VM waits after its first health probe: running, paused
+    # (memory kept, no CPU) or saved (memory on disk, freed on the host).
+    # Acquisitions resume the VMs they take before handing them out.
+    standby: Literal["running", "paused", "saved"] = "running"
 
     @property
     def replace_rate(self) -> int:
@@ -211,6 +220,7 @@ class PoolInstance(_Frozen):
     # generation changed since (handed out only as the rule allows)
     generation: str = ""
     stale: bool = False
+    standby: Literal["running", "paused", "saved"] = "running"  # as its agent keeps it
 
     def aged(self, rule: BuildRule, now: float) -> bool:
         """Older than the rule's ``max_age_s`` (counted from when it was ready)."""

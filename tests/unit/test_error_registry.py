@@ -49,6 +49,7 @@ EXAMPLES: list[e.WarmCacheError] = [
         flavor="small", az="az1", mode="rack-aware", wanted=4, ready=3, racks=3, hypervisors=6
     ),
     e.ClaimContention(8),
+    e.ResumeFailed("small", "az1", ["az1-small-1"]),
     e.Overloaded("every worker busy"),
     e.LeadershipLost("wc/leader", 17),
     e.StoreError("etcd said no"),

@@ -12,6 +12,7 @@ query each): correct, and slower.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import re
@@ -25,9 +26,17 @@ from warmcache import deadline
 from warmcache.acquire.claim import Claimed, Claimer, ClaimRequest
 from warmcache.acquire.claims import ClaimRecord
 from warmcache.acquire.index import PoolIndex
+from warmcache.acquire.wake import Waker
 from warmcache.builders.deficits import below_low_water
 from warmcache.context import ServiceContext
-from warmcache.errors import InvalidRequest, UnknownAZ, UnknownFlavor, UnknownPool, WarmCacheError
+from warmcache.errors import (
+    InvalidRequest,
+    ResumeFailed,
+    UnknownAZ,
+    UnknownFlavor,
+    UnknownPool,
+    WarmCacheError,
+)
 from warmcache.logs import log_context
 from warmcache.model import (
     SERVICE_NAME,
@@ -75,6 +84,8 @@ class Acquirer:
             retention_s=config.claim_retention_s,
         )
         self._store = store
+        self.waker = Waker(store, keys, hosts, ctx.agent_for, ctx.addresses)
+        self.waker.observe = self.index.observe
         # One acquisition is one transaction: no more VMs than the store can
         # compare in one, less the claim record a named claim also compares
         # (etcd: 125 with its default --max-txn-ops).
@@ -169,6 +180,8 @@ class Acquirer:
                     named=claim_id is not None,
                 )
                 claimed = self.claimer.claim(request)
+            if any(vm.standby != "running" for vm in claimed.vms):
+                claimed = self._wake(request, claimed)
         except WarmCacheError as exc:
             log.info(
                 "acquisition of %d %s in %s (%s) failed: %s: %s",
@@ -201,6 +214,45 @@ class Acquirer:
         else:
             self._record(request, claimed, rule, started)
         return claimed.vms
+
+    def _wake(self, request: ClaimRequest, claimed: Claimed) -> Claimed:
+        """Resume the claimed VMs kept paused or saved (``acquire.wake``):
+        all of them come back, or the claim is undone and made once more
+        from what is left; twice failed: ``ResumeFailed``, nothing claimed."""
+        failures: list[str] = []
+        for attempt in range(2):
+            vms, failed = self.waker.wake(claimed.vms)
+            if not failed:
+                return dataclasses.replace(claimed, vms=vms)
+            for name, why in failed.items():
+                self._emit(
+                    "vm.resume_failed", name=name, az=request.az, flavor=request.flavor, error=why
+                )
+            failures += failed
+            if claimed.replayed or not self.waker.give_back(
+                request.az,
+                claimed.vms,
+                claimed.revision,
+                request.claim_id if request.named else None,
+                failed,
+            ):
+                break  # handed out before (a repeat), or changed: nothing to undo
+            if attempt == 0:
+                with deadline.within(self._config.request_deadline_s):
+                    again = dataclasses.replace(
+                        request,
+                        outcome=None,
+                        attempts=0,
+                        chosen=[],
+                        waiting=False,
+                        waits=0,
+                        wake=threading.Event(),
+                        deadline=deadline.current(),
+                    )
+                    claimed = self.claimer.claim(again)
+                if all(vm.standby == "running" for vm in claimed.vms):
+                    return claimed
+        raise ResumeFailed(request.flavor, request.az, failures)
 
     def claim(self, claim_id: str) -> ClaimRecord:
         """The record of a named claim that landed (``UnknownClaim`` if none)."""

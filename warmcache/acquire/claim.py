@@ -75,6 +75,7 @@ class Claimed:
     attempts: int
     remaining: int  # acquirable VMs of the pool left after this claim
     replayed: bool = False  # a repeat of a named claim that had landed: nothing new claimed
+    revision: int = 0  # the claim transaction's (every acquired record's mod revision)
 
 
 @dataclass(eq=False)
@@ -294,7 +295,9 @@ class Claimer:
             if result.succeeded:
                 self._index.claimed(keys, result.revision)
                 ready, _, _ = self._index.stock(request.pool, False)
-                request.outcome = Claimed(acquired[request.claim_id], request.attempts, ready)
+                request.outcome = Claimed(
+                    acquired[request.claim_id], request.attempts, ready, revision=result.revision
+                )
             else:
                 claim_key = self.log.key(request.claim_id)
                 self._index.release(

@@ -57,7 +57,7 @@ from warmcache.errors import (
 )
 from warmcache.health.purge import purge_vm
 from warmcache.inventory import HostView
-from warmcache.layout import HostRecords, Keys, PoolRecords, RuleRecords
+from warmcache.layout import HostRecords, Keys, PoolRecords, RuleRecords, Stored
 from warmcache.leader.election import FencedWriter
 from warmcache.logs import in_context
 from warmcache.model import (
@@ -306,6 +306,10 @@ class BuildCycle:
                     pass
             if any(retiring.values()):
                 self._retire(az, rules[az], retiring, writer, report)
+            if any(r.standby != "running" for r in rules[az].values()) or any(
+                r.standby != "running" or r.state is InstanceState.PARKING for r in current
+            ):
+                self._park(az, rules[az], writer, report)
 
         with ThreadPoolExecutor(max_workers=max(1, len(rules))) as azs:
             list(azs.map(in_context(run_az), sorted(rules)))
@@ -565,6 +569,89 @@ class BuildCycle:
                 stale_left=left.count("stale"),
                 aged_left=left.count("max_age"),
             )
+
+    # --- standby states ---------------------------------------------------------------
+
+    def _park(
+        self,
+        az: str,
+        rules: Mapping[str, BuildRule],
+        writer: FencedWriter,
+        report: CycleReport,
+    ) -> None:
+        """Put the AZ's healthy pooled VMs into their rule's ``standby`` state
+        (or wake them when the rule went back to running), and settle the
+        ones an earlier leader left ``parking``. Each VM is first taken out
+        of the pool (``parking``, a fenced write conditional on its
+        revision, so an acquisition that got there first keeps it), then
+        the agent is asked, then it goes back as the agent now keeps it."""
+        items = [
+            item
+            for item in self._records.read(az)[0]
+            if item.record.flavor in rules
+            and (
+                item.record.state is InstanceState.PARKING
+                or (
+                    item.record.state in HELD_STATES
+                    and not item.record.health_failures
+                    and item.record.standby != rules[item.record.flavor].standby
+                )
+            )
+        ]
+        if not items:
+            return
+        with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
+            park = in_context(
+                lambda item: self._park_one(item, rules[item.record.flavor], writer, report)
+            )
+            for _ in pool.map(park, items):
+                pass
+
+    def _park_one(
+        self, item: Stored[PoolInstance], rule: BuildRule, writer: FencedWriter, report: CycleReport
+    ) -> None:
+        rec, revision = item.record, item.mod_revision
+        back = InstanceState.READY if rec.state is InstanceState.PARKING else rec.state
+        if rec.state is not InstanceState.PARKING:
+            parking = rec.with_state(InstanceState.PARKING)
+            result = writer.txn(
+                [Compare.mod_revision(item.key, revision)],
+                [Put(item.key, parking.model_dump_json())],
+            )
+            if not result.succeeded:
+                return  # acquired or changed meanwhile: not the leader's to park
+            revision = result.revision
+        agent = self._by_hypervisor.get(rec.hypervisor)
+        started = self._clock.now()
+        try:
+            if agent is None:
+                raise AgentUnavailable(rec.hypervisor, "not heartbeating")
+            status = agent.standby(rec.name, rule.standby)
+            kept, healthy = status.standby, status.healthy
+        except AgentError as exc:
+            kept, healthy = rec.standby, False
+            with self._lock:
+                report.problems.append(
+                    f"{rec.az}/{rec.flavor}: {rec.name} not {rule.standby}: {exc}"
+                )
+        done = rec.with_state(
+            back,
+            standby=kept if kept in ("running", "paused", "saved") else "running",
+            health_failures=rec.health_failures + (0 if healthy else 1),
+        )
+        writer.txn(
+            [Compare.mod_revision(item.key, revision)], [Put(item.key, done.model_dump_json())]
+        )
+        self._emit(
+            "vm.standby",
+            name=rec.name,
+            az=rec.az,
+            flavor=rec.flavor,
+            hypervisor=rec.hypervisor,
+            state=done.standby,
+            healthy=healthy,
+            duration_s=round(self._clock.now() - started, 3),
+        )
 
     def _create(self, agent: HostAgent, spec: VmSpec, lost: threading.Event) -> VmStatus:
         for attempt in Retrying(

@@ -22,6 +22,7 @@ def to_build(rule: BuildRule, counts: Counter[InstanceState], surge: int = 0) ->
         counts[InstanceState.READY]
         + counts[InstanceState.RESERVED]
         + counts[InstanceState.BUILDING]
+        + counts[InstanceState.PARKING]
     )
     return max(0, min(rule.max_instance_per_cycle, rule.total_instances + surge - pooled))
 
