@@ -57,6 +57,7 @@ SMALL = [
     ),
     ("replay (Azure, 30 min)", ["replay.py", "--bins", "6", "--budget", "60"]),
     ("real guests", ["realvm.py", "--sequential", "2", "--parallel", "4"]),
+    ("standby states (real guests)", ["standby.py", "--vms", "2"]),
     ("chaos (one fault of each kind)", ["chaos.py", "--faults", "10"]),
 ]
 
@@ -68,7 +69,7 @@ def main() -> None:
         table.add_column(col)
     failed = 0
     for title, args in SMALL:
-        if args[0] in ("realvm.py", "chaos.py") and os.geteuid() != 0:
+        if args[0] in ("realvm.py", "standby.py", "chaos.py") and os.geteuid() != 0:
             table.add_row(title, "not run: needs root (libvirtd, network namespaces)", "-")
             continue
         console.print(f"running {title}...")

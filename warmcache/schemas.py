@@ -101,6 +101,10 @@ class Vm(_Reply):
         "satisfy the request",
     )
 
+    standby: str = Field(
+        default="running", description="how it was kept: running (resumed first if it was not)"
+    )
+
     @classmethod
     def of(cls, vm: PoolInstance) -> Vm:
         return cls(
@@ -116,6 +120,7 @@ class Vm(_Reply):
             claim_id=vm.claim_id,
             generation=vm.generation,
             stale=vm.stale,
+            standby=vm.standby,
         )
 
 

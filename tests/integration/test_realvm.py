@@ -218,3 +218,24 @@ def test_a_real_agent_refuses_a_guest_it_did_not_create(agent: AgentProcess) -> 
     finally:
         dom.undefine()
         conn.close()
+
+
+def test_a_real_guest_pauses_saves_and_comes_back_answering(agent: AgentProcess) -> None:
+    """Standby states on a real guest: paused (memory kept) and saved
+    (memory written out, the QEMU process gone), each resumed through the
+    agent and answering its health probe again."""
+    client = agent.start()
+    vm = f"rv-{uuid.uuid4().hex[:8]}"
+    assert client.create(VmSpec(vm, TINY)).healthy
+    try:
+        for state in ("paused", "saved"):
+            asleep = client.standby(vm, state)
+            assert (asleep.state, asleep.healthy, asleep.standby) == (state, True, state)
+            started = time.monotonic()
+            awake = client.standby(vm, "running")
+            took = time.monotonic() - started
+            assert awake.healthy and awake.state == "running", awake
+            assert client.status(vm).healthy
+            print(f"resume from {state}: {took * 1000:.0f} ms")
+    finally:
+        client.delete(vm)
