@@ -309,7 +309,23 @@ def summary(name: str, o: Outcome, n: int) -> tuple[str, ...]:
     p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
     rack = f"{o.rack_aware_ok / o.multi:.1%}" if o.multi else "-"
     idle = f"{o.idle_vm_s / o.used_vm_s:.1%}" if o.used_vm_s else "-"
-    return (name, f"{o.served / n:.1%}", f"{statistics.median(ms):.2f}", f"{p99:.2f}", rack, idle)
+    return (
+        name,
+        f"{o.served / n:.1%}",
+        f"{statistics.median(ms):.2f}",
+        f"{p99:.2f}",
+        rack,
+        idle,
+        f"{o.idle_vm_s / 3600:.3f}",
+    )
+
+
+def _pairs(text: str) -> list[tuple[str, float]]:
+    """``running=1,paused=0.5`` -> pairs (all three states required)."""
+    pairs = [(k.strip(), float(v)) for k, v in (item.split("=", 1) for item in text.split(","))]
+    if {k for k, _ in pairs} != {"running", "paused", "saved"}:
+        raise SystemExit(f"want running=, paused= and saved=, got {text!r}")
+    return pairs
 
 
 def main() -> None:
@@ -323,6 +339,18 @@ def main() -> None:
     parser.add_argument("--create-mean-s", type=float, default=7.0)
     parser.add_argument("--budget", type=int, default=60, help="pool VMs over all flavors")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--standby-cost",
+        default="running=1,paused=0.5,saved=0.02",
+        help="what an idle VM costs in each standby state, running = 1 (default: a VM's "
+        "cost half memory, half CPU; paused keeps the memory; saved only a disk image)",
+    )
+    parser.add_argument(
+        "--standby-ms",
+        default="running=0,paused=114,saved=982",
+        help="latency each state adds to an acquisition served from the pool "
+        "(default: bench/standby.py's p50s on this machine)",
+    )
     args = parser.parse_args()
     flavors = read_flavors(args.flavor_map)
     requests = read_requests(
@@ -355,9 +383,22 @@ def main() -> None:
         ),
     ]
     header = ("policy", "served at once", "p50 s", "p99 s", "rack-aware ok", "idle/used")
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-    for row in (header, *rows):
+    shown = [row[:6] for row in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *shown, strict=True)]
+    for row in (header, *shown):
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
+    cost = dict(_pairs(args.standby_cost))
+    added_ms = dict(_pairs(args.standby_ms))
+    idle_h = float(rows[0][6]) if len(rows[0]) > 6 else 0.0
+    print(
+        "\nstandby cost model (warmcache policy; idle VM-hours weighted by what each state holds):"
+    )
+    for state in ("running", "paused", "saved"):
+        print(
+            f"  {state:8s} idle VM-hours {idle_h:8.1f}  weighted {idle_h * cost[state]:8.1f} "
+            f"(x{cost[state]:g})  each served-at-once request +{added_ms[state]:.0f} ms"
+        )
+    rows = [row[:6] for row in rows]
     w, s, c = rows
     print(
         f"replay requests={len(requests)} warmcache_served={w[1]} static_served={s[1]} "
