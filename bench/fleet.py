@@ -124,6 +124,12 @@ def main() -> None:
         action="store_true",
         help="an address pool per AZ (a /16): every VM built also gets its address",
     )
+    parser.add_argument(
+        "--rollover",
+        action="store_true",
+        help="then change every rule's user_data (a new generation) and time the cycles "
+        "that roll the pools over, replace_per_cycle = a quarter of each pool",
+    )
     args = parser.parse_args()
     racks_per_az = max(1, args.racks // args.azs)
     per_rack = max(1, args.hypervisors // (racks_per_az * args.azs))
@@ -187,12 +193,53 @@ def main() -> None:
         f"cycle: built {built} of {args.vms} VMs in {cycle_s:.1f} s; problems: "
         f"{len(report.problems)}; store calls: {dict(store.calls)}"
     )
+    if args.rollover:
+        rollover(book, cycle, election, store, args.azs, per_az)
     print(
         f"fleet hypervisors={len(agents)} vms={built} cycle_s={cycle_s:.2f} "
         f"place_p50_ms={statistics.median(ms) if ms else 0:.2f} place_p99_ms={p99:.2f} "
         f"store_ops={ops} place_setup_s={pipeline.setup_s:.2f}"
     )
     raw.close()
+
+
+def rollover(
+    book: RuleBook,
+    cycle: BuildCycle,
+    election: LeaderElection,
+    store: CountingStore,
+    azs: int,
+    per_az: int,
+) -> None:
+    """A new generation everywhere: cycles until no pool has a stale VM."""
+    rate = max(1, per_az // 4)
+    for a in range(1, azs + 1):
+        book.put(
+            f"az{a}",
+            "small",
+            {
+                "max_instance_per_cycle": per_az,
+                "total_instances": per_az,
+                "min_fault_domain": 3,
+                "replace_per_cycle": rate,
+                "user_data": "ZWNobyBuZXc=",
+            },
+        )
+    for n in range(1, 10):
+        store.calls.clear()
+        started = time.monotonic()
+        with election.lead() as leadership:
+            assert leadership is not None
+            report = cycle.run(election.writer(leadership))
+        took = time.monotonic() - started
+        replaced, built = sum(report.replaced.values()), sum(report.built.values())
+        print(
+            f"rollover cycle {n}: built {built}, replaced {replaced} in {took:.2f} s; "
+            f"store calls {sum(store.calls.values())}",
+            flush=True,
+        )
+        if not replaced and not built:
+            break
 
 
 if __name__ == "__main__":
