@@ -239,3 +239,26 @@ def test_a_real_guest_pauses_saves_and_comes_back_answering(agent: AgentProcess)
             print(f"resume from {state}: {took * 1000:.0f} ms")
     finally:
         client.delete(vm)
+
+
+def test_an_agent_restarted_while_guests_sleep_agrees_with_libvirt(agent: AgentProcess) -> None:
+    """One guest paused, one saved; the agent killed and started again: both
+    are as its lockfile says, nothing is reported, and both wake up."""
+    client = agent.start()
+    paused, saved = (f"rv-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    for vm in (paused, saved):
+        assert client.create(VmSpec(vm, TINY)).healthy
+    try:
+        client.standby(paused, "paused")
+        client.standby(saved, "saved")
+        agent.kill()
+        client = agent.start()
+        assert client.status(paused).state == "paused" and client.status(paused).healthy
+        assert client.status(saved).state == "saved" and client.status(saved).healthy
+        findings = client.call({"op": "reconcile"})
+        assert [f for f in findings if f["vm"] in (paused, saved)] == [], findings
+        for vm in (paused, saved):
+            assert client.standby(vm, "running").healthy
+    finally:
+        for vm in (paused, saved):
+            client.delete(vm)
