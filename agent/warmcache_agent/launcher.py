@@ -154,9 +154,19 @@ class Launcher:
         if self.stopping:  # told to stop while it was starting: not the build's fault
             return child
         code = child.poll()
+        if ready and code is None:
+            # The pipe ended without "ready": the child is exiting. Its exit
+            # may not be reaped yet (a loaded machine showed it): wait for it,
+            # or a crash would be recorded as a timeout.
+            try:
+                code = child.wait(EXIT_WAIT_S)
+            except subprocess.TimeoutExpired:
+                code = None
         why = (
             f"exited with {code} before it was ready"
             if code is not None
+            else "closed its ready pipe without saying it was ready"
+            if ready
             else f"not ready within {self._ready_timeout_s:.0f} s"
         )
         _stop(child)
@@ -183,6 +193,9 @@ class Launcher:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+EXIT_WAIT_S = 10.0  # how long a child whose ready pipe ended may take to exit
 
 
 def _stop(child: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:

@@ -57,7 +57,9 @@ def test_a_new_build_that_exits_or_hangs_is_refused_and_the_old_one_runs(
     tmp_path: Path,
 ) -> None:
     log = tmp_path / "ran"
-    launcher = Launcher(tmp_path / "state", [], ready_timeout_s=0.5)
+    # A build that exits is refused however long it was given (a slow
+    # machine must not turn its exit into a timeout); a hung one, after its time.
+    launcher = Launcher(tmp_path / "state", [], ready_timeout_s=60)
     old = build(tmp_path, "old", log)
     launcher.builds._write("current", str(old))
     launcher.builds.try_next(build(tmp_path, "crashes", log, ready=False, code=3))
@@ -65,6 +67,7 @@ def test_a_new_build_that_exits_or_hangs_is_refused_and_the_old_one_runs(
     assert ran(log) == ["crashes", "old"] and launcher.builds.current == str(old)
     failed = launcher.builds.failed
     assert failed is not None and "exited with 3 before it was ready" in str(failed["why"])
+    launcher = Launcher(tmp_path / "state", [], ready_timeout_s=0.5)
     launcher.builds.try_next(build(tmp_path, "hangs", log, ready="hang"))
     assert launcher.run() == 0
     assert ran(log)[-2:] == ["hangs", "old"] and launcher.builds.current == str(old)
