@@ -270,4 +270,6 @@ def build(config: Config | str | Path, *, clock: Clock | None = None) -> WarmCac
         clock=clock,
         alerts=alerts,
         on_close=close,
+        demand=config.demand,
+        quotas=config.quotas.limits,
     )

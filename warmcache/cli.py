@@ -10,7 +10,8 @@ family failed (``EXIT_CODES``, a contract scripts rely on):
     1 any other error       5 unavailable: store, contention, overloaded,
     2 usage (bad arguments,   unreachable server, claim_outcome_unknown
       invalid_request)      6 authentication or authorization
-    3 no capacity
+    3 no capacity, or over a
+      quota (quota_exceeded)
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from warmcache.errors import (
     NoCapacity,
     NotFound,
     Overloaded,
+    QuotaExceeded,
     ResumeFailed,
     ServerUnreachable,
     StoreError,
@@ -57,7 +59,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 # Error family -> exit code, most specific first (the module docstring).
 EXIT_CODES: list[tuple[tuple[type[WarmCacheError], ...], int]] = [
-    ((NoCapacity,), 3),
+    ((NoCapacity, QuotaExceeded), 3),
     ((NotFound,), 4),
     ((StoreError, ClaimContention, ResumeFailed, Overloaded, ServerUnreachable, LeadershipLost), 5),
     ((Unauthorized, Forbidden, ApprovalRefused), 6),
@@ -734,18 +736,101 @@ def networks_delete(az: str, name: str) -> None:
     console.print(f"asked as request [bold]{asked.id}[/bold]", highlight=False)
 
 
+@main.group()
+def budgets() -> None:
+    """AZ budgets (VMs or vCPUs) shared by the AZ's demand-sized pools."""
+
+
+@budgets.command("list")
+@_output_option()
+@_url_option
+def budgets_list(output: str) -> None:
+    """Every AZ budget."""
+    with _client() as wc:
+        found = _dump(wc.budgets())
+    if output == "json":
+        _print_json({"budgets": found})
+        return
+    table = Table(title="AZ budgets")
+    for col in ("az", "unit", "amount"):
+        table.add_column(col)
+    for b in found:
+        unit = "vms" if "vms" in b["budget"] else "vcpus"
+        table.add_row(b["az"], unit, str(b["budget"][unit]))
+    console.print(table)
+
+
+@budgets.command("get")
+@click.argument("az")
+@_url_option
+def budgets_get(az: str) -> None:
+    """Print AZ's budget (JSON)."""
+    with _client() as wc:
+        _print_json(wc.get_budget(az).model_dump())
+
+
+@budgets.command("set")
+@click.argument("az")
+@click.option("--vms", type=int, help="The AZ's pools hold at most this many VMs.")
+@click.option("--vcpus", type=int, help="The AZ's pools hold at most this many vCPUs.")
+@_url_option
+def budgets_set(az: str, vms: int | None, vcpus: int | None) -> None:
+    """Set AZ's budget: --vms N or --vcpus N (validated; a bad one changes nothing)."""
+    if (vms is None) == (vcpus is None):
+        _fail("give exactly one of --vms and --vcpus", 2)
+    body = {"vms": vms} if vms is not None else {"vcpus": vcpus}
+    with _client() as wc:
+        _print_json(wc.put_budget(az, body).model_dump())
+
+
+@budgets.command("delete")
+@click.argument("az")
+@_url_option
+def budgets_delete(az: str) -> None:
+    """Remove AZ's budget: its demand pools go back to their own targets."""
+    with _client() as wc:
+        was = wc.delete_budget(az)
+    console.print(f"{az}: budget {was.amount} {was.unit} removed", highlight=False)
+
+
+def _sizing_lines(s: dict[str, Any]) -> list[str]:
+    if s["sizing"] != "demand":
+        lines = [f"sizing static: target {s['target']} (total_instances), holds {s['held']}"]
+    else:
+        fc, h = s["forecast"], s["history"]
+        lines = [
+            f"sizing demand: target {s['target']} (forecast asks {s['own_target']}, within "
+            f"[{s['floor']}, {s['ceiling']}]), holds {s['held']}",
+            f"  history: {h['hours']} hour(s) since {h['since']}, {h['recent_vms']} VMs asked "
+            f"recently; last bins {h['recent_bins']}",
+            f"  forecast over {s['horizon_s']:.0f} s (build {s['build_s']:.0f} s + a cycle): "
+            f"p50 {fc['window_p50']}, q{s['quantile']} {fc['window_at_quantile']} from "
+            f"{fc['windows']} window(s){' by time of day' if fc['seasonal'] else ''}; "
+            f"{fc['requests']} request(s), need at q{s['quantile']} {fc['need_at_quantile']} "
+            f"(+{fc['need_shift']} drain); {fc['misses_per_h_at_target']} misses/h at target",
+        ]
+    if s.get("budget"):
+        b = s["budget"]
+        lines.append(f"  budget: {b['share']} of {b['total']} {b['unit']}")
+    return lines
+
+
 @main.command()
 @click.argument("az")
 @click.argument("flavor")
 @_output_option()
 @_url_option
 def explain(az: str, flavor: str, output: str) -> None:
-    """Where the next cycle would build FLAVOR in AZ, and why (nothing is built)."""
+    """Where the next cycle would build FLAVOR in AZ, and why (nothing is
+    built); how the pool's target was set (demand: history, forecast, budget)."""
     with _client() as wc:
         body = wc.explain(az, flavor).model_dump(mode="json")
     if output == "json":
         _print_json(body)
         return
+    if body.get("sizing"):
+        for line in _sizing_lines(body["sizing"]):
+            console.print(line, highlight=False, soft_wrap=True)
     console.print(f"{az}/{flavor}: {body['to_build']} to build on {body['hosts']} host(s)")
     for p in body["placements"]:
         console.print(

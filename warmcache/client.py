@@ -40,6 +40,7 @@ from tenacity import (
     wait_random,
 )
 
+from warmcache.budgets import Budget, VcpuBudget, VmBudget
 from warmcache.errors import (
     ClaimContention,
     ClaimOutcomeUnknown,
@@ -59,6 +60,8 @@ from warmcache.model import BuildRule, Mode, PoolSummary
 from warmcache.schemas import (
     AcquireReply,
     AgentsReply,
+    BudgetEntry,
+    BudgetsReply,
     ChangeReply,
     ChangeRequest,
     ChangesReply,
@@ -89,6 +92,12 @@ _BY_STATUS: dict[int, type[WarmCacheError]] = {
     404: NotFound,
     503: StoreError,
 }
+
+
+def _budget_body(budget: Budget | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(budget, VmBudget | VcpuBudget):
+        return budget.model_dump()
+    return dict(budget)
 
 
 @dataclass(frozen=True)
@@ -298,6 +307,21 @@ class Client:
     def networks(self) -> list[NetworkEntry]:
         return self._get(NetworksReply, "/v1/networks").networks
 
+    def budgets(self) -> list[BudgetEntry]:
+        return self._get(BudgetsReply, "/v1/budgets").budgets
+
+    def get_budget(self, az: str) -> Budget:
+        return self._get(BudgetEntry, f"/v1/budgets/{az}").budget
+
+    def put_budget(self, az: str, budget: Budget | Mapping[str, Any]) -> Budget:
+        """``{"vms": N}`` or ``{"vcpus": N}``; ``InvalidRequest`` if bad (the old one stays)."""
+        body = self._call(Call("PUT", f"/v1/budgets/{az}", json=_budget_body(budget)))
+        return _Wire.model(BudgetEntry, body).budget
+
+    def delete_budget(self, az: str) -> Budget:
+        """Remove the AZ's budget; returns what it was (``NotFound`` if none)."""
+        return _Wire.model(BudgetEntry, self._call(Call("DELETE", f"/v1/budgets/{az}"))).budget
+
     def agents(self) -> AgentsReply:
         return self._get(AgentsReply, "/v1/agents")
 
@@ -436,6 +460,20 @@ class AsyncClient:
 
     async def networks(self) -> list[NetworkEntry]:
         return (await self._get(NetworksReply, "/v1/networks")).networks
+
+    async def budgets(self) -> list[BudgetEntry]:
+        return (await self._get(BudgetsReply, "/v1/budgets")).budgets
+
+    async def get_budget(self, az: str) -> Budget:
+        return (await self._get(BudgetEntry, f"/v1/budgets/{az}")).budget
+
+    async def put_budget(self, az: str, budget: Budget | Mapping[str, Any]) -> Budget:
+        body = await self._call(Call("PUT", f"/v1/budgets/{az}", json=_budget_body(budget)))
+        return _Wire.model(BudgetEntry, body).budget
+
+    async def delete_budget(self, az: str) -> Budget:
+        body = await self._call(Call("DELETE", f"/v1/budgets/{az}"))
+        return _Wire.model(BudgetEntry, body).budget
 
     async def agents(self) -> AgentsReply:
         return await self._get(AgentsReply, "/v1/agents")

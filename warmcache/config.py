@@ -401,6 +401,104 @@ class AlertsConfig(_Section):
         return self
 
 
+class DemandConfig(_Section):
+    """Demand-driven sizing (rules with ``sizing = "demand"``; warmcache.demand)."""
+
+    bin_s: float = Field(
+        default=60.0,
+        ge=1.0,
+        le=3600.0,
+        description="Width of a demand bin in seconds (must divide an hour): the forecast "
+        "measures demand over the build horizon in these steps.",
+    )
+    keep_h: int = Field(
+        default=48,
+        ge=1,
+        le=24 * 28,
+        description="Hours of demand history kept per pool (the leader deletes older "
+        "chunks); a day or more lets the forecast follow the time of day.",
+    )
+    lookback_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=7 * 86_400,
+        description="The recent demand a forecast samples (beside the same time of day on "
+        "earlier days once keep_h covers them), seconds.",
+    )
+    flush_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="How often an instance writes what it was asked for to the store "
+        "(one key per pool and hour); a crash loses at most this much demand history.",
+    )
+    refresh_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="The leader re-reads an AZ's demand history at most this often (every "
+        "cycle re-splits the budget over what pools hold now).",
+    )
+    build_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=86_400,
+        description="Time to build a VM, seconds, until a pool has VMs whose build was "
+        "measured (the horizon is the build time plus service.cycle_interval_s).",
+    )
+
+    @model_validator(mode="after")
+    def _bins_fill_an_hour(self) -> DemandConfig:
+        if (3600.0 / self.bin_s) != int(3600.0 / self.bin_s):
+            raise ValueError(f"bin_s must divide an hour (3600 s), got {self.bin_s}")
+        return self
+
+
+class QuotaLimit(_Section):
+    requester: str = Field(
+        min_length=1,
+        max_length=100,
+        description='Whose acquisitions it limits: a requester (a token\'s name), or "*" for '
+        "each requester on its own.",
+    )
+    az: str = Field(default="*", description='Only acquisitions in this AZ ("*": every AZ).')
+    flavor: str = Field(default="*", description='Only acquisitions of this flavor ("*": all).')
+    vms_per_window: int | None = Field(
+        default=None,
+        ge=0,
+        le=10_000_000,
+        description="At most this many VMs handed out per window (counted across every "
+        "instance, inside the claim transaction).",
+    )
+    window_s: float = Field(
+        default=3600.0,
+        ge=1,
+        le=30 * 86_400,
+        description="The window of vms_per_window, seconds (fixed windows from the epoch).",
+    )
+    max_share: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="One acquisition takes at most this share of the pool's acquirable VMs "
+        "(at least one VM), so one tenant's burst cannot drain a pool for everyone.",
+    )
+
+    @model_validator(mode="after")
+    def _limits_something(self) -> QuotaLimit:
+        if self.vms_per_window is None and self.max_share is None:
+            raise ValueError("a quota needs vms_per_window or max_share")
+        return self
+
+
+class QuotasConfig(_Section):
+    limits: tuple[QuotaLimit, ...] = Field(
+        default=(),
+        description="Per-requester limits on acquisitions; a request over any that "
+        "applies gets 429 quota_exceeded and claims nothing.",
+    )
+
+
 class Config(BaseSettings):
     """The whole configuration (see the module docstring for the sources)."""
 
@@ -421,6 +519,8 @@ class Config(BaseSettings):
     events: EventsConfig = Field(default_factory=EventsConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    demand: DemandConfig = Field(default_factory=DemandConfig)
+    quotas: QuotasConfig = Field(default_factory=QuotasConfig)
     agent_tls: AgentTlsConfig | None = Field(
         default=None, description="Needed when agents advertise https:// (a proxy)."
     )

@@ -5,10 +5,10 @@ so a room's constructor names only what is its own."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
-from warmcache.config import ServiceConfig
+from warmcache.config import DemandConfig, QuotaLimit, ServiceConfig
 from warmcache.inventory import DrainView, HostView
 from warmcache.layout import Keys
 from warmcache.networks import AddressRelease
@@ -36,6 +36,8 @@ class ServiceContext:
     events: EventSink  # the metrics-feeding sink: every event also counts in /metrics
     alerts: AlertSink
     addresses: AddressRelease  # how a removed VM's addresses go into quarantine
+    demand: DemandConfig = field(default_factory=DemandConfig)  # demand-driven sizing ([demand])
+    quotas: tuple[QuotaLimit, ...] = ()  # per-requester limits ([[quotas.limits]])
 
     @classmethod
     def assemble(
@@ -47,6 +49,8 @@ class ServiceContext:
         events: EventSink,
         alerts: AlertSink,
         clock: Clock,
+        demand: DemandConfig | None = None,
+        quotas: Sequence[QuotaLimit] = (),
     ) -> ServiceContext:
         """The context over these ports, with the key layout of
         ``config.prefix`` and the live host and drain views over it."""
@@ -64,6 +68,8 @@ class ServiceContext:
             events,
             alerts,
             release,
+            demand or DemandConfig(),
+            tuple(quotas),
         )
 
     def emit(self, type_: str, **fields: object) -> None:

@@ -33,6 +33,7 @@ the CLI all use it::
     ├── NetworkExists                  network_exists          409  (changes: maker-checker)
     ├── ClaimMismatch                  claim_mismatch          409  (same claim_id, other request)
     ├── NoCapacity                     no_capacity             409  (nothing claimed)
+    ├── QuotaExceeded                  quota_exceeded          429  (nothing claimed)
     ├── ClaimContention                claim_contention        503  (nothing claimed: retry)
     ├── ResumeFailed                   resume_failed           503  (paused/saved VMs did not wake)
     ├── Overloaded                     overloaded              503  (every worker busy: retry)
@@ -377,6 +378,43 @@ class NoCapacity(WarmCacheError):
         super().__init__(
             f"cannot acquire {wanted} x {flavor} in {az} ({mode}): {ready} ready "
             f"on {racks} rack(s) and {hypervisors} hypervisor(s)"
+        )
+
+
+class QuotaExceeded(WarmCacheError):
+    """The request is over a quota of its requester (``[[quotas.limits]]``):
+    more VMs than its share of the pool's acquirable VMs (``max_share``), or
+    than it has left in the current window (``vms_per_window``); nothing was
+    claimed. ``retry_after_s``: when the window ends (0 for a share: ask
+    for fewer)."""
+
+    code = "quota_exceeded"
+    http_status = 429
+    fields = ("requester", "quota", "limit", "used", "wanted", "retry_after_s")
+
+    def __init__(
+        self,
+        *,
+        requester: str,
+        quota: str,
+        limit: int,
+        used: int,
+        wanted: int,
+        retry_after_s: float,
+    ) -> None:
+        self.requester = requester
+        self.quota = quota
+        self.limit = limit
+        self.used = used
+        self.wanted = wanted
+        self.retry_after_s = retry_after_s
+        what = (
+            f"{used} of {limit} VMs used in this window"
+            if retry_after_s
+            else f"at most {limit} VM(s) in one acquisition"
+        )
+        super().__init__(
+            f"{requester} asked for {wanted} VM(s) over its quota {quota}: {what}; nothing claimed"
         )
 
 

@@ -22,8 +22,9 @@ def service_jobs(
     duty: LeaderDuty,
     cycle_wanted: threading.Event,
 ) -> Scheduler:
-    """Always: the service registration and the live views (the host view
-    first, the pool index last) with the pool shares; with ``run_health``
+    """Always: the service registration, the live views (the host view
+    first, the pool index last) with the pool shares, and the demand
+    ledger's flush; with ``run_health``
     the health poller; with ``run_builds`` the build cycles (woken early by
     ``cycle_wanted``) and the standby's takeover watch."""
     jobs = Scheduler()
@@ -31,6 +32,7 @@ def service_jobs(
     for view in acquirer.views:
         jobs.follow(f"view {view.prefix}", view.follow)
     jobs.follow("acquire-shares", acquirer.follow_shares)
+    jobs.every("demand-ledger", acquirer.ledger_job, retry_s=acquirer.ledger_job_retry_s)
     if config.run_health:
         jobs.every("health-poller", health.job, retry_s=config.health_interval_s)
     if config.run_builds:

@@ -13,7 +13,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+from urllib.parse import quote
 
+from warmcache.demand import Chunk
 from warmcache.model import BuildRule, HostFacts, PoolInstance
 from warmcache.ports import CoordinationStore, KeyValue
 
@@ -124,6 +126,34 @@ class Keys:
     def address(self, az: str, address: str) -> str:
         """One key per address in use: created only if absent."""
         return f"{self.prefix}/addresses/{az}/{address}"
+
+    # --- demand sizing (warmcache.demand) ---------------------------------------
+
+    def demand_dir(self, az: str | None = None) -> str:
+        return f"{self.prefix}/demand/{az}/" if az else f"{self.prefix}/demand/"
+
+    def demand(self, az: str, flavor: str, hour: int, node: str) -> str:
+        """One instance's demand for one pool in one hour (``demand.Chunk``):
+        written by that instance only."""
+        return f"{self.prefix}/demand/{az}/{flavor}/{hour}/{quote(node, safe='')}"
+
+    def targets_dir(self) -> str:
+        return f"{self.prefix}/targets/"
+
+    def target(self, az: str, flavor: str) -> str:
+        """A demand-sized pool's current target, written by the leader."""
+        return f"{self.prefix}/targets/{az}/{flavor}"
+
+    def budgets_dir(self) -> str:
+        return f"{self.prefix}/budgets/"
+
+    def budget(self, az: str) -> str:
+        """An AZ's budget for its demand-sized pools (VMs or vCPUs)."""
+        return f"{self.prefix}/budgets/{az}"
+
+    def quota(self, requester: str, scope: str) -> str:
+        """A requester's use of one windowed quota (``acquire.quotas``)."""
+        return f"{self.prefix}/quotas/{quote(requester, safe='')}/{quote(scope, safe='')}"
 
     @staticmethod
     def tail(key: str, depth: int) -> list[str]:
@@ -237,3 +267,32 @@ class HostRecords:
     def drained(self) -> set[str]:
         kvs, _ = self._store.range(self._keys.drain())
         return {Keys.name(kv.key) for kv in kvs}
+
+
+class DemandRecords:
+    """Demand chunks (``<prefix>/demand/<az>/<flavor>/<hour>/<node>``), read
+    side; each instance writes its own (``acquire.ledger``). A chunk that
+    does not parse is skipped and named, never trusted."""
+
+    def __init__(self, store: CoordinationStore, keys: Keys) -> None:
+        self._store = store
+        self._keys = keys
+
+    def chunks(self, az: str) -> tuple[dict[str, list[Chunk]], list[str], list[str]]:
+        """The AZ's chunks by flavor, every key read (for pruning by hour),
+        and the keys that did not parse."""
+        kvs, _ = self._store.range(self._keys.demand_dir(az))
+        out: dict[str, list[Chunk]] = defaultdict(list)
+        bad: list[str] = []
+        for kv in kvs:
+            flavor = Keys.tail(kv.key, 3)[0]
+            try:
+                out[flavor].append(Chunk.from_json(kv.value))
+            except (ValueError, KeyError, TypeError):
+                bad.append(kv.key)
+        return dict(out), [kv.key for kv in kvs], bad
+
+    @staticmethod
+    def hour(key: str) -> float:
+        """The hour a chunk's key is for."""
+        return float(Keys.tail(key, 2)[0])

@@ -15,7 +15,15 @@ import json
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 # Names end up in store keys, libvirt domain names and file names: keep them
 # to a conservative alphabet so no key can escape its prefix.
@@ -71,6 +79,19 @@ MAX_USER_DATA = 64 * 1024  # base64 characters of a rule's first-boot script
 Count = Annotated[int, Field(strict=True, ge=0, le=100_000)]
 
 
+def _whole(value: object) -> object:
+    """JSON's integers: 3 or 3.0 (JSON Schema's integer), never true or "3"."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer")
+    return value
+
+
+# An integer of a request body: what JSON Schema calls one (3.0 too), nothing else.
+JsonInt = Annotated[int, BeforeValidator(_whole)]
+
+
 class Flavor(_Frozen):
     """A VM shape. ``image_id`` and ``provider_flavor_id`` are catalog-only."""
 
@@ -107,6 +128,18 @@ class BuildRule(_Frozen):
     # (memory kept, no CPU) or saved (memory on disk, freed on the host).
     # Acquisitions resume the VMs they take before handing them out.
     standby: Literal["running", "paused", "saved"] = "running"
+    # How the pool's target is set: "static" (total_instances) or "demand"
+    # (from its acquisition history, warmcache.demand): the forecast's ask
+    # within [min_instances, total_instances], and within the AZ's budget.
+    sizing: Literal["static", "demand"] = "static"
+    min_instances: Count = 0
+    # demand: the target covers this quantile of demand over the build
+    # horizon and of request sizes, plus demand_margin VMs.
+    demand_quantile: float = Field(default=0.95, ge=0.5, le=1.0)
+    demand_margin: int = Field(default=1, strict=True, ge=0, le=10_000)
+    # An acquisition leaving fewer acquirable VMs than this share of the
+    # target starts an early cycle (None: service.low_water_ratio).
+    low_water_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
 
     @property
     def replace_rate(self) -> int:
@@ -128,7 +161,22 @@ class BuildRule(_Frozen):
             raise ValueError(
                 f"reserve_cap ({self.reserve_cap}) exceeds total_instances ({self.total_instances})"
             )
+        if self.min_instances > self.total_instances:
+            raise ValueError(
+                f"min_instances ({self.min_instances}) exceeds total_instances "
+                f"({self.total_instances}): with sizing = demand, total_instances is the ceiling"
+            )
         return self
+
+    def sized(self, target: int) -> BuildRule:
+        """This rule with the target a demand-sized pool has now (never
+        below its reserve): what the cycle and the low-water mark use."""
+        total = max(target, self.reserve_cap)
+        return (
+            self
+            if total == self.total_instances
+            else self.model_copy(update={"total_instances": total})
+        )
 
 
 def pool_generation(flavor: Flavor, rule: BuildRule) -> str:

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     RootModel,
@@ -24,23 +23,15 @@ from pydantic import (
 
 from warmcache.actions import ACTIONS, ChangeAction
 from warmcache.agent_versions import AgentEntry, DesiredAgent
-from warmcache.model import BuildRule, Mode, PoolInstance, PoolSummary
+from warmcache.budgets import Budget
+from warmcache.model import BuildRule, JsonInt, Mode, PoolInstance, PoolSummary
 from warmcache.networks import AddressPool
 
 # A caller's name for its claim (Stripe's idempotency key): what a retry sends again.
 CLAIM_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
-def _whole(value: object) -> object:
-    """JSON's integers: 3 or 3.0 (JSON Schema's integer), never true or "3"."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("must be an integer")
-    return value
-
-
-Count = Annotated[int, BeforeValidator(_whole)]
+Count = JsonInt
 
 
 class _Request(BaseModel):
@@ -192,6 +183,53 @@ class Placement(_Reply):
     explanation: str
 
 
+class DemandHistory(_Reply):
+    bin_s: float
+    since: float | None = Field(description="start of the oldest hour of history kept")
+    hours: int = Field(description="hours with demand recorded")
+    recent_vms: int = Field(description="VMs asked over the recent lookback (demand.lookback_s)")
+    recent_bins: list[int] = Field(description="VMs asked per bin, the last few bins")
+
+
+class DemandForecast(_Reply):
+    windows: int = Field(description="windows of one horizon sampled")
+    seasonal: bool = Field(description="earlier days' same time of day are sampled too")
+    rate_per_h: float = Field(description="VMs asked per hour, recently")
+    window_p50: int = Field(description="median demand over one horizon")
+    window_at_quantile: int = Field(description="demand over one horizon at the rule's quantile")
+    requests: int = Field(description="requests sampled")
+    request_hours: float = Field(description="hours those requests came from")
+    need_shift: int = Field(description="VMs others take while one builds, added to each need")
+    need_at_quantile: int = Field(description="a request's need at the rule's quantile")
+    misses_per_h_at_target: float = Field(description="requests per hour the target would miss")
+
+
+class BudgetShare(_Reply):
+    unit: Literal["vms", "vcpus"]
+    total: int
+    share: int = Field(description="budget units this pool's target takes")
+
+
+class Sizing(_Reply):
+    """How the pool's target was set (``sizing``: static or demand)."""
+
+    sizing: Literal["static", "demand"]
+    target: int
+    held: int = Field(description="VMs the pool holds now (ready, reserved, building)")
+    floor: int | None = None
+    ceiling: int | None = None
+    own_target: int | None = Field(
+        default=None, description="what the forecast asks for, before the AZ budget"
+    )
+    quantile: float | None = None
+    margin: int | None = None
+    horizon_s: float | None = Field(default=None, description="build time plus one cycle")
+    build_s: float | None = None
+    history: DemandHistory | None = None
+    forecast: DemandForecast | None = None
+    budget: BudgetShare | None = None
+
+
 class Explain(_Reply):
     az: str
     flavor: str
@@ -201,7 +239,17 @@ class Explain(_Reply):
         default=0, description="ready VMs a rollover replaces (stale, or past max_age_s)"
     )
     problem: str | None = None
+    sizing: Sizing | None = None
     placements: list[Placement]
+
+
+class BudgetEntry(_Reply):
+    az: str
+    budget: Budget
+
+
+class BudgetsReply(_Reply):
+    budgets: list[BudgetEntry]
 
 
 # --- maker-checker --------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,8 +25,9 @@ from warmcache.acquire.acquirer import Acquirer
 from warmcache.acquire.claims import ClaimRecord
 from warmcache.agent_versions import AgentVersions
 from warmcache.approvals import Approvals
+from warmcache.budgets import BudgetBook
 from warmcache.builders.cycle import CycleReport
-from warmcache.config import Config, ServiceConfig
+from warmcache.config import Config, DemandConfig, QuotaLimit, ServiceConfig
 from warmcache.context import ServiceContext
 from warmcache.health.poller import HealthPoller
 from warmcache.jobs import service_jobs
@@ -62,6 +63,8 @@ class WarmCache:
         clock: Clock,
         rng: random.Random | None = None,
         on_close: Callable[[], None] | None = None,
+        demand: DemandConfig | None = None,
+        quotas: Sequence[QuotaLimit] = (),
     ) -> None:
         self.config = config
         self.store = store
@@ -72,10 +75,13 @@ class WarmCache:
         self.alerts = alerts
         self.agent_for = agent_for
         self.clock = clock
-        ctx = ServiceContext.assemble(config, store, catalog, agent_for, self.events, alerts, clock)
+        ctx = ServiceContext.assemble(
+            config, store, catalog, agent_for, self.events, alerts, clock, demand, quotas
+        )
         self.keys, self.hosts, self.drains = ctx.keys, ctx.hosts, ctx.drains
         self.rules = RuleBook(store, self.keys, catalog)
         self.networks = NetworkBook(store, self.keys)
+        self.budgets = BudgetBook(store, self.keys)
         self.agent_versions = AgentVersions(store, self.keys, self.hosts)
         rng = rng or random.Random()
         self._on_close = on_close
@@ -84,6 +90,8 @@ class WarmCache:
         self.duty = LeaderDuty(
             ctx,
             claims=self.acquirer.claimer.log,
+            ledger=self.acquirer.ledger,
+            targets=self.acquirer.targets,
             pools=self.pools,
             trigger=self.trigger_cycle,
             rng=rng,
@@ -124,6 +132,7 @@ class WarmCache:
 
     def stop(self) -> None:
         self.scheduler.stop()
+        self.acquirer.ledger.flush()  # what this instance was asked for since the last flush
         self.registration.withdraw()
 
     def close(self) -> None:

@@ -139,3 +139,31 @@ def test_a_server_that_is_not_warmcache_gets_a_clean_message() -> None:
     with served(NotJson()) as url:
         code, _, err = run(url, "pools")
         assert code == 1 and "unexpected_reply" in err and "bad gateway" in err
+
+
+def test_budgets_and_explain_of_a_demand_pool(url: str, service: WarmCache) -> None:
+    code, _, err = run(url, "budgets", "get", "az1")
+    assert code == 4 and "not_found" in err
+    code, _, err = run(url, "budgets", "set", "az1", "--vms", "5", "--vcpus", "4")
+    assert code == 2 and "exactly one" in err
+    code, _, err = run(url, "budgets", "set", "az1", "--vms", "-1")
+    assert code == 2 and "invalid_request" in err
+    code, out, _ = run(url, "budgets", "set", "az1", "--vms", "8")
+    assert code == 0 and json.loads(out) == {"vms": 8}
+    code, _, err = run(url, "budgets", "set", "az1", "--vms", "8", token=USER)
+    assert code == 6 and "forbidden" in err
+    code, out, _ = run(url, "budgets", "list", "-o", "json")
+    assert json.loads(out) == {"budgets": [{"az": "az1", "budget": {"vms": 8}}]}
+    service.rules.put(
+        "az1",
+        "small",
+        {"max_instance_per_cycle": 6, "total_instances": 6, "sizing": "demand", "min_instances": 2},
+    )
+    code, out, _ = run(url, "explain", "az1", "small")
+    assert code == 0 and "sizing demand: target 2" in out and "budget: 2 of 8 vms" in out
+    code, out, _ = run(url, "explain", "az1", "small", "-o", "json")
+    assert json.loads(out)["sizing"]["floor"] == 2
+    code, out, _ = run(url, "budgets", "delete", "az1")
+    assert code == 0 and "budget 8 vms removed" in out
+    code, _, err = run(url, "budgets", "delete", "az1")
+    assert code == 4

@@ -13,7 +13,7 @@ from warmcache.adapters.log_alerts import LogAlerts
 from warmcache.adapters.sqlite_events import SqliteEvents
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.clock import ManualClock
-from warmcache.config import ServiceConfig
+from warmcache.config import DemandConfig, QuotaLimit, ServiceConfig
 from warmcache.service import WarmCache
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
@@ -34,7 +34,12 @@ def make_service(
     made: list[WarmCache] = []
     events = SqliteEvents(tmp_path / "events.db")
 
-    def make(alerts: Any = None, **config: Any) -> WarmCache:
+    def make(
+        alerts: Any = None,
+        demand: DemandConfig | None = None,
+        quotas: tuple[QuotaLimit, ...] = (),
+        **config: Any,
+    ) -> WarmCache:
         settings = {"node": "wc-test", "prefix": "wc", "build_concurrency": 4, **config}
         svc = WarmCache(
             config=ServiceConfig(**settings),
@@ -45,6 +50,8 @@ def make_service(
             agent_for=agents.__getitem__,
             clock=clock,
             rng=random.Random(7),
+            demand=demand,
+            quotas=quotas,
         )
         made.append(svc)
         return svc

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from warmcache.config import Config, parse_config
+from warmcache.config import Config, QuotaLimit, parse_config
 from warmcache.errors import ConfigError
 
-SECTIONS = ["service", "store", "catalog", "events", "alerts"]
+SECTIONS = ["service", "store", "catalog", "events", "alerts", "demand", "quotas"]
 # Options that only validate together with another one.
 COMPANIONS: dict[tuple[str, str], dict[str, str]] = {
     ("store", "cert"): {"key": "/k.pem"},
@@ -42,6 +42,9 @@ def a_value(model: type[BaseModel], option: str) -> tuple[str, Any]:
         raise AssertionError(f"no value for {option}")
     if isinstance(default, SecretStr):
         return "123456", "123456"  # numeric-looking: still a string
+    if option == "limits":
+        limit = {"requester": "ci", "vms_per_window": 10}
+        return json.dumps([limit]), (QuotaLimit(**limit),)  # type: ignore[arg-type]
     if isinstance(default, tuple):
         return json.dumps(["ops@example.com"]), ("ops@example.com",)
     if option in {"path", "spool_dir", "ca", "cert", "key", "cert_key"} or option.endswith("_file"):

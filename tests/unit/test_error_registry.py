@@ -48,6 +48,9 @@ EXAMPLES: list[e.WarmCacheError] = [
     e.NoCapacity(
         flavor="small", az="az1", mode="rack-aware", wanted=4, ready=3, racks=3, hypervisors=6
     ),
+    e.QuotaExceeded(
+        requester="ci", quota="ci/*/*", limit=10, used=8, wanted=4, retry_after_s=120.0
+    ),
     e.ClaimContention(8),
     e.ResumeFailed("small", "az1", ["az1-small-1"]),
     e.Overloaded("every worker busy"),

@@ -26,11 +26,16 @@ from warmcache import deadline
 from warmcache.acquire.claim import Claimed, Claimer, ClaimRequest
 from warmcache.acquire.claims import ClaimRecord
 from warmcache.acquire.index import PoolIndex
+from warmcache.acquire.ledger import DemandLedger
+from warmcache.acquire.quotas import Quotas
+from warmcache.acquire.targets import TargetView
 from warmcache.acquire.wake import Waker
 from warmcache.builders.deficits import below_low_water
+from warmcache.config import QuotaLimit
 from warmcache.context import ServiceContext
 from warmcache.errors import (
     InvalidRequest,
+    NoCapacity,
     ResumeFailed,
     UnknownAZ,
     UnknownFlavor,
@@ -71,7 +76,13 @@ class Acquirer:
         self.hosts = hosts
         self.drains = drains
         self.rules = RuleView(store, keys)
+        self.targets = TargetView(store, keys)
         self.index = PoolIndex(store, keys, hosts=hosts, drains=drains, node=config.node)
+        self.quotas = Quotas(ctx.quotas, keys)
+        self._flush_s = ctx.demand.flush_s
+        self.ledger = DemandLedger(
+            store, keys, clock, config.node, bin_s=ctx.demand.bin_s, keep_h=ctx.demand.keep_h
+        )
         self.claimer = Claimer(
             store,
             keys,
@@ -82,6 +93,7 @@ class Acquirer:
             max_batch_vms=config.max_batch_vms,
             rng=rng,
             retention_s=config.claim_retention_s,
+            quotas=self.quotas,
         )
         self._store = store
         self.waker = Waker(store, keys, hosts, ctx.agent_for, ctx.addresses)
@@ -98,7 +110,16 @@ class Acquirer:
     def views(self) -> list[PrefixView[Any]]:
         """What ``WarmCache.start`` follows (the host view first: the index
         needs to know which hosts are live before it sees their VMs)."""
-        return [self.hosts, self.drains, self.rules, self.index]
+        return [self.hosts, self.drains, self.rules, self.targets, self.index]
+
+    def ledger_job(self) -> float:
+        """Write what this instance was asked for (``demand.flush_s``)."""
+        self.ledger.flush()
+        return self._flush_s
+
+    @property
+    def ledger_job_retry_s(self) -> float:
+        return self._flush_s
 
     def refresh_shares(self) -> None:
         """Re-deal the pools' shares over the instances in the registry."""
@@ -167,6 +188,8 @@ class Acquirer:
             with deadline.within(self._config.request_deadline_s):
                 self._catch_up()
                 rule = self._rule(flavor, az)
+                quotas = self.quotas.applicable(requester, az, flavor) if self.quotas else ()
+                self._check_txn_size(count, claim_id is not None, quotas, requester)
                 request = ClaimRequest(
                     flavor=flavor,
                     az=az,
@@ -178,8 +201,16 @@ class Acquirer:
                     deadline=deadline.current(),
                     claim_id=request_id,
                     named=claim_id is not None,
+                    quotas=quotas,
                 )
-                claimed = self.claimer.claim(request)
+                try:
+                    claimed = self.claimer.claim(request)
+                except NoCapacity:
+                    # What a pool too small was asked for is demand too.
+                    self.ledger.record(
+                        az, flavor, count, refused_claim=request_id if claim_id else None
+                    )
+                    raise
             if any(vm.standby != "running" for vm in claimed.vms):
                 claimed = self._wake(request, claimed)
         except WarmCacheError as exc:
@@ -212,6 +243,7 @@ class Acquirer:
                 claim_id=request.claim_id,
             )
         else:
+            self.ledger.record(az, flavor, count)
             self._record(request, claimed, rule, started)
         return claimed.vms
 
@@ -276,12 +308,31 @@ class Acquirer:
             attempts=claimed.attempts,
             vms=[vm.name for vm in claimed.vms],
         )
-        if below_low_water(rule, claimed.remaining, self._config.low_water_ratio):
+        sized = self.targets.sized(request.az, request.flavor, rule)
+        ratio = rule.low_water_ratio
+        if below_low_water(
+            sized, claimed.remaining, self._config.low_water_ratio if ratio is None else ratio
+        ):
             self._trigger()
 
     def pools(self) -> list[PoolSummary]:
+        """Every pool's counts; a demand-sized pool's target is its current one."""
         self._catch_up()
-        return self.index.summary(self.rules.all())
+        rules = {(az, f): self.targets.sized(az, f, r) for (az, f), r in self.rules.all().items()}
+        return self.index.summary(rules)
+
+    def _check_txn_size(
+        self, count: int, named: bool, quotas: tuple[QuotaLimit, ...], requester: str
+    ) -> None:
+        """One acquisition is one transaction: its VMs, its claim record and
+        its quota counters must fit in what the store compares at once."""
+        limit = self._store.txn_limit
+        extra = int(named) + len(self.quotas.keys(quotas, requester))
+        if limit and count + extra > limit:
+            raise InvalidRequest(
+                f"count must be at most {limit - extra} here (the most one store transaction "
+                f"can claim with this request's claim record and quota counters), got {count}"
+            )
 
     def _catch_up(self) -> None:
         for view in self.views:

@@ -37,6 +37,14 @@ store cannot be asked, ``ClaimOutcomeUnknown`` names the claim and its VMs.
 claim that landed fails that compare and returns the recorded VMs instead;
 two requests with one id in one batch are never sent together (the second
 waits for the first to land, then finds its record).
+
+**Quotas** (``warmcache.acquire.quotas``): a request over its share of the
+pool, or over what its requester has left in the window, gets
+``QuotaExceeded`` before any VM is chosen. A windowed quota's counter is
+compared and rewritten in the claim's transaction, so it moves with the
+VMs or not at all; two requests writing one counter are never in one batch
+(the second goes in the next), and a claim that lost the counter's compare
+learns its new value from the reply and decides again.
 """
 
 from __future__ import annotations
@@ -50,11 +58,14 @@ from dataclasses import dataclass, field
 from warmcache import deadline
 from warmcache.acquire.claims import ClaimLog, ClaimRecord
 from warmcache.acquire.index import PoolIndex
+from warmcache.acquire.quotas import NO_RESERVATION, Quotas, Reservation
+from warmcache.config import QuotaLimit
 from warmcache.errors import (
     ClaimContention,
     ClaimMismatch,
     ClaimOutcomeUnknown,
     NoCapacity,
+    QuotaExceeded,
     StoreError,
     StoreUnavailable,
 )
@@ -89,6 +100,8 @@ class ClaimRequest:
     requester: str = "anonymous"
     claim_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     named: bool = False  # the caller chose claim_id: record the claim (idempotent repeats)
+    quotas: tuple[QuotaLimit, ...] = ()  # the requester's limits that apply (acquire.quotas)
+    reservation: Reservation = NO_RESERVATION  # its quota counters' writes, this round
     attempts: int = 0
     outcome: Claimed | BaseException | None = None
     chosen: list[tuple[PoolInstance, int]] = field(default_factory=list)
@@ -121,6 +134,7 @@ class Claimer:
         max_batch_vms: int = 512,
         rng: random.Random | None = None,
         retention_s: float = 86_400.0,
+        quotas: Quotas | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -137,6 +151,7 @@ class Claimer:
         self._rng_lock = threading.Lock()
         self.log = ClaimLog(store, keys)
         self._retention_s = retention_s
+        self._quotas = quotas or Quotas((), keys)
         self._cond = threading.Condition()
         self._queue: list[ClaimRequest] = []
         self._committing = False
@@ -220,10 +235,24 @@ class Claimer:
         selected: list[ClaimRequest] = []
         later: list[ClaimRequest] = []
         named: set[str] = set()
+        counters: set[str] = set()  # quota counters a request of this batch writes
+        now = self._clock.now()
         for request in batch:
             if request.named and request.claim_id in named:
                 later.append(request)  # after the one ahead of it: then it finds its record
                 continue
+            request.reservation = NO_RESERVATION
+            if request.quotas:
+                writes = self._quotas.keys(request.quotas, request.requester)
+                if writes & counters:
+                    later.append(request)  # one write per counter per transaction batch
+                    continue
+                try:
+                    self._check_quotas(request, now)
+                except QuotaExceeded as exc:
+                    if not self._replay_recorded(request):
+                        request.outcome = exc
+                    continue
             with self._rng_lock:
                 rng = random.Random(self._rng.random())
             chosen = self._index.select(
@@ -238,6 +267,7 @@ class Claimer:
             if chosen is not None:
                 request.chosen = chosen
                 selected.append(request)
+                counters |= request.reservation.keys
                 if request.named:
                     named.add(request.claim_id)
             elif self._index.in_flight(request.pool) and request.waits < self._attempts:
@@ -260,7 +290,6 @@ class Claimer:
         if not selected:
             return later
         self.batches += 1
-        now = self._clock.now()
         acquired = {
             r.claim_id: [
                 vm.with_state(
@@ -292,7 +321,9 @@ class Claimer:
         for request, result in settled:
             keys = [self._keys.pool(request.az, vm.name) for vm, _ in request.chosen]
             request.attempts += 1
+            quota_keys = request.reservation.keys
             if result.succeeded:
+                self._quotas.landed(request.reservation, result.revision)
                 self._index.claimed(keys, result.revision)
                 ready, _, _ = self._index.stock(request.pool, False)
                 request.outcome = Claimed(
@@ -300,12 +331,18 @@ class Claimer:
                 )
             else:
                 claim_key = self.log.key(request.claim_id)
+                self._quotas.learn(result.current, quota_keys)
                 self._index.release(
                     keys,
-                    {k: v for k, v in result.current.items() if k != claim_key},
+                    {
+                        k: v
+                        for k, v in result.current.items()
+                        if k != claim_key and k not in quota_keys
+                    },
                     result.revision,
                 )
                 if request.outcome is not None:
+                    self._quotas.forget(quota_keys)
                     continue  # decided by the settle: outcome unknown
                 landed = result.current.get(claim_key) if request.named else None
                 if landed is not None:
@@ -318,6 +355,14 @@ class Claimer:
                 elif not self._replay_recorded(request):
                     request.outcome = ClaimContention(self._attempts)
         return later
+
+    def _check_quotas(self, request: ClaimRequest, now: float) -> None:
+        """``QuotaExceeded``, or the request's counter writes for this round."""
+        acquirable, _, _ = self._index.stock(request.pool, request.use_reserve, request.allow_stale)
+        self._quotas.check_share(request.quotas, request.requester, request.count, acquirable)
+        request.reservation = self._quotas.reserve(
+            request.quotas, request.requester, request.count, now
+        )
 
     @staticmethod
     def _unavailable(
@@ -361,6 +406,8 @@ class Claimer:
             key = self.log.key(request.claim_id)
             compares.append(Compare.absent(key))
             ops.append(Put(key, record.model_dump_json()))
+        compares += request.reservation.compares
+        ops += request.reservation.puts
         return Txn(compares, ops)
 
     def _replay(self, request: ClaimRequest, record: ClaimRecord) -> None:

@@ -47,6 +47,7 @@ from warmcache.builders.rollover import (
     surge,
     to_retire,
 )
+from warmcache.builders.sizing import Sizer
 from warmcache.errors import (
     AgentError,
     AgentUnavailable,
@@ -162,6 +163,7 @@ class BuildCycle:
         retry_wait_s: float = 0.2,
         new_name: Callable[[str, str], str] = default_vm_name,
         release: AddressRelease | None = None,
+        sizer: Sizer | None = None,
     ) -> None:
         if concurrency < 1 or retries < 1:
             raise ValueError("concurrency and retries must be at least 1")
@@ -179,6 +181,7 @@ class BuildCycle:
         self._retry_wait_s = retry_wait_s
         self._new_name = new_name
         self._release = release
+        self._sizer = sizer
         self._by_hypervisor: dict[str, HostAgent] = {}
         self._lock = threading.Lock()
 
@@ -205,6 +208,14 @@ class BuildCycle:
         hosts = [h for h in facts.values() if h.az == az]
         records = self._records.by_az().get(az, [])
         counter = iter(range(1, 1_000_000))
+        sizing: dict[str, object] | None = None
+        if self._sizer is not None:
+            rules = {**RuleRecords(self._store, self._keys).by_az().get(az, {}), flavor: rule}
+            flavors = self._flavors()
+            sizing = self._sizer.explain(az, flavor, rules, flavors, records)
+            target = sizing.get("target")
+            if rule.sizing == "demand" and isinstance(target, int):
+                rule = rule.sized(target)
         now = self._clock.now()
         retiring = len(retirable(records, flavor, rule, now))
         plan = plan_az(
@@ -224,6 +235,7 @@ class BuildCycle:
             "to_build": plan.deficits.get(flavor, 0),
             "to_replace": retiring,
             "problem": plan.problems.get(flavor),
+            "sizing": sizing,
             "placements": [
                 {
                     "vm": vm.name,
@@ -278,19 +290,25 @@ class BuildCycle:
                 if f in flavors
             }
             current = self._mark_generations(az, current, generations, writer)
+            # Demand-sized pools: this cycle builds to their current target.
+            sized = (
+                self._sizer.apply(az, rules[az], flavors, current, writer)
+                if self._sizer is not None
+                else rules[az]
+            )
             now = self._clock.now()
             retiring = {
-                f: retirable(current, f, rule, now) for f, rule in rules[az].items() if f in flavors
+                f: retirable(current, f, rule, now) for f, rule in sized.items() if f in flavors
             }
             plan = plan_az(
                 az,
-                rules[az],
+                sized,
                 flavors,
                 hosts_by_az.get(az, []),
                 current,
                 self._pipeline,
                 self._new_name,
-                {f: surge(rules[az][f], len(vms)) for f, vms in retiring.items()},
+                {f: surge(sized[f], len(vms)) for f, vms in retiring.items()},
             )
             with self._lock:
                 report.problems += [f"{az}/{f}: {why}" for f, why in plan.problems.items()]
@@ -305,7 +323,7 @@ class BuildCycle:
                 for _ in pool.map(build, plan.builds):
                     pass
             if any(retiring.values()):
-                self._retire(az, rules[az], retiring, writer, report)
+                self._retire(az, sized, retiring, writer, report)
             if any(r.standby != "running" for r in rules[az].values()) or any(
                 r.standby != "running" or r.state is InstanceState.PARKING for r in current
             ):

@@ -14,9 +14,12 @@ from collections.abc import Callable
 
 from warmcache import deadline
 from warmcache.acquire.claims import ClaimLog
+from warmcache.acquire.ledger import DemandLedger
+from warmcache.acquire.targets import TargetView
 from warmcache.agent_versions import pace_rollout
 from warmcache.builders.cycle import BuildCycle, CycleReport
 from warmcache.builders.findings import report_findings
+from warmcache.builders.sizing import Sizer
 from warmcache.context import ServiceContext
 from warmcache.errors import LeadershipLost, StoreError, UnknownRule, WarmCacheError
 from warmcache.leader.election import LeaderElection, Leadership, watch_poll_s
@@ -34,6 +37,8 @@ class LeaderDuty:
         ctx: ServiceContext,
         *,
         claims: ClaimLog,
+        ledger: DemandLedger | None = None,
+        targets: TargetView | None = None,
         pools: Callable[[], list[PoolSummary]],
         trigger: Callable[[], None],
         rng: random.Random,
@@ -57,6 +62,16 @@ class LeaderDuty:
             concurrency=config.build_concurrency,
             retries=config.build_retries,
             release=ctx.addresses,
+            sizer=Sizer(
+                ctx.store,
+                ctx.keys,
+                ctx.clock,
+                ctx.demand,
+                cycle_interval_s=config.cycle_interval_s,
+                ledger=ledger,
+                targets=targets or TargetView(ctx.store, ctx.keys),
+                emit=ctx.emit,
+            ),
         )
         self._hosts = ctx.hosts
         self._claims = claims

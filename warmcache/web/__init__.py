@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from flask import Flask, g, jsonify, request
@@ -17,6 +18,7 @@ from warmcache.errors import (
     MethodNotAllowed,
     NotFound,
     Overloaded,
+    QuotaExceeded,
     UnsupportedMediaType,
     WarmCacheError,
 )
@@ -74,8 +76,12 @@ def create_app(service: WarmCache, auth: Authenticator | None = None) -> Flask:
             deadline.leave(token)
 
     @app.errorhandler(WarmCacheError)
-    def _domain_error(exc: WarmCacheError) -> tuple[Any, int]:
-        return jsonify(error_body(exc.code, exc.detail())), exc.http_status
+    def _domain_error(exc: WarmCacheError) -> Any:
+        response = jsonify(error_body(exc.code, exc.detail()))
+        response.status_code = exc.http_status
+        if isinstance(exc, QuotaExceeded) and exc.retry_after_s > 0:
+            response.headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
+        return response
 
     @app.after_request
     def _challenge(response: Any) -> Any:

@@ -23,6 +23,8 @@ from warmcache.schemas import (
     AcquireReply,
     AcquireRequest,
     AgentsReply,
+    BudgetEntry,
+    BudgetsReply,
     ChangeAsk,
     ChangeReply,
     ChangeRequest,
@@ -242,6 +244,36 @@ def put_network(az: str, name: str) -> Any:
     """Create (validated, refused if it overlaps); a change is maker-checker."""
     pool = _service().networks.create(az, name, _json_object())
     return _reply(_network_entry(az, name, pool, 0), 201)
+
+
+@api.get("/v1/budgets")
+def budgets() -> Any:
+    return _reply(
+        BudgetsReply(
+            budgets=[BudgetEntry(az=az, budget=b) for az, b in _service().budgets.all().items()]
+        )
+    )
+
+
+@api.get("/v1/budgets/<az>")
+def get_budget(az: str) -> Any:
+    return _reply(BudgetEntry(az=az, budget=_service().budgets.require(az)))
+
+
+@api.put("/v1/budgets/<az>")
+def put_budget(az: str) -> Any:
+    """Validate, then store; an invalid budget is a 400 and the old one stays."""
+    budget = _service().budgets.put(az, _json_object())
+    return _reply(BudgetEntry(az=az, budget=budget))
+
+
+@api.delete("/v1/budgets/<az>")
+def delete_budget(az: str) -> Any:
+    """The AZ's demand pools go back to their own targets (within their ceilings)."""
+    book = _service().budgets
+    budget = book.require(az)
+    book.delete(az)
+    return _reply(BudgetEntry(az=az, budget=budget))
 
 
 @api.get("/v1/explain/<az>/<flavor>")

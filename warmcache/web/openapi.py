@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from warmcache.budgets import BudgetBody
 from warmcache.errors import CODES
 from warmcache.model import NAME_PATTERN, BuildRule
 from warmcache.networks import AddressPool
@@ -23,6 +24,8 @@ from warmcache.schemas import (
     AcquireReply,
     AcquireRequest,
     AgentsReply,
+    BudgetEntry,
+    BudgetsReply,
     ChangeAsk,
     ChangeReply,
     ChangesReply,
@@ -92,7 +95,7 @@ OPERATIONS = [
         "claim VMs, all or nothing; idempotent under claim_id",
         {200: AcquireReply},
         body=AcquireRequest,
-        errors=(*WRITE, 409),
+        errors=(*WRITE, 409, 429),
         headers=(
             (
                 "Idempotency-Key",
@@ -162,10 +165,38 @@ OPERATIONS = [
         errors=(*WRITE, 409),
         params=(("az", NAME), ("name", NAME)),
     ),
+    Operation("/v1/budgets", "get", "every AZ budget", {200: BudgetsReply}, errors=READ),
+    Operation(
+        "/v1/budgets/{az}",
+        "get",
+        "one AZ's budget for its demand-sized pools",
+        {200: BudgetEntry},
+        errors=READ,
+        params=(("az", NAME),),
+    ),
+    Operation(
+        "/v1/budgets/{az}",
+        "put",
+        "set an AZ's budget (admin): {vms} or {vcpus}; static pools take their total first, "
+        "the rest is split over the demand-sized pools by the requests one more VM saves",
+        {200: BudgetEntry},
+        body=BudgetBody,
+        errors=WRITE,
+        params=(("az", NAME),),
+    ),
+    Operation(
+        "/v1/budgets/{az}",
+        "delete",
+        "remove an AZ's budget (admin); returns what it was",
+        {200: BudgetEntry},
+        errors=WRITE,
+        params=(("az", NAME),),
+    ),
     Operation(
         "/v1/explain/{az}/{flavor}",
         "get",
-        "where the next cycle would build, and why (nothing is built)",
+        "where the next cycle would build, and why (nothing is built); how the pool's target "
+        "was set (demand sizing: the history, the forecast, the budget share)",
         {200: Explain},
         errors=READ,
         params=(("az", NAME), ("flavor", NAME)),

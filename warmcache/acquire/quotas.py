@@ -1,0 +1,159 @@
+"""Fair shares between requesters (``[[quotas.limits]]``), enforced inside
+the claim: a request over a quota that applies to it gets
+``QuotaExceeded`` and claims nothing.
+
+* ``max_share``: one acquisition takes at most this share of the pool's
+  acquirable VMs at that moment (at least one), checked when its VMs are
+  selected.
+* ``vms_per_window``: the VMs a requester was handed out in the current
+  fixed window (``window_s`` from the epoch), across every instance. Each
+  limit has one counter key per requester (``<prefix>/quotas/<requester>/
+  <az>/<flavor>``, ``{"window", "used"}``), compared at its revision and
+  rewritten in the claim's own transaction: the counter moves if and only
+  if the VMs do, and two instances cannot both spend the last VMs of a
+  window (one loses the compare, learns the new count from the failed
+  transaction's reply, and decides again). A counter this instance has
+  never seen is assumed absent: the first claim learns it the same way.
+
+Requesters are token names (``[[auth.tokens]]``) over HTTP, or what an
+embedder passes as ``requester``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from warmcache.config import QuotaLimit
+from warmcache.errors import QuotaExceeded
+from warmcache.layout import Keys
+from warmcache.ports import Compare, KeyValue, Put
+
+
+@dataclass(frozen=True)
+class Used:
+    window: int
+    used: int
+    revision: int  # the key's mod revision (0: absent)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A request's windowed counters, as its claim transaction writes them."""
+
+    compares: tuple[Compare, ...] = ()
+    puts: tuple[Put, ...] = ()
+
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset(c.key for c in self.compares)
+
+
+NO_RESERVATION = Reservation()
+
+
+def quota_name(limit: QuotaLimit) -> str:
+    return f"{limit.requester}/{limit.az}/{limit.flavor}"
+
+
+class Quotas:
+    def __init__(self, limits: Sequence[QuotaLimit], keys: Keys) -> None:
+        self._limits = tuple(limits)
+        self._keys = keys
+        self._counters: dict[str, Used] = {}
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self._limits)
+
+    def applicable(self, requester: str, az: str, flavor: str) -> tuple[QuotaLimit, ...]:
+        return tuple(
+            q
+            for q in self._limits
+            if q.requester in ("*", requester) and q.az in ("*", az) and q.flavor in ("*", flavor)
+        )
+
+    def key(self, limit: QuotaLimit, requester: str) -> str:
+        return self._keys.quota(requester, f"{limit.az}/{limit.flavor}")
+
+    def keys(self, limits: Iterable[QuotaLimit], requester: str) -> frozenset[str]:
+        return frozenset(self.key(q, requester) for q in limits if q.vms_per_window is not None)
+
+    @staticmethod
+    def check_share(
+        limits: Iterable[QuotaLimit], requester: str, count: int, acquirable: int
+    ) -> None:
+        for q in limits:
+            if q.max_share is None:
+                continue
+            allowed = max(1, math.floor(q.max_share * acquirable))
+            if count > allowed:
+                raise QuotaExceeded(
+                    requester=requester,
+                    quota=quota_name(q),
+                    limit=allowed,
+                    used=0,
+                    wanted=count,
+                    retry_after_s=0.0,
+                )
+
+    def reserve(
+        self, limits: Iterable[QuotaLimit], requester: str, count: int, now: float
+    ) -> Reservation:
+        """The counter writes for ``count`` more VMs, or ``QuotaExceeded``."""
+        compares: list[Compare] = []
+        puts: list[Put] = []
+        for q in limits:
+            if q.vms_per_window is None:
+                continue
+            key = self.key(q, requester)
+            window = int(now // q.window_s)
+            with self._lock:
+                known = self._counters.get(key, Used(window, 0, 0))
+            used = known.used if known.window == window else 0
+            if used + count > q.vms_per_window:
+                raise QuotaExceeded(
+                    requester=requester,
+                    quota=quota_name(q),
+                    limit=q.vms_per_window,
+                    used=used,
+                    wanted=count,
+                    retry_after_s=round((window + 1) * q.window_s - now, 3),
+                )
+            compares.append(Compare.mod_revision(key, known.revision))
+            puts.append(Put(key, json.dumps({"window": window, "used": used + count})))
+        return Reservation(tuple(compares), tuple(puts)) if compares else NO_RESERVATION
+
+    def landed(self, reservation: Reservation, revision: int) -> None:
+        with self._lock:
+            for put in reservation.puts:
+                raw = json.loads(put.value)
+                self._counters[put.key] = Used(raw["window"], raw["used"], revision)
+
+    def learn(self, current: Mapping[str, KeyValue | None], keys: Iterable[str]) -> None:
+        """What a failed transaction said the counters hold now."""
+        with self._lock:
+            for key in keys:
+                if key not in current:
+                    continue
+                kv = current[key]
+                if kv is None:
+                    self._counters.pop(key, None)
+                    continue
+                try:
+                    raw = json.loads(kv.value)
+                    self._counters[key] = Used(
+                        int(raw["window"]), int(raw["used"]), kv.mod_revision
+                    )
+                except (ValueError, KeyError, TypeError):
+                    # Unreadable: start its window over, at its revision.
+                    self._counters[key] = Used(-1, 0, kv.mod_revision)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """After an outcome nobody knows: read the counters afresh."""
+        with self._lock:
+            for key in keys:
+                self._counters.pop(key, None)

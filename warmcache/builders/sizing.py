@@ -1,0 +1,337 @@
+"""Pool targets for a cycle (issue 17): static pools keep their rule's
+``total_instances``; demand-sized pools get what their forecast asks for
+(``warmcache.demand``), within the AZ's budget when it has one.
+
+``size_az`` is the pure part: rules, demand histories, what each pool
+holds and its measured build time in; a ``PoolSizing`` per pool out, which
+also explains itself (``warmcache explain``). ``Sizer`` is the leader's
+side: it reads the AZ's demand chunks (at most every ``demand.refresh_s``,
+after writing its own instance's), the budget, and persists each changed
+target with a fenced write and a ``pool.target`` event, so every instance
+(``acquire.targets.TargetView``) measures its low water against it. Old
+chunks (past ``demand.keep_h``) are deleted here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from warmcache.acquire.ledger import DemandLedger
+from warmcache.acquire.targets import TargetView, target_value
+from warmcache.budgets import Budget, BudgetBook
+from warmcache.config import DemandConfig
+from warmcache.demand import HOUR_S, Ask, Forecast, PoolHistory, forecast, split, target
+from warmcache.layout import DemandRecords, Keys
+from warmcache.leader.election import FencedWriter
+from warmcache.model import HELD_STATES, POOLED_STATES, BuildRule, Flavor, PoolInstance
+from warmcache.ports import Clock, CoordinationStore
+
+log = logging.getLogger(__name__)
+RECENT_BINS_SHOWN = 12
+
+
+@dataclass(frozen=True)
+class PoolSizing:
+    flavor: str
+    sizing: str  # static | demand
+    target: int
+    held: int  # ready + reserved + building (+ parking) now
+    floor: int = 0
+    ceiling: int = 0
+    own: int = 0  # what the forecast asks for, before the budget
+    horizon_s: float = 0.0
+    build_s: float = 0.0
+    forecast: Forecast | None = None
+    history: PoolHistory | None = None
+    quantile: float = 0.0
+    margin: int = 0
+    cost: int = 1  # budget units per VM
+    budget: Budget | None = None  # the AZ's, when it has one
+
+    @property
+    def share(self) -> int | None:
+        """Budget units this pool's target takes (None: no budget)."""
+        return None if self.budget is None else self.target * self.cost
+
+    def explain(self, now: float, lookback_s: float) -> dict[str, object]:
+        budget = self.budget
+        out: dict[str, object] = {"sizing": self.sizing, "target": self.target, "held": self.held}
+        if self.sizing != "demand":
+            out["ceiling"] = self.target
+            out["budget"] = _budget_part(budget, self.share)
+            return out
+        fc, history = self.forecast, self.history
+        assert fc is not None and history is not None
+        recent = history.bins(now - lookback_s, now)
+        out.update(
+            floor=self.floor,
+            ceiling=self.ceiling,
+            own_target=self.own,
+            quantile=self.quantile,
+            margin=self.margin,
+            horizon_s=round(self.horizon_s, 3),
+            build_s=round(self.build_s, 3),
+            history={
+                "bin_s": history.bin_s,
+                "since": history.since,
+                "hours": len(history.chunks),
+                "recent_vms": sum(recent),
+                "recent_bins": recent[-RECENT_BINS_SHOWN:],
+            },
+            forecast={
+                "windows": len(fc.windows),
+                "seasonal": fc.seasonal,
+                "rate_per_h": round(fc.rate_per_h, 3),
+                "window_p50": fc.window_quantile(0.5),
+                "window_at_quantile": fc.window_quantile(self.quantile),
+                "requests": fc.requests,
+                "request_hours": round(fc.hours, 3),
+                "need_shift": fc.shift,
+                "need_at_quantile": fc.need_quantile(self.quantile),
+                "misses_per_h_at_target": round(fc.misses_per_h(self.target), 3),
+            },
+            budget=_budget_part(budget, self.share),
+        )
+        return out
+
+
+def _budget_part(budget: Budget | None, share: int | None) -> dict[str, object] | None:
+    if budget is None or share is None:
+        return None
+    return {"unit": budget.unit, "total": budget.amount, "share": share}
+
+
+def build_time(records: Sequence[PoolInstance], flavor: str) -> float | None:
+    """The median build time of the pool's VMs that have one (ready or
+    reserved, with ``created_at`` and ``ready_at``)."""
+    times = [
+        r.ready_at - r.created_at
+        for r in records
+        if r.flavor == flavor
+        and r.state in HELD_STATES
+        and r.ready_at is not None
+        and r.created_at is not None
+        and r.ready_at >= r.created_at
+    ]
+    return statistics.median(times) if times else None
+
+
+def size_az(
+    rules: Mapping[str, BuildRule],
+    flavors: Mapping[str, Flavor],
+    histories: Mapping[str, PoolHistory],
+    held: Mapping[str, int],
+    build_s: Mapping[str, float],
+    budget: Budget | None,
+    now: float,
+    *,
+    bin_s: float,
+    lookback_s: float,
+    cycle_interval_s: float,
+    forecasts: dict[tuple[str, float], Forecast] | None = None,
+) -> dict[str, PoolSizing]:
+    """Every pool's target in one AZ. Static pools are their rule's total
+    (and take it from the budget first); demand pools, the forecast's ask
+    within their floor and ceiling, then the budget's split. ``forecasts``:
+    a cache by (flavor, build time) the caller keeps while ``histories``
+    and ``now`` are the same for its purpose."""
+    out: dict[str, PoolSizing] = {}
+    asks: dict[str, Ask] = {}
+    fixed = 0
+    for name, rule in sorted(rules.items()):
+        flavor = flavors.get(name)
+        cost = 1 if budget is None or budget.unit == "vms" or flavor is None else flavor.vcpus
+        if rule.sizing != "demand" or flavor is None:
+            out[name] = PoolSizing(
+                name, rule.sizing, rule.total_instances, held.get(name, 0), cost=cost, budget=budget
+            )
+            if rule.enabled:
+                fixed += rule.total_instances * cost
+            continue
+        history = histories.get(name) or PoolHistory(bin_s, {})
+        build = build_s[name]
+        horizon = build + cycle_interval_s
+        fc = forecasts.get((name, build)) if forecasts is not None else None
+        if fc is None:
+            fc = forecast(history, now, horizon, build, lookback_s)
+            if forecasts is not None:
+                forecasts[(name, build)] = fc
+        ceiling = rule.total_instances if rule.enabled else 0
+        own = target(fc, rule.demand_quantile, rule.demand_margin, rule.min_instances, ceiling)
+        out[name] = PoolSizing(
+            name,
+            "demand",
+            own,
+            held.get(name, 0),
+            floor=min(rule.min_instances, ceiling),
+            ceiling=ceiling,
+            own=own,
+            horizon_s=horizon,
+            build_s=build,
+            forecast=fc,
+            history=history,
+            quantile=rule.demand_quantile,
+            margin=rule.demand_margin,
+            cost=cost,
+            budget=budget,
+        )
+        asks[name] = Ask(held.get(name, 0), min(rule.min_instances, own), own, cost, fc)
+    if budget is not None and asks:
+        shares = split(budget.amount, asks, fixed)
+        for name, got in shares.items():
+            out[name] = dataclasses.replace(out[name], target=got)
+    return out
+
+
+class Sizer:
+    def __init__(
+        self,
+        store: CoordinationStore,
+        keys: Keys,
+        clock: Clock,
+        config: DemandConfig,
+        *,
+        cycle_interval_s: float,
+        ledger: DemandLedger | None,
+        targets: TargetView,
+        emit: Callable[..., None],
+    ) -> None:
+        self._store = store
+        self._keys = keys
+        self._clock = clock
+        self._config = config
+        self._cycle_interval_s = cycle_interval_s
+        self._ledger = ledger
+        self._targets = targets
+        self._emit = emit
+        self._budgets = BudgetBook(store, keys)
+        # az -> (read at, demand by flavor, forecasts made from it)
+        self._histories: dict[
+            str, tuple[float, dict[str, PoolHistory], dict[tuple[str, float], Forecast]]
+        ] = {}
+        self._build_s: dict[tuple[str, str], float] = {}
+
+    def size(
+        self,
+        az: str,
+        rules: Mapping[str, BuildRule],
+        flavors: Mapping[str, Flavor],
+        records: Sequence[PoolInstance],
+        writer: FencedWriter | None = None,
+    ) -> dict[str, PoolSizing]:
+        """Every pool's sizing now. With ``writer`` (the leader): re-read
+        history when due, delete chunks past ``keep_h``."""
+        now = self._clock.now()
+        demand = [f for f, r in rules.items() if r.sizing == "demand"]
+        histories = self.histories(az, now, writer) if demand else {}
+        forecasts = self._histories[az][2] if demand else None
+        held: dict[str, int] = {}
+        for r in records:
+            if r.state in POOLED_STATES:
+                held[r.flavor] = held.get(r.flavor, 0) + 1
+        build_s = {}
+        for f in demand:
+            measured = build_time(records, f)
+            if measured is not None:
+                self._build_s[(az, f)] = measured
+            build_s[f] = self._build_s.get((az, f), self._config.build_s)
+        budget = self._budgets.get(az) if demand else None
+        return size_az(
+            rules,
+            flavors,
+            histories,
+            held,
+            build_s,
+            budget,
+            now,
+            bin_s=self._config.bin_s,
+            lookback_s=self._config.lookback_s,
+            cycle_interval_s=self._cycle_interval_s,
+            forecasts=forecasts,
+        )
+
+    def apply(
+        self,
+        az: str,
+        rules: Mapping[str, BuildRule],
+        flavors: Mapping[str, Flavor],
+        records: Sequence[PoolInstance],
+        writer: FencedWriter,
+    ) -> dict[str, BuildRule]:
+        """The rules as this cycle builds them (a demand pool's total is its
+        target); changed targets written (fenced) with a ``pool.target``
+        event each, targets of pools no longer demand-sized deleted."""
+        self._targets.catch_up()
+        demand = {f for f, r in rules.items() if r.sizing == "demand"}
+        for f in rules:
+            if f not in demand and self._targets.get(az, f) is not None:
+                writer.delete(self._keys.target(az, f))
+        if not demand:
+            return dict(rules)
+        sizes = self.size(az, rules, flavors, records, writer)
+        out = dict(rules)
+        now = self._clock.now()
+        for f in sorted(demand):
+            s = sizes[f]
+            out[f] = rules[f].sized(s.target)
+            before = self._targets.get(az, f)
+            if before == s.target:
+                continue
+            share = s.share
+            writer.put(self._keys.target(az, f), target_value(s.target, s.own, share, now))
+            fc = s.forecast
+            assert fc is not None
+            self._emit(
+                "pool.target",
+                az=az,
+                flavor=f,
+                target=s.target,
+                previous=before,
+                own=s.own,
+                share=share,
+                held=s.held,
+                window_at_quantile=fc.window_quantile(s.quantile),
+                need_at_quantile=fc.need_quantile(s.quantile),
+                rate_per_h=round(fc.rate_per_h, 3),
+            )
+        return out
+
+    def histories(
+        self, az: str, now: float, writer: FencedWriter | None = None
+    ) -> dict[str, PoolHistory]:
+        """The AZ's demand by flavor (this instance's own counts written
+        first), re-read at most every ``demand.refresh_s``."""
+        cached = self._histories.get(az)
+        if cached is not None and 0 <= now - cached[0] < self._config.refresh_s:
+            return cached[1]
+        if self._ledger is not None:
+            self._ledger.flush()
+        chunks, keys, bad = DemandRecords(self._store, self._keys).chunks(az)
+        for key in bad:
+            log.warning("demand chunk %s does not parse: skipped", key)
+        oldest = now - self._config.keep_h * HOUR_S
+        if writer is not None:
+            for key in keys:
+                if DemandRecords.hour(key) + HOUR_S <= oldest:
+                    writer.delete(key)
+        histories = {
+            f: PoolHistory.of((c for c in cs if c.start + HOUR_S > oldest), self._config.bin_s)
+            for f, cs in chunks.items()
+        }
+        self._histories[az] = (now, histories, {})
+        return histories
+
+    def explain(
+        self,
+        az: str,
+        flavor: str,
+        rules: Mapping[str, BuildRule],
+        flavors: Mapping[str, Flavor],
+        records: Sequence[PoolInstance],
+    ) -> dict[str, object]:
+        sizes = self.size(az, rules, flavors, records)
+        return sizes[flavor].explain(self._clock.now(), self._config.lookback_s)
