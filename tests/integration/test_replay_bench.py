@@ -1,5 +1,6 @@
 """bench/replay.py accepts any trace of the Azure arrivals format: a small
-synthetic one here (its figures are the benchmark's business)."""
+synthetic one here, with a history before it for the demand policy (its
+figures are the benchmark's business; the oracle bounds them)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def test_replay_runs_on_a_small_synthetic_trace(tmp_path: Path) -> None:
     )
     (tmp_path / "intervals.txt").write_text("0 0\n300 1\n600 2\n900 3\n1200 3\n")
     (tmp_path / "flavors.txt").write_text("1,0.75 a\n2,4 b\n")
+    # what came before the window: the demand policy's history
+    (tmp_path / "before.txt").write_text("100 a,|,a,a,|,b,|\n400 a,|,b,b,|\n700 a,a,|\n")
     result = subprocess.run(
         [
             sys.executable,
@@ -35,6 +38,10 @@ def test_replay_runs_on_a_small_synthetic_trace(tmp_path: Path) -> None:
             "6",
             "--create-mean-s",
             "5",
+            "--history",
+            str(tmp_path / "before.txt"),
+            "--history-bins",
+            "3",
         ],
         capture_output=True,
         text=True,
@@ -52,5 +59,15 @@ def test_replay_runs_on_a_small_synthetic_trace(tmp_path: Path) -> None:
         "cold_p50_s",
         "warmcache_p50_s",
         "warmcache_idle_share",
+        "demand_served",
+        "oracle_served",
+        "demand_idle_share",
     }
-    assert "cold " in result.stdout and "0.0%" in result.stdout  # cold serves nothing at once
+    assert "demand history 3 bins (6 requests)" in result.stdout
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line}
+    assert rows["cold"][1] == "0.0%"  # cold serves nothing at once
+    assert rows["oracle"][5] == "0.0%"  # the oracle's VMs never wait
+    served = {
+        p: float(fields[f"{p}_served"].rstrip("%")) for p in ("warmcache", "demand", "oracle")
+    }
+    assert served["oracle"] >= max(served["warmcache"], served["demand"])
