@@ -55,6 +55,7 @@ SMALL = [
         "fleet (1,000 hypervisors)",
         ["fleet.py", "--hypervisors", "1000", "--racks", "60", "--vms", "300"],
     ),
+    ("fleet, demand sizing (9,960 hypervisors)", ["fleet.py", "--demand"]),
     ("replay (Azure, 30 min)", ["replay.py", "--bins", "6", "--budget", "60"]),
     ("real guests", ["realvm.py", "--sequential", "2", "--parallel", "4"]),
     ("standby states (real guests)", ["standby.py", "--vms", "2"]),

@@ -16,6 +16,14 @@ With ``--networks`` every AZ has an address pool (a /16) and each VM built
 also gets its address in the fenced build transaction (a line before the
 last says how many are held, and that they are distinct).
 
+With ``--demand`` every AZ has three demand-sized pools (small, medium,
+large; ceiling ``--vms`` / AZs each) sharing an AZ budget of ``--vms`` /
+AZs VMs, and two days of demand history written by three instances (one
+chunk per pool, hour and instance: 432 chunks an AZ); the cycle sizes the
+pools first. A line before the last gives the sizing's own cost per AZ
+(history read, forecasts, budget split), p50 of 10, beside the store's
+range read of the same chunks.
+
 Last line: ``fleet hypervisors=<H> vms=<V> cycle_s=<x> place_p50_ms=<y>
 place_p99_ms=<z> store_ops=<n> place_setup_s=<s>``.
 """
@@ -23,6 +31,7 @@ place_p99_ms=<z> store_ops=<n> place_setup_s=<s>``.
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import tempfile
 import time
@@ -31,13 +40,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from warmcache.acquire.targets import TargetView
 from warmcache.adapters.file_catalog import FileFlavorCatalog
 from warmcache.adapters.sqlite_events import LogEvents
 from warmcache.adapters.sqlite_store import SqliteStore
+from warmcache.budgets import BudgetBook
 from warmcache.builders.cycle import BuildCycle
+from warmcache.builders.sizing import Sizer
 from warmcache.clock import SystemClock
+from warmcache.config import DemandConfig
+from warmcache.demand import HOUR_S, Chunk, hour_of
 from warmcache.inventory import HostView
-from warmcache.layout import Keys
+from warmcache.layout import Keys, PoolRecords, RuleRecords
 from warmcache.leader.election import LeaderElection
 from warmcache.model import HostFacts
 from warmcache.networks import NetworkBook
@@ -125,6 +139,11 @@ def main() -> None:
         help="an address pool per AZ (a /16): every VM built also gets its address",
     )
     parser.add_argument(
+        "--demand",
+        action="store_true",
+        help="three demand-sized pools per AZ sharing an AZ budget, two days of history",
+    )
+    parser.add_argument(
         "--rollover",
         action="store_true",
         help="then change every rule's user_data (a new generation) and time the cycles "
@@ -147,6 +166,9 @@ def main() -> None:
     book = RuleBook(raw, keys, catalog)
     per_az = args.vms // args.azs
     for a in range(1, args.azs + 1):
+        if args.demand:
+            seed_demand(raw, keys, f"az{a}", per_az)
+            continue
         book.put(
             f"az{a}",
             "small",
@@ -162,6 +184,20 @@ def main() -> None:
     hosts = HostView(store, keys.hosts_dir())
     hosts.refresh()
     pipeline = TimedPipeline(default_pipeline())
+    sizer = (
+        Sizer(
+            store,
+            keys,
+            SystemClock(),
+            DemandConfig(refresh_s=0),
+            cycle_interval_s=900,
+            ledger=None,
+            targets=TargetView(store, keys),
+            emit=lambda *_a, **_k: None,
+        )
+        if args.demand
+        else None
+    )
     cycle = BuildCycle(
         store=store,
         keys=keys,
@@ -173,6 +209,7 @@ def main() -> None:
         pipeline=pipeline,
         concurrency=args.concurrency,
         retries=1,
+        sizer=sizer,
     )
     election = LeaderElection(store, keys.leader(), "bench", ttl_s=600, clock=SystemClock())
     store.calls.clear()
@@ -193,6 +230,8 @@ def main() -> None:
         f"cycle: built {built} of {args.vms} VMs in {cycle_s:.1f} s; problems: "
         f"{len(report.problems)}; store calls: {dict(store.calls)}"
     )
+    if sizer is not None:
+        sizing_cost(sizer, raw, keys, catalog, args.azs)
     if args.rollover:
         rollover(book, cycle, election, store, args.azs, per_az)
     print(
@@ -201,6 +240,60 @@ def main() -> None:
         f"store_ops={ops} place_setup_s={pipeline.setup_s:.2f}"
     )
     raw.close()
+
+
+def seed_demand(store: SqliteStore, keys: Keys, az: str, per_az: int) -> None:
+    """Three demand pools sharing a budget, and two days of demand history
+    as three instances would have written it (requests of 1 to 8 VMs)."""
+    catalog = FileFlavorCatalog(CONFIG_DIR / "flavors.toml")
+    book = RuleBook(store, keys, catalog)
+    rng = random.Random(az)
+    now = time.time()
+    for flavor in ("small", "medium", "large"):
+        book.put(
+            az,
+            flavor,
+            {
+                "max_instance_per_cycle": per_az,
+                "total_instances": per_az,
+                "min_fault_domain": 3,
+                "sizing": "demand",
+            },
+        )
+        for hour in range(48):
+            start = hour_of(now) - (48 - hour) * HOUR_S
+            for node in ("wc-1", "wc-2", "wc-3"):
+                chunk = Chunk.empty(start, 60)
+                for _ in range(rng.randint(20, 120)):
+                    chunk.record(start + rng.random() * HOUR_S, rng.choice((1, 1, 1, 2, 3, 8)))
+                store.put(keys.demand(az, flavor, int(start), node), chunk.to_json())
+    BudgetBook(store, keys).put(az, {"vms": per_az})
+
+
+def sizing_cost(
+    sizer: Sizer, store: SqliteStore, keys: Keys, catalog: FileFlavorCatalog, azs: int
+) -> None:
+    """What sizing an AZ costs on its own (history read each time), beside
+    the store's range read of the same chunks."""
+    flavors = {f.name: f for f in catalog.list()}
+    rules = RuleRecords(store, keys).by_az()
+    records = PoolRecords(store, keys).by_az()
+    sized, reads = [], []
+    for _ in range(10):
+        for a in range(1, azs + 1):
+            az = f"az{a}"
+            started = time.perf_counter()
+            store.range(keys.demand_dir(az))
+            reads.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            sizer.size(az, rules[az], flavors, records.get(az, []))
+            sized.append(time.perf_counter() - started)
+    chunks = len(store.range(keys.demand_dir("az1"))[0])
+    print(
+        f"demand sizing per AZ (3 pools, {chunks} chunks): p50 "
+        f"{statistics.median(sized) * 1000:.1f} ms; the store's range read of them alone p50 "
+        f"{statistics.median(reads) * 1000:.1f} ms"
+    )
 
 
 def rollover(
