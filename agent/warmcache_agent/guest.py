@@ -15,7 +15,8 @@ The initramfs ``/init``:
   cloud-init would, and prints ``WARMCACHE-ADDRESS <address/prefix>``;
 * answers ``PING`` with ``PONG <its addresses>`` on the virtio-serial port
   named ``org.warmcache.health`` (the agent's health probe, which so learns
-  the addresses the guest really has);
+  the addresses the guest really has), from shell builtins only: the
+  addresses are read into a file at start and every 2 s, not per PING;
 * prints ``WARMCACHE-DISK <dev>`` when a disk is hot-plugged.
 """
 
@@ -76,12 +77,17 @@ for i in 1 2 3 4 5 6 7 8 9 10; do
   [ -n "$port" ] && break
   sleep 0.2
 done
+mkdir -p /run
+addresses > /run/addresses
 if [ -n "$port" ]; then
   echo "WARMCACHE-HEALTH-PORT $port"
+  # Shell builtins only: a PONG starts no process, so a guest just resumed
+  # answers as soon as it runs (the addresses are refreshed below).
   (while true; do
      exec 3<>"$port"
      while read -r line <&3; do
-       echo "PONG $(addresses)" >&3
+       read -r addrs < /run/addresses
+       echo "PONG $addrs" >&3
      done
      exec 3<&-
      sleep 0.1
@@ -89,10 +95,16 @@ if [ -n "$port" ]; then
 else
   echo WARMCACHE-NO-HEALTH-PORT; ls /sys/class/virtio-ports /dev | tr '\n' ' '
 fi
+tick=0
 while true; do
   for b in $(ls /sys/block); do
     case " $seen " in *" $b "*) ;; *) echo "WARMCACHE-DISK $b"; seen="$seen $b";; esac
   done
+  tick=$((tick + 1))
+  if [ $tick -ge 20 ]; then
+    tick=0
+    addresses > /run/addresses.new && mv /run/addresses.new /run/addresses
+  fi
   sleep 0.1
 done
 """
