@@ -52,7 +52,9 @@ class _PoolCollector(Collector):
             labels=["az", "flavor", "state"],
         )
         target = GaugeMetricFamily(
-            "warmcache_pool_target_vms", "Target pool size (rule)", labels=["az", "flavor"]
+            "warmcache_pool_target_vms",
+            "Target pool size (the rule's total_instances, or a demand pool's current target)",
+            labels=["az", "flavor"],
         )
         low_water = GaugeMetricFamily(
             "warmcache_pool_low_water_vms",
