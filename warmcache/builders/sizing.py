@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import statistics
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -105,19 +106,25 @@ def _budget_part(budget: Budget | None, share: int | None) -> dict[str, object] 
     return {"unit": budget.unit, "total": budget.amount, "share": share}
 
 
-def build_time(records: Sequence[PoolInstance], flavor: str) -> float | None:
-    """The median build time of the pool's VMs that have one (ready or
-    reserved, with ``created_at`` and ``ready_at``)."""
-    times = [
-        r.ready_at - r.created_at
-        for r in records
-        if r.flavor == flavor
-        and r.state in HELD_STATES
-        and r.ready_at is not None
-        and r.created_at is not None
-        and r.ready_at >= r.created_at
-    ]
-    return statistics.median(times) if times else None
+def held_and_build_times(
+    records: Sequence[PoolInstance],
+) -> tuple[dict[str, int], dict[str, float]]:
+    """In one pass over an AZ's records: VMs each pool holds (ready,
+    reserved, building, parking), and the median build time of its VMs that
+    have one (ready or reserved, with ``created_at`` and ``ready_at``)."""
+    held: dict[str, int] = defaultdict(int)
+    times: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        if r.state in POOLED_STATES:
+            held[r.flavor] += 1
+        if (
+            r.state in HELD_STATES
+            and r.ready_at is not None
+            and r.created_at is not None
+            and r.ready_at >= r.created_at
+        ):
+            times[r.flavor].append(r.ready_at - r.created_at)
+    return dict(held), {f: statistics.median(t) for f, t in times.items()}
 
 
 def size_az(
@@ -229,15 +236,11 @@ class Sizer:
         demand = [f for f, r in rules.items() if r.sizing == "demand"]
         histories = self.histories(az, now, writer) if demand else {}
         forecasts = self._histories[az][2] if demand else None
-        held: dict[str, int] = {}
-        for r in records:
-            if r.state in POOLED_STATES:
-                held[r.flavor] = held.get(r.flavor, 0) + 1
+        held, measured = held_and_build_times(records)
         build_s = {}
         for f in demand:
-            measured = build_time(records, f)
-            if measured is not None:
-                self._build_s[(az, f)] = measured
+            if f in measured:
+                self._build_s[(az, f)] = measured[f]  # kept while a drained pool has none
             build_s[f] = self._build_s.get((az, f), self._config.build_s)
         budget = self._budgets.get(az) if demand else None
         return size_az(
