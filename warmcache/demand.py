@@ -84,8 +84,9 @@ class Chunk:
 
     def _bound(self) -> None:
         if len(self.sizes) > MAX_SIZES:
-            # The largest sizes merge into the largest kept: a pool is never
-            # sized by them (they exceed any sane target), only counted.
+            # The largest sizes merge into one entry just above the largest
+            # kept: a pool is never sized by them (they exceed any sane
+            # target), only counted.
             kept = sorted(self.sizes)[: MAX_SIZES - 1]
             top = sum(c for s, c in self.sizes.items() if s > kept[-1])
             self.sizes = Counter({s: self.sizes[s] for s in kept})
@@ -358,14 +359,15 @@ def split(budget: int, asks: Mapping[str, Ask], fixed: int = 0) -> dict[str, int
     result never asks for more than the budget beyond what pools already
     hold."""
     got = {p: min(a.have, a.ceiling) for p, a in asks.items()}
-    left = budget - fixed - sum(max(a.have, got[p]) * a.cost for p, a in asks.items())
+    left = budget - fixed - sum(a.have * a.cost for a in asks.values())
     for p in sorted(asks, key=lambda p: (-asks[p].floor, p)):
         a = asks[p]
+        # below its floor, a pool holds less than it is given: each VM costs
         while got[p] < min(a.floor, a.ceiling) and a.cost <= left:
-            if got[p] >= a.have:
-                left -= a.cost
+            left -= a.cost
             got[p] += 1
-    # One pool's best step ahead: (-(misses saved per hour per unit), pool, VMs).
+    # One pool's best step ahead: (-(misses saved per hour per unit), pool,
+    # VMs); one entry per pool, replaced whenever it is popped.
     heap: list[tuple[float, str, int]] = []
     curves = {p: a.forecast.curve() for p, a in asks.items()}
 
@@ -388,7 +390,7 @@ def split(budget: int, asks: Mapping[str, Ask], fixed: int = 0) -> dict[str, int
     while heap:
         _, p, k = heapq.heappop(heap)
         cost = k * asks[p].cost
-        if cost > left or got[p] + k > asks[p].ceiling:
+        if cost > left:
             push(p)  # the budget shrank since this step was priced
             continue
         got[p] += k

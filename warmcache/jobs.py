@@ -32,7 +32,7 @@ def service_jobs(
     for view in acquirer.views:
         jobs.follow(f"view {view.prefix}", view.follow)
     jobs.follow("acquire-shares", acquirer.follow_shares)
-    jobs.every("demand-ledger", acquirer.ledger_job, retry_s=acquirer.ledger_job_retry_s)
+    jobs.every("demand-ledger", acquirer.ledger_job, retry_s=acquirer.flush_s)
     if config.run_health:
         jobs.every("health-poller", health.job, retry_s=config.health_interval_s)
     if config.run_builds:

@@ -79,7 +79,7 @@ class Acquirer:
         self.targets = TargetView(store, keys)
         self.index = PoolIndex(store, keys, hosts=hosts, drains=drains, node=config.node)
         self.quotas = Quotas(ctx.quotas, keys)
-        self._flush_s = ctx.demand.flush_s
+        self.flush_s = ctx.demand.flush_s  # the demand ledger's job (warmcache.jobs)
         self.ledger = DemandLedger(
             store, keys, clock, config.node, bin_s=ctx.demand.bin_s, keep_h=ctx.demand.keep_h
         )
@@ -115,11 +115,7 @@ class Acquirer:
     def ledger_job(self) -> float:
         """Write what this instance was asked for (``demand.flush_s``)."""
         self.ledger.flush()
-        return self._flush_s
-
-    @property
-    def ledger_job_retry_s(self) -> float:
-        return self._flush_s
+        return self.flush_s
 
     def refresh_shares(self) -> None:
         """Re-deal the pools' shares over the instances in the registry."""
@@ -189,7 +185,8 @@ class Acquirer:
                 self._catch_up()
                 rule = self._rule(flavor, az)
                 quotas = self.quotas.applicable(requester, az, flavor) if self.quotas else ()
-                self._check_txn_size(count, claim_id is not None, quotas, requester)
+                if quotas:
+                    self._check_txn_size(count, claim_id is not None, quotas, requester)
                 request = ClaimRequest(
                     flavor=flavor,
                     az=az,
@@ -325,7 +322,8 @@ class Acquirer:
         self, count: int, named: bool, quotas: tuple[QuotaLimit, ...], requester: str
     ) -> None:
         """One acquisition is one transaction: its VMs, its claim record and
-        its quota counters must fit in what the store compares at once."""
+        its quota counters must fit in what the store compares at once
+        (``max_count`` covers the first two; counters add to them)."""
         limit = self._store.txn_limit
         extra = int(named) + len(self.quotas.keys(quotas, requester))
         if limit and count + extra > limit:
