@@ -251,6 +251,9 @@ class ChaosRig:
             # room for every VM a 50-fault run hands out (they stay on their host)
             "[capacity]\nvcpus = 16384\nmemory_mib = 67108864\ndisk_gib = 1000000\n"
             "[reserved]\nvcpus = 2\nmemory_mib = 4096\ndisk_gib = 50\n"
+            # simulated hosts sharing this machine's disk; the catalog's image is here
+            "[disks]\ncheck_filesystem = false\n"
+            f'[images]\nlocal_dirs = ["{CONFIG_DIR / "images"}"]\n'
             f'[inventory]\nkind = "etcd"\nurl = "{self.etcd_urls}"\nttl_s = 2\n'
             f'advertise = "https://{ip}:8443"\n'
         )

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from warmcache.errors import AgentUnavailable
+from warmcache.errors import AgentUnavailable, ImageInvalid
+from warmcache.images import Image
 from warmcache.layout import Keys
 from warmcache.model import HostFacts
 from warmcache.ports import CoordinationStore, VmSpec, VmStatus
@@ -36,6 +37,7 @@ class FakeAgent(SimAgent):
         self.guest_addresses: dict[str, tuple[str, ...]] = {}  # what a guest reports having
         self.calls: list[str] = []
         self.wont_resume: set[str] = set()  # VMs whose resume fails
+        self.bad_images: set[str] = set()  # sha256 of images this host refuses (image_invalid)
 
     def _maybe_down(self) -> None:
         with self._lock:
@@ -68,6 +70,8 @@ class FakeAgent(SimAgent):
             self.before_create(spec)
         self.calls.append(f"create {spec.name}")
         self._maybe_down()
+        if spec.image is not None and spec.image.sha256 in self.bad_images:
+            raise ImageInvalid(self.endpoint, f"{spec.image.id}: checksum mismatch (test)")
         super().create(spec)
         return self.status(spec.name)
 
@@ -90,6 +94,13 @@ class FakeAgent(SimAgent):
             self.guest_addresses.get(name, ()) if kept == "running" else (),
             kept,
         )
+
+    def prefetch(self, image: Image) -> None:
+        self.calls.append(f"prefetch {image.id}")
+        self._maybe_down()
+        if image.sha256 in self.bad_images:
+            raise ImageInvalid(self.endpoint, f"{image.id}: checksum mismatch (test)")
+        super().prefetch(image)
 
     def standby(self, name: str, state: str) -> VmStatus:
         self.calls.append(f"standby {name} {state}")

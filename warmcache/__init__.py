@@ -35,6 +35,9 @@ from warmcache.errors import (
     Forbidden,
     HeadersTooLarge,
     HypervisorError,
+    ImageInUse,
+    ImageInvalid,
+    ImageUnavailable,
     InsufficientHostCapacity,
     InternalError,
     InvalidRequest,
@@ -57,6 +60,7 @@ from warmcache.errors import (
     UnknownAZ,
     UnknownClaim,
     UnknownFlavor,
+    UnknownImage,
     UnknownNetwork,
     UnknownPool,
     UnknownRequest,
@@ -66,6 +70,7 @@ from warmcache.errors import (
     WarmCacheError,
     WatchCompacted,
 )
+from warmcache.images import BootFiles, Image, ImageFile
 from warmcache.model import BuildRule, Flavor, InstanceState, Mode, PoolInstance, PoolSummary
 from warmcache.schemas import AcquireReply, Claim, Explain, Leader, RuleEntry, Vm
 from warmcache.service import WarmCache
@@ -88,6 +93,7 @@ __all__ = [
     "ApprovalRefused",
     "AsyncClient",
     "BodyTooLarge",
+    "BootFiles",
     "BuildRule",
     "Claim",
     "ClaimContention",
@@ -100,6 +106,11 @@ __all__ = [
     "Forbidden",
     "HeadersTooLarge",
     "HypervisorError",
+    "Image",
+    "ImageFile",
+    "ImageInUse",
+    "ImageInvalid",
+    "ImageUnavailable",
     "InstanceState",
     "InsufficientHostCapacity",
     "InternalError",
@@ -128,6 +139,7 @@ __all__ = [
     "UnknownAZ",
     "UnknownClaim",
     "UnknownFlavor",
+    "UnknownImage",
     "UnknownNetwork",
     "UnknownPool",
     "UnknownRequest",

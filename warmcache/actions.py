@@ -15,8 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from warmcache.agent_versions import AgentVersions, DesiredAgent
 from warmcache.context import ServiceContext
+from warmcache.errors import ImageInUse
 from warmcache.health.purge import purge_pool
-from warmcache.model import NAME_PATTERN
+from warmcache.images import Image
+from warmcache.layout import PoolRecords
+from warmcache.model import NAME_PATTERN, InstanceState
 from warmcache.networks import AddressPool, NetworkBook
 
 
@@ -94,6 +97,58 @@ class AgentBuild(DesiredAgent, _Params):
     pass
 
 
+class ImageTarget(_Params):
+    id: StrictStr = Field(pattern=NAME_PATTERN)
+
+
+class ImageChange(_Params):
+    image: Image
+
+
+def _set_image(ctx: ServiceContext, change: ImageChange) -> dict[str, Any]:
+    """Register an image or point its id at new bytes: pools whose flavor
+    names it roll over to the new bytes (their generation includes the
+    image's sha256); the catalog refuses a change that would leave a
+    flavor's disk below the image's minimum."""
+    before = ctx.catalog.image(change.image.id)
+    image = ctx.catalog.put_image(change.image)
+    ctx.emit(
+        "image.updated",
+        image=image.id,
+        sha256=image.sha256,
+        previous_sha256=before.sha256 if before else None,
+    )
+    return {"image": image.id, "sha256": image.sha256, "changed": before != image}
+
+
+def image_users(ctx: ServiceContext, image_id: str) -> int:
+    """VMs warmcache tracks that boot ``image_id`` (pooled or handed out;
+    a record from before images were recorded counts when its flavor names
+    the image now)."""
+    flavors = {f.name for f in ctx.catalog.list() if f.image_id == image_id}
+    records = PoolRecords(ctx.store, ctx.keys)
+    tracked = [item.record for item in records.read()[0]]
+    tracked += [item.record for item in records.acquired()]
+    return sum(
+        1
+        for r in tracked
+        if r.state is not InstanceState.PURGED
+        and (r.image == image_id or (not r.image and r.flavor in flavors))
+    )
+
+
+def _delete_image(ctx: ServiceContext, target: ImageTarget) -> dict[str, Any]:
+    """Refused (``image_in_use``) while a flavor names the image or a VM
+    warmcache tracks boots it; the catalog keeps it then."""
+    flavors = sorted(f.name for f in ctx.catalog.list() if f.image_id == target.id)
+    vms = image_users(ctx, target.id)
+    if flavors or vms:
+        raise ImageInUse(target.id, flavors, vms)
+    deleted = ctx.catalog.delete_image(target.id)
+    ctx.emit("image.deleted", image=target.id, deleted=deleted)
+    return {"deleted": deleted}
+
+
 def _set_agent_version(ctx: ServiceContext, build: AgentBuild) -> dict[str, Any]:
     desired = DesiredAgent.model_validate(build.model_dump())
     AgentVersions(ctx.store, ctx.keys, ctx.hosts).set_desired(desired)
@@ -115,5 +170,13 @@ ACTIONS: dict[str, ChangeAction[Any]] = {
     ),
     "delete_network": ChangeAction(
         NetworkTarget, "delete an address pool (its VMs keep their addresses)", _delete_network
+    ),
+    "set_image": ChangeAction(
+        ImageChange,
+        "register an image, or point its id at new bytes (its pools roll over)",
+        _set_image,
+    ),
+    "delete_image": ChangeAction(
+        ImageTarget, "remove an image no flavor names and no VM boots", _delete_image
     ),
 }

@@ -13,6 +13,8 @@ class AgentCode(StrEnum):
     NOT_FOUND = "not_found"  # no such VM managed by this agent
     ALREADY_EXISTS = "already_exists"  # a VM (or disk) of that name exists on this host
     HYPERVISOR_ERROR = "hypervisor_error"  # libvirt failed; the agent cleaned up what it started
+    IMAGE_UNAVAILABLE = "image_unavailable"  # the image could not be fetched: nothing created
+    IMAGE_INVALID = "image_invalid"  # its bytes are not the registered image: nothing kept
     BUSY = "busy"  # every worker of the agent (or proxy) is busy: transient, retry
     AGENT_UNAVAILABLE = "agent_unavailable"  # the proxy could not reach its agent: transient
     FORBIDDEN = "forbidden"  # the proxy refused the client certificate

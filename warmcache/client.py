@@ -68,6 +68,8 @@ from warmcache.schemas import (
     Claim,
     Explain,
     Health,
+    ImageEntry,
+    ImagesReply,
     Leader,
     LeaderReply,
     NetworkEntry,
@@ -328,6 +330,13 @@ class Client:
     def get_network(self, az: str, name: str) -> NetworkEntry:
         return self._get(NetworkEntry, f"/v1/networks/{az}/{name}")
 
+    def images(self) -> list[ImageEntry]:
+        """Every image of the catalog, with the flavors that boot it."""
+        return self._get(ImagesReply, "/v1/images").images
+
+    def get_image(self, image_id: str) -> ImageEntry:
+        return self._get(ImageEntry, f"/v1/images/{image_id}")
+
     def create_network(self, az: str, name: str, pool: Mapping[str, Any]) -> NetworkEntry:
         """A new address pool; ``NetworkExists`` if there is one (a change is
         ``ask_change("update_network", ...)``)."""
@@ -480,6 +489,12 @@ class AsyncClient:
 
     async def get_network(self, az: str, name: str) -> NetworkEntry:
         return await self._get(NetworkEntry, f"/v1/networks/{az}/{name}")
+
+    async def images(self) -> list[ImageEntry]:
+        return (await self._get(ImagesReply, "/v1/images")).images
+
+    async def get_image(self, image_id: str) -> ImageEntry:
+        return await self._get(ImageEntry, f"/v1/images/{image_id}")
 
     async def create_network(self, az: str, name: str, pool: Mapping[str, Any]) -> NetworkEntry:
         body = await self._call(Call("PUT", f"/v1/networks/{az}/{name}", json=dict(pool)))

@@ -251,6 +251,14 @@ class ServiceConfig(_Section):
         description="An agent that has not reported the desired build this long after its "
         "update slot was granted loses the slot and is not tried again for that build.",
     )
+    image_prefetch_parallel: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description="Hypervisors fetching an image at once before a cycle builds on them "
+        "(a pool moved to a new image, a host's first VM of an image): bounds the load on "
+        "the image server however many VMs roll over.",
+    )
     run_builds: bool = Field(
         default=True, description="Take part in leader election and build cycles."
     )

@@ -25,12 +25,14 @@ the CLI all use it::
     │   ├── UnknownRequest             unknown_request
     │   ├── UnknownPool                unknown_pool
     │   ├── UnknownClaim               unknown_claim
-    │   └── UnknownNetwork             unknown_network
+    │   ├── UnknownNetwork             unknown_network
+    │   └── UnknownImage               unknown_image
     ├── Unauthorized                   unauthorized            401
     ├── Forbidden                      forbidden               403
     ├── ApprovalRefused                approval_refused        403
     ├── RequestConflict                request_conflict        409
     ├── NetworkExists                  network_exists          409  (changes: maker-checker)
+    ├── ImageInUse                     image_in_use            409  (nothing deleted)
     ├── ClaimMismatch                  claim_mismatch          409  (same claim_id, other request)
     ├── NoCapacity                     no_capacity             409  (nothing claimed)
     ├── QuotaExceeded                  quota_exceeded          429  (nothing claimed)
@@ -53,6 +55,8 @@ the CLI all use it::
     │       ├── AgentVmNotFound        agent_not_found
     │       ├── AgentVmExists          agent_already_exists
     │       ├── HypervisorError        hypervisor_error
+    │       ├── ImageUnavailable       image_unavailable (the image could not be fetched)
+    │       ├── ImageInvalid           image_invalid  (its bytes are not the registered ones)
     │       ├── AgentForbidden         agent_forbidden
     │       └── AgentInternalError     agent_internal_error
     ├── ServerUnreachable              server_unreachable      (client side: no reply)
@@ -241,6 +245,15 @@ class UnknownNetwork(NotFound):
         super().__init__(f"no address pool {name!r} in {az!r}")
 
 
+class UnknownImage(NotFound):
+    code = "unknown_image"
+    fields = ("image",)
+
+    def __init__(self, image: str) -> None:
+        self.image = image
+        super().__init__(f"no image {image!r} in the catalog")
+
+
 class UnknownRequest(NotFound):
     code = "unknown_request"
     fields = ("request_id",)
@@ -328,6 +341,23 @@ class NetworkExists(WarmCacheError):
         super().__init__(
             f"address pool {name!r} exists in {az!r}: ask for update_network (maker-checker)"
         )
+
+
+class ImageInUse(WarmCacheError):
+    """An image still named by a flavor, or booted by VMs warmcache tracks,
+    cannot be deleted; nothing was changed."""
+
+    code = "image_in_use"
+    http_status = 409
+    fields = ("image", "flavors", "vms")
+
+    def __init__(self, image: str, flavors: list[str], vms: int = 0) -> None:
+        self.image = image
+        self.flavors = list(flavors)
+        self.vms = vms
+        users = [f"flavor(s) {', '.join(self.flavors)}"] if self.flavors else []
+        users += [f"{vms} VM(s)"] if vms else []
+        super().__init__(f"image {image!r} is in use by {' and '.join(users)}")
 
 
 class ClaimMismatch(WarmCacheError):
@@ -630,6 +660,23 @@ class HypervisorError(AgentRejected):
     agent_code = AgentCode.HYPERVISOR_ERROR
 
 
+class ImageUnavailable(AgentRejected):
+    """The agent could not fetch the VM's image (its source is unreachable,
+    too slow or missing); nothing was created."""
+
+    code = "image_unavailable"
+    agent_code = AgentCode.IMAGE_UNAVAILABLE
+
+
+class ImageInvalid(AgentRejected):
+    """The fetched image is not the registered one (sha256, size or format
+    differ, or it names a backing file): refused, nothing was kept and
+    nothing booted from it."""
+
+    code = "image_invalid"
+    agent_code = AgentCode.IMAGE_INVALID
+
+
 class AgentForbidden(AgentRejected):
     """The agent's proxy refused this client's certificate."""
 
@@ -650,6 +697,8 @@ AGENT_ERRORS: dict[AgentCode, type[AgentError]] = {
     AgentCode.NOT_FOUND: AgentVmNotFound,
     AgentCode.ALREADY_EXISTS: AgentVmExists,
     AgentCode.HYPERVISOR_ERROR: HypervisorError,
+    AgentCode.IMAGE_UNAVAILABLE: ImageUnavailable,
+    AgentCode.IMAGE_INVALID: ImageInvalid,
     AgentCode.BUSY: AgentBusy,
     AgentCode.AGENT_UNAVAILABLE: AgentUnavailable,
     AgentCode.FORBIDDEN: AgentForbidden,

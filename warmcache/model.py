@@ -77,6 +77,10 @@ DiskGiB = Annotated[int, Field(strict=True, ge=1, le=65_536)]
 MAX_EXTRA_DISKS = 24  # vdb..vdy: vdz holds the cloud-init seed
 MAX_USER_DATA = 64 * 1024  # base64 characters of a rule's first-boot script
 Count = Annotated[int, Field(strict=True, ge=0, le=100_000)]
+# How a VM's disks are allocated on its host (qemu-img's preallocation):
+# "off" makes the root disk a thin overlay of the cached image; anything
+# else a full copy, allocated as asked (extra disks the same).
+Preallocation = Literal["off", "metadata", "falloc", "full"]
 
 
 def _whole(value: object) -> object:
@@ -93,15 +97,21 @@ JsonInt = Annotated[int, BeforeValidator(_whole)]
 
 
 class Flavor(_Frozen):
-    """A VM shape. ``image_id`` and ``provider_flavor_id`` are catalog-only."""
+    """A VM shape. ``image_id`` and ``provider_flavor_id`` are catalog-only.
+
+    ``image_id`` names an image of the catalog (``warmcache.images``): every
+    VM of the flavor boots from its own root disk of ``disk_gib`` made from
+    it; no image: a blank root disk. ``extra_disks_gib`` are made at build,
+    each its own disk (vdb, vdc, ...), allocated per ``preallocation``."""
 
     name: str = Field(pattern=NAME_PATTERN)
     vcpus: VCpus
     memory_mib: MemoryMiB
     disk_gib: DiskGiB
-    image_id: str = Field(default="", max_length=255)
+    image_id: str = Field(default="", pattern=r"^(|[A-Za-z0-9][A-Za-z0-9._-]{0,62})$")
     provider_flavor_id: str = Field(default="", max_length=255)
     extra_disks_gib: tuple[DiskGiB, ...] = Field(default=(), max_length=MAX_EXTRA_DISKS)
+    preallocation: Preallocation = "off"
 
 
 class BuildRule(_Frozen):
@@ -179,14 +189,17 @@ class BuildRule(_Frozen):
         )
 
 
-def pool_generation(flavor: Flavor, rule: BuildRule) -> str:
+def pool_generation(flavor: Flavor, rule: BuildRule, image_digest: str = "") -> str:
     """What a pool's VMs are built from, as a short digest: the flavor's
-    image and provider flavor, its sizes and extra disks, the rule's
-    ``user_data`` and ``group_hint``. Any change makes the VMs built before
-    it stale (rolled over by the leader, ``replace_per_cycle`` at a time)."""
+    image (``image_digest``: the sha256 of the bytes it boots, from
+    ``warmcache.images.Image.digest``, so an image id pointed at new bytes
+    is a new generation) and provider flavor, its sizes, extra disks and
+    their allocation, the rule's ``user_data`` and ``group_hint``. Any
+    change makes the VMs built before it stale (rolled over by the leader,
+    ``replace_per_cycle`` at a time)."""
     import hashlib
 
-    what = {
+    what: dict[str, object] = {
         "image_id": flavor.image_id,
         "provider_flavor_id": flavor.provider_flavor_id,
         "vcpus": flavor.vcpus,
@@ -196,6 +209,11 @@ def pool_generation(flavor: Flavor, rule: BuildRule) -> str:
         "user_data": rule.user_data,
         "group_hint": rule.group_hint,
     }
+    # Only when set: pools of flavors without an image keep their generation.
+    if image_digest:
+        what["image"] = image_digest
+    if flavor.preallocation != "off":
+        what["preallocation"] = flavor.preallocation
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -268,6 +286,7 @@ class PoolInstance(_Frozen):
     # generation changed since (handed out only as the rule allows)
     generation: str = ""
     stale: bool = False
+    image: str = ""  # the catalog image it boots (its flavor's image_id when built)
     standby: Literal["running", "paused", "saved"] = "running"  # as its agent keeps it
 
     def aged(self, rule: BuildRule, now: float) -> bool:
@@ -299,6 +318,7 @@ class HostFacts(_Frozen):
     numa_free: tuple[int, ...] = ()  # free CPUs per NUMA node; () when the agent does not pin
     agent_version: str = ""  # the agent's package version
     agent_sha256: str = ""  # sha256 of its installed code (warmcache_agent.identity)
+    images: tuple[str, ...] = ()  # sha256 of every image in its cache (verified there)
 
     def numa_fits(self, vcpus: int) -> bool:
         """The agent's pinning rules: an even count that fits on one node."""

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from warmcache.images import Image
 from warmcache.model import Flavor, HostFacts, StaticNetwork
 
 
@@ -217,12 +218,34 @@ class CoordinationStore(Protocol):
 
 
 class FlavorCatalog(Protocol):
+    """Flavors and the images they boot (DESIGN §4). The catalog keeps
+    itself consistent: every flavor names a known image (or none) and a
+    root disk at least its image's ``min_disk_gib``; a change that would
+    break that is refused with ``InvalidRequest`` (or ``ImageInUse``) and
+    changes nothing."""
+
     def get(self, name: str) -> Flavor | None: ...
 
-    def list(self) -> list[Flavor]: ...
-
     def put(self, flavor: Flavor) -> Flavor:
-        """Add or replace a flavor."""
+        """Add or replace a flavor (``InvalidRequest``: unknown image, or a
+        disk below the image's minimum)."""
+        ...
+
+    def image(self, image_id: str) -> Image | None: ...
+
+    def images(self) -> list[Image]: ...
+
+    def list(self) -> list[Flavor]:  # last: below it, "list" names this method
+        ...
+
+    def put_image(self, image: Image) -> Image:
+        """Add or replace an image (``InvalidRequest`` when a flavor naming
+        it would fall below its new ``min_disk_gib``)."""
+        ...
+
+    def delete_image(self, image_id: str) -> bool:
+        """Remove an image; ``ImageInUse`` while a flavor names it; False
+        when there was none."""
         ...
 
     def close(self) -> None: ...
@@ -279,6 +302,7 @@ class VmSpec:
     user_data: str = ""
     group: str | None = None
     network: StaticNetwork | None = None  # its address, from the AZ's pool
+    image: Image | None = None  # its flavor's image (None: a blank root disk)
 
 
 @dataclass(frozen=True)
@@ -289,6 +313,7 @@ class VmStatus:
     server_id: str = ""
     addresses: tuple[str, ...] = ()
     standby: str = "running"  # running | paused | saved: the state it is kept in
+    image_version: str = ""  # what the guest says it booted (real guests that report it)
 
 
 class HostAgent(Protocol):
@@ -309,6 +334,12 @@ class HostAgent(Protocol):
         """Pause, save or resume the VM (``running``, ``paused``, ``saved``)."""
         ...
 
+    def prefetch(self, image: Image) -> None:
+        """Fetch and verify ``image`` into the host's cache now, so the
+        builds that need it do not wait for it (``ImageUnavailable``,
+        ``ImageInvalid`` when it cannot be had)."""
+        ...
+
     def list(self) -> list[VmStatus]: ...
 
     def close(self) -> None: ...
@@ -322,14 +353,37 @@ class Pinning:
     cpus: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class KernelBoot:
+    """Direct kernel boot: host paths of a verified kernel (and initrd) and
+    the command line; the root file system is on the VM's own disk."""
+
+    kernel: str
+    initrd: str | None
+    cmdline: str
+
+
+@dataclass(frozen=True)
+class GuestReport:
+    """What a running guest says of itself on its health channel."""
+
+    addresses: tuple[str, ...] = ()  # address/prefix
+    image_version: str = ""  # e.g. its /etc/image-version
+
+
 class HypervisorDriver(Protocol):
     """Agent side: the hypervisor itself (libvirt)."""
 
     def define_and_start(
-        self, spec: VmSpec, pinning: Pinning | None, devices: Sequence[str] = ()
+        self,
+        spec: VmSpec,
+        pinning: Pinning | None,
+        devices: Sequence[str] = (),
+        boot: KernelBoot | None = None,
     ) -> str:
-        """Create and boot the VM (with extra device XML); returns its server
-        id (domain UUID)."""
+        """Create and boot the VM (with its disks and other devices as XML:
+        the first disk is its root) from ``boot``'s kernel, or else from its
+        root disk (firmware boot); returns its server id (domain UUID)."""
         ...
 
     def attach(self, name: str, device_xml: str) -> None:
@@ -346,9 +400,9 @@ class HypervisorDriver(Protocol):
         """The guest's own readiness answer (not just the hypervisor's state)."""
         ...
 
-    def guest_addresses(self, name: str) -> tuple[str, ...]:
-        """The addresses the guest reports having (``address/prefix``; none
-        where there is no guest to ask)."""
+    def guest_report(self, name: str) -> GuestReport:
+        """The addresses (``address/prefix``) and image version the guest
+        reports (nothing where there is no guest to ask)."""
         ...
 
     def destroy(self, name: str) -> None:

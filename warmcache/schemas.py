@@ -24,6 +24,7 @@ from pydantic import (
 from warmcache.actions import ACTIONS, ChangeAction
 from warmcache.agent_versions import AgentEntry, DesiredAgent
 from warmcache.budgets import Budget
+from warmcache.images import Image
 from warmcache.model import BuildRule, JsonInt, Mode, PoolInstance, PoolSummary
 from warmcache.networks import AddressPool
 
@@ -157,6 +158,15 @@ class NetworkEntry(_Reply):
 
 class NetworksReply(_Reply):
     networks: list[NetworkEntry]
+
+
+class ImageEntry(_Reply):
+    image: Image
+    flavors: list[str] = Field(description="the flavors whose VMs boot it")
+
+
+class ImagesReply(_Reply):
+    images: list[ImageEntry]
 
 
 class AgentsReply(_Reply):

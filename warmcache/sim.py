@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from warmcache.errors import AgentVmExists, AgentVmNotFound, InsufficientHostCapacity
+from warmcache.images import Image
 from warmcache.layout import Keys
 from warmcache.model import Flavor, HostFacts
 from warmcache.ports import CoordinationStore, Put, VmSpec, VmStatus
@@ -56,6 +57,7 @@ class SimAgent:
         self.vms: dict[str, tuple[Flavor, str | None]] = {}
         self._used = [0, 0, 0]
         self.standbys: dict[str, str] = {}  # VMs not running: paused or saved
+        self.images: set[str] = set()  # sha256 of the images it holds (prefetched or booted)
         self._latency = latency
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -75,6 +77,7 @@ class SimAgent:
                     "disk_gib_free": self._base.disk_gib_total - self._used[2],
                     "vms": tuple(self.vms),
                     "groups": tuple(g for _, g in self.vms.values() if g),
+                    "images": tuple(sorted(self.images)),
                 }
             )
 
@@ -105,6 +108,8 @@ class SimAgent:
                 raise InsufficientHostCapacity(self.endpoint, spec.name)
             self.vms[spec.name] = (spec.flavor, spec.group)
             self._used = [u + n for u, n in zip(self._used, need, strict=True)]
+            if spec.image is not None:
+                self.images.add(spec.image.sha256)
         self._sleep(self._latency())  # booting
         self._publish()
         return VmStatus(spec.name, "running", True, f"sim-{spec.name}")
@@ -133,6 +138,12 @@ class SimAgent:
             self.standbys[name] = state
         self._sleep(self._latency() / 10 if state == "running" else 0.0)
         return self.status(name)
+
+    def prefetch(self, image: Image) -> None:
+        """Simulated: the host holds the image from now on."""
+        with self._lock:
+            self.images.add(image.sha256)
+        self._publish()
 
     def list(self) -> list[VmStatus]:
         with self._lock:

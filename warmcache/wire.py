@@ -14,11 +14,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from warmcache.agent_codes import AgentCode
+from warmcache.images import Image
 from warmcache.model import MAX_USER_DATA, NAME_PATTERN, DiskGiB, Flavor, StaticNetwork
 
 AGENT_ERROR_CODES = tuple(AgentCode)
 
 MAX_LINE_BYTES = 1 << 20
+PCI_PATTERN = r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$"
 
 
 class _Req(BaseModel):
@@ -31,6 +33,7 @@ class VmRequestSpec(_Req):
     user_data: str = Field(default="", max_length=MAX_USER_DATA)
     group: str | None = Field(default=None, pattern=NAME_PATTERN)
     network: StaticNetwork | None = None
+    image: Image | None = None  # what its root disk is made from (None: a blank disk)
 
 
 class CreateRequest(_Req):
@@ -65,7 +68,18 @@ class DetachDiskRequest(_Req):
 class AttachNvmeRequest(_Req):
     op: Literal["attach_nvme"]
     name: str = Field(pattern=NAME_PATTERN)
-    pci: str = Field(pattern=r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
+    pci: str = Field(pattern=PCI_PATTERN)
+
+
+class DetachNvmeRequest(_Req):
+    op: Literal["detach_nvme"]
+    name: str = Field(pattern=NAME_PATTERN)
+    pci: str = Field(pattern=PCI_PATTERN)
+
+
+class PrefetchRequest(_Req):
+    op: Literal["prefetch"]
+    image: Image
 
 
 class StandbyRequest(_Req):
@@ -81,6 +95,8 @@ AnyRequest = (
     | AttachDiskRequest
     | DetachDiskRequest
     | AttachNvmeRequest
+    | DetachNvmeRequest
+    | PrefetchRequest
     | StandbyRequest
 )
 AgentRequest = Annotated[AnyRequest, Field(discriminator="op")]
@@ -96,6 +112,7 @@ class VmStatusWire(BaseModel):
     server_id: str = ""
     addresses: tuple[str, ...] = ()
     standby: str = "running"
+    image_version: str = ""
 
 
 def ok(result: Any) -> dict[str, Any]:

@@ -20,6 +20,17 @@ vcpus = 2
 memory_mib = 4096
 disk_gib = 50
 
+[images]                      # the host's image cache (warmcache_agent.images)
+cache_gib = 50                # images no VM uses are evicted beyond this
+fetch_timeout_s = 900         # a whole download, not one read
+local_dirs = ["/var/lib/warmcache-images"]   # path / file:// sources only from here
+ca_file = ""                  # CA of an internal https image server (default: system CAs)
+
+[disks]
+check_filesystem = true       # refuse a create the filesystem could not hold fully written
+
+nvme_devices = ["0000:3b:00.0"]   # PCI addresses VMs may be given (attach_nvme)
+
 [inventory]                   # heartbeat with host facts into the store
 kind = "etcd"                 # sqlite | etcd | consul, as the service's [store]
 url = "http://10.0.0.5:2379"
@@ -32,7 +43,14 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from warmcache.config import PATH_OPTIONS, StoreConnection
 from warmcache.errors import ConfigError
@@ -98,16 +116,51 @@ class InventoryConfig(StoreConnection):
 
 
 class GuestBootConfig(BaseModel):
-    """How real guests boot (qemu:///system): a kernel and initramfs given
-    directly (see agent/guest.py for the minimal image the tests use)."""
+    """How real guests run (qemu:///system). A VM boots its image: the
+    image's own ``boot`` kernel and initrd with the root on its disk, or
+    else firmware boot from its root disk. ``kernel``/``initrd`` here are
+    only a fallback for images with neither (a kernel the host provides)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kernel: str
-    initrd: str
+    kernel: str = ""
+    initrd: str = ""
     cmdline: str = "console=ttyS0 quiet panic=-1"
     domain_type: str = Field(
         default="qemu", pattern="^(qemu|kvm)$", description="qemu (software emulation) or kvm"
+    )
+
+
+class ImageCacheConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cache_gib: float = Field(
+        default=50.0,
+        gt=0,
+        le=1_000_000,
+        description="GiB of images kept; beyond it, images no VM boots from are evicted, "
+        "least recently used first (keep it within [reserved] disk_gib)",
+    )
+    fetch_timeout_s: float = Field(
+        default=900.0, gt=0, le=86400, description="a whole image download, not one read"
+    )
+    local_dirs: tuple[str, ...] = Field(
+        default=("/var/lib/warmcache-images",),
+        description="folders a path or file:// image source may be in (https: anywhere)",
+    )
+    ca_file: str = Field(
+        default="", description="CA bundle for https image sources (default: the system's)"
+    )
+
+
+class DiskConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    check_filesystem: bool = Field(
+        default=True,
+        description="refuse a create (insufficient_capacity) unless the filesystem under "
+        "state_dir/vms can hold every promised disk fully written; off only for simulated "
+        "hosts that share one filesystem",
     )
 
 
@@ -124,6 +177,13 @@ class AgentConfig(BaseModel):
     reserved: Resources = Resources(vcpus=2, memory_mib=4096, disk_gib=50)
     inventory: InventoryConfig | None = None
     guest: GuestBootConfig | None = None
+    images: ImageCacheConfig = ImageCacheConfig()
+    disks: DiskConfig = DiskConfig()
+    nvme_devices: tuple[str, ...] = Field(
+        default=(),
+        description="PCI addresses of the NVMe devices VMs may be given (attach_nvme), "
+        "each to one VM at a time",
+    )
     server: ServerLimits = ServerLimits()
     ready_timeout_s: float = Field(
         default=120.0, gt=0, le=3600, description="how long a real guest may take to boot"
@@ -141,6 +201,19 @@ class AgentConfig(BaseModel):
     numa_cpus: tuple[tuple[int, ...], ...] | None = Field(
         default=None, description="explicit host CPU ids per NUMA node (overrides numa_nodes)"
     )
+
+    @field_validator("nvme_devices")
+    @classmethod
+    def _pci_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from warmcache_agent.disks import DiskError, PciAddress
+
+        try:
+            canonical = tuple(PciAddress.parse(v).canonical for v in value)
+        except DiskError as exc:
+            raise ValueError(str(exc)) from exc
+        if len(set(canonical)) != len(canonical):
+            raise ValueError("nvme_devices lists a device twice")
+        return canonical
 
     @model_validator(mode="after")
     def _topology_matches_capacity(self) -> AgentConfig:
@@ -172,8 +245,17 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     guest = data.get("guest")
     if isinstance(guest, dict):
         for field in ("kernel", "initrd"):
-            if isinstance(guest.get(field), str):
+            if isinstance(guest.get(field), str) and guest[field]:
                 guest[field] = str((path.parent / guest[field]).resolve())
+    images = data.get("images")
+    if isinstance(images, dict):
+        if isinstance(images.get("local_dirs"), list):
+            images["local_dirs"] = [
+                str((path.parent / d).resolve()) if isinstance(d, str) else d
+                for d in images["local_dirs"]
+            ]
+        if isinstance(images.get("ca_file"), str) and images["ca_file"]:
+            images["ca_file"] = str((path.parent / images["ca_file"]).resolve())
     inventory = data.get("inventory")
     if isinstance(inventory, dict):
         for option, value in list(inventory.items()):

@@ -35,11 +35,12 @@ from warmcache.ports import CoordinationStore
 from warmcache.wire import MAX_LINE_BYTES, REQUEST_ADAPTER, error, ok
 from warmcache_agent.bounded import BoundedServer, once
 from warmcache_agent.config import AgentConfig, load_agent_config
+from warmcache_agent.faults import AgentFault
 from warmcache_agent.identity import installed_sha256
 from warmcache_agent.inventory import InventoryPublisher
 from warmcache_agent.launcher import RESTART, STATE_ENV, Builds, notify_ready
 from warmcache_agent.libvirt_driver import HypervisorFailure, LibvirtDriver
-from warmcache_agent.operations import AgentFault, HostAgentService
+from warmcache_agent.operations import HostAgentService
 from warmcache_agent.reconcile import Finding
 from warmcache_agent.syncer import AgentSyncer
 

@@ -2,10 +2,13 @@
 
 The only module in warmcache that imports ``libvirt``. ``test:///default``
 (no daemon, state per process: each agent process is its own fake host) and
-``qemu:///system`` both work. Real guests boot a kernel and initramfs given
-in the agent's ``[guest]`` config, write their console to a file (the
-readiness marker is read from it) and answer health PINGs on a virtio-serial
-channel.
+``qemu:///system`` both work. Every VM's disks come in as device XML, its
+root disk first (``warmcache_agent.disks``). Real guests boot their image's
+kernel and initrd with the root on that disk (``KernelBoot``), else the
+agent's ``[guest]`` fallback kernel, else firmware boot from the disk; they
+write their console to a file (the readiness marker is read from it) and
+answer health PINGs on a virtio-serial channel with their image version and
+addresses.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from warmcache.ports import Pinning, VmSpec
+from warmcache.ports import GuestReport, KernelBoot, Pinning, VmSpec
 from warmcache_agent.config import GuestBootConfig
 from warmcache_agent.guest import HEALTH_CHANNEL, READY
 
@@ -62,10 +65,9 @@ class LibvirtDriver:
         self._run_dir = run_dir or Path("/run/warmcache-agent")
         if uri.startswith("test:"):
             self._domain_type = "test"
-        elif guest is None:
-            raise HypervisorFailure(f"{uri}: real guests need [guest] kernel and initrd")
         else:
-            self._domain_type = guest.domain_type
+            self._guest = guest or GuestBootConfig()
+            self._domain_type = self._guest.domain_type
             self._run_dir.mkdir(parents=True, exist_ok=True)
         # libvirt connections are thread-safe, but the test driver's define+start
         # pair is not atomic per name; one lock keeps each VM operation whole.
@@ -77,7 +79,11 @@ class LibvirtDriver:
             raise HypervisorFailure(f"cannot open {uri}: {exc}") from exc
 
     def domain_xml(
-        self, spec: VmSpec, pinning: Pinning | None = None, devices: Sequence[str] = ()
+        self,
+        spec: VmSpec,
+        pinning: Pinning | None = None,
+        devices: Sequence[str] = (),
+        boot: KernelBoot | None = None,
     ) -> str:
         f = spec.flavor
         tuning = ""
@@ -92,13 +98,9 @@ class LibvirtDriver:
                 f"<cputune>{pins}<emulatorpin cpuset='{cpuset}'/></cputune>"
                 f"<numatune><memory mode='strict' nodeset='{pinning.node}'/></numatune>"
             )
-        boot, extra = "<os><type arch='x86_64'>hvm</type></os>", ""
+        os_xml, extra = "<os><type arch='x86_64'>hvm</type></os>", ""
         if self._guest is not None and self._domain_type != "test":
-            g = self._guest
-            boot = (
-                f"<os><type arch='x86_64' machine='pc'>hvm</type>"
-                f"<kernel>{escape(g.kernel)}</kernel><initrd>{escape(g.initrd)}</initrd>"
-                f"<cmdline>{escape(g.cmdline)}</cmdline></os>"
+            os_xml = _os_xml(boot, self._guest) + (
                 # ACPI: PCI hot-plug (disks) needs it
                 "<features><acpi/><apic/></features>"
                 "<on_poweroff>destroy</on_poweroff><on_crash>destroy</on_crash>"
@@ -120,7 +122,7 @@ class LibvirtDriver:
             f"<domain type='{self._domain_type}'>"
             f"<name>{escape(spec.name)}</name>"
             f"<memory unit='MiB'>{f.memory_mib}</memory>"
-            f"<vcpu placement='static'>{f.vcpus}</vcpu>{tuning}{boot}"
+            f"<vcpu placement='static'>{f.vcpus}</vcpu>{tuning}{os_xml}"
             f"<description>warmcache flavor={escape(f.name)}</description>"
             f"<devices>{''.join(devices)}{extra}</devices>"
             "</domain>"
@@ -150,14 +152,14 @@ class LibvirtDriver:
             time.sleep(0.05)
         raise HypervisorFailure(f"{name} not ready after {timeout_s:.0f} s")
 
-    def guest_addresses(self, name: str) -> tuple[str, ...]:
-        """The addresses the guest says it has (``address/prefix``), from its
-        health answer; test domains have no guest: none."""
+    def guest_report(self, name: str) -> GuestReport:
+        """What the guest says of itself in its health answer (``PONG
+        image=<version> <address/prefix>...``); test domains have no guest."""
         if not self.real_guests:
-            return ()
+            return GuestReport()
         fresh = self._answers.pop(name, None)  # the probe just before asked already
         reply = fresh[1] if fresh and time.monotonic() - fresh[0] < 1.0 else self._ping(name)
-        return tuple(reply.split()[1:]) if reply else ()
+        return parse_pong(reply or "")
 
     def probe(self, name: str, attempts: int = 3, timeout_s: float = 1.0) -> bool:
         """Real guests answer PING on their health channel; test domains
@@ -196,11 +198,15 @@ class LibvirtDriver:
         return None
 
     def define_and_start(
-        self, spec: VmSpec, pinning: Pinning | None = None, devices: Sequence[str] = ()
+        self,
+        spec: VmSpec,
+        pinning: Pinning | None = None,
+        devices: Sequence[str] = (),
+        boot: KernelBoot | None = None,
     ) -> str:
         with self._lock:
             try:
-                dom = self._conn.defineXML(self.domain_xml(spec, pinning, devices))
+                dom = self._conn.defineXML(self.domain_xml(spec, pinning, devices, boot))
                 dom.create()
                 return str(dom.UUIDString())
             except libvirt.libvirtError as exc:
@@ -286,3 +292,26 @@ class LibvirtDriver:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _os_xml(boot: KernelBoot | None, fallback: GuestBootConfig) -> str:
+    """The image's kernel, else the agent's fallback kernel, else firmware
+    boot from the first disk (the VM's root)."""
+    head = "<os><type arch='x86_64' machine='pc'>hvm</type>"
+    if boot is None and fallback.kernel:
+        boot = KernelBoot(fallback.kernel, fallback.initrd or None, fallback.cmdline)
+    if boot is None:
+        return head + "<boot dev='hd'/></os>"
+    initrd = f"<initrd>{escape(boot.initrd)}</initrd>" if boot.initrd else ""
+    return (
+        f"{head}<kernel>{escape(boot.kernel)}</kernel>{initrd}"
+        f"<cmdline>{escape(boot.cmdline)}</cmdline></os>"
+    )
+
+
+def parse_pong(reply: str) -> GuestReport:
+    """``PONG image=v2 10.0.0.5/24`` -> image version and addresses (an
+    older guest's ``PONG <addresses>`` too)."""
+    words = reply.split()[1:] if reply.startswith("PONG") else []
+    version = next((w.removeprefix("image=") for w in words if w.startswith("image=")), "")
+    return GuestReport(tuple(w for w in words if "/" in w and "=" not in w), version)

@@ -4,7 +4,14 @@
   progress*. Checking and reserving happen under one short lock, so two
   concurrent creates can never both take the last slot (DESIGN §12.5).
 * ``placement``: per VM, what it holds (flavor resources, group, state,
-  NUMA node and pinned CPUs).
+  NUMA node and pinned CPUs, its disks, the cached images it boots from,
+  the NVMe devices passed through to it).
+
+Disks are booked at their full virtual size (a VM's ``disk_gib`` is its
+root disk plus the extra disks made at build; ``disks`` the ones
+hot-plugged since). With a ``DiskRoom``, a reservation that the filesystem
+could not hold, every promised disk fully written, is refused in the same
+critical section (``warmcache_agent.disks``).
 
 Both are persisted to ``lockfile.json`` (write to a temp file, fsync,
 rename) after every change, so a restarted agent recovers its promises.
@@ -25,6 +32,7 @@ from pathlib import Path
 
 from warmcache.ports import Pinning
 from warmcache_agent.config import Resources
+from warmcache_agent.disks import GIB, DiskRoom
 
 
 @dataclass(frozen=True)
@@ -39,8 +47,11 @@ class Allocation:
     server_id: str = ""
     numa_node: int | None = None
     cpus: tuple[int, ...] = ()
-    disks: tuple[tuple[str, int], ...] = ()  # extra disks: (target, GiB)
+    disks: tuple[tuple[str, int], ...] = ()  # hot-plugged disks: (target, GiB)
     standby: str = "running"  # running | paused | saved
+    build_disks: tuple[str, ...] = ()  # targets of the extra disks made at build (vdb, ...)
+    images: tuple[str, ...] = ()  # sha256 of the cached files it boots from (never evicted)
+    nvme: tuple[str, ...] = ()  # PCI addresses of the host's NVMe devices passed through
 
     @property
     def pinning(self) -> Pinning | None:
@@ -79,8 +90,24 @@ class CapacityExceeded(Exception):
         )
 
 
+class FilesystemFull(CapacityExceeded):
+    """The books have room, the filesystem under the VMs' disks does not."""
+
+    def __init__(self, name: str, missing_bytes: int, folder: str) -> None:
+        Exception.__init__(
+            self,
+            f"no room for {name}'s disks: the filesystem of {folder} is "
+            f"{missing_bytes / GIB:.1f} GiB short of holding every promised disk fully written",
+        )
+        self.missing_bytes = missing_bytes
+
+
 class AlreadyAllocated(Exception):
     pass
+
+
+class DeviceTaken(Exception):
+    """Another VM has the NVMe device."""
 
 
 def _positive(what: str, *amounts: int) -> None:
@@ -93,9 +120,10 @@ def _positive(what: str, *amounts: int) -> None:
 
 
 class Lockfile:
-    def __init__(self, path: Path, usable: Resources) -> None:
+    def __init__(self, path: Path, usable: Resources, disk_room: DiskRoom | None = None) -> None:
         self.path = path
         self.usable = usable
+        self.disk_room = disk_room
         self._lock = threading.Lock()
         self._vms: dict[str, Allocation] = {}
         # Short-lived extra reservations (e.g. the memory buffer an NVMe
@@ -109,6 +137,11 @@ class Lockfile:
                         **a,
                         "cpus": tuple(a.get("cpus", ())),
                         "disks": tuple(tuple(d) for d in a.get("disks", ())),
+                        **{
+                            k: tuple(a.get(k, ()))
+                            for k in ("build_disks", "images", "nvme")
+                            if k in a
+                        },
                     }
                 )
                 for a in raw.get("placement", [])
@@ -157,14 +190,29 @@ class Lockfile:
             disk_gib=self.usable.disk_gib - used.disk_gib,
         )
 
+    def _filesystem_holds(self, name: str, more_gib: int, extra_bytes: int = 0) -> None:
+        """``FilesystemFull`` unless the filesystem can also hold ``more_gib``
+        of disks (and ``extra_bytes`` more, e.g. an image to download)."""
+        if self.disk_room is None:
+            return
+        promised = sum(a.holds().disk_gib for a in self._vms.values()) + more_gib
+        short = self.disk_room.shortfall(promised * GIB + extra_bytes)
+        if short:
+            raise FilesystemFull(name, short, str(self.disk_room.folder))
+
     def reserve(
-        self, alloc: Allocation, pin: Callable[[list[Pinning]], Pinning | None] | None = None
+        self,
+        alloc: Allocation,
+        pin: Callable[[list[Pinning]], Pinning | None] | None = None,
+        *,
+        extra_bytes: int = 0,
     ) -> Allocation:
         """Check and take capacity for a VM about to be created (atomic).
 
         ``pin`` chooses the VM's NUMA pinning given every pinning already
         promised, inside the same critical section, so two concurrent
-        creates can never be given the same CPUs."""
+        creates can never be given the same CPUs. ``extra_bytes``: disk the
+        create needs beyond its disks' (an image it must download first)."""
         _positive(alloc.name, alloc.vcpus, alloc.memory_mib, alloc.disk_gib)
         with self._lock:
             if alloc.name in self._vms:
@@ -179,6 +227,7 @@ class Lockfile:
                 or alloc.disk_gib > free.disk_gib
             ):
                 raise CapacityExceeded(alloc.name, free, wanted)
+            self._filesystem_holds(alloc.name, alloc.disk_gib, extra_bytes)
             if pin is not None:
                 chosen = pin([a.pinning for a in self._vms.values() if a.pinning])
                 if chosen is not None:
@@ -211,6 +260,7 @@ class Lockfile:
             if gib > free.disk_gib:
                 wanted = Resources.model_construct(vcpus=0, memory_mib=0, disk_gib=gib)
                 raise CapacityExceeded(f"{name}:{target}", free, wanted)
+            self._filesystem_holds(f"{name}:{target}", gib)
             self._vms[name] = replace(current, disks=(*current.disks, (target, gib)))
             self._persist()
 
@@ -224,6 +274,37 @@ class Lockfile:
             )
             self._persist()
             return True
+
+    def book_nvme(self, name: str, pci: str, devices: tuple[str, ...]) -> None:
+        """Give ``name`` the host's NVMe device ``pci`` (atomic): refused
+        with ``ValueError`` if it is not one of ``devices``, ``DeviceTaken``
+        if a VM has it."""
+        with self._lock:
+            if pci not in devices:
+                raise ValueError(
+                    f"{pci} is not one of this host's NVMe devices "
+                    f"({', '.join(devices) or 'none configured'})"
+                )
+            holder = next((a.name for a in self._vms.values() if pci in a.nvme), None)
+            if holder is not None:
+                raise DeviceTaken(f"{pci} is passed through to {holder}")
+            current = self._vms[name]
+            self._vms[name] = replace(current, nvme=(*current.nvme, pci))
+            self._persist()
+
+    def free_nvme(self, name: str, pci: str) -> bool:
+        with self._lock:
+            current = self._vms.get(name)
+            if current is None or pci not in current.nvme:
+                return False
+            self._vms[name] = replace(current, nvme=tuple(d for d in current.nvme if d != pci))
+            self._persist()
+            return True
+
+    def images_in_use(self) -> set[str]:
+        """Every cached file a VM of this host boots from."""
+        with self._lock:
+            return {sha for a in self._vms.values() for sha in a.images}
 
     @contextmanager
     def hold(self, key: str, memory_mib: int) -> Iterator[None]:

@@ -9,6 +9,7 @@ with a stable wire code (``warmcache.agent_codes.AgentCode``).
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,35 +17,39 @@ from typing import Any
 
 from warmcache.agent_codes import AgentCode
 from warmcache.errors import WarmCacheError
+from warmcache.images import Image
 from warmcache.model import HostFacts
-from warmcache.ports import HypervisorDriver, Pinning, VmSpec
+from warmcache.ports import GuestReport, HypervisorDriver, Pinning, VmSpec
 from warmcache.wire import (
     AnyRequest,
     AttachDiskRequest,
     AttachNvmeRequest,
     CreateRequest,
     DetachDiskRequest,
+    DetachNvmeRequest,
     NamedRequest,
+    PrefetchRequest,
     StandbyRequest,
 )
 from warmcache_agent import cloudinit, disks, identity, numa
 from warmcache_agent.config import AgentConfig, Resources
+from warmcache_agent.devices import Devices
+from warmcache_agent.faults import AgentFault, fetch_fault
+from warmcache_agent.fetch import FetchFailed
+from warmcache_agent.images import ImageCache, VmImage, boot_files
 from warmcache_agent.libvirt_driver import HypervisorFailure
-from warmcache_agent.lockfile import Allocation, AlreadyAllocated, CapacityExceeded, Lockfile
+from warmcache_agent.lockfile import (
+    Allocation,
+    AlreadyAllocated,
+    CapacityExceeded,
+    Lockfile,
+)
 from warmcache_agent.reconcile import Finding, reconcile
+from warmcache_agent.vmfiles import BUILD_TARGETS, VmFiles
 
 log = logging.getLogger(__name__)
 
 _HEALTHY_STATES = frozenset({"running"})
-
-
-class AgentFault(Exception):
-    """An operation refused or failed, with the code its reply carries."""
-
-    def __init__(self, code: AgentCode, detail: Any) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
 
 
 class HostAgentService:
@@ -74,7 +79,25 @@ class HostAgentService:
         )
         state_dir = Path(config.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.lockfile = Lockfile(state_dir / "lockfile.json", usable)
+        self.files = VmFiles(state_dir)
+        room = disks.DiskRoom(self.files.root) if config.disks.check_filesystem else None
+        self.lockfile = Lockfile(state_dir / "lockfile.json", usable, room)
+        self.images = ImageCache(
+            state_dir / "images",
+            cache_bytes=int(config.images.cache_gib * disks.GIB),
+            timeout_s=config.images.fetch_timeout_s,
+            local_dirs=[Path(d) for d in config.images.local_dirs],
+            verify=_tls_verify(config.images.ca_file),
+            in_use=self.lockfile.images_in_use,
+        )
+        self.devices = Devices(
+            config, driver, self.lockfile, self.files, self._owned, lambda: self.on_change()
+        )
+        # hot-plug and passthrough (warmcache_agent.devices)
+        self.attach_disk = self.devices.attach_disk
+        self.detach_disk = self.devices.detach_disk
+        self.attach_nvme = self.devices.attach_nvme
+        self.detach_nvme = self.devices.detach_nvme
         dropped = self.lockfile.recover(set(driver.domains()))
         if dropped:
             log.warning(
@@ -98,11 +121,15 @@ class HostAgentService:
             return self.detach_disk(request.name, request.target)
         if isinstance(request, AttachNvmeRequest):
             return self.attach_nvme(request.name, request.pci)
+        if isinstance(request, DetachNvmeRequest):
+            return self.detach_nvme(request.name, request.pci)
+        if isinstance(request, PrefetchRequest):
+            return self.prefetch(request.image)
         if isinstance(request, StandbyRequest):
             return self.standby(request.name, request.state)
         if isinstance(request, CreateRequest):
             vm = request.vm
-            spec = VmSpec(vm.name, vm.flavor, vm.user_data, vm.group, vm.network)
+            spec = VmSpec(vm.name, vm.flavor, vm.user_data, vm.group, vm.network, vm.image)
             return self.create(spec)
         if isinstance(request, NamedRequest):
             if request.op == "delete":
@@ -137,6 +164,7 @@ class HostAgentService:
             endpoint=self.endpoint,
             agent_version=identity.agent_version(),
             agent_sha256=identity.installed_sha256(),
+            images=tuple(self.images.held()),
             numa_free=(
                 numa.free_per_node(self._topology, [a.pinning for a in allocs if a.pinning])
                 if self._topology
@@ -145,6 +173,10 @@ class HostAgentService:
         )
 
     def create(self, spec: VmSpec) -> dict[str, Any]:
+        """Book the VM, fetch its image (once per host), make its disks and
+        seed, define and boot it from its own root disk, wait until it is
+        ready. Any failure gives back the booking and removes everything it
+        made (domain, disks, seed), so a refused create leaves nothing."""
         if spec.name in self.config.reconcile_ignore or (
             self.lockfile.get(spec.name) is None and self._exists(spec.name)
         ):
@@ -154,7 +186,9 @@ class HostAgentService:
                 AgentCode.ALREADY_EXISTS,
                 f"a domain {spec.name} not managed by this agent exists on this host",
             )
-        f = spec.flavor
+        f, image = spec.flavor, spec.image
+        self._check_boot(spec)
+        needs = boot_files(image)
         alloc = Allocation(
             name=spec.name,
             flavor=f.name,
@@ -163,11 +197,14 @@ class HostAgentService:
             disk_gib=f.disk_gib + sum(f.extra_disks_gib),
             group=spec.group,
             state="creating",
+            build_disks=BUILD_TARGETS[: len(f.extra_disks_gib)],
+            images=tuple(sha for sha, _ in needs),
         )
+        uncached = sum(size for sha, size in needs if not self.images.path(sha).exists())
         try:
             if self._topology is not None:  # a shape that can never be pinned: say so
                 numa.check_shape(self._topology, f.vcpus)
-            alloc = self.lockfile.reserve(alloc, self._pinner(f.vcpus))
+            alloc = self.lockfile.reserve(alloc, self._pinner(f.vcpus), extra_bytes=uncached)
         except AlreadyAllocated as exc:
             raise AgentFault(
                 AgentCode.ALREADY_EXISTS, f"VM {spec.name} exists on this host"
@@ -178,19 +215,34 @@ class HostAgentService:
             raise AgentFault(exc.code, str(exc)) from exc
         except ValueError as exc:
             raise AgentFault(AgentCode.INVALID_REQUEST, str(exc)) from exc
+        got: VmImage | None = None
         try:
+            got = self._fetch(spec)
+            devices = self.files.make_disks(
+                spec.name,
+                f,
+                got.base.path if got else None,
+                image.format if image is not None else "qcow2",
+                got.base.virtual_bytes if got else 0,
+            )
             seed = cloudinit.write_seed(
-                self._dir("seeds") / f"{spec.name}.iso",
+                self.files.seed(spec.name),
                 spec.name,
                 spec.user_data,
                 spec.network.network_config() if spec.network else None,
             )
             server_id = self._driver.define_and_start(
-                spec, alloc.pinning, [cloudinit.seed_xml(seed)]
+                spec, alloc.pinning, [*devices, cloudinit.seed_xml(seed)], got.boot if got else None
             )
             if self.config.create_delay_s:
                 self._sleep(self.config.create_delay_s)
             self._driver.wait_ready(spec.name, self.config.ready_timeout_s)
+        except AgentFault:
+            self._undo(spec.name)
+            raise
+        except disks.DiskError as exc:
+            self._undo(spec.name)
+            raise AgentFault(AgentCode.HYPERVISOR_ERROR, f"disks of {spec.name}: {exc}") from exc
         except HypervisorFailure as exc:
             self._undo(spec.name)
             raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
@@ -199,7 +251,56 @@ class HostAgentService:
             raise
         self.lockfile.activate(spec.name, server_id)
         self.on_change()
-        return self.status(spec.name)
+        return {**self.status(spec.name), "image_fetch_s": round(got.fetch_s if got else 0.0, 3)}
+
+    def _check_boot(self, spec: VmSpec) -> None:
+        """Refuse at once what could never boot: a root disk smaller than its
+        image asks, or (real guests) no image and no fallback kernel."""
+        image = spec.image
+        if image is not None and spec.flavor.disk_gib < image.min_disk_gib:
+            raise AgentFault(
+                AgentCode.INVALID_REQUEST,
+                f"flavor {spec.flavor.name}: disk_gib {spec.flavor.disk_gib} is below image "
+                f"{image.id}'s min_disk_gib {image.min_disk_gib}",
+            )
+        guest = self.config.guest
+        if image is None and self.real_guests and not (guest and guest.kernel):
+            raise AgentFault(
+                AgentCode.INVALID_REQUEST,
+                f"flavor {spec.flavor.name} names no image and this agent has no [guest] "
+                "kernel: nothing to boot",
+            )
+
+    @property
+    def real_guests(self) -> bool:
+        return bool(getattr(self._driver, "real_guests", False))
+
+    def _fetch(self, spec: VmSpec) -> VmImage | None:
+        """The VM's image and boot files from the cache (fetched and
+        verified if needed), refused if its root disk cannot hold it."""
+        image = spec.image
+        if image is None:
+            return None
+        try:
+            got = self.images.for_vm(image)
+        except FetchFailed as exc:
+            raise fetch_fault(exc) from exc
+        if got.base.virtual_bytes > spec.flavor.disk_gib * disks.GIB:
+            raise AgentFault(
+                AgentCode.INVALID_REQUEST,
+                f"image {image.id} is {got.base.virtual_bytes / disks.GIB:.1f} GiB, larger "
+                f"than flavor {spec.flavor.name}'s {spec.flavor.disk_gib} GiB root disk",
+            )
+        return got
+
+    def prefetch(self, image: Image) -> dict[str, Any]:
+        """Fetch and verify ``image`` (and its boot files) into the cache now."""
+        try:
+            spent = self.images.for_vm(image).fetch_s
+        except FetchFailed as exc:
+            raise fetch_fault(exc) from exc
+        self.on_change()  # the facts list the images held
+        return {"image": image.id, "sha256": image.sha256, "fetch_s": round(spent, 3)}
 
     def _exists(self, name: str) -> bool:
         try:
@@ -213,34 +314,23 @@ class HostAgentService:
         topology = self._topology
         return lambda pinned: numa.place(topology, pinned, vcpus)
 
-    def _dir(self, kind: str) -> Path:
-        path = Path(self.config.state_dir) / kind
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def _disk_path(self, name: str, target: str, fmt: disks.Format) -> Path:
-        return self._dir("disks") / f"{name}-{target}.{fmt}"
-
-    def _remove_files(self, name: str) -> None:
-        (self._dir("seeds") / f"{name}.iso").unlink(missing_ok=True)
-        for image in self._dir("disks").glob(f"{name}-vd*"):
-            image.unlink(missing_ok=True)
-
     def _undo(self, name: str) -> None:
         try:
             self._driver.destroy(name)
         except HypervisorFailure:
             log.exception("could not destroy %s after a failed create", name)
-        self._remove_files(name)
+        self.files.remove(name)
         self.lockfile.release(name)
 
     def delete(self, name: str) -> dict[str, Any]:
-        self._owned(name)
+        """Destroy the VM, remove every disk and file of it, then give its
+        booking back (its CPUs, memory, disks and devices)."""
+        alloc = self._owned(name)
         try:
             self._driver.destroy(name)
         except HypervisorFailure as exc:
             raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
-        self._remove_files(name)
+        self.files.remove(name, (*alloc.build_disks, *(t for t, _ in alloc.disks)))
         self.lockfile.release(name)
         self.on_change()
         return {"name": name, "deleted": True}
@@ -256,72 +346,6 @@ class HostAgentService:
         if alloc is None or name in self.config.reconcile_ignore:
             raise AgentFault(AgentCode.NOT_FOUND, f"no VM {name} managed by this agent")
         return alloc
-
-    def attach_disk(
-        self,
-        name: str,
-        target: str,
-        size_gib: int,
-        fmt: disks.Format,
-        preallocation: disks.Preallocation,
-    ) -> dict[str, Any]:
-        """Create an image and hot-plug it; on any failure nothing is left."""
-        self._owned(name)
-        try:
-            self.lockfile.add_disk(name, target, size_gib)
-        except AlreadyAllocated as exc:
-            raise AgentFault(
-                AgentCode.ALREADY_EXISTS, f"{name} already has a disk {target}"
-            ) from exc
-        except CapacityExceeded as exc:
-            raise AgentFault(AgentCode.INSUFFICIENT_CAPACITY, str(exc)) from exc
-        except ValueError as exc:
-            raise AgentFault(AgentCode.INVALID_REQUEST, str(exc)) from exc
-        path = self._disk_path(name, target, fmt)
-        try:
-            disks.create_image(path, size_gib, fmt, preallocation)
-            self._driver.attach(name, disks.disk_xml(path, target, fmt))
-        except (disks.DiskError, HypervisorFailure) as exc:
-            path.unlink(missing_ok=True)
-            self.lockfile.remove_disk(name, target)
-            raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
-        self.on_change()
-        return {"name": name, "target": target, "path": str(path), "size_gib": size_gib}
-
-    def detach_disk(self, name: str, target: str) -> dict[str, Any]:
-        alloc = self._owned(name)
-        if all(t != target for t, _ in alloc.disks):
-            raise AgentFault(AgentCode.NOT_FOUND, f"{name} has no disk {target}")
-        images = list(self._dir("disks").glob(f"{name}-{target}.*"))
-        fmt: disks.Format = "raw" if images and images[0].suffix == ".raw" else "qcow2"
-        try:
-            self._driver.detach(
-                name, disks.disk_xml(self._disk_path(name, target, fmt), target, fmt)
-            )
-        except HypervisorFailure as exc:
-            raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
-        for image in images:
-            image.unlink(missing_ok=True)
-        self.lockfile.remove_disk(name, target)
-        self.on_change()
-        return {"name": name, "target": target, "detached": True}
-
-    def attach_nvme(self, name: str, pci: str) -> dict[str, Any]:
-        """PCI passthrough of an NVMe device, holding the attach memory buffer."""
-        self._owned(name)
-        try:
-            address = disks.PciAddress.parse(pci)
-            with self.lockfile.hold(f"nvme:{name}:{pci}", disks.NVME_ATTACH_BUFFER_MIB):
-                self._driver.attach(name, disks.nvme_hostdev_xml(address))
-        except disks.DiskError as exc:
-            raise AgentFault(AgentCode.INVALID_REQUEST, str(exc)) from exc
-        except CapacityExceeded as exc:
-            raise AgentFault(
-                AgentCode.INSUFFICIENT_CAPACITY, f"no room for the NVMe attach buffer: {exc}"
-            ) from exc
-        except HypervisorFailure as exc:
-            raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
-        return {"name": name, "pci": pci, "attached": True}
 
     def standby(self, name: str, state: str) -> dict[str, Any]:
         """Pause, save or resume a VM; the lockfile books what it holds in
@@ -378,19 +402,20 @@ class HostAgentService:
                 healthy = self._driver.probe(name)
             except HypervisorFailure:
                 healthy = False
-        addresses: tuple[str, ...] = ()
+        report = GuestReport()
         if healthy:
             try:
-                addresses = self._driver.guest_addresses(name)
+                report = self._driver.guest_report(name)
             except HypervisorFailure:
-                addresses = ()
+                report = GuestReport()
         return {
             "name": name,
             "state": state,
             "healthy": healthy,
             "server_id": alloc.server_id,
-            "addresses": list(addresses),  # what the guest itself reports
+            "addresses": list(report.addresses),  # what the guest itself reports
             "standby": "running",
+            "image_version": report.image_version,
         }
 
     def reconcile(self) -> list[Finding]:
@@ -415,3 +440,8 @@ class HostAgentService:
 
     def list(self) -> list[dict[str, Any]]:
         return [self.status(a.name) for a in self.lockfile.all()]
+
+
+def _tls_verify(ca_file: str) -> ssl.SSLContext | bool:
+    """The system's CAs, or the image server's own CA."""
+    return ssl.create_default_context(cafile=ca_file) if ca_file else True

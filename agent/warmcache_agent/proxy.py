@@ -50,6 +50,8 @@ STATUS_FOR: dict[AgentCode, int] = {
     AgentCode.ALREADY_EXISTS: 409,
     AgentCode.INSUFFICIENT_CAPACITY: 409,
     AgentCode.HYPERVISOR_ERROR: 502,
+    AgentCode.IMAGE_UNAVAILABLE: 502,  # the image server failed the agent
+    AgentCode.IMAGE_INVALID: 502,  # the image server served other bytes
     AgentCode.AGENT_UNAVAILABLE: 503,
     AgentCode.BUSY: 503,
     AgentCode.INTERNAL_ERROR: 500,

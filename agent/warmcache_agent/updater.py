@@ -19,12 +19,10 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-import httpx
-
+from warmcache_agent.fetch import FetchFailed, fetch_verified
 from warmcache_agent.identity import code_sha256
 
 MAX_ARTIFACT_BYTES = 256 << 20
@@ -38,52 +36,20 @@ def fetch(artifact: str, sha256: str, into: Path, *, timeout_s: float = 60.0) ->
     """The artifact, verified, at ``into/<sha256>/<its file name>`` (pip
     wants a wheel's own name); ``UpdateRefused`` (and nothing left behind)
     when it is not a wheel, cannot be read, is too large or its sha256 is not
-    ``sha256``."""
+    ``sha256`` (``warmcache_agent.fetch``, the image cache's mechanism)."""
     name = Path(urlparse(artifact).path).name
     if not name.endswith(".whl"):
         raise UpdateRefused(f"{artifact}: not a wheel (*.whl)")
-    into.mkdir(parents=True, exist_ok=True)
-    final = into / sha256 / name
-    partial = into / f".{uuid.uuid4().hex}.part"
-    digest, size = hashlib.sha256(), 0
     try:
-        with open(partial, "wb") as out:
-            for chunk in _chunks(artifact, timeout_s):
-                size += len(chunk)
-                if size > MAX_ARTIFACT_BYTES:
-                    raise UpdateRefused(f"{artifact}: larger than {MAX_ARTIFACT_BYTES} bytes")
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != sha256:
-            raise UpdateRefused(
-                f"{artifact}: checksum mismatch (sha256 {digest.hexdigest()}, want {sha256})"
-            )
-        final.parent.mkdir(exist_ok=True)
-        partial.replace(final)
-        return final
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def _chunks(artifact: str, timeout_s: float) -> Iterator[bytes]:
-    parsed = urlparse(artifact)
-    if parsed.scheme in ("", "file"):
-        path = Path(parsed.path if parsed.scheme == "file" else artifact)
-        try:
-            with open(path, "rb") as src:
-                yield from iter(lambda: src.read(1 << 20), b"")
-        except OSError as exc:
-            raise UpdateRefused(f"{artifact}: {exc.strerror}") from exc
-        return
-    if parsed.scheme != "https":
-        raise UpdateRefused(f"{artifact}: only paths, file:// and https:// are fetched")
-    try:
-        with httpx.stream("GET", artifact, timeout=timeout_s, follow_redirects=False) as reply:
-            if reply.status_code != 200:
-                raise UpdateRefused(f"{artifact}: HTTP {reply.status_code}")
-            yield from reply.iter_bytes(1 << 20)
-    except httpx.HTTPError as exc:
-        raise UpdateRefused(f"{artifact}: {exc}") from exc
+        return fetch_verified(
+            artifact,
+            sha256,
+            into / sha256 / name,
+            max_bytes=MAX_ARTIFACT_BYTES,
+            timeout_s=timeout_s,
+        )
+    except FetchFailed as exc:
+        raise UpdateRefused(str(exc)) from exc
 
 
 def describe(wheel: Path) -> tuple[str, str, str]:

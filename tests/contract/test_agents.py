@@ -31,12 +31,14 @@ def agent(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HostAgent]
         return
     request.getfixturevalue("libvirt_available")
     from warmcache.adapters.agent_client import AgentClient
-    from warmcache_agent.config import AgentConfig, Resources
+    from warmcache_agent.config import AgentConfig, DiskConfig, Resources
     from warmcache_agent.daemon import AgentServer
     from warmcache_agent.libvirt_driver import LibvirtDriver
     from warmcache_agent.operations import HostAgentService
 
     config = AgentConfig(
+        # a pretend host, larger than this machine's disk: no filesystem check
+        disks=DiskConfig(check_filesystem=False),
         hypervisor="h1",
         rack="r1",
         az="az1",

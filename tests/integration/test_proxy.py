@@ -21,11 +21,12 @@ import pytest
 from tests.certs import Issued, TestCA
 from tests.polling import wait_for
 from warmcache.adapters.agent_client import AgentClient, AgentTls
+from warmcache.adapters.file_catalog import FileFlavorCatalog
 from warmcache.errors import AgentRejected, AgentUnavailable
 from warmcache.layout import Keys
 from warmcache.model import Flavor
 from warmcache.ports import VmSpec
-from warmcache_agent.config import AgentConfig, Resources
+from warmcache_agent.config import AgentConfig, DiskConfig, ImageCacheConfig, Resources
 from warmcache_agent.daemon import AgentServer
 from warmcache_agent.operations import HostAgentService
 from warmcache_agent.proxy import ProxyServer, server_context
@@ -57,6 +58,10 @@ def serve(server: Any) -> threading.Thread:
     return thread
 
 
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+IMAGE = FileFlavorCatalog(CONFIG_DIR / "flavors.toml").image("demo-blank").model_dump(mode="json")  # type: ignore[union-attr]
+
+
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
     from warmcache_agent.libvirt_driver import LibvirtDriver
@@ -65,11 +70,14 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     server_cert = ca.issue("proxy", server=True)
     client = ca.issue("wc-1", server=False)
     config = AgentConfig(
+        # a pretend host, larger than this machine's disk: no filesystem check
+        disks=DiskConfig(check_filesystem=False),
         hypervisor="h1",
         rack="r1",
         az="az1",
         state_dir=str(tmp_path),
         capacity=Resources(vcpus=8, memory_mib=16384, disk_gib=100),
+        images=ImageCacheConfig(local_dirs=(str(CONFIG_DIR / "images"),)),
     )
     agent = HostAgentService(config, LibvirtDriver("test:///default"))
     seen: list[Any] = []
@@ -158,6 +166,17 @@ def test_an_address_outside_the_allow_list_gets_403(rig: Rig) -> None:
         {"op": "attach_disk", "name": "ok", "target": "sda", "size_gib": 1},
         {"op": "attach_disk", "name": "ok", "target": "vdb", "size_gib": 0},
         {"op": "attach_nvme", "name": "ok", "pci": "3b:00.0; rm -rf /"},
+        {"op": "prefetch", "image": {**IMAGE, "source": "http://plain.example/x.qcow2"}},
+        {"op": "prefetch", "image": {**IMAGE, "sha256": "0" * 63}},
+        {"op": "prefetch", "image": {**IMAGE, "format": "vmdk"}},
+        {
+            "op": "create",
+            "vm": {
+                "name": "ok",
+                "flavor": {"name": "s", "vcpus": 2, "memory_mib": 512, "disk_gib": 1},
+                "image": {**IMAGE, "source": "/srv/../etc/shadow"},
+            },
+        },
         [1, 2],
     ],
 )
@@ -175,6 +194,16 @@ def test_agent_errors_map_to_http_statuses(rig: Rig) -> None:
         json={"op": "create", "vm": {"name": "huge", "flavor": big}},
     )
     assert reply.status_code == 409 and reply.json()["error"] == "insufficient_capacity"
+    for image, code in (
+        ({**IMAGE, "sha256": "0" * 64}, "image_invalid"),
+        ({**IMAGE, "source": "/nowhere/x.raw"}, "image_unavailable"),
+    ):
+        reply = httpx.post(
+            f"{rig.url}/v1/agent",
+            verify=rig.tls(rig.client),
+            json={"op": "prefetch", "image": image},
+        )
+        assert reply.status_code == 502 and reply.json()["error"] == code
     reply = httpx.get(f"{rig.url}/healthz", verify=rig.tls(rig.client))
     assert reply.status_code == 200 and reply.json()["result"]["healthy"]
 

@@ -38,6 +38,7 @@ def make_service(
         alerts: Any = None,
         demand: DemandConfig | None = None,
         quotas: tuple[QuotaLimit, ...] = (),
+        catalog: Any = None,
         **config: Any,
     ) -> WarmCache:
         settings = {"node": "wc-test", "prefix": "wc", "build_concurrency": 4, **config}
@@ -45,7 +46,7 @@ def make_service(
             config=ServiceConfig(**settings),
             store=sqlite_store,
             alerts=alerts or LogAlerts(),
-            catalog=FileFlavorCatalog(CONFIG_DIR / "flavors.toml"),
+            catalog=catalog or FileFlavorCatalog(CONFIG_DIR / "flavors.toml"),
             events=events,
             agent_for=agents.__getitem__,
             clock=clock,
@@ -60,6 +61,16 @@ def make_service(
     for svc in made:
         svc.stop()
     events.close()
+
+
+@pytest.fixture
+def own_catalog(tmp_path: Path) -> FileFlavorCatalog:
+    """A copy of the example catalog (and its image) that a test may change."""
+    import shutil
+
+    shutil.copy(CONFIG_DIR / "flavors.toml", tmp_path / "flavors.toml")
+    shutil.copytree(CONFIG_DIR / "images", tmp_path / "images")
+    return FileFlavorCatalog(tmp_path / "flavors.toml")
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from warmcache.adapters.file_catalog import FileFlavorCatalog
 from warmcache.errors import ConfigError
 from warmcache.model import BuildRule, Flavor
 from warmcache.wire import AGENT_ERROR_CODES, REQUEST_ADAPTER
-from warmcache_agent.config import AgentConfig, Resources
+from warmcache_agent.config import AgentConfig, DiskConfig, Resources
 from warmcache_agent.daemon import handle_line
 from warmcache_agent.operations import HostAgentService
 
@@ -34,6 +34,8 @@ def agent_in(state_dir: Path, pin: bool = True) -> HostAgentService:
     from warmcache_agent.libvirt_driver import LibvirtDriver
 
     cfg = AgentConfig(
+        # a pretend host, larger than this machine's disk: no filesystem check
+        disks=DiskConfig(check_filesystem=False),
         hypervisor="h1",
         rack="r1",
         az="az1",

@@ -25,11 +25,13 @@ SHA = "ab" * 32
 
 
 def test_an_agent_publishes_its_version_and_the_sha256_of_its_code(tmp_path: Path) -> None:
-    from warmcache_agent.config import AgentConfig, Resources
+    from warmcache_agent.config import AgentConfig, DiskConfig, Resources
     from warmcache_agent.libvirt_driver import LibvirtDriver
     from warmcache_agent.operations import HostAgentService
 
     cfg = AgentConfig(
+        # a pretend host, larger than this machine's disk: no filesystem check
+        disks=DiskConfig(check_filesystem=False),
         hypervisor="h1",
         rack="r1",
         az="az1",

@@ -16,8 +16,9 @@ import pytest
 from warmcache.model import Flavor
 from warmcache.ports import VmSpec
 from warmcache_agent import cloudinit, disks
-from warmcache_agent.config import AgentConfig, Resources
-from warmcache_agent.operations import AgentFault, HostAgentService
+from warmcache_agent.config import AgentConfig, DiskConfig, Resources
+from warmcache_agent.faults import AgentFault
+from warmcache_agent.operations import HostAgentService
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.usefixtures("libvirt_available")]
 
@@ -52,12 +53,15 @@ def make_host(tmp_path: Path, driver: Any = None, memory_mib: int = 16384) -> Ho
     from warmcache_agent.libvirt_driver import LibvirtDriver
 
     cfg = AgentConfig(
+        # a pretend host, larger than this machine's disk: no filesystem check
+        disks=DiskConfig(check_filesystem=False),
         hypervisor="h1",
         rack="r1",
         az="az1",
         state_dir=str(tmp_path),
         capacity=Resources(vcpus=8, memory_mib=memory_mib, disk_gib=100),
         reserved=Resources(vcpus=2, memory_mib=1024, disk_gib=10),
+        nvme_devices=("0000:3b:00.0", "3c:00.0"),
     )
     host = HostAgentService(cfg, driver or LibvirtDriver("test:///default"))
     if isinstance(driver, RecordingDriver):
@@ -73,7 +77,7 @@ def test_user_data_reaches_the_vm_through_a_nocloud_seed(tmp_path: Path) -> None
     host = make_host(tmp_path)
     name, script = vm(), b"#!/bin/sh\necho warmcache-ready\n"
     host.create(VmSpec(name, SMALL, user_data=base64.b64encode(script).decode()))
-    seed = tmp_path / "seeds" / f"{name}.iso"
+    seed = host.files.seed(name)
     files = cloudinit.read_seed(seed)
     assert files["user-data"] == script and files["label"] == b"cidata"
     assert f"instance-id: {name}".encode() in files["meta-data"]
@@ -98,12 +102,12 @@ def test_the_address_reaches_the_vm_as_network_config(tmp_path: Path) -> None:
     flavor = SMALL.model_dump(mode="json")
     send(host, {"op": "create", "vm": {"name": with_address, "flavor": flavor, "network": network}})
     send(host, {"op": "create", "vm": {"name": without, "flavor": flavor}})
-    files = cloudinit.read_seed(tmp_path / "seeds" / f"{with_address}.iso")
+    files = cloudinit.read_seed(host.files.seed(with_address))
     config = json.loads(files["network-config"])
     assert config["version"] == 2
     assert config["ethernets"]["primary"]["addresses"] == ["10.20.0.7/22"]
     assert config["ethernets"]["primary"]["routes"] == [{"to": "0.0.0.0/0", "via": "10.20.0.1"}]
-    assert "network-config" not in cloudinit.read_seed(tmp_path / "seeds" / f"{without}.iso")
+    assert "network-config" not in cloudinit.read_seed(host.files.seed(without))
     bad = send(
         host,
         {
@@ -185,7 +189,7 @@ def test_a_failed_hot_plug_leaves_nothing_behind(tmp_path: Path) -> None:
         host.attach_disk(name, "vdb", 5, "qcow2", "off")
     assert err.value.code == "hypervisor_error"
     assert host.facts().disk_gib_free == before
-    assert list((tmp_path / "disks").glob(f"{name}-*")) == []
+    assert sorted(p.name for p in host.files.folder(name).iterdir()) == ["root.qcow2", "seed.iso"]
 
 
 def test_nvme_passthrough_xml_and_its_attach_buffer(tmp_path: Path) -> None:
@@ -206,6 +210,43 @@ def test_nvme_passthrough_xml_and_its_attach_buffer(tmp_path: Path) -> None:
         addr.get("slot"),
         addr.get("function"),
     ) == ("0x0000", "0x3b", "0x00", "0x0")
+
+
+def test_nvme_devices_are_booked_to_one_vm_at_a_time_and_freed_on_delete(tmp_path: Path) -> None:
+    driver = RecordingDriver()
+    host = make_host(tmp_path, driver)
+    first, second = vm(), vm()
+    host.create(VmSpec(first, SMALL))
+    host.create(VmSpec(second, SMALL))
+    assert host.attach_nvme(first, "3b:00.0")["pci"] == "0000:3b:00.0"  # one spelling
+    with pytest.raises(AgentFault) as err:
+        host.attach_nvme(second, "0000:3b:00.0")
+    assert err.value.code == "insufficient_capacity" and "passed through to" in str(err.value)
+    with pytest.raises(AgentFault) as err:
+        host.attach_nvme(second, "0000:99:00.0")  # not one of this host's devices
+    assert err.value.code == "invalid_request"
+    assert len(driver.attached) == 1
+    host.attach_nvme(second, "0000:3c:00.0")
+    # the books survive a restart (the lockfile is persisted)
+    again = make_host(tmp_path, RecordingDriver())
+    assert again.lockfile.get(first).nvme == ("0000:3b:00.0",)  # type: ignore[union-attr]
+    host.detach_nvme(second, "3c:00.0")
+    assert host.lockfile.get(second).nvme == ()  # type: ignore[union-attr]
+    host.delete(first)  # its device comes back with it
+    host.attach_nvme(second, "0000:3b:00.0")
+    with pytest.raises(AgentFault) as err:
+        host.detach_nvme(second, "0000:3c:00.0")
+    assert err.value.code == "not_found"
+
+
+def test_a_failed_nvme_attach_books_nothing(tmp_path: Path) -> None:
+    host = make_host(tmp_path)  # the test driver refuses hot-plug
+    name = vm()
+    host.create(VmSpec(name, SMALL))
+    with pytest.raises(AgentFault) as err:
+        host.attach_nvme(name, "0000:3b:00.0")
+    assert err.value.code == "hypervisor_error"
+    assert host.lockfile.get(name).nvme == ()  # type: ignore[union-attr]
 
 
 def test_no_room_for_the_attach_buffer_is_refused(tmp_path: Path) -> None:

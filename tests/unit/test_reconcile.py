@@ -14,7 +14,7 @@ from warmcache.layout import Keys
 from warmcache.model import Flavor
 from warmcache.ports import VmSpec
 from warmcache.service import WarmCache
-from warmcache_agent.config import AgentConfig, Resources
+from warmcache_agent.config import AgentConfig, DiskConfig, Resources
 from warmcache_agent.daemon import AgentServer, main
 from warmcache_agent.operations import HostAgentService
 from warmcache_agent.reconcile import reconcile
@@ -56,6 +56,8 @@ def test_the_agent_reports_and_deletes_nothing(tmp_path: Path) -> None:
     driver = LibvirtDriver("test:///default")
     published: list[list] = []  # type: ignore[type-arg]
     cfg = AgentConfig(
+        # a pretend host, larger than this machine's disk: no filesystem check
+        disks=DiskConfig(check_filesystem=False),
         hypervisor="h1",
         rack="r1",
         az="az1",

@@ -50,6 +50,9 @@ def test_the_generation_digests_what_a_vm_is_built_from_and_nothing_else() -> No
         pool_generation(SMALL.model_copy(update={"extra_disks_gib": (10,)}), rule),
         pool_generation(SMALL, base_rule(user_data=OTHER)),
         pool_generation(SMALL, base_rule(user_data=SCRIPT, group_hint="db")),
+        pool_generation(SMALL, rule, "a" * 64),  # the image's bytes
+        pool_generation(SMALL, rule, "b" * 64),  # the same id, other bytes
+        pool_generation(SMALL.model_copy(update={"preallocation": "full"}), rule),
     ]
     assert same not in changed and len(set(changed)) == len(changed)
 

@@ -13,10 +13,11 @@ import pytest
 
 from warmcache.model import Flavor
 from warmcache.ports import VmSpec
-from warmcache_agent.config import AgentConfig, Resources
+from warmcache_agent.config import AgentConfig, DiskConfig, Resources
 from warmcache_agent.daemon import handle_line
+from warmcache_agent.faults import AgentFault
 from warmcache_agent.lockfile import saved_image_gib
-from warmcache_agent.operations import AgentFault, HostAgentService
+from warmcache_agent.operations import HostAgentService
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.usefixtures("libvirt_available")]
 
@@ -25,6 +26,8 @@ SMALL = Flavor(name="small", vcpus=2, memory_mib=2048, disk_gib=10)
 
 def config(tmp_path: Path, memory_mib: int = 65536) -> AgentConfig:
     return AgentConfig(
+        # a pretend host, larger than this machine's disk: no filesystem check
+        disks=DiskConfig(check_filesystem=False),
         hypervisor="h1",
         rack="r1",
         az="az1",

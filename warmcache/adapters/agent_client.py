@@ -19,6 +19,7 @@ import httpx
 
 from warmcache.agent_codes import AgentCode
 from warmcache.errors import AgentUnavailable, agent_error
+from warmcache.images import Image
 from warmcache.model import HostFacts
 from warmcache.ports import VmSpec, VmStatus
 from warmcache.wire import MAX_LINE_BYTES, VmStatusWire
@@ -118,7 +119,12 @@ class AgentClient:
         }
         if spec.network is not None:
             vm["network"] = spec.network.model_dump(mode="json")
+        if spec.image is not None:
+            vm["image"] = spec.image.model_dump(mode="json", exclude_none=True)
         return _status(self.call({"op": "create", "vm": vm}))
+
+    def prefetch(self, image: Image) -> None:
+        self.call({"op": "prefetch", "image": image.model_dump(mode="json", exclude_none=True)})
 
     def delete(self, name: str) -> None:
         self.call({"op": "delete", "name": name})
@@ -136,5 +142,11 @@ class AgentClient:
 def _status(raw: Any) -> VmStatus:
     wire = VmStatusWire.model_validate(raw)
     return VmStatus(
-        wire.name, wire.state, wire.healthy, wire.server_id, wire.addresses, wire.standby
+        wire.name,
+        wire.state,
+        wire.healthy,
+        wire.server_id,
+        wire.addresses,
+        wire.standby,
+        wire.image_version,
     )

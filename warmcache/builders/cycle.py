@@ -40,6 +40,7 @@ from tenacity import (
 
 from warmcache.builders.adopt import adopt_orphans
 from warmcache.builders.plan import PlannedVm, plan_az
+from warmcache.builders.prefetch import images_to_prefetch, prefetch_images
 from warmcache.builders.rollover import (
     held_count,
     retirable,
@@ -57,6 +58,7 @@ from warmcache.errors import (
     VmUnhealthy,
 )
 from warmcache.health.purge import purge_vm
+from warmcache.images import Image, image_digest
 from warmcache.inventory import HostView
 from warmcache.layout import HostRecords, Keys, PoolRecords, RuleRecords, Stored
 from warmcache.leader.election import FencedWriter
@@ -164,6 +166,8 @@ class BuildCycle:
         new_name: Callable[[str, str], str] = default_vm_name,
         release: AddressRelease | None = None,
         sizer: Sizer | None = None,
+        images: Callable[[], Mapping[str, Image]] = dict,
+        prefetch_parallel: int = 8,
     ) -> None:
         if concurrency < 1 or retries < 1:
             raise ValueError("concurrency and retries must be at least 1")
@@ -182,6 +186,8 @@ class BuildCycle:
         self._new_name = new_name
         self._release = release
         self._sizer = sizer
+        self._images = images
+        self._prefetch_parallel = prefetch_parallel
         self._by_hypervisor: dict[str, HostAgent] = {}
         self._lock = threading.Lock()
 
@@ -258,6 +264,7 @@ class BuildCycle:
         rules = RuleRecords(self._store, self._keys).by_az()
         records = self._records.by_az()
         flavors = self._flavors()
+        images = self._images()
         hosts_by_az: dict[str, list[HostFacts]] = defaultdict(list)
         for host in facts.values():
             hosts_by_az[host.az].append(host)
@@ -285,7 +292,7 @@ class BuildCycle:
                 report,
             )
             generations = {
-                f: pool_generation(flavors[f], rule)
+                f: pool_generation(flavors[f], rule, image_digest(flavors[f], images))
                 for f, rule in rules[az].items()
                 if f in flavors
             }
@@ -300,9 +307,16 @@ class BuildCycle:
             retiring = {
                 f: retirable(current, f, rule, now) for f, rule in sized.items() if f in flavors
             }
+            # A flavor whose image is not in the catalog (a hand-edited
+            # MongoDB): nothing is built from it, and the cycle says why.
+            missing = {
+                f: flavors[f].image_id
+                for f in sized
+                if f in flavors and flavors[f].image_id and flavors[f].image_id not in images
+            }
             plan = plan_az(
                 az,
-                sized,
+                {f: r for f, r in sized.items() if f not in missing},
                 flavors,
                 hosts_by_az.get(az, []),
                 current,
@@ -312,15 +326,22 @@ class BuildCycle:
             )
             with self._lock:
                 report.problems += [f"{az}/{f}: {why}" for f, why in plan.problems.items()]
+                report.problems += [
+                    f"{az}/{f}: image {i!r} is not in the catalog: nothing built"
+                    for f, i in sorted(missing.items())
+                ]
+            builds = self._prefetched(plan.builds, images, writer, report)
             reserved = Counter(r.flavor for r in current if r.state == InstanceState.RESERVED)
             book = NetworkBook(self._store, self._keys)
-            pools = book.in_az(az) if plan.builds else {}
+            pools = book.in_az(az) if builds else {}
             addresses = Allocator(pools, book.held(az)) if pools else None
             with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
                 build = in_context(
-                    lambda vm: self._build(vm, writer, reserved, report, addresses, generations)
+                    lambda vm: self._build(
+                        vm, writer, reserved, report, addresses, generations, images
+                    )
                 )
-                for _ in pool.map(build, plan.builds):
+                for _ in pool.map(build, builds):
                     pass
             if any(retiring.values()):
                 self._retire(az, sized, retiring, writer, report)
@@ -344,6 +365,7 @@ class BuildCycle:
         report: CycleReport,
         addresses: Allocator | None = None,
         generations: Mapping[str, str] | None = None,
+        images: Mapping[str, Image] | None = None,
     ) -> None:
         if writer.leadership.lost.is_set():
             return
@@ -370,9 +392,10 @@ class BuildCycle:
                 placement=vm.decision.explain(),
             )
             agent = self._by_hypervisor[vm.host.hypervisor]
+            image = (images or {}).get(vm.flavor.image_id) if vm.flavor.image_id else None
             status = self._create(
                 agent,
-                VmSpec(vm.name, vm.flavor, vm.rule.user_data, vm.rule.group_hint, network),
+                VmSpec(vm.name, vm.flavor, vm.rule.user_data, vm.rule.group_hint, network, image),
                 writer.leadership.lost,
             )
             if not status.healthy:
@@ -470,6 +493,7 @@ class BuildCycle:
                 addresses=(network.address,) if network else (),
                 network=taken[0] if taken else None,
                 generation=generation,
+                image=vm.flavor.image_id,
             )
             compares, ops = [Compare.absent(key)], [Put(key, record.model_dump_json())]
             if taken and network:
@@ -484,6 +508,39 @@ class BuildCycle:
                 return "a record of that name exists"
             addresses.taken(network.address)  # held by another writer: try the next
         return f"no_address: {ADDRESS_TRIES} addresses in a row were taken meanwhile"
+
+    def _prefetched(
+        self,
+        builds: list[PlannedVm],
+        images: Mapping[str, Image],
+        writer: FencedWriter,
+        report: CycleReport,
+    ) -> list[PlannedVm]:
+        """The builds whose hosts hold their image (``builders/prefetch``);
+        the others are reported and left for a later cycle."""
+        failed = prefetch_images(
+            images_to_prefetch(builds, images),
+            self._by_hypervisor,
+            parallel=self._prefetch_parallel,
+            lost=writer.leadership.lost,
+            emit=self._emit,
+        )
+        if not failed:
+            return builds
+        kept = []
+        for vm in builds:
+            image = images.get(vm.flavor.image_id)
+            why = failed.get((vm.host.hypervisor, image.sha256)) if image else None
+            if why is None:
+                kept.append(vm)
+                continue
+            with self._lock:
+                self._failed(report, f"{vm.name}: not built, image not on its host: {why}")
+        with self._lock:
+            report.problems += [
+                f"{hv}: image {sha[:12]} not fetched: {why}" for (hv, sha), why in failed.items()
+            ]
+        return kept
 
     # --- rolling replacement (builders/rollover.py) ------------------------------------
 

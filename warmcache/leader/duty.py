@@ -54,6 +54,8 @@ class LeaderDuty:
             store=ctx.store,
             keys=ctx.keys,
             flavors=lambda: {f.name: f for f in ctx.catalog.list()},
+            images=lambda: {i.id: i for i in ctx.catalog.images()},
+            prefetch_parallel=config.image_prefetch_parallel,
             hosts=ctx.hosts,
             agent_for=ctx.agent_for,
             events=ctx.events,

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from warmcache.errors import (
     InvalidRequest,
     UnknownClaim,
+    UnknownImage,
     UnknownNetwork,
     UnknownRule,
     UnsupportedMediaType,
@@ -32,6 +33,8 @@ from warmcache.schemas import (
     Claim,
     Explain,
     Health,
+    ImageEntry,
+    ImagesReply,
     LeaderReply,
     NetworkEntry,
     NetworksReply,
@@ -244,6 +247,30 @@ def put_network(az: str, name: str) -> Any:
     """Create (validated, refused if it overlaps); a change is maker-checker."""
     pool = _service().networks.create(az, name, _json_object())
     return _reply(_network_entry(az, name, pool, 0), 201)
+
+
+@api.get("/v1/images")
+def images() -> Any:
+    catalog = _service().catalog
+    flavors = catalog.list()
+    return _reply(
+        ImagesReply(
+            images=[
+                ImageEntry(image=i, flavors=[f.name for f in flavors if f.image_id == i.id])
+                for i in catalog.images()
+            ]
+        )
+    )
+
+
+@api.get("/v1/images/<image_id>")
+def get_image(image_id: str) -> Any:
+    catalog = _service().catalog
+    image = catalog.image(image_id)
+    if image is None:
+        raise UnknownImage(image_id)
+    users = [f.name for f in catalog.list() if f.image_id == image_id]
+    return _reply(ImageEntry(image=image, flavors=users))
 
 
 @api.get("/v1/budgets")

@@ -33,6 +33,8 @@ from warmcache.schemas import (
     ErrorBody,
     Explain,
     Health,
+    ImageEntry,
+    ImagesReply,
     LeaderReply,
     NetworkEntry,
     NetworksReply,
@@ -164,6 +166,22 @@ OPERATIONS = [
         body=AddressPool,
         errors=(*WRITE, 409),
         params=(("az", NAME), ("name", NAME)),
+    ),
+    Operation(
+        "/v1/images",
+        "get",
+        "every image of the catalog, with the flavors that boot it (registering or changing "
+        "one is maker-checker: set_image, delete_image)",
+        {200: ImagesReply},
+        errors=READ,
+    ),
+    Operation(
+        "/v1/images/{image_id}",
+        "get",
+        "one image, with the flavors that boot it",
+        {200: ImageEntry},
+        errors=READ,
+        params=(("image_id", NAME),),
     ),
     Operation("/v1/budgets", "get", "every AZ budget", {200: BudgetsReply}, errors=READ),
     Operation(
