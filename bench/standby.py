@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from warmcache.adapters.agent_client import AgentClient
-from warmcache.adapters.file_catalog import FileFlavorCatalog
+from warmcache.adapters.file_catalog import FileFlavorCatalog, image_toml
 from warmcache.adapters.log_alerts import LogAlerts
 from warmcache.adapters.sqlite_events import SqliteEvents
 from warmcache.adapters.sqlite_store import SqliteStore
@@ -41,7 +41,7 @@ from warmcache.clock import SystemClock
 from warmcache.config import ServiceConfig
 from warmcache.ports import HostAgent
 from warmcache.service import WarmCache
-from warmcache_agent.guest import agent_config_toml, default_cache, prepare
+from warmcache_agent.guest import agent_config_toml, build_image, default_cache
 from warmcache_agent.libvirtd import Libvirtd
 
 STATES = ("running", "paused", "saved")
@@ -81,10 +81,13 @@ def main() -> None:
     clients: dict[str, HostAgent] = {}
     results: dict[str, dict[str, float]] = {}
     try:
-        image = prepare(default_cache())
+        cache = default_cache()
+        image = build_image(cache, "v1", image_id="busybox")
         config = work / "agent.toml"
         config.write_text(
-            agent_config_toml(image, hypervisor="bench", rack="r1", az="az1", memory_mib=4096)
+            agent_config_toml(
+                hypervisor="bench", rack="r1", az="az1", memory_mib=4096, image_dirs=[cache]
+            )
             + f'[inventory]\nkind = "sqlite"\npath = "{work / "store.db"}"\nprefix = "wc"\n'
         )
         sock = work / "agent.sock"
@@ -95,7 +98,7 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        (work / "flavors.toml").write_text(FLAVORS)
+        (work / "flavors.toml").write_text(FLAVORS + image_toml(image))
         clock = SystemClock()
         store = SqliteStore(work / "store.db", clock=clock)
         service = WarmCache(

@@ -15,7 +15,7 @@ need=(libvirt-dev libvirt-daemon pkg-config gcc qemu-utils)
 # systemd-analyze and the Prometheus alert rules with promtool (prometheus)
 [ "$mode" = test ] && need+=(etcd-server etcd-client libvirt-clients libvirt-daemon-driver-qemu
                              qemu-system-x86 busybox-static chromium chromium-driver iproute2
-                             nftables systemd prometheus)
+                             nftables systemd prometheus lz4)
 
 py_include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$py_include/Python.h" ] || need+=(python3-dev)

@@ -28,9 +28,10 @@ from typing import Any
 
 import httpx
 
-from warmcache.adapters.file_catalog import FileFlavorCatalog
+from warmcache.adapters.file_catalog import FileFlavorCatalog, image_toml
 from warmcache.bootstrap import build_store
 from warmcache.config import parse_config
+from warmcache.images import Image
 from warmcache.layout import HostRecords, Keys
 from warmcache.networks import NetworkBook
 from warmcache.ports import CoordinationStore
@@ -38,6 +39,7 @@ from warmcache.resources import config_dir
 from warmcache.rules import RuleBook, read_rules_file
 
 MARKER = ".warmcache-quickstart"
+REAL_VM_IMAGE = "warmcache-busybox-guest"  # the id config/realvm-flavors.toml names
 EXAMPLE_CONFIG = config_dir()  # the shipped example configs (warmcache/data/config)
 
 
@@ -86,6 +88,7 @@ class QuickstartStack:
     real_vms: bool = False  # agents boot real QEMU guests on qemu:///system
     procs: list[Proc] = field(default_factory=list)
     _libvirtd: Any = None
+    _guest_cache: Path | None = None  # real guests: where their image and kernel are
 
     @property
     def urls(self) -> list[str]:
@@ -114,6 +117,13 @@ class QuickstartStack:
         networks = self.config_dir / "networks.toml"
         if networks.exists():
             shutil.copy(networks, d / "networks.toml")
+        if self.real_vms:
+            # the image every guest boots, built here from Debian packages
+            image = self._real_vm_image()
+            with open(d / "flavors.toml", "a") as catalog:
+                catalog.write("\n" + image_toml(image))
+        elif (self.config_dir / "images").is_dir():
+            shutil.copytree(self.config_dir / "images", d / "images")
 
     def _spawn(self, name: str, args: list[str]) -> Proc:
         log = self.state_dir / "logs" / f"{name}.log"
@@ -129,29 +139,32 @@ class QuickstartStack:
         self.procs.append(proc)
         return proc
 
-    def _real_vm_host(self) -> Any:
-        """libvirtd up (started here if needed) and the guest image ready."""
-        from warmcache_agent.guest import GuestImageError, default_cache, prepare
+    def _real_vm_image(self) -> Image:
+        """libvirtd up (started here if needed) and the guest image built
+        (Debian's cloud kernel, a busybox root disk: warmcache_agent.guest)."""
+        from warmcache_agent.guest import GuestImageError, build_image, default_cache
         from warmcache_agent.libvirtd import Libvirtd, LibvirtdUnavailable
 
         self._libvirtd = Libvirtd(self.state_dir / "libvirtd")
         try:
             self._libvirtd.ensure()
-            return prepare(default_cache())
+            self._guest_cache = default_cache()
+            return build_image(self._guest_cache, "quickstart-1", image_id=REAL_VM_IMAGE)
         except (LibvirtdUnavailable, GuestImageError) as exc:
             raise QuickstartError(f"real guests cannot run here: {exc}") from exc
 
     def start_agents(self) -> list[str]:
         sockets = []
-        image = self._real_vm_host() if self.real_vms else None
         for az, rack, hv in self.topology.hosts():
             adir = self.state_dir / "agents" / hv
             adir.mkdir(parents=True, exist_ok=True)
-            if image is not None:
+            if self._guest_cache is not None:
                 from warmcache_agent.guest import agent_config_toml
 
                 (adir / "agent.toml").write_text(
-                    agent_config_toml(image, hypervisor=hv, rack=rack, az=az)
+                    agent_config_toml(
+                        hypervisor=hv, rack=rack, az=az, image_dirs=[self._guest_cache]
+                    )
                     + self._inventory_toml()
                 )
                 sock = adir / "agent.sock"
@@ -175,7 +188,11 @@ class QuickstartStack:
                 # the test driver's built-in domain is not warmcache's business
                 'reconcile_ignore = ["test"]\n'
                 "[capacity]\nvcpus = 16\nmemory_mib = 65536\ndisk_gib = 2000\n"
-                "[reserved]\nvcpus = 2\nmemory_mib = 4096\ndisk_gib = 50\n" + self._inventory_toml()
+                "[reserved]\nvcpus = 2\nmemory_mib = 4096\ndisk_gib = 50\n"
+                # twelve pretend hosts share this machine's disk: their books
+                # are theirs, the filesystem is not checked against them
+                "[disks]\ncheck_filesystem = false\n"
+                f'[images]\nlocal_dirs = ["{self.state_dir / "images"}"]\n' + self._inventory_toml()
             )
             sock = adir / "agent.sock"
             self._spawn(
@@ -275,13 +292,16 @@ class QuickstartStack:
     def _wait(self, ready: Callable[[], bool], timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
         while not ready():
-            dead = [p for p in self.procs if p.popen.poll() is not None]
-            if dead:
-                tail = dead[0].log.read_text()[-2000:]
-                raise QuickstartError(f"{dead[0].name} exited while waiting for {what}:\n{tail}")
+            self._check_alive(what)
             if time.monotonic() > deadline:
                 raise QuickstartError(f"timed out after {timeout_s:.0f} s waiting for {what}")
             time.sleep(0.1)
+
+    def _check_alive(self, what: str) -> None:
+        dead = [p for p in self.procs if p.popen.poll() is not None]
+        if dead:
+            tail = dead[0].log.read_text()[-2000:]
+            raise QuickstartError(f"{dead[0].name} exited while waiting for {what}:\n{tail}")
 
     # --- running ---------------------------------------------------------------------
 
@@ -301,8 +321,16 @@ class QuickstartStack:
         on_update: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout_s
+        pools: list[dict[str, Any]] = []
         while True:
-            pools = self.pools()
+            self._check_alive("the pools to fill")
+            try:
+                pools = self.pools()
+            except httpx.HTTPError as exc:  # one failed poll is not the answer
+                if time.monotonic() > deadline:
+                    raise QuickstartError(f"{self.urls[0]} did not answer: {exc!r}") from exc
+                time.sleep(0.25)
+                continue
             if on_update:
                 on_update(pools)
             if self.full(pools):
@@ -315,22 +343,30 @@ class QuickstartStack:
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM every process we started, by PID; SIGKILL the stragglers.
-        Real guests the pools built are destroyed first (they are ours)."""
+        Real guests the pools built are ours too: the service instances stop
+        first (a leader still running would build the pool up again behind
+        us), then the agents destroy every guest they hold, then they stop."""
+        instances = [p for p in self.procs if p.name.startswith("instance-")]
+        self._terminate(instances, grace_s)
         if self.real_vms:
             self._destroy_guests()
-        for proc in self.procs:
+        self._terminate(self.procs, grace_s)
+        self.procs.clear()
+        if self._libvirtd is not None:
+            self._libvirtd.stop()
+
+    @staticmethod
+    def _terminate(procs: list[Proc], grace_s: float) -> None:
+        for proc in procs:
             if proc.popen.poll() is None:
                 os.kill(proc.popen.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        for proc in self.procs:
+        for proc in procs:
             try:
                 proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.kill(proc.popen.pid, signal.SIGKILL)
                 proc.popen.wait()
-        self.procs.clear()
-        if self._libvirtd is not None:
-            self._libvirtd.stop()
 
     def _destroy_guests(self) -> None:
         from warmcache.adapters.agent_client import AgentClient

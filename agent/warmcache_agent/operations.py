@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,8 @@ class HostAgentService:
         state_dir = Path(config.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.files = VmFiles(state_dir)
+        self._names_lock = threading.Lock()
+        self._name_locks: dict[str, threading.Lock] = {}
         room = disks.DiskRoom(self.files.root) if config.disks.check_filesystem else None
         self.lockfile = Lockfile(state_dir / "lockfile.json", usable, room)
         self.images = ImageCache(
@@ -172,11 +176,36 @@ class HostAgentService:
             ),
         )
 
+    @contextmanager
+    def _one_at_a_time(self, name: str) -> Iterator[None]:
+        """Operations that make or unmake a VM run one at a time per name: a
+        delete that arrives while its create still runs waits for it (it
+        once gave the booking back under the create, which then booted a
+        domain nobody tracked)."""
+        with self._names_lock:
+            lock = self._name_locks.setdefault(name, threading.Lock())
+        with lock:
+            yield
+
+    def _forget_lock(self, name: str) -> None:
+        with self._names_lock:
+            lock = self._name_locks.get(name)
+            if lock is not None and not lock.locked():
+                del self._name_locks[name]
+
     def create(self, spec: VmSpec) -> dict[str, Any]:
         """Book the VM, fetch its image (once per host), make its disks and
         seed, define and boot it from its own root disk, wait until it is
         ready. Any failure gives back the booking and removes everything it
         made (domain, disks, seed), so a refused create leaves nothing."""
+        try:
+            with self._one_at_a_time(spec.name):
+                return self._create(spec)
+        finally:
+            if self.lockfile.get(spec.name) is None:
+                self._forget_lock(spec.name)
+
+    def _create(self, spec: VmSpec) -> dict[str, Any]:
         if spec.name in self.config.reconcile_ignore or (
             self.lockfile.get(spec.name) is None and self._exists(spec.name)
         ):
@@ -324,14 +353,18 @@ class HostAgentService:
 
     def delete(self, name: str) -> dict[str, Any]:
         """Destroy the VM, remove every disk and file of it, then give its
-        booking back (its CPUs, memory, disks and devices)."""
-        alloc = self._owned(name)
-        try:
-            self._driver.destroy(name)
-        except HypervisorFailure as exc:
-            raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
-        self.files.remove(name, (*alloc.build_disks, *(t for t, _ in alloc.disks)))
-        self.lockfile.release(name)
+        booking back (its CPUs, memory, disks and devices). A create of the
+        VM still running is waited for first."""
+        self._owned(name)
+        with self._one_at_a_time(name):
+            alloc = self._owned(name)  # the create may have failed and undone it meanwhile
+            try:
+                self._driver.destroy(name)
+            except HypervisorFailure as exc:
+                raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
+            self.files.remove(name, (*alloc.build_disks, *(t for t, _ in alloc.disks)))
+            self.lockfile.release(name)
+        self._forget_lock(name)
         self.on_change()
         return {"name": name, "deleted": True}
 

@@ -18,7 +18,8 @@ __all__ = ["agents", "make_service", "real_host", "service"]
 
 @pytest.fixture(scope="session")
 def real_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """libvirtd running (started here if needed, stopped by PID) and a guest image."""
+    """libvirtd running (started here if needed, stopped by PID) and the
+    folder of the test guest's kernel and images (``guest.build_image``)."""
     try:
         import libvirt  # noqa: F401
     except ImportError:
@@ -30,9 +31,9 @@ def real_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     daemons = Libvirtd(tmp_path_factory.mktemp("libvirtd"))
     try:
         daemons.ensure()
-        image = prepare(default_cache())
+        prepare(default_cache())
     except (LibvirtdUnavailable, GuestImageError, subprocess.CalledProcessError) as exc:
         daemons.stop()
         unavailable("realvm", f"real guests cannot run here: {exc}")
-    yield image
+    yield default_cache()
     daemons.stop()

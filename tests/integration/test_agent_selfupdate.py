@@ -246,15 +246,17 @@ def test_vms_keep_running_and_the_lockfile_is_intact_across_updates(
 ) -> None:
     import libvirt
 
-    from warmcache_agent.guest import agent_config_toml
+    from warmcache_agent.guest import agent_config_toml, build_image
 
-    config = agent_config_toml(real_host, hypervisor=HV, rack=RACK, az=AZ)
+    image = build_image(real_host, "v1")
+    config = agent_config_toml(hypervisor=HV, rack=RACK, az=AZ, image_dirs=[real_host])
     agent = Launched(tmp_path, config)
     vm = f"rv-{uuid.uuid4().hex[:8]}"
     conn = libvirt.open("qemu:///system")
     try:
         agent.facts(installed_sha256())
-        assert agent.client().create(VmSpec(vm, TINY)).healthy
+        tiny = TINY.model_copy(update={"image_id": image.id})
+        assert agent.client().create(VmSpec(vm, tiny, image=image)).healthy
         dom_id = conn.lookupByName(vm).ID()
         lockfile = json.loads((tmp_path / "lockfile.json").read_text())
         new = desired(builds["new"])

@@ -318,3 +318,52 @@ def test_a_stop_handler_runs_once_even_when_signalled_inside_itself() -> None:
     handler = stop
     handler(signal.SIGTERM, None)
     assert calls == [1]
+
+
+def test_a_delete_during_its_create_waits_and_nothing_is_left_untracked(tmp_path: Path) -> None:
+    """A delete that arrives while the VM's create is still booting waits for
+    the create, then deletes: it once gave the booking back under the create,
+    which then booted a domain the agent no longer tracked."""
+    from warmcache_agent.libvirt_driver import LibvirtDriver
+
+    booting, go_on = threading.Event(), threading.Event()
+
+    def boot(_seconds: float) -> None:  # the create's boot wait, held by the test
+        booting.set()
+        go_on.wait(10)
+
+    cfg = config(tmp_path).model_copy(update={"create_delay_s": 1.0})
+    host = HostAgentService(cfg, LibvirtDriver("test:///default"), sleep=boot)
+    vm = name()
+    created: list[object] = []
+    creating = threading.Thread(target=lambda: created.append(host.create(VmSpec(vm, SMALL))))
+    creating.start()
+    wait_for("the create to boot", booting.is_set, 10)
+
+    class Watched:  # the VM's lock, seen by whoever comes for it next
+        def __init__(self, inner: threading.Lock) -> None:
+            self.inner, self.waiting = inner, 0
+
+        def __enter__(self) -> None:
+            self.waiting += 1
+            self.inner.acquire()
+
+        def __exit__(self, *_exc: object) -> None:
+            self.inner.release()
+
+        def locked(self) -> bool:
+            return self.inner.locked()
+
+    watched = Watched(host._name_locks[vm])
+    host._name_locks[vm] = watched  # type: ignore[assignment]
+    deleted: list[object] = []
+    deleting = threading.Thread(target=lambda: deleted.append(host.delete(vm)))
+    deleting.start()
+    wait_for("the delete to wait for the create", lambda: watched.waiting == 1, 10)
+    assert not deleted and host.lockfile.get(vm) is not None  # nothing given back yet
+    go_on.set()
+    creating.join()
+    deleting.join()
+    assert created and deleted == [{"name": vm, "deleted": True}]
+    assert host._driver.state(vm) == "missing" and host.lockfile.all() == []
+    assert vm not in host._name_locks
