@@ -202,6 +202,7 @@ def main() -> None:
         store=store,
         keys=keys,
         flavors=lambda: {f.name: f for f in catalog.list()},
+        images=lambda: {i.id: i for i in catalog.images()},
         hosts=hosts,
         agent_for=agents.__getitem__,
         events=LogEvents(),

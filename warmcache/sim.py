@@ -140,10 +140,11 @@ class SimAgent:
         return self.status(name)
 
     def prefetch(self, image: Image) -> None:
-        """Simulated: the host holds the image from now on."""
+        """Simulated: the host holds the image from now on (its facts say so
+        with their next publication, as a real agent's heartbeat does; the
+        leader never waits for it)."""
         with self._lock:
             self.images.add(image.sha256)
-        self._publish()
 
     def list(self) -> list[VmStatus]:
         with self._lock:
