@@ -1078,9 +1078,9 @@ def flavors_set(name: str, fields: tuple[str, ...], config_path: str) -> None:
             values[key] = raw
     try:
         flavor = parse_flavor(name, values)
+        _catalog(config_path).put(flavor)  # refused: unknown image, disk below its minimum
     except WarmCacheError as exc:
         _fail(json.dumps(exc.detail(), indent=2))
-    _catalog(config_path).put(flavor)
     console.print(f"[green]stored[/green] {flavor.name}")
 
 

@@ -182,5 +182,8 @@ def test_flavors_cli(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "tiny" in result.output
     result = runner.invoke(main, ["flavors", "set", "bad", "vcpus=0", "--config", str(config)])
     assert result.exit_code == 1 and "vcpus" in result.output
+    no_image = ["vcpus=1", "memory_mib=128", "disk_gib=1", "image_id=nope"]
+    result = runner.invoke(main, ["flavors", "set", "x", *no_image, "--config", str(config)])
+    assert result.exit_code == 1 and "unknown image 'nope'" in result.output
     with pytest.raises(InvalidRequest):
         parse_flavor("x", {"vcpus": "two"})

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import unavailable
-from tests.unit.conftest import agents, make_service, service
+from tests.unit.conftest import agents, make_service, own_catalog, service
 
-__all__ = ["agents", "make_service", "real_host", "service"]
+__all__ = ["agents", "make_service", "own_catalog", "real_host", "service"]
 
 
 @pytest.fixture(scope="session")

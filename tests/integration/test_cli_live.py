@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr
 
 from tests.live import served
+from warmcache.adapters.file_catalog import FileFlavorCatalog
 from warmcache.cli import main
 from warmcache.config import AuthConfig, TokenConfig
 from warmcache.service import WarmCache
@@ -112,6 +114,51 @@ def test_networks_created_listed_and_changed_by_maker_checker(url: str, tmp_path
     source.write_text(json.dumps({**pool, "gateway": "10.99.0.1"}))
     code, _, err = run(url, "networks", "set", "az1", "vrf-b", str(source))
     assert code == 2 and "invalid_request" in err and "in none of the cidrs" in err
+
+
+def test_images_listed_described_and_changed_by_maker_checker(
+    make_service: Any, own_catalog: FileFlavorCatalog, tmp_path: Path
+) -> None:
+    service = make_service(catalog=own_catalog)
+    auth = Authenticator(
+        AuthConfig(
+            tokens=(
+                TokenConfig(name="ops", role="admin", token=SecretStr(ADMIN)),
+                TokenConfig(name="ops2", role="admin", token=SecretStr(ADMIN2)),
+            )
+        )
+    )
+    with served(create_app(service, auth)) as url:
+        code, out, _ = run(url, "images", "list")
+        assert code == 0 and "demo-blank" in out and "medium" in out
+        code, out, _ = run(url, "images", "list", "-o", "json")
+        assert json.loads(out)["images"][0]["image"]["format"] == "raw"
+        code, out, _ = run(url, "images", "get", "demo-blank")
+        assert code == 0 and json.loads(out)["size_bytes"] == 1 << 20
+        code, _, err = run(url, "images", "get", "nope")
+        assert code == 4 and "unknown_image" in err
+        disk = tmp_path / "new.raw"
+        disk.write_bytes(b"\1" * 4096)
+        code, out, _ = run(
+            url, "images", "describe", str(disk), "--id", "demo-blank", "--min-disk-gib", "2"
+        )
+        described = json.loads(out)
+        assert code == 0 and described["format"] == "raw" and described["size_bytes"] == 4096
+        record = tmp_path / "image.json"
+        record.write_text(out)
+        code, out, _ = run(url, "images", "set", str(record))
+        assert code == 0 and "asked as request" in out
+        request_id = out.split("request ")[1].split(";")[0].strip()
+        assert own_catalog.image("demo-blank").size_bytes == 1 << 20  # type: ignore[union-attr]
+        code, _, _ = run(url, "requests", "approve", request_id, token=ADMIN2)
+        assert code == 0
+        changed = own_catalog.image("demo-blank")
+        assert changed is not None and changed.sha256 == described["sha256"]
+        code, out, _ = run(url, "images", "delete", "demo-blank")
+        request_id = out.split("request ")[1].strip()
+        code, out, _ = run(url, "requests", "approve", request_id, token=ADMIN2)
+        assert "failed" in out and "in use" in out, out
+        assert own_catalog.image("demo-blank") is not None  # flavors name it: refused
 
 
 def test_agents_and_the_desired_build(url: str) -> None:
