@@ -13,6 +13,7 @@ addresses.
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import threading
 import time
@@ -40,6 +41,9 @@ _STATES = {
     6: "crashed",
     7: "pmsuspended",
 }
+
+
+MAX_SOCKET_PATH = 107  # sun_path's 108 bytes, less the terminating NUL
 
 
 class HypervisorFailure(Exception):
@@ -106,6 +110,11 @@ class LibvirtDriver:
                 "<on_poweroff>destroy</on_poweroff><on_crash>destroy</on_crash>"
             )
             log = escape(str(self.console_log(spec.name)))
+            if len(str(self.health_socket(spec.name)).encode()) > MAX_SOCKET_PATH:
+                raise HypervisorFailure(
+                    f"{self.health_socket(spec.name)}: longer than a Unix socket path may be "
+                    f"({MAX_SOCKET_PATH} bytes): give the agent a shorter state_dir"
+                )
             # A VM with an address gets a NIC (user-mode: it needs no host
             # network; the guest configures the address the seed gives it).
             nic = (
@@ -132,7 +141,13 @@ class LibvirtDriver:
         return self._run_dir / f"{name}.console.log"
 
     def health_socket(self, name: str) -> Path:
-        return self._run_dir / f"{name}.health"
+        """The guest's health channel: a short name (a Unix socket path has
+        at most 107 bytes, and state folders can be deep), or the older
+        ``<name>.health`` of a guest defined before."""
+        legacy = self._run_dir / f"{name}.health"
+        if legacy.exists():
+            return legacy
+        return self._run_dir / f"h-{hashlib.sha256(name.encode()).hexdigest()[:16]}.sock"
 
     @property
     def real_guests(self) -> bool:

@@ -141,7 +141,12 @@ class SqliteStore:
         self._poll_interval_s = poll_interval_s
         self._sleep = sleep
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        # Every connection, with the thread it belongs to: a thread that
+        # ended leaves its connections here (sqlite3 connections take no weak
+        # references), so they are closed when the next one is opened. A
+        # pool of short-lived threads (each cycle's) once leaked two file
+        # descriptors a cycle until the server's select() gave out at 1,024.
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._all_lock = threading.Lock()
         self._writer = threading.RLock()
         self._quiet: dict[str, tuple[int, int]] = {}
@@ -170,7 +175,7 @@ class SqliteStore:
             conn = getattr(self._local, attr, None)
             if conn is not None:
                 with self._all_lock:
-                    self._all.remove(conn)
+                    self._all = [(t, c) for t, c in self._all if c is not conn]
                 conn.close()
                 setattr(self._local, attr, None)
 
@@ -200,7 +205,13 @@ class SqliteStore:
             conn.execute("PRAGMA wal_autocheckpoint=0")
             setattr(self._local, attr, conn)
             with self._all_lock:
-                self._all.append(conn)
+                alive = []
+                for thread, other in self._all:
+                    if thread.is_alive():
+                        alive.append((thread, other))
+                    else:
+                        other.close()
+                self._all = [*alive, (threading.current_thread(), conn)]
         return conn
 
     @contextmanager
@@ -294,7 +305,7 @@ class SqliteStore:
         if self._checkpointer is not None and self._checkpointer is not threading.current_thread():
             self._checkpointer.join()
         with self._all_lock:
-            for conn in self._all:
+            for _thread, conn in self._all:
                 conn.close()
             self._all.clear()
         self._local = threading.local()
