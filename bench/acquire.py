@@ -27,6 +27,19 @@ batched run, or the baseline with ``--no-batch``):
 
     acquire_per_s=<x> p50_ms=<y> p99_ms=<z> duplicates=<n> clients=<N> store=<s> via=<v>
         hypervisors=<H> pooled=<V> pools=<P> batch=<on|off>
+
+``--release`` (``--via library``) measures giving VMs back too: after the
+acquire-only run, the same clients loop acquire + release (each VM given
+back at once; the instances' release workers finish them, their agent
+calls answered by a stand-in since the fleet's hosts have no agent, as the
+refiller stands in for builds), and prints the ratio of the loop's rate to
+the acquire-only rate. Then, with real agent processes on libvirt's
+test:///default and one instance building through them, it times release
+-> capacity free: from the release's return until the agent no longer has
+the VM; and it counts the store's keys before and after ``--loops``
+(20,000) acquire + release loops. The last line gains ``loop_per_s=<x>
+loop_ratio=<r> keys_before=<n> keys_after=<m> free_p50_ms=<y>
+free_p99_ms=<z>``.
 """
 
 from __future__ import annotations
@@ -56,7 +69,7 @@ import httpx
 
 from warmcache.bootstrap import build, build_store
 from warmcache.config import parse_config
-from warmcache.errors import ClaimContention, NoCapacity
+from warmcache.errors import ClaimContention, NoCapacity, UnknownAZ, UnknownPool
 from warmcache.layout import Keys
 from warmcache.model import HostFacts, InstanceState, PoolInstance
 from warmcache.ports import Compare, CoordinationStore, Put
@@ -224,7 +237,11 @@ class Run:
     ) -> None:
         self.args, self.store_cfg, self.fleet, self.work = args, store_cfg, fleet, work
 
-    def measure(self, batch: bool) -> dict[str, Any]:
+    def measure(
+        self, batch: bool, release: bool = False, loops: int | None = None
+    ) -> dict[str, Any]:
+        """``loops``: stop after that many acquisitions (within 10 minutes)
+        instead of after ``--seconds``."""
         args = self.args
         ports = [free_port() for _ in range(args.instances)]
         services: list[Any] = []
@@ -243,6 +260,9 @@ class Run:
                     ).start()
                     for i in range(args.instances)
                 ]
+                if release:  # the fleet's hosts have no agent: a stand-in deletes
+                    for service in services:
+                        service.lifecycle.worker._agent_for = lambda _endpoint: _GoneAgent()
                 deadline = time.monotonic() + 30
                 while any(len(s.acquirer.index.instances) < args.instances for s in services):
                     if time.monotonic() > deadline:
@@ -275,7 +295,7 @@ class Run:
                     _wait_http(f"http://127.0.0.1:{port}/healthz")
                 time.sleep(1.0)  # let both instances see each other in the registry
             warm_until = time.monotonic() + args.warmup
-            stop_at = warm_until + args.seconds
+            stop_at = warm_until + (600.0 if loops else args.seconds)
 
             def client(n: int) -> None:
                 rng = random.Random(n)
@@ -284,7 +304,9 @@ class Run:
                     if args.via == "http"
                     else None
                 )
-                while (now := time.monotonic()) < stop_at:
+                while (now := time.monotonic()) < stop_at and (
+                    loops is None or len(handed) < loops
+                ):
                     pool = rng.choice(self.fleet.pools)
                     started = time.perf_counter()
                     names: list[str] = []
@@ -306,6 +328,9 @@ class Run:
                             ]
                     except (NoCapacity, ClaimContention) as exc:
                         outcome = exc.code
+                    if release and names:
+                        for name in names:
+                            services[n % len(services)].release(name, requester=f"c{n}")
                     took = time.perf_counter() - started
                     if not names:
                         time.sleep(0.001)  # told no: a caller would not ask again at once
@@ -342,6 +367,13 @@ class Run:
                 t.join()
             marker.join()
             end = transactions()
+            if release:  # the last releases finish before the instances stop
+                settled = time.monotonic() + 60
+                while services[0].store.range(KEYS.releasing_dir())[0]:
+                    if time.monotonic() > settled:
+                        raise SystemExit("releases did not finish within 60 s")
+                    for service in services:
+                        service.lifecycle.worker.run_once()
             batches, conflicts = end[0] - at_warm[0][0], end[1] - at_warm[0][1]
         finally:
             for service in services:
@@ -442,6 +474,17 @@ def main() -> None:
     )
     parser.add_argument("--etcd-url", default="")
     parser.add_argument(
+        "--release",
+        action="store_true",
+        help="also the acquire + release loop, and release -> capacity free on real agents",
+    )
+    parser.add_argument(
+        "--loops",
+        type=int,
+        default=20_000,
+        help="--release: acquire + release loops run to count the store's keys around them",
+    )
+    parser.add_argument(
         "--named",
         action="store_true",
         help="every acquisition names its claim (claim_id): idempotent, one "
@@ -450,6 +493,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.pools <= 30:
         parser.error("--pools must be between 1 and 30")
+    if args.release and args.via != "library":
+        parser.error("--release runs with --via library")
 
     work = Path(tempfile.mkdtemp(prefix="warmcache-acquire-"))
     cluster: Any = None
@@ -503,13 +548,134 @@ def main() -> None:
                 f"batch on / off: {on['acquire_per_s'] / off['acquire_per_s']:.2f}x "
                 f"acquisitions/s, p99 {off['p99_ms']:.1f} -> {on['p99_ms']:.1f} ms"
             )
+        extra = ""
+        if args.release:
+            loop = run.measure(runs[-1], release=True)
+            ratio = loop["acquire_per_s"] / results[runs[-1]]["acquire_per_s"]
+            print(
+                f"acquire + release loop: {loop['acquisitions']} loops, "
+                f"{loop['acquire_per_s']:.1f}/s, {ratio:.2f}x the acquire-only rate, "
+                f"duplicates {loop['duplicates']}"
+            )
+            before = len(store.range(f"{PREFIX}/")[0])
+            many = run.measure(runs[-1], release=True, loops=args.loops)
+            after = len(store.range(f"{PREFIX}/")[0])
+            left = {
+                k.key.split("/")[1] for k in store.range(f"{PREFIX}/")[0]
+            }  # folders holding keys
+            print(
+                f"store keys around {many['acquisitions']} acquire + release loops: "
+                f"{before} before, {after} after (folders now: {', '.join(sorted(left))})"
+            )
+            free = release_to_free(work / "agents", args.store, store_cfg)
+            fms = sorted(x * 1000 for x in free)
+            print(
+                f"release -> capacity free on a real agent: p50 {statistics.median(fms):.0f} ms, "
+                f"p99 {fms[min(len(fms) - 1, int(len(fms) * 0.99))]:.0f} ms over {len(fms)}"
+            )
+            extra = (
+                f" loop_per_s={loop['acquire_per_s']:.1f} loop_ratio={ratio:.2f} "
+                f"keys_before={before} keys_after={after} "
+                f"free_p50_ms={statistics.median(fms):.0f} "
+                f"free_p99_ms={fms[min(len(fms) - 1, int(len(fms) * 0.99))]:.0f}"
+            )
     finally:
         fleet.stop()
         store.close()
         if cluster is not None:
             cluster.stop()
     final = runs[-1]
-    print(line(results[final], args, fleet, final))
+    print(line(results[final], args, fleet, final) + extra)
+
+
+class _GoneAgent:
+    """The fleet's hosts have no agent: a release's delete finds nothing to do."""
+
+    def delete(self, name: str) -> None:
+        return None
+
+
+def release_to_free(work: Path, store_kind: str, store_cfg: dict[str, str]) -> list[float]:
+    """Seconds from a release's return until the agent no longer has the VM,
+    with two agent processes on test:///default and one instance building
+    through them (its own store prefix, so the fleet above is not touched)."""
+    from warmcache.adapters.agent_client import AgentClient
+    from warmcache.errors import AgentVmNotFound
+
+    work.mkdir(parents=True, exist_ok=True)
+    procs = []
+    sockets = []
+    for i in range(2):
+        adir = work / f"hv{i}"
+        adir.mkdir(exist_ok=True)
+        where = (
+            f'path = "{store_cfg["path"]}"'
+            if store_kind == "sqlite"
+            else f'url = "{store_cfg["url"]}"'
+        )
+        (adir / "agent.toml").write_text(
+            f'hypervisor = "free-h{i}"\nrack = "free-r{i}"\naz = "freeaz"\n'
+            f'libvirt_uri = "test:///default"\nstate_dir = "{adir}"\npin_cpus = false\n'
+            'reconcile_ignore = ["test"]\n'
+            "[capacity]\nvcpus = 64\nmemory_mib = 262144\ndisk_gib = 10000\n"
+            "[disks]\ncheck_filesystem = false\n"
+            f'[images]\nlocal_dirs = ["{CONFIG_DIR / "images"}"]\n'
+            f'[inventory]\nkind = "{store_kind}"\n{where}\nprefix = "free"\nttl_s = 10\n'
+        )
+        sock = adir / "agent.sock"
+        sockets.append(sock)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "warmcache_agent", "--socket", str(sock), "--config",
+                 str(adir / "agent.toml")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )  # fmt: skip
+    service = None
+    try:
+        config = config_for(9, store_cfg, 0, True, 1)
+        config["service"].update(
+            {"prefix": "free", "run_builds": True, "cycle_interval_s": 0.5, "retry_interval_s": 0.5}
+        )
+        service = build(parse_config(config, environ={})).start()
+        deadline = time.monotonic() + 60
+        while len(service.hosts.hosts()) < 2:
+            if time.monotonic() > deadline:
+                raise SystemExit("the agents did not heartbeat")
+            service.hosts.catch_up()
+            time.sleep(0.05)
+        service.rules.put("freeaz", "small", {"max_instance_per_cycle": 4, "total_instances": 4})
+        agents = {f"free-h{i}": AgentClient(f"unix:{s}") for i, s in enumerate(sockets)}
+        took = []
+        for _ in range(20):
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    [vm] = service.acquire("small", "freeaz", 1, "best-effort", requester="bench")
+                    break
+                except (NoCapacity, ClaimContention, UnknownAZ, UnknownPool):  # not built yet
+                    if time.monotonic() > deadline:
+                        raise SystemExit("the pool did not fill") from None
+                    time.sleep(0.05)
+            service.release(vm.name, requester="bench")
+            released = time.perf_counter()
+            while True:
+                try:
+                    agents[vm.hypervisor].status(vm.name)
+                except AgentVmNotFound:
+                    took.append(time.perf_counter() - released)
+                    break
+                time.sleep(0.002)
+        return took
+    finally:
+        if service is not None:
+            service.close()
+        for proc in procs:
+            os.kill(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=30)
 
 
 def _toml(config: dict[str, Any]) -> str:

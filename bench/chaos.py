@@ -3,15 +3,18 @@
     .venv/bin/python bench/chaos.py [--faults 50] [--seed 1] [--hypervisors 3]   # as root
 
 Three etcd members, two service instances and hypervisors (agent + proxy)
-in namespaces of their own on a bridge; acquisitions from client threads;
+in namespaces of their own on a bridge; acquisitions from client threads,
+half of them given back at once (``DELETE /v1/vms/<name>``);
 faults from a seeded schedule (partitions both ways and one way, an etcd
 member isolated, links down, SIGKILL and SIGSTOP of instances and agents);
 then everything is healed and the checker reads every reply and etcd's
 history. It prints each fault and the replies seen, and last:
 
-    chaos faults=<n> acquisitions=<n> duplicates=<n> lost=<n> stale_writes=<n> unresolved_claims=<n>
+    chaos faults=<n> acquisitions=<n> duplicates=<n> lost=<n> stale_writes=<n>
+        unresolved_claims=<n> releases=<n> double_releases=<n> stuck_releases=<n>
 
-Exit status 1 if any of the last four is not 0; 2 if namespaces cannot be
+(one line) Exit status 1 if any of duplicates, lost, stale_writes,
+unresolved_claims, double_releases or stuck_releases is not 0; 2 if namespaces cannot be
 made here. Every namespace and link it made is removed at the end.
 """
 

@@ -15,10 +15,13 @@ guest finds the cache cold (its fetch time is printed beside it); then
 ``--sequential`` guests one at a time with the cache warm (then deleted),
 then ``--parallel`` guests at once (then deleted). Last line:
 
-    realvm define_to_ready_s p50=<x> max=<y> parallel_n=<n> parallel_s=<z> \
-        root=image cache=warm cold_fetch_s=<s>        (one line)
+    realvm define_to_ready_s p50=<x> max=<y> parallel_n=<n> parallel_s=<z>
+        root=image cache=warm cold_fetch_s=<s> [recycle_p50_s=<r> recycle_ratio=<q>]
 
-(p50 and max over the warm sequential guests.)
+(one line; p50 and max over the warm sequential guests. ``--recycle N``:
+one guest recycled N times through the agent, as the release worker does
+for a pool with ``on_release = "recycle"``: its time against the warm
+build's.)
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from pathlib import Path
 from warmcache.adapters.agent_client import AgentClient
 from warmcache.images import Image
 from warmcache.model import Flavor
+from warmcache.ports import VmSpec
 from warmcache_agent.guest import agent_config_toml, build_image, default_cache
 from warmcache_agent.libvirtd import Libvirtd
 
@@ -58,6 +62,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sequential", type=int, default=3)
     parser.add_argument("--parallel", type=int, default=10)
+    parser.add_argument(
+        "--recycle",
+        type=int,
+        default=0,
+        help="also recycle one guest this many times (a VM given back to a pool that reuses "
+        "VMs: a fresh root disk, a new seed, a boot) and compare with a build",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="warmcache-realvm-"))
     daemons = Libvirtd(work / "libvirtd").ensure()
@@ -112,6 +123,19 @@ def main() -> None:
             print(f"guest {i + 1}: define-to-ready {took:.2f} s (cache warm)", flush=True)
             assert fetched == 0.0, "the image was fetched again"
             client.delete(name)
+        recycles: list[float] = []
+        if args.recycle:
+            name = f"bench-{uuid.uuid4().hex[:8]}"
+            timed_create(client, name, image)
+            spec = VmSpec(name, TINY, image=image)
+            for i in range(args.recycle):
+                started = time.monotonic()
+                status = client.recycle(spec)
+                recycles.append(time.monotonic() - started)
+                if not status.healthy or status.image_version != "bench":
+                    raise SystemExit(f"{name} came back unhealthy from its recycle: {status}")
+                print(f"recycle {i + 1}: {recycles[-1]:.2f} s", flush=True)
+            client.delete(name)
         names = [f"bench-{uuid.uuid4().hex[:8]}" for _ in range(args.parallel)]
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=max(args.parallel, 1)) as pool:
@@ -133,6 +157,12 @@ def main() -> None:
         f"realvm define_to_ready_s p50={statistics.median(times):.2f} max={max(times):.2f} "
         f"parallel_n={args.parallel} parallel_s={parallel_s:.2f} root=image cache=warm "
         f"cold_fetch_s={cold_fetch_s:.2f}"
+        + (
+            f" recycle_p50_s={statistics.median(recycles):.2f} "
+            f"recycle_ratio={statistics.median(recycles) / statistics.median(times):.2f}"
+            if recycles
+            else ""
+        )
     )
 
 

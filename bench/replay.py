@@ -418,7 +418,10 @@ class PoolRun:
             elif kind == "end":
                 vm = item
                 assert isinstance(vm, PoolInstance)
-                self.agents[f"sim:{vm.hypervisor}"].delete(vm.name)
+                # given back through the product: its holder releases it and
+                # the release worker deletes it through its (simulated) agent
+                self.service.release(vm.name, requester=vm.acquired_by)
+                self.service.lifecycle.worker.run_once()
             else:
                 r = item
                 assert isinstance(r, Request)

@@ -98,6 +98,9 @@ class Report:
     lost: int = 0
     stale_writes: int = 0
     unresolved_claims: int = 0
+    releases: int = 0
+    double_releases: int = 0  # a VM moved to releasing more than once
+    stuck_releases: int = 0  # given back, and still not gone once everything healed
     notes: list[str] = field(default_factory=list)
     replies: Counter[str] = field(default_factory=Counter)
 
@@ -105,12 +108,21 @@ class Report:
         return (
             f"chaos faults={len(self.faults)} acquisitions={self.acquisitions} "
             f"duplicates={self.duplicates} lost={self.lost} "
-            f"stale_writes={self.stale_writes} unresolved_claims={self.unresolved_claims}"
+            f"stale_writes={self.stale_writes} unresolved_claims={self.unresolved_claims} "
+            f"releases={self.releases} double_releases={self.double_releases} "
+            f"stuck_releases={self.stuck_releases}"
         )
 
     @property
     def clean(self) -> bool:
-        return not (self.duplicates or self.lost or self.stale_writes or self.unresolved_claims)
+        return not (
+            self.duplicates
+            or self.lost
+            or self.stale_writes
+            or self.unresolved_claims
+            or self.double_releases
+            or self.stuck_releases
+        )
 
 
 class ChaosRig:
@@ -130,6 +142,7 @@ class ChaosRig:
         self.n_hv, self.n_svc, self.n_etcd = hypervisors, instances, members
         self.procs: dict[str, Proc] = {}
         self.replies: list[Reply] = []
+        self.released: dict[str, int | None] = {}  # VM -> the DELETE's status (None: no reply)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._down: str | None = None  # the host whose link a link_flap took down
@@ -304,6 +317,7 @@ class ChaosRig:
             f'[service]\nnode = "wc-{i}"\nlisten_host = "{ip}"\nlisten_port = {port}\n'
             "cycle_interval_s = 2\nretry_interval_s = 1\nleader_ttl_s = 2\n"
             "health_interval_s = 2\nbuild_concurrency = 4\nrequest_deadline_s = 2\n"
+            "release_interval_s = 1\nrelease_retry_s = 1\n"
             "agent_timeout_s = 10\nbuild_retries = 2\nshares_refresh_s = 1\n"
             f'[store]\nkind = "etcd"\nurl = "{self.etcd_urls}"\n'
             f'[catalog]\npath = "{CONFIG_DIR / "flavors.toml"}"\n'
@@ -398,7 +412,26 @@ class ChaosRig:
                 conn.close()
             with self._lock:
                 self.replies.append(Reply(requester, f"wc-{i}", count, mode, status, body))
+            if status == 200 and isinstance(body, dict) and rng.random() < 0.5:
+                for vm in body["vms"]:  # half of them are given back at once
+                    self._release(rng.randrange(self.n_svc), vm["name"])
             self._stop.wait(0.2 if status == 200 else 0.5)
+
+    def _release(self, i: int, name: str) -> None:
+        ip, port = self.instance_url(i)
+        conn = http.client.HTTPConnection(ip, port, timeout=5)
+        status: int | None = None
+        try:
+            conn.request("DELETE", f"/v1/vms/{name}")
+            reply = conn.getresponse()
+            reply.read()
+            status = reply.status
+        except OSError:
+            status = None
+        finally:
+            conn.close()
+        with self._lock:
+            self.released[name] = status
 
     # --- faults ---------------------------------------------------------------------
 
@@ -520,6 +553,9 @@ class ChaosRig:
                 "a complete build cycle after the faults",
             )
         self._wait(self._quiet, 90, "no VM being built")
+        # every VM given back is gone once its agent answers again (backoff at most 16 s here)
+        with contextlib.suppress(RuntimeError, AssertionError, TimeoutError):
+            self._wait(lambda: not self.store_range(KEYS.releasing_dir()), 60, "releases")
         self.findings = {i: self._agent(i, {"op": "reconcile"}) for i in range(self.n_hv)}
 
     def _quiet(self) -> bool:
@@ -581,7 +617,15 @@ class ChaosRig:
                 report.acquisitions += 1
                 names = [vm["name"] for vm in reply.body["vms"]]
                 handed.update(names)
-                if sorted(names) != sorted(vm.name for vm in held):
+                holding = {vm.name for vm in held}
+                # given back (202), or maybe (no reply): not held any more
+                kept = [
+                    n
+                    for n in names
+                    if n not in self.released
+                    or (self.released[n] not in (202, 404) and n in holding)
+                ]
+                if sorted(kept) != sorted(holding):
                     report.unresolved_claims += 1
                     report.notes.append(
                         f"{reply.requester}: replied {names}, store holds "
@@ -604,6 +648,11 @@ class ChaosRig:
         report.duplicates += sum(n - 1 for n in handed.values() if n > 1)
         report.lost = self._lost(pooled, acquired, report)
         report.stale_writes = self._stale_writes(report)
+        report.releases = sum(1 for status in self.released.values() if status == 202)
+        stuck = [Keys.name(kv.key) for kv in self.store_range(KEYS.releasing_dir())]
+        report.stuck_releases = len(stuck)
+        if stuck:
+            report.notes.append(f"still releasing after the heal: {stuck}")
         return report
 
     @staticmethod
@@ -643,7 +692,22 @@ class ChaosRig:
         leader: int | None = None
         states: dict[str, str] = {}
         stale = 0
+        releasing_seen: dict[str, int] = {}  # first put of a VM's releasing record
+        releasing_gone: dict[str, int] = {}
         for change in changes:
+            if change.key.startswith(KEYS.releasing_dir()) and change.kind == "put":
+                name = Keys.name(change.key)
+                if change.value is not None and name not in releasing_seen:
+                    releasing_seen[name] = change.revision
+                elif (
+                    change.value is not None and releasing_gone.get(name, 0) > releasing_seen[name]
+                ):
+                    report.double_releases += 1  # created again after it was finished
+                    report.notes.append(f"{name} released twice (at {change.revision})")
+                continue
+            if change.key.startswith(KEYS.releasing_dir()):
+                releasing_gone[Keys.name(change.key)] = change.revision
+                continue
             if change.key == KEYS.leader():
                 leader = (
                     change.revision

@@ -38,6 +38,7 @@ class FakeAgent(SimAgent):
         self.calls: list[str] = []
         self.wont_resume: set[str] = set()  # VMs whose resume fails
         self.bad_images: set[str] = set()  # sha256 of images this host refuses (image_invalid)
+        self.wont_recycle: set[str] = set()  # VMs whose recycle fails (and deletes them)
 
     def _maybe_down(self) -> None:
         with self._lock:
@@ -94,6 +95,27 @@ class FakeAgent(SimAgent):
             self.guest_addresses.get(name, ()) if kept == "running" else (),
             kept,
         )
+
+    def recycle(self, spec: VmSpec) -> VmStatus:
+        self.calls.append(f"recycle {spec.name}")
+        self._maybe_down()
+        if spec.name in self.wont_recycle:
+            from warmcache.errors import HypervisorError
+
+            super().delete(spec.name)  # a failed recycle deletes the VM
+            raise HypervisorError(self.endpoint, f"{spec.name}: recycle failed (test)")
+        super().recycle(spec)
+        return self.status(spec.name)
+
+    def attach_disk(self, name: str, target: str, size_gib: int, preallocation: str) -> None:
+        self.calls.append(f"attach_disk {name} {target}")
+        self._maybe_down()
+        super().attach_disk(name, target, size_gib, preallocation)
+
+    def detach_disk(self, name: str, target: str) -> None:
+        self.calls.append(f"detach_disk {name} {target}")
+        self._maybe_down()
+        super().detach_disk(name, target)
 
     def prefetch(self, image: Image) -> None:
         self.calls.append(f"prefetch {image.id}")

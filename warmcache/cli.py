@@ -435,6 +435,13 @@ def _vms_table(vms: list[dict[str, Any]], title: str) -> Table:
     help="Name the claim (1-64 of A-Z a-z 0-9 _ -): running the command again "
     "with it returns the same VMs instead of claiming more.",
 )
+@click.option(
+    "--lease",
+    "lease_s",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Hold the VMs this many seconds, then they are reclaimed (`warmcache vms renew`).",
+)
 @_output_option("json")
 @_url_option
 def acquire(
@@ -445,9 +452,11 @@ def acquire(
     use_reserve: bool,
     requester: str,
     claim_id: str | None,
+    lease_s: int | None,
     output: str,
 ) -> None:
-    """Acquire COUNT VMs of FLAVOR in AZ, all or nothing (exit 3: no capacity)."""
+    """Acquire COUNT VMs of FLAVOR in AZ, all or nothing (exit 3: no capacity).
+    Give them back with `warmcache vms release NAME` (or `claims release ID`)."""
     with _client() as wc:
         vms = _dump(
             wc.acquire(
@@ -458,6 +467,7 @@ def acquire(
                 use_reserve=use_reserve,
                 requester=requester,
                 claim_id=claim_id,
+                lease_s=lease_s,
             )
         )
     if output == "json":
@@ -507,6 +517,121 @@ def leader(output: str) -> None:
 
 
 # --- build rules ---------------------------------------------------------------------------
+
+
+@claims.command("release")
+@click.argument("claim_id")
+@_url_option
+def claims_release(claim_id: str) -> None:
+    """Give back every VM of the claim CLAIM_ID (they are releasing)."""
+    with _client() as wc:
+        _print_json({"vms": _dump(wc.release_claim(claim_id))})
+
+
+@main.group()
+def vms() -> None:
+    """Every tracked VM; give back, renew and add disks to the ones you hold."""
+
+
+@vms.command("list")
+@click.option("--state", default=None, help="ready, acquired, releasing, ...")
+@click.option("--requester", default=None, help="Only the VMs this requester holds.")
+@click.option("--az", default=None)
+@click.option("--flavor", default=None)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--after", default=None, help="The last name of the page before (paging).")
+@_output_option()
+@_url_option
+def vms_list(
+    state: str | None,
+    requester: str | None,
+    az: str | None,
+    flavor: str | None,
+    limit: int,
+    after: str | None,
+    output: str,
+) -> None:
+    """A page of VMs, by name; the next page: --after <the last name>."""
+    with _client() as wc:
+        page = wc.vms(
+            state=state, requester=requester, az=az, flavor=flavor, limit=limit, after=after
+        )
+    found = _dump(page.vms)
+    if output == "json":
+        _print_json({"vms": found, "next": page.next})
+        return
+    table = Table(title="VMs")
+    for col in ("name", "state", "az", "flavor", "hypervisor", "holder", "expires", "disks"):
+        table.add_column(col)
+    for vm in found:
+        expires = vm["expires_at"]
+        table.add_row(
+            vm["name"],
+            vm["state"],
+            vm["az"],
+            vm["flavor"],
+            vm["hypervisor"],
+            vm["holder"] or "-",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(expires)) if expires else "-",
+            " ".join(d["target"] for d in vm["data_disks"]) or "-",
+        )
+    console.print(table)
+    if page.next:
+        console.print(f"more: --after {page.next}", highlight=False)
+
+
+@vms.command("get")
+@click.argument("name")
+@_url_option
+def vms_get(name: str) -> None:
+    """One VM as JSON (exit 4 if there is none)."""
+    with _client() as wc:
+        _print_json(wc.vm(name).model_dump(mode="json"))
+
+
+@vms.command("release")
+@click.argument("names", nargs=-1, required=True)
+@_url_option
+def vms_release(names: tuple[str, ...]) -> None:
+    """Give back the VMs NAMES (you hold them, or you are an admin)."""
+    with _client() as wc:
+        _print_json({"vms": [_dump(wc.release(n))[0] for n in names]})
+
+
+@vms.command("renew")
+@click.argument("name")
+@click.argument("lease_s", type=click.IntRange(min=1))
+@_url_option
+def vms_renew(name: str, lease_s: int) -> None:
+    """Hold NAME for LEASE_S more seconds from now."""
+    with _client() as wc:
+        _print_json(wc.renew(name, lease_s).model_dump(mode="json"))
+
+
+@vms.command("attach-disk")
+@click.argument("name")
+@click.argument("size_gib", type=click.IntRange(min=1))
+@click.option(
+    "--preallocation",
+    type=click.Choice(["off", "metadata", "falloc", "full"]),
+    default="off",
+    show_default=True,
+)
+@_url_option
+def vms_attach_disk(name: str, size_gib: int, preallocation: str) -> None:
+    """Attach a new SIZE_GIB data disk to NAME (a VM you hold)."""
+    with _client() as wc:
+        _print_json(wc.attach_disk(name, size_gib, preallocation).model_dump(mode="json"))
+
+
+@vms.command("detach-disk")
+@click.argument("name")
+@click.argument("target")
+@_url_option
+def vms_detach_disk(name: str, target: str) -> None:
+    """Detach and delete NAME's data disk TARGET (vdb, vdc, ...)."""
+    with _client() as wc:
+        _print_json(wc.detach_disk(name, target).model_dump(mode="json"))
 
 
 @main.group()

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -76,9 +77,11 @@ from warmcache.schemas import (
     NetworksReply,
     PoolsReply,
     Ready,
+    ReleaseReply,
     RuleEntry,
     RulesReply,
     Vm,
+    VmsReply,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -161,20 +164,29 @@ class _Wire:
         use_reserve: bool,
         requester: str,
         claim_id: str,
+        lease_s: int | None = None,
     ) -> Call:
-        return Call(
-            "POST",
-            "/v1/acquire",
-            json={
-                "flavor": flavor,
-                "az": az,
-                "count": count,
-                "mode": Mode(mode).value,
-                "use_reserve": use_reserve,
-                "requester": requester,
-                "claim_id": claim_id,
-            },
-        )
+        body: dict[str, Any] = {
+            "flavor": flavor,
+            "az": az,
+            "count": count,
+            "mode": Mode(mode).value,
+            "use_reserve": use_reserve,
+            "requester": requester,
+            "claim_id": claim_id,
+        }
+        if lease_s is not None:
+            body["lease_s"] = lease_s
+        return Call("POST", "/v1/acquire", json=body)
+
+    @staticmethod
+    def vms(**query: Any) -> str:
+        wanted = {k: v for k, v in query.items() if v is not None}
+        return "/v1/vms" + (f"?{urlencode(wanted)}" if wanted else "")
+
+    @staticmethod
+    def vm(name: str, *rest: str) -> str:
+        return "/".join(["/v1/vms", quote(name, safe=""), *(quote(r, safe="") for r in rest)])
 
     @staticmethod
     def rule_body(rule: BuildRule | Mapping[str, Any]) -> Any:
@@ -259,12 +271,15 @@ class Client:
         use_reserve: bool = False,
         requester: str = "anonymous",
         claim_id: str | None = None,
+        lease_s: int | None = None,
     ) -> list[Vm]:
         """All or nothing, idempotent under ``claim_id`` (a fresh one if not
         given). Raises ``NoCapacity`` (nothing claimed) like the library;
-        ``ClaimOutcomeUnknown`` only if the outcome cannot be learned."""
+        ``ClaimOutcomeUnknown`` only if the outcome cannot be learned. The
+        VMs are the caller's until released (``release``) or, with a
+        ``lease_s``, until the lease runs out (``renew`` extends it)."""
         claim_id = claim_id or uuid.uuid4().hex
-        call = _Wire.acquire(flavor, az, count, mode, use_reserve, requester, claim_id)
+        call = _Wire.acquire(flavor, az, count, mode, use_reserve, requester, claim_id, lease_s)
         sent = False
         try:
             for attempt in Retrying(sleep=self._sleep, **self._retry):
@@ -289,6 +304,54 @@ class Client:
     def claim(self, claim_id: str) -> Claim:
         """A claim that landed; ``UnknownClaim`` if none did under that id."""
         return self._get(Claim, f"/v1/claims/{claim_id}")
+
+    # --- handed-out VMs ------------------------------------------------------------
+
+    def vm(self, name: str) -> Vm:
+        """One VM in any state (``UnknownVm``; a user token: only its own)."""
+        return self._get(Vm, _Wire.vm(name))
+
+    def vms(
+        self,
+        *,
+        state: str | None = None,
+        requester: str | None = None,
+        az: str | None = None,
+        flavor: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> VmsReply:
+        """A page of VMs in name order; ``next`` asks for the following page."""
+        path = _Wire.vms(
+            state=state, requester=requester, az=az, flavor=flavor, limit=limit, after=after
+        )
+        return self._get(VmsReply, path)
+
+    def release(self, name: str) -> list[Vm]:
+        """Give the VM back (it is ``releasing``; its agent deletes or
+        recycles it). A repeat is harmless; ``UnknownVm`` once it is gone."""
+        return _Wire.model(ReleaseReply, self._call(Call("DELETE", _Wire.vm(name)))).vms
+
+    def release_claim(self, claim_id: str) -> list[Vm]:
+        """Give back every VM of a named claim."""
+        body = self._call(Call("DELETE", f"/v1/claims/{quote(claim_id, safe='')}"))
+        return _Wire.model(ReleaseReply, body).vms
+
+    def renew(self, name: str, lease_s: int) -> Vm:
+        body = self._call(Call("POST", _Wire.vm(name, "renew"), json={"lease_s": lease_s}))
+        return _Wire.model(Vm, body)
+
+    def attach_disk(self, name: str, size_gib: int, preallocation: str = "off") -> Vm:
+        """A new data disk for a VM you hold; the VM with its data disks."""
+        call = Call(
+            "POST",
+            _Wire.vm(name, "disks"),
+            json={"size_gib": size_gib, "preallocation": preallocation},
+        )
+        return _Wire.model(Vm, self._call(call))
+
+    def detach_disk(self, name: str, target: str) -> Vm:
+        return _Wire.model(Vm, self._call(Call("DELETE", _Wire.vm(name, "disks", target))))
 
     def leader(self) -> Leader | None:
         return self._get(LeaderReply, "/v1/leader").leader
@@ -422,10 +485,11 @@ class AsyncClient:
         use_reserve: bool = False,
         requester: str = "anonymous",
         claim_id: str | None = None,
+        lease_s: int | None = None,
     ) -> list[Vm]:
         """As ``Client.acquire``."""
         claim_id = claim_id or uuid.uuid4().hex
-        call = _Wire.acquire(flavor, az, count, mode, use_reserve, requester, claim_id)
+        call = _Wire.acquire(flavor, az, count, mode, use_reserve, requester, claim_id, lease_s)
         sent = False
         try:
             async for attempt in AsyncRetrying(sleep=asyncio.sleep, **self._retry):
@@ -448,6 +512,48 @@ class AsyncClient:
 
     async def claim(self, claim_id: str) -> Claim:
         return await self._get(Claim, f"/v1/claims/{claim_id}")
+
+    async def vm(self, name: str) -> Vm:
+        return await self._get(Vm, _Wire.vm(name))
+
+    async def vms(
+        self,
+        *,
+        state: str | None = None,
+        requester: str | None = None,
+        az: str | None = None,
+        flavor: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> VmsReply:
+        path = _Wire.vms(
+            state=state, requester=requester, az=az, flavor=flavor, limit=limit, after=after
+        )
+        return await self._get(VmsReply, path)
+
+    async def release(self, name: str) -> list[Vm]:
+        body = await self._call(Call("DELETE", _Wire.vm(name)))
+        return _Wire.model(ReleaseReply, body).vms
+
+    async def release_claim(self, claim_id: str) -> list[Vm]:
+        body = await self._call(Call("DELETE", f"/v1/claims/{quote(claim_id, safe='')}"))
+        return _Wire.model(ReleaseReply, body).vms
+
+    async def renew(self, name: str, lease_s: int) -> Vm:
+        body = await self._call(Call("POST", _Wire.vm(name, "renew"), json={"lease_s": lease_s}))
+        return _Wire.model(Vm, body)
+
+    async def attach_disk(self, name: str, size_gib: int, preallocation: str = "off") -> Vm:
+        call = Call(
+            "POST",
+            _Wire.vm(name, "disks"),
+            json={"size_gib": size_gib, "preallocation": preallocation},
+        )
+        return _Wire.model(Vm, await self._call(call))
+
+    async def detach_disk(self, name: str, target: str) -> Vm:
+        body = await self._call(Call("DELETE", _Wire.vm(name, "disks", target)))
+        return _Wire.model(Vm, body)
 
     async def leader(self) -> Leader | None:
         return (await self._get(LeaderReply, "/v1/leader")).leader

@@ -231,6 +231,41 @@ class ServiceConfig(_Section):
     requests_ttl_s: float = Field(
         default=3600.0, gt=0, description="How long a maker-checker request waits for its approval."
     )
+    default_lease_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=366 * 86_400,
+        description="The lease of an acquisition that asks for none, in a pool whose rule sets "
+        "none (rule lease_s); none: VMs are held until released.",
+    )
+    lease_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description="A VM whose lease ran out is reclaimed (released, per its rule's "
+        "on_release) by the first cycle after expires_at plus this.",
+    )
+    release_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="How often each instance's release worker looks for VMs given back "
+        "(it is also woken at once by a release on its own instance).",
+    )
+    release_retry_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="A release whose agent could not be reached is tried again after this, "
+        "doubling per try (at most 10 minutes); its capacity stays booked meanwhile.",
+    )
+    release_stuck_after_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=30 * 86_400,
+        description="A VM still releasing this long after it was given back is reported "
+        "(vm.release_stuck event and an alert), once.",
+    )
     address_quarantine_s: float = Field(
         default=600.0,
         ge=0,
@@ -491,11 +526,21 @@ class QuotaLimit(_Section):
         description="One acquisition takes at most this share of the pool's acquirable VMs "
         "(at least one VM), so one tenant's burst cannot drain a pool for everyone.",
     )
+    max_held: int | None = Field(
+        default=None,
+        ge=0,
+        le=10_000_000,
+        description="At most this many VMs held at once by the requester (counted across "
+        "every instance in the claim transaction, given back when a VM is released). "
+        'Held VMs are counted over every AZ and flavor: give it with az and flavor "*".',
+    )
 
     @model_validator(mode="after")
     def _limits_something(self) -> QuotaLimit:
-        if self.vms_per_window is None and self.max_share is None:
-            raise ValueError("a quota needs vms_per_window or max_share")
+        if self.vms_per_window is None and self.max_share is None and self.max_held is None:
+            raise ValueError("a quota needs vms_per_window, max_share or max_held")
+        if self.max_held is not None and (self.az, self.flavor) != ("*", "*"):
+            raise ValueError("max_held counts every VM a requester holds: az and flavor must be *")
         return self
 
 

@@ -56,12 +56,15 @@ def hour_of(at: float) -> float:
 class Chunk:
     """One pool's demand in one hour, as one instance (or the sum of all)
     saw it. ``counts[i]``: VMs asked in ``[start + i * bin_s, ...)``;
-    ``sizes[n]``: requests that asked for ``n`` VMs."""
+    ``sizes[n]``: requests that asked for ``n`` VMs; ``released`` VMs given
+    back in the hour after ``held_s`` seconds held in all (their lifetimes)."""
 
     start: float
     bin_s: float
     counts: list[int]
     sizes: Counter[int] = field(default_factory=Counter)
+    released: int = 0
+    held_s: float = 0.0
 
     @classmethod
     def empty(cls, start: float, bin_s: float) -> Chunk:
@@ -75,11 +78,18 @@ class Chunk:
         self.sizes[n] += 1
         self._bound()
 
+    def release(self, held_s: float) -> None:
+        """A VM given back after ``held_s`` seconds."""
+        self.released += 1
+        self.held_s += max(0.0, held_s)
+
     def add(self, other: Chunk) -> None:
         if other.start != self.start or other.bin_s != self.bin_s:
             raise ValueError("chunks of different hours or bins do not add")
         self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
         self.sizes.update(other.sizes)
+        self.released += other.released
+        self.held_s += other.held_s
         self._bound()
 
     def _bound(self) -> None:
@@ -103,6 +113,8 @@ class Chunk:
                 "bin_s": self.bin_s,
                 "counts": self.counts,
                 "sizes": {str(s): c for s, c in sorted(self.sizes.items())},
+                "released": self.released,
+                "held_s": round(self.held_s, 3),
             },
             separators=(",", ":"),
         )
@@ -123,9 +135,12 @@ class Chunk:
             raise ValueError("a chunk holds one hour")
         parsed = [int(c) for c in counts]
         bag = Counter({int(s): int(c) for s, c in sizes.items()})
+        released, held_s = int(raw.get("released", 0)), float(raw.get("held_s", 0.0))
         if any(c < 0 for c in parsed) or any(s < 0 or c < 0 for s, c in bag.items()):
             raise ValueError("negative counts")
-        return cls(start, bin_s, parsed, bag)
+        if released < 0 or held_s < 0:
+            raise ValueError("negative counts")
+        return cls(start, bin_s, parsed, bag, released, held_s)
 
 
 def bins_per_hour(bin_s: float) -> int:

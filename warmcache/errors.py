@@ -26,13 +26,16 @@ the CLI all use it::
     │   ├── UnknownPool                unknown_pool
     │   ├── UnknownClaim               unknown_claim
     │   ├── UnknownNetwork             unknown_network
-    │   └── UnknownImage               unknown_image
+    │   ├── UnknownImage               unknown_image
+    │   └── UnknownVm                  unknown_vm
     ├── Unauthorized                   unauthorized            401
     ├── Forbidden                      forbidden               403
     ├── ApprovalRefused                approval_refused        403
     ├── RequestConflict                request_conflict        409
     ├── NetworkExists                  network_exists          409  (changes: maker-checker)
     ├── ImageInUse                     image_in_use            409  (nothing deleted)
+    ├── VmNotHeld                      vm_not_held             409  (nothing changed)
+    ├── ClaimReleased                  claim_released          409  (its VMs were given back)
     ├── ClaimMismatch                  claim_mismatch          409  (same claim_id, other request)
     ├── NoCapacity                     no_capacity             409  (nothing claimed)
     ├── QuotaExceeded                  quota_exceeded          429  (nothing claimed)
@@ -254,6 +257,17 @@ class UnknownImage(NotFound):
         super().__init__(f"no image {image!r} in the catalog")
 
 
+class UnknownVm(NotFound):
+    """No VM of that name is tracked (or, for a user token, none it holds)."""
+
+    code = "unknown_vm"
+    fields = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no VM {name!r}")
+
+
 class UnknownRequest(NotFound):
     code = "unknown_request"
     fields = ("request_id",)
@@ -360,6 +374,37 @@ class ImageInUse(WarmCacheError):
         super().__init__(f"image {image!r} is in use by {' and '.join(users)}")
 
 
+class VmNotHeld(WarmCacheError):
+    """The VM is not handed out (it is pooled, or already given back):
+    there is nothing of it to release, renew or attach to."""
+
+    code = "vm_not_held"
+    http_status = 409
+    fields = ("name", "state")
+
+    def __init__(self, name: str, state: str) -> None:
+        self.name = name
+        self.state = state
+        super().__init__(f"VM {name!r} is {state}, not handed out")
+
+
+class ClaimReleased(WarmCacheError):
+    """A named claim whose VMs were given back: a repeat of it cannot
+    return them (acquire again under a new claim_id)."""
+
+    code = "claim_released"
+    http_status = 409
+    fields = ("claim_id", "released")
+
+    def __init__(self, claim_id: str, released: list[str]) -> None:
+        self.claim_id = claim_id
+        self.released = list(released)
+        super().__init__(
+            f"claim {claim_id!r} landed, and its VM(s) {', '.join(self.released)} were given "
+            "back since"
+        )
+
+
 class ClaimMismatch(WarmCacheError):
     """A claim of this id landed for a different request: nothing more was
     claimed. Use a fresh id for a new acquisition."""
@@ -414,9 +459,10 @@ class NoCapacity(WarmCacheError):
 class QuotaExceeded(WarmCacheError):
     """The request is over a quota of its requester (``[[quotas.limits]]``):
     more VMs than its share of the pool's acquirable VMs (``max_share``), or
-    than it has left in the current window (``vms_per_window``); nothing was
-    claimed. ``retry_after_s``: when the window ends (0 for a share: ask
-    for fewer)."""
+    than it has left in the current window (``vms_per_window``), or more
+    than it may hold at once (``max_held``, quota ``<requester>/held``);
+    nothing was claimed. ``retry_after_s``: when the window ends (0 for a
+    share: ask for fewer; for held VMs: release one)."""
 
     code = "quota_exceeded"
     http_status = 429
@@ -441,7 +487,11 @@ class QuotaExceeded(WarmCacheError):
         what = (
             f"{used} of {limit} VMs used in this window"
             if retry_after_s
-            else f"at most {limit} VM(s) in one acquisition"
+            else (
+                f"{used} of {limit} VMs held (release one first)"
+                if quota.endswith("/held")
+                else f"at most {limit} VM(s) in one acquisition"
+            )
         )
         super().__init__(
             f"{requester} asked for {wanted} VM(s) over its quota {quota}: {what}; nothing claimed"

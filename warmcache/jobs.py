@@ -4,6 +4,7 @@ what wakes it early. ``WarmCache.start`` runs it on its ``Scheduler``."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from warmcache.acquire.acquirer import Acquirer
 from warmcache.config import ServiceConfig
@@ -21,10 +22,12 @@ def service_jobs(
     health: HealthPoller,
     duty: LeaderDuty,
     cycle_wanted: threading.Event,
+    releases: Callable[[], float] | None = None,
+    release_wanted: threading.Event | None = None,
 ) -> Scheduler:
     """Always: the service registration, the live views (the host view
     first, the pool index last) with the pool shares, and the demand
-    ledger's flush; with ``run_health``
+    ledger's flush, the release worker; with ``run_health``
     the health poller; with ``run_builds`` the build cycles (woken early by
     ``cycle_wanted``) and the standby's takeover watch."""
     jobs = Scheduler()
@@ -33,6 +36,10 @@ def service_jobs(
         jobs.follow(f"view {view.prefix}", view.follow)
     jobs.follow("acquire-shares", acquirer.follow_shares)
     jobs.every("demand-ledger", acquirer.ledger_job, retry_s=acquirer.flush_s)
+    if releases is not None:  # every instance finishes the VMs given back
+        jobs.every(
+            "release-worker", releases, retry_s=config.release_interval_s, wake=release_wanted
+        )
     if config.run_health:
         jobs.every("health-poller", health.job, retry_s=config.health_interval_s)
     if config.run_builds:

@@ -42,6 +42,25 @@ class Keys:
     def acquired(self, az: str, name: str) -> str:
         return f"{self.prefix}/acquired/{az}/{name}"
 
+    def releasing_dir(self, az: str | None = None) -> str:
+        return f"{self.prefix}/releasing/{az}/" if az else f"{self.prefix}/releasing/"
+
+    def releasing(self, az: str, name: str) -> str:
+        """A VM given back, until its agent confirms it gone (``warmcache.vms``)."""
+        return f"{self.prefix}/releasing/{az}/{name}"
+
+    def held_dir(self, requester: str) -> str:
+        return f"{self.prefix}/held/{quote(requester, safe='')}/"
+
+    def held(self, requester: str, az: str, name: str) -> str:
+        """A VM handed out to ``requester``: the holder index, written and
+        removed in the transactions that hand the VM out and take it back."""
+        return f"{self.prefix}/held/{quote(requester, safe='')}/{az}/{name}"
+
+    def held_count(self, requester: str) -> str:
+        """How many VMs ``requester`` holds, for its ``max_held`` quota."""
+        return f"{self.prefix}/quotas/{quote(requester, safe='')}/held"
+
     def claims_dir(self) -> str:
         return f"{self.prefix}/claims/"
 
@@ -215,11 +234,19 @@ class PoolRecords:
     def acquired(self, az: str | None = None) -> list[Stored[PoolInstance]]:
         return _read(self._store, self._keys.acquired_dir(az), PoolInstance.model_validate_json)[0]
 
+    def get_releasing(self, az: str, name: str) -> Stored[PoolInstance] | None:
+        kv = self._store.get(self._keys.releasing(az, name))
+        return _stored(kv, PoolInstance.model_validate_json) if kv else None
+
+    def releasing(self, az: str | None = None) -> list[Stored[PoolInstance]]:
+        return _read(self._store, self._keys.releasing_dir(az), PoolInstance.model_validate_json)[0]
+
     def on_host(self, az: str, hypervisor: str) -> dict[str, str]:
-        """Name -> state of every pooled and handed-out VM on one hypervisor."""
+        """Name -> state of every VM tracked on one hypervisor: pooled,
+        handed out, and given back but not yet gone."""
         return {
             item.record.name: item.record.state.value
-            for item in [*self.read(az)[0], *self.acquired(az)]
+            for item in [*self.read(az)[0], *self.acquired(az), *self.releasing(az)]
             if item.record.hypervisor == hypervisor
         }
 

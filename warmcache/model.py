@@ -45,6 +45,12 @@ class InstanceState(enum.StrEnum):
     # the leader is pausing, saving or waking it (rule ``standby``): held by
     # the leader, never acquirable, settled by the next cycle if left
     PARKING = "parking"
+    # given back by its holder (or its lease ran out): no longer anyone's, its
+    # agent is asked to delete it (``warmcache.vms``); then it is gone
+    RELEASING = "releasing"
+    # given back to a pool that reuses VMs (rule ``on_release = "recycle"``):
+    # its agent remakes its root disk from the image; then ready again
+    RECYCLING = "recycling"
 
 
 # States that count towards a pool's size (DESIGN.md §5 to_build arithmetic).
@@ -77,13 +83,14 @@ DiskGiB = Annotated[int, Field(strict=True, ge=1, le=65_536)]
 MAX_EXTRA_DISKS = 24  # vdb..vdy: vdz holds the cloud-init seed
 MAX_USER_DATA = 64 * 1024  # base64 characters of a rule's first-boot script
 Count = Annotated[int, Field(strict=True, ge=0, le=100_000)]
+MAX_LEASE_S = 366 * 86_400  # the longest lease anyone may ask for
 # How a VM's disks are allocated on its host (qemu-img's preallocation):
 # "off" makes the root disk a thin overlay of the cached image; anything
 # else a full copy, allocated as asked (extra disks the same).
 Preallocation = Literal["off", "metadata", "falloc", "full"]
 
 
-def _whole(value: object) -> object:
+def whole_number(value: object) -> object:
     """JSON's integers: 3 or 3.0 (JSON Schema's integer), never true or "3"."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
@@ -93,7 +100,7 @@ def _whole(value: object) -> object:
 
 
 # An integer of a request body: what JSON Schema calls one (3.0 too), nothing else.
-JsonInt = Annotated[int, BeforeValidator(_whole)]
+JsonInt = Annotated[int, BeforeValidator(whole_number)]
 
 
 class Flavor(_Frozen):
@@ -150,6 +157,16 @@ class BuildRule(_Frozen):
     # An acquisition leaving fewer acquirable VMs than this share of the
     # target starts an early cycle (None: service.low_water_ratio).
     low_water_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
+    # What becomes of a VM given back (released, or its lease ran out):
+    # deleted, or recycled (a fresh root disk from the current image, same
+    # host) back into the pool when the pool is below its target and the VM
+    # is of the current generation and recycled fewer than
+    # recycle_max_uses times; else deleted.
+    on_release: Literal["delete", "recycle"] = "delete"
+    recycle_max_uses: int | None = Field(default=None, ge=1, le=1_000_000)
+    # Acquisitions of this pool hold their VMs this long unless they ask for
+    # another lease (None: service.default_lease_s, if any).
+    lease_s: int | None = Field(default=None, ge=1, le=MAX_LEASE_S)
 
     @property
     def replace_rate(self) -> int:
@@ -260,8 +277,33 @@ class StaticNetwork(_Frozen):
         return json.dumps({"version": 2, "ethernets": {"primary": ethernet}}, indent=2) + "\n"
 
 
+class DataDisk(_Frozen):
+    """A disk attached to a handed-out VM at its holder's request (day 2)."""
+
+    target: str = Field(pattern=r"^vd[b-y]$")
+    size_gib: int = Field(ge=1, le=65_536)
+    preallocation: Preallocation = "off"
+
+
+class Release(_Frozen):
+    """How a VM given back is on its way out (states releasing, recycling)."""
+
+    since: float
+    by: str  # who gave it back (its holder, an admin, or "lease" when it expired)
+    reason: Literal["released", "expired"] = "released"
+    action: Literal["delete", "recycle"] = "delete"  # the rule's on_release then
+    worker: str | None = None  # the instance working on it now (taken by revision)
+    tried_at: float | None = None
+    tries: int = 0
+    last_error: str | None = None
+    stuck_reported: bool = False
+
+
 class PoolInstance(_Frozen):
-    """A pooled VM's record, stored at ``<prefix>/pool/<az>/<name>``."""
+    """A VM's record: ``<prefix>/pool/<az>/<name>`` while pooled,
+    ``<prefix>/acquired/<az>/<name>`` while handed out,
+    ``<prefix>/releasing/<az>/<name>`` once given back, until its agent
+    confirms it is gone (or it is back in its pool, recycled)."""
 
     name: str = Field(pattern=NAME_PATTERN)
     az: str
@@ -287,6 +329,10 @@ class PoolInstance(_Frozen):
     generation: str = ""
     stale: bool = False
     image: str = ""  # the catalog image it boots (its flavor's image_id when built)
+    expires_at: float | None = None  # its lease: reclaimed after this (plus a grace)
+    uses: int = 0  # times it was recycled into its pool
+    data_disks: tuple[DataDisk, ...] = ()  # attached for its holder since it was handed out
+    release: Release | None = None  # set while releasing or recycling
     standby: Literal["running", "paused", "saved"] = "running"  # as its agent keeps it
 
     def aged(self, rule: BuildRule, now: float) -> bool:

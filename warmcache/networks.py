@@ -272,6 +272,21 @@ class Allocator:
             self._taken.add(address)
 
 
+def network_of(pool: AddressPool | None, address: str) -> StaticNetwork | None:
+    """What a VM holding ``address`` of ``pool`` configures (a recycled VM
+    keeps its address); None when the pool is gone or no longer has it."""
+    if pool is None:
+        return None
+    try:
+        ip = ipaddress.ip_address(address)
+        network = pool.network_of(ip)
+    except (ValueError, KeyError, StopIteration):
+        return None
+    return StaticNetwork(
+        address=address, prefix=network.prefixlen, gateway=pool.gateway, dns=pool.dns
+    )
+
+
 @dataclass(frozen=True)
 class AddressRelease:
     """The ops that put a removed VM's addresses in quarantine, for the
@@ -310,9 +325,12 @@ def settle_addresses(
     for az in sorted({az for az, _ in NetworkBook(store, keys).all()}):
         pool, at = store.range(keys.pool_dir(az))
         acquired, _ = store.range(keys.acquired_dir(az))
+        releasing, _ = store.range(keys.releasing_dir(az))  # keep theirs until gone
         vms = {
             r.name: r
-            for r in (PoolInstance.model_validate_json(kv.value) for kv in [*pool, *acquired])
+            for r in (
+                PoolInstance.model_validate_json(kv.value) for kv in [*pool, *acquired, *releasing]
+            )
         }
         held_items, _ = store.range(keys.addresses_dir(az))
         held = {Keys.name(kv.key): (kv, Held.model_validate_json(kv.value)) for kv in held_items}

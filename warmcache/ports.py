@@ -340,6 +340,21 @@ class HostAgent(Protocol):
         ``ImageInvalid`` when it cannot be had)."""
         ...
 
+    def recycle(self, spec: VmSpec) -> VmStatus:
+        """Make the VM new again where it is: a fresh root disk from
+        ``spec.image``, its extra disks wiped, a new seed (a new instance
+        id), booted and probed; same host, same booking and pinning. A
+        failure deletes the VM (and raises)."""
+        ...
+
+    def attach_disk(self, name: str, target: str, size_gib: int, preallocation: str) -> None:
+        """A new data disk for the VM (``target`` vdb..vdy), booked first."""
+        ...
+
+    def detach_disk(self, name: str, target: str) -> None:
+        """Unplug and delete one of the VM's data disks, and give its room back."""
+        ...
+
     def list(self) -> list[VmStatus]: ...
 
     def close(self) -> None: ...

@@ -220,6 +220,8 @@ class QuickstartStack:
             f"leader_ttl_s = {self.leader_ttl_s}\n"
             f"build_concurrency = {self.build_concurrency}\n"
             f"retry_interval_s = {self.retry_interval_s}\n"
+            # a short lease is seen reclaimed here within a cycle or two
+            "lease_grace_s = 5\n"
             + self._store_toml()
             + '[catalog]\nkind = "file"\npath = "flavors.toml"\n'
             '[events]\nkind = "sqlite"\npath = "events.db"\n'

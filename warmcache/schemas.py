@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     RootModel,
@@ -25,7 +26,17 @@ from warmcache.actions import ACTIONS, ChangeAction
 from warmcache.agent_versions import AgentEntry, DesiredAgent
 from warmcache.budgets import Budget
 from warmcache.images import Image
-from warmcache.model import BuildRule, JsonInt, Mode, PoolInstance, PoolSummary
+from warmcache.model import (
+    MAX_LEASE_S,
+    NAME_PATTERN,
+    BuildRule,
+    InstanceState,
+    JsonInt,
+    Mode,
+    PoolInstance,
+    PoolSummary,
+    whole_number,
+)
 from warmcache.networks import AddressPool
 
 # A caller's name for its claim (Stripe's idempotency key): what a retry sends again.
@@ -33,6 +44,8 @@ CLAIM_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 Count = JsonInt
+# (constraints before the validator: after it they reach the JSON schema as "ge"/"le")
+LeaseS = Annotated[int, Field(ge=1, le=MAX_LEASE_S), BeforeValidator(whole_number)]
 
 
 class _Request(BaseModel):
@@ -71,6 +84,26 @@ class AcquireRequest(_Request):
         description="the caller's name for this claim: a repeat with the same id returns "
         "the same VMs (the Idempotency-Key header means the same)",
     )
+    lease_s: LeaseS | None = Field(
+        default=None,
+        description="hold the VMs this long (seconds), then they are reclaimed (default: the "
+        "pool rule's lease_s, else service.default_lease_s, else until released)",
+    )
+
+
+class DataDiskEntry(_Reply):
+    target: str
+    size_gib: int
+    preallocation: str
+
+
+class ReleaseEntry(_Reply):
+    since: float
+    by: str
+    reason: str
+    action: str = Field(description="delete, or recycle back into its pool")
+    tries: int = 0
+    last_error: str | None = None
 
 
 class Vm(_Reply):
@@ -96,10 +129,38 @@ class Vm(_Reply):
     standby: str = Field(
         default="running", description="how it was kept: running (resumed first if it was not)"
     )
+    state: str = Field(default="acquired", description="building ... acquired, releasing...")
+    holder: str | None = Field(default=None, description="who holds it (its requester)")
+    expires_at: float | None = Field(
+        default=None, description="its lease: reclaimed after this (renew to keep it)"
+    )
+    image: str = ""
+    data_disks: list[DataDiskEntry] = Field(
+        default=[], description="disks attached for its holder (vdb...)"
+    )
+    release: ReleaseEntry | None = None
 
     @classmethod
     def of(cls, vm: PoolInstance) -> Vm:
+        r = vm.release
         return cls(
+            state=vm.state.value,
+            holder=vm.acquired_by,
+            expires_at=vm.expires_at,
+            image=vm.image,
+            data_disks=[DataDiskEntry(**d.model_dump()) for d in vm.data_disks],
+            release=(
+                ReleaseEntry(
+                    since=r.since,
+                    by=r.by,
+                    reason=r.reason,
+                    action=r.action,
+                    tries=r.tries,
+                    last_error=r.last_error,
+                )
+                if r
+                else None
+            ),
             name=vm.name,
             az=vm.az,
             flavor=vm.flavor,
@@ -119,6 +180,39 @@ class Vm(_Reply):
 class AcquireReply(_Reply):
     claim_id: str
     vms: list[Vm]
+
+
+class VmsReply(_Reply):
+    vms: list[Vm]
+    next: str | None = Field(
+        default=None, description="more VMs follow: ask again with after=<next>"
+    )
+
+
+class ReleaseReply(_Reply):
+    """The VMs given back: releasing now (deleted or recycled by their agents)."""
+
+    vms: list[Vm]
+
+
+class RenewBody(_Request):
+    lease_s: LeaseS = Field(description="seconds from now")
+
+
+class VmsQuery(_Request):
+    """``GET /v1/vms``'s query."""
+
+    state: InstanceState | None = None
+    requester: StrictStr | None = Field(default=None, min_length=1, max_length=200)
+    az: StrictStr | None = Field(default=None, pattern=NAME_PATTERN)
+    flavor: StrictStr | None = Field(default=None, pattern=NAME_PATTERN)
+    limit: int = Field(default=100, ge=1, le=1000)
+    after: StrictStr | None = Field(default=None, pattern=NAME_PATTERN)
+
+
+class DiskBody(_Request):
+    size_gib: Count = Field(ge=1, le=65_536)
+    preallocation: Literal["off", "metadata", "falloc", "full"] = "off"
 
 
 class Claim(_Reply):

@@ -46,6 +46,7 @@ from warmcache.ports import (
 from warmcache.readiness import Readiness
 from warmcache.registration import ServiceRegistration
 from warmcache.rules import RuleBook
+from warmcache.vms.lifecycle import Lifecycle
 
 __all__ = ["SERVICE_NAME", "WarmCache"]
 
@@ -86,7 +87,9 @@ class WarmCache:
         rng = rng or random.Random()
         self._on_close = on_close
         self._cycle_wanted = threading.Event()
+        self._release_wanted = threading.Event()
         self.acquirer = Acquirer(ctx, trigger_cycle=self.trigger_cycle, rng=rng)
+        self.lifecycle = Lifecycle(ctx, self.acquirer, self._wake_releases)
         self.duty = LeaderDuty(
             ctx,
             claims=self.acquirer.claimer.log,
@@ -95,6 +98,7 @@ class WarmCache:
             pools=self.pools,
             trigger=self.trigger_cycle,
             rng=rng,
+            reclaim=self.lifecycle.reclaim_expired,
         )
         self.election = self.duty.election
         self.approvals = Approvals(ctx, ttl_s=config.requests_ttl_s)
@@ -109,6 +113,8 @@ class WarmCache:
             health=self.health,
             duty=self.duty,
             cycle_wanted=self._cycle_wanted,
+            releases=self.lifecycle.worker_job,
+            release_wanted=self._release_wanted,
         )
 
     @classmethod
@@ -137,6 +143,7 @@ class WarmCache:
 
     def close(self) -> None:
         self.stop()
+        self.lifecycle.worker.close()
         self._readiness.close()
         if self._on_close:
             self._on_close()
@@ -156,6 +163,11 @@ class WarmCache:
         self._cycle_wanted.set()
         if self.config.run_builds:
             self.scheduler.wake("build-cycles")
+
+    def _wake_releases(self) -> None:
+        self._release_wanted.set()
+        if self.started:
+            self.scheduler.wake("release-worker")
 
     @property
     def cycle_pending(self) -> bool:
@@ -196,13 +208,41 @@ class WarmCache:
         use_reserve: bool = False,
         requester: str = "anonymous",
         claim_id: str | None = None,
+        lease_s: float | None = None,
     ) -> list[PoolInstance]:
         """Claim ``count`` ready VMs satisfying ``mode``, all or nothing,
-        idempotent under ``claim_id`` when given
-        (``warmcache.acquire.acquirer.Acquirer.acquire``; thread-safe)."""
+        idempotent under ``claim_id`` when given, held until released (or
+        ``lease_s``) (``warmcache.acquire.acquirer.Acquirer.acquire``;
+        thread-safe)."""
         return self.acquirer.acquire(
-            flavor, az, count, mode, use_reserve=use_reserve, requester=requester, claim_id=claim_id
+            flavor,
+            az,
+            count,
+            mode,
+            use_reserve=use_reserve,
+            requester=requester,
+            claim_id=claim_id,
+            lease_s=lease_s,
         )
+
+    # --- handed-out VMs (warmcache.vms): ``requester`` set: only its own -------------
+
+    def vm(self, name: str, requester: str | None = None) -> PoolInstance:
+        """A VM in any state (``UnknownVm``)."""
+        return self.lifecycle.vm(name, requester).record
+
+    def release(self, name: str, requester: str | None = None) -> PoolInstance:
+        """Give a handed-out VM back: it is releasing now, deleted (or
+        recycled) by its agent soon."""
+        return self.lifecycle.release(name, requester or "library", admin=requester is None)
+
+    def release_claim(self, claim_id: str, requester: str | None = None) -> list[PoolInstance]:
+        return self.lifecycle.release_claim(
+            claim_id, requester or "library", admin=requester is None
+        )
+
+    def renew(self, name: str, lease_s: float, requester: str | None = None) -> PoolInstance:
+        return self.lifecycle.renew(name, lease_s, requester or "library", admin=requester is None)
 
     def claim(self, claim_id: str) -> ClaimRecord:
         """A named claim that landed, with its VMs; ``UnknownClaim`` if none did."""

@@ -58,6 +58,8 @@ class SimAgent:
         self._used = [0, 0, 0]
         self.standbys: dict[str, str] = {}  # VMs not running: paused or saved
         self.images: set[str] = set()  # sha256 of the images it holds (prefetched or booted)
+        self.disks: dict[str, dict[str, int]] = {}  # VM -> its data disks (target -> GiB)
+        self.recycled: dict[str, int] = {}  # VM -> times recycled
         self._latency = latency
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -121,6 +123,7 @@ class SimAgent:
                 raise AgentVmNotFound(self.endpoint, name)
             self.standbys.pop(name, None)
             self._used = [u - n for u, n in zip(self._used, self._needs(found[0]), strict=True)]
+            self._used[2] -= sum(self.disks.pop(name, {}).values())
         self._publish()
 
     def status(self, name: str) -> VmStatus:
@@ -138,6 +141,39 @@ class SimAgent:
             self.standbys[name] = state
         self._sleep(self._latency() / 10 if state == "running" else 0.0)
         return self.status(name)
+
+    def recycle(self, spec: VmSpec) -> VmStatus:
+        """Simulated: the VM is made new where it is (its booking kept)."""
+        with self._lock:
+            if spec.name not in self.vms:
+                raise AgentVmNotFound(self.endpoint, spec.name)
+            self.standbys.pop(spec.name, None)
+            self._used[2] -= sum(self.disks.pop(spec.name, {}).values())  # its data disks go
+            if spec.image is not None:
+                self.images.add(spec.image.sha256)
+            self.recycled[spec.name] = self.recycled.get(spec.name, 0) + 1
+        self._sleep(self._latency())  # booting again
+        return VmStatus(spec.name, "running", True, f"sim-{spec.name}")
+
+    def attach_disk(self, name: str, target: str, size_gib: int, preallocation: str) -> None:
+        with self._lock:
+            if name not in self.vms:
+                raise AgentVmNotFound(self.endpoint, name)
+            disks = self.disks.setdefault(name, {})
+            if target in disks:
+                raise AgentVmExists(self.endpoint, f"{name} already has a disk {target}")
+            if self._used[2] + size_gib > self._base.disk_gib_total:
+                raise InsufficientHostCapacity(self.endpoint, f"{name}:{target}")
+            disks[target] = size_gib
+            self._used[2] += size_gib
+        self._publish()
+
+    def detach_disk(self, name: str, target: str) -> None:
+        with self._lock:
+            if target not in self.disks.get(name, {}):
+                raise AgentVmNotFound(self.endpoint, f"{name} has no disk {target}")
+            self._used[2] -= self.disks[name].pop(target)
+        self._publish()
 
     def prefetch(self, image: Image) -> None:
         """Simulated: the host holds the image from now on (its facts say so

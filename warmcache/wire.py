@@ -41,6 +41,11 @@ class CreateRequest(_Req):
     vm: VmRequestSpec
 
 
+class RecycleRequest(_Req):
+    op: Literal["recycle"]
+    vm: VmRequestSpec
+
+
 class NamedRequest(_Req):
     op: Literal["delete", "status"]
     name: str = Field(pattern=NAME_PATTERN)
@@ -90,6 +95,7 @@ class StandbyRequest(_Req):
 
 AnyRequest = (
     CreateRequest
+    | RecycleRequest
     | NamedRequest
     | PlainRequest
     | AttachDiskRequest

@@ -19,19 +19,27 @@ import pycdlib
 LABEL = "cidata"
 
 
-def meta_data(vm: str) -> bytes:
-    return f"instance-id: {vm}\nlocal-hostname: {vm}\n".encode()
+def meta_data(vm: str, instance_id: str | None = None) -> bytes:
+    return f"instance-id: {instance_id or vm}\nlocal-hostname: {vm}\n".encode()
 
 
-def write_seed(path: Path, vm: str, user_data_b64: str, network_config: str | None = None) -> Path:
+def write_seed(
+    path: Path,
+    vm: str,
+    user_data_b64: str,
+    network_config: str | None = None,
+    instance_id: str | None = None,
+) -> Path:
     """Write the NoCloud seed ISO for ``vm`` at ``path`` (atomically);
-    ``network_config`` (cloud-init network-config v2) gives it its address."""
+    ``network_config`` (cloud-init network-config v2) gives it its address;
+    a new ``instance_id`` makes cloud-init run its first boot again (a
+    recycled VM)."""
     user_data = base64.b64decode(user_data_b64) if user_data_b64 else b""
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=LABEL)
     files = [
         ("/USERDATA.;1", "user-data", user_data),
-        ("/METADATA.;1", "meta-data", meta_data(vm)),
+        ("/METADATA.;1", "meta-data", meta_data(vm, instance_id)),
     ]
     if network_config is not None:
         files.append(("/NETWORK.;1", "network-config", network_config.encode()))

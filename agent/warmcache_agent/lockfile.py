@@ -301,6 +301,23 @@ class Lockfile:
             self._persist()
             return True
 
+    def renewed(self, name: str, images: tuple[str, ...], server_id: str) -> Allocation:
+        """A recycled VM's booking: the same resources and pinning, the
+        images it boots now, no hot-plugged disk, running."""
+        with self._lock:
+            current = self._vms[name]
+            after = replace(
+                current,
+                images=images,
+                server_id=server_id,
+                disks=(),
+                standby="running",
+                state="active",
+            )
+            self._vms[name] = after
+            self._persist()
+            return after
+
     def images_in_use(self) -> set[str]:
         """Every cached file a VM of this host boots from."""
         with self._lock:

@@ -12,6 +12,7 @@ import logging
 import ssl
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,7 @@ from warmcache.wire import (
     DetachNvmeRequest,
     NamedRequest,
     PrefetchRequest,
+    RecycleRequest,
     StandbyRequest,
 )
 from warmcache_agent import cloudinit, disks, identity, numa
@@ -131,10 +133,10 @@ class HostAgentService:
             return self.prefetch(request.image)
         if isinstance(request, StandbyRequest):
             return self.standby(request.name, request.state)
-        if isinstance(request, CreateRequest):
+        if isinstance(request, CreateRequest | RecycleRequest):
             vm = request.vm
             spec = VmSpec(vm.name, vm.flavor, vm.user_data, vm.group, vm.network, vm.image)
-            return self.create(spec)
+            return self.create(spec) if isinstance(request, CreateRequest) else self.recycle(spec)
         if isinstance(request, NamedRequest):
             if request.op == "delete":
                 return self.delete(request.name)
@@ -281,6 +283,67 @@ class HostAgentService:
         self.lockfile.activate(spec.name, server_id)
         self.on_change()
         return {**self.status(spec.name), "image_fetch_s": round(got.fetch_s if got else 0.0, 3)}
+
+    def recycle(self, spec: VmSpec) -> dict[str, Any]:
+        """Make a VM new where it is (a VM given back to a pool that reuses
+        VMs): its domain destroyed, its files (root, extra and hot-plugged
+        disks, seed) made again from ``spec.image`` with a new instance id,
+        booted and waited for; its booking, pinning and host are kept. On
+        any failure the VM is deleted (its booking given back): a VM half
+        recycled is never left."""
+        with self._one_at_a_time(spec.name):
+            alloc = self._owned(spec.name)
+            if alloc.state == "creating":
+                raise AgentFault(AgentCode.INVALID_REQUEST, f"{spec.name} is still being created")
+            if alloc.flavor != spec.flavor.name:
+                raise AgentFault(
+                    AgentCode.INVALID_REQUEST,
+                    f"{spec.name} is a {alloc.flavor}: a recycle keeps its flavor",
+                )
+            self._check_boot(spec)
+            image = spec.image
+            try:
+                self._driver.destroy(spec.name)
+                self.files.remove(spec.name, (*alloc.build_disks, *(t for t, _ in alloc.disks)))
+                got = self._fetch(spec)
+                devices = self.files.make_disks(
+                    spec.name,
+                    spec.flavor,
+                    got.base.path if got else None,
+                    image.format if image is not None else "qcow2",
+                    got.base.virtual_bytes if got else 0,
+                )
+                seed = cloudinit.write_seed(
+                    self.files.seed(spec.name),
+                    spec.name,
+                    spec.user_data,
+                    spec.network.network_config() if spec.network else None,
+                    instance_id=f"{spec.name}-{uuid.uuid4().hex[:8]}",
+                )
+                server_id = self._driver.define_and_start(
+                    spec,
+                    alloc.pinning,
+                    [*devices, cloudinit.seed_xml(seed)],
+                    got.boot if got else None,
+                )
+                self._driver.wait_ready(spec.name, self.config.ready_timeout_s)
+            except AgentFault:
+                self._undo(spec.name)
+                raise
+            except disks.DiskError as exc:
+                self._undo(spec.name)
+                raise AgentFault(
+                    AgentCode.HYPERVISOR_ERROR, f"disks of {spec.name}: {exc}"
+                ) from exc
+            except HypervisorFailure as exc:
+                self._undo(spec.name)
+                raise AgentFault(AgentCode.HYPERVISOR_ERROR, str(exc)) from exc
+            except BaseException:
+                self._undo(spec.name)
+                raise
+            self.lockfile.renewed(spec.name, tuple(sha for sha, _ in boot_files(image)), server_id)
+        self.on_change()
+        return self.status(spec.name)
 
     def _check_boot(self, spec: VmSpec) -> None:
         """Refuse at once what could never boot: a root disk smaller than its

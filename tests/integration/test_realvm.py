@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -441,15 +443,25 @@ def test_an_agent_restarted_while_guests_sleep_agrees_with_libvirt(
             client.delete(vm)
 
 
-def test_a_pool_rolls_over_from_image_v1_to_v2_on_real_guests(
-    tmp_path: Path, real_host: Path
-) -> None:
-    """The leader builds a pool of real guests from image v1; the image's id
-    is pointed at v2's bytes (maker-checker); the rollover leaves only
-    guests that report v2, and the v1 guests are gone from libvirt."""
-    import random
+@dataclass
+class Leader:
+    """A service instance (in process, SQLite) leading one real agent."""
 
-    import libvirt
+    service: Any
+    store: Any
+    client: AgentClient
+    agent: AgentProcess
+
+    def pool(self) -> list[Any]:
+        from warmcache.model import PoolInstance
+
+        kvs, _ = self.store.range(self.service.keys.pool_dir("az1"))
+        return [PoolInstance.model_validate_json(kv.value) for kv in kvs]
+
+
+@pytest.fixture
+def leader(tmp_path: Path, real_host: Path, v1: Image) -> Iterator[Leader]:
+    import random
 
     from warmcache.adapters.file_catalog import FileFlavorCatalog, image_toml
     from warmcache.adapters.log_alerts import LogAlerts
@@ -457,11 +469,8 @@ def test_a_pool_rolls_over_from_image_v1_to_v2_on_real_guests(
     from warmcache.adapters.sqlite_store import SqliteStore
     from warmcache.clock import SystemClock
     from warmcache.config import ServiceConfig
-    from warmcache.model import InstanceState, PoolInstance
     from warmcache.service import WarmCache
 
-    v1 = build_image(real_host, "v1", image_id="guest")
-    v2 = build_image(real_host, "v2", image_id="guest")
     agent = AgentProcess(tmp_path / "agent", real_host)
     with open(agent.config, "a") as config:
         config.write(f'[inventory]\nkind = "sqlite"\npath = "{tmp_path / "store.db"}"\n')
@@ -482,47 +491,113 @@ def test_a_pool_rolls_over_from_image_v1_to_v2_on_real_guests(
         clock=clock,
         rng=random.Random(1),
     )
-    conn = libvirt.open("qemu:///system")
 
-    def pool() -> list[PoolInstance]:
-        kvs, _ = store.range(service.keys.pool_dir("az1"))
-        return [PoolInstance.model_validate_json(kv.value) for kv in kvs]
+    def heartbeating() -> bool:
+        service.hosts.catch_up()
+        return bool(service.hosts.hosts())
 
     try:
-
-        def heartbeating() -> bool:
-            service.hosts.catch_up()
-            return bool(service.hosts.hosts())
-
         wait_for("the agent's heartbeat", heartbeating, 60)
+        yield Leader(service, store, client, agent)
+    finally:
+        for vm in client.list():
+            with contextlib.suppress(AgentError):
+                client.delete(vm.name)
+        service.close()
+        store.close()
+        destroy_left_overs(agent.state_dir)
+        agent.stop()
+
+
+def test_a_pool_rolls_over_from_image_v1_to_v2_on_real_guests(
+    leader: Leader, real_host: Path
+) -> None:
+    """The leader builds a pool of real guests from image v1; the image's id
+    is pointed at v2's bytes (maker-checker); the rollover leaves only
+    guests that report v2, and the v1 guests are gone from libvirt."""
+    import libvirt
+
+    from warmcache.model import InstanceState
+
+    service, client = leader.service, leader.client
+    v2 = build_image(real_host, "v2", image_id="guest")
+    conn = libvirt.open("qemu:///system")
+    try:
         service.rules.put(
             "az1",
             "tiny",
             {"total_instances": 2, "max_instance_per_cycle": 2, "replace_per_cycle": 2},
         )
         service.run_cycle()
-        first = {r.name for r in pool() if r.state is InstanceState.READY}
+        first = {r.name for r in leader.pool() if r.state is InstanceState.READY}
         assert len(first) == 2 and {client.status(n).image_version for n in first} == {"v1"}
         asked = service.approvals.ask("set_image", {"image": v2.model_dump(mode="json")}, "alice")
         assert service.approvals.approve(asked.id, "bob").state == "executed"
         for _ in range(4):
             service.run_cycle()
-            names = {r.name for r in pool()}
+            names = {r.name for r in leader.pool()}
             if not names & first and len(names) == 2:
                 break
-        ready = [r for r in pool() if r.state is InstanceState.READY]
-        assert len(ready) == 2 and not {r.name for r in ready} & first, pool()
+        ready = [r for r in leader.pool() if r.state is InstanceState.READY]
+        assert len(ready) == 2 and not {r.name for r in ready} & first, leader.pool()
         assert {client.status(r.name).image_version for r in ready} == {"v2"}
         assert not first & {d.name() for d in conn.listAllDomains()}  # v1 guests destroyed
     finally:
-        for vm in client.list():
-            with contextlib.suppress(AgentError):
-                client.delete(vm.name)
         conn.close()
-        service.close()
-        store.close()
-        destroy_left_overs(agent.state_dir)
-        agent.stop()
+
+
+def test_a_released_guest_is_recycled_with_a_fresh_root_and_takes_data_disks(
+    leader: Leader,
+) -> None:
+    """Through the service: a held guest gets a data disk (seen inside it),
+    gives it back, is given back, and is recycled into its pool: same host
+    and booking, a fresh root disk (what it wrote is gone: its first-boot
+    script finds no marker again), ready again."""
+    import base64
+
+    from warmcache.model import InstanceState
+
+    service, client, agent = leader.service, leader.client, leader.agent
+    script = (
+        b"#!/bin/sh\n[ -f /marker ] && echo MARKER-SURVIVED || echo FRESH-ROOT\n"
+        b"echo written > /marker; sync\n"
+    )
+    service.rules.put(
+        "az1",
+        "tiny",
+        {
+            "total_instances": 1,
+            "max_instance_per_cycle": 1,
+            "on_release": "recycle",
+            "user_data": base64.b64encode(script).decode(),
+        },
+    )
+    service.run_cycle()
+    [vm] = service.acquire("tiny", "az1", 1, "best-effort", requester="ci")
+    assert "FRESH-ROOT" in agent.console(vm.name).splitlines()
+    booked = json.loads((agent.state_dir / "lockfile.json").read_text())["placement"]
+    disks_at_boot = agent.console(vm.name).count("WARMCACHE-DISK")
+    held = service.lifecycle.attach_disk(vm.name, 1, "metadata", "ci", admin=False)
+    assert [d.target for d in held.data_disks] == ["vdb"]
+    wait_for(
+        "the guest to see its new disk",
+        lambda: agent.console(vm.name).count("WARMCACHE-DISK") == disks_at_boot + 1,
+        10,
+    )
+    assert service.lifecycle.detach_disk(vm.name, "vdb", "ci", admin=False).data_disks == ()
+    service.release(vm.name, requester="ci")
+    started = time.monotonic()
+    assert service.lifecycle.worker.run_once() == 1
+    recycle_s = time.monotonic() - started
+    back = service.vm(vm.name)
+    assert back.state is InstanceState.READY and back.uses == 1
+    lines = agent.console(vm.name).splitlines()
+    assert "FRESH-ROOT" in lines and "MARKER-SURVIVED" not in lines  # a fresh root disk
+    assert client.status(vm.name).healthy
+    again = json.loads((agent.state_dir / "lockfile.json").read_text())["placement"]
+    keep = ("name", "vcpus", "memory_mib", "disk_gib", "cpus", "numa_node")
+    assert [{k: a[k] for k in keep} for a in again] == [{k: a[k] for k in keep} for a in booked]
+    print(f"recycle {recycle_s:.2f} s")
 
 
 def test_the_quickstart_with_real_vms_boots_its_guests_from_its_image(

@@ -90,7 +90,7 @@ def test_schemathesis_finds_no_server_error_and_no_reply_off_its_schema(app: Fla
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), result.err()
         operations.append(result.ok())
-    assert len(operations) == 25
+    assert len(operations) == 32
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 

@@ -241,3 +241,51 @@ def test_prefetch_and_image_refusals_over_the_wire(tmp_path: Path) -> None:
             reply = send(request)
             assert reply["ok"] is False and reply["error"] == "invalid_request", bad_image
     assert host.lockfile.all() == [] and host.facts().images == (image.sha256,)
+
+
+def test_a_recycle_remakes_the_vm_where_it_is(tmp_path: Path) -> None:
+    """Same booking and host, a fresh root disk (from the image it is given
+    now), the flavor's extra disks wiped, no hot-plugged disk, a new seed
+    instance id; a recycle that fails deletes the VM."""
+    from warmcache_agent import cloudinit
+
+    host = make_host(tmp_path)
+    v1, v2 = qcow2_image(tmp_path, "1G"), qcow2_image(tmp_path, "2G")
+    name = vm()
+    spec = VmSpec(name, flavor(v1, extra_disks_gib=(1,)), image=v1)
+    host.create(spec)
+    before = host.lockfile.get(name)
+    root = host.files.disk(name, "vda")
+    (host.files.folder(name) / "vdb.qcow2").write_bytes(b"holder data")  # the holder's writes
+    first_seed = cloudinit.read_seed(host.files.seed(name))["meta-data"]
+    host.lockfile.add_disk(name, "vdd", 3)  # as if hot-plugged for its holder
+    out = host.recycle(VmSpec(name, flavor(v2, extra_disks_gib=(1,)), image=v2))
+    assert out["healthy"]
+    after = host.lockfile.get(name)
+    assert after is not None and before is not None
+    assert (after.vcpus, after.memory_mib, after.disk_gib, after.cpus) == (
+        before.vcpus,
+        before.memory_mib,
+        before.disk_gib,
+        before.cpus,
+    )
+    assert after.disks == () and after.images == (v2.sha256,)  # hot-plugged disk unbooked
+    assert info(root)["full-backing-filename"] == str(host.images.path(v2.sha256))
+    assert info(host.files.folder(name) / "vdb.qcow2")["format"] == "qcow2"  # wiped, made anew
+    second_seed = cloudinit.read_seed(host.files.seed(name))["meta-data"]
+    assert first_seed != second_seed and f"local-hostname: {name}".encode() in second_seed
+    assert host.facts().disk_gib_free == 90 - 4 - 1
+    with pytest.raises(AgentFault) as err:  # another flavor: not a recycle
+        host.recycle(VmSpec(name, flavor(v2, name="large"), image=v2))
+    assert err.value.code == "invalid_request" and host.lockfile.get(name) is not None
+    with pytest.raises(AgentFault) as err:  # a wrong image: the VM goes
+        host.recycle(
+            VmSpec(
+                name,
+                flavor(v1, extra_disks_gib=(1,)),
+                image=v1.model_copy(update={"sha256": "0" * 64}),
+            )
+        )
+    assert err.value.code == "image_invalid"
+    assert host.lockfile.get(name) is None and not host.files.folder(name).exists()
+    assert host._driver.state(name) == "missing"

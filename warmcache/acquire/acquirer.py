@@ -44,6 +44,7 @@ from warmcache.errors import (
 )
 from warmcache.logs import log_context
 from warmcache.model import (
+    MAX_LEASE_S,
     SERVICE_NAME,
     BuildRule,
     Mode,
@@ -54,6 +55,7 @@ from warmcache.model import (
 from warmcache.rules import RuleView
 from warmcache.schemas import CLAIM_ID_PATTERN
 from warmcache.views import PrefixView
+from warmcache.vms.held import HeldIndex
 
 log = logging.getLogger(__name__)
 CLAIM_ID = re.compile(CLAIM_ID_PATTERN.strip("^$"))
@@ -78,7 +80,7 @@ class Acquirer:
         self.rules = RuleView(store, keys)
         self.targets = TargetView(store, keys)
         self.index = PoolIndex(store, keys, hosts=hosts, drains=drains, node=config.node)
-        self.quotas = Quotas(ctx.quotas, keys)
+        self.quotas = Quotas(ctx.quotas, keys, store.get)
         self.flush_s = ctx.demand.flush_s  # the demand ledger's job (warmcache.jobs)
         self.ledger = DemandLedger(
             store, keys, clock, config.node, bin_s=ctx.demand.bin_s, keep_h=ctx.demand.keep_h
@@ -96,7 +98,8 @@ class Acquirer:
             quotas=self.quotas,
         )
         self._store = store
-        self.waker = Waker(store, keys, hosts, ctx.agent_for, ctx.addresses)
+        self.held = HeldIndex(store, keys, self.quotas)
+        self.waker = Waker(store, keys, hosts, ctx.agent_for, ctx.addresses, self.held)
         self.waker.observe = self.index.observe
         # One acquisition is one transaction: no more VMs than the store can
         # compare in one, less the claim record a named claim also compares
@@ -141,13 +144,18 @@ class Acquirer:
         use_reserve: bool = False,
         requester: str = "anonymous",
         claim_id: str | None = None,
+        lease_s: float | None = None,
     ) -> list[PoolInstance]:
         """Claim ``count`` ready VMs satisfying ``mode``, all or nothing.
 
         ``claim_id`` names the claim (idempotent: a repeat after it landed
         returns the same VMs and claims nothing more, on any instance;
-        ``ClaimMismatch`` if the repeat asks for something else; see
-        ``warmcache.acquire.claims``).
+        ``ClaimMismatch`` if the repeat asks for something else,
+        ``ClaimReleased`` once its VMs were given back; see
+        ``warmcache.acquire.claims``). ``lease_s``: the VMs are reclaimed
+        that long after (default: the rule's ``lease_s``, else
+        ``service.default_lease_s``, else never); give them back sooner
+        with ``release``.
 
         Raises ``InvalidRequest`` (bad count or mode), ``UnknownFlavor``,
         ``UnknownAZ``, ``UnknownPool``, ``NoCapacity`` (the pool cannot satisfy
@@ -161,11 +169,21 @@ class Acquirer:
         mode = self._check(count, mode)
         if claim_id is not None and not CLAIM_ID.fullmatch(claim_id):
             raise InvalidRequest(f"claim_id must be 1-64 of A-Z a-z 0-9 _ -, got {claim_id!r}")
+        check_lease(lease_s)
         # Every log line of this claim carries its id (the caller's, or a fresh one).
         request_id = claim_id or uuid.uuid4().hex
         with log_context(claim=request_id):
             return self._acquire(
-                flavor, az, count, mode, use_reserve, requester, claim_id, request_id, started
+                flavor,
+                az,
+                count,
+                mode,
+                use_reserve,
+                requester,
+                claim_id,
+                request_id,
+                started,
+                lease_s,
             )
 
     def _acquire(
@@ -179,6 +197,7 @@ class Acquirer:
         claim_id: str | None,
         request_id: str,
         started: float,
+        lease_s: float | None = None,
     ) -> list[PoolInstance]:
         try:
             with deadline.within(self._config.request_deadline_s):
@@ -199,6 +218,7 @@ class Acquirer:
                     claim_id=request_id,
                     named=claim_id is not None,
                     quotas=quotas,
+                    lease_s=lease_s or rule.lease_s or self._config.default_lease_s,
                 )
                 try:
                     claimed = self.claimer.claim(request)
@@ -365,3 +385,13 @@ class Acquirer:
         if not self.rules.has_az(az):
             raise UnknownAZ(az, self.rules.azs())
         raise UnknownPool(flavor, az)
+
+
+def check_lease(lease_s: float | None) -> None:
+    """A lease a caller asks for: a positive number of seconds, at most a year."""
+    if lease_s is None:
+        return
+    if isinstance(lease_s, bool) or not isinstance(lease_s, int | float):
+        raise InvalidRequest("lease_s must be a number of seconds")
+    if not 1 <= lease_s <= MAX_LEASE_S:
+        raise InvalidRequest(f"lease_s must be between 1 and {MAX_LEASE_S}, got {lease_s}")

@@ -64,6 +64,7 @@ from warmcache.errors import (
     ClaimContention,
     ClaimMismatch,
     ClaimOutcomeUnknown,
+    ClaimReleased,
     NoCapacity,
     QuotaExceeded,
     StoreError,
@@ -101,6 +102,7 @@ class ClaimRequest:
     claim_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     named: bool = False  # the caller chose claim_id: record the claim (idempotent repeats)
     quotas: tuple[QuotaLimit, ...] = ()  # the requester's limits that apply (acquire.quotas)
+    lease_s: float | None = None  # its VMs' lease: expires_at is set from the claim's time
     reservation: Reservation = NO_RESERVATION  # its quota counters' writes, this round
     attempts: int = 0
     outcome: Claimed | BaseException | None = None
@@ -297,6 +299,9 @@ class Claimer:
                     acquired_by=r.requester,
                     acquired_at=now,
                     claim_id=r.claim_id,
+                    expires_at=now + r.lease_s if r.lease_s else None,
+                    data_disks=(),
+                    release=None,
                 )
                 for vm, _ in r.chosen
             ]
@@ -382,13 +387,15 @@ class Claimer:
             Compare.mod_revision(self._keys.pool(az, vm.name), rev) for vm, rev in request.chosen
         ]
         # Handed-out VMs leave the pool directory (so the pool holds only
-        # what may still be acquired) for the acquired log.
+        # what may still be acquired) for the handed-out records, and the
+        # holder index names them under their requester (warmcache.vms.held).
         ops: list[Put | Delete] = [
             op
             for vm in acquired
             for op in (
                 Delete(self._keys.pool(az, vm.name)),
                 Put(self._keys.acquired(az, vm.name), vm.model_dump_json()),
+                Put(self._keys.held(request.requester, az, vm.name), "1"),
             )
         ]
         if request.named:
@@ -417,9 +424,19 @@ class Claimer:
         )
         if differs:
             request.outcome = ClaimMismatch(request.claim_id, differs)
-        else:
-            ready, _, _ = self._index.stock(request.pool, False)
-            request.outcome = Claimed(record.vms, request.attempts, ready, replayed=True)
+            return
+        # Its VMs may have been given back since: a repeat must not hand
+        # them out again (one read per VM, on this rare path only).
+        try:
+            gone = [vm.name for vm in record.vms if not self._holds_claim(request, vm)]
+        except StoreError as exc:
+            request.outcome = exc
+            return
+        if gone:
+            request.outcome = ClaimReleased(request.claim_id, gone)
+            return
+        ready, _, _ = self._index.stock(request.pool, False)
+        request.outcome = Claimed(record.vms, request.attempts, ready, replayed=True)
 
     def _replay_recorded(self, request: ClaimRequest) -> bool:
         """Before a named request is refused (no capacity, contention): did

@@ -36,6 +36,7 @@ from warmcache.inventory import DrainView, HostView
 from warmcache.layout import Keys
 from warmcache.model import (
     HELD_STATES,
+    POOLED_STATES,
     BuildRule,
     InstanceState,
     Mode,
@@ -302,6 +303,13 @@ class PoolIndex(PrefixView[PoolInstance]):
             self._place(key, item[0])
 
     # --- what operators ask ---------------------------------------------------------------
+
+    def pooled(self, pool: Pool) -> int:
+        """The pool's VMs that count towards its target (building, ready,
+        reserved, parking)."""
+        with self._lock:
+            states = self._states.get(pool, Counter())
+            return sum(states[s] for s in POOLED_STATES)
 
     def summary(self, rules: Mapping[Pool, BuildRule]) -> list[PoolSummary]:
         """``GET /v1/pools`` from the index: O(pools x racks)."""

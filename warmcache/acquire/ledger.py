@@ -74,6 +74,17 @@ class DemandLedger:
                 chunk = self._pending[slot] = Chunk.empty(slot[2], self._bin_s)
             chunk.record(at, count)
 
+    def released(self, az: str, flavor: str, held_s: float) -> None:
+        """A VM of the pool given back after ``held_s`` seconds held (the
+        pool's VM lifetimes, kept with its demand)."""
+        at = self._clock.now()
+        with self._lock:
+            slot = (az, flavor, hour_of(at))
+            chunk = self._pending.get(slot)
+            if chunk is None:
+                chunk = self._pending[slot] = Chunk.empty(slot[2], self._bin_s)
+            chunk.release(held_s)
+
     @property
     def pending(self) -> int:
         """Requests counted and not written yet."""
@@ -123,7 +134,14 @@ class DemandLedger:
                         base = stored
                 except (ValueError, KeyError, TypeError) as exc:
                     log.warning("demand ledger: %s unreadable, rewritten: %s", key, exc)
-        total = Chunk(base.start, base.bin_s, list(base.counts), base.sizes.copy())
+        total = Chunk(
+            base.start,
+            base.bin_s,
+            list(base.counts),
+            base.sizes.copy(),
+            base.released,
+            base.held_s,
+        )
         total.add(chunk)
         self._store.put(key, total.to_json())
         self._written[slot] = total

@@ -15,6 +15,12 @@ the claim: a request over a quota that applies to it gets
   transaction's reply, and decides again). A counter this instance has
   never seen is assumed absent: the first claim learns it the same way.
 
+* ``max_held``: the VMs a requester holds at once, across every AZ,
+  flavor and instance: one counter per requester (``<prefix>/quotas/
+  <requester>/held``, ``{"held": n}``), raised in the claim's transaction
+  like a window counter and lowered in the transaction that takes a VM
+  back (a release, a claim undone), so it is exact.
+
 Requesters are token names (``[[auth.tokens]]``) over HTTP, or what an
 embedder passes as ``requester``.
 """
@@ -24,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from warmcache.config import QuotaLimit
@@ -53,6 +59,23 @@ class Reservation:
 
 
 NO_RESERVATION = Reservation()
+HELD = -2  # the "window" of a held-VMs counter: it has none
+
+
+def held_put(key: str, held: int) -> Put:
+    return Put(key, json.dumps({"window": HELD, "used": max(0, held)}))
+
+
+def held_given_back(kv: KeyValue | None, key: str, count: int) -> tuple[Compare, Put]:
+    """The compare and put that lower a held counter (as read: ``kv``) by
+    ``count`` in the transaction that takes VMs back."""
+    used = 0
+    if kv is not None:
+        try:
+            used = int(json.loads(kv.value)["used"])
+        except (ValueError, KeyError, TypeError):
+            used = 0
+    return Compare.mod_revision(key, kv.mod_revision if kv else 0), held_put(key, used - count)
 
 
 def quota_name(limit: QuotaLimit) -> str:
@@ -60,9 +83,15 @@ def quota_name(limit: QuotaLimit) -> str:
 
 
 class Quotas:
-    def __init__(self, limits: Sequence[QuotaLimit], keys: Keys) -> None:
+    def __init__(
+        self,
+        limits: Sequence[QuotaLimit],
+        keys: Keys,
+        read: Callable[[str], KeyValue | None] | None = None,
+    ) -> None:
         self._limits = tuple(limits)
         self._keys = keys
+        self._read = read  # a held counter goes down on other instances: read before refusing
         self._counters: dict[str, Used] = {}
         self._lock = threading.Lock()
 
@@ -77,10 +106,20 @@ class Quotas:
         )
 
     def key(self, limit: QuotaLimit, requester: str) -> str:
+        if limit.max_held is not None:
+            return self._keys.held_count(requester)
         return self._keys.quota(requester, f"{limit.az}/{limit.flavor}")
 
     def keys(self, limits: Iterable[QuotaLimit], requester: str) -> frozenset[str]:
-        return frozenset(self.key(q, requester) for q in limits if q.vms_per_window is not None)
+        return frozenset(
+            self.key(q, requester)
+            for q in limits
+            if q.vms_per_window is not None or q.max_held is not None
+        )
+
+    def counts_held(self, requester: str) -> bool:
+        """Whether ``requester``'s held VMs are counted (a max_held applies)."""
+        return any(q.max_held is not None and q.requester in ("*", requester) for q in self._limits)
 
     @staticmethod
     def check_share(
@@ -107,6 +146,11 @@ class Quotas:
         compares: list[Compare] = []
         puts: list[Put] = []
         for q in limits:
+            if q.max_held is not None:
+                compare, put = self._hold(q, requester, count)
+                compares.append(compare)
+                puts.append(put)
+                continue
             if q.vms_per_window is None:
                 continue
             key = self.key(q, requester)
@@ -127,11 +171,31 @@ class Quotas:
             puts.append(Put(key, json.dumps({"window": window, "used": used + count})))
         return Reservation(tuple(compares), tuple(puts)) if compares else NO_RESERVATION
 
+    def _hold(self, q: QuotaLimit, requester: str, count: int) -> tuple[Compare, Put]:
+        assert q.max_held is not None
+        key = self._keys.held_count(requester)
+        with self._lock:
+            known = self._counters.get(key, Used(HELD, 0, 0))
+        if known.used + count > q.max_held and self._read is not None:
+            self.learn({key: self._read(key)}, [key])  # released elsewhere since?
+            with self._lock:
+                known = self._counters.get(key, Used(HELD, 0, 0))
+        if known.used + count > q.max_held:
+            raise QuotaExceeded(
+                requester=requester,
+                quota=f"{requester}/held",
+                limit=q.max_held,
+                used=known.used,
+                wanted=count,
+                retry_after_s=0.0,  # when one of its VMs is released
+            )
+        return Compare.mod_revision(key, known.revision), held_put(key, known.used + count)
+
     def landed(self, reservation: Reservation, revision: int) -> None:
         with self._lock:
             for put in reservation.puts:
                 raw = json.loads(put.value)
-                self._counters[put.key] = Used(raw["window"], raw["used"], revision)
+                self._counters[put.key] = Used(raw.get("window", HELD), raw["used"], revision)
 
     def learn(self, current: Mapping[str, KeyValue | None], keys: Iterable[str]) -> None:
         """What a failed transaction said the counters hold now."""

@@ -24,6 +24,7 @@ from warmcache.layout import Keys
 from warmcache.model import InstanceState, PoolInstance
 from warmcache.networks import AddressRelease
 from warmcache.ports import Compare, CoordinationStore, Delete, HostAgent, KeyValue, Op, Put
+from warmcache.vms.held import HeldIndex
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,14 @@ class Waker:
         hosts: HostView,
         agent_for: Callable[[str], HostAgent],
         release: AddressRelease | None = None,
+        held: HeldIndex | None = None,
     ) -> None:
         self._store = store
         self._keys = keys
         self._hosts = hosts
         self._agent_for = agent_for
         self._release = release
+        self._held = held
         self.observe: Callable[[str, KeyValue | None, int], None] = lambda _k, _v, _r: None
 
     def _agent(self, vm: PoolInstance) -> HostAgent | None:
@@ -95,6 +98,7 @@ class Waker:
                 acquired_by=None,
                 acquired_at=None,
                 claim_id=None,
+                expires_at=None,
                 health_failures=vm.health_failures + (1 if vm.name in failed else 0),
             )
             for vm in vms
@@ -109,7 +113,19 @@ class Waker:
         ]
         if claim_id is not None:
             ops.append(Delete(self._keys.claim(claim_id)))
-        result = self._store.txn(compares, ops)
+        holder = vms[0].acquired_by if vms else None
+        for _ in range(3):  # the holder's counter may move meanwhile: read it again
+            more: list[Compare] = []
+            taken: list[Op] = []
+            if self._held is not None and holder:
+                more, taken = self._held.take_back(holder, az, [vm.name for vm in vms])
+            result = self._store.txn([*compares, *more], [*ops, *taken])
+            if result.succeeded or any(
+                (kv.mod_revision if kv else 0) != revision
+                for key, kv in result.current.items()
+                if key.startswith(self._keys.acquired_dir(az))
+            ):
+                break
         if not result.succeeded:
             log.warning("claim of %s changed before it could be given back", [v.name for v in vms])
             return False

@@ -111,17 +111,24 @@ class AgentClient:
         return HostFacts.model_validate(self.call({"op": "facts"}))
 
     def create(self, spec: VmSpec) -> VmStatus:
-        vm = {
-            "name": spec.name,
-            "flavor": spec.flavor.model_dump(mode="json"),
-            "user_data": spec.user_data,
-            "group": spec.group,
-        }
-        if spec.network is not None:
-            vm["network"] = spec.network.model_dump(mode="json")
-        if spec.image is not None:
-            vm["image"] = spec.image.model_dump(mode="json", exclude_none=True)
-        return _status(self.call({"op": "create", "vm": vm}))
+        return _status(self.call({"op": "create", "vm": _vm(spec)}))
+
+    def recycle(self, spec: VmSpec) -> VmStatus:
+        return _status(self.call({"op": "recycle", "vm": _vm(spec)}))
+
+    def attach_disk(self, name: str, target: str, size_gib: int, preallocation: str) -> None:
+        self.call(
+            {
+                "op": "attach_disk",
+                "name": name,
+                "target": target,
+                "size_gib": size_gib,
+                "preallocation": preallocation,
+            }
+        )
+
+    def detach_disk(self, name: str, target: str) -> None:
+        self.call({"op": "detach_disk", "name": name, "target": target})
 
     def prefetch(self, image: Image) -> None:
         self.call({"op": "prefetch", "image": image.model_dump(mode="json", exclude_none=True)})
@@ -137,6 +144,20 @@ class AgentClient:
 
     def list(self) -> list[VmStatus]:
         return [_status(item) for item in self.call({"op": "list"})]
+
+
+def _vm(spec: VmSpec) -> dict[str, Any]:
+    vm: dict[str, Any] = {
+        "name": spec.name,
+        "flavor": spec.flavor.model_dump(mode="json"),
+        "user_data": spec.user_data,
+        "group": spec.group,
+    }
+    if spec.network is not None:
+        vm["network"] = spec.network.model_dump(mode="json")
+    if spec.image is not None:
+        vm["image"] = spec.image.model_dump(mode="json", exclude_none=True)
+    return vm
 
 
 def _status(raw: Any) -> VmStatus:

@@ -42,6 +42,7 @@ class LeaderDuty:
         pools: Callable[[], list[PoolSummary]],
         trigger: Callable[[], None],
         rng: random.Random,
+        reclaim: Callable[[], object] | None = None,
     ) -> None:
         config = ctx.config
         self._config = config
@@ -82,6 +83,7 @@ class LeaderDuty:
         self._clock = ctx.clock
         self._emit = ctx.emit
         self._trigger = trigger
+        self._reclaim = reclaim  # leases run out: released after each cycle
         self.last_cycle: CycleReport | None = None
         self._own_tokens: set[int] = set()
         self._claims_swept_at = float("-inf")
@@ -126,6 +128,11 @@ class LeaderDuty:
                 self._addresses_reported,
             )
         self._sweep_claims()
+        if self._reclaim is not None and not leadership.lost.is_set():
+            try:
+                self._reclaim()
+            except StoreError as exc:
+                log.warning("lease reclaim: %s", exc)
         with contextlib.suppress(StoreError):
             for pool in self._pools():  # pool sizes over time, for Kibana
                 self._emit(

@@ -26,6 +26,7 @@ from warmcache.service import WarmCache
 from warmcache.web.api import api
 from warmcache.web.auth import Authenticator
 from warmcache.web.dashboard import dashboard
+from warmcache.web.vms import vms_api
 
 # Refusals of the HTTP layer (werkzeug's, waitress's) -> the registry's
 # classes, so they carry the same stable codes (DESIGN §12.6: a typed 4xx).
@@ -59,6 +60,7 @@ def create_app(service: WarmCache, auth: Authenticator | None = None) -> Flask:
     # bounds what the app reads of a chunked body too (413 either way).
     app.config["MAX_CONTENT_LENGTH"] = service.config.http_max_body_bytes
     app.register_blueprint(api)
+    app.register_blueprint(vms_api)
     app.register_blueprint(dashboard)
 
     @app.before_request

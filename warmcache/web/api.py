@@ -63,10 +63,18 @@ def _authenticate() -> None:
         return  # the dashboard signs its browsers in itself (warmcache.web.dashboard)
     auth: Authenticator = current_app.extensions["warmcache.auth"]
     identity = auth.identify(request.headers.get("Authorization"))
-    identity.require(
-        "user" if request.method in ("GET", "HEAD") or request.path == "/v1/acquire" else "admin"
-    )
+    identity.require(_role_for(request.method, request.path))
     g.identity = identity
+
+
+def _role_for(method: str, path: str) -> str:
+    """Reads, acquisitions and a holder's acts on its own VMs (checked per
+    VM in ``web.vms``) need ``user``; every other change ``admin``."""
+    if method in ("GET", "HEAD") or path == "/v1/acquire" or path.startswith("/v1/vms/"):
+        return "user"
+    if method == "DELETE" and path.startswith("/v1/claims/"):
+        return "user"
+    return "admin"
 
 
 def _service() -> WarmCache:
@@ -149,6 +157,7 @@ def acquire() -> Any:
         use_reserve=body.use_reserve,
         requester=requester,
         claim_id=claim_id,
+        lease_s=body.lease_s,
     )
     return _reply(
         AcquireReply(claim_id=claim_id or vms[0].claim_id or "", vms=[Vm.of(vm) for vm in vms])

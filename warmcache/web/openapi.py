@@ -17,7 +17,7 @@ from pydantic.json_schema import models_json_schema
 
 from warmcache.budgets import BudgetBody
 from warmcache.errors import CODES
-from warmcache.model import NAME_PATTERN, BuildRule
+from warmcache.model import NAME_PATTERN, BuildRule, InstanceState
 from warmcache.networks import AddressPool
 from warmcache.schemas import (
     CLAIM_ID_PATTERN,
@@ -30,6 +30,7 @@ from warmcache.schemas import (
     ChangeReply,
     ChangesReply,
     Claim,
+    DiskBody,
     ErrorBody,
     Explain,
     Health,
@@ -40,9 +41,14 @@ from warmcache.schemas import (
     NetworksReply,
     PoolsReply,
     Ready,
+    ReleaseReply,
+    RenewBody,
     RuleEntry,
     RulesReply,
+    Vm,
+    VmsReply,
 )
+from warmcache.vms.book import MAX_PAGE
 
 REF = "#/components/schemas/{model}"
 
@@ -58,6 +64,7 @@ class Operation:
     secured: bool = True
     params: tuple[tuple[str, str], ...] = ()  # (name, pattern) of path parameters
     headers: tuple[tuple[str, str, str], ...] = ()  # (name, pattern, description)
+    query: tuple[tuple[str, dict[str, Any]], ...] = ()  # (name, schema) of query parameters
     text: bool = False  # a text/plain reply
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -183,6 +190,73 @@ OPERATIONS = [
         errors=READ,
         params=(("image_id", NAME),),
     ),
+    Operation(
+        "/v1/vms",
+        "get",
+        "a page of tracked VMs in name order, filtered (a user token: only the VMs it holds); "
+        "next page: after=<next>",
+        {200: VmsReply},
+        errors=READ,
+        query=(
+            ("state", {"type": "string", "enum": [s.value for s in InstanceState]}),
+            ("requester", {"type": "string", "minLength": 1, "maxLength": 200}),
+            ("az", {"type": "string", "pattern": NAME}),
+            ("flavor", {"type": "string", "pattern": NAME}),
+            ("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}),
+            ("after", {"type": "string", "pattern": NAME}),
+        ),
+    ),
+    Operation(
+        "/v1/vms/{name}",
+        "get",
+        "one VM in any state: holder, claim, lease, disks, where it runs",
+        {200: Vm},
+        errors=READ,
+        params=(("name", NAME),),
+    ),
+    Operation(
+        "/v1/vms/{name}",
+        "delete",
+        "give a handed-out VM back (its holder or an admin): it is releasing, then deleted or "
+        "recycled by its agent; a repeat is harmless",
+        {202: ReleaseReply},
+        errors=(*WRITE, 409),
+        params=(("name", NAME),),
+    ),
+    Operation(
+        "/v1/claims/{claim_id}",
+        "delete",
+        "give back every VM of a named claim (its requester or an admin)",
+        {202: ReleaseReply},
+        errors=(*WRITE, 409),
+        params=(("claim_id", CLAIM_ID_PATTERN),),
+    ),
+    Operation(
+        "/v1/vms/{name}/renew",
+        "post",
+        "renew a handed-out VM's lease: lease_s seconds from now",
+        {200: Vm},
+        body=RenewBody,
+        errors=(*WRITE, 409),
+        params=(("name", NAME),),
+    ),
+    Operation(
+        "/v1/vms/{name}/disks",
+        "post",
+        "attach a new data disk to a handed-out VM (its holder or an admin)",
+        {201: Vm},
+        body=DiskBody,
+        errors=(*WRITE, 409, 502),
+        params=(("name", NAME),),
+    ),
+    Operation(
+        "/v1/vms/{name}/disks/{target}",
+        "delete",
+        "detach and delete one of a handed-out VM's data disks",
+        {200: Vm},
+        errors=(*WRITE, 409, 502),
+        params=(("name", NAME), ("target", r"^vd[b-y]$")),
+    ),
     Operation("/v1/budgets", "get", "every AZ budget", {200: BudgetsReply}, errors=READ),
     Operation(
         "/v1/budgets/{az}",
@@ -296,6 +370,10 @@ def _operation(op: Operation, refs: dict[str, dict[str, Any]]) -> dict[str, Any]
             "schema": {"type": "string", "pattern": pattern},
         }
         for name, pattern in op.params
+    ]
+    parameters += [
+        {"name": name, "in": "query", "required": False, "schema": schema}
+        for name, schema in op.query
     ]
     parameters += [
         {
