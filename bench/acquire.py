@@ -45,6 +45,7 @@ free_p99_ms=<z>``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import http.client
 import json
@@ -52,6 +53,7 @@ import math
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -497,6 +499,7 @@ def main() -> None:
         parser.error("--release runs with --via library")
 
     work = Path(tempfile.mkdtemp(prefix="warmcache-acquire-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     cluster: Any = None
     if args.store == "sqlite":
         store_cfg = {"kind": "sqlite", "path": str(work / "store.db")}

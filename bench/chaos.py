@@ -21,6 +21,8 @@ made here. Every namespace and link it made is removed at the end.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -53,6 +55,7 @@ def main() -> None:
         print(f"chaos: cannot run here: {why}", file=sys.stderr)
         sys.exit(2)
     work = Path(tempfile.mkdtemp(prefix="warmcache-chaos-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     rig = ChaosRig(work, seed=args.seed, hypervisors=args.hypervisors)
     started = time.monotonic()
     try:

@@ -18,8 +18,10 @@ Prints one line per run and, last, the contract line:
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -145,6 +147,7 @@ def main() -> None:
         return
 
     workdir = Path(tempfile.mkdtemp(prefix="warmcache-failover-"))
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     cluster: Any = None
     if args.store == "sqlite":
         spec = {"kind": "sqlite", "path": str(workdir / "store.db")}

@@ -31,7 +31,9 @@ place_p99_ms=<z> store_ops=<n> place_setup_s=<s>``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -153,6 +155,7 @@ def main() -> None:
     racks_per_az = max(1, args.racks // args.azs)
     per_rack = max(1, args.hypervisors // (racks_per_az * args.azs))
     work = Path(tempfile.mkdtemp(prefix="warmcache-fleet-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     raw = SqliteStore(work / "store.db")
     keys = Keys("fleet")
     started = time.monotonic()

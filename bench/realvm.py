@@ -27,7 +27,9 @@ build's.)
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -71,6 +73,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="warmcache-realvm-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     daemons = Libvirtd(work / "libvirtd").ensure()
     agent = None
     try:

@@ -17,7 +17,9 @@ Last line: ``refill vms=<N> create_mean_s=<m> concurrency=<c> simulated_s=<x>
 from __future__ import annotations
 
 import argparse
+import atexit
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -52,6 +54,7 @@ def fill(service: WarmCache, n: int, deadline_s: float) -> float:
 
 def simulated(n: int, mean_s: float, concurrency: int) -> float:
     work = Path(tempfile.mkdtemp(prefix="warmcache-refill-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     store = SqliteStore(work / "store.db")
     agents = sim_fleet(store, "bench", 1, 3, 4, latency=lognormal_latency(mean_s, random.Random(1)))
     service = WarmCache(
@@ -88,8 +91,10 @@ def real(n: int) -> float:
     )
     from warmcache.localetcd import free_port
 
+    work = Path(tempfile.mkdtemp(prefix="warmcache-refill-real-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     stack = QuickstartStack(
-        Path(tempfile.mkdtemp(prefix="warmcache-refill-real-")) / "qs",
+        work / "qs",
         port=free_port(),
         instances=1,
         real_vms=True,

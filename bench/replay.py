@@ -51,10 +51,12 @@ accepted. Last line:
 from __future__ import annotations
 
 import argparse
+import atexit
 import heapq
 import itertools
 import math
 import random
+import shutil
 import statistics
 import tempfile
 from collections import Counter, defaultdict
@@ -253,6 +255,7 @@ class PoolRun:
         history: list[tuple[float, str, int]] = (),  # type: ignore[assignment]
     ) -> None:
         work = Path(tempfile.mkdtemp(prefix="warmcache-replay-"))
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
         catalog = work / "flavors.toml"
         catalog.write_text(
             "".join(

@@ -21,9 +21,11 @@ health probe included) and deleted. Last line:
 from __future__ import annotations
 
 import argparse
+import atexit
 import glob
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -75,6 +77,7 @@ def main() -> None:
     parser.add_argument("--vms", type=int, default=4)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="warmcache-standby-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     daemons = Libvirtd(work / "libvirtd").ensure()
     agent = None
     service = None

@@ -13,8 +13,10 @@ addresses.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -44,6 +46,7 @@ _STATES = {
 
 
 MAX_SOCKET_PATH = 107  # sun_path's 108 bytes, less the terminating NUL
+SOCKET_NAME_SAMPLE = "h-0123456789abcdef.sock"  # every health socket's name is this long
 
 
 class HypervisorFailure(Exception):
@@ -147,7 +150,18 @@ class LibvirtDriver:
         legacy = self._run_dir / f"{name}.health"
         if legacy.exists():
             return legacy
-        return self._run_dir / f"h-{hashlib.sha256(name.encode()).hexdigest()[:16]}.sock"
+        return self._socket_dir() / f"h-{hashlib.sha256(name.encode()).hexdigest()[:16]}.sock"
+
+    def _socket_dir(self) -> Path:
+        """``run_dir``, or when its sockets' paths would be too long, a short
+        folder of the system's temporary one named for ``run_dir`` (made
+        private to root on first use)."""
+        if len(str(self._run_dir / SOCKET_NAME_SAMPLE).encode()) <= MAX_SOCKET_PATH:
+            return self._run_dir
+        digest = hashlib.sha256(str(self._run_dir).encode()).hexdigest()[:12]
+        short = Path(tempfile.gettempdir()) / f"warmcache-{digest}"
+        short.mkdir(mode=0o700, exist_ok=True)
+        return short
 
     @property
     def real_guests(self) -> bool:
@@ -307,6 +321,10 @@ class LibvirtDriver:
 
     def close(self) -> None:
         self._conn.close()
+        short = self._socket_dir()
+        if short != self._run_dir:
+            with contextlib.suppress(OSError):  # guests still running keep it
+                short.rmdir()
 
 
 def _os_xml(boot: KernelBoot | None, fallback: GuestBootConfig) -> str:

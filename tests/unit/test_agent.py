@@ -367,3 +367,28 @@ def test_a_delete_during_its_create_waits_and_nothing_is_left_untracked(tmp_path
     assert created and deleted == [{"name": vm, "deleted": True}]
     assert host._driver.state(vm) == "missing" and host.lockfile.all() == []
     assert vm not in host._name_locks
+
+
+def test_health_sockets_fit_a_unix_socket_path_whatever_the_state_folder(tmp_path: Path) -> None:
+    """A guest's health channel is a Unix socket: 107 bytes at most. An agent
+    whose state folder is deep (CI's temporary folders) puts them in a
+    short private folder instead of failing every build."""
+    from warmcache_agent.libvirt_driver import MAX_SOCKET_PATH, LibvirtDriver
+
+    shallow = LibvirtDriver("test:///default", run_dir=tmp_path / "run")
+    assert shallow.health_socket("vm-1").parent == tmp_path / "run"
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "run"
+    driver = LibvirtDriver("test:///default", run_dir=deep)
+    try:
+        path = driver.health_socket("vm-1")
+        assert len(str(path).encode()) <= MAX_SOCKET_PATH
+        assert path != driver.health_socket("vm-2")
+        assert path.parent.stat().st_mode & 0o077 == 0  # nobody else's to open
+        # the same folder for the same state folder, after a restart too
+        again = LibvirtDriver("test:///default", run_dir=deep)
+        assert again.health_socket("vm-1") == path
+        again.close()
+        assert not path.parent.exists()  # an agent that stops leaves nothing behind
+    finally:
+        driver.close()
+        shallow.close()
