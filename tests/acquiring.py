@@ -77,7 +77,7 @@ class Rig:
     ) -> None:
         self.store = store
         self.hosts = HostView(store, KEYS.hosts_dir())
-        self.drains = DrainView(store, KEYS.drain())
+        self.drains = DrainView(store, KEYS)
         self.index = PoolIndex(store, KEYS, hosts=self.hosts, drains=self.drains, node=node)
         self.claimer = Claimer(
             store,

@@ -6,7 +6,6 @@ CLI all read. A new action is one entry here.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -15,12 +14,20 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from warmcache.agent_versions import AgentVersions, DesiredAgent
 from warmcache.context import ServiceContext
-from warmcache.errors import ImageInUse
-from warmcache.health.purge import purge_pool
+from warmcache.drains import Drain, Evacuate
+from warmcache.errors import (
+    ConfigError,
+    ImageInUse,
+    UnknownHypervisor,
+    UnknownRack,
+    UnknownVm,
+)
+from warmcache.health.purge import purge_pool, purge_vm
 from warmcache.images import Image
-from warmcache.layout import PoolRecords
+from warmcache.layout import PoolRecords, RuleRecords
 from warmcache.model import NAME_PATTERN, InstanceState
 from warmcache.networks import AddressPool, NetworkBook
+from warmcache.vms.book import Found, find_vm
 
 
 class _Params(BaseModel):
@@ -34,6 +41,26 @@ class PoolTarget(_Params):
 
 class HostTarget(_Params):
     hypervisor: StrictStr = Field(pattern=NAME_PATTERN)
+
+
+class HostDrain(HostTarget):
+    # "now": its pooled VMs are handed out no more, retired and replaced
+    # elsewhere; "as_acquired": they are handed out as usual and replaced
+    # as they go (warmcache.drains).
+    evacuate: Evacuate = "now"
+
+
+class RackTarget(_Params):
+    az: StrictStr = Field(pattern=NAME_PATTERN)
+    rack: StrictStr = Field(pattern=NAME_PATTERN)
+
+
+class RackDrain(RackTarget):
+    evacuate: Evacuate = "now"
+
+
+class VmTarget(_Params):
+    name: StrictStr = Field(pattern=NAME_PATTERN)
 
 
 class NetworkTarget(_Params):
@@ -53,19 +80,125 @@ class ChangeAction(Generic[P]):
     params: type[P]
     summary: str
     run: Callable[[ServiceContext, P], dict[str, Any]]
+    # Asked before a request is recorded: a typed error (an unknown host,
+    # say) refuses the ask, and nothing is recorded.
+    check: Callable[[ServiceContext, P], None] | None = None
 
     def execute(self, context: ServiceContext, params: dict[str, Any]) -> dict[str, Any]:
         return self.run(context, self.params.model_validate(params))
 
+    def precheck(self, context: ServiceContext, params: P) -> None:
+        if self.check is not None:
+            self.check(context, params)
+
 
 def _delete_rule(ctx: ServiceContext, target: PoolTarget) -> dict[str, Any]:
-    return {"deleted": ctx.store.delete(ctx.keys.rule(target.az, target.flavor))}
+    """The rule goes, then the pool's ready and reserved VMs (a VM still
+    building when the rule went is retired by the next cycle); acquisitions
+    of the pool get ``unknown_pool``; handed-out VMs stay with their holders."""
+    deleted = ctx.store.delete(ctx.keys.rule(target.az, target.flavor))
+    retired = _purge_pool(ctx, target)
+    return {"deleted": deleted, **retired}
 
 
-def _drain_hypervisor(ctx: ServiceContext, target: HostTarget) -> dict[str, Any]:
-    # No new VM is placed there and none of its pooled VMs is handed out.
-    ctx.store.put(ctx.keys.drain(target.hypervisor), json.dumps({"at": ctx.clock.now()}))
-    return {"drained": target.hypervisor}
+def _known_host(ctx: ServiceContext, target: HostTarget) -> None:
+    """A host that heartbeats, or that holds VMs warmcache tracks (a dead
+    host may be drained before it comes back)."""
+    ctx.hosts.catch_up()
+    if ctx.hosts.get(target.hypervisor) is not None:
+        return
+    records = PoolRecords(ctx.store, ctx.keys)
+    if any(
+        item.record.hypervisor == target.hypervisor
+        for item in [*records.read()[0], *records.acquired()]
+    ):
+        return
+    raise UnknownHypervisor(target.hypervisor)
+
+
+def _known_rack(ctx: ServiceContext, target: RackTarget) -> None:
+    ctx.hosts.catch_up()
+    if not any(h.az == target.az and h.rack == target.rack for h in ctx.hosts.hosts()):
+        raise UnknownRack(target.az, target.rack)
+
+
+def _drain_value(ctx: ServiceContext, evacuate: Evacuate) -> str:
+    return Drain(at=ctx.clock.now(), evacuate=evacuate).model_dump_json()
+
+
+def _drain_hypervisor(ctx: ServiceContext, target: HostDrain) -> dict[str, Any]:
+    """No new VM is placed there; its pooled VMs go as ``evacuate`` says
+    (``warmcache.drains``)."""
+    ctx.store.put(ctx.keys.drain(target.hypervisor), _drain_value(ctx, target.evacuate))
+    ctx.emit("host.drained", hypervisor=target.hypervisor, evacuate=target.evacuate)
+    return {"drained": target.hypervisor, "evacuate": target.evacuate}
+
+
+def _undrain_hypervisor(ctx: ServiceContext, target: HostTarget) -> dict[str, Any]:
+    was = ctx.store.delete(ctx.keys.drain(target.hypervisor))
+    ctx.emit("host.undrained", hypervisor=target.hypervisor, was_drained=was)
+    return {"undrained": target.hypervisor, "was_drained": was}
+
+
+def _drain_rack(ctx: ServiceContext, target: RackDrain) -> dict[str, Any]:
+    ctx.store.put(ctx.keys.rack_drain(target.az, target.rack), _drain_value(ctx, target.evacuate))
+    ctx.emit("rack.drained", az=target.az, rack=target.rack, evacuate=target.evacuate)
+    return {"drained": {"az": target.az, "rack": target.rack}, "evacuate": target.evacuate}
+
+
+def _undrain_rack(ctx: ServiceContext, target: RackTarget) -> dict[str, Any]:
+    was = ctx.store.delete(ctx.keys.rack_drain(target.az, target.rack))
+    ctx.emit("rack.undrained", az=target.az, rack=target.rack, was_drained=was)
+    return {"undrained": {"az": target.az, "rack": target.rack}, "was_drained": was}
+
+
+def _find_vm(ctx: ServiceContext, name: str) -> Found:
+    azs = {h.az for h in ctx.hosts.hosts()} | {
+        az for az, _ in RuleRecords(ctx.store, ctx.keys).all()
+    }
+    found = find_vm(ctx.store, ctx.keys, azs, name)
+    if found is None:
+        raise UnknownVm(name)
+    return found
+
+
+def _known_vm(ctx: ServiceContext, target: VmTarget) -> None:
+    _find_vm(ctx, target.name)
+
+
+def _purge_vm(ctx: ServiceContext, target: VmTarget) -> dict[str, Any]:
+    """One VM, whatever its state: a pooled one is destroyed through its
+    agent and its record removed; a handed-out one is taken back from its
+    holder and deleted (never recycled) by the release worker."""
+    found = _find_vm(ctx, target.name)
+    rec = found.record
+    if found.folder == "acquired":
+        if ctx.release_vm is None:
+            raise ConfigError("this service cannot release VMs (no release worker)")
+        releasing = ctx.release_vm(rec.name)
+        ctx.emit("vm.purge_asked", name=rec.name, az=rec.az, state="acquired")
+        return {"name": rec.name, "was": "acquired", "now": releasing.state.value}
+    if found.folder == "releasing":
+        return {"name": rec.name, "was": rec.state.value, "now": rec.state.value}
+    host = ctx.hosts.get(rec.hypervisor)
+    agent = ctx.agent_for(host.endpoint) if host and host.endpoint else None
+    purged = purge_vm(ctx.store.txn, found.key, found.revision, rec, agent, ctx.addresses)
+    ctx.emit(
+        "vm.purged",
+        name=rec.name,
+        az=rec.az,
+        flavor=rec.flavor,
+        hypervisor=rec.hypervisor,
+        reason="operator",
+        done=purged,
+    )
+    return {
+        "name": rec.name,
+        "was": rec.state.value,
+        # not purged: acquired meanwhile, or its agent could not destroy it
+        # (the record stays purging and the health poller tries again)
+        "now": "purged" if purged else "purging",
+    }
 
 
 def _purge_pool(ctx: ServiceContext, target: PoolTarget) -> dict[str, Any]:
@@ -157,10 +290,33 @@ def _set_agent_version(ctx: ServiceContext, build: AgentBuild) -> dict[str, Any]
 
 
 ACTIONS: dict[str, ChangeAction[Any]] = {
-    "delete_rule": ChangeAction(PoolTarget, "delete a pool's build rule", _delete_rule),
+    "delete_rule": ChangeAction(
+        PoolTarget, "delete a pool's build rule and retire its ready VMs", _delete_rule
+    ),
     "purge_pool": ChangeAction(PoolTarget, "destroy a pool's ready and reserved VMs", _purge_pool),
     "drain_hypervisor": ChangeAction(
-        HostTarget, "place nothing on a hypervisor and hand out none of its VMs", _drain_hypervisor
+        HostDrain,
+        "place nothing on a hypervisor; its pooled VMs retire now or as they are acquired",
+        _drain_hypervisor,
+        _known_host,
+    ),
+    "undrain_hypervisor": ChangeAction(
+        HostTarget, "put a drained hypervisor back in service", _undrain_hypervisor, _known_host
+    ),
+    "drain_rack": ChangeAction(
+        RackDrain,
+        "drain every hypervisor of a rack (as drain_hypervisor)",
+        _drain_rack,
+        _known_rack,
+    ),
+    "undrain_rack": ChangeAction(
+        RackTarget, "put a drained rack back in service", _undrain_rack, _known_rack
+    ),
+    "purge_vm": ChangeAction(
+        VmTarget,
+        "destroy one VM (a handed-out one is taken back from its holder)",
+        _purge_vm,
+        _known_vm,
     ),
     "update_network": ChangeAction(
         NetworkUpdate, "change an address pool (held addresses stay held)", _update_network

@@ -57,6 +57,7 @@ class Approvals:
             checked = ACTIONS[action].params.model_validate(dict(params))
         except ValidationError as exc:
             raise InvalidRequest.from_validation(f"invalid parameters for {action}", exc) from exc
+        ACTIONS[action].precheck(self._context, checked)  # an unknown target: nothing recorded
         now = self._clock.now()
         request = ChangeRequest(
             id=uuid.uuid4().hex[:12],

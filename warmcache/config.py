@@ -266,6 +266,15 @@ class ServiceConfig(_Section):
         description="A VM still releasing this long after it was given back is reported "
         "(vm.release_stuck event and an alert), once.",
     )
+    shrink_after_s: float = Field(
+        default=1800.0,
+        ge=0,
+        le=30 * 86_400,
+        description="A pool holding more VMs than its target (total_instances lowered, a "
+        "lower demand target, a host back from an outage) retires the surplus, stale and "
+        "oldest first, at most replace_per_cycle per cycle, once the surplus has lasted "
+        "this long: a target that dips for one cycle retires nothing.",
+    )
     address_quarantine_s: float = Field(
         default=600.0,
         ge=0,

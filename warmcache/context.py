@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from warmcache.config import DemandConfig, QuotaLimit, ServiceConfig
 from warmcache.inventory import DrainView, HostView
 from warmcache.layout import Keys
+from warmcache.model import PoolInstance
 from warmcache.networks import AddressRelease
 from warmcache.ports import (
     AlertSink,
@@ -38,6 +39,9 @@ class ServiceContext:
     addresses: AddressRelease  # how a removed VM's addresses go into quarantine
     demand: DemandConfig = field(default_factory=DemandConfig)  # demand-driven sizing ([demand])
     quotas: tuple[QuotaLimit, ...] = ()  # per-requester limits ([[quotas.limits]])
+    # Take a handed-out VM back from its holder for deletion (an operator's
+    # purge_vm): set once the VMs' room exists (``WarmCache``).
+    release_vm: Callable[[str], PoolInstance] | None = None
 
     @classmethod
     def assemble(
@@ -63,7 +67,7 @@ class ServiceContext:
             clock,
             catalog,
             HostView(store, keys.hosts_dir()),
-            DrainView(store, keys.drain()),
+            DrainView(store, keys),
             agent_for,
             events,
             alerts,

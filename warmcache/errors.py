@@ -27,7 +27,10 @@ the CLI all use it::
     │   ├── UnknownClaim               unknown_claim
     │   ├── UnknownNetwork             unknown_network
     │   ├── UnknownImage               unknown_image
-    │   └── UnknownVm                  unknown_vm
+    │   ├── UnknownVm                  unknown_vm
+    │   ├── UnknownHypervisor          unknown_hypervisor
+    │   ├── UnknownRack                unknown_rack
+    │   └── UnknownQuota               unknown_quota
     ├── Unauthorized                   unauthorized            401
     ├── Forbidden                      forbidden               403
     ├── ApprovalRefused                approval_refused        403
@@ -266,6 +269,38 @@ class UnknownVm(NotFound):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"no VM {name!r}")
+
+
+class UnknownHypervisor(NotFound):
+    """No host of that name heartbeats, and no VM warmcache tracks is on it."""
+
+    code = "unknown_hypervisor"
+    fields = ("hypervisor",)
+
+    def __init__(self, hypervisor: str) -> None:
+        self.hypervisor = hypervisor
+        super().__init__(f"no hypervisor {hypervisor!r} (none heartbeats under that name)")
+
+
+class UnknownRack(NotFound):
+    code = "unknown_rack"
+    fields = ("az", "rack")
+
+    def __init__(self, az: str, rack: str) -> None:
+        self.az = az
+        self.rack = rack
+        super().__init__(f"no rack {rack!r} in {az!r} (no host of it heartbeats)")
+
+
+class UnknownQuota(NotFound):
+    """No limits are set for that requester."""
+
+    code = "unknown_quota"
+    fields = ("requester",)
+
+    def __init__(self, requester: str) -> None:
+        self.requester = requester
+        super().__init__(f"no quota for requester {requester!r}")
 
 
 class UnknownRequest(NotFound):

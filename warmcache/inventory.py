@@ -13,12 +13,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
+from warmcache.drains import Drain, DrainKey, Drains
+from warmcache.layout import Keys
 from warmcache.model import HostFacts
 from warmcache.ports import CoordinationStore
 from warmcache.views import PrefixView
 
 # Called with (hypervisor, present) when a host appears or goes away.
 PresenceListener = Callable[[str, bool], None]
+# Called with ((az, rack), evacuating) when a rack's drain starts or ends.
+RackListener = Callable[[tuple[str, str], bool], None]
 
 
 class HostView(PrefixView[HostFacts]):
@@ -68,34 +72,67 @@ class HostView(PrefixView[HostFacts]):
                     listener(new.hypervisor, True)
 
 
-class DrainView(PrefixView[str]):
-    """Drained hypervisors (``<prefix>/drain/<hypervisor>``): no new VM is
-    placed there and none of their pooled VMs is handed out."""
+class DrainView(PrefixView[tuple[DrainKey, Drain]]):
+    """Drained hypervisors and racks (``warmcache.drains``): no new VM is
+    placed there, and the pooled VMs of those evacuating ``now`` are not
+    handed out. Listeners hear when a host's or a rack's evacuation starts
+    or ends (not of ``as_acquired`` drains: their VMs stay in their pools)."""
 
-    def __init__(self, store: CoordinationStore, drain_dir: str) -> None:
-        self._drained: set[str] = set()
+    def __init__(self, store: CoordinationStore, keys: Keys) -> None:
+        self._keys = keys
+        self.now = Drains()
         self._listeners: list[PresenceListener] = []
-        super().__init__(store, drain_dir, lambda key, _v: key.rsplit("/", 1)[-1])
+        self._rack_listeners: list[RackListener] = []
+        super().__init__(
+            store,
+            keys.drain(),
+            lambda key, value: (DrainKey.parse(keys, key), Drain.parse(value)),
+        )
 
     def drained(self) -> set[str]:
+        """Hypervisors drained one by one."""
         with self._lock:
-            return set(self._drained)
+            return set(self.now.hosts)
 
     def __contains__(self, hypervisor: object) -> bool:
-        return hypervisor in self._drained
+        return hypervisor in self.now.hosts
 
-    def subscribe(self, listener: PresenceListener) -> None:
+    def of(self, hypervisor: str, az: str, rack: str) -> Drain | None:
+        with self._lock:
+            return self.now.of(hypervisor, az, rack)
+
+    def subscribe(self, listener: PresenceListener, racks: RackListener | None = None) -> None:
+        """``listener(hypervisor, evacuating)`` for hosts' own drains and
+        ``racks((az, rack), evacuating)`` for racks': every evacuation now,
+        then every start and end."""
         with self._lock:
             self._listeners.append(listener)
-            for hv in self._drained:
-                listener(hv, True)
+            for hv, drain in self.now.hosts.items():
+                if drain.evacuate == "now":
+                    listener(hv, True)
+            if racks is not None:
+                self._rack_listeners.append(racks)
+                for rack, drain in self.now.racks.items():
+                    if drain.evacuate == "now":
+                        racks(rack, True)
 
-    def _changed(self, key: str, old: str | None, new: str | None) -> None:
-        if old is not None and new is None:
-            self._drained.discard(old)
+    def _changed(
+        self,
+        key: str,
+        old: tuple[DrainKey, Drain] | None,
+        new: tuple[DrainKey, Drain] | None,
+    ) -> None:
+        target = (new or old or (None, None))[0]
+        if target is None:
+            return
+        was = old is not None and old[1].evacuate == "now"
+        self.now.set(target, new[1] if new else None)
+        now = new is not None and new[1].evacuate == "now"
+        if was == now:
+            return
+        if target.hypervisor is not None:
             for listener in self._listeners:
-                listener(old, False)
-        if new is not None and new not in self._drained:
-            self._drained.add(new)
-            for listener in self._listeners:
-                listener(new, True)
+                listener(target.hypervisor, now)
+        elif target.rack is not None:
+            for rack_listener in self._rack_listeners:
+                rack_listener(target.rack, now)

@@ -76,8 +76,28 @@ class Keys:
     def rule(self, az: str, flavor: str) -> str:
         return f"{self.prefix}/rules/{az}/{flavor}"
 
+    RACK_DRAINS = "racks"
+
     def drain(self, hypervisor: str | None = None) -> str:
+        """A drained hypervisor (``warmcache.drains``); the folder of every drain."""
         return f"{self.prefix}/drain/{hypervisor}" if hypervisor else f"{self.prefix}/drain/"
+
+    def rack_drain(self, az: str, rack: str) -> str:
+        """A drained rack: every hypervisor of it (beside the hosts' own drains)."""
+        return f"{self.prefix}/drain/{self.RACK_DRAINS}/{az}/{rack}"
+
+    def surplus(self, az: str, flavor: str) -> str:
+        """Since when a pool holds more than its target (the leader's
+        hysteresis before it retires the surplus, ``builders.upkeep``)."""
+        return f"{self.prefix}/surplus/{az}/{flavor}"
+
+    def quota_limits_dir(self) -> str:
+        return f"{self.prefix}/quota-limits/"
+
+    def quota_limit(self, requester: str) -> str:
+        """A requester's limits (``acquire.quotas``): set through the API,
+        seeded from the config file's ``[[quotas.limits]]``."""
+        return f"{self.prefix}/quota-limits/{quote(requester, safe='')}"
 
     def requests_dir(self) -> str:
         return f"{self.prefix}/requests/"
@@ -292,8 +312,10 @@ class HostRecords:
         ]
 
     def drained(self) -> set[str]:
+        """Hypervisors drained one by one (rack drains: ``drains.Drains``)."""
         kvs, _ = self._store.range(self._keys.drain())
-        return {Keys.name(kv.key) for kv in kvs}
+        prefix = self._keys.drain()
+        return {kv.key[len(prefix) :] for kv in kvs if "/" not in kv.key[len(prefix) :]}
 
 
 class DemandRecords:

@@ -290,7 +290,7 @@ class Release(_Frozen):
 
     since: float
     by: str  # who gave it back (its holder, an admin, or "lease" when it expired)
-    reason: Literal["released", "expired"] = "released"
+    reason: Literal["released", "expired", "purged"] = "released"
     action: Literal["delete", "recycle"] = "delete"  # the rule's on_release then
     worker: str | None = None  # the instance working on it now (taken by revision)
     tried_at: float | None = None
@@ -411,6 +411,12 @@ class PoolSummary(_Frozen):
     enabled: bool
     ready_by_rack: dict[str, int]
     stale: int = 0  # ready or reserved VMs of an older generation, being replaced
+    # Ready or reserved VMs that cannot be handed out, not counted above:
+    # their host's heartbeat is gone, or it is being evacuated (a drain).
+    unreachable: int = 0
+    drained: int = 0
+    # The counted ready and reserved VMs by how they wait (running, paused, saved).
+    standby: dict[str, int] = Field(default_factory=dict)
 
 
 # The name every instance registers under in the store's service registry.

@@ -14,6 +14,7 @@ thread-safe and need no ``start()``.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 from collections.abc import Callable, Sequence
@@ -101,7 +102,15 @@ class WarmCache:
             reclaim=self.lifecycle.reclaim_expired,
         )
         self.election = self.duty.election
-        self.approvals = Approvals(ctx, ttl_s=config.requests_ttl_s)
+        self.approvals = Approvals(
+            dataclasses.replace(
+                ctx,
+                release_vm=lambda name: self.lifecycle.release(
+                    name, "operator", admin=True, reason="purged"
+                ),
+            ),
+            ttl_s=config.requests_ttl_s,
+        )
         self.health = HealthPoller(ctx)
         self.registration = ServiceRegistration(store, config)
         self.metrics.watch_service(self)

@@ -289,8 +289,9 @@ def test_the_cycle_report_reads_as_an_email(service: WarmCache) -> None:
     report = service.run_cycle()
     assert report is not None and not report.clean
     subject, body = report.render()
-    assert subject.startswith(f"warmcache cycle {report.token}: built 3 VM(s)")
-    assert "az1/small: 3" in body and "min_fault_domain=4 not met" in body
+    assert subject.startswith(f"warmcache cycle {report.token}: built 6 VM(s)")
+    assert "az1/small: 3" in body and "az1/medium: 3" in body
+    assert "min_fault_domain=4: only 3 rack(s) have room for medium; built 3 of 4" in body
 
 
 def test_a_host_whose_heartbeat_is_gone_is_not_built_on(

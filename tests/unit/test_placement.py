@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from warmcache.builders.plan import plan_az
-from warmcache.model import BuildRule, Flavor, HostFacts
+from warmcache.model import BuildRule, Flavor, HostFacts, InstanceState, PoolInstance
 from warmcache.placement.pipeline import PlacementSession, default_pipeline
 from warmcache.placement.request import PlacementRequest
 
@@ -85,12 +85,43 @@ def test_group_hint_keeps_one_vm_of_a_group_per_hypervisor() -> None:
     assert sorted(b.host.hypervisor for b in plan.builds) == ["r1-h1", "r2-h1"]
 
 
-def test_min_fault_domain_unmet_builds_nothing_and_says_why() -> None:
+def test_min_fault_domain_with_too_few_racks_builds_one_per_rack_and_says_why() -> None:
+    """Only one rack has room for a batch that should span two: one VM (a
+    batch of one spans one rack), and the cycle says why, rather than
+    nothing for ever."""
     hosts = [host(1, 1), host(1, 2), host(2, 1, vcpus=0)]
     rule = BuildRule(max_instance_per_cycle=4, total_instances=4, min_fault_domain=2)
     plan = plan_az("az1", {"small": rule}, {"small": SMALL}, hosts, [], default_pipeline(), names())
-    assert plan.builds == []
-    assert "min_fault_domain=2 not met" in plan.problems["small"]
+    assert [b.host.rack for b in plan.builds] == ["r1"]
+    assert "min_fault_domain=2: only 1 rack(s) have room" in plan.problems["small"]
+
+
+def test_a_batch_spans_its_racks_even_when_spreading_would_pick_one_rack() -> None:
+    """The refill deadlock of issue 27: the pool's VMs sit on racks 2 and 3,
+    rack 1 is empty, so spreading alone puts both replacements on rack 1;
+    min_fault_domain 2 asks the batch to span two racks."""
+    hosts = [host(r, h) for r in (1, 2, 3) for h in (1, 2)]
+    pooled = [
+        PoolInstance(
+            name=f"vm-{r}-{h}",
+            az="az1",
+            flavor="small",
+            hypervisor=f"r{r}-h{h}",
+            rack=f"r{r}",
+            state=InstanceState.READY,
+            created_at=0.0,
+        )
+        for r in (2, 3)
+        for h in (1, 2)
+    ]
+    for m in (2, 3):
+        rule = BuildRule(max_instance_per_cycle=6, total_instances=6, min_fault_domain=m)
+        plan = plan_az(
+            "az1", {"small": rule}, {"small": SMALL}, hosts, pooled, default_pipeline(), names()
+        )
+        assert len(plan.builds) == 2 and not plan.problems
+        assert len({b.host.rack for b in plan.builds}) == 2
+        assert "r1" in {b.host.rack for b in plan.builds}  # the emptied rack still comes first
 
 
 def test_unknown_flavor_in_a_rule_is_reported() -> None:
@@ -106,9 +137,10 @@ def test_unknown_flavor_in_a_rule_is_reported() -> None:
     seed=st.integers(0, 10_000),
     vms=st.integers(1, 40),
     group=st.sampled_from([None, "db"]),
+    span=st.integers(0, 4),
 )
 def test_a_session_decides_as_a_full_evaluation_would(
-    racks: int, per_rack: int, seed: int, vms: int, group: str | None
+    racks: int, per_rack: int, seed: int, vms: int, group: str | None, span: int
 ) -> None:
     """The incremental session (re-scoring only the chosen host's rack) sees,
     before every placement, exactly what evaluating every host afresh sees:
@@ -127,7 +159,8 @@ def test_a_session_decides_as_a_full_evaluation_would(
     ]
     per_rack_n: Counter[str] = Counter()
     per_hv: Counter[str] = Counter()
-    request = PlacementRequest(SMALL, group, per_rack_n, per_hv)
+    batch: Counter[str] = Counter()
+    request = PlacementRequest(SMALL, group, per_rack_n, per_hv, batch, min(span, vms))
     pipeline = default_pipeline(random.Random(seed))
     session = pipeline.session(hosts, request)
     current = {h.hypervisor: h for h in hosts}
@@ -145,4 +178,8 @@ def test_a_session_decides_as_a_full_evaluation_would(
         current[chosen.hypervisor] = chosen
         per_rack_n[chosen.rack] += 1
         per_hv[chosen.hypervisor] += 1
+        met = request.span_met
+        batch[chosen.rack] += 1
         session.placed(chosen)
+        if request.span_met and not met:
+            session.rescore()

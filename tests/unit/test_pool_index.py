@@ -5,6 +5,7 @@ those a full read of the store says, and so are its counts."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,7 @@ from warmcache.acquire.shares import Shares
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.clock import ManualClock
 from warmcache.errors import NoCapacity
-from warmcache.model import BuildRule, InstanceState, Mode, PoolInstance
+from warmcache.model import HELD_STATES, POOLED_STATES, BuildRule, InstanceState, Mode, PoolInstance
 from warmcache.ports import ChangeStream
 from warmcache.views import PrefixView
 
@@ -36,7 +37,18 @@ step = st.one_of(
     ),
     st.tuples(st.just("delete"), st.integers(0, 11)),
     st.tuples(st.just("host"), st.integers(0, len(HOSTS) - 1), st.booleans()),
-    st.tuples(st.just("drain"), st.integers(0, len(HOSTS) - 1), st.booleans()),
+    st.tuples(
+        st.just("drain"),
+        st.integers(0, len(HOSTS) - 1),
+        st.booleans(),
+        st.sampled_from(["now", "as_acquired", None]),
+    ),
+    st.tuples(
+        st.just("rack_drain"),
+        st.integers(0, 2),
+        st.booleans(),
+        st.sampled_from(["now", "as_acquired"]),
+    ),
     st.tuples(st.just("claim"), st.integers(1, 3), st.sampled_from(list(Mode))),
     st.tuples(st.just("reconnect")),
     st.tuples(st.just("compact")),
@@ -64,9 +76,21 @@ class Followed:
             self.streams[i] = None
 
 
+def evacuated(store: SqliteStore) -> set[str]:
+    """Hosts whose VMs must not be handed out: drained (their own drain or
+    their rack's) with evacuate "now" (the default when a drain says none)."""
+    out = set()
+    for kv in store.range(KEYS.drain())[0]:
+        if json.loads(kv.value).get("evacuate", "now") != "now":
+            continue
+        tail = kv.key[len(KEYS.drain()) :].split("/")
+        out |= {hv for rack, hv in HOSTS if tail in ([hv], ["racks", "az1", rack])}
+    return out
+
+
 def expected(store: SqliteStore, pool: tuple[str, str], use_reserve: bool) -> set[str]:
     live = {kv.key.rsplit("/", 1)[1] for kv in store.range(KEYS.hosts_dir())[0]}
-    drained = {kv.key.rsplit("/", 1)[1] for kv in store.range(KEYS.drain())[0]}
+    drained = evacuated(store)
     states = {InstanceState.READY} | ({InstanceState.RESERVED} if use_reserve else set())
     out = set()
     for kv in store.range(KEYS.pool_dir())[0]:
@@ -124,7 +148,19 @@ def _run(store: SqliteStore, steps: list[tuple[Any, ...]], shared: bool) -> None
             rack, hv = HOSTS[args[0]]
             key = KEYS.host("az1", hv) if op == "host" else KEYS.drain(hv)
             if args[1]:
-                store.put(key, host(hv, rack).model_dump_json() if op == "host" else "{}")
+                mode = args[2] if op == "drain" else None
+                store.put(
+                    key,
+                    host(hv, rack).model_dump_json()
+                    if op == "host"
+                    else json.dumps({"evacuate": mode} if mode else {}),
+                )
+            else:
+                store.delete(key)
+        elif op == "rack_drain":
+            key = KEYS.rack_drain("az1", f"r{args[0]}")
+            if args[1]:
+                store.put(key, json.dumps({"at": 1.0, "evacuate": args[2]}))
             else:
                 store.delete(key)
         elif op == "claim":
@@ -151,15 +187,35 @@ def _run(store: SqliteStore, steps: list[tuple[Any, ...]], shared: bool) -> None
                 assert rig.index.acquirable(pool, use_reserve, mine=True) == mine
         assert rig.index.in_flight(pool) == 0
     records = [PoolInstance.model_validate_json(kv.value) for kv in store.range(KEYS.pool_dir())[0]]
+    live = {kv.key.rsplit("/", 1)[1] for kv in store.range(KEYS.hosts_dir())[0]}
+    drained = evacuated(store)
+
+    def where(r: PoolInstance) -> str:
+        if r.state not in HELD_STATES:
+            return "ok"
+        return (
+            "unreachable"
+            if r.hypervisor not in live
+            else ("drained" if r.hypervisor in drained else "ok")
+        )
+
     rule = BuildRule(max_instance_per_cycle=1, total_instances=5)
     for summary in rig.index.summary({("az1", "small"): rule, ("az1", "large"): rule}):
         mine_ = [r for r in records if (r.az, r.flavor) == (summary.az, summary.flavor)]
-        counts = Counter(r.state for r in mine_)
+        # Ready and reserved VMs on a dead or drained host do not count:
+        # they are reported apart.
+        counted = [r for r in mine_ if where(r) == "ok"]
+        counts = Counter(r.state for r in counted)
         assert (summary.ready, summary.reserved, summary.building) == (
             counts[InstanceState.READY],
             counts[InstanceState.RESERVED],
             counts[InstanceState.BUILDING],
         )
+        away = Counter(where(r) for r in mine_)
+        assert (summary.unreachable, summary.drained) == (away["unreachable"], away["drained"])
         assert summary.ready_by_rack == dict(
-            sorted(Counter(r.rack for r in mine_ if r.state is InstanceState.READY).items())
+            sorted(Counter(r.rack for r in counted if r.state is InstanceState.READY).items())
+        )
+        assert rig.index.pooled((summary.az, summary.flavor)) == sum(
+            1 for r in counted if r.state in POOLED_STATES
         )

@@ -382,8 +382,9 @@ class Acquirer:
             return rule
         if not is_valid_name(flavor) or self._catalog.get(flavor) is None:
             raise UnknownFlavor(flavor, (f.name for f in self._catalog.list()))
-        if not self.rules.has_az(az):
-            raise UnknownAZ(az, self.rules.azs())
+        if not self.rules.has_az(az) and az not in self.hosts.count_by_az():
+            # an AZ is known by its rules or by its hosts (its last rule deleted)
+            raise UnknownAZ(az, set(self.rules.azs()) | set(self.hosts.count_by_az()))
         raise UnknownPool(flavor, az)
 
 

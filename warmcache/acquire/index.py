@@ -7,8 +7,11 @@ its revision) plus, per pool (AZ, flavor), four ``Stock``s of VM keys:
 ready VMs, ready or reserved VMs (``use_reserve``), and the same two
 restricted to this instance's share (``shares.py``). A VM is in a stock
 while its record is acquirable: the right state, no failed health check,
-its hypervisor heartbeating (the host view) and not drained (the drain
-view), and no claim of this instance in flight on it. Every change (one
+its hypervisor heartbeating (the host view) and not evacuating (its own
+or its rack's drain, the drain view), and no claim of this instance in
+flight on it. The pool's counts (``summary``, ``pooled``) leave out the
+ready and reserved VMs of unreachable and evacuating hosts, and say how
+many there are. Every change (one
 record from the feed, a host arriving or leaving, a drain, a claim) moves
 only the VMs it concerns, in O(1) each; nothing is ever copied or rescanned
 per acquisition.
@@ -63,8 +66,10 @@ class PoolIndex(PrefixView[PoolInstance]):
             store, keys.pool_dir(), lambda _k, value: PoolInstance.model_validate_json(value)
         )
         self._live: set[str] = set()
-        self._drained: set[str] = set()
+        self._drained: set[str] = set()  # hosts evacuating now (their own drain)
+        self._drained_racks: set[tuple[str, str]] = set()  # (az, rack) evacuating now
         self._on_hv: dict[str, set[str]] = {}
+        self._on_rack: dict[tuple[str, str], set[str]] = {}
         self._placed: dict[str, tuple[Pool, str, str, int]] = {}  # key -> pool, rack, hv, slots
         self._stocks: dict[Pool, list[Stock]] = {}
         self._inflight: dict[str, Pool] = {}
@@ -73,10 +78,17 @@ class PoolIndex(PrefixView[PoolInstance]):
         self._shares = Shares(node)
         self._mine: dict[str, bool] = {}
         self._states: dict[Pool, Counter[InstanceState]] = {}
+        # Ready VMs per rack that count (on a live host not evacuating).
         self._ready_by_rack: dict[Pool, Counter[str]] = {}
         self._stale: Counter[Pool] = Counter()  # ready or reserved VMs marked stale
+        # Ready or reserved VMs that do not count: on a host whose heartbeat
+        # is gone ("unreachable") or that is evacuating ("drained"), per
+        # pool and state; and where each such VM is counted.
+        self._away: dict[Pool, Counter[tuple[InstanceState, str]]] = {}
+        self._counted: dict[str, tuple[Pool, InstanceState, str, str, str]] = {}
+        self._standby: dict[Pool, Counter[str]] = {}  # counted VMs by how they wait
         hosts.subscribe(self._host_presence)
-        drains.subscribe(self._drain_presence)
+        drains.subscribe(self._drain_presence, self._rack_drain)
 
     # --- keeping the stocks current -----------------------------------------------------
 
@@ -86,13 +98,16 @@ class PoolIndex(PrefixView[PoolInstance]):
             self._states[pool][old.state] -= 1
             if old.stale and old.state in HELD_STATES:
                 self._stale[pool] -= 1
-            if old.state is InstanceState.READY:
-                self._ready_by_rack[pool][old.rack] -= 1
             on_hv = self._on_hv.get(old.hypervisor)
             if on_hv is not None:
                 on_hv.discard(key)
                 if not on_hv:
                     del self._on_hv[old.hypervisor]
+            on_rack = self._on_rack.get((old.az, old.rack))
+            if on_rack is not None:
+                on_rack.discard(key)
+                if not on_rack:
+                    del self._on_rack[(old.az, old.rack)]
         if new is not None:
             pool = (new.az, new.flavor)
             states = self._states.get(pool)
@@ -101,27 +116,68 @@ class PoolIndex(PrefixView[PoolInstance]):
             states[new.state] += 1
             if new.stale and new.state in HELD_STATES:
                 self._stale[pool] += 1
-            if new.state is InstanceState.READY:
-                racks = self._ready_by_rack.get(pool)
-                if racks is None:
-                    racks = self._ready_by_rack[pool] = Counter()
-                racks[new.rack] += 1
             on_hv = self._on_hv.get(new.hypervisor)
             if on_hv is None:
                 on_hv = self._on_hv[new.hypervisor] = set()
             on_hv.add(key)
+            on_rack = self._on_rack.get((new.az, new.rack))
+            if on_rack is None:
+                on_rack = self._on_rack[(new.az, new.rack)] = set()
+            on_rack.add(key)
         else:
             self._mine.pop(key, None)
         self._place(key, new)
+        self._count(key, new)
+
+    def _where(self, rec: PoolInstance) -> str:
+        """Whether a VM can be handed out as its host stands: "ok", or why
+        not ("unreachable", "drained")."""
+        if rec.hypervisor not in self._live:
+            return "unreachable"
+        if rec.hypervisor in self._drained or (rec.az, rec.rack) in self._drained_racks:
+            return "drained"
+        return "ok"
+
+    def _count(self, key: str, rec: PoolInstance | None) -> None:
+        """Keep the pool's counts of what its ready and reserved VMs can do."""
+        now = (
+            ((rec.az, rec.flavor), rec.state, rec.rack, self._where(rec), rec.standby)
+            if rec is not None and rec.state in HELD_STATES
+            else None
+        )
+        before = self._counted.get(key)
+        if before == now:
+            return
+        if before is not None:
+            pool, state, rack, where, standby = before
+            if where != "ok":
+                self._away[pool][(state, where)] -= 1
+            else:
+                self._standby[pool][standby] -= 1
+                if state is InstanceState.READY:
+                    self._ready_by_rack[pool][rack] -= 1
+            del self._counted[key]
+        if now is not None:
+            pool, state, rack, where, standby = now
+            if where != "ok":
+                away = self._away.get(pool)
+                if away is None:
+                    away = self._away[pool] = Counter()
+                away[(state, where)] += 1
+            else:
+                mix = self._standby.get(pool)
+                if mix is None:
+                    mix = self._standby[pool] = Counter()
+                mix[standby] += 1
+                if state is InstanceState.READY:
+                    racks = self._ready_by_rack.get(pool)
+                    if racks is None:
+                        racks = self._ready_by_rack[pool] = Counter()
+                    racks[rack] += 1
+            self._counted[key] = now
 
     def _slots(self, key: str, rec: PoolInstance | None) -> int:
-        if (
-            rec is None
-            or key in self._inflight
-            or rec.health_failures
-            or rec.hypervisor not in self._live
-            or rec.hypervisor in self._drained
-        ):
+        if rec is None or key in self._inflight or rec.health_failures or self._where(rec) != "ok":
             return 0
         if rec.state is InstanceState.READY:
             slots = 1 << READY | 1 << WITH_RESERVE
@@ -169,6 +225,16 @@ class PoolIndex(PrefixView[PoolInstance]):
     def _drain_presence(self, hv: str, drained: bool) -> None:
         self._mark(self._drained, hv, drained)
 
+    def _rack_drain(self, rack: tuple[str, str], drained: bool) -> None:
+        with self._lock:
+            if drained:
+                self._drained_racks.add(rack)
+            else:
+                self._drained_racks.discard(rack)
+            for key in list(self._on_rack.get(rack, ())):
+                self._place(key, self._items[key][0])
+                self._count(key, self._items[key][0])
+
     def _mark(self, hosts: set[str], hv: str, member: bool) -> None:
         """``hv`` joins or leaves ``hosts``: re-place only the VMs it holds."""
         with self._lock:
@@ -178,6 +244,7 @@ class PoolIndex(PrefixView[PoolInstance]):
                 hosts.discard(hv)
             for key in list(self._on_hv.get(hv, ())):
                 self._place(key, self._items[key][0])
+                self._count(key, self._items[key][0])
 
     def set_instances(self, nodes: Iterable[str]) -> None:
         """The serving instances from the registry (this one included):
@@ -306,10 +373,12 @@ class PoolIndex(PrefixView[PoolInstance]):
 
     def pooled(self, pool: Pool) -> int:
         """The pool's VMs that count towards its target (building, ready,
-        reserved, parking)."""
+        reserved, parking; not those on a host that is unreachable or
+        evacuating)."""
         with self._lock:
             states = self._states.get(pool, Counter())
-            return sum(states[s] for s in POOLED_STATES)
+            away = self._away.get(pool, Counter())
+            return sum(states[s] for s in POOLED_STATES) - sum(away.values())
 
     def summary(self, rules: Mapping[Pool, BuildRule]) -> list[PoolSummary]:
         """``GET /v1/pools`` from the index: O(pools x racks)."""
@@ -319,17 +388,27 @@ class PoolIndex(PrefixView[PoolInstance]):
                 states = self._states.get(pool, Counter())
                 rule = rules.get(pool)
                 racks = self._ready_by_rack.get(pool, Counter())
+                away = self._away.get(pool, Counter())
                 out.append(
                     PoolSummary(
                         az=pool[0],
                         flavor=pool[1],
                         target=rule.total_instances if rule else 0,
-                        ready=states[InstanceState.READY],
-                        reserved=states[InstanceState.RESERVED],
+                        ready=states[InstanceState.READY]
+                        - away[(InstanceState.READY, "unreachable")]
+                        - away[(InstanceState.READY, "drained")],
+                        reserved=states[InstanceState.RESERVED]
+                        - away[(InstanceState.RESERVED, "unreachable")]
+                        - away[(InstanceState.RESERVED, "drained")],
                         building=states[InstanceState.BUILDING],
                         enabled=rule.enabled if rule else False,
                         ready_by_rack={r: n for r, n in sorted(racks.items()) if n > 0},
                         stale=self._stale[pool],
+                        unreachable=sum(n for (_, w), n in away.items() if w == "unreachable"),
+                        drained=sum(n for (_, w), n in away.items() if w == "drained"),
+                        standby={
+                            s: n for s, n in sorted(self._standby.get(pool, Counter()).items()) if n
+                        },
                     )
                 )
             return out

@@ -49,6 +49,8 @@ from warmcache.builders.rollover import (
     to_retire,
 )
 from warmcache.builders.sizing import Sizer
+from warmcache.builders.upkeep import PoolUpkeep, away
+from warmcache.drains import Drains
 from warmcache.errors import (
     AgentError,
     AgentUnavailable,
@@ -60,7 +62,7 @@ from warmcache.errors import (
 from warmcache.health.purge import purge_vm
 from warmcache.images import Image, image_digest
 from warmcache.inventory import HostView
-from warmcache.layout import HostRecords, Keys, PoolRecords, RuleRecords, Stored
+from warmcache.layout import Keys, PoolRecords, RuleRecords, Stored
 from warmcache.leader.election import FencedWriter
 from warmcache.logs import in_context
 from warmcache.model import (
@@ -98,6 +100,8 @@ class CycleReport:
     finished_at: float = 0.0
     built: Counter[tuple[str, str]] = field(default_factory=Counter)  # (az, flavor)
     replaced: Counter[tuple[str, str]] = field(default_factory=Counter)  # rolled over
+    # (az, flavor, why): VMs retired by upkeep (drained, surplus, no_rule)
+    retired: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     failed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     # An earlier leader's builds that could not be settled yet (its agent is
@@ -117,6 +121,11 @@ class CycleReport:
             "built": {f"{az}/{flavor}": n for (az, flavor), n in sorted(self.built.items())},
             "replaced": {
                 f"{az}/{flavor}": n for (az, flavor), n in sorted(self.replaced.items()) if n
+            },
+            "retired": {
+                f"{az}/{flavor}/{why}": n
+                for (az, flavor, why), n in sorted(self.retired.items())
+                if n
             },
             "failed": self.failed,
             "problems": self.problems,
@@ -138,6 +147,12 @@ class CycleReport:
         if self.built:
             lines.append("built:")
             lines += [f"  {az}/{flavor}: {n}" for (az, flavor), n in sorted(self.built.items())]
+        if self.retired:
+            lines.append("retired:")
+            lines += [
+                f"  {az}/{flavor} ({why}): {n}"
+                for (az, flavor, why), n in sorted(self.retired.items())
+            ]
         for title, items in (("failed builds:", self.failed), ("problems:", self.problems)):
             if items:
                 lines += ["", title, *(f"  - {item}" for item in items)]
@@ -168,6 +183,7 @@ class BuildCycle:
         sizer: Sizer | None = None,
         images: Callable[[], Mapping[str, Image]] = dict,
         prefetch_parallel: int = 8,
+        shrink_after_s: float = 1800.0,
     ) -> None:
         if concurrency < 1 or retries < 1:
             raise ValueError("concurrency and retries must be at least 1")
@@ -190,17 +206,25 @@ class BuildCycle:
         self._prefetch_parallel = prefetch_parallel
         self._by_hypervisor: dict[str, HostAgent] = {}
         self._lock = threading.Lock()
+        self._upkeeper = PoolUpkeep(
+            store, keys, self._emit, clock.now, shrink_after_s, release=release
+        )
 
     # --- gathering -------------------------------------------------------------------
 
-    def host_facts(self) -> tuple[dict[str, HostFacts], dict[str, HostAgent]]:
+    def host_facts(
+        self, drains: Drains | None = None
+    ) -> tuple[dict[str, HostFacts], dict[str, HostAgent]]:
         """The live hosts by hypervisor id (from the host view, brought up to
-        date from the change feed) and the agent serving each."""
+        date from the change feed), drained ones (their own drain or their
+        rack's) marked ``draining``, and the agent serving each."""
         self._hosts.catch_up()
-        drained = HostRecords(self._store, self._keys).drained()
+        drains = drains if drains is not None else Drains.read(self._store, self._keys)
         facts = {
             h.hypervisor: (
-                h.model_copy(update={"draining": True}) if h.hypervisor in drained else h
+                h.model_copy(update={"draining": True})
+                if drains.of(h.hypervisor, h.az, h.rack)
+                else h
             )
             for h in self._hosts.hosts()
         }
@@ -210,9 +234,12 @@ class BuildCycle:
     def dry_run(self, az: str, flavor: str, rule: BuildRule) -> dict[str, object]:
         """What the next cycle would build for one pool, and why: nothing is
         created or written."""
-        facts, _ = self.host_facts()
+        drains = Drains.read(self._store, self._keys)
+        facts, _ = self.host_facts(drains)
         hosts = [h for h in facts.values() if h.az == az]
         records = self._records.by_az().get(az, [])
+        gone = away(records, facts, drains)
+        records = [r for r in records if r.name not in gone]
         counter = iter(range(1, 1_000_000))
         sizing: dict[str, object] | None = None
         if self._sizer is not None:
@@ -260,7 +287,8 @@ class BuildCycle:
     def run(self, writer: FencedWriter) -> CycleReport:
         lost = writer.leadership.lost
         report = CycleReport(writer.leadership.token, self._clock.now())
-        facts, self._by_hypervisor = self.host_facts()
+        drains = Drains.read(self._store, self._keys)
+        facts, self._by_hypervisor = self.host_facts(drains)
         rules = RuleRecords(self._store, self._keys).by_az()
         records = self._records.by_az()
         flavors = self._flavors()
@@ -297,6 +325,10 @@ class BuildCycle:
                 if f in flavors
             }
             current = self._mark_generations(az, current, generations, writer)
+            # What a pool counts: not its VMs on unreachable or evacuating
+            # hosts (builders/upkeep): the cycle replaces them.
+            gone = away(current, facts, drains)
+            current = [r for r in current if r.name not in gone]
             # Demand-sized pools: this cycle builds to their current target.
             sized = (
                 self._sizer.apply(az, rules[az], flavors, current, writer)
@@ -345,13 +377,16 @@ class BuildCycle:
                     pass
             if any(retiring.values()):
                 self._retire(az, sized, retiring, writer, report)
+            self._upkeep(az, sized, facts, drains, writer, report)
             if any(r.standby != "running" for r in rules[az].values()) or any(
                 r.standby != "running" or r.state is InstanceState.PARKING for r in current
             ):
                 self._park(az, rules[az], writer, report)
 
-        with ThreadPoolExecutor(max_workers=max(1, len(rules))) as azs:
-            list(azs.map(in_context(run_az), sorted(rules)))
+        # AZs whose rules are all gone still get their upkeep: their VMs retire.
+        every_az = sorted(set(rules) | set(records))
+        with ThreadPoolExecutor(max_workers=max(1, len(every_az))) as azs:
+            list(azs.map(in_context(run_az), every_az))
         report.leadership_lost = lost.is_set()
         report.finished_at = self._clock.now()
         self._emit("cycle.summary", **report.summary())
@@ -644,6 +679,27 @@ class BuildCycle:
                 stale_left=left.count("stale"),
                 aged_left=left.count("max_age"),
             )
+
+    # --- upkeep (builders/upkeep.py) ---------------------------------------------------
+
+    def _upkeep(
+        self,
+        az: str,
+        rules: Mapping[str, BuildRule],
+        facts: Mapping[str, HostFacts],
+        drains: Drains,
+        writer: FencedWriter,
+        report: CycleReport,
+    ) -> None:
+        """Retire what evacuating hosts, gone rules and surplus leave over;
+        keep the reserve at its cap (the records read again now: this
+        cycle's builds and acquisitions count)."""
+        items = self._records.read(az)[0]
+        gone = away((item.record for item in items), facts, drains)
+        done = self._upkeeper.run(az, rules, items, gone, self._by_hypervisor, writer)
+        with self._lock:
+            report.retired += done.retired
+            report.problems += done.problems
 
     # --- standby states ---------------------------------------------------------------
 

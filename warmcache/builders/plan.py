@@ -67,8 +67,17 @@ def plan_az(
         picked: list[PlannedVm] = []
         trial = dict(live)
         # The request's counters are the ones updated below: the session
-        # re-scores the chosen host's rack after each placement.
-        request = PlacementRequest(flavor, rule.group_hint, per_rack, per_hv)
+        # re-scores the chosen host's rack after each placement, and every
+        # host once when the batch spans the racks its rule asks.
+        batch_racks: Counter[str] = Counter()
+        request = PlacementRequest(
+            flavor,
+            rule.group_hint,
+            per_rack,
+            per_hv,
+            batch_racks,
+            racks_required(rule, wanted),
+        )
         session = pipeline.session(list(trial.values()), request)
         for _ in range(wanted):
             decision = session.pick()
@@ -83,15 +92,40 @@ def plan_az(
             trial[host.hypervisor] = host.minus(flavor, name, rule.group_hint)
             per_rack[host.rack] += 1
             per_hv[host.hypervisor] += 1
+            met = request.span_met
+            batch_racks[host.rack] += 1
             session.placed(trial[host.hypervisor])
+            if request.span_met and not met:
+                session.rescore()
         needed = racks_required(rule, len(picked))
-        spanned = len({p.host.rack for p in picked})
-        if spanned < needed:
+        if len(batch_racks) < needed:
+            # Fewer racks than that have room for the flavor: one VM per rack
+            # that has (a batch of r VMs on r racks spans min(r, m) racks).
+            picked = _one_per_rack(picked)
+            trial = _placed(live, picked)
             plan.problems[flavor_name] = (
-                f"min_fault_domain={rule.min_fault_domain} not met: the {len(picked)} VM(s) "
-                f"would span {spanned} rack(s); nothing built for this flavor"
+                f"min_fault_domain={rule.min_fault_domain}: only {len(picked)} rack(s) have "
+                f"room for {flavor_name}; built {len(picked)} of {wanted}, one per rack"
             )
-            continue
         plan.builds += picked
         live = trial
     return plan
+
+
+def _one_per_rack(picked: list[PlannedVm]) -> list[PlannedVm]:
+    seen: set[str] = set()
+    out = []
+    for vm in picked:
+        if vm.host.rack not in seen:
+            seen.add(vm.host.rack)
+            out.append(vm)
+    return out
+
+
+def _placed(live: Mapping[str, HostFacts], picked: Sequence[PlannedVm]) -> dict[str, HostFacts]:
+    """``live`` with ``picked`` placed on it (their capacity taken)."""
+    trial = dict(live)
+    for vm in picked:
+        hv = vm.host.hypervisor
+        trial[hv] = trial[hv].minus(vm.flavor, vm.name, vm.rule.group_hint)
+    return trial

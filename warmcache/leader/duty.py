@@ -57,6 +57,7 @@ class LeaderDuty:
             flavors=lambda: {f.name: f for f in ctx.catalog.list()},
             images=lambda: {i.id: i for i in ctx.catalog.images()},
             prefetch_parallel=config.image_prefetch_parallel,
+            shrink_after_s=config.shrink_after_s,
             hosts=ctx.hosts,
             agent_for=ctx.agent_for,
             events=ctx.events,

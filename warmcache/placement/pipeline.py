@@ -12,7 +12,10 @@ buckets by score), and after each placement re-evaluates only what that
 placement can have changed: the chosen host and the hosts of its rack
 (DESIGN §7: never recomputed over the whole fleet per VM). That is exact
 for validators and preferences that read only the host itself and the
-request's counters for the host's rack and hypervisor, as all of these do.
+request's counters for the host's rack and hypervisor, as all of these do,
+and for the one thing a batch changes for every host at once: the moment
+it spans the racks its rule asks (``span_met``), when the caller calls
+``rescore`` (once per batch: every host re-scored).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from warmcache.model import HostFacts
+from warmcache.placement.preferences.fault_domains import SpanFaultDomains
 from warmcache.placement.preferences.pack import PackTightly
 from warmcache.placement.preferences.spread import SpreadHypervisors, SpreadRacks
 from warmcache.placement.request import PlacementRequest
@@ -137,6 +141,12 @@ class PlacementSession:
         for name in self._rack[host.rack]:
             self._evaluate(name)
 
+    def rescore(self) -> None:
+        """Re-evaluate every host: the request changed for all of them (the
+        batch's rack span was met)."""
+        for name in self._hosts:
+            self._evaluate(name)
+
     def _evaluate(self, name: str) -> None:
         old_validator = self._removed_by.pop(name, None)
         if old_validator is not None:
@@ -161,6 +171,6 @@ class PlacementSession:
 def default_pipeline(rng: random.Random | None = None) -> PlacementPipeline:
     return PlacementPipeline(
         [HostHealthy(), HasCapacity(), NumaFit(), GroupAntiAffinity()],
-        [SpreadRacks(), SpreadHypervisors(), PackTightly()],
+        [SpanFaultDomains(), SpreadRacks(), SpreadHypervisors(), PackTightly()],
         rng=rng,
     )

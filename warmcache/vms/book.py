@@ -41,6 +41,27 @@ class Found:
     record: PoolInstance
 
 
+def find_vm(store: CoordinationStore, keys: Keys, azs: Iterable[str], name: str) -> Found | None:
+    """A VM's record in any of ``azs``, wherever it is (handed out first),
+    or None (a malformed name too): at most three point reads per AZ."""
+    if not is_valid_name(name):
+        return None
+    folders: tuple[tuple[Folder, Callable[[str, str], str]], ...] = (
+        ("acquired", keys.acquired),
+        ("releasing", keys.releasing),
+        ("pool", keys.pool),
+    )
+    for zone in sorted(set(azs)):
+        for folder, key_of in folders:
+            key = key_of(zone, name)
+            kv = store.get(key)
+            if kv is not None:
+                return Found(
+                    folder, key, kv.mod_revision, PoolInstance.model_validate_json(kv.value)
+                )
+    return None
+
+
 class VmBook:
     def __init__(
         self,
@@ -70,17 +91,7 @@ class VmBook:
 
     def find(self, name: str, az: str | None = None) -> Found | None:
         """The VM's record wherever it is, or None (a malformed name too)."""
-        if not is_valid_name(name):
-            return None
-        for zone in [az] if az else sorted(set(self._azs())):
-            for folder in ("acquired", "releasing", "pool"):
-                key = self._key(folder, zone, name)
-                kv = self._store.get(key)
-                if kv is not None:
-                    return Found(
-                        folder, key, kv.mod_revision, PoolInstance.model_validate_json(kv.value)
-                    )
-        return None
+        return find_vm(self._store, self._keys, [az] if az else self._azs(), name)
 
     def get(self, name: str, viewer: str | None = None) -> Found:
         """``UnknownVm`` when there is none, or when ``viewer`` (a user

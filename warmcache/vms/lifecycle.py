@@ -110,8 +110,8 @@ class Lifecycle:
             state=wanted, requester=requester, az=az, flavor=flavor, limit=limit, after=after
         )
 
-    def release(self, name: str, by: str, *, admin: bool) -> PoolInstance:
-        return self.releaser.release(name, by, admin=admin)
+    def release(self, name: str, by: str, *, admin: bool, reason: str = "released") -> PoolInstance:
+        return self.releaser.release(name, by, admin=admin, reason=reason)
 
     def release_claim(self, claim_id: str, by: str, *, admin: bool) -> list[PoolInstance]:
         return self.releaser.release_claim(claim_id, by, admin=admin)

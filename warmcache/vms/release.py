@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from warmcache.acquire.claims import ClaimLog
 from warmcache.errors import (
@@ -51,6 +52,12 @@ class _Ask:
             raise self.outcome
         assert self.outcome is not None
         return self.outcome
+
+
+_REASONS: dict[str, Literal["released", "expired", "purged"]] = {
+    "expired": "expired",
+    "purged": "purged",
+}
 
 
 class Releaser:
@@ -185,8 +192,9 @@ class Releaser:
             release=Release(
                 since=now,
                 by=by,
-                reason="expired" if ask.reason == "expired" else "released",
-                action=rule.on_release if rule is not None else "delete",
+                reason=_REASONS.get(ask.reason, "released"),
+                # an operator's purge deletes it, whatever the rule says
+                action=rule.on_release if rule is not None and ask.reason != "purged" else "delete",
                 worker=self._node or None,
                 tried_at=now if self._node else None,
                 tries=1 if self._node else 0,
