@@ -10,15 +10,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
+from warmcache.acquire.quota_limits import REQUESTER_PATTERN
+from warmcache.acquire.quota_limits import entry as quota_entry
 from warmcache.agent_versions import AgentVersions, DesiredAgent
+from warmcache.config import QuotaLimit
 from warmcache.context import ServiceContext
 from warmcache.drains import Drain, Evacuate
 from warmcache.errors import (
     ConfigError,
     ImageInUse,
     UnknownHypervisor,
+    UnknownQuota,
     UnknownRack,
     UnknownVm,
 )
@@ -70,6 +74,30 @@ class NetworkTarget(_Params):
 
 class NetworkUpdate(NetworkTarget):
     pool: AddressPool
+
+
+class QuotaRule(QuotaLimit):
+    """One limit of a requester's quota (its requester is the quota's:
+    given here, it must be the same)."""
+
+    requester: str | None = None  # type: ignore[assignment]
+
+
+class QuotaTarget(_Params):
+    requester: StrictStr = Field(pattern=REQUESTER_PATTERN)
+
+
+class QuotaChange(QuotaTarget):
+    limits: tuple[QuotaRule, ...] = Field(min_length=1, max_length=32)
+
+    @model_validator(mode="after")
+    def _own_limits(self) -> QuotaChange:
+        for rule in self.limits:
+            if rule.requester not in (None, self.requester):
+                raise ValueError(
+                    f"a limit of {self.requester!r}'s quota names requester {rule.requester!r}"
+                )
+        return self
 
 
 P = TypeVar("P", bound=_Params)
@@ -282,6 +310,30 @@ def _delete_image(ctx: ServiceContext, target: ImageTarget) -> dict[str, Any]:
     return {"deleted": deleted}
 
 
+def _set_quota(ctx: ServiceContext, change: QuotaChange) -> dict[str, Any]:
+    """Every instance applies it from its next acquisition (``acquire.quota_limits``)."""
+    limits = [
+        QuotaLimit.model_validate({**q.model_dump(), "requester": change.requester})
+        for q in change.limits
+    ]
+    value = quota_entry(change.requester, limits, ctx.clock.now(), "operator")
+    ctx.store.put(ctx.keys.quota_limit(change.requester), value.model_dump_json())
+    ctx.emit("quota.set", requester=change.requester, limits=len(limits))
+    return {"requester": change.requester, "limits": len(limits)}
+
+
+def _known_quota(ctx: ServiceContext, target: QuotaTarget) -> None:
+    if ctx.store.get(ctx.keys.quota_limit(target.requester)) is None:
+        raise UnknownQuota(target.requester)
+
+
+def _delete_quota(ctx: ServiceContext, target: QuotaTarget) -> dict[str, Any]:
+    """The requester's limits go (its counters stay, unused, until they expire)."""
+    deleted = ctx.store.delete(ctx.keys.quota_limit(target.requester))
+    ctx.emit("quota.deleted", requester=target.requester, was_set=deleted)
+    return {"requester": target.requester, "deleted": deleted}
+
+
 def _set_agent_version(ctx: ServiceContext, build: AgentBuild) -> dict[str, Any]:
     desired = DesiredAgent.model_validate(build.model_dump())
     AgentVersions(ctx.store, ctx.keys, ctx.hosts).set_desired(desired)
@@ -331,6 +383,12 @@ ACTIONS: dict[str, ChangeAction[Any]] = {
         ImageChange,
         "register an image, or point its id at new bytes (its pools roll over)",
         _set_image,
+    ),
+    "set_quota": ChangeAction(
+        QuotaChange, "set a requester's quota limits (every instance, next acquisition)", _set_quota
+    ),
+    "delete_quota": ChangeAction(
+        QuotaTarget, "remove a requester's quota limits", _delete_quota, _known_quota
     ),
     "delete_image": ChangeAction(
         ImageTarget, "remove an image no flavor names and no VM boots", _delete_image

@@ -1079,6 +1079,240 @@ def explain(az: str, flavor: str, output: str) -> None:
         )
 
 
+# --- hosts, capacity, drains, quotas ---------------------------------------------------------
+
+
+def _asked(asked: Any) -> None:
+    console.print(
+        f"asked as request [bold]{asked.id}[/bold]: another admin runs "
+        f"`warmcache requests approve {asked.id}`",
+        highlight=False,
+    )
+
+
+def _amounts(resource: dict[str, int]) -> str:
+    return f"{resource['free']}/{resource['total']}"
+
+
+@main.group()
+def hosts() -> None:
+    """Hypervisors: capacity, booked and free, VMs, heartbeat, drains."""
+
+
+@hosts.command("list")
+@click.option("--az", default=None)
+@click.option("--rack", default=None)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--after", default=None, help="The next of the page before (AZ/hypervisor).")
+@_output_option()
+@_url_option
+def hosts_list(
+    az: str | None, rack: str | None, limit: int, after: str | None, output: str
+) -> None:
+    """A page of hypervisors in (AZ, name) order; free/total per resource."""
+    with _client() as wc:
+        page = wc.hosts(az=az, rack=rack, limit=limit, after=after)
+    found = _dump(page.hosts)
+    if output == "json":
+        _print_json({"hosts": found, "next": page.next})
+        return
+    table = Table(title="hosts (free/total)")
+    for col in ("hypervisor", "az", "rack", "status", "vCPUs", "memory MiB", "disk GiB", "NVMe"):
+        table.add_column(col)
+    table.add_column("VMs")
+    for h in found:
+        c = h["capacity"]
+        table.add_row(
+            h["hypervisor"],
+            h["az"],
+            h["rack"],
+            h["status"],
+            _amounts(c["vcpus"]),
+            _amounts(c["memory_mib"]),
+            _amounts(c["disk_gib"]),
+            _amounts(c["nvme"]),
+            " ".join(f"{k}={v}" for k, v in sorted(h["vms"].items())) or "-",
+        )
+    console.print(table)
+    if page.next:
+        console.print(f"more: --after {page.next}", highlight=False)
+
+
+@hosts.command("get")
+@click.argument("hypervisor")
+@_url_option
+def hosts_get(hypervisor: str) -> None:
+    """One hypervisor as JSON (exit 4 if none heartbeats or holds VMs)."""
+    with _client() as wc:
+        _print_json(wc.host(hypervisor).model_dump(mode="json"))
+
+
+@main.command()
+@click.option("--az", default=None)
+@_output_option()
+@_url_option
+def capacity(az: str | None, output: str) -> None:
+    """Free and booked capacity per AZ and rack (free/total)."""
+    with _client() as wc:
+        found = wc.capacity(az).model_dump(mode="json")
+    if output == "json":
+        _print_json(found)
+        return
+    table = Table(title="capacity (free/total)")
+    for col in ("az", "rack", "hosts", "drained", "unreachable", "vCPUs", "memory MiB"):
+        table.add_column(col)
+    table.add_column("disk GiB")
+    table.add_column("NVMe")
+    for a in found["azs"]:
+        for r in [*a["racks"], {**a, "rack": "(all)"}]:
+            c = r["capacity"]
+            table.add_row(
+                a["az"],
+                r["rack"],
+                str(r["hosts"]),
+                str(r["drained"]),
+                str(r["unreachable"]),
+                _amounts(c["vcpus"]),
+                _amounts(c["memory_mib"]),
+                _amounts(c["disk_gib"]),
+                _amounts(c["nvme"]),
+            )
+    console.print(table)
+
+
+_EVACUATE = click.option(
+    "--evacuate",
+    type=click.Choice(["now", "as_acquired"]),
+    default="now",
+    show_default=True,
+    help="now: its pooled VMs retire and are replaced elsewhere; as_acquired: "
+    "they are handed out as usual and replaced as they go.",
+)
+
+
+@main.group()
+def drain() -> None:
+    """Take a hypervisor or a rack out of service (maker-checker)."""
+
+
+@drain.command("hypervisor")
+@click.argument("hypervisor")
+@_EVACUATE
+@_url_option
+def drain_hypervisor(hypervisor: str, evacuate: str) -> None:
+    """Place nothing on HYPERVISOR; its pooled VMs go as --evacuate says."""
+    with _client() as wc:
+        _asked(wc.ask_change("drain_hypervisor", {"hypervisor": hypervisor, "evacuate": evacuate}))
+
+
+@drain.command("rack")
+@click.argument("az")
+@click.argument("rack")
+@_EVACUATE
+@_url_option
+def drain_rack(az: str, rack: str, evacuate: str) -> None:
+    """Drain every hypervisor of RACK in AZ."""
+    with _client() as wc:
+        _asked(wc.ask_change("drain_rack", {"az": az, "rack": rack, "evacuate": evacuate}))
+
+
+@main.group()
+def undrain() -> None:
+    """Put a drained hypervisor or rack back in service (maker-checker)."""
+
+
+@undrain.command("hypervisor")
+@click.argument("hypervisor")
+@_url_option
+def undrain_hypervisor(hypervisor: str) -> None:
+    with _client() as wc:
+        _asked(wc.ask_change("undrain_hypervisor", {"hypervisor": hypervisor}))
+
+
+@undrain.command("rack")
+@click.argument("az")
+@click.argument("rack")
+@_url_option
+def undrain_rack(az: str, rack: str) -> None:
+    with _client() as wc:
+        _asked(wc.ask_change("undrain_rack", {"az": az, "rack": rack}))
+
+
+@vms.command("purge")
+@click.argument("name")
+@_url_option
+def vms_purge(name: str) -> None:
+    """Ask to destroy NAME (maker-checker); a handed-out VM is taken back."""
+    with _client() as wc:
+        _asked(wc.ask_change("purge_vm", {"name": name}))
+
+
+@main.group()
+def quotas() -> None:
+    """Per-requester limits, in the store, followed by every instance."""
+
+
+@quotas.command("list")
+@_output_option()
+@_url_option
+def quotas_list(output: str) -> None:
+    """Every requester's limits."""
+    with _client() as wc:
+        found = _dump(wc.quotas())
+    if output == "json":
+        _print_json(found)
+        return
+    table = Table(title="quotas")
+    for col in ("requester", "az", "flavor", "vms/window", "window s", "max share", "max held"):
+        table.add_column(col)
+    table.add_column("set by")
+    for entry in found:
+        for q in entry["limits"]:
+            table.add_row(
+                entry["requester"],
+                q["az"],
+                q["flavor"],
+                *(
+                    str(q[k]) if q[k] is not None else "-"
+                    for k in ("vms_per_window", "window_s", "max_share", "max_held")
+                ),
+                entry["by"],
+            )
+    console.print(table)
+
+
+@quotas.command("get")
+@click.argument("requester")
+@_url_option
+def quotas_get(requester: str) -> None:
+    """One requester's limits as JSON (exit 4 if it has none)."""
+    with _client() as wc:
+        _print_json(wc.quota(requester).model_dump(mode="json"))
+
+
+@quotas.command("set")
+@click.argument("requester")
+@click.argument("source", default="-")
+@_url_option
+def quotas_set(requester: str, source: str) -> None:
+    """Ask to set REQUESTER's limits from SOURCE (a JSON file, - for stdin:
+    {"limits": [{"vms_per_window": 10}, ...]}); maker-checker."""
+    body = _read_rule_source(source)
+    if not isinstance(body, dict) or not isinstance(body.get("limits"), list):
+        _fail('expected a JSON object {"limits": [...]}', 2)
+    with _client() as wc:
+        _asked(wc.set_quota(requester, body["limits"]))
+
+
+@quotas.command("delete")
+@click.argument("requester")
+@_url_option
+def quotas_delete(requester: str) -> None:
+    """Ask to remove REQUESTER's limits (maker-checker)."""
+    with _client() as wc:
+        _asked(wc.delete_quota(requester))
+
+
 # --- maker-checker -------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -41,7 +41,9 @@ from tenacity import (
     wait_random,
 )
 
+from warmcache.acquire.quota_limits import QuotaEntry
 from warmcache.budgets import Budget, VcpuBudget, VmBudget
+from warmcache.config import QuotaLimit
 from warmcache.errors import (
     ClaimContention,
     ClaimOutcomeUnknown,
@@ -63,12 +65,15 @@ from warmcache.schemas import (
     AgentsReply,
     BudgetEntry,
     BudgetsReply,
+    CapacityReply,
     ChangeReply,
     ChangeRequest,
     ChangesReply,
     Claim,
     Explain,
     Health,
+    HostEntry,
+    HostsReply,
     ImageEntry,
     ImagesReply,
     Leader,
@@ -76,6 +81,7 @@ from warmcache.schemas import (
     NetworkEntry,
     NetworksReply,
     PoolsReply,
+    QuotasReply,
     Ready,
     ReleaseReply,
     RuleEntry,
@@ -187,6 +193,26 @@ class _Wire:
     @staticmethod
     def vm(name: str, *rest: str) -> str:
         return "/".join(["/v1/vms", quote(name, safe=""), *(quote(r, safe="") for r in rest)])
+
+    @staticmethod
+    def hosts(**query: Any) -> str:
+        wanted = {k: v for k, v in query.items() if v is not None}
+        return "/v1/hosts" + (f"?{urlencode(wanted)}" if wanted else "")
+
+    @staticmethod
+    def quota(requester: str) -> str:
+        return f"/v1/quotas/{quote(requester, safe='')}"
+
+    @staticmethod
+    def quota_body(limits: Sequence[QuotaLimit | Mapping[str, Any]]) -> dict[str, Any]:
+        return {
+            "limits": [
+                q.model_dump(mode="json", exclude={"requester"})
+                if isinstance(q, QuotaLimit)
+                else dict(q)
+                for q in limits
+            ]
+        }
 
     @staticmethod
     def rule_body(rule: BuildRule | Mapping[str, Any]) -> Any:
@@ -406,6 +432,46 @@ class Client:
         body = self._call(Call("PUT", f"/v1/networks/{az}/{name}", json=dict(pool)))
         return _Wire.model(NetworkEntry, body)
 
+    # --- hosts, capacity, quotas ---------------------------------------------------
+
+    def hosts(
+        self,
+        *,
+        az: str | None = None,
+        rack: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> HostsReply:
+        """A page of hypervisors in (AZ, name) order; ``next`` asks for the following."""
+        return self._get(HostsReply, _Wire.hosts(az=az, rack=rack, limit=limit, after=after))
+
+    def host(self, hypervisor: str) -> HostEntry:
+        """One hypervisor (``UnknownHypervisor``)."""
+        return self._get(HostEntry, f"/v1/hosts/{quote(hypervisor, safe='')}")
+
+    def capacity(self, az: str | None = None) -> CapacityReply:
+        """Free and booked capacity per AZ and rack."""
+        return self._get(CapacityReply, "/v1/capacity" + (f"?az={quote(az)}" if az else ""))
+
+    def quotas(self) -> list[QuotaEntry]:
+        return self._get(QuotasReply, "/v1/quotas").quotas
+
+    def quota(self, requester: str) -> QuotaEntry:
+        """One requester's limits (``UnknownQuota``)."""
+        return self._get(QuotaEntry, _Wire.quota(requester))
+
+    def set_quota(
+        self, requester: str, limits: Sequence[QuotaLimit | Mapping[str, Any]]
+    ) -> ChangeRequest:
+        """Ask for ``requester``'s limits (maker-checker: another admin approves)."""
+        body = self._call(Call("PUT", _Wire.quota(requester), json=_Wire.quota_body(limits)))
+        return _Wire.model(ChangeReply, body, 202).request
+
+    def delete_quota(self, requester: str) -> ChangeRequest:
+        """Ask for ``requester``'s limits to go (maker-checker)."""
+        body = self._call(Call("DELETE", _Wire.quota(requester)))
+        return _Wire.model(ChangeReply, body, 202).request
+
     def ask_change(self, action: str, params: Mapping[str, Any]) -> ChangeRequest:
         body = self._call(
             Call("POST", "/v1/requests", json={"action": action, "params": dict(params)})
@@ -605,6 +671,46 @@ class AsyncClient:
     async def create_network(self, az: str, name: str, pool: Mapping[str, Any]) -> NetworkEntry:
         body = await self._call(Call("PUT", f"/v1/networks/{az}/{name}", json=dict(pool)))
         return _Wire.model(NetworkEntry, body)
+
+    # --- hosts, capacity, quotas ---------------------------------------------------
+
+    async def hosts(
+        self,
+        *,
+        az: str | None = None,
+        rack: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> HostsReply:
+        """A page of hypervisors in (AZ, name) order; ``next`` asks for the following."""
+        return await self._get(HostsReply, _Wire.hosts(az=az, rack=rack, limit=limit, after=after))
+
+    async def host(self, hypervisor: str) -> HostEntry:
+        """One hypervisor (``UnknownHypervisor``)."""
+        return await self._get(HostEntry, f"/v1/hosts/{quote(hypervisor, safe='')}")
+
+    async def capacity(self, az: str | None = None) -> CapacityReply:
+        """Free and booked capacity per AZ and rack."""
+        return await self._get(CapacityReply, "/v1/capacity" + (f"?az={quote(az)}" if az else ""))
+
+    async def quotas(self) -> list[QuotaEntry]:
+        return (await self._get(QuotasReply, "/v1/quotas")).quotas
+
+    async def quota(self, requester: str) -> QuotaEntry:
+        """One requester's limits (``UnknownQuota``)."""
+        return await self._get(QuotaEntry, _Wire.quota(requester))
+
+    async def set_quota(
+        self, requester: str, limits: Sequence[QuotaLimit | Mapping[str, Any]]
+    ) -> ChangeRequest:
+        """Ask for ``requester``'s limits (maker-checker: another admin approves)."""
+        body = await self._call(Call("PUT", _Wire.quota(requester), json=_Wire.quota_body(limits)))
+        return _Wire.model(ChangeReply, body, 202).request
+
+    async def delete_quota(self, requester: str) -> ChangeRequest:
+        """Ask for ``requester``'s limits to go (maker-checker)."""
+        body = await self._call(Call("DELETE", _Wire.quota(requester)))
+        return _Wire.model(ChangeReply, body, 202).request
 
     async def ask_change(self, action: str, params: Mapping[str, Any]) -> ChangeRequest:
         body = await self._call(

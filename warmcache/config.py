@@ -266,6 +266,13 @@ class ServiceConfig(_Section):
         description="A VM still releasing this long after it was given back is reported "
         "(vm.release_stuck event and an alert), once.",
     )
+    history_sample_s: float = Field(
+        default=60.0,
+        ge=1,
+        le=3600,
+        description="How often each instance samples every pool's level for the dashboard's "
+        "charts (kept in memory for the last 6 hours' worth of samples, at most 360).",
+    )
     shrink_after_s: float = Field(
         default=1800.0,
         ge=0,

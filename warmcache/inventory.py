@@ -21,6 +21,8 @@ from warmcache.views import PrefixView
 
 # Called with (hypervisor, present) when a host appears or goes away.
 PresenceListener = Callable[[str, bool], None]
+# Called with (old, new) facts on every change of one host's facts.
+FactsListener = Callable[[HostFacts | None, HostFacts | None], None]
 # Called with ((az, rack), evacuating) when a rack's drain starts or ends.
 RackListener = Callable[[tuple[str, str], bool], None]
 
@@ -30,6 +32,7 @@ class HostView(PrefixView[HostFacts]):
         self._by_hv: dict[str, HostFacts] = {}
         self._per_az: Counter[str] = Counter()  # kept with _by_hv: O(1) per change
         self._listeners: list[PresenceListener] = []
+        self._watchers: list[FactsListener] = []
         super().__init__(store, hosts_dir, lambda _key, value: HostFacts.model_validate_json(value))
 
     def hosts(self) -> list[HostFacts]:
@@ -55,7 +58,18 @@ class HostView(PrefixView[HostFacts]):
             for hv in self._by_hv:
                 listener(hv, True)
 
+    def watch(self, watcher: FactsListener) -> None:
+        """``watcher(None, facts)`` for every host present now, then
+        ``watcher(old, new)`` for every change of a host's facts (None: it
+        appears or goes), from the thread that applies the change."""
+        with self._lock:
+            self._watchers.append(watcher)
+            for facts in self._by_hv.values():
+                watcher(None, facts)
+
     def _changed(self, key: str, old: HostFacts | None, new: HostFacts | None) -> None:
+        for watcher in self._watchers:
+            watcher(old, new)
         if old is not None and (new is None or new.hypervisor != old.hypervisor):
             gone = self._by_hv.pop(old.hypervisor)
             self._per_az[gone.az] -= 1

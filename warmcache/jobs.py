@@ -24,6 +24,7 @@ def service_jobs(
     cycle_wanted: threading.Event,
     releases: Callable[[], float] | None = None,
     release_wanted: threading.Event | None = None,
+    history: Callable[[], float] | None = None,
 ) -> Scheduler:
     """Always: the service registration, the live views (the host view
     first, the pool index last) with the pool shares, and the demand
@@ -40,6 +41,8 @@ def service_jobs(
         jobs.every(
             "release-worker", releases, retry_s=config.release_interval_s, wake=release_wanted
         )
+    if history is not None:  # the dashboard's pool levels
+        jobs.every("pool-history", history, retry_s=config.history_sample_s)
     if config.run_health:
         jobs.every("health-poller", health.job, retry_s=config.health_interval_s)
     if config.run_builds:

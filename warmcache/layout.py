@@ -49,6 +49,10 @@ class Keys:
         """A VM given back, until its agent confirms it gone (``warmcache.vms``)."""
         return f"{self.prefix}/releasing/{az}/{name}"
 
+    def held_root(self) -> str:
+        """Every requester's handed-out VMs (the holder index)."""
+        return f"{self.prefix}/held/"
+
     def held_dir(self, requester: str) -> str:
         return f"{self.prefix}/held/{quote(requester, safe='')}/"
 

@@ -18,7 +18,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from warmcache.fleet import RESOURCES
 from warmcache.model import PoolSummary
+from warmcache.pool_history import AcquisitionStats
 from warmcache.ports import Event, EventSink
 
 if TYPE_CHECKING:
@@ -34,6 +36,9 @@ class Readings:
     hosts_by_az: Callable[[], dict[str, int]]
     claims: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (transactions, conflicts)
     last_cycle_finished_at: Callable[[], float | None] = lambda: None
+    # Capacity per rack: (az, rack, heartbeating hosts, unreachable hosts,
+    # {resource: free}) for every rack (warmcache.fleet).
+    racks: Callable[[], list[tuple[str, str, int, int, dict[str, int]]]] = list
     low_water_ratio: float = 0.5
     cycle_interval_s: float = 900.0
 
@@ -94,6 +99,25 @@ class _PoolCollector(Collector):
         for az, count in sorted(by_az.items()):
             heartbeating.add_metric([az], count)
         yield heartbeating
+        rack_free = GaugeMetricFamily(
+            "warmcache_rack_free",
+            "Free capacity per rack, net of agents' buffers (resource: vcpus, memory_mib, "
+            "disk_gib, nvme); max over instances",
+            labels=["az", "rack", "resource"],
+        )
+        rack_hosts = GaugeMetricFamily(
+            "warmcache_rack_hosts",
+            "Hosts per rack: heartbeating (up) or whose heartbeat expired with VMs on them "
+            "(unreachable)",
+            labels=["az", "rack", "status"],
+        )
+        for az, rack, up, unreachable, free in self._r.racks():
+            rack_hosts.add_metric([az, rack, "up"], up)
+            rack_hosts.add_metric([az, rack, "unreachable"], unreachable)
+            for resource, amount in free.items():
+                rack_free.add_metric([az, rack, resource], amount)
+        yield rack_free
+        yield rack_hosts
         finished_at = self._r.last_cycle_finished_at()
         if finished_at is not None:
             yield GaugeMetricFamily(
@@ -126,6 +150,7 @@ class MetricsEvents:
 
     def __init__(self, inner: EventSink) -> None:
         self._inner = inner
+        self.acquisitions_seen = AcquisitionStats()  # for the dashboard
         self.registry = CollectorRegistry()
         r = self.registry
         self.acquisitions = Counter(
@@ -179,6 +204,16 @@ class MetricsEvents:
             Readings(
                 pools=service.pools,
                 hosts_by_az=service.hosts.count_by_az,
+                racks=lambda: [
+                    (
+                        r.az,
+                        r.rack,
+                        r.capacity.hosts,
+                        r.unreachable,
+                        {res: r.capacity.of(res)["free"] for res in RESOURCES},
+                    )
+                    for r in service.fleet.racks()
+                ],
                 claims=lambda: (claimer.batches, claimer.conflicts),
                 last_cycle_finished_at=service.duty.last_completed_at,
                 low_water_ratio=service.config.low_water_ratio,
@@ -188,6 +223,7 @@ class MetricsEvents:
 
     def emit(self, event: Event) -> None:
         self._inner.emit(event)
+        self.acquisitions_seen.observe(event)
         f = event.fields
         if event.type == "acquisition":
             self.acquisitions.labels(f["az"], f["flavor"], f["mode"], "ok").inc()

@@ -345,7 +345,10 @@ class PoolInstance(_Frozen):
 
 
 class HostFacts(_Frozen):
-    """What an agent reports about its hypervisor (capacity net of its buffer)."""
+    """What an agent reports about its hypervisor (capacity net of its buffer).
+    Fields it does not know are ignored: a newer agent's facts still read."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     hypervisor: str = Field(pattern=NAME_PATTERN)
     rack: str = Field(pattern=NAME_PATTERN)
@@ -365,6 +368,12 @@ class HostFacts(_Frozen):
     agent_version: str = ""  # the agent's package version
     agent_sha256: str = ""  # sha256 of its installed code (warmcache_agent.identity)
     images: tuple[str, ...] = ()  # sha256 of every image in its cache (verified there)
+    nvme_total: int = Field(default=0, ge=0)  # NVMe devices VMs may be given
+    nvme_free: int = Field(default=0, ge=0)  # of those, not booked to a VM
+    # When the agent published these facts, and its heartbeat's TTL: the host
+    # is heartbeating while its key exists (its session renewed within ttl_s).
+    published_at: float | None = None
+    ttl_s: float | None = None
 
     def numa_fits(self, vcpus: int) -> bool:
         """The agent's pinning rules: an even count that fits on one node."""

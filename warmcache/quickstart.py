@@ -222,6 +222,8 @@ class QuickstartStack:
             f"retry_interval_s = {self.retry_interval_s}\n"
             # a short lease is seen reclaimed here within a cycle or two
             "lease_grace_s = 5\n"
+            # the dashboard's charts fill within seconds of a demo
+            "history_sample_s = 2\n"
             + self._store_toml()
             + '[catalog]\nkind = "file"\npath = "flavors.toml"\n'
             '[events]\nkind = "sqlite"\npath = "events.db"\n'

@@ -22,7 +22,8 @@ from pydantic import (
     create_model,
 )
 
-from warmcache.actions import ACTIONS, ChangeAction
+from warmcache.acquire.quota_limits import QuotaEntry
+from warmcache.actions import ACTIONS, ChangeAction, QuotaRule
 from warmcache.agent_versions import AgentEntry, DesiredAgent
 from warmcache.budgets import Budget
 from warmcache.images import Image
@@ -230,6 +231,108 @@ class Claim(_Reply):
 
 class PoolsReply(_Reply):
     pools: list[PoolSummary]
+
+
+# --- hosts and capacity -------------------------------------------------------------------
+
+# A page's end in GET /v1/hosts: "<az>/<hypervisor>".
+AFTER_HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}/[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+
+class Resource(_Reply):
+    total: int = Field(description="what VMs may use (net of the agent's buffer)")
+    booked: int = Field(description="held by VMs: total - free")
+    free: int
+
+
+class Resources(_Reply):
+    vcpus: Resource
+    memory_mib: Resource
+    disk_gib: Resource
+    nvme: Resource = Field(description="NVMe devices VMs may be given")
+
+
+class Heartbeat(_Reply):
+    alive: bool = Field(description="the agent's TTL'd session is live (its host key exists)")
+    ttl_s: float | None = Field(description="the heartbeat's TTL: a dead agent goes within it")
+    facts_age_s: float | None = Field(description="since the agent last published its facts")
+    gone_for_s: float | None = Field(description="since the heartbeat expired (unreachable)")
+
+
+class HostDrain(_Reply):
+    scope: Literal["host", "rack"] = Field(description="the host's own drain, or its rack's")
+    evacuate: Literal["now", "as_acquired"]
+    at: float
+    by: str
+
+
+class HostEntry(_Reply):
+    hypervisor: str
+    rack: str
+    az: str
+    status: Literal["up", "drained", "unhealthy", "unreachable"]
+    capacity: Resources
+    vms: dict[str, int] = Field(
+        description="VMs on it by state (handed_out: VMs its agent runs that are in no pool)"
+    )
+    heartbeat: Heartbeat
+    drain: HostDrain | None
+    agent_version: str
+    images: list[str] = Field(description="sha256 of every image in its agent's cache")
+    numa_free: list[int] = Field(description="free CPUs per NUMA node ([]: not pinned)")
+
+
+class HostsQuery(_Request):
+    """``GET /v1/hosts``'s query."""
+
+    az: StrictStr | None = Field(default=None, pattern=NAME_PATTERN)
+    rack: StrictStr | None = Field(default=None, pattern=NAME_PATTERN)
+    limit: int = Field(default=100, ge=1, le=1000)
+    after: StrictStr | None = Field(default=None, pattern=AFTER_HOST_PATTERN)
+
+
+class HostsReply(_Reply):
+    hosts: list[HostEntry]
+    next: str | None = Field(description="after= of the next page (null: the last page)")
+
+
+class RackCapacity(_Reply):
+    rack: str
+    hosts: int = Field(description="heartbeating hosts")
+    drained: int = Field(description="of those, drained (their own drain or the rack's)")
+    unreachable: int = Field(description="hosts whose heartbeat expired, with VMs on them")
+    capacity: Resources
+
+
+class AzCapacity(_Reply):
+    az: str
+    hosts: int
+    drained: int
+    unreachable: int
+    capacity: Resources
+    racks: list[RackCapacity]
+
+
+class CapacityQuery(_Request):
+    az: StrictStr | None = Field(default=None, pattern=NAME_PATTERN)
+
+
+class CapacityReply(_Reply):
+    azs: list[AzCapacity]
+
+
+# --- quotas -------------------------------------------------------------------------------
+
+
+class QuotaBody(_Request):
+    """``PUT /v1/quotas/<requester>``: the requester's limits, all of them
+    (they replace what it had)."""
+
+    limits: list[QuotaRule] = Field(min_length=1, max_length=32)
+
+
+class QuotasReply(_Reply):
+    quotas: list[QuotaEntry]
 
 
 class RuleEntry(_Reply):

@@ -15,6 +15,7 @@ thread-safe and need no ``start()``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import threading
 from collections.abc import Callable, Sequence
@@ -24,18 +25,22 @@ from typing import Any
 
 from warmcache.acquire.acquirer import Acquirer
 from warmcache.acquire.claims import ClaimRecord
+from warmcache.acquire.quota_limits import seed
 from warmcache.agent_versions import AgentVersions
 from warmcache.approvals import Approvals
 from warmcache.budgets import BudgetBook
 from warmcache.builders.cycle import CycleReport
 from warmcache.config import Config, DemandConfig, QuotaLimit, ServiceConfig
 from warmcache.context import ServiceContext
+from warmcache.errors import StoreError
+from warmcache.fleet import FleetView
 from warmcache.health.poller import HealthPoller
 from warmcache.jobs import service_jobs
 from warmcache.leader.duty import LeaderDuty
 from warmcache.metrics import MetricsEvents
 from warmcache.model import SERVICE_NAME, Mode, PoolInstance, PoolSummary
 from warmcache.networks import NetworkBook
+from warmcache.pool_history import PoolHistory, read_held
 from warmcache.ports import (
     AlertSink,
     Clock,
@@ -50,6 +55,8 @@ from warmcache.rules import RuleBook
 from warmcache.vms.lifecycle import Lifecycle
 
 __all__ = ["SERVICE_NAME", "WarmCache"]
+
+log = logging.getLogger(__name__)
 
 
 class WarmCache:
@@ -87,9 +94,18 @@ class WarmCache:
         self.agent_versions = AgentVersions(store, self.keys, self.hosts)
         rng = rng or random.Random()
         self._on_close = on_close
+        self._config_quotas = tuple(quotas)
         self._cycle_wanted = threading.Event()
         self._release_wanted = threading.Event()
         self.acquirer = Acquirer(ctx, trigger_cycle=self.trigger_cycle, rng=rng)
+        # Hosts, their capacity and VMs, rolled up per rack and AZ (/v1/hosts).
+        self.fleet = FleetView(
+            self.hosts,
+            self.drains,
+            self.acquirer.index.states_on,
+            clock.now,
+            catch_up=self.acquirer.catch_up,
+        )
         self.lifecycle = Lifecycle(ctx, self.acquirer, self._wake_releases)
         self.duty = LeaderDuty(
             ctx,
@@ -115,6 +131,13 @@ class WarmCache:
         self.registration = ServiceRegistration(store, config)
         self.metrics.watch_service(self)
         self._readiness = Readiness.of_service(ctx)
+        self.history = PoolHistory(
+            self.pools,
+            lambda: read_held(store, self.keys),
+            clock.now,
+            every_s=config.history_sample_s,
+            keep_s=360 * config.history_sample_s,
+        )
         self.scheduler = service_jobs(
             config,
             registration=self.registration,
@@ -124,6 +147,7 @@ class WarmCache:
             cycle_wanted=self._cycle_wanted,
             releases=self.lifecycle.worker_job,
             release_wanted=self._release_wanted,
+            history=self.history.sample,
         )
 
     @classmethod
@@ -140,10 +164,21 @@ class WarmCache:
 
     def start(self) -> WarmCache:
         if not self.started:
+            self._seed_quotas()
             for view in self.acquirer.views:
                 view.refresh()
             self.scheduler.start()
         return self
+
+    def _seed_quotas(self) -> None:
+        """The config file's ``[[quotas.limits]]`` go into the store for
+        requesters that have none there (``acquire.quota_limits``)."""
+        if not self._config_quotas:
+            return
+        try:
+            seed(self.store, self.keys, self._config_quotas, self.clock.now())
+        except StoreError as exc:  # the next start seeds; the file's limits apply meanwhile
+            log.warning("quota limits not seeded into the store: %s", exc)
 
     def stop(self) -> None:
         self.scheduler.stop()

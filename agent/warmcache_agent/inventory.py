@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from warmcache.errors import SessionExpired, StoreError
@@ -27,7 +28,12 @@ log = logging.getLogger(__name__)
 
 class InventoryPublisher:
     def __init__(
-        self, store: CoordinationStore, prefix: str, facts: Callable[[], HostFacts], ttl_s: float
+        self,
+        store: CoordinationStore,
+        prefix: str,
+        facts: Callable[[], HostFacts],
+        ttl_s: float,
+        now: Callable[[], float] = time.time,
     ) -> None:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
@@ -35,6 +41,7 @@ class InventoryPublisher:
         self._keys = Keys(prefix)
         self._facts = facts
         self._ttl_s = ttl_s
+        self._now = now
         self._dirty = threading.Event()
         self._session: str | None = None
         self.on_published: Callable[[], None] = lambda: None
@@ -69,7 +76,7 @@ class InventoryPublisher:
 
     def _publish(self) -> None:
         self._dirty.clear()
-        facts = self._facts()
+        facts = self._facts().model_copy(update={"published_at": self._now(), "ttl_s": self._ttl_s})
         key = self._keys.host(facts.az, facts.hypervisor)
         assert self._session is not None
         try:

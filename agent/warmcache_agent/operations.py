@@ -171,6 +171,8 @@ class HostAgentService:
             agent_version=identity.agent_version(),
             agent_sha256=identity.installed_sha256(),
             images=tuple(self.images.held()),
+            nvme_total=len(self.config.nvme_devices),
+            nvme_free=len(self.config.nvme_devices) - sum(len(a.nvme) for a in allocs),
             numa_free=(
                 numa.free_per_node(self._topology, [a.pinning for a in allocs if a.pinning])
                 if self._topology

@@ -214,3 +214,70 @@ def test_budgets_and_explain_of_a_demand_pool(url: str, service: WarmCache) -> N
     assert code == 0 and "budget 8 vms removed" in out
     code, _, err = run(url, "budgets", "delete", "az1")
     assert code == 4
+
+
+def _request_id(out: str) -> str:
+    return out.split("request ")[1].split(":")[0].strip()
+
+
+def test_hosts_capacity_drains_purges_and_quotas(url: str, service: WarmCache) -> None:
+    code, out, _ = run(url, "hosts", "list", "--az", "az1", "--limit", "4", "-o", "json")
+    page = json.loads(out)
+    assert code == 0 and len(page["hosts"]) == 4 and page["next"] == "az1/az1-r2-h2"
+    code, out, _ = run(url, "hosts", "list", "--after", page["next"], "-o", "json")
+    names = [h["hypervisor"] for h in json.loads(out)["hosts"]]
+    assert names == [
+        "az1-r3-h1",
+        "az1-r3-h2",
+        *(f"az2-r{r}-h{h}" for r in (1, 2, 3) for h in (1, 2)),
+    ]
+    code, out, _ = run(url, "hosts", "list")
+    assert code == 0 and "hosts (free/total)" in out
+    code, out, _ = run(url, "hosts", "get", "az1-r1-h1")
+    assert code == 0 and json.loads(out)["status"] == "up"
+    code, _, err = run(url, "hosts", "get", "nope")
+    assert code == 4 and "unknown_hypervisor" in err
+    code, out, _ = run(url, "capacity", "--az", "az1", "-o", "json")
+    [az1] = json.loads(out)["azs"]
+    assert code == 0 and az1["hosts"] == 6 and len(az1["racks"]) == 3
+    code, out, _ = run(url, "capacity")
+    assert code == 0 and "capacity (free/total)" in out
+
+    # A rack drain, asked by one admin and approved by another, then undone.
+    code, out, _ = run(url, "drain", "rack", "az1", "az1-r1", "--evacuate", "as_acquired")
+    assert code == 0 and "asked as request" in out
+    code, _, _ = run(url, "requests", "approve", _request_id(out), token=ADMIN2)
+    assert code == 0
+    code, out, _ = run(url, "hosts", "get", "az1-r1-h2")
+    assert json.loads(out)["drain"]["scope"] == "rack"
+    code, out, _ = run(url, "undrain", "rack", "az1", "az1-r1")
+    run(url, "requests", "approve", _request_id(out), token=ADMIN2)
+    code, out, _ = run(url, "hosts", "get", "az1-r1-h2")
+    assert json.loads(out)["drain"] is None
+    code, _, err = run(url, "drain", "hypervisor", "nope")
+    assert code == 4 and "unknown_hypervisor" in err
+
+    # One VM purged.
+    code, out, _ = run(url, "vms", "list", "--state", "ready", "-o", "json")
+    name = json.loads(out)["vms"][0]["name"]
+    code, out, _ = run(url, "vms", "purge", name)
+    code, _, _ = run(url, "requests", "approve", _request_id(out), token=ADMIN2)
+    assert code == 0
+    code, _, err = run(url, "vms", "get", name)
+    assert code == 4 and "unknown_vm" in err
+
+    # Quotas: set (maker-checker), read, delete.
+    result = CliRunner().invoke(
+        main,
+        ["quotas", "set", "app", "-"],
+        input='{"limits": [{"vms_per_window": 2}]}',
+        env={"WARMCACHE_URL": url, "WARMCACHE_TOKEN": ADMIN},
+    )
+    assert result.exit_code == 0, result.output
+    run(url, "requests", "approve", _request_id(result.stdout), token=ADMIN2)
+    code, out, _ = run(url, "quotas", "list")
+    assert code == 0 and "app" in out and "operat" in out
+    code, out, _ = run(url, "quotas", "get", "app")
+    assert json.loads(out)["limits"][0]["vms_per_window"] == 2
+    code, _, err = run(url, "quotas", "delete", "nobody")
+    assert code == 4 and "unknown_quota" in err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,11 @@ def test_the_dashboard_in_a_real_browser(stack: QuickstartStack, tmp_path: Path)
         "--disable-sync",
         f"--user-data-dir={tmp_path / 'profile'}",
     ]
+    # The charts fill as the instance samples its pools (every 2 s here).
+    deadline = time.monotonic() + 60
+    while "collecting" in httpx.get(f"{stack.urls[0]}/live", timeout=10).text:
+        assert time.monotonic() < deadline, "no pool level was sampled twice in 60 s"
+        time.sleep(0.5)
     dom = subprocess.run(
         [*flags, "--dump-dom", url], capture_output=True, text=True, timeout=90, check=True
     ).stdout
@@ -227,13 +233,24 @@ def test_the_dashboard_in_a_real_browser(stack: QuickstartStack, tmp_path: Path)
     for pool in ("az1/small", "az1/medium", "az1/large", "az2/small", "az2/medium"):
         assert f'data-pool="{pool}"' in dom
     assert "vm.build_finished" in dom and "leader.elected" in dom
+    assert 'class="series-ready"' in dom and 'class="host-up"' in dom
     artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     shot = artifacts / "dashboard.png"
     subprocess.run(
-        [*flags, f"--screenshot={shot}", "--window-size=1280,1000", url],
+        [*flags, f"--screenshot={shot}", "--window-size=1400,1100", url],
         capture_output=True,
         timeout=90,
         check=True,
     )
     assert shot.stat().st_size > 10_000
+    # The charts have content on the rendered page: the pools' level areas
+    # (ready's green) and the racks' booked vCPUs (blue) cover real pixels.
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        rgb = image.convert("RGB")
+        colours = {colour: n for n, colour in rgb.getcolors(rgb.width * rgb.height) or []}
+    assert colours
+    assert colours.get((0x2F, 0x7D, 0x4F), 0) > 2_000, "no pool level drawn"
+    assert colours.get((0x4A, 0x6F, 0xA5), 0) > 500, "no booked capacity drawn"

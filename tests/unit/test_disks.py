@@ -226,7 +226,9 @@ def test_nvme_devices_are_booked_to_one_vm_at_a_time_and_freed_on_delete(tmp_pat
         host.attach_nvme(second, "0000:99:00.0")  # not one of this host's devices
     assert err.value.code == "invalid_request"
     assert len(driver.attached) == 1
+    assert (host.facts().nvme_total, host.facts().nvme_free) == (2, 1)  # GET /v1/hosts shows it
     host.attach_nvme(second, "0000:3c:00.0")
+    assert host.facts().nvme_free == 0
     # the books survive a restart (the lockfile is persisted)
     again = make_host(tmp_path, RecordingDriver())
     assert again.lockfile.get(first).nvme == ("0000:3b:00.0",)  # type: ignore[union-attr]

@@ -31,11 +31,15 @@ def test_a_dead_agent_leaves_the_view_within_one_ttl(
     sqlite_store: SqliteStore, clock: ManualClock
 ) -> None:
     current = {"f": facts()}
-    publisher = InventoryPublisher(sqlite_store, "wc", lambda: current["f"], ttl_s=5)
+    publisher = InventoryPublisher(sqlite_store, "wc", lambda: current["f"], ttl_s=5, now=clock.now)
     view = HostView(sqlite_store, KEYS.hosts_dir())
     publisher.beat()
     view.catch_up()
     assert [h.hypervisor for h in view.hosts()] == ["h1"]
+    # what GET /v1/hosts shows of its heartbeat: when, and within what TTL
+    published = view.get("h1")
+    assert published is not None
+    assert (published.published_at, published.ttl_s) == (clock.now(), 5)
     for _ in range(3):  # heartbeats keep it alive past several TTLs
         clock.advance(3)
         publisher.beat()

@@ -55,6 +55,17 @@ def test_metrics_follow_what_the_service_does(service: WarmCache) -> None:
     # one claim transaction: the failed acquisition never reached the store
     assert m[("warmcache_claim_transactions_total", ())] == 1
     assert m[("warmcache_claim_conflicts_total", ())] == 0
+    # Free capacity per rack: every rack, each resource; the 6 VMs of the
+    # pool are booked off az1's racks.
+    free = {k[1]: v for k, v in m.items() if k[0] == "warmcache_rack_free"}
+    vcpus = {dict(k)["rack"]: v for k, v in free.items() if dict(k)["resource"] == "vcpus"}
+    assert len(vcpus) == 6  # 3 racks in each of 2 AZs
+    small = service.catalog.get("small")
+    assert small is not None
+    az1_free = sum(v for rack, v in vcpus.items() if rack.startswith("az1"))
+    assert az1_free == 6 * 16 - 6 * small.vcpus
+    up = (("az", "az2"), ("rack", "az2-r1"), ("status", "up"))
+    assert m[("warmcache_rack_hosts", up)] == 2
 
 
 def test_metrics_need_no_token(service: WarmCache) -> None:

@@ -270,6 +270,36 @@ def test_the_dashboard_shows_pools_and_history(client: FlaskClient) -> None:
     assert "vm.build_finished" in page and "leader.elected" in page
 
 
+def test_the_dashboard_draws_levels_capacity_and_holders(
+    client: FlaskClient, service: WarmCache, clock: Any
+) -> None:
+    """Issue 27's dashboard: per pool a level chart with data once two
+    samples exist, the share served at once and latency percentiles, the
+    racks' capacity, a square per hypervisor, handed-out VMs by requester;
+    ``/live`` is the fragment the page swaps in (no full reload)."""
+    service.history.sample()
+    clock.advance(60)
+    assert acquire(client, requester="es-provisioner").status_code == 200
+    # a holder's name is the store's: text on the page, never markup
+    service.store.put(service.keys.held("<b>x</b>", "az1", "az1-small-0123456789"), "1")
+    acquire(client, count=5)  # served or refused, it counts towards the share
+    service.history.sample()
+    page = client.get("/").get_data(as_text=True)
+    assert 'id="live"' in page and "fetch(" in page and "<script src" not in page
+    live = client.get("/live").get_data(as_text=True)
+    [row] = [r for r in live.split("<tr ") if r.startswith('data-pool="az1/small"')]
+    level = row.split('class="chart-level"')[1].split("</svg>")[0]
+    assert 'class="series-ready"' in level and 'class="series-held"' in level
+    assert "collecting" not in level
+    assert "served at once" in row and "p99" in row
+    assert live.count('class="host-') == 12  # every hypervisor, one square each
+    racks = live.split('id="capacity"')[1].split("</svg>")[0]
+    assert racks.count('class="part-booked"') >= 2 and "az2/az2-r3" in racks
+    holders = live.split('id="requesters"')[1].split("</svg>")[0]
+    assert "es-provisioner" in holders and "3 VM(s)" in holders
+    assert "&lt;b&gt;x&lt;/b&gt;" in holders and "<b>x</b>" not in live
+
+
 def test_a_store_that_will_not_take_a_write_is_a_bounded_503(
     make_service: Any, sqlite_store: Any
 ) -> None:

@@ -27,6 +27,7 @@ from warmcache.acquire.claim import Claimed, Claimer, ClaimRequest
 from warmcache.acquire.claims import ClaimRecord
 from warmcache.acquire.index import PoolIndex
 from warmcache.acquire.ledger import DemandLedger
+from warmcache.acquire.quota_limits import QuotaLimitsView
 from warmcache.acquire.quotas import Quotas
 from warmcache.acquire.targets import TargetView
 from warmcache.acquire.wake import Waker
@@ -80,7 +81,9 @@ class Acquirer:
         self.rules = RuleView(store, keys)
         self.targets = TargetView(store, keys)
         self.index = PoolIndex(store, keys, hosts=hosts, drains=drains, node=config.node)
+        # The config's limits apply until the store's are read (quota_limits).
         self.quotas = Quotas(ctx.quotas, keys, store.get)
+        self.quota_limits = QuotaLimitsView(store, keys, self.quotas.set_limits)
         self.flush_s = ctx.demand.flush_s  # the demand ledger's job (warmcache.jobs)
         self.ledger = DemandLedger(
             store, keys, clock, config.node, bin_s=ctx.demand.bin_s, keep_h=ctx.demand.keep_h
@@ -113,7 +116,7 @@ class Acquirer:
     def views(self) -> list[PrefixView[Any]]:
         """What ``WarmCache.start`` follows (the host view first: the index
         needs to know which hosts are live before it sees their VMs)."""
-        return [self.hosts, self.drains, self.rules, self.targets, self.index]
+        return [self.hosts, self.drains, self.rules, self.targets, self.index, self.quota_limits]
 
     def ledger_job(self) -> float:
         """Write what this instance was asked for (``demand.flush_s``)."""
@@ -201,7 +204,7 @@ class Acquirer:
     ) -> list[PoolInstance]:
         try:
             with deadline.within(self._config.request_deadline_s):
-                self._catch_up()
+                self.catch_up()
                 rule = self._rule(flavor, az)
                 quotas = self.quotas.applicable(requester, az, flavor) if self.quotas else ()
                 if quotas:
@@ -334,7 +337,7 @@ class Acquirer:
 
     def pools(self) -> list[PoolSummary]:
         """Every pool's counts; a demand-sized pool's target is its current one."""
-        self._catch_up()
+        self.catch_up()
         rules = {(az, f): self.targets.sized(az, f, r) for (az, f), r in self.rules.all().items()}
         return self.index.summary(rules)
 
@@ -352,7 +355,8 @@ class Acquirer:
                 f"can claim with this request's claim record and quota counters), got {count}"
             )
 
-    def _catch_up(self) -> None:
+    def catch_up(self) -> None:
+        """Bring the views up to date (a no-op for followed views)."""
         for view in self.views:
             view.catch_up()  # a no-op for a followed view
 

@@ -246,6 +246,14 @@ class PoolIndex(PrefixView[PoolInstance]):
                 self._place(key, self._items[key][0])
                 self._count(key, self._items[key][0])
 
+    def states_on(self, hypervisor: str) -> dict[str, int]:
+        """The pool's records on ``hypervisor`` by state (O(its VMs))."""
+        with self._lock:
+            found: Counter[str] = Counter()
+            for key in self._on_hv.get(hypervisor, ()):
+                found[self._items[key][0].state.value] += 1
+            return dict(found)
+
     def set_instances(self, nodes: Iterable[str]) -> None:
         """The serving instances from the registry (this one included):
         re-deal the shares. O(pool size), once per membership change."""

@@ -98,6 +98,15 @@ class Quotas:
     def __bool__(self) -> bool:
         return bool(self._limits)
 
+    def set_limits(self, limits: Sequence[QuotaLimit]) -> None:
+        """Every requester's limits from now on (``acquire.quota_limits``
+        follows them in the store); counters already learnt stay."""
+        self._limits = tuple(limits)
+
+    @property
+    def limits(self) -> tuple[QuotaLimit, ...]:
+        return self._limits
+
     def applicable(self, requester: str, az: str, flavor: str) -> tuple[QuotaLimit, ...]:
         return tuple(
             q

@@ -26,6 +26,8 @@ from warmcache.service import WarmCache
 from warmcache.web.api import api
 from warmcache.web.auth import Authenticator
 from warmcache.web.dashboard import dashboard
+from warmcache.web.fleet import fleet_api
+from warmcache.web.quotas import quotas_api
 from warmcache.web.vms import vms_api
 
 # Refusals of the HTTP layer (werkzeug's, waitress's) -> the registry's
@@ -61,6 +63,8 @@ def create_app(service: WarmCache, auth: Authenticator | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = service.config.http_max_body_bytes
     app.register_blueprint(api)
     app.register_blueprint(vms_api)
+    app.register_blueprint(fleet_api)
+    app.register_blueprint(quotas_api)
     app.register_blueprint(dashboard)
 
     @app.before_request

@@ -13,6 +13,7 @@ session to share)."""
 from __future__ import annotations
 
 import datetime
+from collections import Counter
 from typing import Any
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
@@ -20,6 +21,7 @@ from flask import Blueprint, current_app, g, redirect, render_template, request,
 from warmcache.errors import Unauthorized
 from warmcache.ports import Event
 from warmcache.service import WarmCache
+from warmcache.web import charts
 from warmcache.web.auth import Authenticator
 
 dashboard = Blueprint("dashboard", __name__, template_folder="templates")
@@ -81,21 +83,111 @@ def _rows(events: list[Event]) -> list[dict[str, Any]]:
     return [{"at": _when(e.at), "type": e.type, **e.fields} for e in events]
 
 
+# What one page draws at most, whatever the fleet's size.
+MAX_RACKS = 48
+MAX_HOSTS = 800
+MAX_REQUESTERS = 20
+
+
+def _pool_rows(service: WarmCache) -> list[dict[str, Any]]:
+    stats = service.metrics.acquisitions_seen
+    rows = []
+    for p in service.pools():
+        label = f"{p.az}/{p.flavor}"
+        seen = stats.of(p.az, p.flavor)
+        rows.append(
+            {
+                "pool": p,
+                "label": label,
+                "levels": charts.levels(service.history.levels(p.az, p.flavor), f"{label} level"),
+                "seen": seen,
+                "mix": charts.bars(
+                    [
+                        charts.Bar(
+                            "",
+                            dict(sorted(p.standby.items())),
+                            " ".join(f"{k} {n}" for k, n in sorted(p.standby.items())),
+                        )
+                    ],
+                    f"{label} standby mix",
+                    width=200,
+                    label_w=0,
+                    note_w=100,
+                )
+                if p.standby
+                else None,
+            }
+        )
+    return rows
+
+
+def _capacity(service: WarmCache) -> dict[str, Any]:
+    fleet = service.fleet
+    racks = fleet.racks()
+    drained = fleet.drained_per_rack(racks)
+    shown = racks[:MAX_RACKS]
+    rack_bars = [
+        charts.Bar(
+            f"{r.az}/{r.rack}",
+            {"booked": r.capacity.of("vcpus")["booked"], "free": r.capacity.vcpus_free},
+            f"{r.capacity.hosts} up"
+            + (f", {drained[(r.az, r.rack)]} dr" if drained.get((r.az, r.rack)) else "")
+            + (f", {r.unreachable} unr" if r.unreachable else ""),
+        )
+        for r in shown
+    ]
+    hosts, more = fleet.page(limit=MAX_HOSTS)
+    cells = [
+        charts.Cell(
+            h.facts.hypervisor,
+            1 - h.facts.vcpus_free / h.facts.vcpus_total if h.facts.vcpus_total else 0.0,
+            h.status,
+        )
+        for h in hosts
+    ]
+    return {
+        "racks": charts.bars(rack_bars, "vCPUs booked and free per rack"),
+        "racks_hidden": max(0, len(racks) - len(shown)),
+        "hosts": charts.grid(cells, "hypervisors"),
+        "hosts_more": more is not None,
+        "status": Counter(h.status for h in hosts),
+    }
+
+
+def _requesters(service: WarmCache) -> Any:
+    held = sorted(service.history.held.by_requester.items(), key=lambda kv: (-kv[1], kv[0]))
+    return charts.bars(
+        [charts.Bar(name, {"held": n}, f"{n} VM(s)") for name, n in held[:MAX_REQUESTERS]],
+        "handed-out VMs by requester",
+    )
+
+
+def _live_context() -> dict[str, Any]:
+    service: WarmCache = current_app.extensions["warmcache"]
+    return {
+        "node": service.config.node,
+        "leader": service.leader(),
+        "pools": _pool_rows(service),
+        "capacity": _capacity(service),
+        "requesters": _requesters(service),
+        "legend": charts.legend,
+        "hosts": service.hosts.count() if service.hosts.loaded else None,
+        "builds": _rows(service.events.recent(20, "vm.build_")),
+        "leadership": _rows(service.events.recent(20, "leader.")),
+        "acquisitions": _rows(service.events.recent(20, "acquisition")),
+        "purges": _rows(service.events.recent(20, "vm.purged")),
+        "signed_in": g.get("identity"),
+    }
+
+
 @dashboard.get("/")
 def index() -> str:
-    service: WarmCache = current_app.extensions["warmcache"]
-    pools = service.pools()
-    widest = max((n for p in pools for n in p.ready_by_rack.values()), default=1)
-    return render_template(
-        "dashboard.html",
-        node=service.config.node,
-        leader=service.leader(),
-        pools=pools,
-        widest=widest,
-        hosts=len(service.hosts.hosts()) if service.hosts.loaded else None,
-        builds=_rows(service.events.recent(20, "vm.build_")),
-        leadership=_rows(service.events.recent(20, "leader.")),
-        acquisitions=_rows(service.events.recent(20, "acquisition")),
-        purges=_rows(service.events.recent(20, "vm.purged")),
-        signed_in=g.get("identity"),
-    )
+    """The page; its script swaps in ``/live`` every 5 s (without a script:
+    a plain reload every 30 s)."""
+    return render_template("dashboard.html", **_live_context())
+
+
+@dashboard.get("/live")
+def live() -> str:
+    """The page's changing part, as an HTML fragment."""
+    return render_template("live.html", **_live_context())

@@ -15,17 +15,20 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from warmcache.acquire.quota_limits import REQUESTER_PATTERN, QuotaEntry
 from warmcache.budgets import BudgetBody
 from warmcache.errors import CODES
 from warmcache.model import NAME_PATTERN, BuildRule, InstanceState
 from warmcache.networks import AddressPool
 from warmcache.schemas import (
+    AFTER_HOST_PATTERN,
     CLAIM_ID_PATTERN,
     AcquireReply,
     AcquireRequest,
     AgentsReply,
     BudgetEntry,
     BudgetsReply,
+    CapacityReply,
     ChangeAsk,
     ChangeReply,
     ChangesReply,
@@ -34,12 +37,16 @@ from warmcache.schemas import (
     ErrorBody,
     Explain,
     Health,
+    HostEntry,
+    HostsReply,
     ImageEntry,
     ImagesReply,
     LeaderReply,
     NetworkEntry,
     NetworksReply,
     PoolsReply,
+    QuotaBody,
+    QuotasReply,
     Ready,
     ReleaseReply,
     RenewBody,
@@ -189,6 +196,64 @@ OPERATIONS = [
         {200: ImageEntry},
         errors=READ,
         params=(("image_id", NAME),),
+    ),
+    Operation(
+        "/v1/hosts",
+        "get",
+        "a page of hypervisors in (AZ, name) order: capacity, booked and free, VMs by state, "
+        "heartbeat, drain, agent version, images; next page: after=<next>",
+        {200: HostsReply},
+        errors=READ,
+        query=(
+            ("az", {"type": "string", "pattern": NAME}),
+            ("rack", {"type": "string", "pattern": NAME}),
+            ("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}),
+            ("after", {"type": "string", "pattern": AFTER_HOST_PATTERN}),
+        ),
+    ),
+    Operation(
+        "/v1/hosts/{hypervisor}",
+        "get",
+        "one hypervisor (an unreachable one while VMs are recorded on it)",
+        {200: HostEntry},
+        errors=READ,
+        params=(("hypervisor", NAME),),
+    ),
+    Operation(
+        "/v1/capacity",
+        "get",
+        "free and booked capacity per AZ and rack, with drained and unreachable hosts",
+        {200: CapacityReply},
+        errors=READ,
+        query=(("az", {"type": "string", "pattern": NAME}),),
+    ),
+    Operation(
+        "/v1/quotas", "get", "every requester's quota limits", {200: QuotasReply}, errors=READ
+    ),
+    Operation(
+        "/v1/quotas/{requester}",
+        "get",
+        "one requester's quota limits",
+        {200: QuotaEntry},
+        errors=READ,
+        params=(("requester", REQUESTER_PATTERN),),
+    ),
+    Operation(
+        "/v1/quotas/{requester}",
+        "put",
+        "ask to set a requester's limits (maker-checker: 202, a pending request)",
+        {202: ChangeReply},
+        body=QuotaBody,
+        errors=WRITE,
+        params=(("requester", REQUESTER_PATTERN),),
+    ),
+    Operation(
+        "/v1/quotas/{requester}",
+        "delete",
+        "ask to remove a requester's limits (maker-checker: 202; 404 unknown_quota)",
+        {202: ChangeReply},
+        errors=WRITE,
+        params=(("requester", REQUESTER_PATTERN),),
     ),
     Operation(
         "/v1/vms",
