@@ -56,6 +56,7 @@ SMALL = [
         ["fleet.py", "--hypervisors", "1000", "--racks", "60", "--vms", "300"],
     ),
     ("fleet, demand sizing (9,960 hypervisors)", ["fleet.py", "--demand"]),
+    ("operators' views (9,960 hypervisors)", ["views.py", "--sizes", "10000", "--calls", "100"]),
     ("replay (Azure, 30 min)", ["replay.py", "--bins", "6", "--budget", "60"]),
     ("real guests", ["realvm.py", "--sequential", "2", "--parallel", "4"]),
     ("standby states (real guests)", ["standby.py", "--vms", "2"]),

@@ -20,7 +20,9 @@ demand, ``warmcache.builders.sizing`` applies the targets.
 * ``target``: the larger of the two quantiles plus a margin, within the
   rule's ``min_instances`` and ``total_instances``.
 * ``split``: an AZ budget (VMs, or vCPUs) over its pools. VMs a pool holds
-  are never taken back (they were built; acquisitions drain them); floors
+  are not taken back by the split itself (a pool left above its new
+  target retires its surplus after ``service.shrink_after_s``:
+  ``builders.upkeep``); floors
   first, as far as the budget goes; then VM by VM (looking a few VMs ahead,
   since a pool of 3 may be worth nothing more than 2 while a pool of 4
   serves every request for 4) to the pool where it saves the most missed

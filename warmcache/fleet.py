@@ -295,9 +295,14 @@ class FleetView:
         return False
 
     def racks(self, az: str | None = None) -> list[RackRollup]:
-        """Every rack's rollup (of one AZ), in (AZ, rack) order: O(racks)."""
+        """Every rack's rollup (of one AZ), in (AZ, rack) order: O(racks),
+        plus the unreachable hosts, each asked whether VMs are still
+        recorded on it (the count would otherwise keep hosts nothing is
+        left on)."""
         self._catch_up()
         with self._lock:
+            for hv in list(self._gone):
+                self._forget_if_empty(hv)
             found = [
                 r
                 for key, r in sorted(self._racks.items())

@@ -138,7 +138,7 @@ def test_a_dead_host_with_nothing_left_on_it_leaves_the_view(
     svc: WarmCache, http: FlaskClient, agents: dict[str, FakeAgent], clock: ManualClock
 ) -> None:
     on_host(agents, "az2-r1-h1").withdraw()  # no VMs were ever on it
-    assert get(http, "/v1/hosts/az2-r1-h1", 404)["error"] == "unknown_hypervisor"
-    assert "az2-r1-h1" not in [h["hypervisor"] for h in get(http, "/v1/hosts?az=az2")["hosts"]]
     [az2] = get(http, "/v1/capacity?az=az2")["azs"]
     assert (az2["hosts"], az2["unreachable"]) == (5, 0)
+    assert "az2-r1-h1" not in [h["hypervisor"] for h in get(http, "/v1/hosts?az=az2")["hosts"]]
+    assert get(http, "/v1/hosts/az2-r1-h1", 404)["error"] == "unknown_hypervisor"
