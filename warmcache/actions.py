@@ -43,6 +43,22 @@ class PoolTarget(_Params):
     flavor: StrictStr = Field(pattern=NAME_PATTERN)
 
 
+# What a delete may name: any name a store key can hold under its folder
+# (no "/"), so that a name stored before names were checked in full (one
+# ending in a newline) can still be deleted by an admin.
+STORED_NAME = r"^[^/]{1,200}$"
+
+
+class StoredPool(_Params):
+    az: StrictStr = Field(pattern=STORED_NAME)
+    flavor: StrictStr = Field(pattern=STORED_NAME)
+
+
+class StoredNetwork(_Params):
+    az: StrictStr = Field(pattern=STORED_NAME)
+    name: StrictStr = Field(pattern=STORED_NAME)
+
+
 class HostTarget(_Params):
     hypervisor: StrictStr = Field(pattern=NAME_PATTERN)
 
@@ -120,7 +136,7 @@ class ChangeAction(Generic[P]):
             self.check(context, params)
 
 
-def _delete_rule(ctx: ServiceContext, target: PoolTarget) -> dict[str, Any]:
+def _delete_rule(ctx: ServiceContext, target: StoredPool) -> dict[str, Any]:
     """The rule goes, then the pool's ready and reserved VMs (a VM still
     building when the rule went is retired by the next cycle); acquisitions
     of the pool get ``unknown_pool``; handed-out VMs stay with their holders."""
@@ -229,7 +245,7 @@ def _purge_vm(ctx: ServiceContext, target: VmTarget) -> dict[str, Any]:
     }
 
 
-def _purge_pool(ctx: ServiceContext, target: PoolTarget) -> dict[str, Any]:
+def _purge_pool(ctx: ServiceContext, target: StoredPool) -> dict[str, Any]:
     return purge_pool(
         ctx.store,
         ctx.keys,
@@ -248,7 +264,7 @@ def _update_network(ctx: ServiceContext, change: NetworkUpdate) -> dict[str, Any
     return {"updated": True, "size": change.pool.size()}
 
 
-def _delete_network(ctx: ServiceContext, target: NetworkTarget) -> dict[str, Any]:
+def _delete_network(ctx: ServiceContext, target: StoredNetwork) -> dict[str, Any]:
     deleted = NetworkBook(ctx.store, ctx.keys).delete(target.az, target.name)
     ctx.emit("network.deleted", az=target.az, name=target.name)
     return {"deleted": deleted}
@@ -343,9 +359,9 @@ def _set_agent_version(ctx: ServiceContext, build: AgentBuild) -> dict[str, Any]
 
 ACTIONS: dict[str, ChangeAction[Any]] = {
     "delete_rule": ChangeAction(
-        PoolTarget, "delete a pool's build rule and retire its ready VMs", _delete_rule
+        StoredPool, "delete a pool's build rule and retire its ready VMs", _delete_rule
     ),
-    "purge_pool": ChangeAction(PoolTarget, "destroy a pool's ready and reserved VMs", _purge_pool),
+    "purge_pool": ChangeAction(StoredPool, "destroy a pool's ready and reserved VMs", _purge_pool),
     "drain_hypervisor": ChangeAction(
         HostDrain,
         "place nothing on a hypervisor; its pooled VMs retire now or as they are acquired",
@@ -377,7 +393,7 @@ ACTIONS: dict[str, ChangeAction[Any]] = {
         AgentBuild, "set the agent build every hypervisor should run", _set_agent_version
     ),
     "delete_network": ChangeAction(
-        NetworkTarget, "delete an address pool (its VMs keep their addresses)", _delete_network
+        StoredNetwork, "delete an address pool (its VMs keep their addresses)", _delete_network
     ),
     "set_image": ChangeAction(
         ImageChange,

@@ -32,7 +32,8 @@ _NAME_RE = re.compile(NAME_PATTERN)
 
 
 def is_valid_name(name: str) -> bool:
-    return bool(_NAME_RE.match(name))
+    # fullmatch: re.match with "$" also matches before a final newline ("az1\n")
+    return _NAME_RE.fullmatch(name) is not None
 
 
 class InstanceState(enum.StrEnum):
@@ -82,7 +83,6 @@ MemoryMiB = Annotated[int, Field(strict=True, ge=64, le=16 * 1024 * 1024)]
 DiskGiB = Annotated[int, Field(strict=True, ge=1, le=65_536)]
 MAX_EXTRA_DISKS = 24  # vdb..vdy: vdz holds the cloud-init seed
 MAX_USER_DATA = 64 * 1024  # base64 characters of a rule's first-boot script
-Count = Annotated[int, Field(strict=True, ge=0, le=100_000)]
 MAX_LEASE_S = 366 * 86_400  # the longest lease anyone may ask for
 # How a VM's disks are allocated on its host (qemu-img's preallocation):
 # "off" makes the root disk a thin overlay of the cached image; anything
@@ -101,6 +101,8 @@ def whole_number(value: object) -> object:
 
 # An integer of a request body: what JSON Schema calls one (3.0 too), nothing else.
 JsonInt = Annotated[int, BeforeValidator(whole_number)]
+# A count of VMs in a rule: a JSON integer (3.0 too, never "3" or true).
+Count = Annotated[int, Field(ge=0, le=100_000), BeforeValidator(whole_number)]
 
 
 class Flavor(_Frozen):
@@ -126,8 +128,8 @@ class BuildRule(_Frozen):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    max_instance_per_cycle: int = Field(ge=1, le=10_000)
-    min_fault_domain: int = Field(default=1, ge=1, le=10_000)
+    max_instance_per_cycle: JsonInt = Field(ge=1, le=10_000)
+    min_fault_domain: JsonInt = Field(default=1, ge=1, le=10_000)
     reserve_cap: Count = 0
     user_data: str = Field(default="", max_length=MAX_USER_DATA)
     total_instances: Count
@@ -136,11 +138,11 @@ class BuildRule(_Frozen):
     # Rolling replacement (a new generation, or max_age_s): VMs replaced per
     # cycle, new ones built first; the ready count stays at or above
     # total_instances - this. Default: a quarter of max_instance_per_cycle.
-    replace_per_cycle: int | None = Field(default=None, ge=1, le=10_000)
+    replace_per_cycle: JsonInt | None = Field(default=None, ge=1, le=10_000)
     # Stale VMs (an older generation) are handed out only when current ones
     # cannot satisfy a request ("fallback"), or never.
     stale_handout: Literal["fallback", "never"] = "fallback"
-    max_age_s: int | None = Field(default=None, ge=60, le=10 * 365 * 86400)
+    max_age_s: JsonInt | None = Field(default=None, ge=60, le=10 * 365 * 86400)
     # How a pooled VM waits after its first health probe: running, paused
     # (memory kept, no CPU) or saved (memory on disk, freed on the host).
     # Acquisitions resume the VMs they take before handing them out.
@@ -153,7 +155,7 @@ class BuildRule(_Frozen):
     # demand: the target covers this quantile of demand over the build
     # horizon and of request sizes, plus demand_margin VMs.
     demand_quantile: float = Field(default=0.95, ge=0.5, le=1.0)
-    demand_margin: int = Field(default=1, strict=True, ge=0, le=10_000)
+    demand_margin: JsonInt = Field(default=1, strict=True, ge=0, le=10_000)
     # An acquisition leaving fewer acquirable VMs than this share of the
     # target starts an early cycle (None: service.low_water_ratio).
     low_water_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -163,10 +165,10 @@ class BuildRule(_Frozen):
     # is of the current generation and recycled fewer than
     # recycle_max_uses times; else deleted.
     on_release: Literal["delete", "recycle"] = "delete"
-    recycle_max_uses: int | None = Field(default=None, ge=1, le=1_000_000)
+    recycle_max_uses: JsonInt | None = Field(default=None, ge=1, le=1_000_000)
     # Acquisitions of this pool hold their VMs this long unless they ask for
     # another lease (None: service.default_lease_s, if any).
-    lease_s: int | None = Field(default=None, ge=1, le=MAX_LEASE_S)
+    lease_s: JsonInt | None = Field(default=None, ge=1, le=MAX_LEASE_S)
 
     @property
     def replace_rate(self) -> int:

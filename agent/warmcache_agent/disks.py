@@ -57,7 +57,7 @@ class PciAddress:
     @classmethod
     def parse(cls, text: str) -> PciAddress:
         """``0000:3b:00.0`` or ``3b:00.0``."""
-        m = _PCI.match(text.lower())
+        m = _PCI.fullmatch(text.lower())
         if not m:
             raise DiskError(f"not a PCI address: {text!r} (want [DDDD:]BB:SS.F)")
         return cls(

@@ -111,7 +111,7 @@ class ImageCache:
 
     def held(self) -> list[str]:
         """The sha256 of every image in the cache."""
-        return sorted(p.name for p in self.root.iterdir() if _SHA256.match(p.name))
+        return sorted(p.name for p in self.root.iterdir() if _SHA256.fullmatch(p.name))
 
     def size(self) -> int:
         return sum(self._size(sha) for sha in self.held())

@@ -82,6 +82,21 @@ def _service() -> WarmCache:
     return service
 
 
+class DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object that names a key twice is refused, not read as its last
+    value (two parsers of one body must never disagree on what it says)."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise DuplicateKey(key[:100])
+        found[key] = value
+    return found
+
+
 def _json_object() -> dict[str, Any]:
     """The request body as a JSON object, or a typed refusal: 415 unless it
     says it is JSON (a cross-site form or text/plain POST cannot), 413 over
@@ -93,9 +108,11 @@ def _json_object() -> dict[str, Any]:
         )
     raw = request.get_data(cache=False)
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
     except RecursionError as exc:
         raise InvalidRequest("body is nested too deeply") from exc
+    except DuplicateKey as exc:
+        raise InvalidRequest(f"body names {exc.args[0]!r} twice") from exc
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over 4,300 digits
         raise InvalidRequest(f"body is not valid JSON: {str(exc)[:200]}") from exc
     if not isinstance(data, dict):

@@ -13,6 +13,8 @@ session to share)."""
 from __future__ import annotations
 
 import datetime
+import hmac
+import secrets
 from collections import Counter
 from typing import Any
 
@@ -26,7 +28,42 @@ from warmcache.web.auth import Authenticator
 
 dashboard = Blueprint("dashboard", __name__, template_folder="templates")
 COOKIE = "warmcache_session"
+CSRF_COOKIE = "warmcache_csrf"
 MAX_TOKEN_CHARS = 4096
+
+
+def csrf_token() -> str:
+    """This browser's anti-forgery token (double submit): a random value
+    in a SameSite=Strict, HttpOnly cookie that every form also carries;
+    another site can neither read the cookie nor guess the value."""
+    found = request.cookies.get(CSRF_COOKIE, "")
+    if len(found) == 32 and all(c in "0123456789abcdef" for c in found):
+        return found
+    made: str = g.get("new_csrf") or secrets.token_hex(16)
+    g.new_csrf = made
+    return made
+
+
+def _same_site_post() -> bool:
+    """A sign-in or sign-out form posted from this site: its Origin (when
+    the browser sends one) is this server's, and it carries the token of
+    the cookie (a cross-site page cannot read either)."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.rstrip("/") != request.host_url.rstrip("/"):
+        return False
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    sent = request.form.get("csrf", "")
+    return bool(cookie) and hmac.compare_digest(cookie.encode(), sent.encode())
+
+
+@dashboard.after_request
+def _set_csrf(response: Any) -> Any:
+    made = g.get("new_csrf")
+    if made is not None:
+        response.set_cookie(
+            CSRF_COOKIE, made, httponly=True, samesite="Strict", secure=request.is_secure
+        )
+    return response
 
 
 def _auth() -> Authenticator:
@@ -55,12 +92,16 @@ def signin() -> Any:
     if not auth.enabled:
         return redirect(url_for("dashboard.index"), 303)
     if request.method == "GET":
-        return render_template("signin.html", error=None)
+        return render_template("signin.html", error=None, csrf=csrf_token())
+    if not _same_site_post():  # login CSRF: another site signing you in as it
+        return render_template(
+            "signin.html", error="refused: not posted from this page", csrf=csrf_token()
+        ), 403
     token = request.form.get("token", "")[:MAX_TOKEN_CHARS].strip()
     try:
         auth.identify(f"Bearer {token}")
     except Unauthorized:
-        return render_template("signin.html", error="unknown token"), 401
+        return render_template("signin.html", error="unknown token", csrf=csrf_token()), 401
     reply = redirect(url_for("dashboard.index"), 303)
     reply.set_cookie(
         COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure, max_age=12 * 3600
@@ -70,6 +111,8 @@ def signin() -> Any:
 
 @dashboard.post("/signout")
 def signout() -> Any:
+    if not _same_site_post():
+        return redirect(url_for("dashboard.index"), 303)  # nothing changes
     reply = redirect(url_for("dashboard.signin"), 303)
     reply.delete_cookie(COOKIE, httponly=True, samesite="Strict", secure=request.is_secure)
     return reply
@@ -177,6 +220,7 @@ def _live_context() -> dict[str, Any]:
         "acquisitions": _rows(service.events.recent(20, "acquisition")),
         "purges": _rows(service.events.recent(20, "vm.purged")),
         "signed_in": g.get("identity"),
+        "csrf": csrf_token(),
     }
 
 
