@@ -237,20 +237,23 @@ class Allocator:
         self._cursors: dict[str, Iterator[Address]] = {}
         self._lock = threading.Lock()  # the AZ's build threads share it
 
-    def pool_for(self, rack: str) -> str | None:
+    def pools_for(self, rack: str) -> list[str]:
+        """The pools a VM on ``rack`` may take an address from, in the order
+        they are used: the rack's own, then the AZ-wide ones (by name)."""
         scoped = sorted(n for n, p in self._pools.items() if p.rack == rack)
         whole = sorted(n for n, p in self._pools.items() if p.rack is None)
-        names = scoped or whole
-        return names[0] if names else None
+        return scoped + whole
 
     def next(self, rack: str) -> tuple[str, StaticNetwork] | None:
-        """The next untaken address for a VM on ``rack``, marked taken; None
-        when the pool has none left (or no pool serves the rack)."""
-        name = self.pool_for(rack)
-        if name is None:
-            return None
+        """The next untaken address for a VM on ``rack``, marked taken: from
+        the first of its pools that has one left; None when none has (or
+        no pool serves the rack)."""
         with self._lock:
-            return self._next_of(name)
+            for name in self.pools_for(rack):
+                found = self._next_of(name)
+                if found is not None:
+                    return found
+        return None
 
     def _next_of(self, name: str) -> tuple[str, StaticNetwork] | None:
         pool = self._pools[name]

@@ -19,6 +19,7 @@ from warmcache.layout import PoolRecords
 from warmcache.model import InstanceState, Mode, PoolInstance, StaticNetwork
 from warmcache.networks import AddressPool, Held, NetworkBook
 from warmcache.service import WarmCache
+from warmcache.web import create_app
 
 POOL = {
     "cidrs": ["10.20.0.0/26"],
@@ -296,3 +297,19 @@ def test_a_racks_own_pool_serves_its_vms_and_the_azs_pool_the_others(
         expected = ("10.30.0.0/28", "r1-vrf") if r.rack == "az1-r1" else ("10.20.0.0/26", "az-wide")
         assert ipaddress.ip_address(r.addresses[0]) in ipaddress.ip_network(expected[0])
         assert r.network == expected[1]
+
+
+def test_every_pool_of_the_az_is_used_until_all_are_exhausted(service: WarmCache) -> None:
+    """Issue 28, item 5: with a second AZ-wide pool added, builds still
+    failed no_address, and GET /v1/networks showed each pool's held as
+    the whole AZ's count."""
+    service.networks.create("az1", "a-first", {"cidrs": ["10.40.0.0/29"], "gateway": "10.40.0.1"})
+    service.networks.create("az1", "b-second", {"cidrs": ["10.41.0.0/28"], "gateway": "10.41.0.1"})
+    rule(service, 12)  # /29: 5 addresses; /28: 13
+    report = service.run_cycle()
+    assert report is not None and report.built[("az1", "small")] == 12
+    assert not any("no_address" in f for f in report.failed)
+    by_pool = Counter(r.network for r in records(service))
+    assert by_pool == {"a-first": 5, "b-second": 7}  # the first, then the next
+    listed = create_app(service).test_client().get("/v1/networks").get_json()["networks"]
+    assert {n["name"]: n["held"] for n in listed} == {"a-first": 5, "b-second": 7}

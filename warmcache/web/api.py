@@ -5,6 +5,7 @@ wrong types: 400 ``invalid_request``); errors share one shape:
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
@@ -248,11 +249,14 @@ def agents() -> Any:
 def networks() -> Any:
     book = _service().networks
     pools = book.all()
-    held = {az: len(book.held(az)) for az in {az for az, _ in pools}}
+    held: Counter[tuple[str, str]] = Counter()  # per pool, not per AZ
+    for az in {az for az, _ in pools}:
+        held.update((az, h.network) for h in book.held(az).values())
     return _reply(
         NetworksReply(
             networks=[
-                _network_entry(az, name, pool, held[az]) for (az, name), pool in pools.items()
+                _network_entry(az, name, pool, held[(az, name)])
+                for (az, name), pool in pools.items()
             ]
         )
     )
