@@ -104,7 +104,7 @@ def mongo_options(cfg: CatalogConfig) -> dict[str, Any]:
 def _sqlite_events(cfg: EventsConfig, clock: Clock) -> EventSink:
     from warmcache.adapters.sqlite_events import SqliteEvents
 
-    return SqliteEvents(cfg.path)
+    return SqliteEvents(cfg.path, retention_s=cfg.retention_s, max_rows=cfg.max_rows)
 
 
 def _elasticsearch_events(cfg: EventsConfig, clock: Clock) -> EventSink:

@@ -379,6 +379,16 @@ class CatalogConfig(_Section):
 class EventsConfig(_Section):
     kind: str = Field(default="sqlite", description="Backend: sqlite, log or elasticsearch.")
     path: str = Field(default="warmcache-events.db", description="sqlite: database file.")
+    retention_s: float = Field(
+        default=7 * 86_400.0,
+        ge=60,
+        description="sqlite: events older than this are deleted as new ones are written.",
+    )
+    max_rows: int = Field(
+        default=1_000_000,
+        ge=1000,
+        description="sqlite: at most this many events are kept (the oldest go first).",
+    )
     url: str = Field(default="", description="elasticsearch: http(s)://host:9200")
     spool_dir: str = Field(
         default="warmcache-events-spool",

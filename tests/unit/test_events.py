@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from warmcache.adapters.batching import Batcher
-from warmcache.adapters.sqlite_events import SqliteEvents
+from warmcache.adapters.sqlite_events import PRUNE_EVERY, SqliteEvents
 from warmcache.ports import Event
 
 
@@ -112,3 +112,21 @@ def test_sqlite_events_close_keeps_every_emitted_event(tmp_path: Path) -> None:
     reread = SqliteEvents(tmp_path / "events.db")
     assert len(reread.recent(1000)) == 250
     reread.close()
+
+
+def test_the_sqlite_event_log_keeps_its_retention_and_its_row_cap(tmp_path: Path) -> None:
+    """Issue 28, item 8: the log kept every event (20,067 rows, 8.6 MB after
+    20,000 acquisitions)."""
+    clock = {"now": 1_000_000.0}
+    sink = SqliteEvents(tmp_path / "e.db", retention_s=3600, max_rows=1000)
+    for i in range(600):  # an hour and more ago
+        sink.emit(Event("acquisition", clock["now"] - 7200, {"i": i}))
+    sink.flush()
+    for i in range(5000):
+        sink.emit(Event("acquisition", clock["now"], {"i": i}))
+    sink.close()
+    db = sqlite3.connect(tmp_path / "e.db")
+    rows, oldest = db.execute("SELECT COUNT(*), MIN(at) FROM events").fetchone()
+    db.close()
+    assert rows <= 1000 + PRUNE_EVERY  # pruned every PRUNE_EVERY rows written
+    assert oldest == clock["now"]  # nothing past the retention

@@ -30,14 +30,29 @@ CREATE TABLE IF NOT EXISTS events (
     fields TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_type_at ON events (type, at);
+CREATE INDEX IF NOT EXISTS events_at ON events (at);
 """
+PRUNE_EVERY = 500  # rows written between two prunes
 
 
 class SqliteEvents:
     def __init__(
-        self, path: str | Path, busy_timeout_s: float = 5.0, max_queue: int = 10_000
+        self,
+        path: str | Path,
+        busy_timeout_s: float = 5.0,
+        max_queue: int = 10_000,
+        *,
+        retention_s: float = 7 * 86_400.0,
+        max_rows: int = 1_000_000,
     ) -> None:
+        """``retention_s``, ``max_rows``: events older than the newest
+        written less ``retention_s``, and the oldest beyond the cap, are
+        deleted as new ones are written (every ``PRUNE_EVERY`` rows, by
+        index: the log never grows for ever)."""
         self.path = str(path)
+        self._retention_s = retention_s
+        self._max_rows = max_rows
+        self._since_prune = PRUNE_EVERY  # prune at the first write
         # Two connections: the batcher's thread writes (and may wait for the
         # file's lock); readers never queue behind it (WAL).
         self._writer = self._connect(busy_timeout_s)
@@ -71,10 +86,20 @@ class SqliteEvents:
         self._writer.execute("BEGIN IMMEDIATE")
         try:
             self._writer.executemany("INSERT INTO events (at, type, fields) VALUES (?, ?, ?)", rows)
+            self._since_prune += len(rows)
+            if self._since_prune >= PRUNE_EVERY:
+                self._prune(max(e.at for e in events))
+                self._since_prune = 0
             self._writer.execute("COMMIT")
         except BaseException:
             self._writer.execute("ROLLBACK")
             raise
+
+    def _prune(self, newest: float) -> None:
+        self._writer.execute("DELETE FROM events WHERE at < ?", (newest - self._retention_s,))
+        self._writer.execute(
+            "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (self._max_rows,)
+        )
 
     def recent(self, limit: int = 100, type_prefix: str = "") -> list[Event]:
         self._batcher.flush(0.5)
