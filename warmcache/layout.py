@@ -61,6 +61,10 @@ class Keys:
         removed in the transactions that hand the VM out and take it back."""
         return f"{self.prefix}/held/{quote(requester, safe='')}/{az}/{name}"
 
+    def quotas_dir(self) -> str:
+        """Every requester's quota counters (window and held)."""
+        return f"{self.prefix}/quotas/"
+
     def held_count(self, requester: str) -> str:
         """How many VMs ``requester`` holds, for its ``max_held`` quota."""
         return f"{self.prefix}/quotas/{quote(requester, safe='')}/held"

@@ -291,3 +291,30 @@ def test_two_requests_of_one_id_in_one_batch_make_one_claim(any_store: Any) -> N
     assert [vm.name for vm in a.vms] == [vm.name for vm in b.vms] and b.replayed
     kvs, _ = any_store.range(KEYS.acquired_dir())
     assert len(kvs) == 3  # two for the twins' one claim, one for the other request
+
+
+def test_one_sweep_removes_every_expired_record(sqlite_store: Any) -> None:
+    """Issue 28, item 8: a sweep removed at most 1,000 records, so 20,000
+    expired ones took 20 cycles (and more than ~24,000 named claims a day
+    never drained)."""
+    from warmcache.acquire.claims import ClaimLog, ClaimRecord
+    from warmcache.layout import Keys
+    from warmcache.model import Mode
+    from warmcache.ports import Put
+
+    keys = Keys("wc")
+    log = ClaimLog(sqlite_store, keys)
+
+    def record(i: int, expires_at: float) -> Put:
+        rec = ClaimRecord(
+            claim_id=f"c{i}", requester="r", flavor="small", az="az1", count=1,
+            mode=Mode.BEST_EFFORT, acquired_at=0.0, expires_at=expires_at, vms=[],
+        )  # fmt: skip
+        return Put(keys.claim(f"c{i}"), rec.model_dump_json())
+
+    ops = [record(i, 100.0 if i < 2500 else 1e12) for i in range(2600)]
+    for start in range(0, len(ops), 500):
+        sqlite_store.txn([], ops[start : start + 500])
+    assert log.sweep(now=200.0, batch=400) == 2500
+    kvs, _ = sqlite_store.range(keys.claims_dir())
+    assert len(kvs) == 100  # the unexpired stay

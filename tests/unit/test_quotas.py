@@ -14,7 +14,7 @@ import pytest
 
 from tests.acquiring import Rig, seed
 from warmcache import Client, QuotaExceeded
-from warmcache.acquire.quotas import Quotas
+from warmcache.acquire.quotas import Quotas, sweep_windows
 from warmcache.clock import ManualClock
 from warmcache.config import QuotaLimit, parse_config
 from warmcache.errors import ConfigError, NoCapacity
@@ -78,6 +78,29 @@ def test_a_star_quota_counts_each_requester_on_its_own(
     svc.rules.put("az1", "medium", RULE)
     svc.run_cycle()
     svc.acquire("medium", "az1", 3, "best-effort", requester="a")  # another flavor: no quota
+
+
+def test_window_counters_go_when_their_window_ends(
+    filled: Callable[..., WarmCache], clock: ManualClock
+) -> None:
+    """Issue 28, item 8: every requester name a "*" quota saw left a
+    counter key for ever (2,002 keys after 2,000 names)."""
+    clock.advance(-clock.now() % 3600 + 3600)
+    svc = filled(QuotaLimit(requester="*", vms_per_window=2, window_s=3600))
+    for who in ("a", "b", "c"):
+        svc.acquire("small", "az1", 1, "best-effort", requester=who)
+
+    def counters() -> int:
+        return len(svc.store.range(KEYS.quotas_dir())[0])
+
+    assert counters() == 3
+    assert sweep_windows(svc.store, KEYS, clock.now()) == 0  # the window is still on
+    clock.advance(3600)
+    assert sweep_windows(svc.store, KEYS, clock.now()) == 3 and counters() == 0
+    # the requester starts a new window as if the counter had stayed
+    svc.acquire("small", "az1", 2, "best-effort", requester="a")
+    with pytest.raises(QuotaExceeded):
+        svc.acquire("small", "az1", 1, "best-effort", requester="a")
 
 
 def test_a_share_quota_keeps_one_request_from_draining_the_pool(

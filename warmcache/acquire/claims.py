@@ -13,7 +13,7 @@ request differs). A claim that never landed (``no_capacity``, contention,
 ``store_unavailable``) leaves no record, so the id can be retried.
 
 Records are kept at least ``service.claim_retention_s``; the leader deletes
-older ones (``sweep``), a bounded number per cycle.
+older ones (``sweep``), all of them each cycle, in batches.
 """
 
 from __future__ import annotations
@@ -65,16 +65,18 @@ class ClaimLog:
     def parse(kv: KeyValue) -> ClaimRecord:
         return ClaimRecord.model_validate_json(kv.value)
 
-    def sweep(self, now: float, limit: int = 1000) -> int:
-        """Delete up to ``limit`` records past their retention, each only if
-        unchanged since read; returns how many went."""
+    def sweep(self, now: float, batch: int = 1000) -> int:
+        """Delete every record past its retention, each only if unchanged
+        since read, ``batch`` per store round trip; returns how many went.
+        (It removed at most 1,000 a cycle: past ~24,000 named claims a day
+        at the hourly default, the folder only grew.)"""
         kvs, _ = self._store.range(self._keys.claims_dir())
         old = [kv for kv in kvs if ClaimRecord.model_validate_json(kv.value).expires_at <= now]
-        old = old[:limit]
-        if not old:
-            return 0
-        txns = [
-            Txn([Compare.mod_revision(kv.key, kv.mod_revision)], [Delete(kv.key)]) for kv in old
-        ]
-        results = self._store.txns(txns)
-        return sum(1 for r in results if r.succeeded)
+        gone = 0
+        for start in range(0, len(old), batch):
+            txns = [
+                Txn([Compare.mod_revision(kv.key, kv.mod_revision)], [Delete(kv.key)])
+                for kv in old[start : start + batch]
+            ]
+            gone += sum(1 for r in self._store.txns(txns) if r.succeeded)
+        return gone

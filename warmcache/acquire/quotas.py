@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from warmcache.config import QuotaLimit
 from warmcache.errors import QuotaExceeded
 from warmcache.layout import Keys
-from warmcache.ports import Compare, KeyValue, Put
+from warmcache.ports import Compare, CoordinationStore, Delete, KeyValue, Put, Txn
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,12 @@ class Quotas:
                     retry_after_s=round((window + 1) * q.window_s - now, 3),
                 )
             compares.append(Compare.mod_revision(key, known.revision))
-            puts.append(Put(key, json.dumps({"window": window, "used": used + count})))
+            # "until": when the window ends, so the leader's sweep can remove
+            # the counter then (one per requester and limit, never read again)
+            until = (window + 1) * q.window_s
+            puts.append(
+                Put(key, json.dumps({"window": window, "used": used + count, "until": until}))
+            )
         return Reservation(tuple(compares), tuple(puts)) if compares else NO_RESERVATION
 
     def _hold(self, q: QuotaLimit, requester: str, count: int) -> tuple[Compare, Put]:
@@ -230,3 +235,28 @@ class Quotas:
         with self._lock:
             for key in keys:
                 self._counters.pop(key, None)
+
+
+def sweep_windows(store: CoordinationStore, keys: Keys, now: float, batch: int = 500) -> int:
+    """Delete the window counters whose window has ended (each only if
+    unchanged since read: a claim writing it meanwhile keeps it). A
+    missing counter is a window with nothing used, so nothing changes for
+    any requester; without it every requester name a ``"*"`` quota ever
+    saw kept a key for ever. Held counters stay (they are live counts)."""
+    kvs, _ = store.range(keys.quotas_dir())
+    ended = []
+    for kv in kvs:
+        try:
+            until = json.loads(kv.value).get("until")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(until, int | float) and until <= now:
+            ended.append(kv)
+    gone = 0
+    for start in range(0, len(ended), batch):
+        txns = [
+            Txn([Compare.mod_revision(kv.key, kv.mod_revision)], [Delete(kv.key)])
+            for kv in ended[start : start + batch]
+        ]
+        gone += sum(1 for r in store.txns(txns) if r.succeeded)
+    return gone

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from warmcache import deadline
 from warmcache.acquire.claims import ClaimLog
 from warmcache.acquire.ledger import DemandLedger
+from warmcache.acquire.quotas import sweep_windows
 from warmcache.acquire.targets import TargetView
 from warmcache.agent_versions import pace_rollout
 from warmcache.builders.cycle import BuildCycle, CycleReport
@@ -191,8 +192,9 @@ class LeaderDuty:
         return self._config.cycle_interval_s
 
     def _sweep_claims(self) -> None:
-        """Named claims past their retention go, at most once per
-        ``claim_sweep_interval_s`` (the sweep reads the whole claims directory)."""
+        """Named claims past their retention, and quota window counters
+        past their window, go, at most once per ``claim_sweep_interval_s``
+        (each sweep reads its whole directory)."""
         now = self._clock.now()
         if now - self._claims_swept_at < self._config.claim_sweep_interval_s:
             return
@@ -204,6 +206,13 @@ class LeaderDuty:
             return
         if swept:
             self._emit("claims.swept", count=swept)
+        try:
+            ended = sweep_windows(self._store, self._keys, now)
+        except StoreError as exc:
+            log.warning("quota counter sweep: %s", exc)
+            return
+        if ended:
+            self._emit("quotas.swept", count=ended)
 
     def _leadership_lost(self, leadership: Leadership, reason: str) -> None:
         node = self._config.node
