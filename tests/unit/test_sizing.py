@@ -277,6 +277,22 @@ def test_the_leader_deletes_demand_history_past_keep_h(
     assert chunks(svc.store) == {}
 
 
+def test_history_past_keep_h_goes_in_an_az_of_static_pools_too(
+    make_service: Callable[..., WarmCache], clock: ManualClock
+) -> None:
+    """Issue 28, item 8: an AZ with only static pools never pruned its
+    demand history (a 72-hour-old chunk survived 50 cycles)."""
+    svc = make_service(demand=DemandConfig(keep_h=2, refresh_s=0), cycle_interval_s=60)
+    svc.rules.put("az1", "small", {"max_instance_per_cycle": 2, "total_instances": 2})
+    svc.acquirer.ledger.record("az1", "small", 1)  # every pool's demand is recorded
+    svc.acquirer.ledger.flush()
+    svc.run_cycle()
+    assert len(chunks(svc.store)["small"]) == 1
+    clock.advance(3 * HOUR_S)
+    svc.run_cycle()
+    assert chunks(svc.store) == {}
+
+
 def test_low_water_and_the_pools_summary_use_the_target(
     make_service: Callable[..., WarmCache],
 ) -> None:

@@ -221,6 +221,7 @@ class Sizer:
             str, tuple[float, dict[str, PoolHistory], dict[tuple[str, float], Forecast]]
         ] = {}
         self._build_s: dict[tuple[str, str], float] = {}
+        self._pruned_at: dict[str, float] = {}  # AZs without demand pools: last prune
 
     def size(
         self,
@@ -274,6 +275,7 @@ class Sizer:
             if f not in demand and self._targets.get(az, f) is not None:
                 writer.delete(self._keys.target(az, f))
         if not demand:
+            self._prune(az, writer)  # history the AZ's pools once recorded
             return dict(rules)
         sizes = self.size(az, rules, flavors, records, writer)
         out = dict(rules)
@@ -302,6 +304,20 @@ class Sizer:
                 rate_per_h=round(fc.rate_per_h, 3),
             )
         return out
+
+    def _prune(self, az: str, writer: FencedWriter) -> None:
+        """Chunks past ``keep_h`` go in an AZ with no demand pool too (every
+        instance records what each pool is asked for, demand-sized or not),
+        at most once an hour per AZ."""
+        now = self._clock.now()
+        if now - self._pruned_at.get(az, -HOUR_S) < HOUR_S:
+            return
+        self._pruned_at[az] = now
+        _, keys, _ = DemandRecords(self._store, self._keys).chunks(az)
+        oldest = now - self._config.keep_h * HOUR_S
+        for key in keys:
+            if DemandRecords.hour(key) + HOUR_S <= oldest:
+                writer.delete(key)
 
     def histories(
         self, az: str, now: float, writer: FencedWriter | None = None
