@@ -25,6 +25,7 @@ def service_jobs(
     releases: Callable[[], float] | None = None,
     release_wanted: threading.Event | None = None,
     history: Callable[[], float] | None = None,
+    approvals: Callable[[], float] | None = None,
 ) -> Scheduler:
     """Always: the service registration, the live views (the host view
     first, the pool index last) with the pool shares, and the demand
@@ -41,6 +42,8 @@ def service_jobs(
         jobs.every(
             "release-worker", releases, retry_s=config.release_interval_s, wake=release_wanted
         )
+    if approvals is not None:  # approved requests whose runner died
+        jobs.every("approvals-resume", approvals, retry_s=10.0)
     if history is not None:  # the dashboard's pool levels
         jobs.every("pool-history", history, retry_s=config.history_sample_s)
     if config.run_health:

@@ -508,6 +508,11 @@ class ChangeRequest(_Reply):
     state: Literal["pending", "approved", "executed", "failed", "expired"]
     approved_by: str | None = None
     result: dict[str, Any] | None = None
+    runner: str | None = Field(default=None, description="the instance running it (approved)")
+    lease_until: float | None = Field(
+        default=None, description="its runner's lease: past it, another instance takes over"
+    )
+    attempts: int = Field(default=0, description="runs started (a takeover is one more)")
 
 
 class ChangeReply(_Reply):

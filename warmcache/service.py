@@ -148,6 +148,7 @@ class WarmCache:
             releases=self.lifecycle.worker_job,
             release_wanted=self._release_wanted,
             history=self.history.sample,
+            approvals=self.approvals.resume_job,
         )
 
     @classmethod

@@ -119,3 +119,42 @@ def test_bad_requests_are_refused_and_change_nothing(
     assert reply.status_code == 400 and reply.get_json()["error"] == "invalid_request"
     assert client.get("/v1/requests", headers=as_(ALICE)).get_json()["requests"] == []
     assert client.post("/v1/requests/nope/approve", headers=as_(BOB)).status_code == 404
+
+
+def test_an_approved_request_whose_instance_died_is_taken_over_and_ends(
+    make_service: Any, agents: dict[str, FakeAgent], clock: Any
+) -> None:
+    """Issue 28, item 6: an instance SIGKILLed 3 s into an approved
+    purge_pool left it 'approved' for ever (2 of 60 VMs purged), and a
+    second approval was 409."""
+    from warmcache.approvals import LEASE_S, MAX_ATTEMPTS, ChangeRequest
+
+    dead, alive = make_service(node="wc-dead"), make_service(node="wc-alive")
+    dead.rules.put("az1", "small", {"max_instance_per_cycle": 6, "total_instances": 6})
+    dead.run_cycle()
+    asked = dead.approvals.ask("purge_pool", {"az": "az1", "flavor": "small"}, "alice")
+    # What the dead instance left: approved, its lease running, one VM purged.
+    key = dead.keys.request(asked.id)
+    left = asked.model_copy(
+        update={
+            "state": "approved",
+            "approved_by": "bob",
+            "runner": "wc-dead",
+            "lease_until": clock.now() + LEASE_S,
+            "attempts": 1,
+        }
+    )
+    dead.store.put(key, left.model_dump_json())
+    alive.approvals.resume_job()
+    assert alive.approvals.get(asked.id).state == "approved"  # its lease still runs
+    clock.advance(LEASE_S)
+    alive.approvals.resume_job()
+    done = alive.approvals.get(asked.id)
+    assert (done.state, done.runner, done.attempts) == ("executed", "wc-alive", 2)
+    assert pooled(alive) == []  # the purge went to the end
+    # A request that never finishes, run after run, ends failed with why.
+    stuck = left.model_copy(update={"id": "stuck1", "attempts": MAX_ATTEMPTS, "lease_until": 0.0})
+    dead.store.put(dead.keys.request("stuck1"), stuck.model_dump_json())
+    alive.approvals.resume_job()
+    ended = ChangeRequest.model_validate(alive.approvals.get("stuck1").model_dump())
+    assert ended.state == "failed" and "never finished" in str(ended.result)
