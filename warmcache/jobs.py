@@ -37,6 +37,7 @@ def service_jobs(
     for view in acquirer.views:
         jobs.follow(f"view {view.prefix}", view.follow)
     jobs.follow("acquire-shares", acquirer.follow_shares)
+    jobs.follow("stall-watch", acquirer.stalls.run)  # refusals after a freeze
     jobs.every("demand-ledger", acquirer.ledger_job, retry_s=acquirer.flush_s)
     if releases is not None:  # every instance finishes the VMs given back
         jobs.every(

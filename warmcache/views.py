@@ -52,6 +52,7 @@ class PrefixView(Generic[T]):
         self._feed_lock = threading.Lock()  # one on-demand catch-up at a time
         self._following = threading.Event()
         self._compacted = False  # the stream's history is gone: re-read first
+        self._restart = threading.Event()  # after a barrier: a fresh stream
 
     @property
     def loaded(self) -> bool:
@@ -104,6 +105,35 @@ class PrefixView(Generic[T]):
                 self.refresh()
                 return
             self._apply(changes)
+
+    def sync(self, rounds: int = 100) -> bool:
+        """A barrier, following or not: read what changed in the store since
+        this view's revision and apply it, until the store has nothing newer
+        (or after ``rounds`` reads, under a prefix that never rests); the
+        follower then opens a fresh stream from there (its own may be
+        stuck). True if anything newer was found. Bounded by the caller's
+        deadline (``StoreUnavailable``); ``StoreError`` if the store does
+        not answer."""
+        found = False
+        try:
+            for _ in range(rounds):
+                before = self._revision
+                if before is None:
+                    self.refresh()
+                    return True
+                try:
+                    changes = self._store.changes(self.prefix, before, 0.0)
+                except WatchCompacted:
+                    self.refresh()  # a whole read: current as of now
+                    return True
+                newer = [c for c in changes if c.revision > before]
+                if not newer:
+                    return found
+                self._apply(newer)
+                found = True
+            return found
+        finally:
+            self._restart.set()
 
     def _apply(self, changes: Sequence[Change]) -> None:
         """In chunks: values are parsed outside the lock, and between chunks
@@ -205,6 +235,11 @@ class PrefixView(Generic[T]):
         self._following.set()
         try:
             while not stop.is_set():
+                if self._restart.is_set():
+                    self._restart.clear()
+                    if stream is not None:
+                        stream.close()
+                        stream = None  # reopened from the view's revision
                 try:
                     stream = self.pump(stream, poll_s)
                 except StoreError as exc:  # the stream reconnects by itself

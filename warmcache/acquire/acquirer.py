@@ -28,7 +28,7 @@ from warmcache.acquire.claims import ClaimRecord
 from warmcache.acquire.index import PoolIndex
 from warmcache.acquire.ledger import DemandLedger
 from warmcache.acquire.quota_limits import QuotaLimitsView
-from warmcache.acquire.quotas import Quotas
+from warmcache.acquire.quotas import NO_RESERVATION, Quotas
 from warmcache.acquire.targets import TargetView
 from warmcache.acquire.wake import Waker
 from warmcache.builders.deficits import below_low_water
@@ -55,6 +55,7 @@ from warmcache.model import (
 )
 from warmcache.rules import RuleView
 from warmcache.schemas import CLAIM_ID_PATTERN
+from warmcache.stalls import StallWatch
 from warmcache.views import PrefixView
 from warmcache.vms.held import HeldIndex
 
@@ -101,6 +102,11 @@ class Acquirer:
             quotas=self.quotas,
         )
         self._store = store
+        # A definitive refusal after a stall of the process waits for the
+        # views to be checked against the store (``_behind``).
+        self.stalls = StallWatch()
+        self._checked_at = self.stalls.now()
+        self._barrier = threading.Lock()
         self.held = HeldIndex(store, keys, self.quotas)
         self.waker = Waker(store, keys, hosts, ctx.agent_for, ctx.addresses, self.held)
         self.waker.observe = self.index.observe
@@ -224,7 +230,22 @@ class Acquirer:
                     lease_s=lease_s or rule.lease_s or self._config.default_lease_s,
                 )
                 try:
-                    claimed = self.claimer.claim(request)
+                    try:
+                        claimed = self.claimer.claim(request)
+                    except NoCapacity:
+                        if not self._behind():
+                            raise  # definitive: the views held what the store holds
+                        request = dataclasses.replace(
+                            request,
+                            outcome=None,
+                            chosen=[],
+                            waiting=False,
+                            waits=0,
+                            attempts=0,
+                            reservation=NO_RESERVATION,
+                            wake=threading.Event(),
+                        )
+                        claimed = self.claimer.claim(request)
                 except NoCapacity:
                     # What a pool too small was asked for is demand too.
                     self.ledger.record(
@@ -354,6 +375,27 @@ class Acquirer:
                 f"count must be at most {limit - extra} here (the most one store transaction "
                 f"can claim with this request's claim record and quota counters), got {count}"
             )
+
+    def _behind(self) -> bool:
+        """Before a refusal is final: could the views be behind the store?
+        Only after the process stalled (SIGSTOP, a long pause: its change
+        feeds stopped with it and may still be catching up, or stuck) since
+        the views were last checked. They are then brought up to what the
+        store holds now (a barrier, within the request's deadline, else
+        ``store_unavailable``); True if any had missed something, and the
+        claim is tried again."""
+        started = self.stalls.now()
+        if not self.stalls.stalled_since(self._checked_at):
+            return False  # no stall since: the feeds kept the views current
+        with self._barrier:
+            if not self.stalls.stalled_since(self._checked_at):
+                return True  # another request just checked: try again
+            behind = False
+            for view in (self.hosts, self.drains, self.index):
+                behind = view.sync() or behind
+            self._checked_at = started
+            log.warning("views checked against the store after a stall: %s", behind)
+            return behind
 
     def catch_up(self) -> None:
         """Bring the views up to date (a no-op for followed views)."""

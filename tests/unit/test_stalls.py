@@ -1,0 +1,59 @@
+"""After the process stalls (SIGSTOP, a long pause) its change feeds stop
+with it: a refusal is only definitive from views checked against the store
+since (issue 28, item 9)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from warmcache.errors import NoCapacity
+from warmcache.service import WarmCache
+from warmcache.stalls import StallWatch
+
+RULE = {"max_instance_per_cycle": 6, "total_instances": 6, "min_fault_domain": 1}
+
+
+class Ticks:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_late_tick_is_a_stall_and_an_overdue_one_is_a_stall_under_way() -> None:
+    ticks = Ticks()
+    watch = StallWatch(tick_s=0.1, late_s=1.0, clock=ticks)
+    for _ in range(20):
+        ticks.now += 0.1
+        watch.tick()
+    assert not watch.stalled_since(0.0) and watch.stalls == 0
+    ticks.now += 8.0  # SIGSTOP for 8 s; resumed, the ticker has not run yet
+    assert watch.stalled_since(ticks.now)
+    watch.tick()
+    assert watch.stalls == 1
+    assert watch.stalled_since(ticks.now - 1) and not watch.stalled_since(ticks.now)
+
+
+def test_after_a_stall_no_capacity_is_said_only_once_the_views_caught_up(
+    make_service: Callable[..., WarmCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = make_service()
+    svc.rules.put("az1", "small", RULE)
+    svc.run_cycle()
+    svc.acquire("small", "az1", 6, "best-effort")  # the pool is empty, and it knows
+    acquirer = svc.acquirer
+    for view in acquirer.views:  # a feed that stopped with the process
+        monkeypatch.setattr(view, "catch_up", lambda *_a, **_k: None)
+    ticks = Ticks()
+    acquirer.stalls = StallWatch(clock=ticks)
+    svc.run_cycle()  # the pool refilled in the store: 6 ready VMs the views missed
+    ticks.now += 8.0  # the process was stopped 8 s
+    got = svc.acquire("small", "az1", 3, "best-effort")
+    assert len(got) == 3  # served: not a false "0 ready on 0 racks"
+    acquirer.stalls.tick()
+    assert len(svc.acquire("small", "az1", 3, "best-effort")) == 3
+    with pytest.raises(NoCapacity):  # truly empty now: refused, definitively
+        svc.acquire("small", "az1", 1, "best-effort")
