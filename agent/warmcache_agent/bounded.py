@@ -4,7 +4,10 @@
 no bound: 200 idle connections made 202 threads on an agent. Here at most
 ``workers`` connections are served at once and ``queue`` more wait for a
 worker; a connection beyond that is handed to ``refuse`` (a short reply:
-busy, retry), run by one refuser thread, and closed. Every connection gets
+busy, retry), run by one refuser thread, and closed, or closed at once when
+there is no ``refuse`` (the proxy: a busy reply would cost a TLS handshake).
+``admit`` sees each address at accept, before anything else: a connection
+it refuses is closed at once, without taking a slot. Every connection gets
 ``idle_timeout_s`` as its socket timeout, so a client that connects and
 sends nothing, or stops half way through a request, is dropped after that
 long instead of holding a worker forever.
@@ -21,6 +24,7 @@ import logging
 import queue
 import selectors
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -53,8 +57,9 @@ class BoundedServer:
         self,
         listener: socket.socket,
         handle: Handler,
-        refuse: Handler,
+        refuse: Handler | None,
         *,
+        admit: Callable[[Any], bool] | None = None,
         workers: int,
         queue_size: int,
         idle_timeout_s: float,
@@ -66,6 +71,7 @@ class BoundedServer:
         self.server_address = listener.getsockname()
         self._handle = handle
         self._refuse = refuse
+        self._admit = admit
         self.idle_timeout_s = idle_timeout_s
         self._slots = threading.BoundedSemaphore(workers + queue_size)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
@@ -77,7 +83,8 @@ class BoundedServer:
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._stopped.set()  # not serving yet: shutdown() returns at once
-        self.refused = 0
+        self.refused = 0  # beyond the workers and the queue
+        self.denied = 0  # refused by ``admit``
         self.serving = 0  # connections holding a worker or waiting for one
         self._count = threading.Lock()
 
@@ -97,10 +104,17 @@ class BoundedServer:
             conn, address = self.socket.accept()
         except OSError:
             return
+        if self._admit is not None and not self._admit(address):
+            self.denied += 1
+            _close_now(conn)
+            return
         conn.settimeout(self.idle_timeout_s)
         if not self._slots.acquire(blocking=False):
             self.refused += 1
-            self._refusals.put((conn, address))
+            if self._refuse is None:
+                _close_now(conn)
+            else:
+                self._refusals.put((conn, address))
             return
         with self._count:
             self.serving += 1
@@ -130,6 +144,7 @@ class BoundedServer:
             conn, address = item
             try:
                 conn.settimeout(min(self.idle_timeout_s, 2.0))
+                assert self._refuse is not None  # only queued when there is one
                 self._refuse(conn, address)
             except Exception as exc:
                 log.info("refusing %s: %s", address, exc)
@@ -147,3 +162,12 @@ class BoundedServer:
         self._refusals.put(None)
         self.socket.close()
         self._pool.shutdown(wait=wait, cancel_futures=True)
+
+
+def _close_now(conn: socket.socket) -> None:
+    """Close without reading or answering anything (a reset: the kernel
+    frees the connection at once, with no TIME_WAIT left here)."""
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        conn.close()

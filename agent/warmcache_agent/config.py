@@ -87,6 +87,13 @@ class ServerLimits(BaseModel):
         description="a connection that sends nothing for this long (or stops half way "
         "through its request line) is closed",
     )
+    request_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="a request must arrive whole (TLS handshake, headers and body) within "
+        "this long of its first byte, however steadily it trickles in: else 408 and closed",
+    )
 
 
 class InventoryConfig(StoreConnection):

@@ -5,7 +5,8 @@ another CA, fails the TLS handshake), an IP allow-list (a good certificate
 from an address outside it gets 403), HTTP/1.1 parsed strictly by h11, and
 strict validation of every request against the agent wire schema (wrong
 types, out-of-range values and unknown fields get 400 before anything
-reaches the agent). Bounded work and idle timeouts: see ``ProxyServer``. Valid requests
+reaches the agent). Bounded work, idle timeouts and request deadlines: see
+``ProxyServer``. Valid requests
 are forwarded to the agent's Unix socket; its reply comes back as the body,
 with an HTTP status mapped from its error code.
 
@@ -25,6 +26,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,16 +102,55 @@ class _Refusal(Exception):
         self.body = body
 
 
+class _Deadline:
+    """The overall deadline of the request being read: ``whole_s`` from its
+    first byte, however steadily it trickles in (each read also waits at
+    most ``idle_s``)."""
+
+    def __init__(self, idle_s: float, whole_s: float) -> None:
+        self.idle_s = idle_s
+        self.whole_s = whole_s
+        self.until: float | None = None
+
+    def begin(self) -> None:
+        """The next request: its clock starts with its first byte."""
+        self.until = None
+
+    def started(self) -> None:
+        if self.until is None:
+            self.until = time.monotonic() + self.whole_s
+
+    def timeout(self) -> float:
+        """For the next read; ``_Refusal`` 408 once the deadline passed."""
+        if self.until is None:
+            return self.idle_s
+        left = self.until - time.monotonic()
+        if left <= 0:
+            raise _Refusal(
+                408,
+                error(
+                    AgentCode.INVALID_REQUEST,
+                    f"the request did not arrive whole within {self.whole_s:g} s",
+                ),
+            )
+        return min(self.idle_s, left)
+
+
 class ProxyServer(BoundedServer):
     """HTTP/1.1 over TLS, parsed by h11 (strict: a malformed or duplicated
     Content-Length, or both Content-Length and Transfer-Encoding, is a 400),
     with keep-alive; a request refused before its body was read (403, 404,
-    405, 413) is answered, the rest of what the client sends is drained for
-    a moment, and the connection is closed, so the body is never read as the
-    next request. TLS handshakes happen in the worker threads, so a slow or
-    hostile handshake never holds up accepting the next connection; at most
-    ``limits.workers`` connections are served at once and beyond the queue
-    the proxy answers 503 busy."""
+    405, 408, 413) is answered, the rest of what the client sends is drained
+    for a moment, and the connection is closed, so the body is never read as
+    the next request.
+
+    Against floods and slow clients: an address outside the allow-list is
+    closed at accept, before any TLS handshake or worker slot; at most
+    ``limits.workers`` connections are served at once and ``limits.queue``
+    wait, the rest are closed at once (no handshake, no reply); a TLS
+    handshake, and then each request (headers and body), must arrive whole
+    within ``limits.request_timeout_s`` (408), and a connection silent for
+    ``limits.idle_timeout_s`` is closed."""
 
     def __init__(
         self,
@@ -125,21 +166,37 @@ class ProxyServer(BoundedServer):
         self.allow = list(allow)
         self.timeout_s = timeout_s
         limits = limits or ServerLimits()
+        self.request_timeout_s = limits.request_timeout_s
         family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
         listener = socket.create_server(listen, family=family, backlog=128)
         super().__init__(
             listener,
             self._connection,
-            self._busy,
+            None,  # beyond the queue: closed at once, no handshake
+            admit=self.allowed,
             workers=limits.workers,
             queue_size=limits.queue,
             idle_timeout_s=limits.idle_timeout_s,
             name="proxy",
         )
 
+    def allowed(self, address: Any) -> bool:
+        """Is this peer in the allow-list? (At accept: a refused address
+        costs no handshake, no slot and no log line.)"""
+        try:
+            client = ipaddress.ip_address(address[0])
+        except (ValueError, IndexError, TypeError):
+            return False
+        if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped is not None:
+            client = client.ipv4_mapped
+        return any(client in net for net in self.allow)
+
     # --- connections ------------------------------------------------------------------
 
     def _connection(self, raw: socket.socket, address: Any) -> None:
+        # One deadline for the whole handshake (CPython's do_handshake keeps
+        # the socket timeout as its deadline across the reads it makes).
+        raw.settimeout(min(self.idle_timeout_s, self.request_timeout_s))
         try:
             tls = self.context.wrap_socket(raw, server_side=True)
         except (ssl.SSLError, OSError) as exc:
@@ -153,33 +210,23 @@ class ProxyServer(BoundedServer):
             with contextlib.suppress(OSError):
                 tls.close()
 
-    def _busy(self, raw: socket.socket, address: Any) -> None:
-        tls = self.context.wrap_socket(raw, server_side=True)
-        conn = h11.Connection(h11.SERVER)
-        with contextlib.suppress(h11.RemoteProtocolError, OSError):
-            self._next(conn, tls)  # the request line and headers, for a valid reply
-        self._send(
-            conn,
-            tls,
-            503,
-            error(AgentCode.BUSY, "every worker of this proxy is busy: retry"),
-            close=True,
-        )
-        tls.close()
-
     def _exchange(self, sock: ssl.SSLSocket, address: Any) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        deadline = _Deadline(self.idle_timeout_s, self.request_timeout_s)
         while True:
+            deadline.begin()
             try:
-                event = self._next(conn, sock)
+                event = self._next(conn, sock, deadline)
                 if not isinstance(event, h11.Request):
                     return  # closed (or idle past the timeout) between requests
-                status, reply = self._request(conn, sock, event, address)
+                status, reply = self._request(conn, sock, event, address, deadline)
             except _Refusal as refusal:
+                sock.settimeout(self.idle_timeout_s)  # for the reply, not the request
                 self._send(conn, sock, refusal.status, refusal.body, close=True)
                 _drain(sock)
                 return
             except h11.RemoteProtocolError as exc:
+                sock.settimeout(self.idle_timeout_s)
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     self._send(
                         conn,
@@ -190,31 +237,41 @@ class ProxyServer(BoundedServer):
                     )
                 _drain(sock)
                 return
+            sock.settimeout(self.idle_timeout_s)
             self._send(conn, sock, status, reply, close=False)
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
 
-    def _next(self, conn: h11.Connection, sock: ssl.SSLSocket) -> Any:
+    @staticmethod
+    def _next(conn: h11.Connection, sock: ssl.SSLSocket, deadline: _Deadline) -> Any:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
+                sock.settimeout(deadline.timeout())
                 try:
                     data = sock.recv(65536)
                 except TimeoutError:
-                    return None  # idle (or half sent) past the timeout
+                    deadline.timeout()  # 408 if that was the request's deadline
+                    return None  # idle (or half sent) past the idle timeout
+                if data:
+                    deadline.started()
                 conn.receive_data(data)
                 continue
             return event
 
     def _request(
-        self, conn: h11.Connection, sock: ssl.SSLSocket, request: h11.Request, address: Any
+        self,
+        conn: h11.Connection,
+        sock: ssl.SSLSocket,
+        request: h11.Request,
+        address: Any,
+        deadline: _Deadline,
     ) -> tuple[int, dict[str, Any]]:
         """Everything is checked before the body is read; a refusal closes."""
-        client = ipaddress.ip_address(address[0])
-        if not any(client in net for net in self.allow):
+        if not self.allowed(address):  # the allow-list changed since accept
             raise _Refusal(
-                403, error(AgentCode.FORBIDDEN, f"{client} is not in the proxy's allow-list")
+                403, error(AgentCode.FORBIDDEN, f"{address[0]} is not in the proxy's allow-list")
             )
         path = request.target.decode("ascii", "replace")
         routes = {"/healthz": b"GET", "/v1/agent": b"POST"}
@@ -232,7 +289,7 @@ class ProxyServer(BoundedServer):
             raise _Refusal(
                 413, error(AgentCode.INVALID_REQUEST, f"body over {MAX_LINE_BYTES} bytes")
             )
-        body = self._body(conn, sock)
+        body = self._body(conn, sock, deadline)
         if path == "/healthz":
             reply = forward(self.socket_path, {"op": "health"}, self.timeout_s)
             return (200 if reply.get("ok") else 503), reply
@@ -244,10 +301,10 @@ class ProxyServer(BoundedServer):
         reply = forward(self.socket_path, valid.model_dump(mode="json"), self.timeout_s)
         return (200 if reply.get("ok") else _status(reply)), reply
 
-    def _body(self, conn: h11.Connection, sock: ssl.SSLSocket) -> bytes:
+    def _body(self, conn: h11.Connection, sock: ssl.SSLSocket, deadline: _Deadline) -> bytes:
         body = b""
         while True:
-            event = self._next(conn, sock)
+            event = self._next(conn, sock, deadline)
             if event is None or isinstance(event, h11.ConnectionClosed):
                 raise _Refusal(
                     400, error(AgentCode.INVALID_REQUEST, "the request body was not sent")
@@ -283,12 +340,15 @@ class ProxyServer(BoundedServer):
 
 
 def _drain(sock: ssl.SSLSocket, within_s: float = 1.0, most: int = 1 << 20) -> None:
-    """Read and drop what the client still sends (for a moment) before
-    closing, so that it reads our reply rather than a reset."""
+    """Read and drop what the client still sends (for ``within_s`` in all)
+    before closing, so that it reads our reply rather than a reset."""
+    until = time.monotonic() + within_s
     with contextlib.suppress(OSError, ssl.SSLError):
-        sock.settimeout(within_s)
         drained = 0
-        while drained < most and (chunk := sock.recv(65536)):
+        while drained < most and (left := until - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not (chunk := sock.recv(65536)):
+                return
             drained += len(chunk)
 
 
@@ -341,7 +401,7 @@ def parse_allow(cidrs: Sequence[str]) -> list[Network]:
     default=64,
     show_default=True,
     type=click.IntRange(0, 100_000),
-    help="Connections that may wait for a worker; beyond them: 503 busy.",
+    help="Connections that may wait for a worker; beyond them: closed at once.",
 )
 @click.option(
     "--idle-timeout",
@@ -349,6 +409,14 @@ def parse_allow(cidrs: Sequence[str]) -> list[Network]:
     show_default=True,
     type=click.FloatRange(0.1, 3600),
     help="Seconds a connection may send nothing (idle, or half a request).",
+)
+@click.option(
+    "--request-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 3600),
+    help="Seconds a TLS handshake, or a request (headers and body), may take to arrive "
+    "whole from its first byte: a client that trickles is cut (408).",
 )
 @log_options
 def main(
@@ -361,6 +429,7 @@ def main(
     workers: int,
     queue_size: int,
     idle_timeout: float,
+    request_timeout: float,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -380,7 +449,12 @@ def main(
         socket_path,
         context,
         parse_allow(allow),
-        limits=ServerLimits(workers=workers, queue=queue_size, idle_timeout_s=idle_timeout),
+        limits=ServerLimits(
+            workers=workers,
+            queue=queue_size,
+            idle_timeout_s=idle_timeout,
+            request_timeout_s=request_timeout,
+        ),
     )
 
     @once

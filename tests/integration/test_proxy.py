@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import select
 import socket
 import ssl
 import threading
@@ -135,10 +136,16 @@ def test_a_certificate_from_another_ca_fails_the_handshake(rig: Rig, tmp_path: P
     assert rig.seen == []
 
 
-def test_an_address_outside_the_allow_list_gets_403(rig: Rig) -> None:
+def test_an_address_outside_the_allow_list_is_closed_before_any_handshake(rig: Rig) -> None:
+    """Checked at accept: no TLS handshake, no worker slot, nothing forwarded
+    (it was checked after both, so anyone could hold the workers)."""
     rig.proxy.allow = [ipaddress.ip_network("10.0.0.0/8")]
-    reply = httpx.post(f"{rig.url}/v1/agent", json={"op": "facts"}, verify=rig.tls(rig.client))
-    assert reply.status_code == 403 and reply.json()["error"] == "forbidden"
+    with pytest.raises(httpx.TransportError):
+        httpx.post(f"{rig.url}/v1/agent", json={"op": "facts"}, verify=rig.tls(rig.client))
+    with socket.create_connection(rig.proxy.server_address, timeout=5) as sock:
+        with contextlib.suppress(ConnectionResetError):  # reset, with nothing said
+            assert sock.recv(1) == b""
+    assert rig.proxy.denied == 2 and rig.proxy.serving == 0
     assert rig.seen == []
 
 
@@ -376,7 +383,10 @@ def test_a_client_that_goes_away_costs_one_log_line(
     assert not any(r.exc_info for r in caplog.records)  # no traceback logged
 
 
-def test_beyond_its_workers_and_queue_the_proxy_answers_busy(tmp_path: Path) -> None:
+def test_beyond_its_workers_and_queue_a_connection_is_closed_at_once(tmp_path: Path) -> None:
+    """No TLS handshake for a connection there is no room for: one thread
+    did each refusal's handshake in turn (2 s each), so a flood kept valid
+    clients waiting."""
     from warmcache_agent.config import ServerLimits
 
     ca = TestCA(tmp_path, "fleet")
@@ -399,19 +409,108 @@ def test_beyond_its_workers_and_queue_the_proxy_answers_busy(tmp_path: Path) -> 
         ):
             held.sendall(b"POST /v1/agent HTTP/1.1\r\nHost: h\r\n")  # holds the one worker
             wait_for("the worker to be taken", lambda: proxy.serving == 1, 5)
+            started = time.monotonic()
             with (
                 socket.create_connection(proxy.server_address, timeout=10) as sock,
-                ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls,
+                pytest.raises((ssl.SSLError, OSError)),
             ):
-                tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
+                ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+            assert time.monotonic() - started < 2
+            assert proxy.refused == 1 and proxy.serving == 1
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join()
+
+
+def test_a_valid_client_is_served_through_a_flood_and_a_trickle(rig: Rig) -> None:
+    """The outside test's attack (issue 28, item 1), small: 100 silent
+    connections from outside the allow-list, each replaced when closed, and
+    valid clients sending their headers a byte every 0.3 s, against a proxy
+    of 4 workers and a queue of 8; every request of a valid client is
+    answered, and each trickle is cut at the request deadline."""
+    from warmcache_agent.config import ServerLimits
+
+    proxy = ProxyServer(
+        ("127.0.0.1", 0),
+        rig.proxy.socket_path,
+        rig.proxy.context,
+        [ipaddress.ip_network("127.0.0.1/32")],
+        limits=ServerLimits(workers=4, queue=8, idle_timeout_s=5, request_timeout_s=1.5),
+    )
+    thread = serve(proxy)
+    stop = threading.Event()
+    cut: list[float] = []
+
+    def flood() -> None:  # from 127.0.0.2: outside the allow-list
+        open_: list[socket.socket] = []
+        while not stop.is_set():
+            while len(open_) < 100 and not stop.is_set():
+                with contextlib.suppress(OSError):
+                    sock = socket.create_connection(
+                        proxy.server_address, timeout=1, source_address=("127.0.0.2", 0)
+                    )
+                    sock.setblocking(False)
+                    open_.append(sock)
+            for sock in list(open_):  # replace those the proxy closed
+                try:
+                    if sock.recv(1) == b"":
+                        raise ConnectionResetError
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    pass
+                sock.close()
+                open_.remove(sock)
+            stop.wait(0.05)
+        for sock in open_:
+            sock.close()
+
+    def trickle() -> None:  # a valid certificate, one byte every 0.3 s
+        while not stop.is_set():
+            with (
+                socket.create_connection(proxy.server_address, timeout=10) as sock,
+                rig.tls(rig.client).wrap_socket(sock, server_hostname="127.0.0.1") as tls,
+            ):
+                started = time.monotonic()
                 out = b""
                 with contextlib.suppress(OSError):
+                    for byte in b"POST /v1/agent HTTP/1.1\r\nHost: h\r\nContent-Length: 15\r\n":
+                        if stop.is_set():
+                            return
+                        tls.sendall(bytes([byte]))
+                        if select.select([tls], [], [], 0.3)[0]:  # the proxy said something
+                            break
+                    answered = time.monotonic() - started
                     while chunk := tls.recv(65536):
                         out += chunk
-            [(status, body)] = replies(out)
-            assert status == 503 and body["error"] == "busy"
-            assert proxy.refused == 1
+                if out.startswith(b"HTTP/1.1 408"):
+                    cut.append(answered)
+
+    attackers = [threading.Thread(target=flood)] + [
+        threading.Thread(target=trickle) for _ in range(2)
+    ]
+    for t in attackers:
+        t.start()
+    try:
+        wait_for("the flood to run", lambda: proxy.denied >= 100, 10)
+        url = f"https://127.0.0.1:{proxy.server_address[1]}"
+        slowest, served, until = 0.0, 0, time.monotonic() + 20
+        with httpx.Client(verify=rig.tls(rig.client), timeout=5) as client:
+            while len(cut) < 2 and time.monotonic() < until:  # for as long as it runs
+                started = time.monotonic()
+                reply = client.post(f"{url}/v1/agent", json={"op": "facts"})
+                slowest = max(slowest, time.monotonic() - started)
+                assert reply.status_code == 200
+                served += 1
+        assert len(cut) >= 2 and served >= 10
+        assert max(cut) < 1.5 + 1.0  # at the deadline, not at idle timeouts
+        assert slowest < 1.0, f"a valid request took {slowest:.2f} s"
+        assert proxy.serving <= 2 + 1  # the flood never took a slot
     finally:
+        stop.set()
+        for t in attackers:
+            t.join()
         proxy.shutdown()
         proxy.server_close()
         thread.join()
