@@ -198,8 +198,24 @@ class ServiceConfig(_Section):
         default=1000,
         ge=1,
         le=100_000,
-        description="warmcache serve: open connections at most; beyond them new ones wait "
-        "in the listen backlog.",
+        description="warmcache serve: open connections at most; beyond, the connection "
+        "that has waited longest on a request it has not finished sending (else the "
+        "longest idle one) is closed to make room.",
+    )
+    http_connections_per_client: int = Field(
+        default=500,
+        ge=1,
+        le=100_000,
+        description="warmcache serve: open connections from one client address at most; "
+        "beyond, that address's longest-waiting (else longest idle) connection is closed.",
+    )
+    http_read_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="warmcache serve: a request must arrive whole (headers and body) within "
+        "this long of its first byte, however steadily it trickles; else its connection "
+        "is closed.",
     )
     run_health: bool = Field(
         default=True, description="Take part in health polling (one poller at a time)."

@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,3 +241,90 @@ def test_sigterm_stops_the_instance_and_deregisters_it(
         store.close()
     lines = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()]
     assert lines and all({"time", "level", "logger", "message"} <= set(r) for r in lines)
+
+
+class Trickle:
+    """``count`` connections from this address, each sending a request line
+    one byte every ``every_s`` and opened again when the server closes it
+    (the outside test's attack: 1,100 connections, a byte every 10 s)."""
+
+    def __init__(self, port: int, count: int, every_s: float) -> None:
+        self.port, self.count, self.every_s = port, count, every_s
+        self.cut = 0  # connections the server closed
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def __enter__(self) -> Trickle:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        line = b"POST /v1/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+        open_: dict[socket.socket, int] = {}
+        while not self.stop.is_set():
+            while len(open_) < self.count:
+                with contextlib.suppress(OSError):
+                    sock = socket.create_connection(("127.0.0.1", self.port), timeout=1)
+                    sock.setblocking(False)
+                    open_[sock] = 0
+            for sock, sent in list(open_.items()):
+                try:
+                    if sock.recv(1) == b"":
+                        raise ConnectionResetError
+                except BlockingIOError:
+                    with contextlib.suppress(OSError):
+                        sock.send(line[sent % len(line) : sent % len(line) + 1])
+                        open_[sock] = sent + 1
+                    continue
+                except OSError:
+                    pass
+                self.cut += 1
+                sock.close()
+                del open_[sock]
+            self.stop.wait(self.every_s)
+        for sock in open_:
+            sock.close()
+
+
+@pytest.mark.parametrize("settings", [{"http_threads": 4, "http_read_timeout_s": 3.0}])
+def test_trickling_clients_cannot_make_the_server_unreachable(
+    instance: tuple[subprocess.Popen[bytes], int, Path],
+) -> None:
+    """1,100 connections trickling a byte a second, over the default bounds
+    (1,000 connections, 500 per client address), from the same address as
+    the probes: /healthz and /v1/pools keep answering at once, and each
+    trickle is cut at the read deadline (they stayed open for ever, and
+    /healthz timed out for 75 s)."""
+    _, port, _ = instance
+    with Trickle(port, 1100, every_s=1.0) as trickle:
+        slowest, answered, until = 0.0, 0, time.monotonic() + 30
+        while trickle.cut < 1100 and time.monotonic() < until:  # past the deadline of all
+            for path in ("/healthz", "/v1/pools"):
+                started = time.monotonic()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                try:
+                    conn.request("GET", path)
+                    assert conn.getresponse().status == 200
+                finally:
+                    conn.close()
+                slowest = max(slowest, time.monotonic() - started)
+                answered += 1
+        assert trickle.cut >= 1100, f"only {trickle.cut} trickles were cut"
+    assert answered >= 20 and slowest < 2.0, f"{answered} answered, slowest {slowest:.2f} s"
+
+
+@pytest.mark.parametrize("settings", [{"http_read_timeout_s": 2.0}])
+def test_a_request_that_trickles_is_cut_at_the_read_deadline(
+    instance: tuple[subprocess.Popen[bytes], int, Path],
+) -> None:
+    """Within the connection bounds, a request that never arrives whole is
+    cut at http_read_timeout_s (plus one sweep), not at the idle timeout."""
+    _, port, _ = instance
+    started = time.monotonic()
+    with Trickle(port, 20, every_s=0.5) as trickle:
+        wait_for("every trickle to be cut", lambda: trickle.cut >= 20, 15)
+    assert time.monotonic() - started < 2.0 + 0.5 + 1.5  # deadline, sweep, loop

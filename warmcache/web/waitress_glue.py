@@ -9,6 +9,17 @@
   answered 503 ``overloaded`` at once, by a thread of its own, rather than
   queued without bound (``_BoundedDispatcher``). A caller of a
   millisecond service learns at once that it must retry or go elsewhere.
+* Slow and hostile clients (``_Bounds``): a request must arrive whole
+  (headers and body) within ``service.http_read_timeout_s`` of its first
+  byte, however steadily it trickles, else its connection is closed; and
+  at most ``service.http_connection_limit`` connections are open, at most
+  ``service.http_connections_per_client`` from one address. A connection
+  over either bound does not wait in the backlog (waitress stops accepting
+  at its limit: 1,100 connections trickling a byte every 10 s kept
+  ``/healthz`` unreachable): the connection that has waited longest on a
+  request it has not finished sending, else the longest idle one, is
+  closed to make room, within the client's own connections first. A
+  request being served is never cut.
 
 Both hook into waitress 3: a channel class attribute (``error_task_class``),
 the server's ``channel_class``, and ``create_server``'s ``_dispatcher``
@@ -24,6 +35,7 @@ import queue
 import socket
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 from waitress.channel import HTTPChannel
@@ -72,6 +84,67 @@ LINGER_S = 2.0
 LINGER_BYTES = 1 << 20
 
 
+class _Bounds:
+    """The connection bounds and the request deadline (see the module)."""
+
+    def __init__(self, server: Any, cfg: ServiceConfig) -> None:
+        self.server = server
+        self.limit = cfg.http_connection_limit
+        self.per_client = cfg.http_connections_per_client
+        self.read_timeout_s = cfg.http_read_timeout_s
+        self.clients: Counter[str] = Counter()
+        self.evicted = 0
+        self._maintain = server.maintenance
+        server.maintenance = self.maintenance
+
+    def admit(self, channel: _JsonChannel) -> None:
+        """A new connection (on the accepting thread): make room for it."""
+        self.clients[channel.client] += 1
+        if self.clients[channel.client] > self.per_client:
+            self._evict(channel, only=channel.client)
+        if len(self.server.active_channels) > self.limit:
+            self._evict(channel, only=None)
+
+    def _evict(self, newcomer: _JsonChannel, only: str | None) -> None:
+        """Close the connection that waited longest on an unfinished
+        request, else the longest idle one; else (everything is being
+        served) the newcomer."""
+        waiting: _JsonChannel | None = None
+        idle: _JsonChannel | None = None
+        for channel in list(self.server.active_channels.values()):
+            if (
+                channel is newcomer
+                or not isinstance(channel, _JsonChannel)
+                or channel.requests
+                or channel.will_close
+                or (only is not None and channel.client != only)
+            ):
+                continue
+            if channel.began is not None:
+                if waiting is None or channel.began < (waiting.began or 0.0):
+                    waiting = channel
+            elif idle is None or channel.last_activity < idle.last_activity:
+                idle = channel
+        victim = waiting or idle or newcomer
+        self.evicted += 1
+        log.info("connection bound reached: closing one from %s", victim.client)
+        victim.handle_close()
+
+    def closed(self, channel: _JsonChannel) -> None:
+        self.clients[channel.client] -= 1
+        if self.clients[channel.client] <= 0:
+            del self.clients[channel.client]
+
+    def maintenance(self, now: float) -> None:
+        """waitress's idle sweep, and the request deadline."""
+        self._maintain(now)
+        cutoff = now - self.read_timeout_s
+        for channel in list(self.server.active_channels.values()):
+            began = getattr(channel, "began", None)
+            if began is not None and began < cutoff and not channel.requests:
+                channel.will_close = True  # a trickle: closed on the next loop
+
+
 class _JsonChannel(HTTPChannel):  # type: ignore[misc]
     """A lingering close after an error reply: a client still sending a body
     we refused (too large, malformed) would otherwise get a reset in place
@@ -83,6 +156,33 @@ class _JsonChannel(HTTPChannel):  # type: ignore[misc]
     linger = False
     _linger_until: float | None = None
     _drained = 0
+    began: float | None = None  # the first byte of a request not yet whole
+    _counted = False
+
+    def __init__(self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
+        super().__init__(server, sock, addr, adj, map)
+        self.client = str(addr[0] if isinstance(addr, tuple) else addr)
+        bounds: _Bounds | None = getattr(server, "warmcache_bounds", None)
+        if bounds is not None:
+            self._counted = True
+            bounds.admit(self)
+
+    def received(self, data: bytes) -> bool:
+        before = self.request
+        done = bool(super().received(data))
+        if self.request is None:
+            self.began = None
+        elif self.request is not before or self.began is None:
+            self.began = time.time()  # a new request began in this data
+        return done
+
+    def del_channel(self, map: Any = None) -> None:  # every close ends here
+        if self._counted:
+            self._counted = False
+            bounds: _Bounds | None = getattr(self.server, "warmcache_bounds", None)
+            if bounds is not None:
+                bounds.closed(self)
+        super().del_channel(map)
 
     def handle_close(self) -> None:
         if self.linger and self._linger_until is None and self.connected:
@@ -165,12 +265,18 @@ def create_server(app: Any, cfg: ServiceConfig) -> Any:
         threads=cfg.http_threads,
         max_request_body_size=cfg.http_max_body_bytes,
         channel_timeout=cfg.http_idle_timeout_s,
-        # how often idle connections are looked for: a fraction of the timeout
-        cleanup_interval=max(0.1, min(30.0, cfg.http_idle_timeout_s / 4)),
-        connection_limit=cfg.http_connection_limit,
+        # how often idle and trickling connections are looked for: a
+        # fraction of the shorter timeout
+        cleanup_interval=max(
+            0.1, min(30.0, min(cfg.http_idle_timeout_s, cfg.http_read_timeout_s) / 4)
+        ),
+        # _Bounds keeps the limit by closing a connection; waitress's own
+        # (stop accepting) only beyond a margin, never reached in practice
+        connection_limit=cfg.http_connection_limit + 64,
         ident="warmcache",
         clear_untrusted_proxy_headers=True,
         _dispatcher=dispatcher,
     )
     server.channel_class = _JsonChannel
+    server.warmcache_bounds = _Bounds(server, cfg)
     return server
