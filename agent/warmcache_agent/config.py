@@ -36,6 +36,8 @@ kind = "etcd"                 # sqlite | etcd | consul, as the service's [store]
 url = "http://10.0.0.5:2379"
 ttl_s = 10
 update_check_s = 60           # looks for an update slot this often
+update_sources = ["https://artifacts.example.internal/warmcache/"]  # where builds may come from
+update_probation_s = 60       # a new build that exits this soon after "ready" is rolled back
 """
 
 from __future__ import annotations
@@ -110,6 +112,32 @@ class InventoryConfig(StoreConnection):
         le=86400,
         description="how often the agent looks for an update slot (one small read)",
     )
+    update_sources: tuple[str, ...] = Field(
+        default=(),
+        max_length=64,
+        description="where agent builds may come from: absolute path prefixes and https:// "
+        "URL prefixes; an artifact anywhere else is refused (empty: every update is)",
+    )
+    update_probation_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="the launcher rolls a new build back if it exits within this long of "
+        "saying it was ready (a crash loop ends on the last good build)",
+    )
+
+    @field_validator("update_sources")
+    @classmethod
+    def _sources_are_prefixes(cls, sources: tuple[str, ...]) -> tuple[str, ...]:
+        for source in sources:
+            if not (source.startswith("/") or source.startswith("https://")) or any(
+                ord(c) < 32 for c in source
+            ):
+                raise ValueError(
+                    f"{source!r}: an absolute path or an https:// URL prefix, no control characters"
+                )
+        return sources
+
     advertise: str = Field(
         default="",
         description="endpoint the service should call; default unix:<the agent's socket>",

@@ -245,6 +245,7 @@ def run_daemon(socket_path: str, config_path: str, libvirt_uri: str | None) -> N
             installed_sha256(),
             Builds(Path(launched)) if launched else None,
             _restart,
+            sources=config.inventory.update_sources,
         )
         threading.Thread(
             target=syncer.run,

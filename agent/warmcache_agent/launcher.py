@@ -10,6 +10,13 @@ is up within ``ready_timeout_s`` (``notify_ready()``, through a pipe the
 launcher hands it: no polling); then ``trying`` becomes ``current``.
 Otherwise (not ready in time, or it exits first) it is stopped, the reason
 is written to ``failed`` and the child is started from ``current`` again.
+A build kept is on probation for ``update_probation_s`` (the agent config's
+``[inventory]``, or ``--probation``): if it exits (other than ``RESTART``)
+with an error within that time of saying it was ready, it is refused the same way and
+the previous build runs again; the probation is written down
+(``probation``), so a launcher that died with it (the whole unit crashed)
+rolls back at its next start. A crash loop so always ends on the last good
+build.
 A child that exits with ``RESTART`` (75) asks to be started again (after an
 update was installed); any other exit ends the launcher with the child's
 code. VMs are libvirtd's: none stops when the agent does, and the lockfile
@@ -83,9 +90,47 @@ class Builds:
         """The updater's last step: start ``build`` at the next restart."""
         self._write("trying", str(build))
 
-    def keep(self) -> None:
+    def keep(self, probation_s: float = 0.0) -> None:
+        """``trying`` became ``current``; on probation for ``probation_s``."""
+        if probation_s > 0:
+            self._write(
+                "probation",
+                json.dumps(
+                    {
+                        "build": self.trying or "",
+                        "previous": self.current or "",
+                        "until": time.time() + probation_s,
+                    }
+                ),
+            )
         self._write("current", self.trying or "")
         (self.dir / "trying").unlink(missing_ok=True)
+
+    @property
+    def probation(self) -> dict[str, object] | None:
+        text = self._read("probation")
+        try:
+            found = json.loads(text) if text else None
+        except ValueError:
+            return None
+        return found if isinstance(found, dict) else None
+
+    def settle(self) -> None:
+        """The build on probation passed it."""
+        (self.dir / "probation").unlink(missing_ok=True)
+
+    def roll_back(self, why: str) -> None:
+        """The build on probation failed it: the previous build is current
+        again, and ``failed`` says why."""
+        probation = self.probation or {}
+        self._write(
+            "failed",
+            json.dumps(
+                {"build": probation.get("build") or self.current, "why": why, "at": time.time()}
+            ),
+        )
+        self._write("current", str(probation.get("previous") or ""))
+        self.settle()
 
     def refuse(self, why: str) -> None:
         self._write("failed", json.dumps({"build": self.trying, "why": why, "at": time.time()}))
@@ -103,20 +148,30 @@ class Builds:
         wanted = {
             str(Path(p).resolve()) for p in keep | {self.current or "", self.trying or ""} if p
         }
+        probation = self.probation or {}
+        wanted |= {
+            str(Path(str(p)).resolve()) for p in probation.values() if isinstance(p, str) and p
+        }
         for build in self.dir.iterdir():
-            if (
-                build.is_dir()
-                and not build.name.startswith(".")
-                and str(build.resolve()) not in wanted
+            leftover = build.name.startswith(".") and build.name.endswith((".staging", ".trash"))
+            if build.is_dir() and (
+                leftover or (not build.name.startswith(".") and str(build.resolve()) not in wanted)
             ):
                 shutil.rmtree(build, ignore_errors=True)
 
 
 class Launcher:
-    def __init__(self, state_dir: Path, args: list[str], ready_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        args: list[str],
+        ready_timeout_s: float = 60.0,
+        probation_s: float = 60.0,
+    ) -> None:
         self.builds = Builds(state_dir)
         self._args = args
         self._ready_timeout_s = ready_timeout_s
+        self._probation_s = probation_s
         self.child: subprocess.Popen[bytes] | None = None
         self.stopping = False  # SIGTERM or SIGINT came: no new start
 
@@ -149,7 +204,7 @@ class Launcher:
         finally:
             os.close(read)
         if said.startswith(b"ready"):
-            self.builds.keep()
+            self.builds.keep(self._probation_s)
             return child
         if self.stopping:  # told to stop while it was starting: not the build's fault
             return child
@@ -184,15 +239,39 @@ class Launcher:
         signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         previous = {signum: signal.signal(signum, forward) for signum in signals}
         try:
+            if self.builds.probation is not None:  # a launcher died with a build on probation
+                self.builds.roll_back("stopped with its launcher while on probation")
             while True:
                 trying = self.builds.trying
                 self.child = self._try(trying) if trying else self._start(self.builds.current)
-                code = self.child.wait()
+                code = self._wait(self.child)
+                if self.builds.probation is not None:
+                    if code in (0, RESTART) or self.stopping:
+                        self.builds.settle()  # asked to restart, or stopped: not a crash
+                    else:
+                        self.builds.roll_back(
+                            f"exited with {code} within its probation "
+                            f"({self._probation_s:.0f} s after it was ready)"
+                        )
+                        continue  # the previous build again
                 if code != RESTART or self.stopping:
                     return code
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+    def _wait(self, child: subprocess.Popen[bytes]) -> int:
+        """The child's exit code; a build on probation that outlives it is
+        settled on the way."""
+        probation = self.builds.probation
+        if probation is not None:
+            until = probation.get("until")
+            left = float(until) - time.time() if isinstance(until, int | float) else 0.0
+            try:
+                return child.wait(max(0.0, left))
+            except subprocess.TimeoutExpired:
+                self.builds.settle()
+        return child.wait()
 
 
 EXIT_WAIT_S = 10.0  # how long a child whose ready pipe ended may take to exit
@@ -208,19 +287,38 @@ def _stop(child: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
             child.wait()
 
 
+def _probation_s(agent_args: list[str], default: float = 60.0) -> float:
+    """``[inventory] update_probation_s`` from the agent's ``--config`` (the
+    launcher reads that one key: a config it cannot read is the agent's to
+    refuse, not the launcher's)."""
+    import tomllib
+
+    try:
+        path = agent_args[agent_args.index("--config") + 1]
+        with open(path, "rb") as src:
+            value = tomllib.load(src).get("inventory", {}).get("update_probation_s", default)
+        return float(value) if float(value) > 0 else default
+    except (ValueError, IndexError, OSError, TypeError, tomllib.TOMLDecodeError):
+        return default
+
+
 def main() -> None:
     argv = sys.argv[1:]
     if "--" not in argv:
         sys.exit(
             "usage: python -m warmcache_agent.launcher --state-dir DIR "
-            "[--ready-timeout S] -- AGENT ARGS"
+            "[--ready-timeout S] [--probation S] -- AGENT ARGS"
         )
     split = argv.index("--")
     own = dict(zip(argv[:split:2], argv[1:split:2], strict=False))
     if "--state-dir" not in own:
         sys.exit("warmcache_agent.launcher: --state-dir is required")
+    agent_args = argv[split + 1 :]
     launcher = Launcher(
-        Path(own["--state-dir"]), argv[split + 1 :], float(own.get("--ready-timeout", "60"))
+        Path(own["--state-dir"]),
+        agent_args,
+        float(own.get("--ready-timeout", "60")),
+        float(own.get("--probation", _probation_s(agent_args))),
     )
     code = launcher.run()
     if code < 0:  # the child died of a signal: so does the launcher (systemd sees a clean stop)

@@ -3,9 +3,10 @@
 Every ``update_check_s`` the agent reads its slot key
 (``<prefix>/agents/updating/<hv>``; one small read, absent on almost every
 host almost always). Holding a slot for a build it does not run, it
-fetches the desired artifact, verifies its sha256, installs it beside the
-running build, checks that the installed code hashes to the desired
-``sha256``, tells the launcher to try it at the next start, and asks for a
+fetches the desired artifact (only from ``[inventory] update_sources``),
+verifies its sha256, installs it beside the running build, checks that the
+installed code hashes to the desired ``sha256`` before it takes a name,
+tells the launcher to try it at the next start, and asks for a
 restart (``restart``: the daemon stops serving, hands its heartbeat session
 over and exits ``RESTART``). VMs are libvirtd's and the lockfile is on
 disk: neither is touched by any of it.
@@ -24,7 +25,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -49,6 +50,7 @@ class AgentSyncer:
         builds: Builds | None,
         restart: Callable[[], None],
         now: Callable[[], float] = time.time,
+        sources: Sequence[str] = (),
     ) -> None:
         self._store = store
         self._keys = keys
@@ -57,6 +59,7 @@ class AgentSyncer:
         self._builds = builds  # None: not run by the launcher
         self._restart = restart
         self._now = now
+        self._sources = tuple(sources)  # [inventory] update_sources
         self._told: set[str] = set()  # builds reported as failed by this process
 
     def check(self) -> bool:
@@ -86,6 +89,10 @@ class AgentSyncer:
             log.warning("update to %s refused: %s", desired.version, exc)
             self._report(desired.sha256, "failed", str(exc))
             return False
+        except Exception as exc:  # never a dead update thread: say what broke
+            log.exception("update to %s failed", desired.version)
+            self._report(desired.sha256, "failed", f"unexpected: {exc!r}")
+            return False
         self._builds.try_next(target)
         self._builds.prune(keep={str(target)})
         log.info("build %s installed at %s: restarting into it", desired.version, target)
@@ -95,16 +102,12 @@ class AgentSyncer:
     def _install(self, desired: DesiredAgent, builds: Builds) -> Path:
         downloads = builds.dir / ".downloads"
         try:
-            wheel = fetch(desired.artifact, desired.artifact_sha256, downloads)
-            target, code = install(wheel, builds.dir)
+            wheel = fetch(
+                desired.artifact, desired.artifact_sha256, downloads, sources=self._sources
+            )
+            target, _code = install(wheel, builds.dir, expect=desired.sha256)
         finally:
             shutil.rmtree(downloads, ignore_errors=True)
-        if code != desired.sha256:
-            shutil.rmtree(target, ignore_errors=True)
-            raise UpdateRefused(
-                f"the installed agent code hashes to {code}, "
-                f"the desired build says {desired.sha256}"
-            )
         return target
 
     def _report_rollback(self) -> None:
@@ -134,4 +137,6 @@ class AgentSyncer:
                     return
             except StoreError as exc:
                 log.warning("update check failed: %s", exc)
+            except Exception:  # supervised: a bad record must not end the checks
+                log.exception("update check failed")
             stop.wait(every_s)

@@ -82,14 +82,14 @@ def desired(wheel: Path, artifact_sha256: str | None = None) -> DesiredAgent:
 class Launched:
     """``python -m warmcache_agent.launcher ... -- <agent args>``, as the unit runs it."""
 
-    def __init__(self, root: Path, config: str) -> None:
+    def __init__(self, root: Path, config: str, sources: Path) -> None:
         self.root = root
         self.socket = root / "agent.sock"
         self.config = root / "agent.toml"
         self.store_path = root / "store.db"
         self.config.write_text(
             config + f'[inventory]\nkind = "sqlite"\npath = "{self.store_path}"\nprefix = "wc"\n'
-            "ttl_s = 5\nupdate_check_s = 0.2\n"
+            f'ttl_s = 5\nupdate_check_s = 0.2\nupdate_sources = ["{sources}"]\n'
         )
         self.store = SqliteStore(self.store_path, clock=SystemClock(), poll_interval_s=0.01)
         log = open(root / "launcher.log", "ab")  # noqa: SIM115
@@ -164,8 +164,10 @@ TEST_CONFIG = (
 
 
 @pytest.fixture
-def launched(tmp_path: Path, libvirt_available: None) -> Iterator[Launched]:
-    agent = Launched(tmp_path, TEST_CONFIG)
+def launched(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, libvirt_available: None
+) -> Iterator[Launched]:
+    agent = Launched(tmp_path, TEST_CONFIG, tmp_path_factory.getbasetemp())
     yield agent
     agent.stop()
 
@@ -192,7 +194,7 @@ def test_a_build_that_comes_up_is_kept_by_the_launcher(
     assert launched.proc.poll() is None  # the launcher stayed; its child was replaced
     assert launched.agent_pid() != old_pid
     current = (launched.root / "versions" / "current").read_text().strip()
-    assert Path(current).name == builds["new"].name.removesuffix(".whl")
+    assert Path(current).name == f"{build.version}.{build.sha256}"  # named by its content
     assert launched.client().list() == []  # the new build answers on the same socket
     assert launched.status() is None
     assert not (launched.root / "versions" / ".downloads").exists()
@@ -233,7 +235,7 @@ def test_a_build_that_cannot_start_is_rolled_back_and_reported(
     assert launched.facts().agent_sha256 == installed_sha256()  # the previous build runs
     assert "this build cannot start" in launched.log()
     failed = json.loads((launched.root / "versions" / "failed.reported").read_text())
-    assert failed["build"].endswith(builds["broken"].name.removesuffix(".whl"))
+    assert failed["build"].endswith(f"{build.version}.{build.sha256}")
     assert launched.client().list() == []
 
 
@@ -242,7 +244,10 @@ def test_a_build_that_cannot_start_is_rolled_back_and_reported(
 
 @pytest.mark.realvm
 def test_vms_keep_running_and_the_lockfile_is_intact_across_updates(
-    tmp_path: Path, real_host: Any, builds: dict[str, Path]
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    real_host: Any,
+    builds: dict[str, Path],
 ) -> None:
     import libvirt
 
@@ -250,7 +255,7 @@ def test_vms_keep_running_and_the_lockfile_is_intact_across_updates(
 
     image = build_image(real_host, "v1")
     config = agent_config_toml(hypervisor=HV, rack=RACK, az=AZ, image_dirs=[real_host])
-    agent = Launched(tmp_path, config)
+    agent = Launched(tmp_path, config, tmp_path_factory.getbasetemp())
     vm = f"rv-{uuid.uuid4().hex[:8]}"
     conn = libvirt.open("qemu:///system")
     try:

@@ -15,8 +15,8 @@ from warmcache_agent.launcher import RESTART, Builds, Launcher
 
 # A build's agent: appends its name to the log; says it is ready unless told
 # not to; then exits with the code it was built with.
-FAKE = """import os, signal, sys
-name, ready, code = {name!r}, {ready!r}, {code!r}
+FAKE = """import os, signal, sys, time
+name, ready, code, delay = {name!r}, {ready!r}, {code!r}, {delay!r}
 with open({log!r}, "a") as f:
     f.write(name + "\\n")
 fd = os.environ.get("WARMCACHE_READY_FD")
@@ -24,16 +24,19 @@ if ready is True and fd:
     os.write(int(fd), b"ready\\n")
 if ready == "hang":
     signal.pause()  # the fake build that never comes up (the launcher stops it)
+time.sleep(delay)  # up that long before it exits
 sys.exit(code() if callable(code) else code)
 """
 
 
-def build(root: Path, name: str, log: Path, *, ready: object = True, code: int = 0) -> Path:
+def build(
+    root: Path, name: str, log: Path, *, ready: object = True, code: int = 0, delay: float = 0.0
+) -> Path:
     package = root / name / "warmcache_agent"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "__main__.py").write_text(
-        FAKE.format(name=name, ready=ready, code=code, log=str(log))
+        FAKE.format(name=name, ready=ready, code=code, delay=delay, log=str(log))
     )
     return root / name
 
@@ -116,3 +119,47 @@ def test_a_stop_while_a_new_build_starts_is_not_held_against_it(tmp_path: Path) 
         launcher.wait()
     assert ran(log) == ["slow"]  # the old build was not started on the way out
     assert builds.failed is None and builds.trying is not None  # tried again next start
+
+
+def test_a_build_that_crashes_soon_after_ready_is_rolled_back_not_crash_looped(
+    tmp_path: Path,
+) -> None:
+    """Ready, then exit 3 a moment later: it was kept, the launcher exited
+    3, and every restart ran it again (issue 28, item 3b)."""
+    log = tmp_path / "ran"
+    launcher = Launcher(tmp_path / "state", [], ready_timeout_s=30, probation_s=30)
+    old = build(tmp_path, "old", log)
+    launcher.builds._write("current", str(old))
+    launcher.builds.try_next(build(tmp_path, "flaky", log, code=3, delay=0.2))
+    assert launcher.run() == 0  # the old build ran again (and exited 0 here)
+    assert ran(log) == ["flaky", "old"] and launcher.builds.current == str(old)
+    failed = launcher.builds.failed
+    assert failed is not None and failed["build"] == str(tmp_path / "flaky")
+    assert "exited with 3 within its probation" in str(failed["why"])
+    assert launcher.builds.probation is None
+
+
+def test_a_crash_after_the_probation_is_the_builds_own(tmp_path: Path) -> None:
+    log = tmp_path / "ran"
+    launcher = Launcher(tmp_path / "state", [], ready_timeout_s=30, probation_s=0.2)
+    launcher.builds._write("current", str(build(tmp_path, "old", log)))
+    new = build(tmp_path, "new", log, code=3, delay=1.0)
+    launcher.builds.try_next(new)
+    assert launcher.run() == 3  # systemd restarts it: the build passed its probation
+    assert launcher.builds.current == str(new) and launcher.builds.failed is None
+
+
+def test_a_launcher_that_died_during_a_probation_rolls_back_at_its_next_start(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "ran"
+    launcher = Launcher(tmp_path / "state", [], ready_timeout_s=30, probation_s=30)
+    old, new = build(tmp_path, "old", log), build(tmp_path, "new", log)
+    launcher.builds._write("current", str(old))
+    launcher.builds.try_next(new)
+    launcher.builds.keep(probation_s=30)  # as a launcher killed right after "ready" left it
+    assert launcher.builds.current == str(new)
+    assert Launcher(tmp_path / "state", [], probation_s=30).run() == 0
+    assert ran(log) == ["old"] and launcher.builds.current == str(old)
+    failed = launcher.builds.failed
+    assert failed is not None and "probation" in str(failed["why"])

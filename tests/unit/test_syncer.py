@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fakes import FakeAgent
+from tests.polling import wait_for
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.agent_versions import DesiredAgent, Slot, UpdateStatus
 from warmcache.clock import ManualClock
@@ -40,8 +41,22 @@ def status(store: SqliteStore, hv: str) -> UpdateStatus | None:
     return UpdateStatus.model_validate_json(found.value) if found else None
 
 
-def syncer(store: SqliteStore, builds: Builds | None, restarts: list[int]) -> AgentSyncer:
-    return AgentSyncer(store, KEYS, "h1", RUNNING, builds, lambda: restarts.append(1), lambda: 5.0)
+def syncer(
+    store: SqliteStore,
+    builds: Builds | None,
+    restarts: list[int],
+    sources: tuple[str, ...] = ("/",),
+) -> AgentSyncer:
+    return AgentSyncer(
+        store,
+        KEYS,
+        "h1",
+        RUNNING,
+        builds,
+        lambda: restarts.append(1),
+        lambda: 5.0,
+        sources=sources,
+    )
 
 
 def test_an_agent_acts_only_on_a_slot_for_the_desired_build_it_does_not_run(
@@ -136,3 +151,47 @@ def test_the_leader_frees_a_refused_slot_says_why_and_moves_on(
     assert event.fields["hypervisor"] == first and event.fields["why"] == "not ready in 60 s"
     fleet = {a.hypervisor: a for a in service.agent_versions.fleet()}
     assert fleet[first].last_update == "rolled_back" and not fleet[first].updating
+
+
+def test_an_artifact_from_outside_the_allowed_sources_is_refused_and_reported(
+    sqlite_store: SqliteStore, tmp_path: Path
+) -> None:
+    artifact = tmp_path / "warmcache-0.2.0-py3-none-any.whl"
+    artifact.write_bytes(b"never read")
+    sqlite_store.put(KEYS.agents_desired(), desired(artifact, "55" * 32).model_dump_json())
+    grant(sqlite_store, "h1")
+    restarts: list[int] = []
+    agent = syncer(sqlite_store, Builds(tmp_path / "state"), restarts, sources=("/srv/builds",))
+    assert agent.check() is False
+    told = status(sqlite_store, "h1")
+    assert told is not None and told.state == "failed" and "not under an allowed" in told.why
+    assert restarts == []
+
+
+def test_an_artifact_string_that_breaks_a_parser_is_a_refusal_not_a_dead_thread(
+    sqlite_store: SqliteStore, tmp_path: Path
+) -> None:
+    import threading
+
+    sqlite_store.put(
+        KEYS.agents_desired(),
+        DesiredAgent(
+            version="0.2.0",
+            sha256=WANTED,
+            artifact="https://[fe80::1/x.whl",
+            artifact_sha256="5" * 64,
+        ).model_dump_json(),
+    )
+    grant(sqlite_store, "h1")
+    agent = syncer(sqlite_store, Builds(tmp_path / "state"), [], sources=("https://[fe80::1]/",))
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop, 0.01))
+    thread.start()
+    try:
+        wait_for("the refusal to be reported", lambda: status(sqlite_store, "h1") is not None, 10)
+        assert thread.is_alive()  # still checking
+    finally:
+        stop.set()
+        thread.join()
+    told = status(sqlite_store, "h1")
+    assert told is not None and told.state == "failed" and "fe80" in told.why
