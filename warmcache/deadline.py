@@ -20,6 +20,10 @@ from contextvars import ContextVar
 
 from warmcache.errors import StoreUnavailable
 
+# WSGI environ key: when the server had the whole request (time.monotonic()),
+# set by warmcache serve's server (warmcache.web.waitress_glue).
+RECEIVED_AT = "warmcache.received_at"
+
 _deadline: ContextVar[float | None] = ContextVar("warmcache_deadline", default=None)
 
 
@@ -48,10 +52,12 @@ def until(at: float | None) -> Iterator[None]:
         _deadline.reset(token)
 
 
-def enter(seconds: float) -> object:
+def enter(seconds: float, since: float | None = None) -> object:
     """``within`` for frameworks with separate before/after hooks: returns
-    the token to give to ``leave`` (Flask's before_request/teardown)."""
-    return _deadline.set(time.monotonic() + seconds)
+    the token to give to ``leave`` (Flask's before_request/teardown).
+    ``since``: when the request arrived (monotonic), if it waited in a
+    queue before its handler ran: the deadline counts from there."""
+    return _deadline.set((time.monotonic() if since is None else since) + seconds)
 
 
 def leave(token: object) -> None:

@@ -73,7 +73,14 @@ def create_app(service: WarmCache, auth: Authenticator | None = None) -> Flask:
         # not an approved change, which runs through agents and must not be
         # cut off half way (a pool purge).
         if request.endpoint != "api.approve_change":
-            g.deadline_token = deadline.enter(service.config.request_deadline_s)
+            # From the request's arrival (waitress stamps it): time spent
+            # queued for a worker counts, so the reply comes within the
+            # deadline (+0.5 s) of the request, not of its handler's start.
+            arrived = request.environ.get(deadline.RECEIVED_AT)
+            g.deadline_token = deadline.enter(
+                service.config.request_deadline_s,
+                since=arrived if isinstance(arrived, float) else None,
+            )
 
     @app.teardown_request
     def _end_deadline(_exc: BaseException | None) -> None:

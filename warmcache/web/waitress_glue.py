@@ -40,10 +40,11 @@ from typing import Any
 
 from waitress.channel import HTTPChannel
 from waitress.server import create_server as _create_server
-from waitress.task import ErrorTask, ThreadedTaskDispatcher
+from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 from waitress.utilities import Error
 
 from warmcache.config import ServiceConfig
+from warmcache.deadline import RECEIVED_AT
 from warmcache.errors import BodyTooLarge, HeadersTooLarge, InternalError, InvalidRequest
 from warmcache.errors import Overloaded as OverloadedError
 
@@ -59,6 +60,18 @@ CODES = {
 class Overloaded(Error):  # type: ignore[misc]
     code = 503
     reason = "Service Unavailable"
+
+
+class _TimedTask(WSGITask):  # type: ignore[misc]
+    """Tells the app when its request arrived, so that its deadline counts
+    the time it waited in the queue for a worker."""
+
+    def get_environment(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environment()
+        at = getattr(self.request, "warmcache_received_at", None)
+        if at is not None:
+            environ[RECEIVED_AT] = at
+        return environ
 
 
 class _JsonErrorTask(ErrorTask):  # type: ignore[misc]
@@ -153,6 +166,7 @@ class _JsonChannel(HTTPChannel):  # type: ignore[misc]
     (for at most LINGER_S and LINGER_BYTES), and only then is it closed."""
 
     error_task_class = _JsonErrorTask
+    task_class = _TimedTask
     linger = False
     _linger_until: float | None = None
     _drained = 0
@@ -170,6 +184,10 @@ class _JsonChannel(HTTPChannel):  # type: ignore[misc]
     def received(self, data: bytes) -> bool:
         before = self.request
         done = bool(super().received(data))
+        now = time.monotonic()
+        for whole in self.requests:  # stamped once, when it became whole
+            if getattr(whole, "warmcache_received_at", None) is None:
+                whole.warmcache_received_at = now
         if self.request is None:
             self.began = None
         elif self.request is not before or self.began is None:
