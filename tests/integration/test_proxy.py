@@ -412,9 +412,9 @@ def test_beyond_its_workers_and_queue_a_connection_is_closed_at_once(tmp_path: P
             held.sendall(b"POST /v1/agent HTTP/1.1\r\nHost: h\r\n")  # holds the one worker
             wait_for("the worker to be taken", lambda: proxy.serving == 1, 5)
             started = time.monotonic()
-            with (
-                socket.create_connection(proxy.server_address, timeout=10) as sock,
+            with (  # reset at connect, or during the handshake: never answered
                 pytest.raises((ssl.SSLError, OSError)),
+                socket.create_connection(proxy.server_address, timeout=10) as sock,
             ):
                 ctx.wrap_socket(sock, server_hostname="127.0.0.1")
             assert time.monotonic() - started < 2
