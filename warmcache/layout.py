@@ -76,6 +76,17 @@ class Keys:
         """A named claim's record (``warmcache.acquire.claims``)."""
         return f"{self.prefix}/claims/{claim_id}"
 
+    def claim_expiry_dir(self, bucket: int | None = None) -> str:
+        """The claims' expiry index: one folder per time bucket in which
+        records expire (``warmcache.acquire.claims``), so that a sweep
+        reads only what expired."""
+        if bucket is None:
+            return f"{self.prefix}/claim-expiry/"
+        return f"{self.prefix}/claim-expiry/{bucket:012d}/"
+
+    def claim_expiry(self, bucket: int, claim_id: str) -> str:
+        return f"{self.claim_expiry_dir(bucket)}{claim_id}"
+
     # --- rules and operator state ----------------------------------------------------
 
     def rules_dir(self, az: str | None = None) -> str:

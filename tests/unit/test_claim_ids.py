@@ -318,3 +318,42 @@ def test_one_sweep_removes_every_expired_record(sqlite_store: Any) -> None:
     assert log.sweep(now=200.0, batch=400) == 2500
     kvs, _ = sqlite_store.range(keys.claims_dir())
     assert len(kvs) == 100  # the unexpired stay
+
+
+def test_after_its_first_sweep_a_sweep_reads_only_what_expired(
+    make_service: Callable[..., WarmCache], clock: ManualClock
+) -> None:
+    """Issue 28, item 8: every sweep read the whole claims folder. Now the
+    claim's transaction writes an expiry index key, and a sweep after the
+    first reads only the buckets that ended since the last one."""
+    from warmcache.acquire.claims import BUCKET_S
+    from warmcache.layout import Keys
+
+    svc = make_service(claim_retention_s=600, claim_sweep_interval_s=60)
+    svc.rules.put("az1", "small", RULE)
+    svc.run_cycle()
+    keys = Keys("wc")
+    ranged: list[str] = []
+    store_range = svc.store.range
+
+    def counted(prefix: str) -> Any:
+        ranged.append(prefix)
+        return store_range(prefix)
+
+    svc.acquire("small", "az1", 1, "best-effort", claim_id="early")
+    svc.duty._claims.sweep(clock.now())  # the first: reads it all once
+    svc.store.range = counted  # type: ignore[method-assign]
+    clock.advance(300)
+    svc.acquire("small", "az1", 1, "best-effort", claim_id="late")
+    [index] = [kv.key for kv in store_range(keys.claim_expiry_dir())[0] if kv.key.endswith("/late")]
+    clock.advance(600 - 300 + BUCKET_S)  # past "early"'s bucket, not past "late"'s
+    assert svc.duty._claims.sweep(clock.now()) == 1
+    assert keys.claims_dir() not in ranged and keys.claim_expiry_dir() not in ranged
+    assert all(p.startswith(keys.claim_expiry_dir()) for p in ranged) and ranged
+    with pytest.raises(UnknownClaim):
+        svc.claim("early")
+    assert svc.claim("late").claim_id == "late" and svc.store.get(index) is not None
+    clock.advance(2 * BUCKET_S)
+    assert svc.duty._claims.sweep(clock.now()) == 1
+    assert store_range(keys.claim_expiry_dir())[0] == []  # the index empties too
+    assert store_range(keys.claims_dir())[0] == []

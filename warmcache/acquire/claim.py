@@ -413,6 +413,8 @@ class Claimer:
             key = self.log.key(request.claim_id)
             compares.append(Compare.absent(key))
             ops.append(Put(key, record.model_dump_json()))
+            # the sweep's index: the record's bucket of expiry time
+            ops.append(Put(self.log.expiry_key(request.claim_id, record.expires_at), "1"))
         compares += request.reservation.compares
         ops += request.reservation.puts
         return Txn(compares, ops)

@@ -13,10 +13,19 @@ request differs). A claim that never landed (``no_capacity``, contention,
 ``store_unavailable``) leaves no record, so the id can be retried.
 
 Records are kept at least ``service.claim_retention_s``; the leader deletes
-older ones (``sweep``), all of them each cycle, in batches.
+older ones (``sweep``), all of them each sweep, in batches. The claim's
+transaction also writes an expiry index key,
+``<prefix>/claim-expiry/<bucket>/<claim_id>`` (buckets of ``BUCKET_S`` of
+expiry time), so a sweep reads only the buckets that have expired since
+the last one, not the whole folder: the first sweep of an instance reads
+everything once (records written before the index, buckets another leader
+left), then only what expired.
 """
 
 from __future__ import annotations
+
+import logging
+import math
 
 from pydantic import BaseModel, ConfigDict
 
@@ -24,6 +33,10 @@ from warmcache.errors import UnknownClaim
 from warmcache.layout import Keys
 from warmcache.model import Mode, PoolInstance
 from warmcache.ports import Compare, CoordinationStore, Delete, KeyValue, Txn
+
+log = logging.getLogger(__name__)
+BUCKET_S = 300.0  # expiry index: one folder per 5 minutes of expiry time
+MAX_BUCKETS = 2016  # a week of buckets since the last sweep: read everything instead
 
 
 class ClaimRecord(BaseModel):
@@ -49,6 +62,11 @@ class ClaimLog:
     def __init__(self, store: CoordinationStore, keys: Keys) -> None:
         self._store = store
         self._keys = keys
+        self._swept: int | None = None  # every bucket up to here is swept
+
+    def expiry_key(self, claim_id: str, expires_at: float) -> str:
+        """The index key written with the record (same transaction)."""
+        return self._keys.claim_expiry(math.floor(expires_at / BUCKET_S), claim_id)
 
     def key(self, claim_id: str) -> str:
         return self._keys.claim(claim_id)
@@ -69,7 +87,43 @@ class ClaimLog:
         """Delete every record past its retention, each only if unchanged
         since read, ``batch`` per store round trip; returns how many went.
         (It removed at most 1,000 a cycle: past ~24,000 named claims a day
-        at the hourly default, the folder only grew.)"""
+        at the hourly default, the folder only grew; and it read the whole
+        folder each time: now only the expiry buckets that ended since.)"""
+        done = math.floor(now / BUCKET_S) - 1  # the last bucket wholly past
+        if self._swept is None or done - self._swept > MAX_BUCKETS:
+            gone = self._sweep_all(now, done, batch)
+        else:
+            gone = sum(
+                self._sweep_bucket(bucket, batch) for bucket in range(self._swept + 1, done + 1)
+            )
+        self._swept = done if self._swept is None else max(self._swept, done)
+        return gone
+
+    def _sweep_bucket(self, bucket: int, batch: int) -> int:
+        """A bucket wholly past: each record goes with its index key if it
+        is the one the key was written with (same revision); index keys of
+        records already gone (released) or written again go alone."""
+        kvs, _ = self._store.range(self._keys.claim_expiry_dir(bucket))
+        gone = 0
+        for start in range(0, len(kvs), batch):
+            chunk = kvs[start : start + batch]
+            txns = [
+                Txn(
+                    [Compare.mod_revision(self.key(kv.key.rsplit("/", 1)[1]), kv.mod_revision)],
+                    [Delete(self.key(kv.key.rsplit("/", 1)[1])), Delete(kv.key)],
+                )
+                for kv in chunk
+            ]
+            results = self._store.txns(txns)
+            gone += sum(1 for r in results if r.succeeded)
+            left = [kv for kv, r in zip(chunk, results, strict=True) if not r.succeeded]
+            if left:
+                self._store.txns([Txn([], [Delete(kv.key)]) for kv in left])
+        return gone
+
+    def _sweep_all(self, now: float, done: int, batch: int) -> int:
+        """The whole folder and index, once: records past their retention
+        (with or without an index key), and index keys of buckets past."""
         kvs, _ = self._store.range(self._keys.claims_dir())
         old = [kv for kv in kvs if ClaimRecord.model_validate_json(kv.value).expires_at <= now]
         gone = 0
@@ -79,4 +133,18 @@ class ClaimLog:
                 for kv in old[start : start + batch]
             ]
             gone += sum(1 for r in self._store.txns(txns) if r.succeeded)
+        index, _ = self._store.range(self._keys.claim_expiry_dir())
+        root = len(self._keys.claim_expiry_dir())
+        past = [kv for kv in index if _bucket(kv.key[root:]) <= done]
+        for start in range(0, len(past), batch):
+            self._store.txns([Txn([], [Delete(kv.key)]) for kv in past[start : start + batch]])
+        log.info("claim sweep read it all: %d records, %d index keys", len(kvs), len(index))
         return gone
+
+
+def _bucket(rest: str) -> int:
+    """The bucket of an index key (past its folder); a key not of ours: 0."""
+    try:
+        return int(rest.split("/", 1)[0])
+    except ValueError:
+        return 0
