@@ -194,7 +194,8 @@ class LeaderDuty:
     def _sweep_claims(self) -> None:
         """Named claims past their retention, and quota window counters
         past their window, go, at most once per ``claim_sweep_interval_s``
-        (each sweep reads its whole directory)."""
+        (claims: only the expiry buckets that ended since the last sweep;
+        quota counters: their whole folder)."""
         now = self._clock.now()
         if now - self._claims_swept_at < self._config.claim_sweep_interval_s:
             return
