@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -360,3 +361,73 @@ def test_the_deadline_counts_from_the_requests_arrival_not_its_handler(
         held.close()
         for conn in conns:
             conn.close()
+
+
+def _seed(store: SqliteStore, names: list[str]) -> None:
+    """Ready VMs on three hosts, as a leader's cycle leaves them."""
+    from warmcache.layout import Keys
+    from warmcache.model import HostFacts, InstanceState, PoolInstance
+
+    keys = Keys("warmcache")
+    for r in range(3):
+        facts = HostFacts(
+            hypervisor=f"h{r}", rack=f"r{r}", az="az1", vcpus_total=64, vcpus_free=0,
+            memory_mib_total=1, memory_mib_free=0, disk_gib_total=1, disk_gib_free=0,
+            endpoint="unix:/nowhere",
+        )  # fmt: skip
+        store.put(keys.host("az1", f"h{r}"), facts.model_dump_json())
+    for i, name in enumerate(names):
+        vm = PoolInstance(
+            name=name, az="az1", flavor="small", rack=f"r{i % 3}", hypervisor=f"h{i % 3}",
+            state=InstanceState.READY, created_at=0,
+        )  # fmt: skip
+        store.put(keys.pool("az1", name), vm.model_dump_json())
+
+
+def _acquire(port: int) -> tuple[int, dict[str, object]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        body = json.dumps({"flavor": "small", "az": "az1", "count": 1, "mode": "best-effort"})
+        conn.request("POST", "/v1/acquire", body, {"Content-Type": "application/json"})
+        reply = conn.getresponse()
+        return reply.status, json.loads(reply.read())
+    finally:
+        conn.close()
+
+
+def test_after_a_freeze_no_capacity_is_not_answered_while_the_store_has_vms(
+    instance: tuple[subprocess.Popen[bytes], int, Path],
+) -> None:
+    """Issue 28, item 9: SIGSTOP the instance (8 s in the outside test; 3 s
+    here) while its pool is refilled behind its back, SIGCONT it and ask at
+    once, from 4 clients: every request is served from the VMs the store
+    holds, none refused with a "0 ready" the views believed. (On SQLite the
+    feed catches up by itself here, so this passes without the barrier too:
+    the promise is checked end to end; tests/unit/test_stalls.py freezes
+    the feed and fails without it.)"""
+    proc, port, tmp_path = instance
+    store = SqliteStore(tmp_path / "store.db")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        body = json.dumps({"max_instance_per_cycle": 1, "total_instances": 8})
+        conn.request("PUT", "/v1/rules/az1/small", body, {"Content-Type": "application/json"})
+        assert conn.getresponse().status == 200
+        conn.close()
+        _seed(store, [f"first-{i}" for i in range(4)])
+        wait_for("the first VMs to be served", lambda: _acquire(port)[0] == 200, 10)
+        for _ in range(3):
+            assert _acquire(port)[0] == 200
+        status, reply = _acquire(port)
+        assert status == 409 and reply["error"] == "no_capacity"  # empty, and it knows
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            _seed(store, [f"refill-{i}" for i in range(8)])  # the refill it cannot see
+            frozen_until = time.monotonic() + 3
+            wait_for("the freeze", lambda: time.monotonic() >= frozen_until, 10)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        with ThreadPoolExecutor(4) as clients:
+            replies = list(clients.map(lambda _: _acquire(port), range(8)))
+        assert [status for status, _ in replies] == [200] * 8, replies
+    finally:
+        store.close()
