@@ -6,7 +6,9 @@ A thread ticks every ``tick_s``; a tick that comes more than ``late_s``
 after the previous one means every thread of the process was stopped that
 long, the change feeds included. ``stalled_since(t)`` is True if a stall
 began after ``t`` or one is under way now (the ticker itself has not run
-yet: the process was just resumed).
+yet: the process was just resumed). A watch whose ticker never ran (a
+library user who never started the service: its views catch up on every
+request anyway) never reports a stall.
 """
 
 from __future__ import annotations
@@ -29,16 +31,20 @@ class StallWatch:
         self._clock = clock
         self._last_tick = clock()
         self._stalled_at = float("-inf")  # when the last stall was noticed
+        self._ticking = False
         self.stalls = 0  # how many were noticed (for tests and logs)
 
     def tick(self) -> None:
         now = self._clock()
-        if now - self._last_tick > self.late_s:
+        if self._ticking and now - self._last_tick > self.late_s:
             self._stalled_at = now
             self.stalls += 1
         self._last_tick = now
+        self._ticking = True
 
     def stalled_since(self, since: float) -> bool:
+        if not self._ticking:
+            return False
         now = self._clock()
         return now - self._last_tick > self.late_s or self._stalled_at > since
 

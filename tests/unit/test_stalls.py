@@ -26,6 +26,8 @@ class Ticks:
 def test_a_late_tick_is_a_stall_and_an_overdue_one_is_a_stall_under_way() -> None:
     ticks = Ticks()
     watch = StallWatch(tick_s=0.1, late_s=1.0, clock=ticks)
+    ticks.now += 5.0
+    assert not watch.stalled_since(0.0)  # never ticked (not started): no stall
     for _ in range(20):
         ticks.now += 0.1
         watch.tick()
@@ -49,6 +51,7 @@ def test_after_a_stall_no_capacity_is_said_only_once_the_views_caught_up(
         monkeypatch.setattr(view, "catch_up", lambda *_a, **_k: None)
     ticks = Ticks()
     acquirer.stalls = StallWatch(clock=ticks)
+    acquirer.stalls.tick()  # its ticker runs (a started service)
     svc.run_cycle()  # the pool refilled in the store: 6 ready VMs the views missed
     ticks.now += 8.0  # the process was stopped 8 s
     got = svc.acquire("small", "az1", 3, "best-effort")
