@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ssl
 import threading
-import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +24,7 @@ class ImageServer:
         self.trickle_s = 0.0  # pause between 1 KiB pieces of a reply
         self.gate = threading.Event()  # replies wait for it (set: they go at once)
         self.gate.set()
+        self.closed = threading.Event()  # set on exit: a trickling reply ends at once
         self.waiting = 0  # requests held at the gate
         self._lock = threading.Lock()
         server = self
@@ -53,7 +53,8 @@ class ImageServer:
                     for at in range(0, len(data), 1024):
                         self.wfile.write(data[at : at + 1024])
                         self.wfile.flush()
-                        time.sleep(server.trickle_s)  # the slow server, not the test
+                        if server.closed.wait(server.trickle_s):  # the slow server's pace
+                            return
                 except OSError:
                     return  # the client gave up
 
@@ -81,6 +82,7 @@ class ImageServer:
         _e: BaseException | None,
         _tb: TracebackType | None,
     ) -> None:
+        self.closed.set()
         self.gate.set()
         self._httpd.shutdown()
         self._httpd.server_close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.polling import wait_for
 from warmcache.layout import Keys
 from warmcache.quickstart import QuickstartStack
 
@@ -222,10 +222,12 @@ def test_the_dashboard_in_a_real_browser(stack: QuickstartStack, tmp_path: Path)
         f"--user-data-dir={tmp_path / 'profile'}",
     ]
     # The charts fill as the instance samples its pools (every 2 s here).
-    deadline = time.monotonic() + 60
-    while "collecting" in httpx.get(f"{stack.urls[0]}/live", timeout=10).text:
-        assert time.monotonic() < deadline, "no pool level was sampled twice in 60 s"
-        time.sleep(0.5)
+    wait_for(
+        "a pool level sampled twice",
+        lambda: "collecting" not in httpx.get(f"{stack.urls[0]}/live", timeout=10).text,
+        60,
+        interval_s=0.5,
+    )
     dom = subprocess.run(
         [*flags, "--dump-dom", url], capture_output=True, text=True, timeout=90, check=True
     ).stdout

@@ -5,9 +5,11 @@ time, and goes back to the build it had otherwise (fake builds: a
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from tests.polling import wait_for
@@ -15,8 +17,8 @@ from warmcache_agent.launcher import RESTART, Builds, Launcher
 
 # A build's agent: appends its name to the log; says it is ready unless told
 # not to; then exits with the code it was built with.
-FAKE = """import os, signal, sys, time
-name, ready, code, delay = {name!r}, {ready!r}, {code!r}, {delay!r}
+FAKE = """import os, signal, sys
+name, ready, code, hold = {name!r}, {ready!r}, {code!r}, {hold!r}
 with open({log!r}, "a") as f:
     f.write(name + "\\n")
 fd = os.environ.get("WARMCACHE_READY_FD")
@@ -24,19 +26,20 @@ if ready is True and fd:
     os.write(int(fd), b"ready\\n")
 if ready == "hang":
     signal.pause()  # the fake build that never comes up (the launcher stops it)
-time.sleep(delay)  # up that long before it exits
+if hold:
+    open(hold).read()  # up until the test writes to this FIFO
 sys.exit(code() if callable(code) else code)
 """
 
 
 def build(
-    root: Path, name: str, log: Path, *, ready: object = True, code: int = 0, delay: float = 0.0
+    root: Path, name: str, log: Path, *, ready: object = True, code: int = 0, hold: str = ""
 ) -> Path:
     package = root / name / "warmcache_agent"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "__main__.py").write_text(
-        FAKE.format(name=name, ready=ready, code=code, delay=delay, log=str(log))
+        FAKE.format(name=name, ready=ready, code=code, hold=hold, log=str(log))
     )
     return root / name
 
@@ -130,7 +133,7 @@ def test_a_build_that_crashes_soon_after_ready_is_rolled_back_not_crash_looped(
     launcher = Launcher(tmp_path / "state", [], ready_timeout_s=30, probation_s=30)
     old = build(tmp_path, "old", log)
     launcher.builds._write("current", str(old))
-    launcher.builds.try_next(build(tmp_path, "flaky", log, code=3, delay=0.2))
+    launcher.builds.try_next(build(tmp_path, "flaky", log, code=3))
     assert launcher.run() == 0  # the old build ran again (and exited 0 here)
     assert ran(log) == ["flaky", "old"] and launcher.builds.current == str(old)
     failed = launcher.builds.failed
@@ -141,11 +144,25 @@ def test_a_build_that_crashes_soon_after_ready_is_rolled_back_not_crash_looped(
 
 def test_a_crash_after_the_probation_is_the_builds_own(tmp_path: Path) -> None:
     log = tmp_path / "ran"
+    hold = tmp_path / "hold"
+    os.mkfifo(hold)
     launcher = Launcher(tmp_path / "state", [], ready_timeout_s=30, probation_s=0.2)
     launcher.builds._write("current", str(build(tmp_path, "old", log)))
-    new = build(tmp_path, "new", log, code=3, delay=1.0)
+    new = build(tmp_path, "new", log, code=3, hold=str(hold))
     launcher.builds.try_next(new)
+
+    def crash_once_settled() -> None:  # beside the launcher (it wants the main thread)
+        wait_for(
+            "the build to pass its probation",
+            lambda: launcher.builds.current == str(new) and launcher.builds.probation is None,
+            30,
+        )
+        hold.write_text("exit now\n")  # then it crashes
+
+    helper = threading.Thread(target=crash_once_settled)
+    helper.start()
     assert launcher.run() == 3  # systemd restarts it: the build passed its probation
+    helper.join()
     assert launcher.builds.current == str(new) and launcher.builds.failed is None
 
 
