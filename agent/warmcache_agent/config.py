@@ -37,7 +37,7 @@ url = "http://10.0.0.5:2379"
 ttl_s = 10
 update_check_s = 60           # looks for an update slot this often
 update_sources = ["https://artifacts.example.internal/warmcache/"]  # where builds may come from
-update_probation_s = 60       # a new build that exits this soon after "ready" is rolled back
+update_probation_s = 60       # exits with an error this soon after "ready": rolled back
 """
 
 from __future__ import annotations
@@ -93,8 +93,10 @@ class ServerLimits(BaseModel):
         default=10.0,
         gt=0,
         le=3600,
-        description="a request must arrive whole (TLS handshake, headers and body) within "
-        "this long of its first byte, however steadily it trickles in: else 408 and closed",
+        description="warmcache-proxy (--request-timeout): a TLS handshake, and each request "
+        "(headers and body), must arrive whole within this long of its first byte, however "
+        "steadily it trickles in: else 408 and closed. (The agent's socket takes its one "
+        "request line within idle_timeout_s in all.)",
     )
 
 
@@ -122,8 +124,8 @@ class InventoryConfig(StoreConnection):
         default=60.0,
         gt=0,
         le=86400,
-        description="the launcher rolls a new build back if it exits within this long of "
-        "saying it was ready (a crash loop ends on the last good build)",
+        description="the launcher rolls a new build back if it exits with an error within "
+        "this long of saying it was ready (a crash loop ends on the last good build)",
     )
 
     @field_validator("update_sources")

@@ -11,9 +11,9 @@ launcher hands it: no polling); then ``trying`` becomes ``current``.
 Otherwise (not ready in time, or it exits first) it is stopped, the reason
 is written to ``failed`` and the child is started from ``current`` again.
 A build kept is on probation for ``update_probation_s`` (the agent config's
-``[inventory]``, or ``--probation``): if it exits (other than ``RESTART``)
-with an error within that time of saying it was ready, it is refused the same way and
-the previous build runs again; the probation is written down
+``[inventory]``, or ``--probation``): if it exits with an error within that
+time of saying it was ready, it is refused the same way and the previous
+build runs again; the probation is written down
 (``probation``), so a launcher that died with it (the whole unit crashed)
 rolls back at its next start. A crash loop so always ends on the last good
 build.
@@ -288,18 +288,18 @@ def _stop(child: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
 
 
 def _probation_s(agent_args: list[str], default: float = 60.0) -> float:
-    """``[inventory] update_probation_s`` from the agent's ``--config`` (the
-    launcher reads that one key: a config it cannot read is the agent's to
-    refuse, not the launcher's)."""
-    import tomllib
+    """``[inventory] update_probation_s`` of the agent's ``--config`` (a
+    config that does not load is the agent's to refuse, not the launcher's:
+    the default then)."""
+    from warmcache.errors import ConfigError
+    from warmcache_agent.config import load_agent_config
 
     try:
         path = agent_args[agent_args.index("--config") + 1]
-        with open(path, "rb") as src:
-            value = tomllib.load(src).get("inventory", {}).get("update_probation_s", default)
-        return float(value) if float(value) > 0 else default
-    except (ValueError, IndexError, OSError, TypeError, tomllib.TOMLDecodeError):
+        inventory = load_agent_config(path).inventory
+    except (ConfigError, ValueError, IndexError, OSError):
         return default
+    return inventory.update_probation_s if inventory is not None else default
 
 
 def main() -> None:

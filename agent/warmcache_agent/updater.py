@@ -139,8 +139,7 @@ def describe(wheel: Path) -> tuple[str, str, str]:
             code = code_sha256(Path(tmp) / "warmcache_agent")
     except (OSError, zipfile.BadZipFile) as exc:
         raise UpdateRefused(f"{wheel}: {exc}") from exc
-    parts = wheel.name.split("-")
-    version = parts[1] if len(parts) >= 5 else "?"
+    version = _wheel_version(wheel, "?")
     return version, code, hashlib.sha256(wheel.read_bytes()).hexdigest()
 
 
@@ -188,9 +187,7 @@ def install(
             raise UpdateRefused(
                 f"the installed agent code hashes to {code}, the desired build says {expect}"
             )
-        parts = wheel.name.split("-")
-        version = parts[1] if len(parts) >= 5 else "build"
-        target = versions / f"{version}.{code}"
+        target = versions / f"{_wheel_version(wheel, 'build')}.{code}"
         if not (target / "warmcache_agent" / "daemon.py").exists():
             if target.exists():  # a broken leftover of this very code: set aside
                 target.replace(versions / f".{uuid.uuid4().hex}.trash")
@@ -200,3 +197,9 @@ def install(
         raise UpdateRefused(f"{wheel.name}: pip install took over {exc.timeout:.0f} s") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _wheel_version(wheel: Path, unknown: str) -> str:
+    """The version in a wheel's file name (name-version-python-abi-platform)."""
+    parts = wheel.name.split("-")
+    return parts[1] if len(parts) >= 5 else unknown

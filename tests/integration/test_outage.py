@@ -31,6 +31,20 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 DEADLINE_S = 1.0
 
 
+def ready_vm(service: Any, name: str, rack: int) -> None:
+    """A ready VM of az1/small on host ``h<rack>``, as a cycle leaves it."""
+    vm = PoolInstance(
+        name=name,
+        az="az1",
+        flavor="small",
+        rack=f"r{rack}",
+        hypervisor=f"h{rack}",
+        state=InstanceState.READY,
+        created_at=0,
+    )
+    service.store.put(Keys(service.config.prefix).pool("az1", name), vm.model_dump_json())
+
+
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
     """An etcd of its own (this test stops it) and a started instance."""
@@ -75,16 +89,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
         )
         store.put(Keys(prefix).host("az1", f"h{r}"), facts.model_dump_json())
         for i in range(4):
-            vm = PoolInstance(
-                name=f"vm-{r}-{i}",
-                az="az1",
-                flavor="small",
-                rack=f"r{r}",
-                hypervisor=f"h{r}",
-                state=InstanceState.READY,
-                created_at=0,
-            )
-            store.put(Keys(prefix).pool("az1", vm.name), vm.model_dump_json())
+            ready_vm(service, f"vm-{r}-{i}", r)
     service.rules.put("az1", "small", {"max_instance_per_cycle": 1, "total_instances": 12})
     service.start()
     wait_for("the views to load", lambda: len(service.acquirer.index) == 12, 10)
@@ -145,18 +150,8 @@ def test_through_an_etcd_restart_every_answer_keeps_its_deadline(
     import threading
 
     service, cluster = stack
-    keys = Keys(service.config.prefix)
     for i in range(300):  # enough not to run out before the end
-        vm = PoolInstance(
-            name=f"more-{i}",
-            az="az1",
-            flavor="small",
-            rack=f"r{i % 3}",
-            hypervisor=f"h{i % 3}",
-            state=InstanceState.READY,
-            created_at=0,
-        )
-        service.store.put(keys.pool("az1", vm.name), vm.model_dump_json())
+        ready_vm(service, f"more-{i}", i % 3)
     wait_for("the views to load", lambda: len(service.acquirer.index) == 312, 10)
     app = create_app(service)
     member = cluster.members[0]

@@ -357,3 +357,41 @@ def test_after_its_first_sweep_a_sweep_reads_only_what_expired(
     assert svc.duty._claims.sweep(clock.now()) == 1
     assert store_range(keys.claim_expiry_dir())[0] == []  # the index empties too
     assert store_range(keys.claims_dir())[0] == []
+
+
+def test_a_sweep_of_an_old_bucket_never_removes_a_newer_claim_of_the_same_id(
+    sqlite_store: Any,
+) -> None:
+    """An id whose record was deleted (its VMs given back after a failed
+    resume) may be claimed again, landing in a later expiry bucket: sweeping
+    the first bucket must leave the second claim's record, or a repeat of
+    it would claim more VMs (handed out twice under one id)."""
+    from warmcache.acquire.claims import BUCKET_S, ClaimLog, ClaimRecord
+    from warmcache.layout import Keys
+    from warmcache.model import Mode
+    from warmcache.ports import Delete, Put
+
+    keys = Keys("wc")
+    log = ClaimLog(sqlite_store, keys)
+    log.sweep(now=0.0)  # its first, whole sweep: the index from here
+
+    def land(expires_at: float) -> None:  # as the claim's transaction writes it
+        rec = ClaimRecord(
+            claim_id="reused", requester="r", flavor="small", az="az1", count=1,
+            mode=Mode.BEST_EFFORT, acquired_at=0.0, expires_at=expires_at, vms=[],
+        )  # fmt: skip
+        sqlite_store.txn(
+            [],
+            [
+                Put(keys.claim("reused"), rec.model_dump_json()),
+                Put(log.expiry_key("reused", expires_at), "1"),
+            ],
+        )
+
+    land(expires_at=BUCKET_S)
+    sqlite_store.txn([], [Delete(keys.claim("reused"))])  # given back
+    land(expires_at=10 * BUCKET_S)  # claimed again
+    assert log.sweep(now=3 * BUCKET_S) == 0  # the first bucket is past, not the second
+    assert log.get("reused").expires_at == 10 * BUCKET_S
+    assert log.sweep(now=12 * BUCKET_S) == 1
+    assert sqlite_store.range(keys.claim_expiry_dir())[0] == []

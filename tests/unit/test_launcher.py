@@ -180,3 +180,15 @@ def test_a_launcher_that_died_during_a_probation_rolls_back_at_its_next_start(
     assert ran(log) == ["old"] and launcher.builds.current == str(old)
     failed = launcher.builds.failed
     assert failed is not None and "probation" in str(failed["why"])
+
+
+def test_the_probation_comes_from_the_agents_config(tmp_path: Path) -> None:
+    from warmcache_agent.launcher import _probation_s
+
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        'hypervisor = "h1"\nrack = "r1"\naz = "az1"\n'
+        f'[inventory]\nkind = "sqlite"\npath = "{tmp_path / "s.db"}"\nupdate_probation_s = 7\n'
+    )
+    assert _probation_s(["--socket", "x", "--config", str(config)]) == 7.0
+    assert _probation_s(["--config", str(tmp_path / "missing.toml")]) == 60.0

@@ -41,6 +41,15 @@ def status(store: SqliteStore, hv: str) -> UpdateStatus | None:
     return UpdateStatus.model_validate_json(found.value) if found else None
 
 
+def offer(store: SqliteStore, tmp_path: Path, content: bytes) -> None:
+    """An artifact of ``content`` desired (with a sha256 it does not have)
+    and a slot for it granted to h1."""
+    artifact = tmp_path / "warmcache-0.2.0-py3-none-any.whl"
+    artifact.write_bytes(content)
+    store.put(KEYS.agents_desired(), desired(artifact, "55" * 32).model_dump_json())
+    grant(store, "h1")
+
+
 def syncer(
     store: SqliteStore,
     builds: Builds | None,
@@ -77,10 +86,7 @@ def test_an_agent_acts_only_on_a_slot_for_the_desired_build_it_does_not_run(
 def test_a_corrupt_artifact_is_refused_reported_once_and_nothing_restarts(
     sqlite_store: SqliteStore, tmp_path: Path
 ) -> None:
-    artifact = tmp_path / "warmcache-0.2.0-py3-none-any.whl"
-    artifact.write_bytes(b"not the wheel the operator vouched for")
-    sqlite_store.put(KEYS.agents_desired(), desired(artifact, "55" * 32).model_dump_json())
-    grant(sqlite_store, "h1")
+    offer(sqlite_store, tmp_path, b"not the wheel the operator vouched for")
     restarts: list[int] = []
     builds = Builds(tmp_path / "state")
     agent = syncer(sqlite_store, builds, restarts)
@@ -156,10 +162,7 @@ def test_the_leader_frees_a_refused_slot_says_why_and_moves_on(
 def test_an_artifact_from_outside_the_allowed_sources_is_refused_and_reported(
     sqlite_store: SqliteStore, tmp_path: Path
 ) -> None:
-    artifact = tmp_path / "warmcache-0.2.0-py3-none-any.whl"
-    artifact.write_bytes(b"never read")
-    sqlite_store.put(KEYS.agents_desired(), desired(artifact, "55" * 32).model_dump_json())
-    grant(sqlite_store, "h1")
+    offer(sqlite_store, tmp_path, b"never read")
     restarts: list[int] = []
     agent = syncer(sqlite_store, Builds(tmp_path / "state"), restarts, sources=("/srv/builds",))
     assert agent.check() is False

@@ -28,7 +28,7 @@ from warmcache.acquire.claims import ClaimRecord
 from warmcache.acquire.index import PoolIndex
 from warmcache.acquire.ledger import DemandLedger
 from warmcache.acquire.quota_limits import QuotaLimitsView
-from warmcache.acquire.quotas import NO_RESERVATION, Quotas
+from warmcache.acquire.quotas import Quotas
 from warmcache.acquire.targets import TargetView
 from warmcache.acquire.wake import Waker
 from warmcache.builders.deficits import below_low_water
@@ -235,16 +235,7 @@ class Acquirer:
                     except NoCapacity:
                         if not self._behind():
                             raise  # definitive: the views held what the store holds
-                        request = dataclasses.replace(
-                            request,
-                            outcome=None,
-                            chosen=[],
-                            waiting=False,
-                            waits=0,
-                            attempts=0,
-                            reservation=NO_RESERVATION,
-                            wake=threading.Event(),
-                        )
+                        request = request.again()
                         claimed = self.claimer.claim(request)
                 except NoCapacity:
                     # What a pool too small was asked for is demand too.
@@ -312,17 +303,7 @@ class Acquirer:
                 break  # handed out before (a repeat), or changed: nothing to undo
             if attempt == 0:
                 with deadline.within(self._config.request_deadline_s):
-                    again = dataclasses.replace(
-                        request,
-                        outcome=None,
-                        attempts=0,
-                        chosen=[],
-                        waiting=False,
-                        waits=0,
-                        wake=threading.Event(),
-                        deadline=deadline.current(),
-                    )
-                    claimed = self.claimer.claim(again)
+                    claimed = self.claimer.claim(request.again(deadline=deadline.current()))
                 if all(vm.standby == "running" for vm in claimed.vms):
                     return claimed
         raise ResumeFailed(request.flavor, request.az, failures)

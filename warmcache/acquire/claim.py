@@ -49,6 +49,7 @@ learns its new value from the reply and decides again.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -115,6 +116,22 @@ class ClaimRequest:
     @property
     def pool(self) -> tuple[str, str]:
         return self.az, self.flavor
+
+    def again(self, deadline: float | None = None) -> ClaimRequest:
+        """The same request, to be claimed once more: its per-try state
+        (outcome, attempts, choice, waits, wake-up) fresh; ``deadline``
+        replaces its deadline when given."""
+        return dataclasses.replace(
+            self,
+            outcome=None,
+            attempts=0,
+            chosen=[],
+            waiting=False,
+            waits=0,
+            reservation=NO_RESERVATION,
+            wake=threading.Event(),
+            deadline=self.deadline if deadline is None else deadline,
+        )
 
     def result(self) -> Claimed:
         if isinstance(self.outcome, BaseException):

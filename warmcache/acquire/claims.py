@@ -107,12 +107,13 @@ class ClaimLog:
         gone = 0
         for start in range(0, len(kvs), batch):
             chunk = kvs[start : start + batch]
+            records = [self.key(kv.key.rsplit("/", 1)[1]) for kv in chunk]
             txns = [
                 Txn(
-                    [Compare.mod_revision(self.key(kv.key.rsplit("/", 1)[1]), kv.mod_revision)],
-                    [Delete(self.key(kv.key.rsplit("/", 1)[1])), Delete(kv.key)],
+                    [Compare.mod_revision(record, kv.mod_revision)],
+                    [Delete(record), Delete(kv.key)],
                 )
-                for kv in chunk
+                for record, kv in zip(records, chunk, strict=True)
             ]
             results = self._store.txns(txns)
             gone += sum(1 for r in results if r.succeeded)
