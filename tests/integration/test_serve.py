@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import json
 import os
+import select
 import signal
 import socket
 import sqlite3
@@ -187,11 +188,9 @@ def test_a_request_beyond_the_threads_and_queue_is_refused_at_once(
     _, port, tmp_path = instance
     held = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
     held.execute("BEGIN IMMEDIATE")
-    writer = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    writer: http.client.HTTPConnection | None = None
     try:
-        body = json.dumps({"max_instance_per_cycle": 1, "total_instances": 1})
-        writer.request("PUT", "/v1/rules/az1/small", body, {"Content-Type": "application/json"})
-        wait_for("the worker to be taken", lambda: _overloaded(port), 10)
+        writer = wait_for("the worker to be taken", lambda: _hold_the_worker(port), 20)
         started = time.monotonic()
         assert _overloaded(port, timeout_s=10)
         # at once: the held request takes 30 s (SQLite's busy timeout)
@@ -202,7 +201,30 @@ def test_a_request_beyond_the_threads_and_queue_is_refused_at_once(
         with contextlib.suppress(sqlite3.Error):
             held.execute("ROLLBACK")
         held.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
+
+
+def _hold_the_worker(port: int) -> http.client.HTTPConnection | None:
+    """Sends a rule write, which waits for SQLite's write lock (held); the
+    worker is taken once its reply is still due while a probe is refused.
+    A write that lands while the worker still ends the fixture's health
+    check is itself refused (503, a reply at once): "not yet", sent again."""
+    writer = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    body = json.dumps({"max_instance_per_cycle": 1, "total_instances": 1})
+    writer.request("PUT", "/v1/rules/az1/small", body, {"Content-Type": "application/json"})
+    assert writer.sock is not None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if _overloaded(port):  # by the write, or by the health check's end?
+            if not select.select([writer.sock], [], [], 1.0)[0]:
+                return writer  # the write is not answered: it holds the worker
+            break
+        if select.select([writer.sock], [], [], 0)[0]:
+            break
+    assert writer.getresponse().status == 503  # answered at once: it was refused
+    writer.close()
+    return None
 
 
 def _overloaded(port: int, timeout_s: float = 2.0) -> bool:
