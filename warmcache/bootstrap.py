@@ -272,4 +272,5 @@ def build(config: Config | str | Path, *, clock: Clock | None = None) -> WarmCac
         on_close=close,
         demand=config.demand,
         quotas=config.quotas.limits,
+        cost=config.cost,
     )

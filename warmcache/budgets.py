@@ -1,7 +1,8 @@
 """AZ budgets for demand-sized pools, at ``<prefix>/budgets/<az>``.
 
 A budget caps what an AZ's pools hold (ready, reserved and building), in
-VMs or in vCPUs: static pools take their ``total_instances`` first, and the
+VMs, in vCPUs, or in cost units (each VM weighted by its standby tier,
+``[cost]``): static pools take their ``total_instances`` first, and the
 rest is split over the demand-sized pools by what one more VM saves
 (``warmcache.demand.split``). Placement capacity stays a hard limit on
 top. Every write is validated first; a bad budget raises
@@ -33,7 +34,7 @@ class VmBudget(_Budget):
     vms: JsonInt = Field(ge=0, le=MAX_BUDGET)
 
     @property
-    def unit(self) -> Literal["vms", "vcpus"]:
+    def unit(self) -> Literal["vms", "vcpus", "cost"]:
         return "vms"
 
     @property
@@ -47,7 +48,7 @@ class VcpuBudget(_Budget):
     vcpus: JsonInt = Field(ge=0, le=MAX_BUDGET)
 
     @property
-    def unit(self) -> Literal["vms", "vcpus"]:
+    def unit(self) -> Literal["vms", "vcpus", "cost"]:
         return "vcpus"
 
     @property
@@ -55,12 +56,31 @@ class VcpuBudget(_Budget):
         return self.vcpus
 
 
-# What an AZ's pools may hold: {"vms": N} or {"vcpus": N}, exactly one.
-Budget = VmBudget | VcpuBudget
+class CostBudget(_Budget):
+    """At most ``cost`` cost units per hour of waiting VMs, each VM weighted
+    by its tier (``[cost]``: a saved VM costs a fiftieth of a running one by
+    default). Amounts are kept in hundredths of a unit."""
+
+    cost: float = Field(ge=0, le=MAX_BUDGET, allow_inf_nan=False)
+
+    @property
+    def unit(self) -> Literal["vms", "vcpus", "cost"]:
+        return "cost"
+
+    @property
+    def amount(self) -> int:
+        return round(self.cost * COST_SCALE)
+
+
+COST_SCALE = 100  # a cost budget's amount: hundredths of a cost unit
+
+
+# What an AZ's pools may hold: {"vms": N}, {"vcpus": N} or {"cost": X}, exactly one.
+Budget = VmBudget | VcpuBudget | CostBudget
 
 
 class BudgetBody(RootModel[Budget]):
-    """A budget as a request body: ``{"vms": N}`` or ``{"vcpus": N}``."""
+    """A budget as a request body: ``{"vms": N}``, ``{"vcpus": N}`` or ``{"cost": X}``."""
 
 
 def parse_budget(data: Mapping[str, Any] | str) -> Budget:
@@ -70,7 +90,7 @@ def parse_budget(data: Mapping[str, Any] | str) -> Budget:
         return BudgetBody.model_validate(data).root
     except ValidationError as exc:
         raise InvalidRequest.from_validation(
-            'invalid budget: give {"vms": N} or {"vcpus": N}', exc
+            'invalid budget: give {"vms": N}, {"vcpus": N} or {"cost": X}', exc
         ) from exc
 
 

@@ -539,6 +539,49 @@ class DemandConfig(_Section):
         return self
 
 
+class CostConfig(_Section):
+    """What an idle VM costs per hour in each standby tier, and what waking
+    one adds to an acquisition (issue 29): the objective sizer's weights.
+    Defaults: a VM's cost taken as half memory, half CPU (paused keeps the
+    memory, saved only a disk image), and bench/standby.py's wake times on
+    real guests."""
+
+    running: float = Field(
+        default=1.0, gt=0, le=1_000_000, description="Cost units per running VM-hour."
+    )
+    paused: float = Field(
+        default=0.5, gt=0, le=1_000_000, description="Cost units per paused VM-hour."
+    )
+    saved: float = Field(
+        default=0.02, gt=0, le=1_000_000, description="Cost units per saved VM-hour."
+    )
+    running_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=600_000,
+        description="Latency an acquisition served from running VMs pays (its 99th "
+        "percentile, ms): the objective's p99 compares against these.",
+    )
+    paused_ms: float = Field(
+        default=150.0,
+        ge=0,
+        le=600_000,
+        description="Latency waking paused VMs adds to an acquisition (p99, ms).",
+    )
+    saved_ms: float = Field(
+        default=1000.0,
+        ge=0,
+        le=600_000,
+        description="Latency restoring saved VMs adds to an acquisition (p99, ms).",
+    )
+
+    def weight(self, tier: str) -> float:
+        return float(getattr(self, tier))
+
+    def wake_ms(self, tier: str) -> float:
+        return float(getattr(self, f"{tier}_ms"))
+
+
 class QuotaLimit(_Section):
     requester: str = Field(
         min_length=1,
@@ -615,6 +658,7 @@ class Config(BaseSettings):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     demand: DemandConfig = Field(default_factory=DemandConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
     quotas: QuotasConfig = Field(default_factory=QuotasConfig)
     agent_tls: AgentTlsConfig | None = Field(
         default=None, description="Needed when agents advertise https:// (a proxy)."

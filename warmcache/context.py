@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from warmcache.config import DemandConfig, QuotaLimit, ServiceConfig
+from warmcache.config import CostConfig, DemandConfig, QuotaLimit, ServiceConfig
 from warmcache.inventory import DrainView, HostView
 from warmcache.layout import Keys
 from warmcache.model import PoolInstance
@@ -39,6 +39,7 @@ class ServiceContext:
     addresses: AddressRelease  # how a removed VM's addresses go into quarantine
     demand: DemandConfig = field(default_factory=DemandConfig)  # demand-driven sizing ([demand])
     quotas: tuple[QuotaLimit, ...] = ()  # per-requester limits ([[quotas.limits]])
+    cost: CostConfig = field(default_factory=CostConfig)  # tier weights ([cost])
     # Take a handed-out VM back from its holder for deletion (an operator's
     # purge_vm): set once the VMs' room exists (``WarmCache``).
     release_vm: Callable[[str], PoolInstance] | None = None
@@ -55,6 +56,7 @@ class ServiceContext:
         clock: Clock,
         demand: DemandConfig | None = None,
         quotas: Sequence[QuotaLimit] = (),
+        cost: CostConfig | None = None,
     ) -> ServiceContext:
         """The context over these ports, with the key layout of
         ``config.prefix`` and the live host and drain views over it."""
@@ -74,6 +76,7 @@ class ServiceContext:
             release,
             demand or DemandConfig(),
             tuple(quotas),
+            cost=cost or CostConfig(),
         )
 
     def emit(self, type_: str, **fields: object) -> None:

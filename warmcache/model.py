@@ -123,6 +123,39 @@ class Flavor(_Frozen):
     preallocation: Preallocation = "off"
 
 
+STANDBY_TIERS = ("running", "paused", "saved")  # the order acquisitions take them in
+
+
+class Tiers(_Frozen):
+    """How many of a pool's waiting VMs each standby tier holds. Acquisitions
+    take running VMs first, then paused, then saved (resumed in the claim)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    running: Count = 0
+    paused: Count = 0
+    saved: Count = 0
+
+    @property
+    def total(self) -> int:
+        return self.running + self.paused + self.saved
+
+    def as_dict(self) -> dict[str, int]:
+        return {"running": self.running, "paused": self.paused, "saved": self.saved}
+
+
+class Objective(_Frozen):
+    """What a pool must achieve (issue 29): the share of requests served
+    from the pool at once, and the latency a request may pay for waking
+    the VMs it gets (its 99th percentile). The sizer picks the tier mix
+    that meets it at the least weighted cost (``warmcache.objective``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    served_at_once: float = Field(ge=0.5, le=0.9999)
+    p99_acquire_ms: JsonInt | None = Field(default=None, ge=1, le=600_000)
+
+
 class BuildRule(_Frozen):
     """One AZ x flavor build rule (DESIGN.md §6). Strict: ``"2"`` is not 2."""
 
@@ -147,6 +180,18 @@ class BuildRule(_Frozen):
     # (memory kept, no CPU) or saved (memory on disk, freed on the host).
     # Acquisitions resume the VMs they take before handing them out.
     standby: Literal["running", "paused", "saved"] = "running"
+    # Or a mix (issue 29): so many running, paused and saved, adding up to
+    # total_instances (a demand- or objective-sized pool's mix is the
+    # sizer's). Given, standby stays "running".
+    tiers: Tiers | None = None
+    # Objective-driven sizing (needs sizing = "demand"): the tier targets
+    # that meet it at the least weighted cost ([cost]), within [min_instances,
+    # total_instances] and the AZ's budget.
+    objective: Objective | None = None
+    # A target that falls takes effect once the lower one has held this long
+    # (hysteresis after a burst); meanwhile the surplus waits in the cheapest
+    # tier the objective allows. None: at once.
+    decay_after_s: JsonInt | None = Field(default=None, ge=0, le=7 * 86_400)
     # How the pool's target is set: "static" (total_instances) or "demand"
     # (from its acquisition history, warmcache.demand): the forecast's ask
     # within [min_instances, total_instances], and within the AZ's budget.
@@ -190,6 +235,16 @@ class BuildRule(_Frozen):
             raise ValueError(
                 f"reserve_cap ({self.reserve_cap}) exceeds total_instances ({self.total_instances})"
             )
+        if self.tiers is not None:
+            if self.standby != "running":
+                raise ValueError("give tiers or standby, not both (tiers hold every state)")
+            if self.sizing == "static" and self.tiers.total != self.total_instances:
+                raise ValueError(
+                    f"tiers add up to {self.tiers.total}, not total_instances "
+                    f"({self.total_instances})"
+                )
+        if self.objective is not None and self.sizing != "demand":
+            raise ValueError('an objective sizes the pool from its demand: set sizing = "demand"')
         if self.min_instances > self.total_instances:
             raise ValueError(
                 f"min_instances ({self.min_instances}) exceeds total_instances "
@@ -197,15 +252,30 @@ class BuildRule(_Frozen):
             )
         return self
 
-    def sized(self, target: int) -> BuildRule:
+    def sized(self, target: int, tiers: Tiers | None = None) -> BuildRule:
         """This rule with the target a demand-sized pool has now (never
-        below its reserve): what the cycle and the low-water mark use."""
+        below its reserve), and the tier mix the sizer chose for it (VMs
+        the reserve adds run): what the cycle and the low-water mark use."""
         total = max(target, self.reserve_cap)
-        return (
-            self
-            if total == self.total_instances
-            else self.model_copy(update={"total_instances": total})
-        )
+        update: dict[str, object] = {}
+        if total != self.total_instances:
+            update["total_instances"] = total
+        if tiers is not None:
+            extra = max(0, total - tiers.total)
+            mix = tiers.model_copy(update={"running": tiers.running + extra})
+            if mix != self.tiers:
+                update["tiers"] = mix
+        return self.model_copy(update=update) if update else self
+
+    def tier_targets(self) -> Tiers:
+        """How many VMs each tier holds: the mix, else all in ``standby``."""
+        if self.tiers is not None and self.tiers.total == self.total_instances:
+            return self.tiers
+        if self.tiers is not None:  # a ceiling, not yet sized: what is beyond runs
+            paused = min(self.tiers.paused, self.total_instances)
+            saved = min(self.tiers.saved, self.total_instances - paused)
+            return Tiers(running=self.total_instances - paused - saved, paused=paused, saved=saved)
+        return Tiers.model_validate({self.standby: self.total_instances})
 
 
 def pool_generation(flavor: Flavor, rule: BuildRule, image_digest: str = "") -> str:

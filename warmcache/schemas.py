@@ -412,9 +412,41 @@ class DemandForecast(_Reply):
 
 
 class BudgetShare(_Reply):
-    unit: Literal["vms", "vcpus"]
-    total: int
-    share: int = Field(description="budget units this pool's target takes")
+    unit: Literal["vms", "vcpus", "cost"]
+    total: float
+    share: float = Field(description="budget units this pool's target takes")
+
+
+class TierMix(_Reply):
+    running: int
+    paused: int
+    saved: int
+
+
+class MixOutlook(_Reply):
+    """One tier mix the objective sizer weighed, and what it expects of it."""
+
+    mix: TierMix
+    served_at_once: float = Field(description="expected share of requests served at once")
+    p99_acquire_ms: float | None = Field(
+        description="expected 99th percentile of acquisition latency (null: beyond the pool)"
+    )
+    cost_per_h: float = Field(description="weighted cost units per hour while its VMs wait")
+    meets_objective: bool
+
+
+class ObjectiveChoice(_Reply):
+    """An objective pool's sizing: the objective, the chosen mix, what else
+    was weighed (cheapest first)."""
+
+    served_at_once: float
+    p99_acquire_ms: int | None
+    chosen: MixOutlook
+    objective_reachable: bool = Field(
+        description="false: nothing within the ceiling or budget meets it (the mix "
+        "serving the most within the latency asked was chosen)"
+    )
+    alternatives: list[MixOutlook]
 
 
 class Sizing(_Reply):
@@ -435,6 +467,7 @@ class Sizing(_Reply):
     history: DemandHistory | None = None
     forecast: DemandForecast | None = None
     budget: BudgetShare | None = None
+    objective: ObjectiveChoice | None = None
 
 
 class Explain(_Reply):

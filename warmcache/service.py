@@ -30,7 +30,7 @@ from warmcache.agent_versions import AgentVersions
 from warmcache.approvals import Approvals
 from warmcache.budgets import BudgetBook
 from warmcache.builders.cycle import CycleReport
-from warmcache.config import Config, DemandConfig, QuotaLimit, ServiceConfig
+from warmcache.config import Config, CostConfig, DemandConfig, QuotaLimit, ServiceConfig
 from warmcache.context import ServiceContext
 from warmcache.errors import StoreError
 from warmcache.fleet import FleetView
@@ -74,6 +74,7 @@ class WarmCache:
         on_close: Callable[[], None] | None = None,
         demand: DemandConfig | None = None,
         quotas: Sequence[QuotaLimit] = (),
+        cost: CostConfig | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -85,7 +86,7 @@ class WarmCache:
         self.agent_for = agent_for
         self.clock = clock
         ctx = ServiceContext.assemble(
-            config, store, catalog, agent_for, self.events, alerts, clock, demand, quotas
+            config, store, catalog, agent_for, self.events, alerts, clock, demand, quotas, cost
         )
         self.keys, self.hosts, self.drains = ctx.keys, ctx.hosts, ctx.drains
         self.rules = RuleBook(store, self.keys, catalog)

@@ -6,6 +6,7 @@ it. Injected clock throughout."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -14,14 +15,14 @@ import pytest
 
 from warmcache.acquire.ledger import DemandLedger
 from warmcache.adapters.sqlite_store import SqliteStore
-from warmcache.budgets import Budget, VcpuBudget, VmBudget
+from warmcache.budgets import Budget, CostBudget, VcpuBudget, VmBudget
 from warmcache.builders.sizing import size_az
 from warmcache.clock import ManualClock
 from warmcache.config import DemandConfig
 from warmcache.demand import HOUR_S, Chunk, PoolHistory
 from warmcache.errors import InvalidRequest, NoCapacity, StoreUnavailable
 from warmcache.layout import DemandRecords, Keys
-from warmcache.model import BuildRule, Flavor
+from warmcache.model import BuildRule, Flavor, Tiers
 from warmcache.ports import CoordinationStore
 from warmcache.service import WarmCache
 from warmcache.web import create_app
@@ -351,3 +352,63 @@ def test_a_rule_with_a_floor_above_its_ceiling_is_refused(service: WarmCache) ->
         )
     assert "min_instances (4) exceeds total_instances (3)" in str(refused.value.errors)
     assert service.rules.get("az1", "small") is None  # nothing stored
+
+
+# --- objective pools (issue 29) ---------------------------------------------------------
+
+
+def test_an_objective_pool_gets_the_cheapest_mix_and_explains_it(
+    make_service: Callable[..., WarmCache], clock: ManualClock
+) -> None:
+    """A request for 2 VMs a minute, builds of 1 s: 3 VMs serve 99% (2 would
+    miss the ones that find the last refill still building). A p99 of
+    1,000 ms allows saved VMs (1,000 ms to restore): all saved, at a
+    fiftieth of what running ones cost; a p99 of 200 ms makes them paused;
+    the leader builds and parks that mix."""
+    svc = make_service(demand=DEMAND.model_copy(update={"build_s": 1.0}), cycle_interval_s=60)
+    objective = {"served_at_once": 0.99, "p99_acquire_ms": 1000}
+    svc.rules.put("az1", "small", rule(total_instances=10, objective=objective).model_dump())
+    for _ in range(30):
+        svc.acquirer.ledger.record("az1", "small", 2)
+        clock.advance(60)
+    svc.run_cycle()
+    [summary] = svc.pools()
+    assert summary.target == 3 and summary.standby == {"saved": 3}
+    web = create_app(svc).test_client()
+    explained = web.get("/v1/explain/az1/small").get_json()["sizing"]["objective"]
+    assert explained["served_at_once"] == 0.99 and explained["p99_acquire_ms"] == 1000
+    chosen = explained["chosen"]  # as the pool stands now (its builds were measured)
+    n = chosen["mix"]["saved"]
+    assert chosen["mix"] == {"running": 0, "paused": 0, "saved": n} and n >= 2
+    assert chosen["served_at_once"] >= 0.99 and explained["objective_reachable"]
+    weighed = {json.dumps(a["mix"], sort_keys=True): a for a in explained["alternatives"]}
+    running = weighed[json.dumps({"paused": 0, "running": n, "saved": 0}, sort_keys=True)]
+    assert running["cost_per_h"] == n > chosen["cost_per_h"] == round(n * 0.02, 4)
+    event = svc.events.recent(5, "pool.target")[0].fields
+    assert event["tiers"] == {"running": 0, "paused": 0, "saved": 3}
+    objective["p99_acquire_ms"] = 200
+    svc.rules.put("az1", "small", rule(total_instances=10, objective=objective).model_dump())
+    svc.run_cycle()
+    # paused now; and its builds, measured at 0 s, make 2 enough: the third
+    # waits saved, the cheapest, until it retires
+    assert svc.pools()[0].standby == {"paused": 2, "saved": 1}
+    assert len(svc.acquire("small", "az1", 2, "best-effort")) == 2
+
+
+def test_a_cost_budget_scales_objective_pools_down_and_says_the_objective_is_missed() -> None:
+    """Requests of 1 VM twice a minute, builds of 60 s: 7 VMs serve 99%; a
+    p99 of 50 ms keeps them running. A budget of 3 cost units buys 3."""
+    objective = {"served_at_once": 0.99, "p99_acquire_ms": 50}  # running VMs only
+
+    def sized(budget: Budget | None) -> Any:
+        return size_az(
+            {"small": rule(objective=objective)}, FLAVORS, {"small": steady(1, per_min=2)}, {},
+            {"small": 60.0}, budget, NOW, bin_s=60, lookback_s=HOUR_S, cycle_interval_s=60,
+        )["small"]  # fmt: skip
+
+    free = sized(None)
+    assert free.tiers == Tiers(running=7) and free.mix.reachable
+    got = sized(CostBudget(cost=3))
+    assert got.target == 3 and got.tiers == Tiers(running=3)  # 3 cost units: 3 running
+    assert got.mix is not None and not got.mix.reachable
+    assert got.explain(NOW, HOUR_S)["budget"] == {"unit": "cost", "total": 3.0, "share": 3.0}

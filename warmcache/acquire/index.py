@@ -52,10 +52,13 @@ from warmcache.views import PrefixView
 Pool = tuple[str, str]  # (az, flavor)
 
 # Stock slots per pool: tier (ready only, or ready + reserved) x share x
-# generation (current only, or any: stale VMs too, for rules that allow them).
+# generation (current only, or any: stale VMs too, for rules that allow them)
+# x reach (standby tiers: every VM; running ones only; running or paused).
 READY, WITH_RESERVE, READY_MINE, WITH_RESERVE_MINE = range(4)
 ANY = 4  # added to a slot: the same stock with stale VMs in it
-SLOTS = 8
+RUNNING = 8  # added to a slot: the same stock, running VMs only (tiered pools)
+WARM = 16  # added to a slot: running or paused VMs only (tiered pools)
+SLOTS = 24
 
 
 class PoolIndex(PrefixView[PoolInstance]):
@@ -87,6 +90,11 @@ class PoolIndex(PrefixView[PoolInstance]):
         self._away: dict[Pool, Counter[tuple[InstanceState, str]]] = {}
         self._counted: dict[str, tuple[Pool, InstanceState, str, str, str]] = {}
         self._standby: dict[Pool, Counter[str]] = {}  # counted VMs by how they wait
+        # Pools that have held a VM not running (issue 29's tiers): their VMs
+        # are in the RUNNING and WARM stocks too, so that acquisitions take
+        # running VMs first, then paused, then saved. Once tiered, a pool
+        # stays so (no re-placing back and forth as its last paused VM goes).
+        self._tiered: set[Pool] = set()
         hosts.subscribe(self._host_presence)
         drains.subscribe(self._drain_presence, self._rack_drain)
 
@@ -124,10 +132,24 @@ class PoolIndex(PrefixView[PoolInstance]):
             if on_rack is None:
                 on_rack = self._on_rack[(new.az, new.rack)] = set()
             on_rack.add(key)
+            if new.standby != "running" and pool not in self._tiered:
+                self._tier(pool, key)
         else:
             self._mine.pop(key, None)
         self._place(key, new)
         self._count(key, new)
+
+    def _tier(self, pool: Pool, skip: str) -> None:
+        """``pool`` holds tiers from now on: its acquirable VMs join the
+        RUNNING and WARM stocks (O(pool), once; VMs in flight join when
+        their claim ends)."""
+        self._tiered.add(pool)
+        stocks = self._stocks.get(pool)
+        if stocks is None:
+            return
+        for key in stocks[WITH_RESERVE + ANY].members():
+            if key != skip:
+                self._place(key, self._items[key][0])
 
     def _where(self, rec: PoolInstance) -> str:
         """Whether a VM can be handed out as its host stands: "ok", or why
@@ -187,7 +209,13 @@ class PoolIndex(PrefixView[PoolInstance]):
             return 0
         if self._shares.active and self._is_mine(key, rec):
             slots |= slots << 2
-        return slots << ANY if rec.stale else slots | slots << ANY
+        slots = slots << ANY if rec.stale else slots | slots << ANY
+        if (rec.az, rec.flavor) in self._tiered:
+            if rec.standby == "running":
+                slots |= slots << RUNNING | slots << WARM
+            elif rec.standby == "paused":
+                slots |= slots << WARM
+        return slots
 
     def _is_mine(self, key: str, rec: PoolInstance) -> bool:
         mine = self._mine.get(key)
@@ -205,18 +233,22 @@ class PoolIndex(PrefixView[PoolInstance]):
         if before is not None:
             pool, rack, hv, old_slots = before
             stocks = self._stocks[pool]
-            for slot in range(SLOTS):
-                if old_slots >> slot & 1:
-                    stocks[slot].remove(key, rack, hv)
+            bits = old_slots
+            while bits:
+                low = bits & -bits
+                stocks[low.bit_length() - 1].remove(key, rack, hv)
+                bits ^= low
             del self._placed[key]
         if where is not None and slots:
             pool, rack, hv, _ = where
             found = self._stocks.get(pool)
             if found is None:  # not setdefault: its default would be built every time
                 found = self._stocks[pool] = [Stock() for _ in range(SLOTS)]
-            for slot in range(SLOTS):
-                if slots >> slot & 1:
-                    found[slot].add(key, rack, hv)
+            bits = slots
+            while bits:
+                low = bits & -bits
+                found[low.bit_length() - 1].add(key, rack, hv)
+                bits ^= low
             self._placed[key] = where
 
     def _host_presence(self, hv: str, present: bool) -> None:
@@ -281,11 +313,12 @@ class PoolIndex(PrefixView[PoolInstance]):
         rng: random.Random,
         allow_stale: bool = True,
     ) -> list[tuple[PoolInstance, int]] | None:
-        """``count`` acquirable VMs of ``pool`` satisfying ``mode``, from this
-        instance's share if it can, else from the whole pool; of the pool's
-        current generation if they can, else (``allow_stale``) stale ones
-        too. Marked in flight (``claimed`` or ``release`` them). ``None``:
-        the pool cannot."""
+        """``count`` acquirable VMs of ``pool`` satisfying ``mode``: running
+        ones if they can, else running and paused, else any (a tiered pool;
+        all or nothing across tiers); from this instance's share if it can,
+        else from the whole pool; of the pool's current generation if they
+        can, else (``allow_stale``) stale ones too. Marked in flight
+        (``claimed`` or ``release`` them). ``None``: the pool cannot."""
         with self._lock:
             stocks = self._stocks.get(pool)
             if stocks is None:
@@ -294,12 +327,15 @@ class PoolIndex(PrefixView[PoolInstance]):
             selector = SELECTORS[mode]
             shared = self._shares.active
             chosen = None
-            for generation in (0, ANY) if allow_stale and self._stale[pool] else (0,):
-                base = tier + generation
-                if shared:
-                    chosen = selector.select(stocks[base + 2], count, rng)
-                if chosen is None:
-                    chosen = selector.select(stocks[base], count, rng)
+            for reach in (RUNNING, WARM, 0) if pool in self._tiered else (0,):
+                for generation in (0, ANY) if allow_stale and self._stale[pool] else (0,):
+                    base = tier + generation + reach
+                    if shared:
+                        chosen = selector.select(stocks[base + 2], count, rng)
+                    if chosen is None:
+                        chosen = selector.select(stocks[base], count, rng)
+                    if chosen is not None:
+                        break
                 if chosen is not None:
                     break
             if chosen is None:

@@ -49,6 +49,7 @@ from warmcache.builders.rollover import (
     to_retire,
 )
 from warmcache.builders.sizing import Sizer
+from warmcache.builders.tiers import tier_moves
 from warmcache.builders.upkeep import PoolUpkeep, away
 from warmcache.drains import Drains
 from warmcache.errors import (
@@ -378,10 +379,10 @@ class BuildCycle:
             if any(retiring.values()):
                 self._retire(az, sized, retiring, writer, report)
             self._upkeep(az, sized, facts, drains, writer, report)
-            if any(r.standby != "running" for r in rules[az].values()) or any(
-                r.standby != "running" or r.state is InstanceState.PARKING for r in current
-            ):
-                self._park(az, rules[az], writer, report)
+            if any(
+                r.standby != "running" or r.tiers or r.objective for r in rules[az].values()
+            ) or any(r.standby != "running" or r.state is InstanceState.PARKING for r in current):
+                self._park(az, sized, writer, report)
 
         # AZs whose rules are all gone still get their upkeep: their VMs retire.
         every_az = sorted(set(rules) | set(records))
@@ -710,36 +711,38 @@ class BuildCycle:
         writer: FencedWriter,
         report: CycleReport,
     ) -> None:
-        """Put the AZ's healthy pooled VMs into their rule's ``standby`` state
-        (or wake them when the rule went back to running), and settle the
-        ones an earlier leader left ``parking``. Each VM is first taken out
-        of the pool (``parking``, a fenced write conditional on its
-        revision, so an acquisition that got there first keeps it), then
-        the agent is asked, then it goes back as the agent now keeps it."""
-        items = [
-            item
-            for item in self._records.read(az)[0]
-            if item.record.flavor in rules
-            and (
-                item.record.state is InstanceState.PARKING
-                or (
-                    item.record.state in HELD_STATES
-                    and not item.record.health_failures
-                    and item.record.standby != rules[item.record.flavor].standby
-                )
+        """Keep each pool's tiers at their targets (``rule.tier_targets``):
+        VMs beyond a tier's target move to a tier short of its own (the
+        nearest first), VMs beyond the pool's target wait saved until they
+        retire, and the ones an earlier leader left ``parking`` are
+        settled. Each VM is first taken out of the pool (``parking``, a
+        fenced write conditional on its revision, so an acquisition that got
+        there first keeps it), then the agent is asked, then it goes back as
+        the agent now keeps it."""
+        by_flavor: dict[str, list[Stored[PoolInstance]]] = defaultdict(list)
+        for item in self._records.read(az)[0]:
+            rec = item.record
+            if rec.flavor in rules and (
+                rec.state is InstanceState.PARKING
+                or (rec.state in HELD_STATES and not rec.health_failures)
+            ):
+                by_flavor[rec.flavor].append(item)
+        moves = [
+            (item, state)
+            for flavor, items in sorted(by_flavor.items())
+            for item, state in tier_moves(
+                items, rules[flavor].tier_targets(), park_surplus=rules[flavor].tiers is not None
             )
         ]
-        if not items:
+        if not moves:
             return
         with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
-            park = in_context(
-                lambda item: self._park_one(item, rules[item.record.flavor], writer, report)
-            )
-            for _ in pool.map(park, items):
+            park = in_context(lambda move: self._park_one(move[0], move[1], writer, report))
+            for _ in pool.map(park, moves):
                 pass
 
     def _park_one(
-        self, item: Stored[PoolInstance], rule: BuildRule, writer: FencedWriter, report: CycleReport
+        self, item: Stored[PoolInstance], tier: str, writer: FencedWriter, report: CycleReport
     ) -> None:
         rec, revision = item.record, item.mod_revision
         back = InstanceState.READY if rec.state is InstanceState.PARKING else rec.state
@@ -757,14 +760,12 @@ class BuildCycle:
         try:
             if agent is None:
                 raise AgentUnavailable(rec.hypervisor, "not heartbeating")
-            status = agent.standby(rec.name, rule.standby)
+            status = agent.standby(rec.name, tier)
             kept, healthy = status.standby, status.healthy
         except AgentError as exc:
             kept, healthy = rec.standby, False
             with self._lock:
-                report.problems.append(
-                    f"{rec.az}/{rec.flavor}: {rec.name} not {rule.standby}: {exc}"
-                )
+                report.problems.append(f"{rec.az}/{rec.flavor}: {rec.name} not {tier}: {exc}")
         done = rec.with_state(
             back,
             standby=kept if kept in ("running", "paused", "saved") else "running",

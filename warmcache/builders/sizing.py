@@ -23,12 +23,22 @@ from dataclasses import dataclass
 
 from warmcache.acquire.ledger import DemandLedger
 from warmcache.acquire.targets import TargetView, target_value
-from warmcache.budgets import Budget, BudgetBook
-from warmcache.config import DemandConfig
+from warmcache.budgets import COST_SCALE, Budget, BudgetBook
+from warmcache.config import CostConfig, DemandConfig
 from warmcache.demand import HOUR_S, Ask, Forecast, PoolHistory, forecast, split, target
 from warmcache.layout import DemandRecords, Keys
 from warmcache.leader.election import FencedWriter
-from warmcache.model import HELD_STATES, POOLED_STATES, BuildRule, Flavor, PoolInstance
+from warmcache.model import (
+    HELD_STATES,
+    POOLED_STATES,
+    STANDBY_TIERS,
+    BuildRule,
+    Flavor,
+    Objective,
+    PoolInstance,
+    Tiers,
+)
+from warmcache.objective import Mix, TierCosts, choose
 from warmcache.ports import Clock, CoordinationStore
 
 log = logging.getLogger(__name__)
@@ -52,11 +62,22 @@ class PoolSizing:
     margin: int = 0
     cost: int = 1  # budget units per VM
     budget: Budget | None = None  # the AZ's, when it has one
+    objective: Objective | None = None
+    mix: Mix | None = None  # the objective's choice, and what else it weighed
+    tier_units: tuple[int, int, int] = (1, 1, 1)  # budget units per VM of each tier
+
+    @property
+    def tiers(self) -> Tiers | None:
+        return None if self.mix is None else self.mix.chosen.mix
 
     @property
     def share(self) -> int | None:
         """Budget units this pool's target takes (None: no budget)."""
-        return None if self.budget is None else self.target * self.cost
+        if self.budget is None:
+            return None
+        if self.tiers is not None:
+            return _units(self.tiers, self.tier_units)
+        return self.target * self.cost
 
     def explain(self, now: float, lookback_s: float) -> dict[str, object]:
         budget = self.budget
@@ -97,13 +118,36 @@ class PoolSizing:
             },
             budget=_budget_part(budget, self.share),
         )
+        if self.objective is not None and self.mix is not None:
+            out["objective"] = {
+                **self.objective.model_dump(),
+                **self.mix.as_dict(),
+            }
         return out
 
 
 def _budget_part(budget: Budget | None, share: int | None) -> dict[str, object] | None:
     if budget is None or share is None:
         return None
+    if budget.unit == "cost":
+        return {"unit": "cost", "total": budget.amount / COST_SCALE, "share": share / COST_SCALE}
     return {"unit": budget.unit, "total": budget.amount, "share": share}
+
+
+def _units(mix: Tiers, per_vm: tuple[int, int, int]) -> int:
+    return mix.running * per_vm[0] + mix.paused * per_vm[1] + mix.saved * per_vm[2]
+
+
+def tier_units(
+    budget: Budget | None, flavor: Flavor | None, costs: TierCosts
+) -> tuple[int, int, int]:
+    """Budget units one VM of each tier takes: 1 (VMs), its vCPUs, or its
+    tier's weight (cost, in hundredths)."""
+    if budget is not None and budget.unit == "cost":
+        w = [max(1, round(x * COST_SCALE)) for x in costs.weight]
+        return w[0], w[1], w[2]
+    each = 1 if budget is None or budget.unit == "vms" or flavor is None else flavor.vcpus
+    return each, each, each
 
 
 def held_and_build_times(
@@ -140,24 +184,31 @@ def size_az(
     lookback_s: float,
     cycle_interval_s: float,
     forecasts: dict[tuple[str, float], Forecast] | None = None,
+    costs: TierCosts | None = None,
 ) -> dict[str, PoolSizing]:
     """Every pool's target in one AZ. Static pools are their rule's total
-    (and take it from the budget first); demand pools, the forecast's ask
-    within their floor and ceiling, then the budget's split. ``forecasts``:
-    a cache by (flavor, build time) the caller keeps while ``histories``
-    and ``now`` are the same for its purpose."""
+    (and take it from the budget first); objective pools, the cheapest tier
+    mix that meets their objective (``warmcache.objective``), next, scaled
+    down together when the budget cannot fund them all; demand pools, the
+    forecast's ask within their floor and ceiling, then the budget's split
+    of what is left. ``forecasts``: a cache by (flavor, build time) the
+    caller keeps while ``histories`` and ``now`` are the same for its
+    purpose."""
+    costs = costs or TierCosts.of(CostConfig())
     out: dict[str, PoolSizing] = {}
     asks: dict[str, Ask] = {}
     fixed = 0
     for name, rule in sorted(rules.items()):
         flavor = flavors.get(name)
-        cost = 1 if budget is None or budget.unit == "vms" or flavor is None else flavor.vcpus
+        units = tier_units(budget, flavor, costs)
+        tier = STANDBY_TIERS.index(rule.standby)
+        cost = units[tier]
         if rule.sizing != "demand" or flavor is None:
             out[name] = PoolSizing(
                 name, rule.sizing, rule.total_instances, held.get(name, 0), cost=cost, budget=budget
             )
             if rule.enabled:
-                fixed += rule.total_instances * cost
+                fixed += _units(rule.tier_targets(), units)
             continue
         history = histories.get(name) or PoolHistory(bin_s, {})
         build = build_s[name]
@@ -168,7 +219,15 @@ def size_az(
             if forecasts is not None:
                 forecasts[(name, build)] = fc
         ceiling = rule.total_instances if rule.enabled else 0
-        own = target(fc, rule.demand_quantile, rule.demand_margin, rule.min_instances, ceiling)
+        mix: Mix | None = None
+        if rule.objective is not None:
+            rate = fc.requests / fc.hours if fc.hours > 0 else 0.0
+            mix = choose(
+                fc.curve(), rate, rule.objective, costs, min(rule.min_instances, ceiling), ceiling
+            )
+            own = mix.chosen.mix.total
+        else:
+            own = target(fc, rule.demand_quantile, rule.demand_margin, rule.min_instances, ceiling)
         out[name] = PoolSizing(
             name,
             "demand",
@@ -185,13 +244,63 @@ def size_az(
             margin=rule.demand_margin,
             cost=cost,
             budget=budget,
+            objective=rule.objective,
+            mix=mix,
+            tier_units=units,
         )
-        asks[name] = Ask(held.get(name, 0), min(rule.min_instances, own), own, cost, fc)
+        if mix is None:
+            asks[name] = Ask(held.get(name, 0), min(rule.min_instances, own), own, cost, fc)
+    objective = [n for n, p in out.items() if p.mix is not None]
+    if budget is not None and objective:
+        fixed += _fund_objectives(out, objective, budget.amount - fixed, costs)
     if budget is not None and asks:
         shares = split(budget.amount, asks, fixed)
         for name, got in shares.items():
             out[name] = dataclasses.replace(out[name], target=got)
     return out
+
+
+def _fund_objectives(
+    out: dict[str, PoolSizing], names: list[str], left: int, costs: TierCosts
+) -> int:
+    """Objective pools' mixes within what the budget has ``left`` (after
+    static pools); when they ask for more together, each gets a share in
+    proportion to its ask and the cheapest mix of the largest pool that
+    fits it (its objective then unreachable, and explained so). The units
+    they take."""
+    asked = {n: out[n].share or 0 for n in names}
+    total = sum(asked.values())
+    spent = 0
+    for n in sorted(names):
+        p = out[n]
+        allowance = asked[n] if total <= left else max(0, left) * asked[n] // max(1, total)
+        if asked[n] > allowance:
+            p = _shrink(p, allowance, costs)
+            out[n] = p
+        spent += p.share or 0
+    return spent
+
+
+def _shrink(p: PoolSizing, allowance: int, costs: TierCosts) -> PoolSizing:
+    """The pool's largest ceiling whose chosen mix fits ``allowance``."""
+    assert p.forecast is not None and p.objective is not None and p.mix is not None
+    fc, objective = p.forecast, p.objective
+    rate = fc.requests / fc.hours if fc.hours > 0 else 0.0
+    curve = fc.curve()
+
+    def mix_at(ceiling: int) -> Mix:
+        return choose(curve, rate, objective, costs, min(p.floor, ceiling), ceiling)
+
+    lo, hi = 0, p.mix.chosen.mix.total
+    best = mix_at(0)
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        got = mix_at(mid)
+        if _units(got.chosen.mix, p.tier_units) <= allowance:
+            best, lo = got, mid + 1
+        else:
+            hi = mid - 1
+    return dataclasses.replace(p, target=best.chosen.mix.total, mix=best)
 
 
 class Sizer:
@@ -206,7 +315,9 @@ class Sizer:
         ledger: DemandLedger | None,
         targets: TargetView,
         emit: Callable[..., None],
+        costs: CostConfig | None = None,
     ) -> None:
+        self._costs = TierCosts.of(costs or CostConfig())
         self._store = store
         self._keys = keys
         self._clock = clock
@@ -256,6 +367,7 @@ class Sizer:
             lookback_s=self._config.lookback_s,
             cycle_interval_s=self._cycle_interval_s,
             forecasts=forecasts,
+            costs=self._costs,
         )
 
     def apply(
@@ -282,12 +394,13 @@ class Sizer:
         now = self._clock.now()
         for f in sorted(demand):
             s = sizes[f]
-            out[f] = rules[f].sized(s.target)
-            before = self._targets.get(az, f)
-            if before == s.target:
+            out[f] = rules[f].sized(s.target, s.tiers)
+            found = self._targets.target(az, f)
+            before = None if found is None else found.total
+            if found == (s.target, s.tiers):
                 continue
             share = s.share
-            writer.put(self._keys.target(az, f), target_value(s.target, s.own, share, now))
+            writer.put(self._keys.target(az, f), target_value(s.target, s.own, share, now, s.tiers))
             fc = s.forecast
             assert fc is not None
             self._emit(
@@ -302,6 +415,7 @@ class Sizer:
                 window_at_quantile=fc.window_quantile(s.quantile),
                 need_at_quantile=fc.need_quantile(s.quantile),
                 rate_per_h=round(fc.rate_per_h, 3),
+                **({} if s.tiers is None else {"tiers": s.tiers.as_dict()}),
             )
         return out
 

@@ -10,8 +10,10 @@ Per AZ, the leader
    ``vm.retired`` reason ``drained``) and every ready or reserved VM of a
    pool whose rule is gone (reason ``no_rule``);
 3. retires a pool's surplus (more VMs counted than its target: the target
-   lowered, a host back from an outage) once it has lasted
-   ``service.shrink_after_s`` (the time it was first seen is kept in the
+   lowered, a host back from an outage) once it has lasted the rule's
+   ``decay_after_s`` or ``service.shrink_after_s`` (hysteresis: a surplus
+   that ends, a burst back, starts the count afresh; a tiered pool's
+   surplus waits saved meanwhile; the time it was first seen is kept in the
    store, ``Keys.surplus``, so a new leader goes on counting), stale and
    oldest first, at most ``replace_per_cycle`` per cycle (reason
    ``surplus``);
@@ -188,6 +190,7 @@ class PoolUpkeep:
                     writer.txn([], [Delete(key)])
                 continue
             now = self._now()
+            after = self.shrink_after_s if rule.decay_after_s is None else rule.decay_after_s
             if since is None:
                 writer.txn(
                     [], [Put(key, json.dumps({"since": now, "target": rule.total_instances}))]
@@ -198,10 +201,10 @@ class PoolUpkeep:
                     flavor=flavor,
                     surplus=extra,
                     target=rule.total_instances,
-                    retire_after_s=self.shrink_after_s,
+                    retire_after_s=after,
                 )
                 since = now
-            if now - since < self.shrink_after_s:
+            if now - since < after:
                 continue
             before = report.retired[(az, flavor, "surplus")]
             for rec in to_shrink(records, flavor, min(extra, rule.replace_rate)):

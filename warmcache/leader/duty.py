@@ -76,6 +76,7 @@ class LeaderDuty:
                 ledger=ledger,
                 targets=targets or TargetView(ctx.store, ctx.keys),
                 emit=ctx.emit,
+                costs=ctx.cost,
             ),
         )
         self._hosts = ctx.hosts
