@@ -10,16 +10,19 @@ one process (tests, embedding) never collide.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from warmcache.config import CostConfig
 from warmcache.fleet import RESOURCES
-from warmcache.model import PoolSummary
+from warmcache.model import STANDBY_TIERS, PoolSummary
 from warmcache.pool_history import AcquisitionStats
 from warmcache.ports import Event, EventSink
 
@@ -41,14 +44,78 @@ class Readings:
     racks: Callable[[], list[tuple[str, str, int, int, dict[str, int]]]] = list
     low_water_ratio: float = 0.5
     cycle_interval_s: float = 900.0
+    cost: CostConfig = field(default_factory=CostConfig)  # tier weights ([cost])
+    now: Callable[[], float] = time.monotonic  # what idle cost is integrated over
 
 
 class _PoolCollector(Collector):
     """Every instance exports the whole pool (the same numbers): dashboards
     and alerts take ``max`` over instances, never ``sum``."""
 
-    def __init__(self, readings: Readings) -> None:
+    def __init__(self, readings: Readings, served: Callable[[str, str], int]) -> None:
         self._r = readings
+        self._served = served  # requests served per pool (this instance's)
+        self._cost_lock = threading.Lock()
+        self._idle_cost: dict[tuple[str, str], float] = {}  # cost units since start
+        self._cost_rate: dict[tuple[str, str], float] = {}  # per hour, at the last scrape
+        self._cost_at: float | None = None
+
+    def _tiers(self, pools: list[PoolSummary]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Each tier's VMs and target, and what waiting VMs cost (issue 29):
+        per hour now, integrated since this instance started (between
+        scrapes, at the rate seen at the earlier one), and per request it
+        served."""
+        held = GaugeMetricFamily(
+            "warmcache_pool_tier_vms",
+            "Ready and reserved VMs that count, per standby tier",
+            labels=["az", "flavor", "tier"],
+        )
+        wanted = GaugeMetricFamily(
+            "warmcache_pool_tier_target_vms",
+            "What each standby tier should hold (rule tiers, or an objective pool's mix)",
+            labels=["az", "flavor", "tier"],
+        )
+        rate = GaugeMetricFamily(
+            "warmcache_pool_idle_cost_per_hour",
+            "Cost units per hour of the pool's waiting VMs, weighted by tier ([cost])",
+            labels=["az", "flavor"],
+        )
+        total = CounterMetricFamily(
+            "warmcache_pool_idle_cost_units",
+            "Cost units the pool's waiting VMs have cost since this instance started",
+            labels=["az", "flavor"],
+        )
+        per_request = GaugeMetricFamily(
+            "warmcache_pool_idle_cost_per_served_request",
+            "Idle cost units since start per request this instance served from the pool",
+            labels=["az", "flavor"],
+        )
+        now = self._r.now()
+        with self._cost_lock:
+            since = self._cost_at
+            self._cost_at = now
+            for p in pools:
+                pool = (p.az, p.flavor)
+                if since is not None:
+                    spent = self._cost_rate.get(pool, 0.0) * max(0.0, now - since) / 3600
+                    self._idle_cost[pool] = self._idle_cost.get(pool, 0.0) + spent
+                self._cost_rate[pool] = sum(
+                    n * self._r.cost.weight(t) for t, n in p.standby.items()
+                )
+                for tier in STANDBY_TIERS:
+                    held.add_metric([p.az, p.flavor, tier], p.standby.get(tier, 0))
+                    wanted.add_metric([p.az, p.flavor, tier], p.tier_targets.get(tier, 0))
+                rate.add_metric([p.az, p.flavor], self._cost_rate[pool])
+                spent_total = self._idle_cost.get(pool, 0.0)
+                total.add_metric([p.az, p.flavor], spent_total)
+                served = self._served(p.az, p.flavor)
+                if served:
+                    per_request.add_metric([p.az, p.flavor], spent_total / served)
+        yield held
+        yield wanted
+        yield rate
+        yield total
+        yield per_request
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         vms = GaugeMetricFamily(
@@ -90,6 +157,7 @@ class _PoolCollector(Collector):
         yield low_water
         yield per_rack
         yield stale
+        yield from self._tiers(pools)
         heartbeating = GaugeMetricFamily(
             "warmcache_agents_heartbeating",
             "Hypervisors whose agent heartbeat is live, per AZ (0 for an AZ with pools)",
@@ -165,6 +233,19 @@ class MetricsEvents:
             registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
+        self.tier_seconds = Histogram(
+            "warmcache_acquire_tier_seconds",
+            "Latency of successful acquisitions by the slowest standby tier they took from",
+            ["tier"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.tier_vms = Counter(
+            "warmcache_served_vms",
+            "VMs handed out, per pool and the standby tier each waited in",
+            ["az", "flavor", "tier"],
+            registry=r,
+        )
         self.builds = Counter(
             "warmcache_builds", "VM builds by outcome", ["az", "flavor", "outcome"], registry=r
         )
@@ -195,7 +276,10 @@ class MetricsEvents:
 
     def watch_pools(self, readings: Readings) -> None:
         """Export what ``readings`` reads at every scrape."""
-        self.registry.register(_PoolCollector(readings))
+        stats = self.acquisitions_seen
+        self.registry.register(
+            _PoolCollector(readings, lambda az, f: int(str(stats.of(az, f)["served"])))
+        )
 
     def watch_service(self, service: WarmCache) -> None:
         """Export the pools, hosts, claims and cycles of ``service``."""
@@ -218,6 +302,7 @@ class MetricsEvents:
                 last_cycle_finished_at=service.duty.last_completed_at,
                 low_water_ratio=service.config.low_water_ratio,
                 cycle_interval_s=service.config.cycle_interval_s,
+                cost=service.cost,
             )
         )
 
@@ -228,6 +313,13 @@ class MetricsEvents:
         if event.type == "acquisition":
             self.acquisitions.labels(f["az"], f["flavor"], f["mode"], "ok").inc()
             self.acquire_seconds.observe(float(f["latency_ms"]) / 1000)
+            tiers = f.get("tiers")
+            if isinstance(tiers, dict):
+                for tier, n in tiers.items():
+                    self.tier_vms.labels(f["az"], f["flavor"], str(tier)).inc(float(n))
+                self.tier_seconds.labels(str(f.get("tier", "running"))).observe(
+                    float(f["latency_ms"]) / 1000
+                )
         elif event.type == "acquisition.failed":
             self.acquisitions.labels(f["az"], f["flavor"], f["mode"], f["error"]).inc()
         elif event.type == "vm.build_finished":

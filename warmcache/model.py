@@ -357,6 +357,22 @@ class DataDisk(_Frozen):
     preallocation: Preallocation = "off"
 
 
+class Receipt(_Frozen):
+    """How a handed-out VM was served (issue 29): the tier it waited in, how
+    long it had waited in the pool, and where its acquisition's time went
+    (ms: choosing it, the claim transaction, waking it; the agent probes a
+    woken guest before it answers, so the probe is inside ``wake_ms``).
+    Stored with the VM as the claim wrote it (tier, waited, select); the
+    acquisition's own answer adds commit, wake and total."""
+
+    tier: Literal["running", "paused", "saved"]
+    waited_s: float | None = None  # from ready to handed out
+    select_ms: float | None = None
+    commit_ms: float | None = None
+    wake_ms: float | None = None
+    total_ms: float | None = None
+
+
 class Release(_Frozen):
     """How a VM given back is on its way out (states releasing, recycling)."""
 
@@ -406,6 +422,7 @@ class PoolInstance(_Frozen):
     data_disks: tuple[DataDisk, ...] = ()  # attached for its holder since it was handed out
     release: Release | None = None  # set while releasing or recycling
     standby: Literal["running", "paused", "saved"] = "running"  # as its agent keeps it
+    receipt: Receipt | None = None  # set when it is handed out
 
     def aged(self, rule: BuildRule, now: float) -> bool:
         """Older than the rule's ``max_age_s`` (counted from when it was ready)."""
@@ -498,6 +515,9 @@ class PoolSummary(_Frozen):
     drained: int = 0
     # The counted ready and reserved VMs by how they wait (running, paused, saved).
     standby: dict[str, int] = Field(default_factory=dict)
+    # What each tier should hold (the rule's tiers, an objective pool's mix,
+    # else the whole target in its standby state).
+    tier_targets: dict[str, int] = Field(default_factory=dict)
 
 
 # The name every instance registers under in the store's service registry.

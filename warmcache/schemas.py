@@ -107,6 +107,28 @@ class ReleaseEntry(_Reply):
     last_error: str | None = None
 
 
+class ReceiptEntry(_Reply):
+    """How a handed-out VM was served (kept with it: a repeat of its claim
+    answers the same)."""
+
+    tier: str = Field(description="the standby tier it waited in: running, paused or saved")
+    waited_s: float | None = Field(default=None, description="from ready to handed out")
+    select_ms: float | None = Field(default=None, description="choosing the claim's VMs")
+
+
+class AcquireLatency(_Reply):
+    """Where this acquisition's time went, ms (also the Server-Timing header)."""
+
+    select_ms: float | None = Field(default=None, description="choosing its VMs")
+    commit_ms: float | None = Field(default=None, description="the claim transaction")
+    wake_ms: float | None = Field(
+        default=None,
+        description="resuming the VMs not running; their agents probe each guest before "
+        "answering, so the probe is inside",
+    )
+    total_ms: float | None = Field(default=None, description="the whole acquisition")
+
+
 class Vm(_Reply):
     """A VM handed out: where it runs and how to reach it."""
 
@@ -140,11 +162,23 @@ class Vm(_Reply):
         default=[], description="disks attached for its holder (vdb...)"
     )
     release: ReleaseEntry | None = None
+    receipt: ReceiptEntry | None = Field(
+        default=None, description="how it was served (set once it was handed out)"
+    )
 
     @classmethod
     def of(cls, vm: PoolInstance) -> Vm:
         r = vm.release
         return cls(
+            receipt=(
+                ReceiptEntry(
+                    tier=vm.receipt.tier,
+                    waited_s=vm.receipt.waited_s,
+                    select_ms=vm.receipt.select_ms,
+                )
+                if vm.receipt
+                else None
+            ),
             state=vm.state.value,
             holder=vm.acquired_by,
             expires_at=vm.expires_at,
@@ -181,6 +215,9 @@ class Vm(_Reply):
 class AcquireReply(_Reply):
     claim_id: str
     vms: list[Vm]
+    latency: AcquireLatency | None = Field(
+        default=None, description="this call's latency split (none for a repeated claim)"
+    )
 
 
 class VmsReply(_Reply):

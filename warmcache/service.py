@@ -77,6 +77,7 @@ class WarmCache:
         cost: CostConfig | None = None,
     ) -> None:
         self.config = config
+        self.cost = cost or CostConfig()
         self.store = store
         self.catalog = catalog
         # Every event also feeds the Prometheus metrics (/metrics).

@@ -5,19 +5,24 @@ paused, then saved, all or nothing across tiers."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.fakes import FakeAgent
 from warmcache.builders.tiers import tier_moves
+from warmcache.client import AsyncClient, Client
 from warmcache.clock import ManualClock
 from warmcache.errors import InvalidRequest, NoCapacity
 from warmcache.layout import Stored
 from warmcache.model import InstanceState, PoolInstance, Tiers
+from warmcache.schemas import Vm
 from warmcache.service import WarmCache
+from warmcache.web import create_app
 
 
 def pool(service: WarmCache) -> list[PoolInstance]:
@@ -194,3 +199,59 @@ def test_after_a_drop_the_surplus_waits_saved_and_retires_after_decay_after_s(
     clock.advance(2)
     report = service.run_cycle()
     assert report is not None and report.retired[("az1", "small", "surplus")] >= 1
+
+
+# --- receipts ----------------------------------------------------------------------------
+
+
+class _AsyncOverWsgi(httpx.AsyncBaseTransport):
+    """AsyncClient against the Flask app in process."""
+
+    def __init__(self, app: Any) -> None:
+        self._wsgi = httpx.WSGITransport(app=app)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        reply = self._wsgi.handle_request(request)
+        return httpx.Response(reply.status_code, headers=reply.headers, content=reply.read())
+
+
+def test_receipts_say_the_tier_the_wait_and_the_latency_split(
+    service: WarmCache, clock: ManualClock
+) -> None:
+    put_rule(service, running=1, paused=1, saved=2)
+    service.run_cycle()
+    clock.advance(30)  # the VMs wait in the pool
+    app = create_app(service)
+    web = app.test_client()
+    first = web.post(
+        "/v1/acquire", json={"flavor": "small", "az": "az1", "count": 1, "mode": "best-effort"}
+    )
+    [vm] = first.get_json()["vms"]
+    assert vm["receipt"]["tier"] == "running" and vm["receipt"]["waited_s"] == 30
+    latency = first.get_json()["latency"]
+    assert set(latency) == {"select_ms", "commit_ms", "wake_ms", "total_ms"}
+    assert latency["total_ms"] >= latency["commit_ms"] >= 0
+    assert first.headers["Server-Timing"].startswith("select;dur=")
+    assert web.get(f"/v1/vms/{vm['name']}").get_json()["receipt"]["tier"] == "running"
+    event = service.events.recent(5, "acquisition")[0].fields
+    assert event["tiers"] == {"running": 1} and event["tier"] == "running"
+    assert event["waited_s"] == 30 and event["wake_ms"] is not None
+    # the client: the next one comes from the paused tier
+    http = httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://wc")
+    [paused] = Client("http://wc", http=http).acquire("small", "az1", 1, "best-effort")
+    assert paused.receipt is not None and paused.receipt.tier == "paused"
+    assert paused.standby == "running"  # woken before it was handed out
+
+    async def both_saved() -> list[Vm]:
+        transport = _AsyncOverWsgi(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://wc") as h:
+            return await AsyncClient("http://wc", http=h).acquire("small", "az1", 2, "best-effort")
+
+    saved = asyncio.run(both_saved())
+    assert [v.receipt.tier for v in saved if v.receipt] == ["saved", "saved"]
+    metrics = web.get("/metrics").get_data(as_text=True)
+    for tier in ("running", "paused", "saved"):
+        assert f'warmcache_served_vms_total{{az="az1",flavor="small",tier="{tier}"}}' in metrics
+    assert 'warmcache_acquire_tier_seconds_count{tier="saved"} 1.0' in metrics
+    assert 'warmcache_pool_tier_target_vms{az="az1",flavor="small",tier="saved"} 2.0' in metrics

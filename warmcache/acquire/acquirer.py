@@ -19,6 +19,7 @@ import re
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,7 @@ from warmcache.logs import log_context
 from warmcache.model import (
     MAX_LEASE_S,
     SERVICE_NAME,
+    STANDBY_TIERS,
     BuildRule,
     Mode,
     PoolInstance,
@@ -243,8 +245,10 @@ class Acquirer:
                         az, flavor, count, refused_claim=request_id if claim_id else None
                     )
                     raise
+            woken_at = time.perf_counter()
             if any(vm.standby != "running" for vm in claimed.vms):
                 claimed = self._wake(request, claimed)
+            claimed = _with_receipts(claimed, time.perf_counter() - woken_at, started)
         except WarmCacheError as exc:
             log.info(
                 "acquisition of %d %s in %s (%s) failed: %s: %s",
@@ -329,6 +333,7 @@ class Acquirer:
             latency_ms=round(latency_ms, 3),
             attempts=claimed.attempts,
             vms=[vm.name for vm in claimed.vms],
+            **receipt_fields(claimed.vms),
         )
         sized = self.targets.sized(request.az, request.flavor, rule)
         ratio = rule.low_water_ratio
@@ -423,3 +428,45 @@ def check_lease(lease_s: float | None) -> None:
         raise InvalidRequest("lease_s must be a number of seconds")
     if not 1 <= lease_s <= MAX_LEASE_S:
         raise InvalidRequest(f"lease_s must be between 1 and {MAX_LEASE_S}, got {lease_s}")
+
+
+def _with_receipts(claimed: Claimed, wake_s: float, started: float) -> Claimed:
+    """The claimed VMs with their receipts whole: the claim's commit, the
+    wake (0 when every VM was running) and the acquisition's total."""
+    total_ms = round((time.perf_counter() - started) * 1000, 3)
+    vms = [
+        vm
+        if vm.receipt is None
+        else vm.model_copy(
+            update={
+                "receipt": vm.receipt.model_copy(
+                    update={
+                        "commit_ms": round(claimed.commit_s * 1000, 3),
+                        "wake_ms": round(wake_s * 1000, 3),
+                        "total_ms": total_ms,
+                    }
+                )
+            }
+        )
+        for vm in claimed.vms
+    ]
+    return dataclasses.replace(claimed, vms=vms)
+
+
+def receipt_fields(vms: list[PoolInstance]) -> dict[str, object]:
+    """An acquisition event's receipt: VMs per tier served from, the
+    slowest tier touched, the longest any had waited, the latency split."""
+    receipts = [vm.receipt for vm in vms if vm.receipt is not None]
+    if not receipts:
+        return {}
+    tiers = Counter(r.tier for r in receipts)
+    first = receipts[0]
+    waited = [r.waited_s for r in receipts if r.waited_s is not None]
+    return {
+        "tiers": dict(sorted(tiers.items())),
+        "tier": max(tiers, key=STANDBY_TIERS.index),
+        "waited_s": max(waited) if waited else None,
+        "select_ms": first.select_ms,
+        "commit_ms": first.commit_ms,
+        "wake_ms": first.wake_ms,
+    }

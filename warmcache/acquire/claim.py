@@ -72,7 +72,7 @@ from warmcache.errors import (
     StoreUnavailable,
 )
 from warmcache.layout import Keys, PoolRecords
-from warmcache.model import InstanceState, Mode, PoolInstance
+from warmcache.model import InstanceState, Mode, PoolInstance, Receipt
 from warmcache.ports import Clock, Compare, CoordinationStore, Delete, KeyValue, Put, Txn, TxnResult
 
 # How long a request the pool cannot satisfy waits, unbatched, for other
@@ -89,6 +89,7 @@ class Claimed:
     remaining: int  # acquirable VMs of the pool left after this claim
     replayed: bool = False  # a repeat of a named claim that had landed: nothing new claimed
     revision: int = 0  # the claim transaction's (every acquired record's mod revision)
+    commit_s: float = 0.0  # the claim transaction's time (its batch's)
 
 
 @dataclass(eq=False)
@@ -112,6 +113,7 @@ class ClaimRequest:
     waits: int = 0  # bounded: a pool that never settles must not hold a request forever
     deadline: float | None = None  # monotonic; the caller's (warmcache.deadline)
     wake: threading.Event = field(default_factory=threading.Event, repr=False)
+    select_s: float = 0.0  # spent choosing its VMs (every round)
 
     @property
     def pool(self) -> tuple[str, str]:
@@ -274,6 +276,7 @@ class Claimer:
                     continue
             with self._rng_lock:
                 rng = random.Random(self._rng.random())
+            picked_at = time.perf_counter()
             chosen = self._index.select(
                 request.pool,
                 request.count,
@@ -282,6 +285,7 @@ class Claimer:
                 rng,
                 request.allow_stale,
             )
+            request.select_s += time.perf_counter() - picked_at
             request.waiting = False
             if chosen is not None:
                 request.chosen = chosen
@@ -319,11 +323,17 @@ class Claimer:
                     expires_at=now + r.lease_s if r.lease_s else None,
                     data_disks=(),
                     release=None,
+                    receipt=Receipt(
+                        tier=vm.standby,
+                        waited_s=None if vm.ready_at is None else round(now - vm.ready_at, 3),
+                        select_ms=round(r.select_s * 1000, 3),
+                    ),
                 )
                 for vm, _ in r.chosen
             ]
             for r in selected
         }
+        committing = time.perf_counter()
         # The batch answers by its most impatient caller's deadline.
         due = min((r.deadline for r in selected if r.deadline is not None), default=None)
         try:
@@ -340,6 +350,7 @@ class Claimer:
                 settled = self._settle(selected, acquired, exc)
         else:
             settled = list(zip(selected, results, strict=True))
+        commit_s = time.perf_counter() - committing
         for request, result in settled:
             keys = [self._keys.pool(request.az, vm.name) for vm, _ in request.chosen]
             request.attempts += 1
@@ -349,7 +360,11 @@ class Claimer:
                 self._index.claimed(keys, result.revision)
                 ready, _, _ = self._index.stock(request.pool, False)
                 request.outcome = Claimed(
-                    acquired[request.claim_id], request.attempts, ready, revision=result.revision
+                    acquired[request.claim_id],
+                    request.attempts,
+                    ready,
+                    revision=result.revision,
+                    commit_s=commit_s,
                 )
             else:
                 claim_key = self.log.key(request.claim_id)

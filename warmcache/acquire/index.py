@@ -453,6 +453,7 @@ class PoolIndex(PrefixView[PoolInstance]):
                         standby={
                             s: n for s, n in sorted(self._standby.get(pool, Counter()).items()) if n
                         },
+                        tier_targets=rule.tier_targets().as_dict() if rule else {},
                     )
                 )
             return out

@@ -22,6 +22,7 @@ from warmcache.errors import (
 from warmcache.model import BuildRule
 from warmcache.networks import AddressPool
 from warmcache.schemas import (
+    AcquireLatency,
     AcquireReply,
     AcquireRequest,
     AgentsReply,
@@ -177,9 +178,36 @@ def acquire() -> Any:
         claim_id=claim_id,
         lease_s=body.lease_s,
     )
-    return _reply(
-        AcquireReply(claim_id=claim_id or vms[0].claim_id or "", vms=[Vm.of(vm) for vm in vms])
+    timing = vms[0].receipt if vms else None
+    latency = (
+        AcquireLatency(
+            select_ms=timing.select_ms,
+            commit_ms=timing.commit_ms,
+            wake_ms=timing.wake_ms,
+            total_ms=timing.total_ms,
+        )
+        if timing is not None and timing.total_ms is not None
+        else None
     )
+    reply = _reply(
+        AcquireReply(
+            claim_id=claim_id or vms[0].claim_id or "",
+            vms=[Vm.of(vm) for vm in vms],
+            latency=latency,
+        )
+    )
+    if latency is not None:
+        reply.headers["Server-Timing"] = ", ".join(
+            f"{name};dur={value}"
+            for name, value in (
+                ("select", latency.select_ms),
+                ("commit", latency.commit_ms),
+                ("wake", latency.wake_ms),
+                ("total", latency.total_ms),
+            )
+            if value is not None
+        )
+    return reply
 
 
 def _claim_id(in_body: str | None, header: str | None) -> str | None:
