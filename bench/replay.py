@@ -72,12 +72,13 @@ from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.builders.deficits import below_low_water, state_counts, to_build
 from warmcache.builders.plan import plan_az
 from warmcache.builders.sizing import Sizer
+from warmcache.builders.tiers import tier_moves
 from warmcache.clock import ManualClock
-from warmcache.config import DemandConfig, ServiceConfig
+from warmcache.config import CostConfig, DemandConfig, ServiceConfig
 from warmcache.demand import Chunk, hour_of
 from warmcache.errors import NoCapacity
 from warmcache.layout import Keys, PoolRecords
-from warmcache.model import BuildRule, InstanceState, Mode, PoolInstance
+from warmcache.model import STANDBY_TIERS, BuildRule, InstanceState, Mode, PoolInstance
 from warmcache.placement.pipeline import default_pipeline
 from warmcache.ports import VmSpec
 from warmcache.service import WarmCache
@@ -192,6 +193,8 @@ class Outcome:
     rack_aware_ok: int = 0
     idle_vm_s: float = 0.0
     used_vm_s: float = 0.0
+    weighted_idle_vm_s: float = 0.0  # idle VM-seconds weighted by tier (--standby-cost)
+    by_tier: Counter[str] = field(default_factory=Counter)  # VMs served per tier
 
 
 def used_in_window(r: Request, end: float) -> float:
@@ -253,6 +256,8 @@ class PoolRun:
         seed: int,
         budget: int,
         history: list[tuple[float, str, int]] = (),  # type: ignore[assignment]
+        objective: dict[str, float] | None = None,
+        cost: CostConfig | None = None,
     ) -> None:
         work = Path(tempfile.mkdtemp(prefix="warmcache-replay-"))
         atexit.register(shutil.rmtree, work, ignore_errors=True)
@@ -289,7 +294,32 @@ class PoolRun:
         )
         self.policy = policy
         self.early = early
-        if policy == "demand":
+        self.cost = cost or CostConfig()
+        self.tier_of: dict[str, str] = {}  # ready pool VMs by the tier they wait in
+        self.ready_by_tier: Counter[str] = Counter()
+        if policy == "objective":
+            assert objective is not None
+            self.service.budgets.put("az1", {"cost": budget})
+            # the ceiling: what the budget buys in the cheapest tier
+            ceiling = min(10_000, int(budget / min(self.cost.weight(t) for t in STANDBY_TIERS)))
+            for f in targets:
+                self.service.rules.put(
+                    "az1",
+                    f,
+                    {
+                        "max_instance_per_cycle": ceiling,
+                        "total_instances": ceiling,
+                        "min_fault_domain": 1,
+                        "sizing": "demand",
+                        "low_water_ratio": early,
+                        "objective": {
+                            "served_at_once": objective["served"],
+                            "p99_acquire_ms": int(objective["p99_ms"]),
+                        },
+                    },
+                )
+            self._seed_history(history, demand.bin_s)
+        elif policy == "demand":
             self.service.budgets.put("az1", {"vms": budget})
             for f in targets:
                 self.service.rules.put(
@@ -326,6 +356,7 @@ class PoolRun:
             ledger=self.service.acquirer.ledger,
             targets=TargetView(self.store, KEYS),
             emit=lambda *_a, **_k: None,
+            costs=self.cost,
         )
         self.mu = math.log(mean_s) - 0.125
         self.draw = random.Random(seed)
@@ -348,19 +379,46 @@ class PoolRun:
         return [item.record for item in PoolRecords(self.store, KEYS).read("az1")[0]]
 
     def sized(self, recs: list[PoolInstance]) -> dict[str, BuildRule]:
-        if self.policy != "demand":
+        if self.policy not in ("demand", "objective"):
             return self.rules
         sizes = self.sizer.size("az1", self.rules, self.flavor_models, recs)
         now = {f: s.target for f, s in sizes.items()}
         if now != self._last_targets:
             self.target_changes += 1
             self._last_targets = now
-        return {f: r.sized(sizes[f].target) for f, r in self.rules.items()}
+        return {f: r.sized(sizes[f].target, sizes[f].tiers) for f, r in self.rules.items()}
+
+    def park(self, recs: list[PoolInstance], rules: dict[str, BuildRule]) -> None:
+        """What the leader's park pass does each cycle (``builders.tiers``):
+        each tier held at its target, through the (simulated) agents."""
+        items = PoolRecords(self.store, KEYS).read("az1")[0]
+        by_flavor: dict[str, list] = defaultdict(list)  # type: ignore[type-arg]
+        for item in items:
+            if item.record.state is InstanceState.READY and item.record.flavor in rules:
+                by_flavor[item.record.flavor].append(item)
+        for f, its in by_flavor.items():
+            rule = rules[f]
+            for item, tier in tier_moves(
+                its, rule.tier_targets(), park_surplus=rule.tiers is not None
+            ):
+                rec = item.record
+                host = self.service.hosts.get(rec.hypervisor)
+                assert host is not None and host.endpoint
+                self.agents[host.endpoint].standby(rec.name, tier)
+                self.store.put(
+                    KEYS.pool("az1", rec.name),
+                    rec.model_copy(update={"standby": tier}).model_dump_json(),
+                )
+                self.ready_by_tier[self.tier_of[rec.name]] -= 1
+                self.ready_by_tier[tier] += 1
+                self.tier_of[rec.name] = tier
 
     def cycle(self, now: float, only: str | None = None) -> None:
         recs = self.records()
         self.service.hosts.catch_up()
         rules = self.sized(recs)
+        if self.policy == "objective":
+            self.park(recs, rules)
         for f in [only] if only else sorted(rules):
             n = to_build(rules[f], state_counts(recs, f))
             if n == 0:
@@ -404,6 +462,9 @@ class PoolRun:
             if now > end:
                 break  # only VM ends are left: the window is over
             out.idle_vm_s += ready_now * (now - last_t)  # idle pool VM-seconds
+            out.weighted_idle_vm_s += (now - last_t) * sum(
+                n * self.cost.weight(t) for t, n in self.ready_by_tier.items()
+            )
             last_t = now
             self.clock.advance(T0 + now - self.clock.now())  # simulated time moves only here
             if kind == "cycle":
@@ -418,6 +479,8 @@ class PoolRun:
                     ).model_dump_json(),
                 )
                 ready_now += 1
+                self.tier_of[rec.name] = "running"
+                self.ready_by_tier["running"] += 1
             elif kind == "end":
                 vm = item
                 assert isinstance(vm, PoolInstance)
@@ -430,6 +493,9 @@ class PoolRun:
                 assert isinstance(r, Request)
                 got = self.request(r, out)
                 ready_now -= len(got)
+                for vm in got:
+                    tier = self.tier_of.pop(vm.name, "running")
+                    self.ready_by_tier[tier] -= 1
                 out.used_vm_s += used_in_window(r, end)
                 for vm, life in zip(got, r.lifetimes, strict=False):
                     push(self.events, (now + life, next(self.seq), "end", vm))
@@ -440,6 +506,9 @@ class PoolRun:
                     if below_low_water(rule, ready, self.early):
                         self.cycle(now, r.flavor)
         out.idle_vm_s += ready_now * max(0.0, end - last_t)
+        out.weighted_idle_vm_s += max(0.0, end - last_t) * sum(
+            n * self.cost.weight(t) for t, n in self.ready_by_tier.items()
+        )
         self.service.close()
         self.store.close()
         return out
@@ -460,7 +529,10 @@ class PoolRun:
                 break
         if got:
             out.served += 1
-            out.times.append(0.0)
+            tiers = [vm.receipt.tier if vm.receipt else "running" for vm in got]
+            out.by_tier.update(tiers)
+            # the VMs are woken together: the request pays its slowest tier
+            out.times.append(max(self.cost.wake_ms(t) for t in tiers) / 1000)
         else:
             out.times.append(max(self.draw.lognormvariate(self.mu, 0.5) for _ in r.lifetimes))
         return got
@@ -525,14 +597,21 @@ def main() -> None:
     )
     parser.add_argument(
         "--policies",
-        default="warmcache,demand,static,oracle,cold",
-        help="which policies to run (comma-separated); the last line needs all five",
+        default="warmcache,demand,objective,static,oracle,oracle-tiered,cold",
+        help="which policies to run (comma-separated); the last line needs warmcache, "
+        "demand, static, oracle and cold (and objective for its keys)",
     )
     parser.add_argument(
         "--standby-cost",
         default="running=1,paused=0.5,saved=0.02",
         help="what an idle VM costs in each standby state, running = 1 (default: a VM's "
         "cost half memory, half CPU; paused keeps the memory; saved only a disk image)",
+    )
+    parser.add_argument(
+        "--objective",
+        default="served=0.99,p99_ms=1000",
+        help="the objective policy's objective: share served at once and p99 latency (ms); "
+        "its AZ budget is --budget cost units ([cost]: --standby-cost)",
     )
     parser.add_argument(
         "--standby-ms",
@@ -561,25 +640,53 @@ def main() -> None:
     )
     wanted = args.policies.split(",")
     n = len(requests)
+    weights = dict(_pairs(args.standby_cost))
+    wake = dict(_pairs(args.standby_ms))
+    tier_cost = CostConfig(
+        **weights,
+        running_ms=wake["running"],
+        paused_ms=wake["paused"],
+        saved_ms=wake["saved"],
+    )
+    goal = {k.strip(): float(v) for k, v in (x.split("=", 1) for x in args.objective.split(","))}
+    if set(goal) != {"served", "p99_ms"}:
+        raise SystemExit(f"--objective wants served= and p99_ms=, got {args.objective!r}")
+    costs: dict[str, float] = {}
+    p99_ms: dict[str, float] = {}
     rows: dict[str, tuple[str, ...]] = {}
     changes = 0
     for policy in wanted:
         if policy == "warmcache":
             out = PoolRun(
                 flavors, shaped, policy="static", early=0.5, mean_s=args.create_mean_s,
-                seed=args.seed, budget=args.budget,
+                seed=args.seed, budget=args.budget, cost=tier_cost,
             ).run(requests, end)  # fmt: skip
         elif policy == "demand":
             run = PoolRun(
                 flavors, dict.fromkeys(demand, 0), policy="demand", early=1.0,
                 mean_s=args.create_mean_s, seed=args.seed, budget=args.budget, history=history,
+                cost=tier_cost,
             )  # fmt: skip
             out = run.run(requests, end)
             changes = run.target_changes
+        elif policy == "objective":
+            out = PoolRun(
+                flavors, dict.fromkeys(demand, 0), policy="objective", early=1.0,
+                mean_s=args.create_mean_s, seed=args.seed, budget=args.budget, history=history,
+                cost=tier_cost, objective=goal,
+            ).run(requests, end)  # fmt: skip
+            print(f"  objective: VMs served per tier {dict(sorted(out.by_tier.items()))}")
+        elif policy == "oracle-tiered":
+            # the same clairvoyance with the budget in cost units: every VM it
+            # holds while building costs what a saved one does
+            out = oracle(
+                requests, random.Random(args.seed), args.create_mean_s,
+                int(args.budget / tier_cost.saved), end,
+            )  # fmt: skip
         elif policy == "static":
             out = PoolRun(
                 flavors, even, policy="static", early=0.0, mean_s=args.create_mean_s,
-                seed=args.seed, budget=args.budget,
+                seed=args.seed, budget=args.budget, cost=tier_cost,
             ).run(requests, end)  # fmt: skip
         elif policy == "oracle":
             out = oracle(requests, random.Random(args.seed), args.create_mean_s, args.budget, end)
@@ -588,6 +695,9 @@ def main() -> None:
         else:
             raise SystemExit(f"unknown policy {policy!r}")
         rows[policy] = summary("static pool" if policy == "static" else policy, out, n)
+        costs[policy] = out.weighted_idle_vm_s / 3600
+        ordered = sorted(out.times)
+        p99_ms[policy] = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
         print(f"  {policy}: done", flush=True)
     header = (
         "policy",
@@ -597,7 +707,9 @@ def main() -> None:
         "rack-aware ok",
         "idle/used",
         "idle VM-h",
+        "weighted idle VM-h",
     )
+    rows = {p: (*row, f"{costs[p]:.1f}") for p, row in rows.items()}
     shown = list(rows.values())
     widths = [max(len(str(x)) for x in col) for col in zip(header, *shown, strict=True)]
     for row in (header, *shown):
@@ -620,11 +732,18 @@ def main() -> None:
             )
     if all(p in rows for p in ("warmcache", "demand", "static", "oracle", "cold")):
         w, d, s, o, c = (rows[p] for p in ("warmcache", "demand", "static", "oracle", "cold"))
-        print(
+        line = (
             f"replay requests={n} warmcache_served={w[1]} static_served={s[1]} "
             f"cold_p50_s={c[2]} warmcache_p50_s={w[2]} warmcache_idle_share={w[5]} "
             f"demand_served={d[1]} oracle_served={o[1]} demand_idle_share={d[5]}"
         )
+        if "objective" in rows:
+            j = rows["objective"]
+            line += (
+                f" objective_served={j[1]} objective_p99_ms={p99_ms['objective']:.0f} "
+                f"objective_cost={costs['objective']:.1f} demand_cost={costs['demand']:.1f}"
+            )
+        print(line)
 
 
 if __name__ == "__main__":

@@ -287,6 +287,24 @@ LENSES = (
         ),
         chart="line",
     ),
+    Lens(
+        "wc-acquisitions-by-tier",
+        "warmcache: acquisitions by the standby tier they were served from",
+        'type : "acquisition"',
+        (TIME, Column("tier", "terms", "tier", "Slowest tier"), COUNT),
+    ),
+    Lens(
+        "wc-latency-split",
+        "warmcache: acquisition latency split, p99 (select, commit, wake ms)",
+        'type : "acquisition"',
+        (
+            TIME,
+            Column("select", "percentile", "select_ms", "select ms", {"percentile": 99}),
+            Column("commit", "percentile", "commit_ms", "commit ms", {"percentile": 99}),
+            Column("wake", "percentile", "wake_ms", "wake ms", {"percentile": 99}),
+        ),
+        chart="line",
+    ),
 )
 
 SEARCH_COLUMNS = ("requester", "az", "flavor", "count", "mode", "latency_ms", "vms")

@@ -58,6 +58,12 @@ MAPPINGS: dict[str, Any] = {
         "attempts": {"type": "integer"},
         "token": {"type": "long"},
         "latency_ms": {"type": "float"},
+        "tier": {"type": "keyword"},  # acquisition: the slowest standby tier served from
+        "tiers": {"type": "object", "enabled": False},  # acquisition: VMs per tier
+        "waited_s": {"type": "float"},
+        "select_ms": {"type": "float"},
+        "commit_ms": {"type": "float"},
+        "wake_ms": {"type": "float"},
         "duration_s": {"type": "float"},
         "reason": {"type": "text"},
         "placement": {"type": "text"},
