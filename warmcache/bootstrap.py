@@ -273,4 +273,5 @@ def build(config: Config | str | Path, *, clock: Clock | None = None) -> WarmCac
         demand=config.demand,
         quotas=config.quotas.limits,
         cost=config.cost,
+        schedules=config.schedules,
     )

@@ -46,6 +46,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from warmcache.errors import ConfigError
+from warmcache.schedules import Schedule
 
 ENV_PREFIX = "WARMCACHE_"
 SECRETS_DIR_ENV = "WARMCACHE_SECRETS_DIR"
@@ -659,6 +660,11 @@ class Config(BaseSettings):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     demand: DemandConfig = Field(default_factory=DemandConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
+    schedules: tuple[Schedule, ...] = Field(
+        default=(),
+        description="[[schedules]]: windows that hold at least min_running running VMs in a "
+        "demand-sized pool at known busy times (warmcache.schedules).",
+    )
     quotas: QuotasConfig = Field(default_factory=QuotasConfig)
     agent_tls: AgentTlsConfig | None = Field(
         default=None, description="Needed when agents advertise https:// (a proxy)."

@@ -22,6 +22,7 @@ from warmcache.ports import (
     FlavorCatalog,
     HostAgent,
 )
+from warmcache.schedules import Schedule
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class ServiceContext:
     demand: DemandConfig = field(default_factory=DemandConfig)  # demand-driven sizing ([demand])
     quotas: tuple[QuotaLimit, ...] = ()  # per-requester limits ([[quotas.limits]])
     cost: CostConfig = field(default_factory=CostConfig)  # tier weights ([cost])
+    schedules: tuple[Schedule, ...] = ()  # scheduled floors ([[schedules]])
     # Take a handed-out VM back from its holder for deletion (an operator's
     # purge_vm): set once the VMs' room exists (``WarmCache``).
     release_vm: Callable[[str], PoolInstance] | None = None
@@ -57,6 +59,7 @@ class ServiceContext:
         demand: DemandConfig | None = None,
         quotas: Sequence[QuotaLimit] = (),
         cost: CostConfig | None = None,
+        schedules: Sequence[Schedule] = (),
     ) -> ServiceContext:
         """The context over these ports, with the key layout of
         ``config.prefix`` and the live host and drain views over it."""
@@ -77,6 +80,7 @@ class ServiceContext:
             demand or DemandConfig(),
             tuple(quotas),
             cost=cost or CostConfig(),
+            schedules=tuple(schedules),
         )
 
     def emit(self, type_: str, **fields: object) -> None:

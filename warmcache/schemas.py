@@ -505,6 +505,9 @@ class Sizing(_Reply):
     forecast: DemandForecast | None = None
     budget: BudgetShare | None = None
     objective: ObjectiveChoice | None = None
+    scheduled_floor: int | None = Field(
+        default=None, description="running VMs a due [[schedules]] window holds at least"
+    )
 
 
 class Explain(_Reply):

@@ -52,6 +52,7 @@ from warmcache.ports import (
 from warmcache.readiness import Readiness
 from warmcache.registration import ServiceRegistration
 from warmcache.rules import RuleBook
+from warmcache.schedules import Schedule
 from warmcache.vms.lifecycle import Lifecycle
 
 __all__ = ["SERVICE_NAME", "WarmCache"]
@@ -75,6 +76,7 @@ class WarmCache:
         demand: DemandConfig | None = None,
         quotas: Sequence[QuotaLimit] = (),
         cost: CostConfig | None = None,
+        schedules: Sequence[Schedule] = (),
     ) -> None:
         self.config = config
         self.cost = cost or CostConfig()
@@ -87,7 +89,17 @@ class WarmCache:
         self.agent_for = agent_for
         self.clock = clock
         ctx = ServiceContext.assemble(
-            config, store, catalog, agent_for, self.events, alerts, clock, demand, quotas, cost
+            config,
+            store,
+            catalog,
+            agent_for,
+            self.events,
+            alerts,
+            clock,
+            demand,
+            quotas,
+            cost,
+            schedules,
         )
         self.keys, self.hosts, self.drains = ctx.keys, ctx.hosts, ctx.drains
         self.rules = RuleBook(store, self.keys, catalog)

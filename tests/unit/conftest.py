@@ -39,6 +39,7 @@ def make_service(
         demand: DemandConfig | None = None,
         quotas: tuple[QuotaLimit, ...] = (),
         catalog: Any = None,
+        schedules: tuple[Any, ...] = (),
         **config: Any,
     ) -> WarmCache:
         settings = {"node": "wc-test", "prefix": "wc", "build_concurrency": 4, **config}
@@ -53,6 +54,7 @@ def make_service(
             rng=random.Random(7),
             demand=demand,
             quotas=quotas,
+            schedules=schedules,
         )
         made.append(svc)
         return svc

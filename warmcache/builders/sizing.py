@@ -40,6 +40,8 @@ from warmcache.model import (
 )
 from warmcache.objective import Mix, TierCosts, choose
 from warmcache.ports import Clock, CoordinationStore
+from warmcache.schedules import Schedule
+from warmcache.schedules import floor as floor_of
 
 log = logging.getLogger(__name__)
 RECENT_BINS_SHOWN = 12
@@ -65,6 +67,7 @@ class PoolSizing:
     objective: Objective | None = None
     mix: Mix | None = None  # the objective's choice, and what else it weighed
     tier_units: tuple[int, int, int] = (1, 1, 1)  # budget units per VM of each tier
+    scheduled: int = 0  # running VMs a due [[schedules]] window holds at least
 
     @property
     def tiers(self) -> Tiers | None:
@@ -118,6 +121,8 @@ class PoolSizing:
             },
             budget=_budget_part(budget, self.share),
         )
+        if self.scheduled:
+            out["scheduled_floor"] = self.scheduled
         if self.objective is not None and self.mix is not None:
             out["objective"] = {
                 **self.objective.model_dump(),
@@ -185,6 +190,8 @@ def size_az(
     cycle_interval_s: float,
     forecasts: dict[tuple[str, float], Forecast] | None = None,
     costs: TierCosts | None = None,
+    schedules: Sequence[Schedule] = (),
+    az: str = "",
 ) -> dict[str, PoolSizing]:
     """Every pool's target in one AZ. Static pools are their rule's total
     (and take it from the budget first); objective pools, the cheapest tier
@@ -193,7 +200,8 @@ def size_az(
     forecast's ask within their floor and ceiling, then the budget's split
     of what is left. ``forecasts``: a cache by (flavor, build time) the
     caller keeps while ``histories`` and ``now`` are the same for its
-    purpose."""
+    purpose. ``schedules`` due within a pool's horizon raise its running
+    VMs to their floor (``warmcache.schedules``), budget or not."""
     costs = costs or TierCosts.of(CostConfig())
     out: dict[str, PoolSizing] = {}
     asks: dict[str, Ask] = {}
@@ -219,21 +227,25 @@ def size_az(
             if forecasts is not None:
                 forecasts[(name, build)] = fc
         ceiling = rule.total_instances if rule.enabled else 0
+        scheduled = min(ceiling, floor_of(schedules, az, name, now, horizon))
         mix: Mix | None = None
         if rule.objective is not None:
             rate = fc.requests / fc.hours if fc.hours > 0 else 0.0
             mix = choose(
                 fc.curve(), rate, rule.objective, costs, min(rule.min_instances, ceiling), ceiling
             )
+            if mix.chosen.mix.running < scheduled:
+                mix = _raised(mix, scheduled, ceiling)
             own = mix.chosen.mix.total
         else:
             own = target(fc, rule.demand_quantile, rule.demand_margin, rule.min_instances, ceiling)
+            own = max(own, scheduled)
         out[name] = PoolSizing(
             name,
             "demand",
             own,
             held.get(name, 0),
-            floor=min(rule.min_instances, ceiling),
+            floor=max(min(rule.min_instances, ceiling), scheduled),
             ceiling=ceiling,
             own=own,
             horizon_s=horizon,
@@ -247,9 +259,12 @@ def size_az(
             objective=rule.objective,
             mix=mix,
             tier_units=units,
+            scheduled=scheduled,
         )
         if mix is None:
-            asks[name] = Ask(held.get(name, 0), min(rule.min_instances, own), own, cost, fc)
+            asks[name] = Ask(
+                held.get(name, 0), max(min(rule.min_instances, own), scheduled), own, cost, fc
+            )
     objective = [n for n, p in out.items() if p.mix is not None]
     if budget is not None and objective:
         fixed += _fund_objectives(out, objective, budget.amount - fixed, costs)
@@ -258,6 +273,20 @@ def size_az(
         for name, got in shares.items():
             out[name] = dataclasses.replace(out[name], target=got)
     return out
+
+
+def _raised(mix: Mix, running: int, ceiling: int) -> Mix:
+    """The chosen mix with at least ``running`` running VMs (a scheduled
+    floor): its slower VMs woken first, then more, within the ceiling."""
+    chosen = mix.chosen.mix
+    add = running - chosen.running
+    paused = max(0, chosen.paused - add)
+    add -= chosen.paused - paused
+    saved = max(0, chosen.saved - add)
+    add -= chosen.saved - saved
+    total = min(ceiling, running + paused + saved)
+    raised = Tiers(running=running, paused=paused, saved=max(0, total - running - paused))
+    return dataclasses.replace(mix, chosen=dataclasses.replace(mix.chosen, mix=raised))
 
 
 def _fund_objectives(
@@ -316,8 +345,10 @@ class Sizer:
         targets: TargetView,
         emit: Callable[..., None],
         costs: CostConfig | None = None,
+        schedules: Sequence[Schedule] = (),
     ) -> None:
         self._costs = TierCosts.of(costs or CostConfig())
+        self._schedules = tuple(schedules)
         self._store = store
         self._keys = keys
         self._clock = clock
@@ -368,6 +399,8 @@ class Sizer:
             cycle_interval_s=self._cycle_interval_s,
             forecasts=forecasts,
             costs=self._costs,
+            schedules=self._schedules,
+            az=az,
         )
 
     def apply(

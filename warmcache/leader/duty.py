@@ -77,6 +77,7 @@ class LeaderDuty:
                 targets=targets or TargetView(ctx.store, ctx.keys),
                 emit=ctx.emit,
                 costs=ctx.cost,
+                schedules=ctx.schedules,
             ),
         )
         self._hosts = ctx.hosts
