@@ -990,7 +990,7 @@ def budgets_list(output: str) -> None:
     for col in ("az", "unit", "amount"):
         table.add_column(col)
     for b in found:
-        unit = "vms" if "vms" in b["budget"] else "vcpus"
+        unit = next(u for u in ("vms", "vcpus", "cost") if u in b["budget"])
         table.add_row(b["az"], unit, str(b["budget"][unit]))
     console.print(table)
 
@@ -1008,12 +1008,19 @@ def budgets_get(az: str) -> None:
 @click.argument("az")
 @click.option("--vms", type=int, help="The AZ's pools hold at most this many VMs.")
 @click.option("--vcpus", type=int, help="The AZ's pools hold at most this many vCPUs.")
+@click.option(
+    "--cost",
+    type=float,
+    help="The AZ's waiting VMs cost at most this many units per hour ([cost] weights).",
+)
 @_url_option
-def budgets_set(az: str, vms: int | None, vcpus: int | None) -> None:
-    """Set AZ's budget: --vms N or --vcpus N (validated; a bad one changes nothing)."""
-    if (vms is None) == (vcpus is None):
-        _fail("give exactly one of --vms and --vcpus", 2)
-    body = {"vms": vms} if vms is not None else {"vcpus": vcpus}
+def budgets_set(az: str, vms: int | None, vcpus: int | None, cost: float | None) -> None:
+    """Set AZ's budget: --vms N, --vcpus N or --cost X (validated; a bad one changes
+    nothing)."""
+    given = {k: v for k, v in (("vms", vms), ("vcpus", vcpus), ("cost", cost)) if v is not None}
+    if len(given) != 1:
+        _fail("give exactly one of --vms, --vcpus and --cost", 2)
+    body: dict[str, Any] = given
     with _client() as wc:
         _print_json(wc.put_budget(az, body).model_dump())
 

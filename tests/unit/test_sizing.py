@@ -319,7 +319,17 @@ def test_budgets_over_http_are_validated_and_a_bad_one_changes_nothing(
     ok = web.put("/v1/budgets/az1", json={"vms": 40})
     forty = {"vms": 40}
     assert ok.status_code == 200 and ok.get_json() == {"az": "az1", "budget": forty}
-    for bad in ({"vms": 4, "vcpus": 8}, {}, {"vms": -1}, {"vms": "4"}, {"gpus": 2}):
+    bad_ones = (
+        {"vms": 4, "vcpus": 8},
+        {},
+        {"vms": -1},
+        {"vms": "4"},
+        {"gpus": 2},
+        {"cost": -1},
+        {"cost": 2, "vms": 2},
+        {"cost": "NaN"},
+    )
+    for bad in bad_ones:
         reply = web.put("/v1/budgets/az1", json=bad)
         assert reply.status_code == 400 and reply.get_json()["error"] == "invalid_request", bad
     assert web.put("/v1/budgets/bad%20az", json={"vms": 1}).status_code == 400
@@ -327,6 +337,8 @@ def test_budgets_over_http_are_validated_and_a_bad_one_changes_nothing(
     gone = web.delete("/v1/budgets/az1")
     assert gone.status_code == 200 and gone.get_json()["budget"] == forty
     assert web.delete("/v1/budgets/az1").status_code == 404
+    in_cost = web.put("/v1/budgets/az1", json={"cost": 12.5})  # cost units per hour
+    assert in_cost.status_code == 200 and in_cost.get_json()["budget"] == {"cost": 12.5}
 
 
 def test_explain_over_http_shows_how_the_target_was_set(service: WarmCache) -> None:

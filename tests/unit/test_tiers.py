@@ -53,6 +53,7 @@ def test_the_leader_keeps_each_tier_at_its_target(service: WarmCache) -> None:
     assert mix(service) == {"running": 2, "paused": 3, "saved": 1}
     [summary] = service.pools()
     assert summary.standby == {"paused": 3, "running": 2, "saved": 1}
+    assert summary.tier_targets == {"running": 2, "paused": 3, "saved": 1}
     service.acquire("small", "az1", 2, "best-effort")
     service.run_cycle()  # two new ones are built (running) and stay running
     assert mix(service) == {"running": 2, "paused": 3, "saved": 1}
