@@ -376,10 +376,26 @@ def _fill_with_progress(stack: Any) -> None:
 
 def _pools_table(pools: list[dict[str, Any]]) -> Table:
     table = Table(title="pools")
-    columns = ("az", "flavor", "target", "ready", "reserved", "building", "stale", "ready by rack")
+    columns = (
+        "az",
+        "flavor",
+        "target",
+        "ready",
+        "reserved",
+        "building",
+        "stale",
+        "tiers held/target",
+        "ready by rack",
+    )
     for col in columns:
         table.add_column(col)
     for p in pools:
+        held, wanted = p.get("standby", {}), p.get("tier_targets", {})
+        tiers = ", ".join(
+            f"{t} {held.get(t, 0)}/{wanted.get(t, 0)}"
+            for t in ("running", "paused", "saved")
+            if held.get(t) or wanted.get(t)
+        )
         table.add_row(
             p["az"],
             p["flavor"],
@@ -388,6 +404,7 @@ def _pools_table(pools: list[dict[str, Any]]) -> Table:
             str(p["reserved"]),
             str(p["building"]),
             str(p.get("stale", 0)),
+            tiers,
             ", ".join(f"{r}:{n}" for r, n in p["ready_by_rack"].items()),
         )
     return table
@@ -400,7 +417,8 @@ def _pools_table(pools: list[dict[str, Any]]) -> Table:
 @_output_option()
 @_url_option
 def pools(output: str) -> None:
-    """Show every pool: target, ready, reserved, building, stale (being replaced), spread."""
+    """Show every pool: target, ready, reserved, building, stale (being replaced), the
+    standby tiers (held/target), spread."""
     with _client() as wc:
         found = _dump(wc.pools())
     _print_json(found) if output == "json" else console.print(_pools_table(found))
