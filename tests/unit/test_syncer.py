@@ -76,8 +76,14 @@ def test_an_agent_acts_only_on_a_slot_for_the_desired_build_it_does_not_run(
     missing = tmp_path / "never-read.whl"  # reading it would be reported
     sqlite_store.put(KEYS.agents_desired(), desired(missing, "33" * 32).model_dump_json())
     assert agent.check() is False  # no slot
-    grant(sqlite_store, "h1", sha=RUNNING)  # a slot for what it runs: done already
+    # the build it runs is the desired one and holds a slot: done already
+    # (the leader frees the slot), nothing fetched or reported
+    runs = desired(missing, "33" * 32).model_copy(update={"sha256": RUNNING})
+    sqlite_store.put(KEYS.agents_desired(), runs.model_dump_json())
+    grant(sqlite_store, "h1", sha=RUNNING)
     assert agent.check() is False
+    assert status(sqlite_store, "h1") is None
+    sqlite_store.put(KEYS.agents_desired(), desired(missing, "33" * 32).model_dump_json())
     grant(sqlite_store, "h1", sha="44" * 32)  # a slot for a build no longer desired
     assert agent.check() is False
     assert status(sqlite_store, "h1") is None and restarts == []
