@@ -62,6 +62,10 @@ def test_replay_runs_on_a_small_synthetic_trace(tmp_path: Path) -> None:
         "demand_served",
         "oracle_served",
         "demand_idle_share",
+        "objective_served",
+        "objective_p99_ms",
+        "objective_cost",
+        "demand_cost",
     }
     assert "demand history 3 bins (6 requests)" in result.stdout
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line}
@@ -71,3 +75,6 @@ def test_replay_runs_on_a_small_synthetic_trace(tmp_path: Path) -> None:
         p: float(fields[f"{p}_served"].rstrip("%")) for p in ("warmcache", "demand", "oracle")
     }
     assert served["oracle"] >= max(served["warmcache"], served["demand"])
+    # the tiered oracle holds the budget in cost units: at least as much
+    assert float(rows["oracle-tiered"][1].rstrip("%")) >= served["oracle"]
+    assert float(fields["objective_cost"]) >= 0 and float(fields["objective_p99_ms"]) >= 0
