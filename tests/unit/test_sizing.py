@@ -319,7 +319,7 @@ def test_budgets_over_http_are_validated_and_a_bad_one_changes_nothing(
     ok = web.put("/v1/budgets/az1", json={"vms": 40})
     forty = {"vms": 40}
     assert ok.status_code == 200 and ok.get_json() == {"az": "az1", "budget": forty}
-    bad_ones = (
+    bad_ones: tuple[dict[str, object], ...] = (
         {"vms": 4, "vcpus": 8},
         {},
         {"vms": -1},
