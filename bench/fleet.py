@@ -42,16 +42,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from warmcache.acquire.targets import TargetView
 from warmcache.adapters.file_catalog import FileFlavorCatalog
 from warmcache.adapters.sqlite_events import LogEvents
 from warmcache.adapters.sqlite_store import SqliteStore
-from warmcache.budgets import BudgetBook
 from warmcache.builders.cycle import BuildCycle
-from warmcache.builders.sizing import Sizer
 from warmcache.clock import SystemClock
 from warmcache.config import DemandConfig
-from warmcache.demand import HOUR_S, Chunk, hour_of
+from warmcache.demand.budgets import BudgetBook
+from warmcache.demand.forecast import HOUR_S, Chunk, hour_of
+from warmcache.demand.sizing import Sizer
+from warmcache.demand.targets import TargetView
 from warmcache.inventory import HostView
 from warmcache.layout import Keys, PoolRecords, RuleRecords
 from warmcache.leader.election import LeaderElection

@@ -21,7 +21,7 @@ VMs their bin's lower bound). Time is simulated (a discrete-event run, so a
 * **demand**: the same stack with every rule ``sizing = "demand"``
   (ceiling: the budget) and an AZ budget of ``--budget`` VMs. The service
   records what it is asked for (its demand ledger), and each cycle sizes
-  the pools with warmcache's own sizer (``warmcache.builders.sizing``):
+  the pools with warmcache's own sizer (``warmcache.demand.sizing``):
   forecasts from that history, the budget split by the requests one more
   VM saves. Its history starts with the ``--history-bins`` bins of the
   trace before the window (``--history``, default the ``v1.train`` split,
@@ -64,18 +64,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from warmcache.acquire.targets import TargetView
 from warmcache.adapters.file_catalog import FileFlavorCatalog
 from warmcache.adapters.log_alerts import LogAlerts
 from warmcache.adapters.sqlite_events import LogEvents
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.builders.deficits import below_low_water, state_counts, to_build
 from warmcache.builders.plan import plan_az
-from warmcache.builders.sizing import Sizer
 from warmcache.builders.tiers import tier_moves
 from warmcache.clock import ManualClock
 from warmcache.config import CostConfig, DemandConfig, ServiceConfig
-from warmcache.demand import Chunk, hour_of
+from warmcache.demand.forecast import Chunk, hour_of
+from warmcache.demand.sizing import Sizer
+from warmcache.demand.targets import TargetView
 from warmcache.errors import NoCapacity
 from warmcache.layout import Keys, PoolRecords
 from warmcache.model import STANDBY_TIERS, BuildRule, InstanceState, Mode, PoolInstance

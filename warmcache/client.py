@@ -42,8 +42,8 @@ from tenacity import (
 )
 
 from warmcache.acquire.quota_limits import QuotaEntry
-from warmcache.budgets import Budget, VcpuBudget, VmBudget
 from warmcache.config import QuotaLimit
+from warmcache.demand.budgets import Budget, VcpuBudget, VmBudget
 from warmcache.errors import (
     ClaimContention,
     ClaimOutcomeUnknown,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 from urllib.parse import quote
 
-from warmcache.demand import Chunk
+from warmcache.demand.forecast import Chunk
 from warmcache.model import BuildRule, HostFacts, PoolInstance
 from warmcache.ports import CoordinationStore, KeyValue
 
@@ -339,7 +339,7 @@ class HostRecords:
 
 class DemandRecords:
     """Demand chunks (``<prefix>/demand/<az>/<flavor>/<hour>/<node>``), read
-    side; each instance writes its own (``acquire.ledger``). A chunk that
+    side; each instance writes its own (``demand.ledger``). A chunk that
     does not parse is skipped and named, never trusted."""
 
     def __init__(self, store: CoordinationStore, keys: Keys) -> None:

@@ -25,7 +25,7 @@ from pydantic import (
 from warmcache.acquire.quota_limits import QuotaEntry
 from warmcache.actions import ACTIONS, ChangeAction, QuotaRule
 from warmcache.agent_versions import AgentEntry, DesiredAgent
-from warmcache.budgets import Budget
+from warmcache.demand.budgets import Budget
 from warmcache.images import Image
 from warmcache.model import (
     MAX_LEASE_S,

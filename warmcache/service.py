@@ -28,10 +28,10 @@ from warmcache.acquire.claims import ClaimRecord
 from warmcache.acquire.quota_limits import seed
 from warmcache.agent_versions import AgentVersions
 from warmcache.approvals import Approvals
-from warmcache.budgets import BudgetBook
 from warmcache.builders.cycle import CycleReport
 from warmcache.config import Config, CostConfig, DemandConfig, QuotaLimit, ServiceConfig
 from warmcache.context import ServiceContext
+from warmcache.demand.budgets import BudgetBook
 from warmcache.errors import StoreError
 from warmcache.fleet import FleetView
 from warmcache.health.poller import HealthPoller

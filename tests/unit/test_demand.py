@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from warmcache.demand import (
+from warmcache.demand.forecast import (
     DAY_S,
     HOUR_S,
     MAX_SIZES,

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from warmcache.config import CostConfig
-from warmcache.demand import Forecast
+from warmcache.demand.forecast import Forecast
 from warmcache.model import Objective, Tiers
 from warmcache.objective import COLD, Evaluator, TierCosts, choose
 

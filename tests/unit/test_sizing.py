@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from warmcache.acquire.ledger import DemandLedger
 from warmcache.adapters.sqlite_store import SqliteStore
-from warmcache.budgets import Budget, CostBudget, VcpuBudget, VmBudget
-from warmcache.builders.sizing import size_az
 from warmcache.clock import ManualClock
 from warmcache.config import DemandConfig
-from warmcache.demand import HOUR_S, Chunk, PoolHistory
+from warmcache.demand.budgets import Budget, CostBudget, VcpuBudget, VmBudget
+from warmcache.demand.forecast import HOUR_S, Chunk, PoolHistory
+from warmcache.demand.ledger import DemandLedger
+from warmcache.demand.sizing import size_az
 from warmcache.errors import InvalidRequest, NoCapacity, StoreUnavailable
 from warmcache.layout import DemandRecords, Keys
 from warmcache.model import BuildRule, Flavor, Tiers

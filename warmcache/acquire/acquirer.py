@@ -27,14 +27,14 @@ from warmcache import deadline
 from warmcache.acquire.claim import Claimed, Claimer, ClaimRequest
 from warmcache.acquire.claims import ClaimRecord
 from warmcache.acquire.index import PoolIndex
-from warmcache.acquire.ledger import DemandLedger
 from warmcache.acquire.quota_limits import QuotaLimitsView
 from warmcache.acquire.quotas import Quotas
-from warmcache.acquire.targets import TargetView
 from warmcache.acquire.wake import Waker
 from warmcache.builders.deficits import below_low_water
 from warmcache.config import QuotaLimit
 from warmcache.context import ServiceContext
+from warmcache.demand.ledger import DemandLedger
+from warmcache.demand.targets import TargetView
 from warmcache.errors import (
     InvalidRequest,
     NoCapacity,

@@ -48,9 +48,9 @@ from warmcache.builders.rollover import (
     surge,
     to_retire,
 )
-from warmcache.builders.sizing import Sizer
 from warmcache.builders.tiers import tier_moves
 from warmcache.builders.upkeep import PoolUpkeep, away
+from warmcache.demand.sizing import Sizer
 from warmcache.drains import Drains
 from warmcache.errors import (
     AgentError,

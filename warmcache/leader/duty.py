@@ -14,14 +14,14 @@ from collections.abc import Callable
 
 from warmcache import deadline
 from warmcache.acquire.claims import ClaimLog
-from warmcache.acquire.ledger import DemandLedger
 from warmcache.acquire.quotas import sweep_windows
-from warmcache.acquire.targets import TargetView
 from warmcache.agent_versions import pace_rollout
 from warmcache.builders.cycle import BuildCycle, CycleReport
 from warmcache.builders.findings import report_findings
-from warmcache.builders.sizing import Sizer
 from warmcache.context import ServiceContext
+from warmcache.demand.ledger import DemandLedger
+from warmcache.demand.sizing import Sizer
+from warmcache.demand.targets import TargetView
 from warmcache.errors import LeadershipLost, StoreError, UnknownRule, WarmCacheError
 from warmcache.leader.election import LeaderElection, Leadership, watch_poll_s
 from warmcache.logs import log_context

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from warmcache.acquire.quota_limits import REQUESTER_PATTERN, QuotaEntry
-from warmcache.budgets import BudgetBody
+from warmcache.demand.budgets import BudgetBody
 from warmcache.errors import CODES
 from warmcache.model import NAME_PATTERN, BuildRule, InstanceState
 from warmcache.networks import AddressPool

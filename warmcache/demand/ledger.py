@@ -23,7 +23,7 @@ import logging
 import threading
 from collections import OrderedDict
 
-from warmcache.demand import HOUR_S, Chunk, hour_of
+from warmcache.demand.forecast import HOUR_S, Chunk, hour_of
 from warmcache.errors import StoreError
 from warmcache.layout import Keys
 from warmcache.ports import Clock, CoordinationStore

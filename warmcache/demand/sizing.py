@@ -21,11 +21,11 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from warmcache.acquire.ledger import DemandLedger
-from warmcache.acquire.targets import TargetView, target_value
-from warmcache.budgets import COST_SCALE, Budget, BudgetBook
 from warmcache.config import CostConfig, DemandConfig
-from warmcache.demand import HOUR_S, Ask, Forecast, PoolHistory, forecast, split, target
+from warmcache.demand.budgets import COST_SCALE, Budget, BudgetBook
+from warmcache.demand.forecast import HOUR_S, Ask, Forecast, PoolHistory, forecast, split, target
+from warmcache.demand.ledger import DemandLedger
+from warmcache.demand.targets import TargetView, target_value
 from warmcache.layout import DemandRecords, Keys
 from warmcache.leader.election import FencedWriter
 from warmcache.model import (

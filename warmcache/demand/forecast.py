@@ -1,8 +1,8 @@
 """Demand-driven pool sizing, the arithmetic (issue 17): what a pool was
 asked for, what that forecasts over the next build horizon, and a shared
 AZ budget split by the marginal value of one more VM. Pure: no store, no
-clock (times are passed in); ``warmcache.acquire.ledger`` records the
-demand, ``warmcache.builders.sizing`` applies the targets.
+clock (times are passed in); ``warmcache.demand.ledger`` records the
+demand, ``warmcache.demand.sizing`` applies the targets.
 
 * ``Chunk``: one hour of one pool's demand as one instance saw it: VMs
   asked per ``bin_s`` bin, and requests by size (one request of 5 VMs is
