@@ -32,6 +32,8 @@ from warmcache.builders.cycle import CycleReport
 from warmcache.config import Config, CostConfig, DemandConfig, QuotaLimit, ServiceConfig
 from warmcache.context import ServiceContext
 from warmcache.demand.budgets import BudgetBook
+from warmcache.demand.ledger import DemandLedger
+from warmcache.demand.targets import TargetView
 from warmcache.errors import StoreError
 from warmcache.fleet import FleetView
 from warmcache.health.poller import HealthPoller
@@ -111,7 +113,21 @@ class WarmCache:
         self._config_quotas = tuple(quotas)
         self._cycle_wanted = threading.Event()
         self._release_wanted = threading.Event()
-        self.acquirer = Acquirer(ctx, trigger_cycle=self.trigger_cycle, rng=rng)
+        # Demand sizing's shared parts: what this instance is asked for (the
+        # ledger, written by acquisitions, flushed before the leader sizes)
+        # and the targets every instance follows (low water, /v1/pools).
+        ledger = DemandLedger(
+            store,
+            self.keys,
+            clock,
+            config.node,
+            bin_s=ctx.demand.bin_s,
+            keep_h=ctx.demand.keep_h,
+        )
+        targets = TargetView(store, self.keys)
+        self.acquirer = Acquirer(
+            ctx, trigger_cycle=self.trigger_cycle, rng=rng, ledger=ledger, targets=targets
+        )
         # Hosts, their capacity and VMs, rolled up per rack and AZ (/v1/hosts).
         self.fleet = FleetView(
             self.hosts,
@@ -124,8 +140,8 @@ class WarmCache:
         self.duty = LeaderDuty(
             ctx,
             claims=self.acquirer.claimer.log,
-            ledger=self.acquirer.ledger,
-            targets=self.acquirer.targets,
+            ledger=ledger,
+            targets=targets,
             pools=self.pools,
             trigger=self.trigger_cycle,
             rng=rng,

@@ -72,7 +72,12 @@ class Acquirer:
         *,
         trigger_cycle: Callable[[], None],
         rng: random.Random | None = None,
+        ledger: DemandLedger | None = None,
+        targets: TargetView | None = None,
     ) -> None:
+        """``ledger`` and ``targets``: the demand feature's (``warmcache.demand``),
+        built by the service and shared with the leader's duty (made here
+        when the acquirer is used on its own)."""
         config, store, keys, hosts, drains = ctx.config, ctx.store, ctx.keys, ctx.hosts, ctx.drains
         clock = ctx.clock
         self._config = config
@@ -82,13 +87,13 @@ class Acquirer:
         self.hosts = hosts
         self.drains = drains
         self.rules = RuleView(store, keys)
-        self.targets = TargetView(store, keys)
+        self.targets = targets or TargetView(store, keys)
         self.index = PoolIndex(store, keys, hosts=hosts, drains=drains, node=config.node)
         # The config's limits apply until the store's are read (quota_limits).
         self.quotas = Quotas(ctx.quotas, keys, store.get)
         self.quota_limits = QuotaLimitsView(store, keys, self.quotas.set_limits)
         self.flush_s = ctx.demand.flush_s  # the demand ledger's job (warmcache.jobs)
-        self.ledger = DemandLedger(
+        self.ledger = ledger or DemandLedger(
             store, keys, clock, config.node, bin_s=ctx.demand.bin_s, keep_h=ctx.demand.keep_h
         )
         self.claimer = Claimer(
