@@ -19,9 +19,10 @@ from warmcache.config import DemandConfig
 from warmcache.demand.budgets import Budget, CostBudget, VcpuBudget, VmBudget
 from warmcache.demand.forecast import HOUR_S, Chunk, PoolHistory
 from warmcache.demand.ledger import DemandLedger
+from warmcache.demand.records import DemandRecords
 from warmcache.demand.sizing import size_az
 from warmcache.errors import InvalidRequest, NoCapacity, StoreUnavailable
-from warmcache.layout import DemandRecords, Keys
+from warmcache.layout import Keys
 from warmcache.model import BuildRule, Flavor, Tiers
 from warmcache.ports import CoordinationStore
 from warmcache.service import WarmCache

@@ -25,8 +25,9 @@ from warmcache.config import CostConfig, DemandConfig
 from warmcache.demand.budgets import COST_SCALE, Budget, BudgetBook
 from warmcache.demand.forecast import HOUR_S, Ask, Forecast, PoolHistory, forecast, split, target
 from warmcache.demand.ledger import DemandLedger
+from warmcache.demand.records import DemandRecords
 from warmcache.demand.targets import TargetView, target_value
-from warmcache.layout import DemandRecords, Keys
+from warmcache.layout import Keys
 from warmcache.leader.election import FencedWriter
 from warmcache.model import (
     HELD_STATES,
