@@ -1,6 +1,6 @@
 """What the service's rooms share: ``WarmCache`` builds one
 ``ServiceContext`` from the ports it was given and hands it to each room
-(``acquire/``, ``leader/duty``, ``health/``, the approvals and their actions),
+(``acquire/``, ``builders/duty``, ``health/``, the approvals and their actions),
 so a room's constructor names only what is its own."""
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ import threading
 from collections.abc import Callable
 
 from warmcache.acquire.acquirer import Acquirer
+from warmcache.builders.duty import LeaderDuty
 from warmcache.config import ServiceConfig
 from warmcache.health.poller import HealthPoller
-from warmcache.leader.duty import LeaderDuty
 from warmcache.registration import ServiceRegistration
 from warmcache.scheduler import Scheduler
 

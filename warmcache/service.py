@@ -1,7 +1,7 @@
 """``WarmCache``: the handle an embedding service (or ``warmcache serve``) holds.
 
 A facade over the rooms that do the work: ``acquire/`` hands VMs out,
-``leader/duty`` runs build cycles under the leader lock, ``health/`` polls
+``builders/duty`` runs build cycles under the leader lock, ``health/`` polls
 and purges, ``approvals`` (over the ``actions`` registry) runs approved
 changes, ``jobs`` lists the periodic work its ``Scheduler`` runs; each room is
 built from one ``ServiceContext`` (``context``). It is assembled by
@@ -29,6 +29,7 @@ from warmcache.acquire.quota_limits import seed
 from warmcache.agent_versions import AgentVersions
 from warmcache.approvals import Approvals
 from warmcache.builders.cycle import CycleReport
+from warmcache.builders.duty import LeaderDuty
 from warmcache.config import Config, CostConfig, DemandConfig, QuotaLimit, ServiceConfig
 from warmcache.context import ServiceContext
 from warmcache.demand.budgets import BudgetBook
@@ -38,7 +39,6 @@ from warmcache.errors import StoreError
 from warmcache.fleet import FleetView
 from warmcache.health.poller import HealthPoller
 from warmcache.jobs import service_jobs
-from warmcache.leader.duty import LeaderDuty
 from warmcache.metrics import MetricsEvents
 from warmcache.model import SERVICE_NAME, Mode, PoolInstance, PoolSummary
 from warmcache.networks import NetworkBook
