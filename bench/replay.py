@@ -68,7 +68,7 @@ from warmcache.adapters.file_catalog import FileFlavorCatalog
 from warmcache.adapters.log_alerts import LogAlerts
 from warmcache.adapters.sqlite_events import LogEvents
 from warmcache.adapters.sqlite_store import SqliteStore
-from warmcache.builders.deficits import below_low_water, state_counts, to_build
+from warmcache.builders.deficits import state_counts, to_build
 from warmcache.builders.plan import plan_az
 from warmcache.builders.tiers import tier_moves
 from warmcache.clock import ManualClock
@@ -78,7 +78,14 @@ from warmcache.demand.sizing import Sizer
 from warmcache.demand.targets import TargetView
 from warmcache.errors import NoCapacity
 from warmcache.layout import Keys, PoolRecords
-from warmcache.model import STANDBY_TIERS, BuildRule, InstanceState, Mode, PoolInstance
+from warmcache.model import (
+    STANDBY_TIERS,
+    BuildRule,
+    InstanceState,
+    Mode,
+    PoolInstance,
+    below_low_water,
+)
 from warmcache.placement.pipeline import default_pipeline
 from warmcache.ports import VmSpec
 from warmcache.service import WarmCache

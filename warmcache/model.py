@@ -68,6 +68,11 @@ class Mode(enum.StrEnum):
     BEST_EFFORT = "best-effort"
 
 
+# A claim's id (``claim_id``, ``Idempotency-Key``): what the API accepts
+# and the acquirer checks.
+CLAIM_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -522,3 +527,13 @@ class PoolSummary(_Frozen):
 
 # The name every instance registers under in the store's service registry.
 SERVICE_NAME = "warmcache"
+
+
+def below_low_water(rule: BuildRule, acquirable: int, ratio: float) -> bool:
+    """The one low-water mark (``service.low_water_ratio``): fewer VMs left
+    to hand out than ``ratio`` of the pool's target asks for an early
+    cycle. VMs still building do not count: they cannot be handed out yet.
+    The acquirer checks it after each claim; ``bench/replay.py`` models it."""
+    if not rule.enabled or rule.total_instances == 0:
+        return False
+    return acquirable < rule.total_instances * ratio

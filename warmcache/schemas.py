@@ -28,6 +28,7 @@ from warmcache.agent_versions import AgentEntry, DesiredAgent
 from warmcache.demand.budgets import Budget
 from warmcache.images import Image
 from warmcache.model import (
+    CLAIM_ID_PATTERN,
     MAX_LEASE_S,
     NAME_PATTERN,
     BuildRule,
@@ -40,8 +41,8 @@ from warmcache.model import (
 )
 from warmcache.networks import AddressPool
 
-# A caller's name for its claim (Stripe's idempotency key): what a retry sends again.
-CLAIM_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# A caller's name for its claim (Stripe's idempotency key): what a retry sends
+# again; its pattern (model.CLAIM_ID_PATTERN) is the acquirer's too.
 
 
 Count = JsonInt

@@ -5,8 +5,8 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from warmcache.builders.deficits import below_low_water, racks_required, to_build
-from warmcache.model import BuildRule, InstanceState
+from warmcache.builders.deficits import racks_required, to_build
+from warmcache.model import BuildRule, InstanceState, below_low_water
 
 S = InstanceState
 

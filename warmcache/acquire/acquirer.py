@@ -30,7 +30,6 @@ from warmcache.acquire.index import PoolIndex
 from warmcache.acquire.quota_limits import QuotaLimitsView
 from warmcache.acquire.quotas import Quotas
 from warmcache.acquire.wake import Waker
-from warmcache.builders.deficits import below_low_water
 from warmcache.config import QuotaLimit
 from warmcache.context import ServiceContext
 from warmcache.demand.ledger import DemandLedger
@@ -46,6 +45,7 @@ from warmcache.errors import (
 )
 from warmcache.logs import log_context
 from warmcache.model import (
+    CLAIM_ID_PATTERN,
     MAX_LEASE_S,
     SERVICE_NAME,
     STANDBY_TIERS,
@@ -53,10 +53,10 @@ from warmcache.model import (
     Mode,
     PoolInstance,
     PoolSummary,
+    below_low_water,
     is_valid_name,
 )
 from warmcache.rules import RuleView
-from warmcache.schemas import CLAIM_ID_PATTERN
 from warmcache.stalls import StallWatch
 from warmcache.views import PrefixView
 from warmcache.vms.held import HeldIndex

@@ -31,13 +31,3 @@ def racks_required(rule: BuildRule, building: int) -> int:
     """Distinct racks the VMs of one cycle must span: ``min_fault_domain``,
     capped by how many VMs are being built (one VM spans one rack)."""
     return min(rule.min_fault_domain, building)
-
-
-def below_low_water(rule: BuildRule, acquirable: int, ratio: float) -> bool:
-    """The one low-water mark (``service.low_water_ratio``): fewer VMs left
-    to hand out than ``ratio`` of the pool's target asks for an early
-    cycle. VMs still building do not count: they cannot be handed out yet.
-    The acquirer checks it after each claim; ``bench/replay.py`` models it."""
-    if not rule.enabled or rule.total_instances == 0:
-        return False
-    return acquirable < rule.total_instances * ratio

@@ -18,11 +18,10 @@ from pydantic.json_schema import models_json_schema
 from warmcache.acquire.quota_limits import REQUESTER_PATTERN, QuotaEntry
 from warmcache.demand.budgets import BudgetBody
 from warmcache.errors import CODES
-from warmcache.model import NAME_PATTERN, BuildRule, InstanceState
+from warmcache.model import CLAIM_ID_PATTERN, NAME_PATTERN, BuildRule, InstanceState
 from warmcache.networks import AddressPool
 from warmcache.schemas import (
     AFTER_HOST_PATTERN,
-    CLAIM_ID_PATTERN,
     AcquireReply,
     AcquireRequest,
     AgentsReply,
