@@ -26,11 +26,11 @@ from warmcache.errors import (
     UnknownRack,
     UnknownVm,
 )
-from warmcache.health.purge import purge_pool, purge_vm
 from warmcache.images import Image
 from warmcache.layout import PoolRecords, RuleRecords
 from warmcache.model import NAME_PATTERN, InstanceState
 from warmcache.networks import AddressPool, NetworkBook
+from warmcache.purge import purge_pool, purge_vm
 from warmcache.vms.book import Found, find_vm
 
 

@@ -7,7 +7,7 @@ for Elasticsearch or Loki), and the work a line belongs to.
 line logged inside the block, from this thread and from the threads it hands
 work to with ``in_context`` (a build cycle's per-AZ and per-VM workers):
 
-    2026-12-03 10:01:02,345 WARNING warmcache.health.purge cycle=4711: ...
+    2026-12-03 10:01:02,345 WARNING warmcache.purge cycle=4711: ...
     {"time": "...", "level": "WARNING", "logger": "...", "message": "...", "cycle": 4711}
 """
 

@@ -293,7 +293,7 @@ def network_of(pool: AddressPool | None, address: str) -> StaticNetwork | None:
 @dataclass(frozen=True)
 class AddressRelease:
     """The ops that put a removed VM's addresses in quarantine, for the
-    transaction that removes its record (``health.purge.purge_vm``)."""
+    transaction that removes its record (``purge.purge_vm``)."""
 
     keys: Keys
     clock: Clock

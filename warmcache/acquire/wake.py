@@ -18,12 +18,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from warmcache.errors import AgentError, StoreError
-from warmcache.health.purge import purge_vm
 from warmcache.inventory import HostView
 from warmcache.layout import Keys
 from warmcache.model import InstanceState, PoolInstance
 from warmcache.networks import AddressRelease
 from warmcache.ports import Compare, CoordinationStore, Delete, HostAgent, KeyValue, Op, Put
+from warmcache.purge import purge_vm
 from warmcache.vms.held import HeldIndex
 
 log = logging.getLogger(__name__)

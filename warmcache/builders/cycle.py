@@ -60,7 +60,6 @@ from warmcache.errors import (
     StoreError,
     VmUnhealthy,
 )
-from warmcache.health.purge import purge_vm
 from warmcache.images import Image, image_digest
 from warmcache.inventory import HostView
 from warmcache.layout import Keys, PoolRecords, RuleRecords, Stored
@@ -89,6 +88,7 @@ from warmcache.ports import (
     VmSpec,
     VmStatus,
 )
+from warmcache.purge import purge_vm
 
 log = logging.getLogger(__name__)
 ADDRESS_TRIES = 8  # addresses tried for one VM when others hold them meanwhile

@@ -35,12 +35,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from warmcache.drains import Drains
-from warmcache.health.purge import purge_vm
 from warmcache.layout import Keys, Stored
 from warmcache.leader.election import FencedWriter
 from warmcache.model import HELD_STATES, POOLED_STATES, BuildRule, InstanceState, PoolInstance
 from warmcache.networks import AddressRelease
 from warmcache.ports import Compare, CoordinationStore, Delete, HostAgent, Put
+from warmcache.purge import purge_vm
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 
 from warmcache.context import ServiceContext
 from warmcache.errors import AgentError, LeadershipLost
-from warmcache.health.purge import purge_vm
 from warmcache.layout import PoolRecords, Stored
 from warmcache.leader.election import FencedWriter, LeaderElection
 from warmcache.model import InstanceState, PoolInstance
@@ -39,6 +38,7 @@ from warmcache.ports import (
     Put,
     VmStatus,
 )
+from warmcache.purge import purge_vm
 
 log = logging.getLogger(__name__)
 POLLED = (InstanceState.READY, InstanceState.RESERVED, InstanceState.PURGING)
