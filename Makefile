@@ -24,6 +24,7 @@ lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 $(STAMP_RUN): $(DEPS)
 	scripts/setup.sh run

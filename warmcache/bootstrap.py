@@ -13,13 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from warmcache.adapters.stores import STORES
 from warmcache.clock import SystemClock
 from warmcache.config import (
     AlertsConfig,
     CatalogConfig,
     Config,
     EventsConfig,
-    StoreConfig,
     load_config,
 )
 from warmcache.errors import ConfigError
@@ -34,40 +34,6 @@ from warmcache.ports import (
 
 if TYPE_CHECKING:
     from warmcache.service import WarmCache
-
-
-def _sqlite_store(cfg: StoreConfig, clock: Clock) -> CoordinationStore:
-    from warmcache.adapters.sqlite_store import SqliteStore
-
-    return SqliteStore(cfg.path, clock=clock)
-
-
-def _etcd_store(cfg: StoreConfig, clock: Clock) -> CoordinationStore:
-    from warmcache.adapters.etcd_store import EtcdSecurity, EtcdStore
-
-    security = EtcdSecurity(
-        ca=cfg.ca,
-        cert=cfg.cert,
-        key=cfg.key,
-        username=cfg.username,
-        password=cfg.password.get_secret_value(),
-    )
-    return EtcdStore(
-        cfg.url or "http://127.0.0.1:2379", max_txn_ops=cfg.max_txn_ops, security=security
-    )
-
-
-def _consul_store(cfg: StoreConfig, clock: Clock) -> CoordinationStore:
-    import os
-
-    from warmcache.adapters.consul_store import ConsulStore
-
-    # py-consul's own convention: CONSUL_HTTP_ADDR / CONSUL_HTTP_TOKEN.
-    url = cfg.url or os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500")
-    if "://" not in url:
-        url = f"http://{url}"
-    token = cfg.token.get_secret_value() or os.environ.get("CONSUL_HTTP_TOKEN", "")
-    return ConsulStore(url, token=token, ca=cfg.ca, cert=cfg.cert, key=cfg.key)
 
 
 def _file_catalog(cfg: CatalogConfig, clock: Clock) -> FlavorCatalog:
@@ -162,11 +128,6 @@ def _smtp_alerts(cfg: AlertsConfig, clock: Clock) -> AlertSink:
 
 # kind -> factory of (section config, clock); each factory imports its
 # driver itself, so a driver is needed only when its backend is chosen.
-STORES: dict[str, Callable[[StoreConfig, Clock], CoordinationStore]] = {
-    "sqlite": _sqlite_store,
-    "etcd": _etcd_store,
-    "consul": _consul_store,
-}
 CATALOGS: dict[str, Callable[[CatalogConfig, Clock], FlavorCatalog]] = {
     "file": _file_catalog,
     "mongodb": _mongo_catalog,

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from warmcache import deadline
-from warmcache.bootstrap import CATALOGS, EVENTS, STORES, elasticsearch_options
+from warmcache.adapters.stores import STORES
+from warmcache.bootstrap import CATALOGS, EVENTS, elasticsearch_options
 from warmcache.clock import SystemClock
 from warmcache.config import AgentTlsConfig, AlertsConfig, Config, EventsConfig, StoreConfig
 from warmcache.layout import Keys

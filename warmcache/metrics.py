@@ -14,20 +14,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from warmcache.config import CostConfig
-from warmcache.fleet import RESOURCES
 from warmcache.model import STANDBY_TIERS, PoolSummary
 from warmcache.pool_history import AcquisitionStats
 from warmcache.ports import Event, EventSink
-
-if TYPE_CHECKING:
-    from warmcache.service import WarmCache
 
 
 @dataclass(frozen=True)
@@ -279,31 +274,6 @@ class MetricsEvents:
         stats = self.acquisitions_seen
         self.registry.register(
             _PoolCollector(readings, lambda az, f: int(str(stats.of(az, f)["served"])))
-        )
-
-    def watch_service(self, service: WarmCache) -> None:
-        """Export the pools, hosts, claims and cycles of ``service``."""
-        claimer = service.acquirer.claimer
-        self.watch_pools(
-            Readings(
-                pools=service.pools,
-                hosts_by_az=service.hosts.count_by_az,
-                racks=lambda: [
-                    (
-                        r.az,
-                        r.rack,
-                        r.capacity.hosts,
-                        r.unreachable,
-                        {res: r.capacity.of(res)["free"] for res in RESOURCES},
-                    )
-                    for r in service.fleet.racks()
-                ],
-                claims=lambda: (claimer.batches, claimer.conflicts),
-                last_cycle_finished_at=service.duty.last_completed_at,
-                low_water_ratio=service.config.low_water_ratio,
-                cycle_interval_s=service.config.cycle_interval_s,
-                cost=service.cost,
-            )
         )
 
     def emit(self, event: Event) -> None:

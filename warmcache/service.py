@@ -36,10 +36,10 @@ from warmcache.demand.budgets import BudgetBook
 from warmcache.demand.ledger import DemandLedger
 from warmcache.demand.targets import TargetView
 from warmcache.errors import StoreError
-from warmcache.fleet import FleetView
+from warmcache.fleet import RESOURCES, FleetView
 from warmcache.health.poller import HealthPoller
 from warmcache.jobs import service_jobs
-from warmcache.metrics import MetricsEvents
+from warmcache.metrics import MetricsEvents, Readings
 from warmcache.model import SERVICE_NAME, Mode, PoolInstance, PoolSummary
 from warmcache.networks import NetworkBook
 from warmcache.pool_history import PoolHistory, read_held
@@ -159,7 +159,7 @@ class WarmCache:
         )
         self.health = HealthPoller(ctx)
         self.registration = ServiceRegistration(store, config)
-        self.metrics.watch_service(self)
+        self.metrics.watch_pools(self._readings())
         self._readiness = Readiness.of_service(ctx)
         self.history = PoolHistory(
             self.pools,
@@ -179,6 +179,30 @@ class WarmCache:
             release_wanted=self._release_wanted,
             history=self.history.sample,
             approvals=self.approvals.resume_job,
+        )
+
+    def _readings(self) -> Readings:
+        """What /metrics reads at every scrape, handed to the metrics as
+        callables (the metrics know no service)."""
+        claimer = self.acquirer.claimer
+        return Readings(
+            pools=self.pools,
+            hosts_by_az=self.hosts.count_by_az,
+            racks=lambda: [
+                (
+                    r.az,
+                    r.rack,
+                    r.capacity.hosts,
+                    r.unreachable,
+                    {res: r.capacity.of(res)["free"] for res in RESOURCES},
+                )
+                for r in self.fleet.racks()
+            ],
+            claims=lambda: (claimer.batches, claimer.conflicts),
+            last_cycle_finished_at=self.duty.last_completed_at,
+            low_water_ratio=self.config.low_water_ratio,
+            cycle_interval_s=self.config.cycle_interval_s,
+            cost=self.cost,
         )
 
     @classmethod

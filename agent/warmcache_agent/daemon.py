@@ -331,7 +331,7 @@ def _inventory_store(config: AgentConfig) -> CoordinationStore | None:
     if inv is None:
         log.warning("no [inventory] in the config: this host will not be placed on")
         return None
-    from warmcache.bootstrap import STORES
+    from warmcache.adapters.stores import STORES
     from warmcache.clock import SystemClock
     from warmcache.config import StoreConfig, StoreConnection
 
