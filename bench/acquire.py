@@ -506,7 +506,7 @@ def main() -> None:
     else:
         url = args.etcd_url
         if not url:
-            from warmcache.localetcd import EtcdCluster
+            from warmcache.testing.localetcd import EtcdCluster
 
             cluster = EtcdCluster(work / "etcd").start()
             url = cluster.urls[0]

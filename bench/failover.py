@@ -154,7 +154,7 @@ def main() -> None:
     elif args.etcd_url:
         spec = {"kind": "etcd", "url": args.etcd_url}
     else:
-        from warmcache.localetcd import EtcdCluster
+        from warmcache.testing.localetcd import EtcdCluster
 
         cluster = EtcdCluster(workdir / "etcd").start()
         spec = {"kind": "etcd", "url": cluster.urls[0]}

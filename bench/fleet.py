@@ -3,7 +3,7 @@
     .venv/bin/python bench/fleet.py [--hypervisors 10000] [--racks 500] [--azs 3] [--vms 3000]
         [--networks]
 
-Simulated hypervisors (``warmcache.sim``, behind the host-agent port, no
+Simulated hypervisors (``warmcache.testing.sim``, behind the host-agent port, no
 create latency: this measures warmcache, not boot times) publish their facts
 into a SQLite store; rules ask for ``--vms`` VMs spread over the AZs; one
 leader cycle builds them. Reported: the cycle's wall time, placement time
@@ -65,7 +65,7 @@ from warmcache.placement.pipeline import (
 )
 from warmcache.placement.request import PlacementRequest
 from warmcache.rules import RuleBook
-from warmcache.sim import sim_fleet
+from warmcache.testing.sim import sim_fleet
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 

@@ -33,7 +33,7 @@ from warmcache.config import ServiceConfig
 from warmcache.layout import PoolRecords
 from warmcache.model import InstanceState, Mode
 from warmcache.service import WarmCache
-from warmcache.sim import lognormal_latency, sim_fleet
+from warmcache.testing.sim import lognormal_latency, sim_fleet
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
@@ -89,7 +89,7 @@ def real(n: int) -> float:
         f"[rules.az1.tiny]\ntotal_instances = {n}\nmax_instance_per_cycle = {n}\n"
         "min_fault_domain = 1\n"
     )
-    from warmcache.localetcd import free_port
+    from warmcache.testing.localetcd import free_port
 
     work = Path(tempfile.mkdtemp(prefix="warmcache-refill-real-"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)

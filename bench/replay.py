@@ -89,7 +89,7 @@ from warmcache.model import (
 from warmcache.placement.pipeline import default_pipeline
 from warmcache.ports import VmSpec
 from warmcache.service import WarmCache
-from warmcache.sim import sim_fleet
+from warmcache.testing.sim import sim_fleet
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "azure-vm-arrivals"
 BIN_S = 300.0

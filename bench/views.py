@@ -3,7 +3,7 @@ with the fleet?
 
     .venv/bin/python bench/views.py [--sizes 10000,40000] [--calls 200]
 
-For each size, simulated hypervisors (``warmcache.sim``, 3 AZs, 40 hosts
+For each size, simulated hypervisors (``warmcache.testing.sim``, 3 AZs, 40 hosts
 a rack) publish their facts into a SQLite store, a service loads its views
 and one cycle builds ``--vms`` VMs (a few hand-outs too, for the
 dashboard's holders). Then, through the Flask app (no socket, so this is
@@ -42,7 +42,7 @@ from warmcache.clock import SystemClock
 from warmcache.config import ServiceConfig
 from warmcache.ports import Change
 from warmcache.service import WarmCache
-from warmcache.sim import sim_fleet
+from warmcache.testing.sim import sim_fleet
 from warmcache.web import create_app
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from warmcache.acquire.claim import Claimed, Claimer, ClaimRequest
+from warmcache.acquire.claimer import Claimed, Claimer, ClaimRequest
 from warmcache.acquire.index import PoolIndex
 from warmcache.clock import ManualClock
 from warmcache.inventory import DrainView, HostView

@@ -202,7 +202,7 @@ class ChaosRig:
         ]
 
     def _start_etcd(self) -> None:
-        from warmcache.localetcd import etcd_binary
+        from warmcache.testing.localetcd import etcd_binary
 
         initial = ",".join(f"m{i}=http://{self.ip(ETCD, i)}:2380" for i in range(self.n_etcd))
         for i in range(self.n_etcd):

@@ -42,7 +42,7 @@ def sqlite_store(tmp_path: Path, clock: ManualClock) -> Iterator[SqliteStore]:
 def etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real etcd for the session: ``WARMCACHE_TEST_ETCD`` if set, else one
     started here on free loopback ports (and stopped by its PID)."""
-    from warmcache.localetcd import EtcdCluster, EtcdUnavailable
+    from warmcache.testing.localetcd import EtcdCluster, EtcdUnavailable
 
     if os.environ.get("WARMCACHE_TEST_ETCD"):
         yield os.environ["WARMCACHE_TEST_ETCD"]

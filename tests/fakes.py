@@ -1,5 +1,5 @@
 """Test doubles for the host-agent port: the simulated hosts of
-``warmcache.sim`` with hooks for failures, so build-cycle tests run without
+``warmcache.testing.sim`` with hooks for failures, so build-cycle tests run without
 processes or libvirt."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from warmcache.images import Image
 from warmcache.layout import Keys
 from warmcache.model import HostFacts
 from warmcache.ports import CoordinationStore, VmSpec, VmStatus
-from warmcache.sim import SimAgent
+from warmcache.testing.sim import SimAgent
 
 
 class FakeAgent(SimAgent):
-    """A simulated host (warmcache.sim) with hooks tests pull: transient
+    """A simulated host (warmcache.testing.sim) with hooks tests pull: transient
     unavailability, VMs that come up sick, a callback before each create."""
 
     def __init__(

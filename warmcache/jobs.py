@@ -7,11 +7,11 @@ import threading
 from collections.abc import Callable
 
 from warmcache.acquire.acquirer import Acquirer
+from warmcache.background import Scheduler
 from warmcache.builders.duty import LeaderDuty
 from warmcache.config import ServiceConfig
 from warmcache.health.poller import HealthPoller
 from warmcache.registration import ServiceRegistration
-from warmcache.scheduler import Scheduler
 
 
 def service_jobs(

@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from warmcache.acquire.acquirer import Acquirer
-from warmcache.acquire.claims import ClaimRecord
+from warmcache.acquire.claim_log import ClaimRecord
 from warmcache.acquire.quota_limits import seed
 from warmcache.agent_versions import AgentVersions
 from warmcache.approvals import Approvals

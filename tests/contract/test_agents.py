@@ -16,7 +16,7 @@ import pytest
 from warmcache.errors import AgentVmExists, AgentVmNotFound, InsufficientHostCapacity
 from warmcache.model import Flavor
 from warmcache.ports import HostAgent, VmSpec
-from warmcache.sim import SimAgent
+from warmcache.testing.sim import SimAgent
 
 SMALL = Flavor(name="small", vcpus=2, memory_mib=2048, disk_gib=10)
 HUGE = Flavor(name="huge", vcpus=2, memory_mib=10_000_000, disk_gib=1)

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from warmcache.clock import ManualClock
-from warmcache.localetcd import free_port
 from warmcache.ports import AlertSink
+from warmcache.testing.localetcd import free_port
 
 Delivered = Callable[[], list[tuple[str, str]]]
 

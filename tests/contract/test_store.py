@@ -521,7 +521,7 @@ def compactable(
     import httpx
 
     from warmcache.adapters.etcd_store import EtcdStore
-    from warmcache.localetcd import EtcdCluster, EtcdUnavailable
+    from warmcache.testing.localetcd import EtcdCluster, EtcdUnavailable
 
     try:
         cluster = EtcdCluster(tmp_path / "etcd").start()

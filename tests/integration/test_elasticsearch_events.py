@@ -15,8 +15,8 @@ import pytest
 from tests.conftest import unavailable
 from tests.polling import wait_for
 from warmcache.adapters.elasticsearch_events import DATA_STREAM, ElasticsearchEvents
-from warmcache.localetcd import free_port
 from warmcache.ports import Event
+from warmcache.testing.localetcd import free_port
 
 pytest.importorskip("elasticsearch")
 

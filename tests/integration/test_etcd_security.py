@@ -26,8 +26,8 @@ from warmcache.bootstrap import build_store
 from warmcache.cli import main
 from warmcache.config import load_config
 from warmcache.errors import StoreError
-from warmcache.localetcd import ClientTls, EtcdCluster, EtcdUnavailable
 from warmcache.ports import Compare, Put
+from warmcache.testing.localetcd import ClientTls, EtcdCluster, EtcdUnavailable
 
 pytestmark = pytest.mark.etcd
 PASSWORD = "9041-not-json"

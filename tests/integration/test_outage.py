@@ -48,7 +48,7 @@ def ready_vm(service: Any, name: str, rack: int) -> None:
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
     """An etcd of its own (this test stops it) and a started instance."""
-    from warmcache.localetcd import EtcdCluster, EtcdUnavailable
+    from warmcache.testing.localetcd import EtcdCluster, EtcdUnavailable
 
     try:
         cluster = EtcdCluster(tmp_path / "etcd").start()

@@ -12,7 +12,7 @@ import pytest
 from tests.polling import wait_for
 from warmcache.adapters.smtp_alerts import SmtpAlerts
 from warmcache.clock import ManualClock
-from warmcache.localetcd import free_port
+from warmcache.testing.localetcd import free_port
 
 
 class Inbox:

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.acquiring import KEYS, Rig, host, seed
-from warmcache.acquire.claim import ClaimRequest
+from warmcache.acquire.claimer import ClaimRequest
 from warmcache.acquire.modes import satisfiable
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.clock import ManualClock

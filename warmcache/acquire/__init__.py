@@ -1,6 +1,6 @@
 """Acquire: modes as selectors, atomic all-or-nothing claims."""
 
-from warmcache.acquire.claim import Claimed, Claimer
+from warmcache.acquire.claimer import Claimed, Claimer
 from warmcache.acquire.modes import SELECTORS, satisfiable
 
 __all__ = ["SELECTORS", "Claimed", "Claimer", "satisfiable"]

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from typing import Any
 
 from warmcache import deadline
-from warmcache.acquire.claim import Claimed, Claimer, ClaimRequest
-from warmcache.acquire.claims import ClaimRecord
+from warmcache.acquire.claim_log import ClaimRecord
+from warmcache.acquire.claimer import Claimed, Claimer, ClaimRequest
 from warmcache.acquire.index import PoolIndex
 from warmcache.acquire.quota_limits import QuotaLimitsView
 from warmcache.acquire.quotas import Quotas
@@ -168,7 +168,7 @@ class Acquirer:
         returns the same VMs and claims nothing more, on any instance;
         ``ClaimMismatch`` if the repeat asks for something else,
         ``ClaimReleased`` once its VMs were given back; see
-        ``warmcache.acquire.claims``). ``lease_s``: the VMs are reclaimed
+        ``warmcache.acquire.claim_log``). ``lease_s``: the VMs are reclaimed
         that long after (default: the rule's ``lease_s``, else
         ``service.default_lease_s``, else never); give them back sooner
         with ``release``.

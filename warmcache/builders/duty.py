@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 
 from warmcache import deadline
-from warmcache.acquire.claims import ClaimLog
+from warmcache.acquire.claim_log import ClaimLog
 from warmcache.acquire.quotas import sweep_windows
 from warmcache.agent_versions import pace_rollout
 from warmcache.builders.cycle import BuildCycle, CycleReport

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from warmcache.acquire.claims import ClaimLog
+from warmcache.acquire.claim_log import ClaimLog
 from warmcache.errors import (
     ClaimContention,
     Forbidden,

@@ -33,7 +33,7 @@ it is returned as a success: no VM is stranded in ``acquired``). If the
 store cannot be asked, ``ClaimOutcomeUnknown`` names the claim and its VMs.
 
 **A named claim** (the caller gave its ``claim_id``) also writes its record
-(``warmcache.acquire.claims``) in its transaction, if absent: a repeat of a
+(``warmcache.acquire.claim_log``) in its transaction, if absent: a repeat of a
 claim that landed fails that compare and returns the recorded VMs instead;
 two requests with one id in one batch are never sent together (the second
 waits for the first to land, then finds its record).
@@ -57,7 +57,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from warmcache import deadline
-from warmcache.acquire.claims import ClaimLog, ClaimRecord
+from warmcache.acquire.claim_log import ClaimLog, ClaimRecord
 from warmcache.acquire.index import PoolIndex
 from warmcache.acquire.quotas import NO_RESERVATION, Quotas, Reservation
 from warmcache.config import QuotaLimit

@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 
 from tests.polling import wait_for
+from warmcache.background import Scheduler
 from warmcache.errors import StoreUnavailable
-from warmcache.scheduler import Scheduler
 
 LONG = 3600.0  # an interval no test waits out: only a wake or stop ends it
 
