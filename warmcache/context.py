@@ -1,7 +1,7 @@
-"""What the service's rooms share: ``WarmCache`` builds one
-``ServiceContext`` from the ports it was given and hands it to each room
+"""What the service's feature packages share: ``WarmCache`` builds one
+``ServiceContext`` from the ports it was given and hands it to each package
 (``acquire/``, ``builders/duty``, ``health/``, the approvals and their actions),
-so a room's constructor names only what is its own."""
+so a package's constructor names only what is its own."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class ServiceContext:
     cost: CostConfig = field(default_factory=CostConfig)  # tier weights ([cost])
     schedules: tuple[Schedule, ...] = ()  # scheduled floors ([[schedules]])
     # Take a handed-out VM back from its holder for deletion (an operator's
-    # purge_vm): set once the VMs' room exists (``WarmCache``).
+    # purge_vm): set once the VMs' lifecycle exists (``WarmCache``).
     release_vm: Callable[[str], PoolInstance] | None = None
 
     @classmethod

@@ -1,9 +1,9 @@
 """``WarmCache``: the handle an embedding service (or ``warmcache serve``) holds.
 
-A facade over the rooms that do the work: ``acquire/`` hands VMs out,
+A facade over the feature packages that do the work: ``acquire/`` hands VMs out,
 ``builders/duty`` runs build cycles under the leader lock, ``health/`` polls
 and purges, ``approvals`` (over the ``actions`` registry) runs approved
-changes, ``jobs`` lists the periodic work its ``Scheduler`` runs; each room is
+changes, ``jobs`` lists the periodic work its ``Scheduler`` runs; each package is
 built from one ``ServiceContext`` (``context``). It is assembled by
 ``warmcache.bootstrap`` from config (the one place that builds adapters),
 or by hand from ready adapters. ``start()`` runs the background work

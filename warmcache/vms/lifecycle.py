@@ -1,4 +1,4 @@
-"""The VMs' room of the service: lookups, releases, leases, day-2 disks and
+"""The VMs' feature package of the service: lookups, releases, leases, day-2 disks and
 the release worker, assembled from the service context and the acquirer's
 views (the rules it follows, the pool index, the holder index)."""
 
