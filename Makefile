@@ -6,7 +6,7 @@ STAMP_TEST := $(VENV)/.setup-test
 DEPS := setup.cfg pyproject.toml scripts/setup.sh
 ARGS ?=
 
-.PHONY: run test lint unit bench clean
+.PHONY: run test lint unit bench docs clean
 
 run: $(STAMP_RUN)
 	$(VENV)/bin/warmcache quickstart $(ARGS)
@@ -25,6 +25,10 @@ lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+docs: $(STAMP_TEST)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 $(STAMP_RUN): $(DEPS)
 	scripts/setup.sh run
@@ -35,4 +39,4 @@ $(STAMP_TEST): $(DEPS)
 	touch $@ $(STAMP_RUN)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .site

@@ -90,6 +90,7 @@ class ServiceConfig(_Section):
     node: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
         description="Name of this instance in the leader key and service registry.",
+        json_schema_extra={"default_shown": "hostname-pid"},
     )
     prefix: str = Field(default="warmcache", description="Key prefix in the store.")
     listen_host: str = Field(default="127.0.0.1", description="HTTP API address.")
