@@ -2,7 +2,7 @@
 visualizations, Kibana 8.8 and later) so that every field they use can be
 checked against the event mapping. Regenerate the file with
 
-    .venv/bin/python -m warmcache.kibana > dashboards/kibana.ndjson
+    .venv/bin/python scripts/kibana_objects.py > dashboards/kibana.ndjson
 
 (a test fails when the file and this module disagree).
 
