@@ -28,8 +28,8 @@ from warmcache.acquire.claim_log import ClaimRecord
 from warmcache.acquire.quota_limits import seed
 from warmcache.agent_versions import AgentVersions
 from warmcache.approvals import Approvals
-from warmcache.builders.cycle import CycleReport
 from warmcache.builders.duty import LeaderDuty
+from warmcache.builders.report import CycleReport
 from warmcache.config import Config, CostConfig, DemandConfig, QuotaLimit, ServiceConfig
 from warmcache.context import ServiceContext
 from warmcache.demand.budgets import BudgetBook

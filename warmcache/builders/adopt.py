@@ -4,30 +4,16 @@ lock mid-build), so that no VM it started is lost (DESIGN §12.2)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
+from warmcache.builders.run import AzRun
 from warmcache.errors import AgentError, AgentVmNotFound
-from warmcache.layout import Keys
-from warmcache.leader.election import FencedWriter
 from warmcache.model import BuildRule, InstanceState, PoolInstance
-from warmcache.ports import Clock, Compare, CoordinationStore, Delete, HostAgent, Put
-
-if TYPE_CHECKING:
-    from warmcache.builders.cycle import CycleReport
+from warmcache.ports import Compare, Delete, Put
 
 
 def adopt_orphans(
-    store: CoordinationStore,
-    keys: Keys,
-    agents: Mapping[str, HostAgent],
-    emit: Callable[..., None],
-    clock: Clock,
-    az: str,
-    records: list[PoolInstance],
-    rules: Mapping[str, BuildRule],
-    writer: FencedWriter,
-    report: CycleReport,
+    run: AzRun, records: list[PoolInstance], rules: Mapping[str, BuildRule]
 ) -> list[PoolInstance]:
     """Settle ``building`` records left by an earlier leader (it died or
     lost its lock mid-build): ready if the agent has the VM healthy,
@@ -35,6 +21,8 @@ def adopt_orphans(
     left alone while the agent is still creating it or unreachable (listed
     in ``report.unsettled``, so that the next cycle comes soon and settles
     it). Returns the AZ's records as they stand afterwards."""
+    store, keys, agents, emit, clock = run.store, run.keys, run.agents, run.emit, run.clock
+    az, writer, report = run.az, run.writer, run.report
     token = writer.leadership.token
     reserved = Counter(r.flavor for r in records if r.state == InstanceState.RESERVED)
     out: list[PoolInstance] = []

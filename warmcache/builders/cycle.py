@@ -27,7 +27,6 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from tenacity import (
     Retrying,
@@ -41,6 +40,7 @@ from tenacity import (
 from warmcache.builders.adopt import adopt_orphans
 from warmcache.builders.plan import PlannedVm, plan_az
 from warmcache.builders.prefetch import images_to_prefetch, prefetch_images
+from warmcache.builders.report import CycleReport
 from warmcache.builders.rollover import (
     held_count,
     retirable,
@@ -48,7 +48,8 @@ from warmcache.builders.rollover import (
     surge,
     to_retire,
 )
-from warmcache.builders.tiers import tier_moves
+from warmcache.builders.run import AzRun
+from warmcache.builders.standby import park, wanted
 from warmcache.builders.upkeep import PoolUpkeep, away
 from warmcache.demand.sizing import Sizer
 from warmcache.drains import Drains
@@ -62,7 +63,7 @@ from warmcache.errors import (
 )
 from warmcache.images import Image, image_digest
 from warmcache.inventory import HostView
-from warmcache.layout import Keys, PoolRecords, RuleRecords, Stored
+from warmcache.layout import Keys, PoolRecords, RuleRecords
 from warmcache.leader.election import FencedWriter
 from warmcache.logs import in_context
 from warmcache.model import (
@@ -92,72 +93,6 @@ from warmcache.purge import purge_vm
 
 log = logging.getLogger(__name__)
 ADDRESS_TRIES = 8  # addresses tried for one VM when others hold them meanwhile
-
-
-@dataclass
-class CycleReport:
-    token: int
-    started_at: float
-    finished_at: float = 0.0
-    built: Counter[tuple[str, str]] = field(default_factory=Counter)  # (az, flavor)
-    replaced: Counter[tuple[str, str]] = field(default_factory=Counter)  # rolled over
-    # (az, flavor, why): VMs retired by upkeep (drained, surplus, no_rule)
-    retired: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-    failed: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    # An earlier leader's builds that could not be settled yet (its agent is
-    # still creating the VM, or did not answer): the next cycle, soon, does.
-    unsettled: list[str] = field(default_factory=list)
-    leadership_lost: bool = False
-
-    @property
-    def clean(self) -> bool:
-        """Nothing failed or left open: no retry needed before the next interval."""
-        return not (self.failed or self.problems or self.unsettled or self.leadership_lost)
-
-    def summary(self) -> dict[str, object]:
-        return {
-            "token": self.token,
-            "duration_s": round(self.finished_at - self.started_at, 3),
-            "built": {f"{az}/{flavor}": n for (az, flavor), n in sorted(self.built.items())},
-            "replaced": {
-                f"{az}/{flavor}": n for (az, flavor), n in sorted(self.replaced.items()) if n
-            },
-            "retired": {
-                f"{az}/{flavor}/{why}": n
-                for (az, flavor, why), n in sorted(self.retired.items())
-                if n
-            },
-            "failed": self.failed,
-            "problems": self.problems,
-            "unsettled": self.unsettled,
-            "leadership_lost": self.leadership_lost,
-        }
-
-    def render(self) -> tuple[str, str]:
-        """An email-ready subject and plain-text body for this cycle."""
-        built = sum(self.built.values())
-        trouble = len(self.failed) + len(self.problems)
-        status = (
-            "LEADERSHIP LOST"
-            if self.leadership_lost
-            else (f"{trouble} problem(s)" if trouble else "ok")
-        )
-        subject = f"warmcache cycle {self.token}: built {built} VM(s), {status}"
-        lines = [subject, "", f"duration: {self.finished_at - self.started_at:.1f} s", ""]
-        if self.built:
-            lines.append("built:")
-            lines += [f"  {az}/{flavor}: {n}" for (az, flavor), n in sorted(self.built.items())]
-        if self.retired:
-            lines.append("retired:")
-            lines += [
-                f"  {az}/{flavor} ({why}): {n}"
-                for (az, flavor, why), n in sorted(self.retired.items())
-            ]
-        for title, items in (("failed builds:", self.failed), ("problems:", self.problems)):
-            if items:
-                lines += ["", title, *(f"  - {item}" for item in items)]
-        return subject, "\n".join(lines) + "\n"
 
 
 def default_vm_name(az: str, flavor: str) -> str:
@@ -308,18 +243,19 @@ class BuildCycle:
                     report.problems.append(f"{az}: store failed, AZ skipped: {exc}")
 
         def build_az(az: str) -> None:
-            current = adopt_orphans(
+            run = AzRun(
+                az,
                 self._store,
                 self._keys,
+                writer,
                 self._by_hypervisor,
                 self._emit,
                 self._clock,
-                az,
-                records.get(az, []),
-                rules[az],
-                writer,
                 report,
+                self._concurrency,
+                self._lock,
             )
+            current = adopt_orphans(run, records.get(az, []), rules[az])
             generations = {
                 f: pool_generation(flavors[f], rule, image_digest(flavors[f], images))
                 for f, rule in rules[az].items()
@@ -379,10 +315,8 @@ class BuildCycle:
             if any(retiring.values()):
                 self._retire(az, sized, retiring, writer, report)
             self._upkeep(az, sized, facts, drains, writer, report)
-            if any(
-                r.standby != "running" or r.tiers or r.objective for r in rules[az].values()
-            ) or any(r.standby != "running" or r.state is InstanceState.PARKING for r in current):
-                self._park(az, sized, writer, report)
+            if wanted(rules[az], current):
+                park(run, sized)
 
         # AZs whose rules are all gone still get their upkeep: their VMs retire.
         every_az = sorted(set(rules) | set(records))
@@ -701,89 +635,6 @@ class BuildCycle:
         with self._lock:
             report.retired += done.retired
             report.problems += done.problems
-
-    # --- standby states ---------------------------------------------------------------
-
-    def _park(
-        self,
-        az: str,
-        rules: Mapping[str, BuildRule],
-        writer: FencedWriter,
-        report: CycleReport,
-    ) -> None:
-        """Keep each pool's tiers at their targets (``rule.tier_targets``):
-        VMs beyond a tier's target move to a tier short of its own (the
-        nearest first), VMs beyond the pool's target wait saved until they
-        retire, and the ones an earlier leader left ``parking`` are
-        settled. Each VM is first taken out of the pool (``parking``, a
-        fenced write conditional on its revision, so an acquisition that got
-        there first keeps it), then the agent is asked, then it goes back as
-        the agent now keeps it."""
-        by_flavor: dict[str, list[Stored[PoolInstance]]] = defaultdict(list)
-        for item in self._records.read(az)[0]:
-            rec = item.record
-            if rec.flavor in rules and (
-                rec.state is InstanceState.PARKING
-                or (rec.state in HELD_STATES and not rec.health_failures)
-            ):
-                by_flavor[rec.flavor].append(item)
-        moves = [
-            (item, state)
-            for flavor, items in sorted(by_flavor.items())
-            for item, state in tier_moves(
-                items, rules[flavor].tier_targets(), park_surplus=rules[flavor].tiers is not None
-            )
-        ]
-        if not moves:
-            return
-        with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
-            park = in_context(lambda move: self._park_one(move[0], move[1], writer, report))
-            for _ in pool.map(park, moves):
-                pass
-
-    def _park_one(
-        self, item: Stored[PoolInstance], tier: str, writer: FencedWriter, report: CycleReport
-    ) -> None:
-        rec, revision = item.record, item.mod_revision
-        back = InstanceState.READY if rec.state is InstanceState.PARKING else rec.state
-        if rec.state is not InstanceState.PARKING:
-            parking = rec.with_state(InstanceState.PARKING)
-            result = writer.txn(
-                [Compare.mod_revision(item.key, revision)],
-                [Put(item.key, parking.model_dump_json())],
-            )
-            if not result.succeeded:
-                return  # acquired or changed meanwhile: not the leader's to park
-            revision = result.revision
-        agent = self._by_hypervisor.get(rec.hypervisor)
-        started = self._clock.now()
-        try:
-            if agent is None:
-                raise AgentUnavailable(rec.hypervisor, "not heartbeating")
-            status = agent.standby(rec.name, tier)
-            kept, healthy = status.standby, status.healthy
-        except AgentError as exc:
-            kept, healthy = rec.standby, False
-            with self._lock:
-                report.problems.append(f"{rec.az}/{rec.flavor}: {rec.name} not {tier}: {exc}")
-        done = rec.with_state(
-            back,
-            standby=kept if kept in ("running", "paused", "saved") else "running",
-            health_failures=rec.health_failures + (0 if healthy else 1),
-        )
-        writer.txn(
-            [Compare.mod_revision(item.key, revision)], [Put(item.key, done.model_dump_json())]
-        )
-        self._emit(
-            "vm.standby",
-            name=rec.name,
-            az=rec.az,
-            flavor=rec.flavor,
-            hypervisor=rec.hypervisor,
-            state=done.standby,
-            healthy=healthy,
-            duration_s=round(self._clock.now() - started, 3),
-        )
 
     def _create(self, agent: HostAgent, spec: VmSpec, lost: threading.Event) -> VmStatus:
         for attempt in Retrying(
