@@ -42,11 +42,10 @@ from warmcache.builders.plan import PlannedVm, plan_az
 from warmcache.builders.prefetch import images_to_prefetch, prefetch_images
 from warmcache.builders.report import CycleReport
 from warmcache.builders.rollover import (
-    held_count,
+    mark_generations,
     retirable,
-    stale_mark,
+    retire,
     surge,
-    to_retire,
 )
 from warmcache.builders.run import AzRun
 from warmcache.builders.standby import park, wanted
@@ -67,7 +66,6 @@ from warmcache.layout import Keys, PoolRecords, RuleRecords
 from warmcache.leader.election import FencedWriter
 from warmcache.logs import in_context
 from warmcache.model import (
-    HELD_STATES,
     BuildRule,
     Flavor,
     HostFacts,
@@ -261,7 +259,7 @@ class BuildCycle:
                 for f, rule in rules[az].items()
                 if f in flavors
             }
-            current = self._mark_generations(az, current, generations, writer)
+            current = mark_generations(run, current, generations)
             # What a pool counts: not its VMs on unreachable or evacuating
             # hosts (builders/upkeep): the cycle replaces them.
             gone = away(current, facts, drains)
@@ -313,7 +311,7 @@ class BuildCycle:
                 for _ in pool.map(build, builds):
                     pass
             if any(retiring.values()):
-                self._retire(az, sized, retiring, writer, report)
+                retire(run, sized, retiring, self._release)
             self._upkeep(az, sized, facts, drains, writer, report)
             if wanted(rules[az], current):
                 park(run, sized)
@@ -513,107 +511,6 @@ class BuildCycle:
         return kept
 
     # --- rolling replacement (builders/rollover.py) ------------------------------------
-
-    def _mark_generations(
-        self,
-        az: str,
-        records: list[PoolInstance],
-        generations: Mapping[str, str],
-        writer: FencedWriter,
-    ) -> list[PoolInstance]:
-        """Mark (or unmark) ``stale`` the AZ's pooled VMs whose generation is
-        not their pool's; the records as they now are. A record changed
-        meanwhile (acquired) keeps what it says."""
-        marks = {
-            r.name: mark
-            for r in records
-            if r.flavor in generations
-            and (mark := stale_mark(r, generations[r.flavor])) is not None
-        }
-        if not marks:
-            return records
-        stored = {item.record.name: item for item in self._records.read(az)[0]}
-        out, newly = [], Counter[str]()
-        for rec in records:
-            mark = marks.get(rec.name)
-            item = stored.get(rec.name)
-            if mark is None or item is None or item.record != rec:
-                out.append(rec)
-                continue
-            marked = rec.model_copy(update={"stale": mark})
-            if writer.txn(
-                [Compare.mod_revision(item.key, item.mod_revision)],
-                [Put(item.key, marked.model_dump_json())],
-            ).succeeded:
-                out.append(marked)
-                if mark:
-                    newly[rec.flavor] += 1
-            else:
-                out.append(rec)
-        for flavor, n in sorted(newly.items()):
-            self._emit(
-                "pool.generation_changed",
-                az=az,
-                flavor=flavor,
-                generation=generations[flavor],
-                stale=n,
-            )
-        return out
-
-    def _retire(
-        self,
-        az: str,
-        rules: Mapping[str, BuildRule],
-        retiring: Mapping[str, list[tuple[PoolInstance, str]]],
-        writer: FencedWriter,
-        report: CycleReport,
-    ) -> None:
-        """After the cycle's builds: purge up to ``replace_per_cycle`` of each
-        pool's stale or aged VMs, as the ready floor allows (read again now:
-        the builds and acquisitions of this cycle count)."""
-        items = self._records.read(az)[0]
-        stored = {item.record.name: item for item in items}
-        now_records = [item.record for item in items]
-        for flavor, candidates in sorted(retiring.items()):
-            rule = rules[flavor]
-            live = [
-                (stored[rec.name], why)
-                for rec, why in candidates
-                if rec.name in stored and stored[rec.name].record.state in HELD_STATES
-            ]
-            n = to_retire(rule, held_count(now_records, flavor), len(live))
-            done: set[str] = set()
-            for item, why in live[:n]:
-                rec = item.record
-                agent = self._by_hypervisor.get(rec.hypervisor)
-                if purge_vm(writer.txn, item.key, item.mod_revision, rec, agent, self._release):
-                    done.add(rec.name)
-                    self._emit(
-                        "vm.replaced",
-                        name=rec.name,
-                        az=az,
-                        flavor=flavor,
-                        hypervisor=rec.hypervisor,
-                        reason=why,
-                        generation=rec.generation,
-                    )
-                else:
-                    with self._lock:
-                        report.problems.append(
-                            f"{az}/{flavor}: {rec.name} ({why}) not replaced: acquired "
-                            "meanwhile, or its agent could not destroy it"
-                        )
-            left = [why for item, why in live if item.record.name not in done]
-            with self._lock:
-                report.replaced[(az, flavor)] += len(done)
-            self._emit(
-                "pool.rollout",
-                az=az,
-                flavor=flavor,
-                replaced_vms=len(done),
-                stale_left=left.count("stale"),
-                aged_left=left.count("max_age"),
-            )
 
     # --- upkeep (builders/upkeep.py) ---------------------------------------------------
 

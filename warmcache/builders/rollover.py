@@ -15,16 +15,23 @@ provider flavor, sizes and disks and the rule's ``user_data`` and
    first, never taking the pool's ready count below ``total_instances -
    replace_per_cycle``.
 
-Pure arithmetic here (``retirable``, ``surge``, ``to_retire``); the cycle
-does the writes. Every replacement is a ``vm.replaced`` event; each cycle
-with a rollout under way emits ``pool.rollout`` (stale and aged VMs left).
+The arithmetic is pure (``retirable``, ``surge``, ``to_retire``); the
+stage's writes are ``mark_generations`` and ``retire``. Every replacement
+is a ``vm.replaced`` event; each cycle with a rollout under way emits
+``pool.rollout`` (stale and aged VMs left).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 
+from warmcache.builders.run import AzRun
+from warmcache.layout import PoolRecords
 from warmcache.model import HELD_STATES, BuildRule, InstanceState, PoolInstance
+from warmcache.networks import AddressRelease
+from warmcache.ports import Compare, Put
+from warmcache.purge import purge_vm
 
 
 def stale_mark(rec: PoolInstance, generation: str) -> bool | None:
@@ -79,3 +86,101 @@ def held_count(records: Sequence[PoolInstance], flavor: str) -> int:
 
 def _born(rec: PoolInstance) -> float:
     return rec.ready_at if rec.ready_at is not None else rec.created_at
+
+
+def mark_generations(
+    run: AzRun, records: list[PoolInstance], generations: Mapping[str, str]
+) -> list[PoolInstance]:
+    """Mark (or unmark) ``stale`` the AZ's pooled VMs whose generation is
+    not their pool's; the records as they now are. A record changed
+    meanwhile (acquired) keeps what it says."""
+    marks = {
+        r.name: mark
+        for r in records
+        if r.flavor in generations and (mark := stale_mark(r, generations[r.flavor])) is not None
+    }
+    if not marks:
+        return records
+    az, writer = run.az, run.writer
+    stored = {item.record.name: item for item in PoolRecords(run.store, run.keys).read(az)[0]}
+    out, newly = [], Counter[str]()
+    for rec in records:
+        mark = marks.get(rec.name)
+        item = stored.get(rec.name)
+        if mark is None or item is None or item.record != rec:
+            out.append(rec)
+            continue
+        marked = rec.model_copy(update={"stale": mark})
+        if writer.txn(
+            [Compare.mod_revision(item.key, item.mod_revision)],
+            [Put(item.key, marked.model_dump_json())],
+        ).succeeded:
+            out.append(marked)
+            if mark:
+                newly[rec.flavor] += 1
+        else:
+            out.append(rec)
+    for flavor, n in sorted(newly.items()):
+        run.emit(
+            "pool.generation_changed",
+            az=az,
+            flavor=flavor,
+            generation=generations[flavor],
+            stale=n,
+        )
+    return out
+
+
+def retire(
+    run: AzRun,
+    rules: Mapping[str, BuildRule],
+    retiring: Mapping[str, list[tuple[PoolInstance, str]]],
+    release: AddressRelease | None,
+) -> None:
+    """After the cycle's builds: purge up to ``replace_per_cycle`` of each
+    pool's stale or aged VMs, as the ready floor allows (read again now:
+    the builds and acquisitions of this cycle count)."""
+    az, writer, report = run.az, run.writer, run.report
+    items = PoolRecords(run.store, run.keys).read(az)[0]
+    stored = {item.record.name: item for item in items}
+    now_records = [item.record for item in items]
+    for flavor, candidates in sorted(retiring.items()):
+        rule = rules[flavor]
+        live = [
+            (stored[rec.name], why)
+            for rec, why in candidates
+            if rec.name in stored and stored[rec.name].record.state in HELD_STATES
+        ]
+        n = to_retire(rule, held_count(now_records, flavor), len(live))
+        done: set[str] = set()
+        for item, why in live[:n]:
+            rec = item.record
+            agent = run.agents.get(rec.hypervisor)
+            if purge_vm(writer.txn, item.key, item.mod_revision, rec, agent, release):
+                done.add(rec.name)
+                run.emit(
+                    "vm.replaced",
+                    name=rec.name,
+                    az=az,
+                    flavor=flavor,
+                    hypervisor=rec.hypervisor,
+                    reason=why,
+                    generation=rec.generation,
+                )
+            else:
+                with run.lock:
+                    report.problems.append(
+                        f"{az}/{flavor}: {rec.name} ({why}) not replaced: acquired "
+                        "meanwhile, or its agent could not destroy it"
+                    )
+        left = [why for item, why in live if item.record.name not in done]
+        with run.lock:
+            report.replaced[(az, flavor)] += len(done)
+        run.emit(
+            "pool.rollout",
+            az=az,
+            flavor=flavor,
+            replaced_vms=len(done),
+            stale_left=left.count("stale"),
+            aged_left=left.count("max_age"),
+        )
