@@ -28,18 +28,9 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from tenacity import (
-    Retrying,
-    before_sleep_log,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_when_event_set,
-    wait_exponential,
-)
-
 from warmcache.builders.adopt import adopt_orphans
-from warmcache.builders.plan import PlannedVm, plan_az
-from warmcache.builders.prefetch import images_to_prefetch, prefetch_images
+from warmcache.builders.build import Builder
+from warmcache.builders.plan import plan_az
 from warmcache.builders.report import CycleReport
 from warmcache.builders.rollover import (
     mark_generations,
@@ -53,12 +44,8 @@ from warmcache.builders.upkeep import PoolUpkeep, away
 from warmcache.demand.sizing import Sizer
 from warmcache.drains import Drains
 from warmcache.errors import (
-    AgentError,
-    AgentUnavailable,
-    AgentVmExists,
     LeadershipLost,
     StoreError,
-    VmUnhealthy,
 )
 from warmcache.images import Image, image_digest
 from warmcache.inventory import HostView
@@ -70,27 +57,19 @@ from warmcache.model import (
     Flavor,
     HostFacts,
     InstanceState,
-    PoolInstance,
-    StaticNetwork,
     pool_generation,
 )
-from warmcache.networks import AddressRelease, Allocator, Held, NetworkBook
+from warmcache.networks import AddressRelease, Allocator, NetworkBook
 from warmcache.placement.pipeline import PlacementPipeline
 from warmcache.ports import (
     Clock,
-    Compare,
     CoordinationStore,
     Event,
     EventSink,
     HostAgent,
-    Put,
-    VmSpec,
-    VmStatus,
 )
-from warmcache.purge import purge_vm
 
 log = logging.getLogger(__name__)
-ADDRESS_TRIES = 8  # addresses tried for one VM when others hold them meanwhile
 
 
 def default_vm_name(az: str, flavor: str) -> str:
@@ -140,6 +119,12 @@ class BuildCycle:
         self._prefetch_parallel = prefetch_parallel
         self._by_hypervisor: dict[str, HostAgent] = {}
         self._lock = threading.Lock()
+        self._builder = Builder(
+            retries=retries,
+            retry_wait_s=retry_wait_s,
+            release=release,
+            prefetch_parallel=prefetch_parallel,
+        )
         self._upkeeper = PoolUpkeep(
             store, keys, self._emit, clock.now, shrink_after_s, release=release
         )
@@ -297,15 +282,15 @@ class BuildCycle:
                     f"{az}/{f}: image {i!r} is not in the catalog: nothing built"
                     for f, i in sorted(missing.items())
                 ]
-            builds = self._prefetched(plan.builds, images, writer, report)
+            builds = self._builder.prefetched(run, plan.builds, images)
             reserved = Counter(r.flavor for r in current if r.state == InstanceState.RESERVED)
             book = NetworkBook(self._store, self._keys)
             pools = book.in_az(az) if builds else {}
             addresses = Allocator(pools, book.held(az)) if pools else None
             with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
                 build = in_context(
-                    lambda vm: self._build(
-                        vm, writer, reserved, report, addresses, generations, images
+                    lambda vm: self._builder.build(
+                        run, vm, reserved, addresses, generations, images
                     )
                 )
                 for _ in pool.map(build, builds):
@@ -324,193 +309,6 @@ class BuildCycle:
         report.finished_at = self._clock.now()
         self._emit("cycle.summary", **report.summary())
         return report
-
-    def _build(
-        self,
-        vm: PlannedVm,
-        writer: FencedWriter,
-        reserved: Counter[str],
-        report: CycleReport,
-        addresses: Allocator | None = None,
-        generations: Mapping[str, str] | None = None,
-        images: Mapping[str, Image] | None = None,
-    ) -> None:
-        if writer.leadership.lost.is_set():
-            return
-        az, flavor = vm.host.az, vm.flavor.name
-        key = self._keys.pool(az, vm.name)
-        started = self._clock.now()
-        try:
-            generation = (generations or {}).get(flavor, "")
-            recorded = self._record_building(vm, key, writer, addresses, generation)
-            if isinstance(recorded, str):  # not ours, or no address: nothing was touched
-                with self._lock:
-                    self._failed(report, f"{vm.name}: {recorded}")
-                    if recorded.startswith("no_address"):
-                        report.problems.append(f"{az}/{flavor}: {recorded}")
-                return
-            record, network, revision = recorded
-            self._emit(
-                "vm.build_started",
-                name=vm.name,
-                az=az,
-                flavor=flavor,
-                hypervisor=vm.host.hypervisor,
-                rack=vm.host.rack,
-                placement=vm.decision.explain(),
-            )
-            agent = self._by_hypervisor[vm.host.hypervisor]
-            image = (images or {}).get(vm.flavor.image_id) if vm.flavor.image_id else None
-            status = self._create(
-                agent,
-                VmSpec(vm.name, vm.flavor, vm.rule.user_data, vm.rule.group_hint, network, image),
-                writer.leadership.lost,
-            )
-            if not status.healthy:
-                status = agent.status(vm.name)
-            if not status.healthy:
-                raise VmUnhealthy(agent.endpoint, vm.name, status.state)
-        except LeadershipLost:
-            report.leadership_lost = True
-            self._emit(
-                "vm.build_abandoned",
-                name=vm.name,
-                az=az,
-                flavor=flavor,
-                reason="leadership lost before the VM was started",
-            )
-            return
-        except StoreError as exc:
-            # Only the record write talks to the store here: no VM was started.
-            # If the record landed anyway, the next cycle's adoption finds no
-            # VM on the agent and forgets it.
-            with self._lock:
-                self._failed(report, f"{vm.name}: not started, store failed: {exc}")
-            return
-        except AgentError as exc:
-            self._fail(vm, key, revision, record, writer, report, str(exc))
-            return
-        with self._lock:
-            hold = reserved[flavor] < vm.rule.reserve_cap
-            if hold:
-                reserved[flavor] += 1
-        state = InstanceState.RESERVED if hold else InstanceState.READY
-        done = record.with_state(
-            state,
-            ready_at=self._clock.now(),
-            server_id=status.server_id,
-            addresses=record.addresses or status.addresses,
-        )
-        try:
-            ok = writer.txn(
-                [Compare.mod_revision(key, revision)], [Put(key, done.model_dump_json())]
-            ).succeeded
-        except LeadershipLost:
-            # The VM runs and its record says building: the next leader sees it.
-            report.leadership_lost = True
-            return
-        except StoreError as exc:
-            # Same: the record still says building; the next cycle adopts it.
-            with self._lock:
-                self._failed(report, f"{vm.name}: built, record not updated: {exc}")
-            return
-        if not ok:
-            with self._lock:
-                self._failed(report, f"{vm.name}: record changed while building")
-            return
-        with self._lock:
-            report.built[(az, flavor)] += 1
-        self._emit(
-            "vm.build_finished",
-            name=vm.name,
-            az=az,
-            flavor=flavor,
-            state=state.value,
-            hypervisor=vm.host.hypervisor,
-            rack=vm.host.rack,
-            duration_s=round(self._clock.now() - started, 3),
-        )
-
-    def _record_building(
-        self,
-        vm: PlannedVm,
-        key: str,
-        writer: FencedWriter,
-        addresses: Allocator | None,
-        generation: str = "",
-    ) -> tuple[PoolInstance, StaticNetwork | None, int] | str:
-        """Record the VM as ``building`` and, with its AZ's address pools, hold
-        its address in the same fenced transaction (the address key created
-        only if absent). An address someone else holds costs another try;
-        the reason as a string when nothing was written."""
-        for _ in range(ADDRESS_TRIES):
-            taken = addresses.next(vm.host.rack) if addresses else None
-            if addresses and taken is None:
-                return f"no_address: no free address for rack {vm.host.rack} in {vm.host.az}"
-            network = taken[1] if taken else None
-            record = PoolInstance(
-                name=vm.name,
-                az=vm.host.az,
-                flavor=vm.flavor.name,
-                hypervisor=vm.host.hypervisor,
-                rack=vm.host.rack,
-                state=InstanceState.BUILDING,
-                group=vm.rule.group_hint,
-                created_at=self._clock.now(),
-                fencing_token=writer.leadership.token,
-                addresses=(network.address,) if network else (),
-                network=taken[0] if taken else None,
-                generation=generation,
-                image=vm.flavor.image_id,
-            )
-            compares, ops = [Compare.absent(key)], [Put(key, record.model_dump_json())]
-            if taken and network:
-                held = Held(vm=vm.name, network=taken[0], since=self._clock.now())
-                address_key = self._keys.address(vm.host.az, network.address)
-                compares.append(Compare.absent(address_key))
-                ops.append(Put(address_key, held.model_dump_json()))
-            result = writer.txn(compares, ops)
-            if result.succeeded:
-                return record, network, result.revision
-            if addresses is None or network is None or self._store.get(key) is not None:
-                return "a record of that name exists"
-            addresses.taken(network.address)  # held by another writer: try the next
-        return f"no_address: {ADDRESS_TRIES} addresses in a row were taken meanwhile"
-
-    def _prefetched(
-        self,
-        builds: list[PlannedVm],
-        images: Mapping[str, Image],
-        writer: FencedWriter,
-        report: CycleReport,
-    ) -> list[PlannedVm]:
-        """The builds whose hosts hold their image (``builders/prefetch``);
-        the others are reported and left for a later cycle."""
-        failed = prefetch_images(
-            images_to_prefetch(builds, images),
-            self._by_hypervisor,
-            parallel=self._prefetch_parallel,
-            lost=writer.leadership.lost,
-            emit=self._emit,
-        )
-        if not failed:
-            return builds
-        kept = []
-        for vm in builds:
-            image = images.get(vm.flavor.image_id)
-            why = failed.get((vm.host.hypervisor, image.sha256)) if image else None
-            if why is None:
-                kept.append(vm)
-                continue
-            with self._lock:
-                self._failed(report, f"{vm.name}: not built, image not on its host: {why}")
-        with self._lock:
-            report.problems += [
-                f"{hv}: image {sha[:12]} not fetched: {why}" for (hv, sha), why in failed.items()
-            ]
-        return kept
-
-    # --- rolling replacement (builders/rollover.py) ------------------------------------
 
     # --- upkeep (builders/upkeep.py) ---------------------------------------------------
 
@@ -532,73 +330,6 @@ class BuildCycle:
         with self._lock:
             report.retired += done.retired
             report.problems += done.problems
-
-    def _create(self, agent: HostAgent, spec: VmSpec, lost: threading.Event) -> VmStatus:
-        for attempt in Retrying(
-            retry=retry_if_exception_type(AgentUnavailable),
-            # A leader that lost its lock starts nothing more, retries included.
-            stop=stop_after_attempt(self._retries) | stop_when_event_set(lost),
-            wait=wait_exponential(multiplier=self._retry_wait_s, max=5.0),
-            reraise=True,
-            before_sleep=before_sleep_log(log, logging.WARNING),
-        ):
-            with attempt:
-                try:
-                    return agent.create(spec)
-                except AgentVmExists:
-                    # A retried create whose first attempt did land.
-                    if attempt.retry_state.attempt_number > 1:
-                        return agent.status(spec.name)
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _fail(
-        self,
-        vm: PlannedVm,
-        key: str,
-        revision: int,
-        record: PoolInstance,
-        writer: FencedWriter,
-        report: CycleReport,
-        why: str,
-    ) -> None:
-        """Destroy a failed build and forget it, the way a purge does: the
-        record is first marked ``purging`` through the fence, so a leader
-        that lost its lock leaves the VM alone for its successor to settle
-        (it may be adopting it right now); a VM the agent could not destroy
-        stays tracked as ``purging`` and the health poller finishes it."""
-        agent = self._by_hypervisor.get(vm.host.hypervisor)
-        try:
-            cleaned = purge_vm(writer.txn, key, revision, record, agent, self._release)
-        except LeadershipLost:
-            report.leadership_lost = True
-            self._emit(
-                "vm.build_abandoned",
-                name=vm.name,
-                az=vm.host.az,
-                flavor=vm.flavor.name,
-                reason=f"leadership lost after: {why}; the next leader settles it",
-            )
-            return
-        except StoreError:
-            cleaned = False  # the record still says building: adoption settles it
-        with self._lock:
-            self._failed(report, f"{vm.name}: {why}")
-        self._emit(
-            "vm.build_failed",
-            name=vm.name,
-            az=vm.host.az,
-            flavor=vm.flavor.name,
-            hypervisor=vm.host.hypervisor,
-            error=why,
-            cleaned_up=cleaned,
-        )
-
-    @staticmethod
-    def _failed(report: CycleReport, why: str) -> None:
-        """A VM this cycle did not build (the caller holds the report's lock)."""
-        report.failed.append(why)
-        log.warning("build failed: %s", why)
 
     def _emit(self, type_: str, **fields: object) -> None:
         """An event, and the same as a log line (tagged with the cycle token)."""
