@@ -252,7 +252,18 @@ class Claimer:
 
     def _round(self, batch: list[ClaimRequest]) -> list[ClaimRequest]:
         """Decide what it can of ``batch``; returns the requests to run again
-        (lost a conflict, or waiting for the claims ahead of them)."""
+        (lost a conflict, or waiting for the claims ahead of them): select
+        each request's VMs, commit the selected ones in one transaction
+        batch, apply each result."""
+        selected, later = self._select(batch)
+        if not selected:
+            return later
+        return later + self._apply(self._commit(selected))
+
+    def _select(self, batch: list[ClaimRequest]) -> tuple[list[ClaimRequest], list[ClaimRequest]]:
+        """Each request's VMs chosen from the index (marked in flight), or its
+        outcome decided (quota exceeded, no capacity); (selected, to run
+        again)."""
         selected: list[ClaimRequest] = []
         later: list[ClaimRequest] = []
         named: set[str] = set()
@@ -310,8 +321,15 @@ class Claimer:
                     racks=racks,
                     hypervisors=hypervisors,
                 )
-        if not selected:
-            return later
+        return selected, later
+
+    def _commit(
+        self, selected: list[ClaimRequest]
+    ) -> list[tuple[ClaimRequest, TxnResult, list[PoolInstance], float]]:
+        """The selected claims in one transaction batch, each all or nothing:
+        every request with its result, the records it would write, and
+        the batch's time in the store."""
+        now = self._clock.now()
         self.batches += 1
         acquired = {
             r.claim_id: [
@@ -351,7 +369,16 @@ class Claimer:
         else:
             settled = list(zip(selected, results, strict=True))
         commit_s = time.perf_counter() - committing
-        for request, result in settled:
+        return [(r, result, acquired[r.claim_id], commit_s) for r, result in settled]
+
+    def _apply(
+        self, settled: list[tuple[ClaimRequest, TxnResult, list[PoolInstance], float]]
+    ) -> list[ClaimRequest]:
+        """Each result applied: a claim that landed leaves the index (its
+        outcome is its VMs), one that lost gives its VMs back and is run
+        again while it has attempts left; the requests to run again."""
+        later: list[ClaimRequest] = []
+        for request, result, records, commit_s in settled:
             keys = [self._keys.pool(request.az, vm.name) for vm, _ in request.chosen]
             request.attempts += 1
             quota_keys = request.reservation.keys
@@ -360,7 +387,7 @@ class Claimer:
                 self._index.claimed(keys, result.revision)
                 ready, _, _ = self._index.stock(request.pool, False)
                 request.outcome = Claimed(
-                    acquired[request.claim_id],
+                    records,
                     request.attempts,
                     ready,
                     revision=result.revision,
