@@ -1,4 +1,4 @@
-"""warmcache under faults across real network namespaces (see tests/chaos.py).
+"""warmcache under faults across real network namespaces (see warmcache/testing/chaos.py).
 
     .venv/bin/python bench/chaos.py [--faults 50] [--seed 1] [--hypervisors 3]   # as root
 
@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the rig
 
-from tests.chaos import FAULTS, ChaosRig
-from tests.netns import available
+from warmcache.testing.chaos import FAULTS, ChaosRig
+from warmcache.testing.netns import available
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """A real HTTPS file server for image-fetch tests: TLS with a test CA
-(``tests.certs``), counts the GETs of each path, and can trickle its
+(``warmcache.testing.certs``), counts the GETs of each path, and can trickle its
 replies (a slow image server) or hold them until released (to make
 concurrent fetches overlap without sleeping in the test)."""
 
@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 
-from tests.certs import TestCA
+from warmcache.testing.certs import TestCA
 
 
 class ImageServer:

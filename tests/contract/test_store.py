@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import unavailable
-from tests.polling import wait_for
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.clock import ManualClock
 from warmcache.errors import SessionExpired, StoreError, StoreUnavailable, WatchCompacted
 from warmcache.ports import Change, ChangeStream, Compare, CoordinationStore, Delete, Put, Txn
+from warmcache.testing.polling import wait_for
 
 
 @dataclass

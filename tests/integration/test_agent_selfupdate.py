@@ -27,7 +27,6 @@ from typing import Any
 
 import pytest
 
-from tests.polling import wait_for
 from tests.wheels import build_wheel
 from warmcache.adapters.agent_client import AgentClient
 from warmcache.adapters.sqlite_store import SqliteStore
@@ -36,6 +35,7 @@ from warmcache.clock import SystemClock
 from warmcache.layout import Keys
 from warmcache.model import Flavor, HostFacts
 from warmcache.ports import VmSpec
+from warmcache.testing.polling import wait_for
 from warmcache_agent.identity import installed_sha256
 from warmcache_agent.updater import describe
 

@@ -1,4 +1,4 @@
-"""Faults across real network namespaces (tests/chaos.py): every kind of
+"""Faults across real network namespaces (warmcache/testing/chaos.py): every kind of
 fault once, on a fixed seed; the checker finds no VM handed out twice,
 none lost, no stale write, every claim accounted for; and every namespace
 and link is gone afterwards. bench/chaos.py runs the same with 50 faults."""
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import FAULTS, ChaosRig
 from tests.conftest import unavailable
-from tests.netns import available
+from warmcache.testing.chaos import FAULTS, ChaosRig
+from warmcache.testing.netns import available
 
 pytestmark = [
     pytest.mark.netns,

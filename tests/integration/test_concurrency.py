@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from tests.polling import wait_for
 from warmcache.bootstrap import build
 from warmcache.config import parse_config
 from warmcache.errors import ClaimContention, NoCapacity
 from warmcache.layout import Keys
 from warmcache.model import HostFacts, InstanceState, Mode, PoolInstance
+from warmcache.testing.polling import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 
 from tests.integration.test_quickstart import free_port_pair
-from tests.polling import wait_for
 from warmcache.adapters.agent_client import AgentClient
 from warmcache.layout import Keys
 from warmcache.model import InstanceState, PoolInstance
 from warmcache.ports import CoordinationStore
 from warmcache.quickstart import QuickstartStack, Topology
 from warmcache.testing.localetcd import EtcdCluster
+from warmcache.testing.polling import wait_for
 
 pytestmark = [
     pytest.mark.integration,

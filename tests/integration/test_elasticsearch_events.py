@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import unavailable
-from tests.polling import wait_for
 from warmcache.adapters.elasticsearch_events import DATA_STREAM, ElasticsearchEvents
 from warmcache.ports import Event
 from warmcache.testing.localetcd import free_port
+from warmcache.testing.polling import wait_for
 
 pytest.importorskip("elasticsearch")
 

@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tests.certs import Issued, TestCA
 from tests.conftest import unavailable
-from tests.polling import wait_for
 from warmcache.bootstrap import build_store
 from warmcache.cli import main
 from warmcache.config import load_config
 from warmcache.errors import StoreError
 from warmcache.ports import Compare, Put
+from warmcache.testing.certs import Issued, TestCA
 from warmcache.testing.localetcd import ClientTls, EtcdCluster, EtcdUnavailable
+from warmcache.testing.polling import wait_for
 
 pytestmark = pytest.mark.etcd
 PASSWORD = "9041-not-json"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.imageserver import ImageServer
-from tests.polling import wait_for
 from warmcache.images import Image
+from warmcache.testing.polling import wait_for
 from warmcache_agent.fetch import FetchFailed
 from warmcache_agent.images import Cached, ImageCache
 

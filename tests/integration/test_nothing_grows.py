@@ -14,13 +14,12 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.polling import wait_for
-
 # The unit suite's service rig: SQLite, simulated agents, a manual clock.
 from tests.unit.conftest import agents, make_service  # noqa: F401
 from warmcache.clock import ManualClock
 from warmcache.config import DemandConfig, QuotaLimit
 from warmcache.service import WarmCache
+from warmcache.testing.polling import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

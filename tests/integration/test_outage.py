@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import unavailable
-from tests.polling import wait_for
 from warmcache.bootstrap import build
 from warmcache.config import parse_config
 from warmcache.layout import Keys
 from warmcache.model import HostFacts, InstanceState, PoolInstance
+from warmcache.testing.polling import wait_for
 from warmcache.web import create_app
 
 pytestmark = [pytest.mark.etcd, pytest.mark.integration]

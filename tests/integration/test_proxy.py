@@ -19,14 +19,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.certs import Issued, TestCA
-from tests.polling import wait_for
 from warmcache.adapters.agent_client import AgentClient, AgentTls
 from warmcache.adapters.file_catalog import FileFlavorCatalog
 from warmcache.errors import AgentRejected, AgentUnavailable
 from warmcache.layout import Keys
 from warmcache.model import Flavor
 from warmcache.ports import VmSpec
+from warmcache.testing.certs import Issued, TestCA
+from warmcache.testing.polling import wait_for
 from warmcache_agent.config import AgentConfig, DiskConfig, ImageCacheConfig, Resources
 from warmcache_agent.daemon import AgentServer
 from warmcache_agent.operations import HostAgentService

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.polling import wait_for
 from warmcache.layout import Keys
 from warmcache.quickstart import QuickstartStack
+from warmcache.testing.polling import wait_for
 
 pytestmark = [
     pytest.mark.integration,

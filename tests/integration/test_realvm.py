@@ -31,7 +31,6 @@ from typing import Any
 import pytest
 
 from tests.imageserver import ImageServer
-from tests.polling import wait_for
 from warmcache.adapters.agent_client import AgentClient
 from warmcache.errors import (
     AgentError,
@@ -43,6 +42,7 @@ from warmcache.errors import (
 from warmcache.images import Image
 from warmcache.model import Flavor, StaticNetwork
 from warmcache.ports import VmSpec
+from warmcache.testing.polling import wait_for
 from warmcache_agent.guest import agent_config_toml, build_image
 
 pytestmark = [pytest.mark.realvm, pytest.mark.slow, pytest.mark.integration]

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.polling import wait_for
 from warmcache.adapters.sqlite_store import SqliteStore
+from warmcache.testing.polling import wait_for
 
 pytestmark = [pytest.mark.integration]
 

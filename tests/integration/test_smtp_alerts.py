@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.polling import wait_for
 from warmcache.adapters.smtp_alerts import SmtpAlerts
 from warmcache.clock import ManualClock
 from warmcache.testing.localetcd import free_port
+from warmcache.testing.polling import wait_for
 
 
 class Inbox:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.polling import wait_for
 from warmcache.adapters.agent_client import AgentClient
 from warmcache.errors import AgentRejected, AgentUnavailable, InsufficientHostCapacity
 from warmcache.model import Flavor
 from warmcache.ports import VmSpec
+from warmcache.testing.polling import wait_for
 from warmcache_agent.config import AgentConfig, DiskConfig, Resources
 from warmcache_agent.daemon import AgentServer, handle_line
 from warmcache_agent.faults import AgentFault

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import threading
 
-from tests.polling import wait_for
 from warmcache.background import Scheduler
 from warmcache.errors import StoreUnavailable
+from warmcache.testing.polling import wait_for
 
 LONG = 3600.0  # an interval no test waits out: only a wake or stop ends it
 

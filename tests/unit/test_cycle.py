@@ -8,11 +8,11 @@ from collections.abc import Callable
 import pytest
 
 from tests.fakes import FakeAgent
-from tests.polling import wait_for
 from warmcache.errors import AgentUnavailable
 from warmcache.model import InstanceState, PoolInstance
 from warmcache.ports import VmSpec
 from warmcache.service import WarmCache
+from warmcache.testing.polling import wait_for
 
 
 def records(service: WarmCache, az: str = "az1") -> list[PoolInstance]:

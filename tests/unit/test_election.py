@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.polling import wait_for
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.clock import ManualClock
 from warmcache.errors import LeadershipLost
 from warmcache.layout import Keys
 from warmcache.leader.election import LeaderElection
 from warmcache.ports import Put
+from warmcache.testing.polling import wait_for
 
 KEYS = Keys("wc")
 

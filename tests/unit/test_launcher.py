@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tests.polling import wait_for
+from warmcache.testing.polling import wait_for
 from warmcache_agent.launcher import RESTART, Builds, Launcher
 
 # A build's agent: appends its name to the log; says it is ready unless told

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from tests.fakes import FakeAgent
-from tests.polling import wait_for
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.agent_versions import DesiredAgent, Slot, UpdateStatus
 from warmcache.clock import ManualClock
 from warmcache.layout import Keys
+from warmcache.testing.polling import wait_for
 from warmcache_agent.identity import code_sha256
 from warmcache_agent.launcher import Builds
 from warmcache_agent.syncer import AgentSyncer

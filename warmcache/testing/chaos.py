@@ -1,6 +1,6 @@
 """warmcache under faults, across real network namespaces (DESIGN §12).
 
-The topology (``tests/netns.py``: one namespace per host on a bridge):
+The topology (``warmcache/testing/netns.py``: one namespace per host on a bridge):
 three etcd members, two ``warmcache serve`` instances (leader election,
 build cycles, health polls, acquisitions) and hypervisors, each an agent on
 libvirt's test driver behind a ``warmcache-proxy`` (mTLS over TCP). The
@@ -46,12 +46,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.certs import TestCA
-from tests.netns import Network
-from tests.polling import wait_for
 from warmcache.adapters.etcd_store import EtcdStore
 from warmcache.layout import Keys
 from warmcache.model import InstanceState, PoolInstance
+from warmcache.testing.certs import TestCA
+from warmcache.testing.netns import Network
+from warmcache.testing.polling import wait_for
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 KEYS = Keys("warmcache")
@@ -595,7 +595,7 @@ class ChaosRig:
         assert self.store is not None
         acquired = {
             kv.key.rsplit("/", 1)[1]: PoolInstance.model_validate_json(kv.value)
-            for kv in self.store_range("warmcache/acquired/")
+            for kv in self.store_range(KEYS.acquired_dir())
         }
         pooled = {
             kv.key.rsplit("/", 1)[1]: PoolInstance.model_validate_json(kv.value)
