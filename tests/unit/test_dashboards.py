@@ -255,3 +255,10 @@ def test_import_speaks_the_saved_objects_api() -> None:
     assert seen["path"] == "/s/ops/api/saved_objects/_import?overwrite=true"
     assert seen["xsrf"] == "true" and seen["auth"] == "ApiKey k3y"
     assert b'filename="kibana.ndjson"' in seen["body"] and b"warmcache-overview" in seen["body"]
+
+
+def test_every_alert_has_a_runbook() -> None:
+    rules = (DASHBOARDS / "prometheus-alerts.yml").read_text()
+    runbooks = (Path(__file__).resolve().parents[2] / "docs" / "runbooks.md").read_text()
+    alerts = re.findall(r"- alert: (\w+)", rules)
+    assert alerts and [a for a in alerts if f"\n## {a}\n" not in runbooks] == []
