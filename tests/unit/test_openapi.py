@@ -5,6 +5,8 @@ that breaks its schema."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import hypothesis
@@ -122,3 +124,14 @@ def test_schemathesis_finds_no_server_error_and_no_reply_off_its_schema(app: Fla
                 failures.append(f"{operation.label} {mode.value}: {str(exc)[:2000]}")
     assert failures == [], "\n\n".join(failures)
     assert cases > 200
+
+
+def test_the_api_reference_page_is_what_the_served_document_says() -> None:
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("api_page", root / "scripts" / "api_page.py")
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert (root / "docs" / "api-reference.md").read_text() == generator.page(), (
+        "regenerate: .venv/bin/python scripts/api_page.py > docs/api-reference.md"
+    )
