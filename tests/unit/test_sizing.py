@@ -425,3 +425,25 @@ def test_a_cost_budget_scales_objective_pools_down_and_says_the_objective_is_mis
     assert got.target == 3 and got.tiers == Tiers(running=3)  # 3 cost units: 3 running
     assert got.mix is not None and not got.mix.reachable
     assert got.explain(NOW, HOUR_S)["budget"] == {"unit": "cost", "total": 3.0, "share": 3.0}
+
+
+def test_objective_pools_over_a_budget_share_it_by_what_a_vm_serves() -> None:
+    """Two running-only objective pools asking 5 and 16 VMs: 6 cost units
+    go where they serve (requests of 1 VM), none to requests of 5 that 6
+    VMs could serve only rarely; 12 fund part of both; never over."""
+    objective = {"served_at_once": 0.99, "p99_acquire_ms": 50}
+    rules = {"small": rule(objective=objective), "large": rule(objective=objective)}
+    h = {"small": steady(1), "large": steady(5)}
+
+    def sized(cost: float) -> dict[str, Any]:
+        return size_az(
+            rules, FLAVORS, h, {}, {"small": 60.0, "large": 60.0}, CostBudget(cost=cost), NOW,
+            bin_s=60, lookback_s=HOUR_S, cycle_interval_s=60,
+        )  # fmt: skip
+
+    six = sized(6)
+    assert six["small"].tiers == Tiers(running=5) and six["large"].target == 0
+    twelve = sized(12)
+    assert twelve["large"].target > 0 and twelve["small"].target > 0
+    for got, budget in ((six, 600), (twelve, 1200)):
+        assert sum(p.share for p in got.values()) <= budget

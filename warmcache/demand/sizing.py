@@ -268,12 +268,57 @@ def size_az(
             )
     objective = [n for n, p in out.items() if p.mix is not None]
     if budget is not None and objective:
-        fixed += _fund_objectives(out, objective, budget.amount - fixed, costs)
+        asked = sum(out[n].share or 0 for n in objective)
+        if fixed + asked <= budget.amount:
+            fixed += asked  # every objective pool's mix is funded
+        else:
+            # Not all fit: objective pools join the split, each VM priced at
+            # its mix's average, and get the cheapest mix of what they are
+            # given (their objective then out of reach, and explained so).
+            for n in objective:
+                p = out[n]
+                assert p.forecast is not None and p.tiers is not None
+                per_vm = max(1, -(-(p.share or 0) // max(1, p.tiers.total)))
+                asks[n] = Ask(held.get(n, 0), min(p.floor, p.target), p.target, per_vm, p.forecast)
     if budget is not None and asks:
         shares = split(budget.amount, asks, fixed)
         for name, got in shares.items():
-            out[name] = dataclasses.replace(out[name], target=got)
+            if out[name].mix is not None:
+                out[name] = _reshaped(out[name], got, costs)
+            else:
+                out[name] = dataclasses.replace(out[name], target=got)
     return out
+
+
+def _reshaped(p: PoolSizing, total: int, costs: TierCosts) -> PoolSizing:
+    """An objective pool given ``total`` VMs at its mix's average price by
+    the budget's split: the cheapest mix of the largest pool (at most
+    ``total`` VMs) whose units stay within what it was given (a smaller mix
+    may keep more of its VMs in the dearer fast tiers). Unchanged when it
+    got all it asked."""
+    assert p.forecast is not None and p.objective is not None and p.mix is not None
+    asked = p.mix.chosen.mix.total
+    if total >= asked:
+        return p
+    per_vm = max(1, -(-(p.share or 0) // max(1, asked)))
+    allowance = total * per_vm
+    fc, objective = p.forecast, p.objective
+    rate = fc.requests / fc.hours if fc.hours > 0 else 0.0
+    curve = fc.curve()
+
+    def mix_at(ceiling: int) -> Mix:
+        return choose(curve, rate, objective, costs, min(p.floor, ceiling), ceiling)
+
+    lo, hi = 0, total
+    best = mix_at(0)
+    while lo <= hi:  # the units of the chosen mix grow with the ceiling
+        mid = (lo + hi) // 2
+        got = mix_at(mid)
+        if _units(got.chosen.mix, p.tier_units) <= allowance:
+            best, lo = got, mid + 1
+        else:
+            hi = mid - 1
+    return dataclasses.replace(p, target=best.chosen.mix.total, mix=best)
 
 
 def _raised(mix: Mix, running: int, ceiling: int) -> Mix:
@@ -288,49 +333,6 @@ def _raised(mix: Mix, running: int, ceiling: int) -> Mix:
     total = min(ceiling, running + paused + saved)
     raised = Tiers(running=running, paused=paused, saved=max(0, total - running - paused))
     return dataclasses.replace(mix, chosen=dataclasses.replace(mix.chosen, mix=raised))
-
-
-def _fund_objectives(
-    out: dict[str, PoolSizing], names: list[str], left: int, costs: TierCosts
-) -> int:
-    """Objective pools' mixes within what the budget has ``left`` (after
-    static pools); when they ask for more together, each gets a share in
-    proportion to its ask and the cheapest mix of the largest pool that
-    fits it (its objective then unreachable, and explained so). The units
-    they take."""
-    asked = {n: out[n].share or 0 for n in names}
-    total = sum(asked.values())
-    spent = 0
-    for n in sorted(names):
-        p = out[n]
-        allowance = asked[n] if total <= left else max(0, left) * asked[n] // max(1, total)
-        if asked[n] > allowance:
-            p = _shrink(p, allowance, costs)
-            out[n] = p
-        spent += p.share or 0
-    return spent
-
-
-def _shrink(p: PoolSizing, allowance: int, costs: TierCosts) -> PoolSizing:
-    """The pool's largest ceiling whose chosen mix fits ``allowance``."""
-    assert p.forecast is not None and p.objective is not None and p.mix is not None
-    fc, objective = p.forecast, p.objective
-    rate = fc.requests / fc.hours if fc.hours > 0 else 0.0
-    curve = fc.curve()
-
-    def mix_at(ceiling: int) -> Mix:
-        return choose(curve, rate, objective, costs, min(p.floor, ceiling), ceiling)
-
-    lo, hi = 0, p.mix.chosen.mix.total
-    best = mix_at(0)
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        got = mix_at(mid)
-        if _units(got.chosen.mix, p.tier_units) <= allowance:
-            best, lo = got, mid + 1
-        else:
-            hi = mid - 1
-    return dataclasses.replace(p, target=best.chosen.mix.total, mix=best)
 
 
 class Sizer:
