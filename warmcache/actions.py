@@ -10,11 +10,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
-
-from warmcache.acquire.quota_limits import REQUESTER_PATTERN
 from warmcache.acquire.quota_limits import entry as quota_entry
 from warmcache.agent_versions import AgentVersions, DesiredAgent
+from warmcache.change_params import (
+    PARAMS,
+    AgentBuild,
+    HostDrain,
+    HostTarget,
+    ImageChange,
+    ImageTarget,
+    NetworkUpdate,
+    QuotaChange,
+    QuotaTarget,
+    RackDrain,
+    RackTarget,
+    StoredNetwork,
+    StoredPool,
+    VmTarget,
+    _Params,
+)
 from warmcache.config import QuotaLimit
 from warmcache.context import ServiceContext
 from warmcache.drains import Drain, Evacuate
@@ -26,95 +40,11 @@ from warmcache.errors import (
     UnknownRack,
     UnknownVm,
 )
-from warmcache.images import Image
 from warmcache.layout import PoolRecords, RuleRecords
-from warmcache.model import NAME_PATTERN, InstanceState
-from warmcache.networks import AddressPool, NetworkBook
+from warmcache.model import InstanceState
+from warmcache.networks import NetworkBook
 from warmcache.purge import purge_pool, purge_vm
 from warmcache.vms.book import Found, find_vm
-
-
-class _Params(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class PoolTarget(_Params):
-    az: StrictStr = Field(pattern=NAME_PATTERN)
-    flavor: StrictStr = Field(pattern=NAME_PATTERN)
-
-
-# What a delete may name: any name a store key can hold under its folder
-# (no "/"), so that a name stored before names were checked in full (one
-# ending in a newline) can still be deleted by an admin.
-STORED_NAME = r"^[^/]{1,200}$"
-
-
-class StoredPool(_Params):
-    az: StrictStr = Field(pattern=STORED_NAME)
-    flavor: StrictStr = Field(pattern=STORED_NAME)
-
-
-class StoredNetwork(_Params):
-    az: StrictStr = Field(pattern=STORED_NAME)
-    name: StrictStr = Field(pattern=STORED_NAME)
-
-
-class HostTarget(_Params):
-    hypervisor: StrictStr = Field(pattern=NAME_PATTERN)
-
-
-class HostDrain(HostTarget):
-    # "now": its pooled VMs are handed out no more, retired and replaced
-    # elsewhere; "as_acquired": they are handed out as usual and replaced
-    # as they go (warmcache.drains).
-    evacuate: Evacuate = "now"
-
-
-class RackTarget(_Params):
-    az: StrictStr = Field(pattern=NAME_PATTERN)
-    rack: StrictStr = Field(pattern=NAME_PATTERN)
-
-
-class RackDrain(RackTarget):
-    evacuate: Evacuate = "now"
-
-
-class VmTarget(_Params):
-    name: StrictStr = Field(pattern=NAME_PATTERN)
-
-
-class NetworkTarget(_Params):
-    az: StrictStr = Field(pattern=NAME_PATTERN)
-    name: StrictStr = Field(pattern=NAME_PATTERN)
-
-
-class NetworkUpdate(NetworkTarget):
-    pool: AddressPool
-
-
-class QuotaRule(QuotaLimit):
-    """One limit of a requester's quota (its requester is the quota's:
-    given here, it must be the same)."""
-
-    requester: str | None = None  # type: ignore[assignment]
-
-
-class QuotaTarget(_Params):
-    requester: StrictStr = Field(pattern=REQUESTER_PATTERN)
-
-
-class QuotaChange(QuotaTarget):
-    limits: tuple[QuotaRule, ...] = Field(min_length=1, max_length=32)
-
-    @model_validator(mode="after")
-    def _own_limits(self) -> QuotaChange:
-        for rule in self.limits:
-            if rule.requester not in (None, self.requester):
-                raise ValueError(
-                    f"a limit of {self.requester!r}'s quota names requester {rule.requester!r}"
-                )
-        return self
-
 
 P = TypeVar("P", bound=_Params)
 
@@ -270,18 +200,6 @@ def _delete_network(ctx: ServiceContext, target: StoredNetwork) -> dict[str, Any
     return {"deleted": deleted}
 
 
-class AgentBuild(DesiredAgent, _Params):
-    pass
-
-
-class ImageTarget(_Params):
-    id: StrictStr = Field(pattern=NAME_PATTERN)
-
-
-class ImageChange(_Params):
-    image: Image
-
-
 def _set_image(ctx: ServiceContext, change: ImageChange) -> dict[str, Any]:
     """Register an image or point its id at new bytes: pools whose flavor
     names it roll over to the new bytes (their generation includes the
@@ -358,55 +276,35 @@ def _set_agent_version(ctx: ServiceContext, build: AgentBuild) -> dict[str, Any]
 
 
 ACTIONS: dict[str, ChangeAction[Any]] = {
-    "delete_rule": ChangeAction(
-        StoredPool, "delete a pool's build rule and retire its ready VMs", _delete_rule
-    ),
-    "purge_pool": ChangeAction(StoredPool, "destroy a pool's ready and reserved VMs", _purge_pool),
+    "delete_rule": ChangeAction(*PARAMS["delete_rule"], _delete_rule),
+    "purge_pool": ChangeAction(*PARAMS["purge_pool"], _purge_pool),
     "drain_hypervisor": ChangeAction(
-        HostDrain,
-        "place nothing on a hypervisor; its pooled VMs retire now or as they are acquired",
+        *PARAMS["drain_hypervisor"],
         _drain_hypervisor,
         _known_host,
     ),
     "undrain_hypervisor": ChangeAction(
-        HostTarget, "put a drained hypervisor back in service", _undrain_hypervisor, _known_host
+        *PARAMS["undrain_hypervisor"], _undrain_hypervisor, _known_host
     ),
     "drain_rack": ChangeAction(
-        RackDrain,
-        "drain every hypervisor of a rack (as drain_hypervisor)",
+        *PARAMS["drain_rack"],
         _drain_rack,
         _known_rack,
     ),
-    "undrain_rack": ChangeAction(
-        RackTarget, "put a drained rack back in service", _undrain_rack, _known_rack
-    ),
+    "undrain_rack": ChangeAction(*PARAMS["undrain_rack"], _undrain_rack, _known_rack),
     "purge_vm": ChangeAction(
-        VmTarget,
-        "destroy one VM (a handed-out one is taken back from its holder)",
+        *PARAMS["purge_vm"],
         _purge_vm,
         _known_vm,
     ),
-    "update_network": ChangeAction(
-        NetworkUpdate, "change an address pool (held addresses stay held)", _update_network
-    ),
-    "set_agent_version": ChangeAction(
-        AgentBuild, "set the agent build every hypervisor should run", _set_agent_version
-    ),
-    "delete_network": ChangeAction(
-        StoredNetwork, "delete an address pool (its VMs keep their addresses)", _delete_network
-    ),
+    "update_network": ChangeAction(*PARAMS["update_network"], _update_network),
+    "set_agent_version": ChangeAction(*PARAMS["set_agent_version"], _set_agent_version),
+    "delete_network": ChangeAction(*PARAMS["delete_network"], _delete_network),
     "set_image": ChangeAction(
-        ImageChange,
-        "register an image, or point its id at new bytes (its pools roll over)",
+        *PARAMS["set_image"],
         _set_image,
     ),
-    "set_quota": ChangeAction(
-        QuotaChange, "set a requester's quota limits (every instance, next acquisition)", _set_quota
-    ),
-    "delete_quota": ChangeAction(
-        QuotaTarget, "remove a requester's quota limits", _delete_quota, _known_quota
-    ),
-    "delete_image": ChangeAction(
-        ImageTarget, "remove an image no flavor names and no VM boots", _delete_image
-    ),
+    "set_quota": ChangeAction(*PARAMS["set_quota"], _set_quota),
+    "delete_quota": ChangeAction(*PARAMS["delete_quota"], _delete_quota, _known_quota),
+    "delete_image": ChangeAction(*PARAMS["delete_image"], _delete_image),
 }

@@ -23,8 +23,8 @@ from pydantic import (
 )
 
 from warmcache.acquire.quota_limits import QuotaEntry
-from warmcache.actions import ACTIONS, ChangeAction, QuotaRule
 from warmcache.agent_versions import AgentEntry, DesiredAgent
+from warmcache.change_params import PARAMS, QuotaRule
 from warmcache.demand.budgets import Budget
 from warmcache.images import Image
 from warmcache.model import (
@@ -536,11 +536,11 @@ class BudgetsReply(_Reply):
 # --- maker-checker --------------------------------------------------------------------------
 
 
-def _ask(action: str, spec: ChangeAction[Any]) -> type[_Request]:
+def _ask(action: str, params: type[BaseModel], summary: str) -> type[_Request]:
     name = "".join(part.title() for part in action.split("_")) + "Ask"
     tag: Any = Literal.__getitem__(action)
     model: type[_Request] = create_model(
-        name, __base__=_Request, __doc__=spec.summary, action=(tag, ...), params=(spec.params, ...)
+        name, __base__=_Request, __doc__=summary, action=(tag, ...), params=(params, ...)
     )
     return model
 
@@ -554,13 +554,13 @@ if TYPE_CHECKING:
     _AnyAsk = _AskShape
 else:  # one body per entry of the registry, told apart by ``action``
     _AnyAsk = Annotated[
-        Union[tuple(_ask(a, spec) for a, spec in ACTIONS.items())],  # noqa: UP007
+        Union[tuple(_ask(a, params, summary) for a, (params, summary) in PARAMS.items())],  # noqa: UP007
         Field(discriminator="action"),
     ]
 
 
 class ChangeAsk(RootModel[_AnyAsk]):
-    """A destructive change to ask for: its action (``warmcache.actions``)
+    """A destructive change to ask for: its action (``warmcache.change_params``)
     and what it acts on."""
 
     @property

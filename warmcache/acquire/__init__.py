@@ -1,6 +1,4 @@
-"""Acquire: modes as selectors, atomic all-or-nothing claims."""
-
-from warmcache.acquire.claimer import Claimed, Claimer
-from warmcache.acquire.modes import SELECTORS, satisfiable
-
-__all__ = ["SELECTORS", "Claimed", "Claimer", "satisfiable"]
+"""Acquire: modes as selectors (``modes``), atomic all-or-nothing claims
+(``claimer``), the claim log, quotas, the pool index and the acquirer.
+Nothing is imported here: import the module you need (the client's wire
+models reach ``quota_limits`` without loading the claimer)."""

@@ -7,7 +7,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from warmcache.actions import ACTIONS
+from warmcache.change_params import PARAMS
 from warmcache.cli.base import (
     _client,
     _dump,
@@ -113,7 +113,7 @@ def _requests_table(found: list[dict[str, Any]]) -> Table:
 
 
 @requests.command("ask")
-@click.argument("action", type=click.Choice(list(ACTIONS)))
+@click.argument("action", type=click.Choice(list(PARAMS)))
 @click.argument("params", nargs=-1, required=True)
 @_url_option
 def requests_ask(action: str, params: tuple[str, ...]) -> None:
