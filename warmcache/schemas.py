@@ -451,8 +451,8 @@ class DemandForecast(_Reply):
 
 class BudgetShare(_Reply):
     unit: Literal["vms", "vcpus", "cost"]
-    total: float
-    share: float = Field(description="budget units this pool's target takes")
+    total: int | float = Field(description="whole VMs or vCPUs; cost units")
+    share: int | float = Field(description="budget units this pool's target takes")
 
 
 class TierMix(_Reply):

@@ -81,7 +81,7 @@ def test_the_wheel_runs_outside_the_checkout(tmp_path: Path) -> None:
     )
     assert "pools full in" in out and "stopped" in out, out
     out = run([warmcache, "dashboards", "import", "--dry-run"], cwd=away)
-    assert "would import 14 saved object(s)" in out, out
+    assert "would import 16 saved object(s)" in out, out
     assert str(CHECKOUT) not in run(
         [python, "-c", "import warmcache; print(warmcache.__file__)"], cwd=away
     )

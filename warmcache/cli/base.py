@@ -170,18 +170,15 @@ def _dump(models: Any) -> Any:
 
 def _pools_table(pools: list[dict[str, Any]]) -> Table:
     table = Table(title="pools")
-    columns = (
-        "az",
-        "flavor",
-        "target",
-        "ready",
-        "reserved",
-        "building",
-        "stale",
-        "tiers held/target",
-        "ready by rack",
+    # The tiers column only when some pool keeps VMs not running.
+    tiered = any(
+        t != "running" and (n or p.get("tier_targets", {}).get(t))
+        for p in pools
+        for t, n in {**p.get("tier_targets", {}), **p.get("standby", {})}.items()
     )
-    for col in columns:
+    columns = ["az", "flavor", "target", "ready", "reserved", "building", "stale"]
+    columns += ["tiers held/target"] if tiered else []
+    for col in [*columns, "ready by rack"]:
         table.add_column(col)
     for p in pools:
         held, wanted = p.get("standby", {}), p.get("tier_targets", {})
@@ -198,7 +195,7 @@ def _pools_table(pools: list[dict[str, Any]]) -> Table:
             str(p["reserved"]),
             str(p["building"]),
             str(p.get("stale", 0)),
-            tiers,
+            *([tiers] if tiered else []),
             ", ".join(f"{r}:{n}" for r, n in p["ready_by_rack"].items()),
         )
     return table

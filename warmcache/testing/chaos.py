@@ -53,7 +53,7 @@ from warmcache.testing.certs import TestCA
 from warmcache.testing.netns import Network
 from warmcache.testing.polling import wait_for
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "data" / "config"  # the example config
 KEYS = Keys("warmcache")
 ETCD, SVC, HV = 11, 21, 31  # last octets: etcd members, instances, hypervisors
 FAULTS = (
