@@ -51,3 +51,28 @@ def test_rules_validate_offline(tmp_path: Path) -> None:
         input='{"max_instance_per_cycle": 1, "total_instances": 2}',
     )
     assert result.exit_code == 0
+
+
+def test_the_pools_table_shows_tiers_only_when_a_pool_has_them() -> None:
+    from rich.console import Console
+
+    from warmcache.cli.base import _pools_table
+
+    def text(pools: list[dict[str, object]]) -> str:
+        console = Console(width=200, record=True)
+        console.print(_pools_table(pools))
+        return console.export_text()
+
+    plain = {
+        "az": "az1", "flavor": "small", "target": 2, "ready": 2, "reserved": 0,
+        "building": 0, "stale": 0, "ready_by_rack": {"r1": 2},
+        "standby": {"running": 2}, "tier_targets": {"running": 2},
+    }  # fmt: skip
+    assert "tiers" not in text([plain])
+    tiered = {
+        **plain,
+        "standby": {"running": 1, "saved": 1},
+        "tier_targets": {"running": 1, "saved": 1},
+    }
+    out = text([plain, tiered])
+    assert "tiers held/target" in out and "saved 1/1" in out
