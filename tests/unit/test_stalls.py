@@ -60,3 +60,35 @@ def test_after_a_stall_no_capacity_is_said_only_once_the_views_caught_up(
     assert len(svc.acquire("small", "az1", 3, "best-effort")) == 3
     with pytest.raises(NoCapacity):  # truly empty now: refused, definitively
         svc.acquire("small", "az1", 1, "best-effort")
+
+
+def test_a_feed_that_caught_up_between_the_claim_and_the_check_still_gets_a_second_claim(
+    make_service: Callable[..., WarmCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race CI found: the claim saw the views still stale, then the feed
+    caught up on its own before the stall check, so the barrier found
+    nothing missing; the request must not be refused on the claim's stale
+    view ("0 ready" while the store held 8)."""
+    svc = make_service()
+    svc.rules.put("az1", "small", RULE)
+    svc.run_cycle()
+    svc.acquire("small", "az1", 6, "best-effort")
+    acquirer = svc.acquirer
+    caught_up = {view: view.catch_up for view in acquirer.views}
+    for view in acquirer.views:
+        monkeypatch.setattr(view, "catch_up", lambda *_a, **_k: None)
+    ticks = Ticks()
+    acquirer.stalls = StallWatch(clock=ticks)
+    acquirer.stalls.tick()
+    svc.run_cycle()  # refilled behind the views' back
+    ticks.now += 8.0
+    real_behind = acquirer._behind
+
+    def feed_first() -> bool:  # the feed runs between the claim and the check
+        for view, catch_up in caught_up.items():
+            catch_up()
+            view.sync()
+        return real_behind()
+
+    monkeypatch.setattr(acquirer, "_behind", feed_first)
+    assert len(svc.acquire("small", "az1", 3, "best-effort")) == 3

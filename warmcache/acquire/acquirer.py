@@ -373,8 +373,10 @@ class Acquirer:
         feeds stopped with it and may still be catching up, or stuck) since
         the views were last checked. They are then brought up to what the
         store holds now (a barrier, within the request's deadline, else
-        ``store_unavailable``); True if any had missed something, and the
-        claim is tried again."""
+        ``store_unavailable``), and the claim is tried again: True (the
+        feeds may have caught up on their own between the claim and this
+        check, so that the barrier finds nothing missing while the claim
+        saw stale views)."""
         started = self.stalls.now()
         if not self.stalls.stalled_since(self._checked_at):
             return False  # no stall since: the feeds kept the views current
@@ -385,8 +387,8 @@ class Acquirer:
             for view in (self.hosts, self.drains, self.index):
                 behind = view.sync() or behind
             self._checked_at = started
-            log.warning("views checked against the store after a stall: %s", behind)
-            return behind
+            log.warning("views checked against the store after a stall (behind: %s)", behind)
+            return True
 
     def catch_up(self) -> None:
         """Bring the views up to date (a no-op for followed views)."""
