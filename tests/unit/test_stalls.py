@@ -51,6 +51,7 @@ def test_after_a_stall_no_capacity_is_said_only_once_the_views_caught_up(
         monkeypatch.setattr(view, "catch_up", lambda *_a, **_k: None)
     ticks = Ticks()
     acquirer.stalls = StallWatch(clock=ticks)
+    acquirer._checked_at = ticks.now  # the views' last check, on the watch's clock
     acquirer.stalls.tick()  # its ticker runs (a started service)
     svc.run_cycle()  # the pool refilled in the store: 6 ready VMs the views missed
     ticks.now += 8.0  # the process was stopped 8 s
@@ -79,16 +80,17 @@ def test_a_feed_that_caught_up_between_the_claim_and_the_check_still_gets_a_seco
         monkeypatch.setattr(view, "catch_up", lambda *_a, **_k: None)
     ticks = Ticks()
     acquirer.stalls = StallWatch(clock=ticks)
+    acquirer._checked_at = ticks.now  # the views' last check, on the watch's clock
     acquirer.stalls.tick()
     svc.run_cycle()  # refilled behind the views' back
     ticks.now += 8.0
     real_behind = acquirer._behind
 
-    def feed_first() -> bool:  # the feed runs between the claim and the check
+    def feed_first(claim_began: float) -> bool:  # the feed runs between claim and check
         for view, catch_up in caught_up.items():
             catch_up()
             view.sync()
-        return real_behind()
+        return real_behind(claim_began)
 
     monkeypatch.setattr(acquirer, "_behind", feed_first)
     assert len(svc.acquire("small", "az1", 3, "best-effort")) == 3

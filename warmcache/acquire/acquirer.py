@@ -237,10 +237,11 @@ class Acquirer:
                     lease_s=lease_s or rule.lease_s or self._config.default_lease_s,
                 )
                 try:
+                    claim_began = self.stalls.now()
                     try:
                         claimed = self.claimer.claim(request)
                     except NoCapacity:
-                        if not self._behind():
+                        if not self._behind(claim_began):
                             raise  # definitive: the views held what the store holds
                         request = request.again()
                         claimed = self.claimer.claim(request)
@@ -367,7 +368,7 @@ class Acquirer:
                 f"can claim with this request's claim record and quota counters), got {count}"
             )
 
-    def _behind(self) -> bool:
+    def _behind(self, claim_began: float) -> bool:
         """Before a refusal is final: could the views be behind the store?
         Only after the process stalled (SIGSTOP, a long pause: its change
         feeds stopped with it and may still be catching up, or stuck) since
@@ -378,10 +379,12 @@ class Acquirer:
         check, so that the barrier finds nothing missing while the claim
         saw stale views)."""
         started = self.stalls.now()
+        if self._checked_at > claim_began:
+            return True  # the views were checked after this claim began: try again
         if not self.stalls.stalled_since(self._checked_at):
             return False  # no stall since: the feeds kept the views current
         with self._barrier:
-            if not self.stalls.stalled_since(self._checked_at):
+            if self._checked_at > claim_began:
                 return True  # another request just checked: try again
             behind = False
             for view in (self.hosts, self.drains, self.index):
