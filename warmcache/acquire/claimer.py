@@ -255,12 +255,15 @@ class Claimer:
         (lost a conflict, or waiting for the claims ahead of them): select
         each request's VMs, commit the selected ones in one transaction
         batch, apply each result."""
-        selected, later = self._select(batch)
+        now = self._clock.now()  # one instant: quota windows, acquired_at, receipts
+        selected, later = self._select(batch, now)
         if not selected:
             return later
-        return later + self._apply(self._commit(selected))
+        return later + self._apply(self._commit(selected, now))
 
-    def _select(self, batch: list[ClaimRequest]) -> tuple[list[ClaimRequest], list[ClaimRequest]]:
+    def _select(
+        self, batch: list[ClaimRequest], now: float
+    ) -> tuple[list[ClaimRequest], list[ClaimRequest]]:
         """Each request's VMs chosen from the index (marked in flight), or its
         outcome decided (quota exceeded, no capacity); (selected, to run
         again)."""
@@ -268,7 +271,6 @@ class Claimer:
         later: list[ClaimRequest] = []
         named: set[str] = set()
         counters: set[str] = set()  # quota counters a request of this batch writes
-        now = self._clock.now()
         for request in batch:
             if request.named and request.claim_id in named:
                 later.append(request)  # after the one ahead of it: then it finds its record
@@ -324,12 +326,11 @@ class Claimer:
         return selected, later
 
     def _commit(
-        self, selected: list[ClaimRequest]
+        self, selected: list[ClaimRequest], now: float
     ) -> list[tuple[ClaimRequest, TxnResult, list[PoolInstance], float]]:
         """The selected claims in one transaction batch, each all or nothing:
         every request with its result, the records it would write, and
         the batch's time in the store."""
-        now = self._clock.now()
         self.batches += 1
         acquired = {
             r.claim_id: [
