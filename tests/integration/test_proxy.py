@@ -140,13 +140,19 @@ def test_an_address_outside_the_allow_list_is_closed_before_any_handshake(rig: R
     """Checked at accept: no TLS handshake, no worker slot, nothing forwarded
     (it was checked after both, so anyone could hold the workers)."""
     rig.proxy.allow = [ipaddress.ip_network("10.0.0.0/8")]
-    with pytest.raises(httpx.TransportError):
-        httpx.post(f"{rig.url}/v1/agent", json={"op": "facts"}, verify=rig.tls(rig.client))
-    with (
-        contextlib.suppress(ConnectionResetError),  # reset (at connect already), nothing said
-        socket.create_connection(rig.proxy.server_address, timeout=5) as sock,
-    ):
-        assert sock.recv(1) == b""
+    # A valid client's ClientHello, sent by hand: ssl.SSLSocket leaks itself
+    # when the peer resets before the handshake (CPython 3.11's ssl._create
+    # re-raises the reset without closing), which httpx cannot prevent.
+    tls = rig.tls(rig.client).wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO())
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    for hello in (outgoing.read(), b""):  # then a connection that says nothing
+        with (
+            contextlib.suppress(ConnectionResetError, BrokenPipeError),  # reset, nothing said
+            socket.create_connection(rig.proxy.server_address, timeout=5) as sock,
+        ):
+            sock.sendall(hello)
+            assert sock.recv(1) == b""
     assert rig.proxy.denied == 2 and rig.proxy.serving == 0
     assert rig.seen == []
 
