@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from warmcache.acquire.quota_limits import entry as quota_entry
 from warmcache.agent_versions import AgentVersions, DesiredAgent
 from warmcache.change_params import (
     PARAMS,
@@ -29,6 +28,7 @@ from warmcache.change_params import (
     VmTarget,
     _Params,
 )
+from warmcache.claims.quota_limits import entry as quota_entry
 from warmcache.config import QuotaLimit
 from warmcache.context import ServiceContext
 from warmcache.drains import Drain, Evacuate

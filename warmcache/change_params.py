@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
-from warmcache.acquire.quota_limits import REQUESTER_PATTERN
 from warmcache.agent_versions import DesiredAgent
+from warmcache.claims.quota_limits import REQUESTER_PATTERN
 from warmcache.config import QuotaLimit
 from warmcache.drains import Evacuate
 from warmcache.images import Image

@@ -41,7 +41,7 @@ from tenacity import (
     wait_random,
 )
 
-from warmcache.acquire.quota_limits import QuotaEntry
+from warmcache.claims.quota_limits import QuotaEntry
 from warmcache.config import QuotaLimit
 from warmcache.demand.budgets import Budget, VcpuBudget, VmBudget
 from warmcache.errors import (

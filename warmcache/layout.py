@@ -72,12 +72,12 @@ class Keys:
         return f"{self.prefix}/claims/"
 
     def claim(self, claim_id: str) -> str:
-        """A named claim's record (``warmcache.acquire.claim_log``)."""
+        """A named claim's record (``warmcache.claims.claim_log``)."""
         return f"{self.prefix}/claims/{claim_id}"
 
     def claim_expiry_dir(self, bucket: int | None = None) -> str:
         """The claims' expiry index: one folder per time bucket in which
-        records expire (``warmcache.acquire.claim_log``), so that a sweep
+        records expire (``warmcache.claims.claim_log``), so that a sweep
         reads only what expired."""
         if bucket is None:
             return f"{self.prefix}/claim-expiry/"

@@ -22,9 +22,9 @@ from pydantic import (
     create_model,
 )
 
-from warmcache.acquire.quota_limits import QuotaEntry
 from warmcache.agent_versions import AgentEntry, DesiredAgent
 from warmcache.change_params import PARAMS, QuotaRule
+from warmcache.claims.quota_limits import QuotaEntry
 from warmcache.demand.budgets import Budget
 from warmcache.images import Image
 from warmcache.model import (

@@ -24,12 +24,12 @@ from types import TracebackType
 from typing import Any
 
 from warmcache.acquire.acquirer import Acquirer
-from warmcache.acquire.claim_log import ClaimRecord
-from warmcache.acquire.quota_limits import seed
 from warmcache.agent_versions import AgentVersions
 from warmcache.approvals import Approvals
 from warmcache.builders.duty import LeaderDuty
 from warmcache.builders.report import CycleReport
+from warmcache.claims.claim_log import ClaimRecord
+from warmcache.claims.quota_limits import seed
 from warmcache.config import Config, CostConfig, DemandConfig, QuotaLimit, ServiceConfig
 from warmcache.context import ServiceContext
 from warmcache.demand.budgets import BudgetBook

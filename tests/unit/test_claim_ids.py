@@ -297,7 +297,7 @@ def test_one_sweep_removes_every_expired_record(sqlite_store: Any) -> None:
     """Issue 28, item 8: a sweep removed at most 1,000 records, so 20,000
     expired ones took 20 cycles (and more than ~24,000 named claims a day
     never drained)."""
-    from warmcache.acquire.claim_log import ClaimLog, ClaimRecord
+    from warmcache.claims.claim_log import ClaimLog, ClaimRecord
     from warmcache.layout import Keys
     from warmcache.model import Mode
     from warmcache.ports import Put
@@ -326,7 +326,7 @@ def test_after_its_first_sweep_a_sweep_reads_only_what_expired(
     """Issue 28, item 8: every sweep read the whole claims folder. Now the
     claim's transaction writes an expiry index key, and a sweep after the
     first reads only the buckets that ended since the last one."""
-    from warmcache.acquire.claim_log import BUCKET_S
+    from warmcache.claims.claim_log import BUCKET_S
     from warmcache.layout import Keys
 
     svc = make_service(claim_retention_s=600, claim_sweep_interval_s=60)
@@ -366,7 +366,7 @@ def test_a_sweep_of_an_old_bucket_never_removes_a_newer_claim_of_the_same_id(
     resume) may be claimed again, landing in a later expiry bucket: sweeping
     the first bucket must leave the second claim's record, or a repeat of
     it would claim more VMs (handed out twice under one id)."""
-    from warmcache.acquire.claim_log import BUCKET_S, ClaimLog, ClaimRecord
+    from warmcache.claims.claim_log import BUCKET_S, ClaimLog, ClaimRecord
     from warmcache.layout import Keys
     from warmcache.model import Mode
     from warmcache.ports import Delete, Put

@@ -14,7 +14,7 @@ import pytest
 
 from tests.acquiring import Rig, seed
 from warmcache import Client, QuotaExceeded
-from warmcache.acquire.quotas import Quotas, sweep_windows
+from warmcache.claims.quotas import Quotas, sweep_windows
 from warmcache.clock import ManualClock
 from warmcache.config import QuotaLimit, parse_config
 from warmcache.errors import ConfigError, NoCapacity

@@ -24,12 +24,13 @@ from collections.abc import Callable
 from typing import Any
 
 from warmcache import deadline
-from warmcache.acquire.claim_log import ClaimRecord
 from warmcache.acquire.claimer import Claimed, Claimer, ClaimRequest
 from warmcache.acquire.index import PoolIndex
-from warmcache.acquire.quota_limits import QuotaLimitsView
-from warmcache.acquire.quotas import Quotas
 from warmcache.acquire.wake import Waker
+from warmcache.claims.claim_log import ClaimRecord
+from warmcache.claims.held import HeldIndex
+from warmcache.claims.quota_limits import QuotaLimitsView
+from warmcache.claims.quotas import Quotas
 from warmcache.config import QuotaLimit
 from warmcache.context import ServiceContext
 from warmcache.demand.ledger import DemandLedger
@@ -59,7 +60,6 @@ from warmcache.model import (
 from warmcache.rules import RuleView
 from warmcache.stalls import StallWatch
 from warmcache.views import PrefixView
-from warmcache.vms.held import HeldIndex
 
 log = logging.getLogger(__name__)
 CLAIM_ID = re.compile(CLAIM_ID_PATTERN.strip("^$"))
@@ -168,7 +168,7 @@ class Acquirer:
         returns the same VMs and claims nothing more, on any instance;
         ``ClaimMismatch`` if the repeat asks for something else,
         ``ClaimReleased`` once its VMs were given back; see
-        ``warmcache.acquire.claim_log``). ``lease_s``: the VMs are reclaimed
+        ``warmcache.claims.claim_log``). ``lease_s``: the VMs are reclaimed
         that long after (default: the rule's ``lease_s``, else
         ``service.default_lease_s``, else never); give them back sooner
         with ``release``.

@@ -33,12 +33,12 @@ it is returned as a success: no VM is stranded in ``acquired``). If the
 store cannot be asked, ``ClaimOutcomeUnknown`` names the claim and its VMs.
 
 **A named claim** (the caller gave its ``claim_id``) also writes its record
-(``warmcache.acquire.claim_log``) in its transaction, if absent: a repeat of a
+(``warmcache.claims.claim_log``) in its transaction, if absent: a repeat of a
 claim that landed fails that compare and returns the recorded VMs instead;
 two requests with one id in one batch are never sent together (the second
 waits for the first to land, then finds its record).
 
-**Quotas** (``warmcache.acquire.quotas``): a request over its share of the
+**Quotas** (``warmcache.claims.quotas``): a request over its share of the
 pool, or over what its requester has left in the window, gets
 ``QuotaExceeded`` before any VM is chosen. A windowed quota's counter is
 compared and rewritten in the claim's transaction, so it moves with the
@@ -57,9 +57,9 @@ import uuid
 from dataclasses import dataclass, field
 
 from warmcache import deadline
-from warmcache.acquire.claim_log import ClaimLog, ClaimRecord
 from warmcache.acquire.index import PoolIndex
-from warmcache.acquire.quotas import NO_RESERVATION, Quotas, Reservation
+from warmcache.claims.claim_log import ClaimLog, ClaimRecord
+from warmcache.claims.quotas import NO_RESERVATION, Quotas, Reservation
 from warmcache.config import QuotaLimit
 from warmcache.errors import (
     ClaimContention,
@@ -448,7 +448,7 @@ class Claimer:
         ]
         # Handed-out VMs leave the pool directory (so the pool holds only
         # what may still be acquired) for the handed-out records, and the
-        # holder index names them under their requester (warmcache.vms.held).
+        # holder index names them under their requester (warmcache.claims.held).
         ops: list[Put | Delete] = [
             op
             for vm in acquired

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from warmcache.claims.held import HeldIndex
 from warmcache.errors import AgentError, StoreError
 from warmcache.inventory import HostView
 from warmcache.layout import Keys
@@ -24,7 +25,6 @@ from warmcache.model import InstanceState, PoolInstance
 from warmcache.networks import AddressRelease
 from warmcache.ports import Compare, CoordinationStore, Delete, HostAgent, KeyValue, Op, Put
 from warmcache.purge import purge_vm
-from warmcache.vms.held import HeldIndex
 
 log = logging.getLogger(__name__)
 

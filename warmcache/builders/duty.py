@@ -13,12 +13,12 @@ import threading
 from collections.abc import Callable
 
 from warmcache import deadline
-from warmcache.acquire.claim_log import ClaimLog
-from warmcache.acquire.quotas import sweep_windows
 from warmcache.agent_versions import pace_rollout
 from warmcache.builders.cycle import BuildCycle
 from warmcache.builders.findings import report_findings
 from warmcache.builders.report import CycleReport
+from warmcache.claims.claim_log import ClaimLog
+from warmcache.claims.quotas import sweep_windows
 from warmcache.context import ServiceContext
 from warmcache.demand.ledger import DemandLedger
 from warmcache.demand.sizing import Sizer

@@ -4,7 +4,7 @@ or listed with filters.
 A VM's record is in one of three folders per AZ (``pool``, ``acquired``,
 ``releasing``: ``warmcache.layout``), so a lookup by name is at most three
 point reads per AZ, handed-out VMs first; VMs by holder come from the holder
-index (``warmcache.vms.held``). Neither scans a folder. Listing everything
+index (``warmcache.claims.held``). Neither scans a folder. Listing everything
 (an admin's ``GET /v1/vms`` without a holder) reads the folders of the AZs
 asked for; pages are in name order, ``after`` the last name of the page
 before.
@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from warmcache.claims.held import HeldIndex
 from warmcache.errors import InvalidRequest, UnknownVm
 from warmcache.layout import Keys, Stored, _read
 from warmcache.model import InstanceState, PoolInstance, is_valid_name
 from warmcache.ports import CoordinationStore
-from warmcache.vms.held import HeldIndex
 
 Folder = Literal["acquired", "releasing", "pool"]
 MAX_PAGE = 1000

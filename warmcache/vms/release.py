@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from warmcache.acquire.claim_log import ClaimLog
+from warmcache.claims.claim_log import ClaimLog
+from warmcache.claims.held import HeldIndex
 from warmcache.errors import (
     ClaimContention,
     Forbidden,
@@ -32,7 +33,6 @@ from warmcache.layout import Keys, PoolRecords, Stored
 from warmcache.model import BuildRule, InstanceState, PoolInstance, Release
 from warmcache.ports import Clock, Compare, CoordinationStore, Delete, Op, Put, Txn
 from warmcache.vms.book import VmBook
-from warmcache.vms.held import HeldIndex
 
 ATTEMPTS = 5  # a release lost to a concurrent change of the record is tried again
 HOLDER_OR_ADMIN = "admin (or the VM's holder)"

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from warmcache.acquire.quota_limits import REQUESTER_PATTERN, QuotaEntry
+from warmcache.claims.quota_limits import REQUESTER_PATTERN, QuotaEntry
 from warmcache.demand.budgets import BudgetBody
 from warmcache.errors import CODES
 from warmcache.model import CLAIM_ID_PATTERN, NAME_PATTERN, BuildRule, InstanceState

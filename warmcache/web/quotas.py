@@ -1,4 +1,4 @@
-"""``/v1/quotas``: every requester's limits (``warmcache.acquire.quotas``),
+"""``/v1/quotas``: every requester's limits (``warmcache.claims.quotas``),
 kept in the store and followed by every instance. Reading needs ``user``;
 ``PUT`` and ``DELETE`` ask for a maker-checker change (202: a pending
 request another admin approves at ``/v1/requests/<id>/approve``)."""

@@ -7,7 +7,7 @@
   records.
 * ``<prefix>/quotas/<requester>/held``: how many VMs a requester holds, kept
   only for requesters a ``max_held`` quota applies to
-  (``warmcache.acquire.quotas``), raised by the claim and lowered here, in
+  (``warmcache.claims.quotas``), raised by the claim and lowered here, in
   the same transactions.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from warmcache.acquire.quotas import Quotas, held_given_back
+from warmcache.claims.quotas import Quotas, held_given_back
 from warmcache.layout import Keys
 from warmcache.ports import Compare, CoordinationStore, Delete, Op, Put
 
