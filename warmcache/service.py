@@ -136,7 +136,15 @@ class WarmCache:
             clock.now,
             catch_up=self.acquirer.catch_up,
         )
-        self.lifecycle = Lifecycle(ctx, self.acquirer, self._wake_releases)
+        self.lifecycle = Lifecycle(
+            ctx,
+            rules=self.acquirer.rules,
+            held=self.acquirer.held,
+            pools=self.acquirer.index,
+            targets=targets,
+            ledger=ledger,
+            wake_worker=self._wake_releases,
+        )
         self.duty = LeaderDuty(
             ctx,
             claims=self.acquirer.claimer.log,

@@ -29,6 +29,7 @@ from warmcache.acquire.index import PoolIndex
 from warmcache.acquire.wake import Waker
 from warmcache.claims.claim_log import ClaimRecord
 from warmcache.claims.held import HeldIndex
+from warmcache.claims.leases import check_lease
 from warmcache.claims.quota_limits import QuotaLimitsView
 from warmcache.claims.quotas import Quotas
 from warmcache.config import QuotaLimit
@@ -47,7 +48,6 @@ from warmcache.errors import (
 from warmcache.logs import log_context
 from warmcache.model import (
     CLAIM_ID_PATTERN,
-    MAX_LEASE_S,
     SERVICE_NAME,
     STANDBY_TIERS,
     BuildRule,
@@ -428,16 +428,6 @@ class Acquirer:
             # an AZ is known by its rules or by its hosts (its last rule deleted)
             raise UnknownAZ(az, set(self.rules.azs()) | set(self.hosts.count_by_az()))
         raise UnknownPool(flavor, az)
-
-
-def check_lease(lease_s: float | None) -> None:
-    """A lease a caller asks for: a positive number of seconds, at most a year."""
-    if lease_s is None:
-        return
-    if isinstance(lease_s, bool) or not isinstance(lease_s, int | float):
-        raise InvalidRequest("lease_s must be a number of seconds")
-    if not 1 <= lease_s <= MAX_LEASE_S:
-        raise InvalidRequest(f"lease_s must be between 1 and {MAX_LEASE_S}, got {lease_s}")
 
 
 def _with_receipts(claimed: Claimed, wake_s: float, started: float) -> Claimed:

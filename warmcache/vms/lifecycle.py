@@ -1,42 +1,64 @@
 """The VMs' feature package of the service: lookups, releases, leases, day-2 disks and
-the release worker, assembled from the service context and the acquirer's
-views (the rules it follows, the pool index, the holder index)."""
+the release worker, assembled from the service context and the views it is
+handed (the rules, the holder index, the pool counts, the demand targets and
+ledger): the acquirer owns those, this package does not import it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
-from warmcache.acquire.acquirer import Acquirer
-from warmcache.acquire.acquirer import check_lease as check_lease
+from warmcache.claims.held import HeldIndex
+from warmcache.claims.leases import check_lease
 from warmcache.context import ServiceContext
+from warmcache.demand.ledger import DemandLedger
+from warmcache.demand.targets import TargetView
 from warmcache.layout import Stored
 from warmcache.model import InstanceState, PoolInstance, Preallocation
+from warmcache.rules import RuleView
 from warmcache.vms.book import Found, VmBook
 from warmcache.vms.disks import DataDisks
 from warmcache.vms.release import Releaser
 from warmcache.vms.worker import ReleaseWorker
 
 
+class PoolCounts(Protocol):
+    """How many VMs a pool holds now (the acquirer's pool index)."""
+
+    def catch_up(self, timeout_s: float = 0.0) -> None: ...
+
+    def pooled(self, pool: tuple[str, str]) -> int: ...
+
+
 class Lifecycle:
     def __init__(
-        self, ctx: ServiceContext, acquirer: Acquirer, wake_worker: Callable[[], None]
+        self,
+        ctx: ServiceContext,
+        *,
+        rules: RuleView,
+        held: HeldIndex,
+        pools: PoolCounts,
+        targets: TargetView,
+        ledger: DemandLedger,
+        wake_worker: Callable[[], None],
     ) -> None:
         config = ctx.config
         self._config = config
-        self._acquirer = acquirer
-        rules = acquirer.rules
+        self._rules = rules
+        self._pools = pools
+        self._targets = targets
 
         def azs() -> set[str]:
             rules.catch_up()
             return set(rules.azs()) | {h.az for h in ctx.hosts.hosts()}
 
-        self.book = VmBook(ctx.store, ctx.keys, azs, acquirer.held)
+        self.book = VmBook(ctx.store, ctx.keys, azs, held)
         self.releaser = Releaser(
             ctx.store,
             ctx.keys,
             ctx.clock,
             self.book,
-            acquirer.held,
+            held,
             rules.get,
             ctx.emit,
             config.node,
@@ -69,7 +91,7 @@ class Lifecycle:
             stuck_after_s=config.release_stuck_after_s,
             take_s=config.agent_timeout_s + 5.0,
             concurrency=config.build_concurrency,
-            on_released=lambda vm, held_s: acquirer.ledger.released(vm.az, vm.flavor, held_s),
+            on_released=lambda vm, held_s: ledger.released(vm.az, vm.flavor, held_s),
         )
 
     def _hand(self, item: Stored[PoolInstance]) -> None:
@@ -77,12 +99,12 @@ class Lifecycle:
         self._wake_worker()
 
     def _below_target(self, az: str, flavor: str) -> bool:
-        rule = self._acquirer.rules.get(az, flavor)
+        rule = self._rules.get(az, flavor)
         if rule is None:
             return False
-        self._acquirer.index.catch_up()
-        target = self._acquirer.targets.sized(az, flavor, rule).total_instances
-        return self._acquirer.index.pooled((az, flavor)) < target
+        self._pools.catch_up()
+        target = self._targets.sized(az, flavor, rule).total_instances
+        return self._pools.pooled((az, flavor)) < target
 
     # --- what the service and the API call --------------------------------------------
 
@@ -136,10 +158,8 @@ class Lifecycle:
 
     def reclaim_expired(self) -> list[str]:
         """The leader's, after each cycle: leases run out are released."""
-        self._acquirer.rules.catch_up()
-        return self.releaser.reclaim_expired(
-            sorted(self._acquirer.rules.azs()), self._config.lease_grace_s
-        )
+        self._rules.catch_up()
+        return self.releaser.reclaim_expired(sorted(self._rules.azs()), self._config.lease_grace_s)
 
     def worker_job(self) -> float:
         self.worker.tick(self._config.release_interval_s)
