@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from tenacity import (
     Retrying,
@@ -35,8 +36,9 @@ from warmcache.errors import (
     VmUnhealthy,
 )
 from warmcache.images import Image
+from warmcache.logs import in_context
 from warmcache.model import InstanceState, PoolInstance, StaticNetwork
-from warmcache.networks import AddressRelease, Allocator, Held
+from warmcache.networks import AddressRelease, Allocator, Held, NetworkBook
 from warmcache.ports import Compare, HostAgent, Put, VmSpec, VmStatus
 from warmcache.purge import purge_vm
 
@@ -57,6 +59,26 @@ class Builder:
         self._retry_wait_s = retry_wait_s
         self._release = release
         self._prefetch_parallel = prefetch_parallel
+
+    def build_all(
+        self,
+        run: AzRun,
+        builds: Sequence[PlannedVm],
+        current: Sequence[PoolInstance],
+        generations: Mapping[str, str],
+        images: Mapping[str, Image],
+    ) -> None:
+        """Build an AZ's planned VMs, ``run.concurrency`` at a time, each
+        with an address from the AZ's pools (when it has any) and reserved
+        while its pool's reserve is short."""
+        reserved = Counter(r.flavor for r in current if r.state == InstanceState.RESERVED)
+        book = NetworkBook(run.store, run.keys)
+        pools = book.in_az(run.az) if builds else {}
+        addresses = Allocator(pools, book.held(run.az)) if pools else None
+        build = in_context(lambda vm: self.build(run, vm, reserved, addresses, generations, images))
+        with ThreadPoolExecutor(max_workers=run.concurrency) as pool:
+            for _ in pool.map(build, builds):
+                pass
 
     def build(
         self,

@@ -24,50 +24,32 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from warmcache.builders.adopt import adopt_orphans
 from warmcache.builders.build import Builder
-from warmcache.builders.plan import plan_az
+from warmcache.builders.dry_run import dry_run
+from warmcache.builders.gather import live_hosts
+from warmcache.builders.plan import plan_builds
 from warmcache.builders.report import CycleReport
-from warmcache.builders.rollover import (
-    mark_generations,
-    retirable,
-    retire,
-    surge,
-)
+from warmcache.builders.rollover import mark_generations, retirable, retire
 from warmcache.builders.run import AzRun
 from warmcache.builders.standby import park, wanted
 from warmcache.builders.upkeep import PoolUpkeep, away
 from warmcache.demand.sizing import Sizer
 from warmcache.drains import Drains
-from warmcache.errors import (
-    LeadershipLost,
-    StoreError,
-)
+from warmcache.errors import LeadershipLost, StoreError
 from warmcache.images import Image, image_digest
 from warmcache.inventory import HostView
 from warmcache.layout import Keys, PoolRecords, RuleRecords
 from warmcache.leader.election import FencedWriter
 from warmcache.logs import in_context
-from warmcache.model import (
-    BuildRule,
-    Flavor,
-    HostFacts,
-    InstanceState,
-    pool_generation,
-)
-from warmcache.networks import AddressRelease, Allocator, NetworkBook
+from warmcache.model import BuildRule, Flavor, HostFacts, pool_generation
+from warmcache.networks import AddressRelease
 from warmcache.placement.pipeline import PlacementPipeline
-from warmcache.ports import (
-    Clock,
-    CoordinationStore,
-    Event,
-    EventSink,
-    HostAgent,
-)
+from warmcache.ports import Clock, CoordinationStore, Event, EventSink, HostAgent
 
 log = logging.getLogger(__name__)
 
@@ -129,85 +111,33 @@ class BuildCycle:
             store, keys, self._emit, clock.now, shrink_after_s, release=release
         )
 
-    # --- gathering -------------------------------------------------------------------
-
-    def host_facts(
-        self, drains: Drains | None = None
-    ) -> tuple[dict[str, HostFacts], dict[str, HostAgent]]:
-        """The live hosts by hypervisor id (from the host view, brought up to
-        date from the change feed), drained ones (their own drain or their
-        rack's) marked ``draining``, and the agent serving each."""
-        self._hosts.catch_up()
-        drains = drains if drains is not None else Drains.read(self._store, self._keys)
-        facts = {
-            h.hypervisor: (
-                h.model_copy(update={"draining": True})
-                if drains.of(h.hypervisor, h.az, h.rack)
-                else h
-            )
-            for h in self._hosts.hosts()
-        }
-        agents = {hv: self._agent_for(h.endpoint) for hv, h in facts.items() if h.endpoint}
-        return {hv: h for hv, h in facts.items() if hv in agents}, agents
-
     def dry_run(self, az: str, flavor: str, rule: BuildRule) -> dict[str, object]:
-        """What the next cycle would build for one pool, and why: nothing is
-        created or written."""
-        drains = Drains.read(self._store, self._keys)
-        facts, _ = self.host_facts(drains)
-        hosts = [h for h in facts.values() if h.az == az]
-        records = self._records.by_az().get(az, [])
-        gone = away(records, facts, drains)
-        records = [r for r in records if r.name not in gone]
-        counter = iter(range(1, 1_000_000))
-        sizing: dict[str, object] | None = None
-        if self._sizer is not None:
-            rules = {**RuleRecords(self._store, self._keys).by_az().get(az, {}), flavor: rule}
-            flavors = self._flavors()
-            sizing = self._sizer.explain(az, flavor, rules, flavors, records)
-            target = sizing.get("target")
-            if rule.sizing == "demand" and isinstance(target, int):
-                rule = rule.sized(target)
-        now = self._clock.now()
-        retiring = len(retirable(records, flavor, rule, now))
-        plan = plan_az(
+        """What the next cycle would build for one pool, and why
+        (``builders/dry_run.py``): nothing is created or written."""
+        return dry_run(
             az,
-            {flavor: rule},
-            self._flavors(),
-            hosts,
-            records,
-            self._pipeline,
-            lambda _az, _f: f"next-{next(counter)}",
-            {flavor: surge(rule, retiring)},
+            flavor,
+            rule,
+            store=self._store,
+            keys=self._keys,
+            hosts=self._hosts,
+            agent_for=self._agent_for,
+            flavors=self._flavors(),
+            pipeline=self._pipeline,
+            sizer=self._sizer,
+            now=self._clock.now(),
         )
-        return {
-            "az": az,
-            "flavor": flavor,
-            "hosts": len(hosts),
-            "to_build": plan.deficits.get(flavor, 0),
-            "to_replace": retiring,
-            "problem": plan.problems.get(flavor),
-            "sizing": sizing,
-            "placements": [
-                {
-                    "vm": vm.name,
-                    "hypervisor": vm.host.hypervisor,
-                    "rack": vm.host.rack,
-                    "removed": vm.decision.removed,
-                    "tied": vm.decision.tied,
-                    "explanation": vm.decision.explain(),
-                }
-                for vm in plan.builds
-            ],
-        }
 
     # --- the cycle -------------------------------------------------------------------
 
     def run(self, writer: FencedWriter) -> CycleReport:
+        """One cycle over every AZ, in parallel: per AZ the stages adopt ->
+        generations -> sizing -> plan -> prefetch and build -> retire ->
+        upkeep -> park (``builders/*``), each given the AZ's ``AzRun``."""
         lost = writer.leadership.lost
         report = CycleReport(writer.leadership.token, self._clock.now())
         drains = Drains.read(self._store, self._keys)
-        facts, self._by_hypervisor = self.host_facts(drains)
+        facts, self._by_hypervisor = live_hosts(self._hosts, drains, self._agent_for)
         rules = RuleRecords(self._store, self._keys).by_az()
         records = self._records.by_az()
         flavors = self._flavors()
@@ -259,45 +189,22 @@ class BuildCycle:
             retiring = {
                 f: retirable(current, f, rule, now) for f, rule in sized.items() if f in flavors
             }
-            # A flavor whose image is not in the catalog (a hand-edited
-            # MongoDB): nothing is built from it, and the cycle says why.
-            missing = {
-                f: flavors[f].image_id
-                for f in sized
-                if f in flavors and flavors[f].image_id and flavors[f].image_id not in images
-            }
-            plan = plan_az(
-                az,
-                {f: r for f, r in sized.items() if f not in missing},
+            plan = plan_builds(
+                run,
+                sized,
                 flavors,
+                images,
                 hosts_by_az.get(az, []),
                 current,
                 self._pipeline,
                 self._new_name,
-                {f: surge(sized[f], len(vms)) for f, vms in retiring.items()},
+                retiring,
             )
-            with self._lock:
-                report.problems += [f"{az}/{f}: {why}" for f, why in plan.problems.items()]
-                report.problems += [
-                    f"{az}/{f}: image {i!r} is not in the catalog: nothing built"
-                    for f, i in sorted(missing.items())
-                ]
             builds = self._builder.prefetched(run, plan.builds, images)
-            reserved = Counter(r.flavor for r in current if r.state == InstanceState.RESERVED)
-            book = NetworkBook(self._store, self._keys)
-            pools = book.in_az(az) if builds else {}
-            addresses = Allocator(pools, book.held(az)) if pools else None
-            with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
-                build = in_context(
-                    lambda vm: self._builder.build(
-                        run, vm, reserved, addresses, generations, images
-                    )
-                )
-                for _ in pool.map(build, builds):
-                    pass
+            self._builder.build_all(run, builds, current, generations, images)
             if any(retiring.values()):
                 retire(run, sized, retiring, self._release)
-            self._upkeep(az, sized, facts, drains, writer, report)
+            self._upkeeper.settle(run, sized, facts, drains)
             if wanted(rules[az], current):
                 park(run, sized)
 
@@ -309,27 +216,6 @@ class BuildCycle:
         report.finished_at = self._clock.now()
         self._emit("cycle.summary", **report.summary())
         return report
-
-    # --- upkeep (builders/upkeep.py) ---------------------------------------------------
-
-    def _upkeep(
-        self,
-        az: str,
-        rules: Mapping[str, BuildRule],
-        facts: Mapping[str, HostFacts],
-        drains: Drains,
-        writer: FencedWriter,
-        report: CycleReport,
-    ) -> None:
-        """Retire what evacuating hosts, gone rules and surplus leave over;
-        keep the reserve at its cap (the records read again now: this
-        cycle's builds and acquisitions count)."""
-        items = self._records.read(az)[0]
-        gone = away((item.record for item in items), facts, drains)
-        done = self._upkeeper.run(az, rules, items, gone, self._by_hypervisor, writer)
-        with self._lock:
-            report.retired += done.retired
-            report.problems += done.problems
 
     def _emit(self, type_: str, **fields: object) -> None:
         """An event, and the same as a log line (tagged with the cycle token)."""

@@ -12,6 +12,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from warmcache.builders.deficits import racks_required, state_counts, to_build
+from warmcache.builders.rollover import surge
+from warmcache.builders.run import AzRun
+from warmcache.images import Image
 from warmcache.model import POOLED_STATES, BuildRule, Flavor, HostFacts, PoolInstance
 from warmcache.placement.pipeline import Decision, PlacementPipeline
 from warmcache.placement.request import PlacementRequest
@@ -129,3 +132,43 @@ def _placed(live: Mapping[str, HostFacts], picked: Sequence[PlannedVm]) -> dict[
         hv = vm.host.hypervisor
         trial[hv] = trial[hv].minus(vm.flavor, vm.name, vm.rule.group_hint)
     return trial
+
+
+def plan_builds(
+    run: AzRun,
+    rules: Mapping[str, BuildRule],
+    flavors: Mapping[str, Flavor],
+    images: Mapping[str, Image],
+    hosts: Sequence[HostFacts],
+    records: Sequence[PoolInstance],
+    pipeline: PlacementPipeline,
+    new_name: Callable[[str, str], str],
+    retiring: Mapping[str, Sequence[object]],
+) -> Plan:
+    """The cycle's plan stage for an AZ: ``plan_az`` over its pools as sized
+    this cycle, with a rollover's replacements (``retiring``) built first;
+    its problems go to the cycle's report. A flavor whose image is not in
+    the catalog (a hand-edited MongoDB) gets nothing built, and the report
+    says why."""
+    missing = {
+        f: flavors[f].image_id
+        for f in rules
+        if f in flavors and flavors[f].image_id and flavors[f].image_id not in images
+    }
+    plan = plan_az(
+        run.az,
+        {f: r for f, r in rules.items() if f not in missing},
+        flavors,
+        hosts,
+        records,
+        pipeline,
+        new_name,
+        {f: surge(rules[f], len(vms)) for f, vms in retiring.items()},
+    )
+    with run.lock:
+        run.report.problems += [f"{run.az}/{f}: {why}" for f, why in plan.problems.items()]
+        run.report.problems += [
+            f"{run.az}/{f}: image {i!r} is not in the catalog: nothing built"
+            for f, i in sorted(missing.items())
+        ]
+    return plan

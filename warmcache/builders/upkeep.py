@@ -34,10 +34,18 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from warmcache.builders.run import AzRun
 from warmcache.drains import Drains
-from warmcache.layout import Keys, Stored
+from warmcache.layout import Keys, PoolRecords, Stored
 from warmcache.leader.election import FencedWriter
-from warmcache.model import HELD_STATES, POOLED_STATES, BuildRule, InstanceState, PoolInstance
+from warmcache.model import (
+    HELD_STATES,
+    POOLED_STATES,
+    BuildRule,
+    HostFacts,
+    InstanceState,
+    PoolInstance,
+)
 from warmcache.networks import AddressRelease
 from warmcache.ports import Compare, CoordinationStore, Delete, HostAgent, Put
 from warmcache.purge import purge_vm
@@ -133,6 +141,23 @@ class PoolUpkeep:
         self._now = now
         self.shrink_after_s = shrink_after_s
         self._release = release
+
+    def settle(
+        self,
+        run: AzRun,
+        rules: Mapping[str, BuildRule],
+        facts: Mapping[str, HostFacts],
+        drains: Drains,
+    ) -> None:
+        """The cycle's last stage for an AZ: retire what evacuating hosts,
+        gone rules and surplus leave over; keep the reserve at its cap (the
+        records read again now: this cycle's builds and acquisitions count)."""
+        items = PoolRecords(run.store, run.keys).read(run.az)[0]
+        gone = away((item.record for item in items), facts, drains)
+        done = self.run(run.az, rules, items, gone, run.agents, run.writer)
+        with run.lock:
+            run.report.retired += done.retired
+            run.report.problems += done.problems
 
     def run(
         self,
