@@ -26,7 +26,14 @@ and prints the ratio. ``--no-batch`` runs the baseline only. Last line (the
 batched run, or the baseline with ``--no-batch``):
 
     acquire_per_s=<x> p50_ms=<y> p99_ms=<z> duplicates=<n> clients=<N> store=<s> via=<v>
-        hypervisors=<H> pooled=<V> pools=<P> batch=<on|off>
+        hypervisors=<H> pooled=<V> pools=<P> batch=<on|off> server_cpu_ms=<c>
+
+CPU per acquisition: each run reads the CPU time (user + system, from
+/proc) of every part over its measured window and divides it by the
+acquisitions served: the serving processes (``server_cpu_ms``; with
+``--via library`` the instances run in the clients' threads, so it is this
+whole process), the clients (``--via http``), the store (an etcd this
+script started; SQLite runs inside its callers) and the refiller.
 
 ``--release`` (``--via library``) measures giving VMs back too: after the
 acquire-only run, the same clients loop acquire + release (each VM given
@@ -171,6 +178,11 @@ class Fleet:
         )
         self._proc.start()
 
+    @property
+    def pid(self) -> int | None:
+        proc = getattr(self, "_proc", None)
+        return proc.pid if proc is not None else None
+
     def stop(self) -> None:
         proc = getattr(self, "_proc", None)
         if proc is not None and proc.is_alive():
@@ -196,6 +208,26 @@ def _refiller(
         puts = [p for pool, n in due.items() for p in fleet._vms(pool, n)]
         for i in range(0, len(puts), REFILL_CHUNK):
             store.txn([], puts[i : i + REFILL_CHUNK])
+
+
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far, in
+    seconds, from /proc/<pid>/stat (utime and stime, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_part(servers: list[int], store: list[int], refiller: int | None) -> dict[str, float]:
+    """CPU seconds used so far by each part of a run: the serving processes
+    (``--via http``), this process (the clients, and with ``--via library``
+    the instances they call into), the store's processes (etcd; SQLite runs
+    inside its callers) and the refiller."""
+    return {
+        "server": sum(cpu_s(pid) for pid in servers),
+        "bench": cpu_s(os.getpid()),
+        "store": sum(cpu_s(pid) for pid in store),
+        "refiller": cpu_s(refiller) if refiller else 0.0,
+    }
 
 
 def store_ceiling(store: CoordinationStore, seconds: float = 2.0) -> float:
@@ -235,9 +267,15 @@ def config_for(
 
 class Run:
     def __init__(
-        self, args: argparse.Namespace, store_cfg: dict[str, str], fleet: Fleet, work: Path
+        self,
+        args: argparse.Namespace,
+        store_cfg: dict[str, str],
+        fleet: Fleet,
+        work: Path,
+        store_pids: list[int] | None = None,
     ) -> None:
         self.args, self.store_cfg, self.fleet, self.work = args, store_cfg, fleet, work
+        self.store_pids = store_pids or []
 
     def measure(
         self, batch: bool, release: bool = False, loops: int | None = None
@@ -357,10 +395,16 @@ class Run:
                 return sum(t for t, _ in scraped), sum(c for _, c in scraped)
 
             at_warm = [(0, 0)]
-            marker = threading.Timer(
-                max(0.0, warm_until - time.monotonic()),
-                lambda: at_warm.__setitem__(0, transactions()),
-            )
+            cpu_at: dict[str, dict[str, float]] = {}
+
+            def cpu_now() -> dict[str, float]:
+                return cpu_by_part([p.pid for p in procs], self.store_pids, self.fleet.pid)
+
+            def at_warm_up() -> None:
+                cpu_at["warm"] = cpu_now()
+                at_warm[0] = transactions()
+
+            marker = threading.Timer(max(0.0, warm_until - time.monotonic()), at_warm_up)
             marker.start()
             threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]
             for t in threads:
@@ -368,6 +412,7 @@ class Run:
             for t in threads:
                 t.join()
             marker.join()
+            cpu_at["end"] = cpu_now()
             end = transactions()
             if release:  # the last releases finish before the instances stop
                 settled = time.monotonic() + 60
@@ -391,7 +436,14 @@ class Run:
         if not latencies:
             raise SystemExit(f"no acquisition succeeded (misses: {dict(misses)})")
         ms = sorted(x * 1000 for x in latencies)
+        cpu_ms = {  # CPU per acquisition over the measured window, by part
+            part: (cpu_at["end"][part] - cpu_at["warm"][part]) * 1000 / len(latencies)
+            for part in cpu_at["end"]
+        }
+        if args.via == "library":  # the instances run in the clients' threads
+            cpu_ms["server"] = cpu_ms["bench"]
         return {
+            "cpu_ms": cpu_ms,
             "acquire_per_s": len(latencies) / args.seconds,
             "p50_ms": statistics.median(ms),
             "p99_ms": ms[min(len(ms) - 1, int(len(ms) * 0.99))],
@@ -444,7 +496,9 @@ def line(result: dict[str, Any], args: argparse.Namespace, fleet: Fleet, batch: 
         f"p99_ms={result['p99_ms']:.2f} duplicates={result['duplicates']} "
         f"clients={args.clients} store={args.store} via={args.via} "
         f"hypervisors={fleet.hypervisors} pooled={fleet.pooled} pools={len(fleet.pools)} "
-        f"batch={'on' if batch else 'off'}" + (" named=on" if args.named else "")
+        f"batch={'on' if batch else 'off'}"
+        + (" named=on" if args.named else "")
+        + f" server_cpu_ms={result['cpu_ms']['server']:.3f}"
     )
 
 
@@ -533,7 +587,13 @@ def main() -> None:
             f"(one thread, {args.store} through warmcache's client)"
         )
         fleet.start(store_cfg, store.range("zz")[1])
-        run = Run(args, store_cfg, fleet, work)
+        run = Run(
+            args,
+            store_cfg,
+            fleet,
+            work,
+            [m.proc.pid for m in cluster.members if m.proc] if cluster is not None else [],
+        )
         runs = [False] if args.no_batch else [False, True]
         results = {}
         for batch in runs:
@@ -543,6 +603,16 @@ def main() -> None:
                 f"batch={'on' if batch else 'off'}: {result['acquisitions']} acquisitions, "
                 f"misses {result['misses']}, store transactions "
                 f"{result['transactions']}, conflicts {result['conflicts']}"
+            )
+            cpu = result["cpu_ms"]
+            print(
+                f"  CPU ms per acquisition: server {cpu['server']:.3f}"
+                + (
+                    " (the instances run in the clients' threads)"
+                    if args.via == "library"
+                    else f", clients {cpu['bench']:.3f}"
+                )
+                + f", store {cpu['store']:.3f}, refiller {cpu['refiller']:.3f}"
             )
             print("  " + line(result, args, fleet, batch))
         if len(results) == 2:
