@@ -129,7 +129,8 @@ class LogEvents:
         self._lock = threading.Lock()
 
     def emit(self, event: Event) -> None:
-        self._log.info("%s %s", event.type, json.dumps(dict(event.fields), default=str))
+        if self._log.isEnabledFor(logging.INFO):
+            self._log.info("%s %s", event.type, json.dumps(dict(event.fields), default=str))
         with self._lock:
             self._recent.append(event)
 

@@ -49,6 +49,8 @@ from warmcache.errors import BodyTooLarge, HeadersTooLarge, InternalError, Inval
 from warmcache.errors import Overloaded as OverloadedError
 
 log = logging.getLogger(__name__)
+_QUIET = logging.getLogger("warmcache.web.queue_depth")
+_QUIET.disabled = True
 
 # waitress's own refusals get the API's stable codes (warmcache.errors).
 CODES = {
@@ -246,8 +248,14 @@ class _BoundedDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
 
     def __init__(self, max_queue: int) -> None:
         super().__init__()
+        # waitress warns once per request queued behind busy threads (under
+        # load: thousands of lines a second, each formatted and written, ~2%
+        # of the server's CPU); the queue is bounded here, and what it
+        # refuses is logged at most every 10 s instead.
+        self.queue_logger = _QUIET
         self.max_queue = max_queue
         self.refused = 0
+        self._warn_at = 0.0
         self._refusals: queue.SimpleQueue[Any] = queue.SimpleQueue()
         threading.Thread(target=self._refuse, name="http-refuser", daemon=True).start()
 
@@ -259,6 +267,14 @@ class _BoundedDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
             super().add_task(channel)
             return
         self.refused += 1
+        if (now := time.monotonic()) >= self._warn_at:
+            self._warn_at = now + 10.0
+            log.warning(
+                "every worker is busy and the queue (%d) is full: %d request(s) refused "
+                "with 503 since start",
+                self.max_queue,
+                self.refused,
+            )
         channel.requests[0].error = Overloaded(
             "every worker thread is busy and the queue is full; retry"
         )
