@@ -33,7 +33,10 @@ CPU per acquisition: each run reads the CPU time (user + system, from
 acquisitions served: the serving processes (``server_cpu_ms``; with
 ``--via library`` the instances run in the clients' threads, so it is this
 whole process), the clients (``--via http``), the store (an etcd this
-script started; SQLite runs inside its callers) and the refiller.
+script started; SQLite runs inside its callers) and the refiller. With
+etcd it also prints the gateway's ceiling from one thread through each
+client: etcd3gw (requests), a urllib3 pool (what warmcache's unary calls
+use) and bare http.client, in calls per second and CPU per call.
 
 ``--release`` (``--via library``) measures giving VMs back too: after the
 acquire-only run, the same clients loop acquire + release (each VM given
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import base64
 import contextlib
 import http.client
 import json
@@ -71,8 +75,10 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 
@@ -240,6 +246,58 @@ def store_ceiling(store: CoordinationStore, seconds: float = 2.0) -> float:
         revision = result.revision
         done += result.succeeded
     return done / seconds
+
+
+def gateway_clients(url: str, calls: int = 500) -> list[tuple[str, float, float]]:
+    """The same one-key transaction sent ``calls`` times from one thread
+    through each way of reaching etcd's gateway: etcd3gw's client (on
+    requests, what warmcache used for every call), a urllib3 connection pool
+    (what it uses now for unary calls) and bare http.client (the floor of a
+    Python client). -> (name, calls/s, CPU ms per call)."""
+    import etcd3gw
+    import urllib3
+
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 2379
+    key = base64.b64encode(f"{PREFIX}/gateway".encode()).decode()
+    body = {
+        "success": [{"request_put": {"key": key, "value": base64.b64encode(b"x" * 200).decode()}}]
+    }
+    gw = etcd3gw.Etcd3Client(host=host, port=port, timeout=5, api_path="/v3/")
+    gw.session.trust_env = False  # as warmcache's sessions (environment read once)
+    pool = urllib3.HTTPConnectionPool(host, port, maxsize=4)
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    headers = {"Content-Type": "application/json"}
+
+    def via_pool() -> Any:
+        return json.loads(
+            pool.urlopen("POST", "/v3/kv/txn", body=json.dumps(body).encode(), headers=headers).data
+        )
+
+    def via_http_client() -> Any:
+        conn.request("POST", "/v3/kv/txn", json.dumps(body), headers)
+        return json.loads(conn.getresponse().read())
+
+    def via_etcd3gw() -> Any:
+        return gw.post(gw.get_url("kv/txn"), json=body)
+
+    found = []
+    ways: list[tuple[str, Callable[[], Any]]] = [
+        ("etcd3gw (requests)", via_etcd3gw),
+        ("urllib3 pool", via_pool),
+        ("http.client", via_http_client),
+    ]
+    for name, call in ways:
+        for _ in range(50):
+            call()
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(calls):
+            call()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        found.append((name, calls / wall, cpu * 1000 / calls))
+    conn.close()
+    pool.close()
+    return found
 
 
 def config_for(
@@ -586,6 +644,9 @@ def main() -> None:
             f"store ceiling: {store_ceiling(store):.0f} compare-and-swap txn/s "
             f"(one thread, {args.store} through warmcache's client)"
         )
+        if args.store == "etcd":
+            for name, per_s, cpu_ms in gateway_clients(store_cfg["url"].split(",")[0]):
+                print(f"  etcd through {name}: {per_s:.0f} txn/s, {cpu_ms:.3f} ms CPU per call")
         fleet.start(store_cfg, store.range("zz")[1])
         run = Run(
             args,
