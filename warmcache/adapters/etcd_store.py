@@ -3,9 +3,10 @@
 Unary calls (ranges, transactions, leases) go through one thread-safe
 ``urllib3`` connection pool per member: ``requests``' per-call machinery
 cost 1.3 ms of CPU a call against 0.6 ms through urllib3 on the same etcd
-(the gateway comparison `bench/acquire.py --store etcd` prints). ``etcd3gw``'s client (on
-``requests``) serves the streaming watch, sign-in, and clients passed in.
-Request bodies are written here so every etcd feature maps one to one: a key's create and mod
+(the gateway comparison ``bench/acquire.py --store etcd`` prints).
+``etcd3gw``'s client (on ``requests``) serves the streaming watch, the
+sign-in, and clients passed in. Request bodies are written here so every
+etcd feature maps one to one: a key's create and mod
 revisions are etcd's, a session is a lease, a transaction is ``/kv/txn``
 with ``CREATE``/``MOD``/``VALUE`` compares, the change feed is a watch from
 a start revision. Gateway quirks handled here: int64 fields come back as
