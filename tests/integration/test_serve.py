@@ -138,6 +138,31 @@ def test_a_chunked_body_over_the_limit_is_refused(
     assert head.startswith(b"HTTP/1.1 413") and json.loads(body)["error"] == "body_too_large"
 
 
+def test_a_body_over_the_limit_still_being_sent_gets_its_413_not_a_reset(
+    instance: tuple[subprocess.Popen[bytes], int, Path],
+) -> None:
+    """The server refuses at the limit and lingers: it shuts its write side
+    and drops what the client still sends (up to 1 MiB, 2 s), so the client
+    reads the typed 413 instead of a reset (closing with unread data makes
+    the kernel reset the connection, reply and all)."""
+    _, port, _ = instance
+    body = b" " * 600_000  # far beyond the socket buffers and the 4,096-byte limit
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/acquire HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        sent = 0
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while sent < len(body):  # the whole body, as a client that does not look
+                sent += sock.send(body[sent : sent + 65536])
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    assert out.startswith(b"HTTP/1.1 413")
+    assert json.loads(out.partition(b"\r\n\r\n")[2])["error"] == "body_too_large"
+
+
 def raw_exchange(port: int, data: bytes, timeout_s: float = 10) -> bytes:
     """Send ``data`` (the server may stop reading and answer first, as it
     should for a body over the limit) and read the reply to the end."""
