@@ -7,6 +7,7 @@ from warmcache.cli import (  # noqa: F401  (each registers its commands)
     budgets,
     catalog,
     hosts,
+    images,
     networks,
     pools,
     quotas,
