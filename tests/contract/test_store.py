@@ -497,6 +497,21 @@ def test_a_watch_stream_resumes_after_its_connection_is_cut(backend: Backend) ->
         stream.close()
 
 
+def test_calls_after_the_connections_are_cut_go_through_at_once(backend: Backend) -> None:
+    """A network blip that drops the store's pooled keep-alive connections
+    costs nothing: the next reads and transactions open new ones (no
+    error, no restart), and a transaction is applied exactly once."""
+    if backend.cut is None:
+        pytest.skip("this store keeps no connection to cut")
+    store = backend.store
+    first = store.put("cut/k", "0")
+    assert backend.cut() >= 1
+    assert store.txn([Compare.mod_revision("cut/k", first)], [Put("cut/k", "1")]).succeeded
+    assert backend.cut() >= 1
+    found = store.get("cut/k")
+    assert found is not None and found.value == "1" and found.mod_revision > first
+
+
 def test_a_closed_stream_returns_at_once(store: CoordinationStore) -> None:
     stream = store.watch("w/", store.put("x", "1"))
     closer = threading.Timer(0.2, stream.close)

@@ -285,14 +285,7 @@ class EtcdStore:
                 raise _Retryable(detail) from exc
             raise StoreError(f"etcd {path}: no answer in {timeout_s:.2f} s") from exc
         except etcd_exc.Etcd3Exception as exc:
-            detail = exc.detail_text or str(exc)
-            if "lease not found" in detail:
-                raise SessionExpired(str(body.get("lease") or body.get("ID"))) from exc
-            if "no leader" in detail:
-                raise _Retryable(detail) from exc
-            if "invalid auth token" in detail:
-                raise _TokenExpired(detail) from exc
-            raise StoreError(f"etcd {path}: {detail.strip()}") from exc
+            raise _refusal(path, body, exc.detail_text or str(exc)) from exc
 
     def _urlopen(
         self,
@@ -303,7 +296,7 @@ class EtcdStore:
         headers: dict[str, str],
     ) -> dict[str, Any]:
         """One call through the member's connection pool, its failures sorted
-        as in ``_post_once``: retried only if it cannot have applied."""
+        as ``_post_once`` sorts etcd3gw's: retried only if it cannot have applied."""
         timeout = urllib3.Timeout(connect=min(timeout_s, self._connect_s), read=timeout_s)
         try:
             reply = pool.urlopen(
@@ -322,14 +315,7 @@ class EtcdStore:
         except urllib3.exceptions.HTTPError as exc:  # reset after sending: it may have applied
             raise StoreError(f"etcd {path}: {exc}") from exc
         if reply.status != 200:
-            detail = reply.data.decode(errors="replace")
-            if "lease not found" in detail:
-                raise SessionExpired(str(body.get("lease") or body.get("ID")))
-            if "no leader" in detail:
-                raise _Retryable(detail)
-            if "invalid auth token" in detail:
-                raise _TokenExpired(detail)
-            raise StoreError(f"etcd {path}: {reply.status} {detail.strip()[:500]}")
+            raise _refusal(path, body, f"{reply.status} {reply.data.decode(errors='replace')}")
         found: dict[str, Any] = json.loads(reply.data)
         return found
 
@@ -570,6 +556,19 @@ class EtcdStore:
         for pool in pools:
             if pool is not None:
                 pool.close()
+
+
+def _refusal(path: str, body: dict[str, Any], detail: str) -> Exception:
+    """What an etcd refusal means, read from its text (either client): the
+    lease is gone, no raft leader (nothing applied: safe to send again), an
+    expired token (sign in again), or a plain StoreError."""
+    if "lease not found" in detail:
+        return SessionExpired(str(body.get("lease") or body.get("ID")))
+    if "no leader" in detail:
+        return _Retryable(detail)
+    if "invalid auth token" in detail:
+        return _TokenExpired(detail)
+    return StoreError(f"etcd {path}: {detail.strip()[:500]}")
 
 
 def _fit(n: int, floor: int, limit: int) -> int:

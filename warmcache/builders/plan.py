@@ -143,7 +143,7 @@ def plan_builds(
     records: Sequence[PoolInstance],
     pipeline: PlacementPipeline,
     new_name: Callable[[str, str], str],
-    retiring: Mapping[str, Sequence[object]],
+    retiring: Mapping[str, Sequence[tuple[PoolInstance, str]]],
 ) -> Plan:
     """The cycle's plan stage for an AZ: ``plan_az`` over its pools as sized
     this cycle, with a rollover's replacements (``retiring``) built first;
