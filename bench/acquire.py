@@ -66,7 +66,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -88,6 +87,7 @@ from warmcache.errors import ClaimContention, NoCapacity, UnknownAZ, UnknownPool
 from warmcache.layout import Keys
 from warmcache.model import HostFacts, InstanceState, PoolInstance
 from warmcache.ports import Compare, CoordinationStore, Put
+from warmcache.testing.ports import free_port
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 PREFIX = "bench"
@@ -96,12 +96,6 @@ FLAVORS = ("small", "medium", "large")
 PER_RACK = 20
 CHUNK = 100  # puts per seeding transaction (within etcd's --max-txn-ops)
 REFILL_CHUNK = 50  # puts per refill transaction
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Fleet:

@@ -89,7 +89,7 @@ def real(n: int) -> float:
         f"[rules.az1.tiny]\ntotal_instances = {n}\nmax_instance_per_cycle = {n}\n"
         "min_fault_domain = 1\n"
     )
-    from warmcache.testing.localetcd import free_port
+    from warmcache.testing.ports import free_port
 
     work = Path(tempfile.mkdtemp(prefix="warmcache-refill-real-"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)

@@ -15,7 +15,7 @@ import pytest
 
 from warmcache.clock import ManualClock
 from warmcache.ports import AlertSink
-from warmcache.testing.localetcd import free_port
+from warmcache.testing.ports import free_port
 
 Delivered = Callable[[], list[tuple[str, str]]]
 

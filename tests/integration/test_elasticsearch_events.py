@@ -15,8 +15,8 @@ import pytest
 from tests.conftest import unavailable
 from warmcache.adapters.elasticsearch_events import DATA_STREAM, ElasticsearchEvents
 from warmcache.ports import Event
-from warmcache.testing.localetcd import free_port
 from warmcache.testing.polling import wait_for
+from warmcache.testing.ports import free_port
 
 pytest.importorskip("elasticsearch")
 

@@ -5,7 +5,6 @@ a leader on one SQLite store, the HTTP API in front."""
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from warmcache.layout import Keys
 from warmcache.quickstart import QuickstartStack
 from warmcache.testing.polling import wait_for
+from warmcache.testing.ports import free_port
 
 pytestmark = [
     pytest.mark.integration,
@@ -25,17 +25,7 @@ pytestmark = [
 
 
 def free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return int(port)
-    raise RuntimeError("no two adjacent free ports")
+    return free_port(2)
 
 
 @pytest.fixture(scope="module")

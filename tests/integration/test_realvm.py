@@ -609,7 +609,7 @@ def test_the_quickstart_with_real_vms_boots_its_guests_from_its_image(
     import httpx
 
     from warmcache.quickstart import REAL_VM_IMAGE, QuickstartStack, Topology
-    from warmcache.testing.localetcd import free_port
+    from warmcache.testing.ports import free_port
 
     stack = QuickstartStack(
         tmp_path / "qs",

@@ -23,16 +23,11 @@ import pytest
 
 from warmcache.adapters.sqlite_store import SqliteStore
 from warmcache.testing.polling import wait_for
+from warmcache.testing.ports import free_port
 
 pytestmark = [pytest.mark.integration]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

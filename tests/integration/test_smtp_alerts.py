@@ -11,8 +11,8 @@ import pytest
 
 from warmcache.adapters.smtp_alerts import SmtpAlerts
 from warmcache.clock import ManualClock
-from warmcache.testing.localetcd import free_port
 from warmcache.testing.polling import wait_for
+from warmcache.testing.ports import free_port
 
 
 class Inbox:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.wheels import CHECKOUT, build_wheel
-from warmcache.testing.localetcd import free_port
+from warmcache.testing.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.libvirt]
 
