@@ -330,11 +330,20 @@ class Run:
         self.store_pids = store_pids or []
 
     def measure(
-        self, batch: bool, release: bool = False, loops: int | None = None
+        self,
+        batch: bool,
+        release: bool = False,
+        loops: int | None = None,
+        via: str | None = None,
+        empty: bool = False,
     ) -> dict[str, Any]:
         """``loops``: stop after that many acquisitions (within 10 minutes)
-        instead of after ``--seconds``."""
+        instead of after ``--seconds``. ``via``: other than ``--via`` (the
+        in-process ceiling of an HTTP run). ``empty``: the clients ask the
+        servers' ``GET /healthz`` instead of acquiring (the ceiling of the web
+        stack: server, Flask and its per-request hooks, no claim)."""
         args = self.args
+        via = via or args.via
         ports = [free_port() for _ in range(args.instances)]
         services: list[Any] = []
         procs: list[subprocess.Popen[bytes]] = []
@@ -343,7 +352,7 @@ class Run:
         misses = Counter[str]()
         lock = threading.Lock()
         try:
-            if args.via == "library":
+            if via == "library":
                 services = [
                     build(
                         parse_config(
@@ -393,7 +402,7 @@ class Run:
                 rng = random.Random(n)
                 conn = (
                     http.client.HTTPConnection("127.0.0.1", ports[n % len(ports)], timeout=30)
-                    if args.via == "http"
+                    if via == "http"
                     else None
                 )
                 while (now := time.monotonic()) < stop_at and (
@@ -404,7 +413,9 @@ class Run:
                     names: list[str] = []
                     outcome = "ok"
                     try:
-                        if conn is not None:
+                        if conn is not None and empty:
+                            names, outcome = _healthz(conn)
+                        elif conn is not None:
                             names, outcome = _post(conn, pool, n, args.named)
                         else:
                             names = [
@@ -427,7 +438,8 @@ class Run:
                     if not names:
                         time.sleep(0.001)  # told no: a caller would not ask again at once
                     with lock:
-                        handed.extend(names)
+                        if not empty:
+                            handed.extend(names)
                         if now < warm_until:
                             continue
                         if names:
@@ -492,7 +504,7 @@ class Run:
             part: (cpu_at["end"][part] - cpu_at["warm"][part]) * 1000 / len(latencies)
             for part in cpu_at["end"]
         }
-        if args.via == "library":  # the instances run in the clients' threads
+        if via == "library":  # the instances run in the clients' threads
             cpu_ms["server"] = cpu_ms["bench"]
         return {
             "cpu_ms": cpu_ms,
@@ -540,6 +552,13 @@ def _post(
     if reply.status == 200:
         return [vm["name"] for vm in data["vms"]], "ok"
     return [], str(data.get("error"))
+
+
+def _healthz(conn: http.client.HTTPConnection) -> tuple[list[str], str]:
+    conn.request("GET", "/healthz")
+    reply = conn.getresponse()
+    reply.read()
+    return (["healthz"], "ok") if reply.status == 200 else ([], f"http_{reply.status}")
 
 
 def line(result: dict[str, Any], args: argparse.Namespace, fleet: Fleet, batch: bool) -> str:
@@ -598,7 +617,15 @@ def main() -> None:
         help="every acquisition names its claim (claim_id): idempotent, one "
         "claim record more per transaction",
     )
+    parser.add_argument(
+        "--ceilings",
+        action="store_true",
+        help="--via http: also measure, in the same run, the servers on an empty "
+        "endpoint (GET /healthz) and the same acquisitions in process",
+    )
     args = parser.parse_args()
+    if args.ceilings and args.via != "http":
+        parser.error("--ceilings runs with --via http")
     if not 1 <= args.pools <= 30:
         parser.error("--pools must be between 1 and 30")
     if args.release and args.via != "library":
@@ -677,6 +704,8 @@ def main() -> None:
                 f"acquisitions/s, p99 {off['p99_ms']:.1f} -> {on['p99_ms']:.1f} ms"
             )
         extra = ""
+        if args.ceilings:
+            extra = ceilings(run, results[runs[-1]], runs[-1])
         if args.release:
             loop = run.measure(runs[-1], release=True)
             ratio = loop["acquire_per_s"] / results[runs[-1]]["acquire_per_s"]
@@ -714,6 +743,36 @@ def main() -> None:
             cluster.stop()
     final = runs[-1]
     print(line(results[final], args, fleet, final) + extra)
+
+
+def ceilings(run: Run, http: dict[str, Any], batch: bool) -> str:
+    """The ceiling of each part beside an HTTP run, in the same run: the
+    same clients on the servers' empty endpoint (the web stack alone), and
+    the same acquisitions in process (the app alone, no HTTP). What the
+    HTTP run's server CPU per acquisition is made of, and its limit."""
+    empty = run.measure(batch, empty=True)
+    inproc = run.measure(batch, via="library")
+    served = http["cpu_ms"]["server"]
+    web, app = empty["cpu_ms"]["server"], inproc["cpu_ms"]["server"]
+    print(
+        f"ceiling, empty endpoint (GET /healthz, same clients and servers): "
+        f"{empty['acquire_per_s']:.0f} requests/s, p99 {empty['p99_ms']:.1f} ms, "
+        f"server CPU {web:.3f} ms per request"
+    )
+    print(
+        f"ceiling, the app in process (same clients, no HTTP): "
+        f"{inproc['acquire_per_s']:.0f} acquisitions/s, p99 {inproc['p99_ms']:.1f} ms, "
+        f"CPU {app:.3f} ms per acquisition (clients included)"
+    )
+    print(
+        f"server CPU per acquisition over HTTP {served:.3f} ms = web stack {web:.3f} "
+        f"+ the app in process {app:.3f} + the rest {served - web - app:.3f} "
+        f"(the request body, the reply, the claim's extra share over HTTP)"
+    )
+    return (
+        f" empty_per_s={empty['acquire_per_s']:.1f} empty_cpu_ms={web:.3f}"
+        f" inproc_per_s={inproc['acquire_per_s']:.1f} inproc_cpu_ms={app:.3f}"
+    )
 
 
 class _GoneAgent:
