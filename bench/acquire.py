@@ -295,7 +295,7 @@ def gateway_clients(url: str, calls: int = 500) -> list[tuple[str, float, float]
 
 
 def config_for(
-    i: int, store: dict[str, str], port: int, batch: bool, clients: int
+    i: int, store: dict[str, str], port: int, batch: bool, clients: int, threads: int = 0
 ) -> dict[str, Any]:
     return {
         "service": {
@@ -309,7 +309,7 @@ def config_for(
             "max_acquire_count": 10,
             "batch_claims": batch,
             "shares_refresh_s": 0.5,
-            "http_threads": max(8, clients // 2),
+            "http_threads": threads or max(8, clients // 2),
         },
         "store": store,
         "catalog": {"path": str(CONFIG_DIR / "flavors.toml")},
@@ -373,7 +373,11 @@ class Run:
                 for i in range(args.instances):
                     path = self.work / f"instance-{i}-{batch}.toml"
                     path.write_text(
-                        _toml(config_for(i, self.store_cfg, ports[i], batch, args.clients))
+                        _toml(
+                            config_for(
+                                i, self.store_cfg, ports[i], batch, args.clients, args.http_threads
+                            )
+                        )
                     )
                     procs.append(
                         subprocess.Popen(
@@ -616,6 +620,12 @@ def main() -> None:
         action="store_true",
         help="every acquisition names its claim (claim_id): idempotent, one "
         "claim record more per transaction",
+    )
+    parser.add_argument(
+        "--http-threads",
+        type=int,
+        default=0,
+        help="--via http: worker threads per instance (default: clients / 2, at least 8)",
     )
     parser.add_argument(
         "--ceilings",
