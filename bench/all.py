@@ -29,6 +29,21 @@ SMALL = [
         ["acquire.py", "--store", "etcd", "--clients", "8", "--seconds", "5", "--via", "http"],
     ),
     (
+        "acquire (etcd, HTTP, 64 clients, beside each part's ceiling)",
+        [
+            "acquire.py",
+            "--store",
+            "etcd",
+            "--clients",
+            "64",
+            "--seconds",
+            "5",
+            "--via",
+            "http",
+            "--ceilings",
+        ],
+    ),
+    (
         "acquire (SQLite, 9,000 hypervisors)",
         [
             "acquire.py",
