@@ -81,7 +81,7 @@ SMALL = [
 
 def main() -> None:
     console = Console()
-    table = Table(title="warmcache benchmarks (small sizes; see README for full runs)")
+    table = Table(title="warmcache benchmarks (small sizes; docs/benchmarks.md has the full runs)")
     for col in ("benchmark", "result (the benchmark's last line)", "wall s"):
         table.add_column(col)
     failed = 0
