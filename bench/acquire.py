@@ -217,13 +217,33 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_or_gone(pid: int) -> float:
+    try:
+        return cpu_s(pid)
+    except OSError:  # a worker that exited since it was listed
+        return 0.0
+
+
+def with_children(pid: int) -> list[int]:
+    """``pid`` and every process below it (granian's and gunicorn's workers
+    are children of ``warmcache serve``), from /proc/<pid>/task/*/children."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(child) for child in task.read_text().split()]
+    return found
+
+
 def cpu_by_part(servers: list[int], store: list[int], refiller: int | None) -> dict[str, float]:
     """CPU seconds used so far by each part of a run: the serving processes
     (``--via http``), this process (the clients, and with ``--via library``
     the instances they call into), the store's processes (etcd; SQLite runs
     inside its callers) and the refiller."""
     return {
-        "server": sum(cpu_s(pid) for pid in servers),
+        "server": sum(_cpu_or_gone(pid) for top in servers for pid in with_children(top)),
         "bench": cpu_s(os.getpid()),
         "store": sum(cpu_s(pid) for pid in store),
         "refiller": cpu_s(refiller) if refiller else 0.0,
