@@ -320,13 +320,6 @@ def gateway_clients(url: str, calls: int = 500) -> list[tuple[str, float, float]
     return found
 
 
-def settle_s(fleet: Fleet) -> float:
-    """Seconds to wait once the instances answer, before the warm-up: they
-    see each other in the registry, and each re-deals the pools' shares when
-    the other joins (O(pooled VMs): about 2 s for 30,000 on this machine)."""
-    return 1.0 + fleet.pooled / 15_000
-
-
 def config_for(
     i: int, store: dict[str, str], port: int, batch: bool, clients: int, threads: int = 0
 ) -> dict[str, Any]:
@@ -397,12 +390,13 @@ class Run:
                 if release:  # the fleet's hosts have no agent: a stand-in deletes
                     for service in services:
                         service.lifecycle.worker._agent_for = lambda _endpoint: _GoneAgent()
-                deadline = time.monotonic() + 30
-                while any(len(s.acquirer.index.instances) < args.instances for s in services):
+                # Each sees the other and has re-dealt the pools' shares
+                # (O(pooled VMs), seconds for 30,000): not in the measured window.
+                deadline = time.monotonic() + 120
+                while any(s.acquirer.index.dealt_instances < args.instances for s in services):
                     if time.monotonic() > deadline:
                         raise SystemExit("the instances did not see each other")
                     time.sleep(0.05)
-                time.sleep(settle_s(self.fleet))
             else:
                 for i in range(args.instances):
                     path = self.work / f"instance-{i}-{batch}.toml"
@@ -432,7 +426,7 @@ class Run:
                     )
                 for port in ports:
                     _wait_http(f"http://127.0.0.1:{port}/healthz")
-                time.sleep(settle_s(self.fleet))
+                    _wait_dealt(port, args.instances)
             warm_until = time.monotonic() + args.warmup
             stop_at = warm_until + (600.0 if loops else args.seconds)
 
@@ -921,6 +915,22 @@ def _toml(config: dict[str, Any]) -> str:
             else:
                 lines.append(f'{key} = "{value}"')
     return "\n".join(lines) + "\n"
+
+
+def _wait_dealt(port: int, instances: int) -> None:
+    """Until the instance has dealt the pools' shares over ``instances``
+    (``warmcache_share_instances`` on /metrics): it sees the others and has
+    re-dealt every VM (O(pooled VMs), seconds for 30,000)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            for metric in text.splitlines():
+                name, _, value = metric.partition(" ")
+                if name == "warmcache_share_instances" and float(value) >= instances:
+                    return
+        time.sleep(0.1)
+    raise SystemExit(f"instance on port {port} did not deal its shares over {instances}")
 
 
 def _wait_http(url: str) -> None:

@@ -33,6 +33,7 @@ class Readings:
     pools: Callable[[], list[PoolSummary]]
     hosts_by_az: Callable[[], dict[str, int]]
     claims: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (transactions, conflicts)
+    share_instances: Callable[[], int] = lambda: 1  # instances the shares are dealt over
     last_cycle_finished_at: Callable[[], float | None] = lambda: None
     # Capacity per rack: (az, rack, heartbeating hosts, unreachable hosts,
     # {resource: free}) for every rack (warmcache.fleet).
@@ -205,6 +206,13 @@ class _PoolCollector(Collector):
             "warmcache_claim_conflicts",
             "Claims that lost a compare to a concurrent change and selected again",
             value=conflicts,
+        )
+        yield GaugeMetricFamily(
+            "warmcache_share_instances",
+            "Service instances this one has dealt the pools' shares over (after a "
+            "membership change, once every VM is re-dealt); differs between "
+            "instances while the registry is out of step",
+            value=self._r.share_instances(),
         )
 
 

@@ -207,6 +207,7 @@ class WarmCache:
                 for r in self.fleet.racks()
             ],
             claims=lambda: (claimer.batches, claimer.conflicts),
+            share_instances=lambda: self.acquirer.index.dealt_instances,
             last_cycle_finished_at=self.duty.last_completed_at,
             low_water_ratio=self.config.low_water_ratio,
             cycle_interval_s=self.config.cycle_interval_s,

@@ -55,6 +55,7 @@ def test_metrics_follow_what_the_service_does(service: WarmCache) -> None:
     # one claim transaction: the failed acquisition never reached the store
     assert m[("warmcache_claim_transactions_total", ())] == 1
     assert m[("warmcache_claim_conflicts_total", ())] == 0
+    assert m[("warmcache_share_instances", ())] == 1  # alone in the registry
     # Free capacity per rack: every rack, each resource; the 6 VMs of the
     # pool are booked off az1's racks.
     free = {k[1]: v for k, v in m.items() if k[0] == "warmcache_rack_free"}

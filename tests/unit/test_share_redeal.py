@@ -52,14 +52,20 @@ def test_a_membership_change_lets_go_of_the_lock_between_chunks(
             rig.index._lock.release()
         free.append(got)
 
+    dealt_during: list[int] = []
+
     def between_chunks() -> None:
         probe = threading.Thread(target=try_lock)  # another thread: the lock is re-entrant
         probe.start()
         probe.join()
+        dealt_during.append(rig.index.dealt_instances)
 
     monkeypatch.setattr(index_module, "_let_others_in", between_chunks)
+    assert rig.index.dealt_instances == 1
     rig.index.set_instances(["wc-1", "wc-2"])
     assert free == [True, True, True, True]  # 45 VMs: 5 chunks, 4 gaps, lock free in each
+    # /metrics' warmcache_share_instances: the new count once every VM is re-dealt
+    assert dealt_during == [1, 1, 1, 1] and rig.index.dealt_instances == 2
     mine, foreign = _own_share_selected(rig, ["wc-1", "wc-2"])
     assert 0 < mine < 45
     assert foreign == set()  # every VM reached: own-share selection holds only its own
@@ -79,6 +85,7 @@ def test_a_newer_membership_met_between_chunks_takes_over(
     monkeypatch.setattr(index_module, "_let_others_in", between_chunks)
     rig.index.set_instances(["wc-1", "wc-2"])
     assert rig.index.instances == ("wc-1", "wc-2", "wc-3")
+    assert rig.index.dealt_instances == 3  # the one taken over never says it finished
     assert len(calls) == 5  # the first re-deal stopped at its next chunk: 1 + the newer one's 4
     mine, foreign = _own_share_selected(rig, ["wc-1", "wc-2", "wc-3"])
     assert 0 < mine < 45

@@ -87,6 +87,7 @@ class PoolIndex(PrefixView[PoolInstance]):
         self._inflight_by_pool: Counter[Pool] = Counter()
         self._settled = threading.Condition(self._lock)
         self._shares = Shares(node)
+        self._dealt = len(self._shares.nodes)  # instances of the last finished re-deal
         self._mine: dict[str, bool] = {}
         self._states: dict[Pool, Counter[InstanceState]] = {}
         # Ready VMs per rack that count (on a live host not evacuating).
@@ -321,10 +322,19 @@ class PoolIndex(PrefixView[PoolInstance]):
                     item = self._items.get(key)
                     if item is not None:  # gone since: its removal unplaced it
                         self._place(key, item[0])
+        with self._lock:
+            if self._shares is shares:
+                self._dealt = len(shares.nodes)
 
     @property
     def instances(self) -> tuple[str, ...]:
         return self._shares.nodes
+
+    @property
+    def dealt_instances(self) -> int:
+        """How many instances the shares were last dealt over, once every
+        VM was re-dealt (``instances`` changes when a re-deal begins)."""
+        return self._dealt
 
     # --- what acquisitions ask ----------------------------------------------------------
 
