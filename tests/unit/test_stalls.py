@@ -51,7 +51,7 @@ def test_after_a_stall_no_capacity_is_said_only_once_the_views_caught_up(
         monkeypatch.setattr(view, "catch_up", lambda *_a, **_k: None)
     ticks = Ticks()
     acquirer.stalls = StallWatch(clock=ticks)
-    acquirer._checked_at = ticks.now  # the views' last check, on the watch's clock
+    acquirer._checked_at = acquirer._checked_done = ticks.now  # the last check, same clock
     acquirer.stalls.tick()  # its ticker runs (a started service)
     svc.run_cycle()  # the pool refilled in the store: 6 ready VMs the views missed
     ticks.now += 8.0  # the process was stopped 8 s
@@ -80,7 +80,7 @@ def test_a_feed_that_caught_up_between_the_claim_and_the_check_still_gets_a_seco
         monkeypatch.setattr(view, "catch_up", lambda *_a, **_k: None)
     ticks = Ticks()
     acquirer.stalls = StallWatch(clock=ticks)
-    acquirer._checked_at = ticks.now  # the views' last check, on the watch's clock
+    acquirer._checked_at = acquirer._checked_done = ticks.now  # the last check, same clock
     acquirer.stalls.tick()
     svc.run_cycle()  # refilled behind the views' back
     ticks.now += 8.0
@@ -94,3 +94,30 @@ def test_a_feed_that_caught_up_between_the_claim_and_the_check_still_gets_a_seco
 
     monkeypatch.setattr(acquirer, "_behind", feed_first)
     assert len(svc.acquire("small", "az1", 3, "best-effort")) == 3
+
+
+def test_a_claim_that_began_while_another_request_checked_the_views_gets_a_second_claim(
+    make_service: Callable[..., WarmCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race CI found next: request A's check brings the views up to date
+    one after the other; request B's claim began meanwhile and read a view
+    A had not reached yet. B's refusal must not be final because a check
+    began before its claim: the views were current only when it ended."""
+    svc = make_service()
+    acquirer = svc.acquirer
+    ticks = Ticks()
+    acquirer.stalls = StallWatch(clock=ticks)
+    acquirer._checked_at = acquirer._checked_done = ticks.now
+    acquirer.stalls.tick()
+    ticks.now += 8.0  # stopped 8 s; resumed, the ticker notices
+    acquirer.stalls.tick()
+    real_sync = acquirer.hosts.sync
+
+    def slow_sync() -> bool:  # A's check takes a second
+        ticks.now += 1.0
+        return real_sync()
+
+    monkeypatch.setattr(acquirer.hosts, "sync", slow_sync)
+    assert acquirer._behind(claim_began=7.9)  # A: checks the views (8.0 -> 9.0)
+    assert acquirer._behind(claim_began=8.5)  # B: began during A's check: claims again
+    assert not acquirer._behind(claim_began=9.5)  # C: began after it ended: final

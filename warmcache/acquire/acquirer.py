@@ -112,7 +112,8 @@ class Acquirer:
         # A definitive refusal after a stall of the process waits for the
         # views to be checked against the store (``_behind``).
         self.stalls = StallWatch()
-        self._checked_at = self.stalls.now()
+        self._checked_at = self.stalls.now()  # when the last check began
+        self._checked_done = self._checked_at  # and when it ended
         self._barrier = threading.Lock()
         self.held = HeldIndex(store, keys, self.quotas)
         self.waker = Waker(store, keys, hosts, ctx.agent_for, ctx.addresses, self.held)
@@ -377,19 +378,22 @@ class Acquirer:
         ``store_unavailable``), and the claim is tried again: True (the
         feeds may have caught up on their own between the claim and this
         check, so that the barrier finds nothing missing while the claim
-        saw stale views)."""
+        saw stale views). A claim that began before a check ended is tried
+        again too: it may have read the views while that check was still
+        bringing them up to date."""
         started = self.stalls.now()
-        if self._checked_at > claim_began:
-            return True  # the views were checked after this claim began: try again
+        if self._checked_done > claim_began:
+            return True  # a check ended after this claim began: try again
         if not self.stalls.stalled_since(self._checked_at):
             return False  # no stall since: the feeds kept the views current
         with self._barrier:
-            if self._checked_at > claim_began:
+            if self._checked_done > claim_began:
                 return True  # another request just checked: try again
             behind = False
             for view in (self.hosts, self.drains, self.index):
                 behind = view.sync() or behind
             self._checked_at = started
+            self._checked_done = self.stalls.now()
             log.warning("views checked against the store after a stall (behind: %s)", behind)
             return True
 
