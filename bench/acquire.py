@@ -551,17 +551,23 @@ class Run:
         }
 
 
-def _scraped_claims(port: int) -> tuple[int, int]:
-    """Claim transactions and conflicts from an instance's /metrics."""
+def _scraped(port: int) -> dict[str, float]:
+    """An instance's unlabelled /metrics samples, by name."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     found = {}
     for metric in text.splitlines():
         name, _, value = metric.partition(" ")
-        if name in ("warmcache_claim_transactions_total", "warmcache_claim_conflicts_total"):
-            found[name] = int(float(value))
+        if value and not name.startswith("#") and "{" not in name:
+            found[name] = float(value)
+    return found
+
+
+def _scraped_claims(port: int) -> tuple[int, int]:
+    """Claim transactions and conflicts from an instance's /metrics."""
+    found = _scraped(port)
     return (
-        found.get("warmcache_claim_transactions_total", 0),
-        found.get("warmcache_claim_conflicts_total", 0),
+        int(found.get("warmcache_claim_transactions_total", 0)),
+        int(found.get("warmcache_claim_conflicts_total", 0)),
     )
 
 
@@ -924,11 +930,8 @@ def _wait_dealt(port: int, instances: int) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
-            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-            for metric in text.splitlines():
-                name, _, value = metric.partition(" ")
-                if name == "warmcache_share_instances" and float(value) >= instances:
-                    return
+            if _scraped(port).get("warmcache_share_instances", 0) >= instances:
+                return
         time.sleep(0.1)
     raise SystemExit(f"instance on port {port} did not deal its shares over {instances}")
 

@@ -90,3 +90,24 @@ def test_a_newer_membership_met_between_chunks_takes_over(
     mine, foreign = _own_share_selected(rig, ["wc-1", "wc-2", "wc-3"])
     assert 0 < mine < 45
     assert foreign == set()
+
+
+def test_claims_between_the_chunks_of_a_re_deal_never_get_the_same_vm(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two instances claim while one of them is half way through its
+    re-deal (VMs not reached yet keep their old share, the whole pool): each
+    VM goes to one of them, never both (DESIGN §12)."""
+    other = Rig(rig.store, node="wc-2", seed_=1)
+    other.index.set_instances(["wc-1", "wc-2"])
+    monkeypatch.setattr(index_module, "REDEAL_CHUNK", 10)
+    handed: list[str] = []
+
+    def claim_between_chunks() -> None:
+        for claimer in (rig, other):
+            handed.extend(claimer.claim(2, Mode.BEST_EFFORT))
+
+    monkeypatch.setattr(index_module, "_let_others_in", claim_between_chunks)
+    rig.index.set_instances(["wc-1", "wc-2"])
+    handed.extend(rig.claim(45 - len(handed), Mode.BEST_EFFORT))  # the rest: the pool is whole
+    assert len(handed) == 45 and len(set(handed)) == 45

@@ -4,7 +4,7 @@ A port taken by binding to port 0 comes from the kernel's ephemeral range,
 the same range every outgoing connection draws its local port from: between
 closing the probe and the server binding it, a client connection (to etcd,
 to another server) can take it, and the server dies with ``EADDRINUSE``
-(one CI run in about fifteen did). These helpers pick below that range,
+(a CI run did). These helpers pick below that range,
 where the kernel never hands out a port on its own, and check the port
 binds now.
 """
